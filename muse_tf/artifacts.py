@@ -1,0 +1,81 @@
+"""The files a data conversion writes and that training and export reuse.
+
+Layout of a converted dataset directory::
+
+    manifest.json                 counts, schema version, vocabulary sizes (see pipelines/)
+    vocab/<name>.npy              int64 raw IDs of vocabulary <name>; the ID at position p has index
+                                  p + 2 (index 0 = PAD, 1 = OOV), so the table has len + 2 rows
+    multimodal_table.npy          int8 (vocab_size("item"), 128): row i = SCL vector of item index i,
+                                  all zero where the item has none (and for PAD/OOV)
+    train/part-*.tfrecord.gz      GZIP TFRecord shards (format: muse_tf.data)
+    test/part-*.tfrecord.gz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from muse_tf import features
+
+MANIFEST = "manifest.json"
+VOCAB_DIR = "vocab"
+MULTIMODAL_TABLE = "multimodal_table.npy"
+SCHEMA_VERSION = 1
+RESERVED = 2  # PAD and OOV
+
+
+def vocab_path(data_dir: str, name: str) -> str:
+    return os.path.join(data_dir, VOCAB_DIR, f"{name}.npy")
+
+
+def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
+    """Raw int64 IDs of vocabulary ``name``, in index order (index = position + 2)."""
+    path = vocab_path(data_dir, name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Vocabulary {name!r} not found at {path}; run a pipeline first.")
+    return np.load(path)
+
+
+def load_vocabularies(data_dir: str) -> dict[str, np.ndarray]:
+    return {name: load_vocabulary(data_dir, name) for name in features.VOCABULARIES}
+
+
+def vocab_sizes(data_dir: str) -> dict[str, int]:
+    """Embedding-table rows per vocabulary, PAD and OOV included."""
+    return {name: len(ids) + RESERVED for name, ids in load_vocabularies(data_dir).items()}
+
+
+def load_multimodal_table(data_dir: str) -> np.ndarray:
+    path = os.path.join(data_dir, MULTIMODAL_TABLE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Multimodal table not found at {path}; run a pipeline first.")
+    return np.load(path, mmap_mode="r")
+
+
+def load_manifest(data_dir: str) -> dict:
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {data_dir} is not a converted dataset.")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {manifest.get('schema_version')!r}, this muse_tf reads "
+            f"{SCHEMA_VERSION}. Re-run the conversion."
+        )
+    return manifest
+
+
+def lookup(vocabulary: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
+    """Maps raw IDs to indices with NumPy (OOV for unknown IDs); a reference for in-graph lookups."""
+    raw_ids = np.asarray(raw_ids, np.int64)
+    if len(vocabulary) == 0:
+        return np.full(raw_ids.shape, features.OOV, np.int64)
+    order = np.argsort(vocabulary, kind="stable")
+    sorted_ids = vocabulary[order]
+    pos = np.clip(np.searchsorted(sorted_ids, raw_ids), 0, len(sorted_ids) - 1)
+    found = sorted_ids[pos] == raw_ids
+    return np.where(found, order[pos] + RESERVED, features.OOV).astype(np.int64)

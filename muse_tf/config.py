@@ -1,0 +1,181 @@
+"""Typed configuration: dataclasses loadable from YAML with ``key=value`` overrides.
+
+Unknown keys are errors (a misspelt key must never be silently ignored), and every model variant of
+the paper is a named preset of three choices: the general search unit, the attention over the
+retrieved behaviours, and whether SimTier features are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from muse_tf import features
+
+GSU_CHOICES = ("mm", "id", "id_category", "category", "mm_id")
+ATTENTION_CHOICES = ("ta", "sata")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of the paper's comparisons.
+
+    Attributes:
+        gsu: which general search unit picks the top-K behaviours; None = no lifelong branch (DIN).
+            ``mm``: cosine of frozen multimodal embeddings (MUSE); ``id``: cosine of the learned item
+            ID embedding; ``id_category``: cosine of learned item+category embeddings (SIM-soft);
+            ``category``: most recent behaviours of the target's category (SIM-hard); ``mm_id``: sum
+            of the multimodal and item-ID cosines.
+        attention: ``ta`` (ID target attention), ``sata`` (semantic-aware) or None.
+        simtier: whether SimTier histograms of the multimodal similarities are features.
+    """
+
+    gsu: str | None
+    attention: str | None
+    simtier: bool
+
+
+VARIANTS: dict[str, Variant] = {
+    "din": Variant(gsu=None, attention=None, simtier=False),
+    "sim_hard": Variant(gsu="category", attention="sata", simtier=True),
+    "sim_soft": Variant(gsu="id_category", attention="sata", simtier=True),
+    "muse": Variant(gsu="mm", attention="sata", simtier=True),
+    "ta": Variant(gsu="mm", attention="ta", simtier=False),
+    "simtier": Variant(gsu="mm", attention=None, simtier=True),
+    "ta_simtier": Variant(gsu="mm", attention="ta", simtier=True),
+    "sata": Variant(gsu="mm", attention="sata", simtier=False),
+    "sata_simtier": Variant(gsu="mm", attention="sata", simtier=True),
+}
+
+
+def _default_vocab_sizes() -> dict[str, int]:
+    return {name: 1000 for name in features.VOCABULARIES}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Everything needed to build a model (and to rebuild it from a saved config).
+
+    Attributes:
+        variant: a key of ``VARIANTS``.
+        gsu: overrides the variant's search unit (the paper's Table 1/2 studies); None keeps it.
+        vocab_sizes: rows of each embedding table, by vocabulary name (``features.VOCABULARIES``),
+            including the PAD and OOV rows.
+        embedding_dim: D; profile features 3-5 use D // 2 as in the official code.
+        multimodal_dim: width of the frozen multimodal (SCL) vectors.
+        multimodal_dtype: ``int8`` (stored quantised, de-quantised by ``multimodal_scale``) or
+            ``float32``.
+        top_k: K, behaviours kept by the search unit.
+        recent_length: R, most recent behaviours in the short-term branch.
+        attention_heads: heads of the lifelong attention (1 in the paper).
+        din_attention_units: hidden widths of the DIN attention MLP.
+        mlp_units: hidden widths of the tower (a final 1-unit logit layer is added).
+        simtier_eps: SimTier tier width.
+        simtier_dim: width of each tier's learned embedding.
+        use_cross: put a DCN cross layer in front of the tower.
+    """
+
+    variant: str = "muse"
+    gsu: str | None = None
+    vocab_sizes: dict[str, int] = dataclasses.field(default_factory=_default_vocab_sizes)
+    embedding_dim: int = 16
+    multimodal_dim: int = 128
+    multimodal_dtype: str = "int8"
+    multimodal_scale: float = 1.0 / 127.0
+    top_k: int = 50
+    recent_length: int = 50
+    attention_heads: int = 1
+    din_attention_units: list[int] = dataclasses.field(default_factory=lambda: [64, 32])
+    mlp_units: list[int] = dataclasses.field(default_factory=lambda: [256, 128, 64])
+    simtier_eps: float = 0.1
+    simtier_dim: int = 1
+    use_cross: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"Unknown `variant` {self.variant!r}; choose one of {sorted(VARIANTS)}.")
+        if self.gsu is not None and self.gsu not in GSU_CHOICES:
+            raise ValueError(f"Unknown `gsu` {self.gsu!r}; choose one of {list(GSU_CHOICES)}.")
+        missing = set(features.VOCABULARIES) - set(self.vocab_sizes)
+        if missing:
+            raise ValueError(f"`vocab_sizes` lacks {sorted(missing)}.")
+        for name, size in self.vocab_sizes.items():
+            if size < 2:
+                raise ValueError(f"`vocab_sizes[{name!r}]` must be >= 2 (PAD and OOV), got {size}.")
+        for name in ("embedding_dim", "multimodal_dim", "top_k", "recent_length", "attention_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
+        if self.multimodal_dtype not in ("int8", "float32"):
+            raise ValueError(f"`multimodal_dtype` must be int8 or float32, got {self.multimodal_dtype!r}.")
+        if (2 * self.embedding_dim) % self.attention_heads:
+            raise ValueError(
+                f"`attention_heads` ({self.attention_heads}) must divide 2 * embedding_dim "
+                f"({2 * self.embedding_dim})."
+            )
+
+    @property
+    def spec(self) -> Variant:
+        """The variant with the ``gsu`` override applied."""
+        base = VARIANTS[self.variant]
+        if self.gsu is None or base.gsu is None:
+            return base
+        return dataclasses.replace(base, gsu=self.gsu)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        return from_dict(cls, values)
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Builds dataclass ``cls`` from a mapping, recursing into nested dataclasses.
+
+    Raises:
+        ValueError: naming any key ``cls`` does not have.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} key(s) {sorted(unknown)}; known: {sorted(fields)}.")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = from_dict(hint, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Reads a YAML mapping; an empty file is an empty mapping."""
+    with open(path) as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}.")
+    return loaded
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Applies ``a.b=value`` overrides (value parsed as YAML) to a nested mapping, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Override {item!r} is not of the form key=value.")
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Override {item!r}: {part!r} is not a section.")
+        node[leaf] = yaml.safe_load(raw)
+    return values

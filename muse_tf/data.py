@@ -1,0 +1,260 @@
+"""tf.data input: converted TFRecord shards -> ``(features, label)`` batches in the model's contract.
+
+On-disk format (written by ``pipelines/``): GZIP TFRecord shards of ``tf.train.Example`` user
+records. A record holds one user's features and history **once**, plus parallel lists of that user's
+samples in the shard (see ``pipelines/README.md`` for why, with bytes-per-sample figures)::
+
+    user_key, user_id, user_profile_1..5        int64 [1]    raw user ID, then vocabulary indices
+    history_items, history_categories           int64 [H]    indices, oldest -> newest, H <= L_conv
+    item_id, item_category, item_attr_213/214   int64 [S]    one entry per sample of this user
+    label                                       int64 [S]    0 / 1
+
+Reading parses batches of records with one vectorised ``parse_example``, expands them to samples
+in memory (each sample gathers its user's row), left-pads or truncates the history to the requested
+``history_length`` (newest behaviour in the last column), then rebatches to ``batch_size``.
+Shapes: B = batch, L = ``history_length``. Samples of one user stay in the same parsed block, so
+shuffling mixes users (and files), not the samples within a user.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import muse_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+from muse_tf import artifacts, features
+
+RECORD_USER_FEATURES = (features.USER_KEY, features.USER_ID, *features.USER_PROFILE)
+RECORD_HISTORY = features.SEQUENCE_FEATURES
+RECORD_SAMPLE_FEATURES = (
+    features.ITEM_ID,
+    features.ITEM_CATEGORY,
+    *features.ITEM_ATTRS,
+    features.LABEL,
+)
+SHARD_COMPRESSION = "GZIP"
+
+# Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
+_NATIVE_SCHEMES = ("gs",)
+_TFIO_SCHEMES = ("s3", "hdfs", "az")
+# Record-level shuffle buffer (user records of ~10 KB each, so ~10 MB).
+SHUFFLE_BUFFER_RECORDS = 1024
+# Records per vectorised parse: Taobao-MM has ~11 samples per user, so a parsed block of
+# batch_size / 8 records yields a little more than one output batch.
+SAMPLES_PER_RECORD_HINT = 8
+
+
+def _record_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
+    spec: dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature] = {
+        name: tf.io.FixedLenFeature([], tf.int64) for name in RECORD_USER_FEATURES
+    }
+    for name in RECORD_HISTORY + RECORD_SAMPLE_FEATURES:
+        spec[name] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+    return spec
+
+
+def ensure_filesystems(paths: Sequence[str]) -> None:
+    """Registers the filesystems ``paths`` need; tensorflow-io is imported only for its schemes.
+
+    Raises:
+        ValueError: for a scheme neither TensorFlow nor tensorflow-io reads.
+        ImportError: when an s3/hdfs/az path is used without tensorflow-io installed.
+    """
+    schemes = {path.split("://", 1)[0] for path in paths if "://" in path}
+    missing = schemes - set(tf.io.gfile.get_registered_schemes())
+    if not missing:
+        return
+    unknown = missing - set(_TFIO_SCHEMES) - set(_NATIVE_SCHEMES)
+    if unknown:
+        raise ValueError(
+            f"Unsupported path scheme(s) {sorted(unknown)}: use local paths, gs:// or, with "
+            f"tensorflow-io, {', '.join(s + '://' for s in _TFIO_SCHEMES)}."
+        )
+    try:
+        import tensorflow_io  # noqa: F401  (registers s3, hdfs, az, ... on import)
+    except ImportError as err:
+        raise ImportError(
+            f"Reading {sorted(missing)} paths needs tensorflow-io: pip install 'muse-tf[io]'."
+        ) from err
+
+
+def resolve_files(files: str | Sequence[str]) -> list[str]:
+    """A glob pattern (sorted matches) or an explicit list of shard paths, local or remote.
+
+    Raises:
+        FileNotFoundError: naming the pattern that matched nothing or the local file that is absent.
+    """
+    if isinstance(files, str):
+        ensure_filesystems([files])
+        paths = sorted(tf.io.gfile.glob(files))
+        if not paths:
+            raise FileNotFoundError(f"No shard matches {files!r}.")
+        return paths
+    paths = [os.fspath(path) for path in files]
+    if not paths:
+        raise ValueError("`files` is an empty list.")
+    ensure_filesystems(paths)
+    for path in paths:
+        if "://" not in path and not os.path.exists(path):
+            raise FileNotFoundError(f"Shard {path} does not exist.")
+    return paths
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    """The shards of ``split`` listed by a converted directory's manifest, in order.
+
+    Raises:
+        ValueError: for a split the manifest does not have.
+        FileNotFoundError: naming a listed shard that is missing.
+    """
+    manifest = artifacts.load_manifest(data_dir)
+    splits = manifest["splits"]
+    if split not in splits:
+        raise ValueError(f"{data_dir}: no split {split!r}; the manifest lists {sorted(splits)}.")
+    paths = [os.path.join(data_dir, shard["file"]) for shard in splits[split]["shards"]]
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Shard {path} is listed in the manifest but missing.")
+    return paths
+
+
+def left_pad_recent(ragged: tf.RaggedTensor, length: int) -> tf.Tensor:
+    """(N, None) -> (N, length): the last ``length`` values of each row, left-padded with PAD."""
+    starts = ragged.row_starts()
+    limits = ragged.row_limits()
+    flat_index = limits[:, None] - length + tf.range(length, dtype=limits.dtype)[None, :]
+    # Position 0 of the padded values is PAD, so invalid positions (and empty inputs) gather it.
+    padded_values = tf.concat([tf.constant([features.PAD], ragged.values.dtype), ragged.values], 0)
+    return tf.gather(padded_values, tf.where(flat_index >= starts[:, None], flat_index + 1, 0))
+
+
+def parse_user_records(
+    serialized: tf.Tensor, history_length: int
+) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """(U,) serialized user records -> S samples: ``({name: (S,) or (S, L)}, label (S,))``."""
+    parsed = tf.io.parse_example(serialized, _record_spec())
+    per_sample = [parsed[name] for name in RECORD_SAMPLE_FEATURES]
+    history = [parsed[name] for name in RECORD_HISTORY]
+    checks = [
+        tf.debugging.assert_equal(
+            ragged.row_lengths(),
+            per_sample[0].row_lengths(),
+            message=f"Corrupt user record: `{name}` and `{features.ITEM_ID}` differ in length.",
+        )
+        for name, ragged in zip(RECORD_SAMPLE_FEATURES[1:], per_sample[1:])
+    ]
+    checks.append(
+        tf.debugging.assert_equal(
+            history[0].row_lengths(),
+            history[1].row_lengths(),
+            message="Corrupt user record: history items and categories differ in length.",
+        )
+    )
+    with tf.control_dependencies(checks):
+        sample_user = tf.identity(per_sample[0].value_rowids())
+    out = {name: tf.gather(parsed[name], sample_user) for name in RECORD_USER_FEATURES}
+    for name in RECORD_HISTORY:
+        out[name] = tf.gather(left_pad_recent(parsed[name], history_length), sample_user)
+    for name, ragged in zip(RECORD_SAMPLE_FEATURES, per_sample):
+        out[name] = ragged.values
+    label = tf.cast(out.pop(features.LABEL), tf.float32)
+    return out, label
+
+
+def make_dataset(
+    files: str | Sequence[str],
+    batch_size: int,
+    *,
+    history_length: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    deterministic: bool = False,
+    repeat: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``(features, label)`` from converted shards.
+
+    Args:
+        files: a glob pattern or a list of shards (local, ``gs://``, or through tensorflow-io
+            ``s3://``, ``hdfs://``, ``az://``).
+        batch_size: samples per yielded batch (per replica under ``tf.distribute``).
+        history_length: L; longer histories keep their most recent L behaviours, shorter ones are
+            left-padded with PAD.
+        shuffle: shuffle the file order each epoch and user records through a buffer.
+        seed: shuffle seed; required when both ``shuffle`` and ``deterministic`` are set.
+        deterministic: keep a reproducible element order (slower interleave/parse).
+        repeat: repeat indefinitely (files are reshuffled each epoch).
+        input_context: shards the *files* across ``input_context.num_input_pipelines`` workers.
+        drop_remainder: drop the last partial batch (static batch dimension).
+
+    Returns:
+        A dataset of ``(features, label)``: ``features`` maps every name of
+        ``features.MODEL_FEATURES`` to int64 (B,) or, for histories, (B, L), plus ``user_key``
+        (B,) int64 (raw user ID); ``label`` is float32 (B,) in {0, 1}.
+
+    TensorFlow's reader errors on a damaged shard (``DataLossError``) do not name the file;
+    ``verify_shards`` does.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
+    if history_length <= 0:
+        raise ValueError(f"`history_length` must be positive, got {history_length}.")
+    if shuffle and deterministic and seed is None:
+        raise ValueError("Deterministic shuffling needs a `seed`.")
+    paths = resolve_files(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        pipelines = input_context.num_input_pipelines
+        if len(paths) < pipelines:
+            raise ValueError(
+                f"{len(paths)} shard(s) cannot be split across {pipelines} input pipelines; "
+                "convert with more shards."
+            )
+        paths = paths[input_context.input_pipeline_id :: pipelines]
+
+    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle:
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=SHARD_COMPRESSION),
+        cycle_length=min(len(paths), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if shuffle:
+        dataset = dataset.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(max(1, batch_size // SAMPLES_PER_RECORD_HINT))
+    dataset = dataset.map(
+        lambda records: parse_user_records(records, history_length),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
+    """Reads every record of every shard; returns records per shard.
+
+    Raises:
+        ValueError: naming the first shard that is damaged or is not a GZIP TFRecord file.
+    """
+    counts = {}
+    for path in resolve_files(files):
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type=SHARD_COMPRESSION):
+                count += 1
+        except tf.errors.OpError as err:
+            raise ValueError(
+                f"Shard {path} is damaged or not a {SHARD_COMPRESSION} TFRecord file "
+                f"(after {count} records): {err.message}"
+            ) from err
+        counts[path] = count
+    return counts

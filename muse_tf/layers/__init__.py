@@ -1,0 +1,33 @@
+"""Keras layers of MUSE and its baselines."""
+
+from muse_tf.layers.activation import Dice
+from muse_tf.layers.attention import SemanticAwareTargetAttention, TargetAttention, masked_softmax
+from muse_tf.layers.mlp import MLP
+from muse_tf.layers.search import (
+    INVALID_SCORE,
+    CategoryGSU,
+    CosineGSU,
+    EmbeddingGSU,
+    cosine_similarity,
+    gather_history,
+    has_embedding,
+    top_k_valid,
+)
+from muse_tf.layers.simtier import SimTier
+
+__all__ = [
+    "INVALID_SCORE",
+    "MLP",
+    "CategoryGSU",
+    "CosineGSU",
+    "Dice",
+    "EmbeddingGSU",
+    "SemanticAwareTargetAttention",
+    "SimTier",
+    "TargetAttention",
+    "cosine_similarity",
+    "gather_history",
+    "has_embedding",
+    "masked_softmax",
+    "top_k_valid",
+]

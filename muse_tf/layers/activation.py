@@ -1,0 +1,47 @@
+"""Dice, the data-adaptive activation of DIN."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+
+@tf_keras.utils.register_keras_serializable(package="muse_tf")
+class Dice(tf_keras.layers.Layer):
+    """Dice(x) = p(x) * x + (1 - p(x)) * alpha * x, with p(x) = sigmoid(BN(x)).
+
+    BN standardises over every axis but the last, without its own scale or offset, so the switch
+    point follows the data's mean and variance; alpha (one per channel, init 0) is learned.
+
+    Args:
+        epsilon: BN's variance epsilon.
+
+    Call arguments:
+        inputs: (..., C).
+        training: whether BN uses batch statistics.
+
+    Returns:
+        Same shape as ``inputs``.
+    """
+
+    def __init__(self, epsilon: float = 1e-8, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.batch_norm = tf_keras.layers.BatchNormalization(
+            center=False, scale=False, epsilon=epsilon, name="batch_norm"
+        )
+
+    def build(self, input_shape) -> None:
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("Dice needs a known last dimension.")
+        self.alpha = self.add_weight(name="alpha", shape=[channels], initializer="zeros")
+        self.batch_norm.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        p = tf.sigmoid(self.batch_norm(inputs, training=training))
+        return p * inputs + (1.0 - p) * self.alpha * inputs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "epsilon": self.epsilon}

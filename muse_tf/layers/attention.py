@@ -1,0 +1,170 @@
+"""Target attention over behaviour sequences.
+
+Shapes: B = targets, K = behaviours attended over, Dq / Dk = query / key widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tf_keras
+
+from muse_tf.layers.mlp import MLP
+
+
+def masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Softmax over the last axis among ``mask``-True positions; a row with none gives zeros."""
+    mask = tf.cast(mask, tf.bool)
+    scores = tf.where(mask, scores, tf.constant(scores.dtype.min, scores.dtype))
+    weights = tf.nn.softmax(scores, axis=-1)
+    return tf.where(mask, weights, tf.zeros_like(weights))
+
+
+@tf_keras.utils.register_keras_serializable(package="muse_tf")
+class SemanticAwareTargetAttention(tf_keras.layers.Layer):
+    """Target attention whose ID score is fused with a multimodal similarity (MUSE's SA-TA).
+
+    q = SiLU(W_q e_target), k_i = SiLU(W_k e_i), v_i = SiLU(W_v e_i), a_id,i = k_i . q (per head).
+    With ``semantic=True`` the score is a_i = g1 a_id,i + g2 (r_i / tau) + g3 a_id,i (r_i / tau)
+    with g1..g3 (init 1) and tau (init ``tau_init``) learned; otherwise a_i = a_id,i (plain target
+    attention). Output: softmax over the valid positions of a, times v, heads concatenated.
+
+    Example:
+    >>> att = SemanticAwareTargetAttention(units=8)
+    >>> att(tf.ones([2, 6]), tf.ones([2, 5, 6]), tf.ones([2, 5], bool), tf.zeros([2, 5])).shape
+    TensorShape([2, 8])
+
+    Args:
+        units: width of q, k and v (and of the output); divisible by ``heads``.
+        heads: attention heads (the paper uses 1).
+        semantic: fuse the similarity into the score.
+        tau_init: initial temperature of the similarity.
+
+    Call arguments:
+        query: (B, Dq) target embedding.
+        keys: (B, K, Dk) behaviour embeddings (also the values).
+        mask: (B, K) bool, True = attend to this behaviour.
+        similarities: (B, K) multimodal cosine r; required when ``semantic``.
+
+    Returns:
+        (B, units); zeros for a row with no valid behaviour.
+    """
+
+    def __init__(
+        self, units: int, heads: int = 1, semantic: bool = True, tau_init: float = 0.1, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if units <= 0 or heads <= 0 or units % heads:
+            raise ValueError(
+                f"Invalid `units`/`heads`: {units}/{heads}. Both positive, units divisible by heads."
+            )
+        self.units = units
+        self.heads = heads
+        self.semantic = semantic
+        self.tau_init = tau_init
+        self.query_dense = tf_keras.layers.Dense(units, activation="silu", name="query")
+        self.key_dense = tf_keras.layers.Dense(units, activation="silu", name="key")
+        self.value_dense = tf_keras.layers.Dense(units, activation="silu", name="value")
+
+    def build(self, input_shape=None) -> None:
+        if self.semantic:
+            self.gates = self.add_weight(name="gates", shape=[3], initializer="ones")
+            self.tau = self.add_weight(
+                name="tau", shape=[], initializer=tf_keras.initializers.Constant(self.tau_init)
+            )
+        super().build(input_shape)
+
+    def _split_heads(self, x: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(x)
+        return tf.reshape(x, tf.concat([shape[:-1], [self.heads, self.units // self.heads]], 0))
+
+    def call(
+        self,
+        query: tf.Tensor,
+        keys: tf.Tensor,
+        mask: tf.Tensor,
+        similarities: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        q = self._split_heads(self.query_dense(query))  # (B, H, d)
+        k = self._split_heads(self.key_dense(keys))  # (B, K, H, d)
+        v = self._split_heads(self.value_dense(keys))
+        scores = tf.einsum("bhd,bkhd->bhk", q, k)
+        if self.semantic:
+            if similarities is None:
+                raise ValueError("SemanticAwareTargetAttention(semantic=True) needs `similarities`.")
+            r = tf.cast(similarities, scores.dtype)[:, None, :] / self.tau
+            g1, g2, g3 = tf.unstack(self.gates)
+            scores = g1 * scores + g2 * r + g3 * scores * r
+        weights = masked_softmax(scores, mask[:, None, :])
+        out = tf.einsum("bhk,bkhd->bhd", weights, v)
+        return tf.reshape(out, [-1, self.units])
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "heads": self.heads,
+            "semantic": self.semantic,
+            "tau_init": self.tau_init,
+        }
+
+
+@tf_keras.utils.register_keras_serializable(package="muse_tf")
+class TargetAttention(tf_keras.layers.Layer):
+    """DIN's activation unit: an MLP scores each behaviour against the target.
+
+    score_i = MLP([q, k_i, q - k_i, q * k_i]); output = sum_i w_i k_i with w_i = score_i on valid
+    positions (DIN keeps raw scores) or, with ``use_softmax``, their softmax over valid positions.
+
+    Example:
+    >>> TargetAttention([8])(tf.ones([2, 4]), tf.ones([2, 3, 4]), tf.ones([2, 3], bool)).shape
+    TensorShape([2, 4])
+
+    Args:
+        hidden_units: widths of the scoring MLP.
+        activation: its activation (``"dice"`` as in DIN, or a Keras name).
+        use_softmax: normalise the scores.
+
+    Call arguments:
+        query: (B, D) target embedding.
+        keys: (B, K, D) behaviour embeddings, same width as the query.
+        mask: (B, K) bool, True = a real behaviour.
+        training: for Dice.
+
+    Returns:
+        (B, D); zeros for a row with no valid behaviour.
+    """
+
+    def __init__(
+        self,
+        hidden_units: Sequence[int] = (64, 32),
+        activation: str = "dice",
+        use_softmax: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_units = list(hidden_units)
+        self.activation = activation
+        self.use_softmax = use_softmax
+        self.scorer = MLP(self.hidden_units, activation=activation, output_units=1, name="scorer")
+
+    def call(
+        self, query: tf.Tensor, keys: tf.Tensor, mask: tf.Tensor, training: bool | None = None
+    ) -> tf.Tensor:
+        q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
+        scores = self.scorer(tf.concat([q, keys, q - keys, q * keys], -1), training=training)[..., 0]
+        scores = tf.cast(scores, keys.dtype)
+        if self.use_softmax:
+            weights = masked_softmax(scores, mask)
+        else:
+            weights = tf.where(tf.cast(mask, tf.bool), scores, tf.zeros_like(scores))
+        return tf.einsum("bk,bkd->bd", weights, keys)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "hidden_units": self.hidden_units,
+            "activation": self.activation,
+            "use_softmax": self.use_softmax,
+        }

@@ -1,0 +1,242 @@
+"""The MUSE CTR model and its baselines, one class configured by ``ModelConfig``.
+
+Shapes: B = targets scored, L = history length, R = recent behaviours (short-term branch),
+K = behaviours kept by the search unit, D = ID embedding width, M = multimodal width.
+
+Every per-user input (user features, histories) may have batch size 1 while the per-target inputs
+have batch size B: one user's history is then searched once for all B candidate items, never copied
+B times (the serving path for 100K-long histories).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+
+from muse_tf import features
+from muse_tf.config import ModelConfig
+from muse_tf.layers import (
+    MLP,
+    CategoryGSU,
+    CosineGSU,
+    EmbeddingGSU,
+    SemanticAwareTargetAttention,
+    SimTier,
+    TargetAttention,
+    cosine_similarity,
+    gather_history,
+    has_embedding,
+    top_k_valid,
+)
+
+# The official code gives profile features 3-5 half-width embeddings.
+_HALF_WIDTH_VOCABULARIES = ("profile_3", "profile_4", "profile_5")
+
+
+def _broadcast_rows(x: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """Repeats a batch-1 per-user tensor to ``rows`` rows (a no-op when it already has them)."""
+    return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], axis=0))
+
+
+def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """(B, K, C), (B, K) -> (B, C): mean over valid positions, zeros if none."""
+    weights = tf.cast(mask, values.dtype)[..., None]
+    return tf.reduce_sum(values * weights, 1) / tf.maximum(tf.reduce_sum(weights, 1), 1.0)
+
+
+@tf_keras.utils.register_keras_serializable(package="muse_tf")
+class MuseModel(tfrs.models.Model):
+    """MUSE: a multimodal search over the lifelong history, then SimTier + SA-TA, then a tower.
+
+    The variant (``config.variant``) chooses the search unit and the lifelong features, so the
+    paper's baselines (DIN, SIM-hard, SIM-soft) and ablations are the same class.
+
+    The frozen multimodal table (``vocab_sizes["item"]`` x M, int8 or float32) is a non-trainable
+    weight: fill it with ``set_multimodal_table`` before training. It enters the network only
+    through cosine similarities, and no gradient reaches it.
+
+    Call arguments:
+        inputs: dict of ``features.MODEL_FEATURES`` (int indices, see ``muse_tf.features``);
+            scalar features (B,), sequences (B, L) left-padded with PAD; the per-user ones may be
+            batch 1. Other keys are ignored.
+        training: for Dice's batch normalisation.
+
+    Returns:
+        (B,) click logits.
+    """
+
+    def __init__(self, config: ModelConfig | Mapping, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        cfg = self.config
+        spec = cfg.spec
+        dim = cfg.embedding_dim
+        self.embeddings = {
+            name: tf_keras.layers.Embedding(
+                cfg.vocab_sizes[name],
+                dim // 2 if name in _HALF_WIDTH_VOCABULARIES else dim,
+                embeddings_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.001),
+                name=f"{name}_embedding",
+            )
+            for name in features.VOCABULARIES
+        }
+        self.multimodal_table = self.add_weight(
+            name="multimodal_table",
+            shape=[cfg.vocab_sizes["item"], cfg.multimodal_dim],
+            dtype=cfg.multimodal_dtype,
+            initializer="zeros",
+            trainable=False,
+        )
+        self.short_term_attention = TargetAttention(cfg.din_attention_units, name="short_term_attention")
+        self.recent_simtier = (
+            SimTier(cfg.simtier_eps, cfg.simtier_dim, name="recent_simtier") if spec.simtier else None
+        )
+        self.search = {
+            "mm": CosineGSU(cfg.top_k, name="gsu"),
+            "id": EmbeddingGSU(cfg.top_k, name="gsu"),
+            "id_category": EmbeddingGSU(cfg.top_k, name="gsu"),
+            "category": CategoryGSU(cfg.top_k, name="gsu"),
+            "mm_id": None,
+            None: None,
+        }[spec.gsu]
+        self.lifelong_attention = (
+            SemanticAwareTargetAttention(
+                2 * dim, heads=cfg.attention_heads, semantic=spec.attention == "sata",
+                name="lifelong_attention",
+            )
+            if spec.attention
+            else None
+        )
+        self.lifelong_simtier = (
+            SimTier(cfg.simtier_eps, cfg.simtier_dim, name="lifelong_simtier")
+            if spec.gsu and spec.simtier
+            else None
+        )
+        self.cross = tfrs.layers.dcn.Cross(name="cross") if cfg.use_cross else None
+        self.tower = MLP(cfg.mlp_units, activation="dice", output_units=1, name="tower")
+        self.task = tfrs.tasks.Ranking(
+            loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf_keras.metrics.AUC(from_logits=True, name="auc")],
+        )
+
+    # -- frozen multimodal table -------------------------------------------------------------
+    def set_multimodal_table(self, table: np.ndarray) -> None:
+        """Loads the frozen multimodal vectors, one row per item index."""
+        expected = tuple(self.multimodal_table.shape)
+        if tuple(table.shape) != expected:
+            raise ValueError(f"multimodal table has shape {tuple(table.shape)}, model expects {expected}.")
+        if self.config.multimodal_dtype == "int8" and np.asarray(table).dtype != np.int8:
+            raise ValueError(f"multimodal table must be int8, got {np.asarray(table).dtype}.")
+        self.multimodal_table.assign(np.asarray(table, self.config.multimodal_dtype))
+
+    def multimodal(self, item_indices: tf.Tensor) -> tf.Tensor:
+        """Frozen de-quantised multimodal vectors: (...) item indices -> (..., M) float32."""
+        rows = tf.gather(tf.stop_gradient(self.multimodal_table), item_indices)
+        if self.config.multimodal_dtype == "int8":
+            return tf.cast(rows, tf.float32) * self.config.multimodal_scale
+        return rows
+
+    # -- forward -----------------------------------------------------------------------------
+    def _embed(self, name: str, indices: tf.Tensor) -> tf.Tensor:
+        return self.embeddings[features.VOCABULARY[name]](indices)
+
+    def _behaviour_embedding(self, items: tf.Tensor, categories: tf.Tensor) -> tf.Tensor:
+        """(..., ) item and category indices -> (..., 2D)."""
+        return tf.concat(
+            [self._embed(features.ITEM_ID, items), self._embed(features.ITEM_CATEGORY, categories)], -1
+        )
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        missing = [name for name in features.MODEL_FEATURES if name not in inputs]
+        if missing:
+            raise KeyError(f"MuseModel inputs lack {missing}; see muse_tf.features.")
+        x = {name: tf.cast(inputs[name], tf.int32) for name in features.MODEL_FEATURES}
+        spec = self.config.spec
+        rows = tf.shape(x[features.ITEM_ID])[0]
+        items, categories = x[features.HISTORY_ITEMS], x[features.HISTORY_CATEGORIES]
+        mask = tf.not_equal(items, features.PAD)
+
+        target = self._behaviour_embedding(x[features.ITEM_ID], x[features.ITEM_CATEGORY])
+        parts = [
+            target,
+            *(self._embed(name, x[name]) for name in features.ITEM_ATTRS),
+            *(
+                _broadcast_rows(self._embed(name, x[name]), rows)
+                for name in (features.USER_ID, *features.USER_PROFILE)
+            ),
+        ]
+
+        recent = self.config.recent_length
+        recent_items = _broadcast_rows(items[:, -recent:], rows)
+        recent_mask = _broadcast_rows(mask[:, -recent:], rows)
+        recent_emb = self._behaviour_embedding(recent_items, _broadcast_rows(categories[:, -recent:], rows))
+        parts.append(self.short_term_attention(target, recent_emb, recent_mask, training=training))
+        parts.append(_masked_mean(recent_emb, recent_mask))
+
+        target_mm = self.multimodal(x[features.ITEM_ID]) if spec.simtier or spec.gsu else None
+        if self.recent_simtier is not None:
+            recent_mm = self.multimodal(recent_items)
+            recent_sim = cosine_similarity(target_mm, recent_mm)
+            parts.append(self.recent_simtier(recent_sim, recent_mask & has_embedding(recent_mm)))
+
+        if spec.gsu is not None:
+            parts.extend(self._lifelong(x, target, target_mm, items, categories, mask))
+
+        mlp_input = tf.concat(parts, axis=-1)
+        if self.cross is not None:
+            mlp_input = self.cross(mlp_input)
+        return self.tower(mlp_input, training=training)[:, 0]
+
+    def _lifelong(self, x, target, target_mm, items, categories, mask) -> list[tf.Tensor]:
+        """Search the whole history, then the ESU features of the K behaviours found."""
+        spec = self.config.spec
+        if spec.gsu == "mm":
+            indices, similarity, valid = self.search(target_mm, self.multimodal(items), mask)
+        elif spec.gsu == "category":
+            indices, _, valid = self.search(x[features.ITEM_CATEGORY], categories, mask)
+        elif spec.gsu == "mm_id":
+            history_mm = self.multimodal(items)
+            scores = cosine_similarity(target_mm, history_mm) + cosine_similarity(
+                tf.stop_gradient(self._embed(features.ITEM_ID, x[features.ITEM_ID])),
+                tf.stop_gradient(self._embed(features.HISTORY_ITEMS, items)),
+            )
+            indices, _, valid = top_k_valid(scores, mask & has_embedding(history_mm), self.config.top_k)
+        else:
+            item_parts = [self._embed(features.ITEM_ID, x[features.ITEM_ID])]
+            history_parts = [self._embed(features.HISTORY_ITEMS, items)]
+            if spec.gsu == "id_category":
+                item_parts.append(self._embed(features.ITEM_CATEGORY, x[features.ITEM_CATEGORY]))
+                history_parts.append(self._embed(features.HISTORY_CATEGORIES, categories))
+            indices, _, valid = self.search(item_parts, history_parts, mask)
+
+        top_items = gather_history(items, indices)
+        top_emb = self._behaviour_embedding(top_items, gather_history(categories, indices))
+        if spec.gsu == "mm":
+            similarity_valid = valid  # the search already excluded items without a vector
+        else:
+            top_mm = self.multimodal(top_items)
+            similarity = cosine_similarity(target_mm, top_mm)
+            similarity_valid = valid & has_embedding(top_mm)
+        outputs = [_masked_mean(top_emb, valid)]
+        if self.lifelong_attention is not None:
+            outputs.append(self.lifelong_attention(target, top_emb, valid, similarity))
+        if self.lifelong_simtier is not None:
+            outputs.append(self.lifelong_simtier(similarity, similarity_valid))
+        return outputs
+
+    # -- training ----------------------------------------------------------------------------
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        features_, labels = inputs if isinstance(inputs, tuple) else (inputs, inputs[features.LABEL])
+        logits = self(features_, training=training)
+        return self.task(labels=tf.cast(labels, tf.float32), predictions=logits, training=training)
+
+    def get_config(self) -> dict:
+        return {"config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> MuseModel:
+        return cls(**config)

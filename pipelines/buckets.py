@@ -1,0 +1,70 @@
+"""User buckets: samples and user features routed by a hash of the user ID (a grace hash join).
+
+Neither side of the samples x user-features join fits in memory at full scale (76M samples, 8.8M
+users x 2,000 history IDs), so both are spilled by ``partition_of(user, shards)``: bucket k of a
+split holds every sample and every feature row of its users, and becomes output shard k. Each
+user's history is therefore written once per dataset. A sample with a missing user ID lands in
+the bucket of ID 0 and is rejected there, so it is still counted.
+
+Files: ``<bucket_dir>/<split>/<kind>/b<k>/<tag>.parquet`` (tags sort in input order, which makes
+"first row wins" rules deterministic).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import parquet_input as pi
+from pipelines.hashing import group_by_partition, partition_of
+
+SAMPLES = "samples"
+USERS = "users"
+_EMPTY_TYPES = {
+    "integer": pa.int64(),
+    "list<integer>": pa.list_(pa.int64()),
+    "list<int8>": pa.list_(pa.int8()),
+}
+
+
+def bucket_path(bucket_dir: str, split: str, kind: str, bucket: int, tag: str) -> str:
+    return os.path.join(bucket_dir, split, kind, f"b{bucket:05d}", f"{tag}.parquet")
+
+
+class BucketSpill:
+    """Parquet writers, one per bucket, for one scan task (opened lazily, closed atomically)."""
+
+    def __init__(self, bucket_dir: str, split: str, kind: str, tag: str, buckets: int) -> None:
+        self._paths = [bucket_path(bucket_dir, split, kind, k, tag) for k in range(buckets)]
+        self._writers: dict[int, pq.ParquetWriter] = {}
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        users = pi.ids(batch, "129_1")
+        buckets = len(self._paths)
+        for bucket, rows in enumerate(group_by_partition(partition_of(users, buckets), buckets)):
+            if not len(rows):
+                continue
+            if bucket not in self._writers:
+                os.makedirs(os.path.dirname(self._paths[bucket]), exist_ok=True)
+                self._writers[bucket] = pq.ParquetWriter(
+                    f"{self._paths[bucket]}.tmp", batch.schema
+                )
+            self._writers[bucket].write_batch(batch.take(pa.array(rows)))
+
+    def close(self) -> None:
+        for bucket, writer in self._writers.items():
+            writer.close()
+            os.replace(f"{self._paths[bucket]}.tmp", self._paths[bucket])
+
+
+def read_bucket(bucket_dir: str, split: str, kind: str, bucket: int, table: str) -> pa.Table:
+    """Every spilled row of one bucket in input order (an empty table when there are none)."""
+    files = sorted(glob.glob(bucket_path(bucket_dir, split, kind, bucket, "*")))
+    tables = [pq.read_table(f) for f in files]
+    if not tables:
+        columns = list(pi.TABLE_COLUMNS[table])
+        return pa.table({c: pa.array([], _EMPTY_TYPES[pi.TABLE_COLUMNS[table][c]]) for c in columns})
+    return pa.concat_tables(tables, promote_options="permissive")

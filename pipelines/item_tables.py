@@ -1,0 +1,93 @@
+"""Item-side tables aligned with the item vocabulary (row i = item index i), as mmap-able ``.npy``.
+
+* ``multimodal_table.npy`` int8 (V, 128): the SCL vector of each item, zero where there is none
+  (and for PAD/OOV). An all-zero row means "no vector", for the model and for the counts.
+* ``item_attributes.npy`` int32 (V, 3): category, attr_213 and attr_214 *indices* of each item;
+  0 (PAD) where item_features has no row for it.
+
+Both are filled by one sequential pass over their table, so the first row of a duplicated item
+wins deterministically; memory is one record batch plus the (memory-mapped) output.
+
+Rules: a row whose item is missing (null/0) or not in the item vocabulary is counted and skipped
+(only train items and SCL items have a row to fill); an SCL vector whose length is not 128 is
+``malformed``; a repeated item is ``duplicate``. rows_in = written + sum of the other counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from muse_tf import features
+from pipelines import parquet_input as pi
+from pipelines.vocab import lookup_sorted
+
+ATTRIBUTE_COLUMNS = ("206", "213", "214")
+ATTRIBUTE_FEATURES = (features.ITEM_CATEGORY, *features.ITEM_ATTRS)
+BATCH_ROWS = 65_536
+
+
+def _first_new_rows(indices: np.ndarray, already_set: np.ndarray) -> np.ndarray:
+    """Positions of the first occurrence of each index not set before (first row wins)."""
+    _, first = np.unique(indices, return_index=True)
+    first = np.sort(first)
+    return first[~already_set[first]]
+
+
+def _row_counts() -> dict[str, int]:
+    return {"rows_in": 0, "written": 0, "missing_id": 0, "not_in_vocab": 0, "duplicate": 0}
+
+
+def build_attribute_table(
+    files: list[str], vocabs: dict[str, np.ndarray], out: np.ndarray
+) -> dict[str, int]:
+    """Fills ``out`` (V, 3), zero-initialised, from item_features files; returns row counts."""
+    counts = _row_counts()
+    for path in files:
+        for batch in pi.read_batches(path, pi.ITEM_FEATURES, None, BATCH_ROWS):
+            raw_items = pi.ids(batch, "205")
+            index = lookup_sorted(vocabs["item"], raw_items)
+            present = raw_items != pi.MISSING
+            usable = present & (index != features.OOV)
+            counts["rows_in"] += len(raw_items)
+            counts["missing_id"] += int(np.count_nonzero(~present))
+            counts["not_in_vocab"] += int(np.count_nonzero(present & ~usable))
+            rows = np.flatnonzero(usable)
+            new = rows[_first_new_rows(index[rows], out[index[rows], 0] != 0)]
+            counts["duplicate"] += len(rows) - len(new)
+            counts["written"] += len(new)
+            values = np.stack(
+                [
+                    lookup_sorted(vocabs[features.VOCABULARY[name]], pi.ids(batch, column)[new])
+                    for column, name in zip(ATTRIBUTE_COLUMNS, ATTRIBUTE_FEATURES)
+                ],
+                axis=1,
+            )
+            out[index[new]] = values
+    return counts
+
+
+def build_multimodal_table(
+    files: list[str], item_vocab: np.ndarray, out: np.ndarray
+) -> dict[str, int]:
+    """Fills ``out`` (V, 128) int8, zero-initialised, from SCL files; returns row counts."""
+    counts = {**_row_counts(), "malformed": 0}
+    for path in files:
+        for batch in pi.read_batches(path, pi.SCL_EMBEDDINGS, None, BATCH_ROWS):
+            raw_items = pi.ids(batch, "205")
+            vectors, lengths = pi.id_lists(batch, "205_c")
+            index = lookup_sorted(item_vocab, raw_items)
+            present = raw_items != pi.MISSING
+            well_formed = lengths == pi.EMBEDDING_DIM
+            usable = present & well_formed & (index != features.OOV)
+            counts["rows_in"] += len(raw_items)
+            counts["missing_id"] += int(np.count_nonzero(~present))
+            counts["malformed"] += int(np.count_nonzero(present & ~well_formed))
+            counts["not_in_vocab"] += int(np.count_nonzero(present & well_formed & ~usable))
+            rows = np.flatnonzero(usable)
+            already_set = np.any(out[index[rows]] != 0, axis=1)
+            new = rows[_first_new_rows(index[rows], already_set)]
+            counts["duplicate"] += len(rows) - len(new)
+            counts["written"] += len(new)
+            flat, _ = pi.take_rows(vectors, pi.row_offsets(lengths), new)
+            out[index[new]] = flat.reshape(-1, pi.EMBEDDING_DIM).astype(np.int8)
+    return counts

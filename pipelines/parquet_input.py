@@ -1,0 +1,165 @@
+"""Finds, checks and streams the Taobao-MM Parquet tables (the full release's files or the demo's).
+
+A table ``T`` (e.g. ``train_samples``) is read from every file matching ``T.parquet``,
+``T[._-]*.parquet`` (``T.part_0000.parquet``, ``T-00001.parquet``) or ``T/**/*.parquet``. Every
+file's schema is checked before any work starts; an unreadable file stops the run with its name.
+
+ID columns come back as int64 NumPy arrays in which a null becomes 0: the release writes 0 for an
+empty field, so 0 and null both mean "missing" and no vocabulary ever holds 0.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+MISSING = 0
+EMBEDDING_DIM = 128
+
+SAMPLES = ("train_samples", "test_samples")
+USER_FEATURES = ("train_user_features", "test_user_features")
+ITEM_FEATURES = "item_features"
+SCL_EMBEDDINGS = "scl_embedding_int8_p90"
+SPLITS = ("train", "test")
+
+PROFILE_COLUMNS = tuple(f"130_{i}" for i in range(1, 6))
+HISTORY_ITEMS = "150_2_180"
+HISTORY_CATEGORIES = "151_2_180"
+
+_ID = "integer"
+_ID_LIST = "list<integer>"
+_INT8_LIST = "list<int8>"
+TABLE_COLUMNS: dict[str, dict[str, str]] = {
+    **{name: {"label_0": _ID_LIST, "129_1": _ID, "205": _ID} for name in SAMPLES},
+    **{
+        name: {
+            "129_1": _ID,
+            **{column: _ID for column in PROFILE_COLUMNS},
+            HISTORY_ITEMS: _ID_LIST,
+            HISTORY_CATEGORIES: _ID_LIST,
+        }
+        for name in USER_FEATURES
+    },
+    ITEM_FEATURES: {"205": _ID, "206": _ID, "213": _ID, "214": _ID},
+    SCL_EMBEDDINGS: {"205": _ID, "205_c": _INT8_LIST},
+}
+
+
+class InputError(ValueError):
+    """Input that cannot be converted; the message names the file (and column)."""
+
+
+def discover_tables(input_dir: str) -> dict[str, list[str]]:
+    """Files of every Taobao-MM table under ``input_dir``, sorted.
+
+    Raises:
+        InputError: naming a table with no file.
+    """
+    if not os.path.isdir(input_dir):
+        raise InputError(f"Input directory {input_dir} does not exist.")
+    tables = {}
+    for table in TABLE_COLUMNS:
+        patterns = (f"{table}.parquet", f"{table}[._-]*.parquet", f"{table}/**/*.parquet")
+        files = set()
+        for pattern in patterns:
+            files.update(glob.glob(os.path.join(input_dir, pattern), recursive=True))
+        if not files:
+            raise InputError(
+                f"{input_dir}: no Parquet file for table {table!r} (looked for "
+                f"{', '.join(patterns)})."
+            )
+        tables[table] = sorted(files)
+    return tables
+
+
+def _type_matches(arrow_type: pa.DataType, expected: str) -> bool:
+    if expected == _ID:
+        return pa.types.is_integer(arrow_type)
+    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
+        return False
+    if expected == _INT8_LIST:
+        return pa.types.is_int8(arrow_type.value_type)
+    return pa.types.is_integer(arrow_type.value_type)
+
+
+def open_checked(path: str, table: str) -> pq.ParquetFile:
+    """Opens ``path`` and checks it has ``table``'s columns and types.
+
+    Raises:
+        InputError: naming the file, and the column when the schema is wrong.
+    """
+    try:
+        parquet_file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(f"{path}: unreadable Parquet file ({err}).") from err
+    schema = parquet_file.schema_arrow
+    for column, expected in TABLE_COLUMNS[table].items():
+        if column not in schema.names:
+            raise InputError(
+                f"{path}: column {column!r} missing; table {table!r} needs "
+                f"{list(TABLE_COLUMNS[table])}, the file has {schema.names}."
+            )
+        actual = schema.field(column).type
+        if not _type_matches(actual, expected):
+            raise InputError(f"{path}: column {column!r} is {actual}, expected {expected}.")
+    return parquet_file
+
+
+def read_batches(
+    path: str, table: str, row_groups: list[int] | None, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most ``batch_rows`` rows of ``table``'s columns (bounded memory even
+    for files written as one huge row group).
+
+    Raises:
+        InputError: naming the file when it cannot be decoded.
+    """
+    parquet_file = open_checked(path, table)
+    try:
+        yield from parquet_file.iter_batches(
+            batch_size=batch_rows, row_groups=row_groups, columns=list(TABLE_COLUMNS[table])
+        )
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(f"{path}: unreadable Parquet data ({err}).") from err
+
+
+def num_row_groups(path: str, table: str) -> int:
+    return open_checked(path, table).metadata.num_row_groups
+
+
+def ids(data: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
+    """An ID column as int64, null -> MISSING."""
+    array = data.column(column)
+    return pc.fill_null(array.cast(pa.int64()), MISSING).to_numpy(zero_copy_only=False)
+
+
+def id_lists(
+    data: pa.RecordBatch | pa.Table, column: str, fill: int = MISSING
+) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (flat int64 values, null element -> ``fill``; per-row lengths, null -> 0)."""
+    array = data.column(column)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    values = pc.fill_null(pc.list_flatten(array).cast(pa.int64()), fill)
+    return values.to_numpy(zero_copy_only=False), lengths.astype(np.int64)
+
+
+def row_offsets(lengths: np.ndarray) -> np.ndarray:
+    """(N,) lengths -> (N + 1,) offsets of each row in the flat values."""
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+
+def take_rows(
+    values: np.ndarray, offsets: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat values and lengths of ``rows`` of a ragged array given as (values, offsets)."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    starts = np.repeat(offsets[rows] - row_offsets(lengths)[:-1], lengths)
+    return values[starts + np.arange(len(starts))], lengths

@@ -1,0 +1,161 @@
+"""Vocabularies: raw int64 ID -> contiguous index, built from the TRAIN split with bounded memory.
+
+Counting is a partitioned map-reduce: each scan task reduces its IDs to (id, count) pairs, hashes
+them into ``P`` partitions and spills them to disk when its buffer is full; each partition is then
+summed on its own. Memory is bounded by the buffer and by one partition (about 1/P of the distinct
+IDs), never by the 243M distinct history items of the full release. Only the kept vocabulary (the
+artefact itself, which training holds anyway) is ever in memory whole.
+
+Rules:
+* Sources (train only): ``user`` <- train_samples ``129_1``; ``profile_i`` <- train_user_features
+  ``130_i``; ``item`` <- train_samples ``205`` + histories ``150_2_180``; ``category`` <- histories
+  ``151_2_180`` + item_features ``206``; ``attr_213``/``attr_214`` <- item_features. Raw input is
+  counted before the join rules (a sample rejected later still counted).
+* An ID is kept when its count reaches the vocabulary's min-count. Every item with an SCL vector is
+  kept in ``item`` whatever its count, so rare items keep their multimodal vector.
+* 0 (the release's "empty field") is never kept. Kept IDs are sorted ascending, so the ID at
+  position p has index p + 2 (PAD = 0, OOV = 1) and lookups are binary searches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+
+from muse_tf import artifacts, features
+from pipelines import parquet_input as pi
+from pipelines.hashing import group_by_partition, partition_of
+
+# Train-split columns counted into each vocabulary (table -> columns).
+COUNTED_COLUMNS = {
+    "train_samples": ("129_1", "205"),
+    "train_user_features": (*pi.PROFILE_COLUMNS, pi.HISTORY_ITEMS, pi.HISTORY_CATEGORIES),
+    pi.ITEM_FEATURES: ("206", "213", "214"),
+}
+# Pseudo-vocabulary of the items that have an SCL vector (always kept in ``item``).
+SCL_ITEMS = "scl_items"
+FORCED = {"item": SCL_ITEMS}
+# (id, count) pairs buffered per scan task before spilling (16 bytes each: 128 MiB).
+SPILL_BUFFER_PAIRS = 8_000_000
+
+
+def vocabulary_of(column: str) -> str:
+    return features.VOCABULARY[features.TAOBAO_MM_COLUMNS[column]]
+
+
+def sum_counts(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct IDs and their summed counts."""
+    unique, inverse = np.unique(ids, return_inverse=True)
+    return unique, np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+
+
+class CountSpill:
+    """(id, count) pairs of one scan task, partitioned and spilled under ``spill_dir``.
+
+    Files: ``<spill_dir>/<vocab>/p<partition>/<tag>-<flush>.npy`` holding a (2, n) int64 array.
+    Names are deterministic, so a re-run task overwrites its own earlier output.
+    """
+
+    def __init__(self, spill_dir: str, tag: str, num_partitions: int) -> None:
+        self.spill_dir = spill_dir
+        self.tag = tag
+        self.num_partitions = num_partitions
+        self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._buffered = 0
+        self._flushes = 0
+
+    def add(self, vocab: str, raw_ids: np.ndarray) -> None:
+        raw_ids = raw_ids[raw_ids != pi.MISSING]
+        unique, counts = np.unique(raw_ids, return_counts=True)
+        self._chunks.setdefault(vocab, []).append((unique, counts.astype(np.int64)))
+        self._buffered += len(unique)
+        if self._buffered > SPILL_BUFFER_PAIRS:
+            self.flush()
+
+    def flush(self) -> None:
+        for vocab, chunks in self._chunks.items():
+            ids, counts = sum_counts(
+                np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+            )
+            parts = group_by_partition(partition_of(ids, self.num_partitions), self.num_partitions)
+            for p, rows in enumerate(parts):
+                if len(rows):
+                    directory = os.path.join(self.spill_dir, vocab, f"p{p:05d}")
+                    os.makedirs(directory, exist_ok=True)
+                    path = os.path.join(directory, f"{self.tag}-{self._flushes:04d}.npy")
+                    save_atomic(path, np.stack([ids[rows], counts[rows]]))
+        self._chunks = {}
+        self._buffered = 0
+        self._flushes += 1
+
+
+def save_atomic(path: str, array: np.ndarray) -> None:
+    """np.save through a temporary name, so a crash never leaves a truncated file behind."""
+    tmp = f"{path}.tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _load_partition(spill_dir: str, vocab: str, partition: int) -> tuple[np.ndarray, np.ndarray]:
+    files = sorted(glob.glob(os.path.join(spill_dir, vocab, f"p{partition:05d}", "*.npy")))
+    if not files:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs = np.concatenate([np.load(f) for f in files], axis=1)
+    return sum_counts(pairs[0], pairs[1])
+
+
+@dataclasses.dataclass
+class VocabStats:
+    """Distinct train IDs seen, kept, dropped below min-count, and kept only because forced."""
+
+    distinct: int = 0
+    kept: int = 0
+    below_min_count: int = 0
+    kept_by_scl: int = 0
+    duplicate_scl_rows: int = 0
+
+    def add(self, other: VocabStats) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def reduce_partition(
+    spill_dir: str, vocab: str, partition: int, min_count: int, out_path: str
+) -> VocabStats:
+    """Sums one partition, keeps IDs meeting ``min_count`` (or forced) and saves them."""
+    ids, counts = _load_partition(spill_dir, vocab, partition)
+    keep = counts >= min_count
+    stats = VocabStats(distinct=len(ids))
+    kept = ids[keep]
+    if vocab in FORCED:
+        forced, forced_counts = _load_partition(spill_dir, FORCED[vocab], partition)
+        stats.duplicate_scl_rows = int(forced_counts.sum() - len(forced))
+        extra = np.setdiff1d(forced, kept, assume_unique=True)
+        stats.kept_by_scl = len(extra)
+        stats.below_min_count = int(np.count_nonzero(~keep & ~np.isin(ids, forced)))
+        kept = np.concatenate([kept, extra])
+    else:
+        stats.below_min_count = int(np.count_nonzero(~keep))
+    stats.kept = len(kept)
+    save_atomic(out_path, kept)
+    return stats
+
+
+def assemble(partition_paths: list[str], out_path: str) -> int:
+    """Concatenates a vocabulary's partitions into the sorted ``vocab/<name>.npy``; its size."""
+    ids = np.sort(np.concatenate([np.load(p) for p in partition_paths]))
+    save_atomic(out_path, ids)
+    return len(ids) + artifacts.RESERVED
+
+
+def lookup_sorted(sorted_vocab: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
+    """Indices of ``raw_ids`` in an ascending vocabulary (OOV when absent); works on a memmap."""
+    raw_ids = np.asarray(raw_ids, np.int64)
+    if len(sorted_vocab) == 0:
+        return np.full(raw_ids.shape, features.OOV, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_vocab, raw_ids), len(sorted_vocab) - 1)
+    found = np.asarray(sorted_vocab[pos]) == raw_ids
+    return np.where(found, pos + artifacts.RESERVED, features.OOV).astype(np.int64)

@@ -1,0 +1,113 @@
+"""Independent NumPy re-implementations of the layers, used as test oracles."""
+
+import numpy as np
+
+INVALID = -2.0
+
+
+def cosine_topk(target, history, mask, k):
+    """Float64 brute force: valid positions sorted by (cosine desc, position desc); pad to k."""
+    target = np.asarray(target, np.float64)
+    batch = target.shape[0]
+    history = np.broadcast_to(np.asarray(history, np.float64), (batch,) + np.shape(history)[1:])
+    mask = np.broadcast_to(mask, history.shape[:2])
+    t_norm = np.linalg.norm(target, axis=-1)
+    h_norm = np.linalg.norm(history, axis=-1)
+    dots = np.einsum("bd,bld->bl", target, history)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(t_norm[:, None] > 0, dots / (t_norm[:, None] * h_norm), 0.0)
+    usable = mask & (h_norm > 0)
+    indices, scores, valid = [], [], []
+    for b in range(batch):
+        pos = np.flatnonzero(usable[b])
+        pos = pos[np.lexsort((-pos, -cos[b, pos]))][:k]
+        pad = k - len(pos)
+        indices.append(list(pos) + [None] * pad)
+        scores.append(list(cos[b, pos]) + [INVALID] * pad)
+        valid.append([True] * len(pos) + [False] * pad)
+    return indices, np.array(scores), np.array(valid)
+
+
+def category_topk(target_category, history_categories, mask, k):
+    """The k most recent positions whose category equals the target's."""
+    batch = len(target_category)
+    cats = np.broadcast_to(history_categories, (batch, np.shape(history_categories)[1]))
+    mask = np.broadcast_to(mask, cats.shape)
+    indices, valid = [], []
+    for b in range(batch):
+        hits = [p for p in range(cats.shape[1]) if mask[b, p] and cats[b, p] == target_category[b]]
+        hits = hits[::-1][:k]
+        indices.append(hits + [None] * (k - len(hits)))
+        valid.append([True] * len(hits) + [False] * (k - len(hits)))
+    return indices, np.array(valid)
+
+
+def simtier(similarities, mask, eps, weights):
+    """Loop over positions: tier = ceil(r / eps) + 1/eps (float32 product, as the layer)."""
+    per_unit = int(round(1 / eps))
+    num_tiers = 2 * per_unit + 2
+    sims = np.asarray(similarities, np.float32)
+    mask = np.asarray(mask)
+    out = np.zeros((sims.shape[0], num_tiers, weights.shape[1]))
+    for b in range(sims.shape[0]):
+        counts = np.zeros(num_tiers)
+        for j in range(sims.shape[1]):
+            if mask[b, j]:
+                tier = int(np.ceil(sims[b, j] * np.float32(per_unit))) + per_unit
+                counts[min(max(tier, 0), num_tiers - 1)] += 1
+        out[b] = np.log1p(counts)[:, None] * weights
+    return out.reshape(sims.shape[0], -1)
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax_masked(scores, mask):
+    scores = np.where(mask, scores, -np.inf)
+    out = np.zeros_like(scores, dtype=np.float64)
+    for idx in np.ndindex(scores.shape[:-1]):
+        row = scores[idx]
+        if np.isfinite(row).any():
+            e = np.exp(row - row[np.isfinite(row)].max())
+            out[idx] = np.where(np.isfinite(row), e, 0.0) / e[np.isfinite(row)].sum()
+    return out
+
+
+def sata(query, keys, mask, sims, wq, bq, wk, bk, wv, bv, heads, gates=None, tau=None):
+    """Semantic-aware target attention, per head, from explicit weights."""
+    q = silu(query @ wq + bq)
+    k = silu(keys @ wk + bk)
+    v = silu(keys @ wv + bv)
+    batch, length, units = k.shape
+    d = units // heads
+    out = np.zeros((batch, units))
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        a = np.einsum("bd,bkd->bk", q[:, sl], k[:, :, sl])
+        if gates is not None:
+            r = sims / tau
+            a = gates[0] * a + gates[1] * r + gates[2] * a * r
+        w = softmax_masked(a, mask)
+        out[:, sl] = np.einsum("bk,bkd->bd", w, v[:, :, sl])
+    return out
+
+
+def dice(x, alpha, mean, var, eps):
+    p = 1.0 / (1.0 + np.exp(-(x - mean) / np.sqrt(var + eps)))
+    return p * x + (1 - p) * alpha * x
+
+
+def group_auc_bruteforce(labels, scores, groups):
+    """Pairwise count per group: P(score_pos > score_neg) + 0.5 P(tie), impressions-weighted."""
+    total, weight = 0.0, 0
+    for g in np.unique(groups):
+        sel = groups == g
+        pos = scores[sel][labels[sel] == 1]
+        neg = scores[sel][labels[sel] == 0]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+        total += sel.sum() * wins / (len(pos) * len(neg))
+        weight += sel.sum()
+    return total / weight

@@ -1,0 +1,99 @@
+"""SA-TA, DIN target attention and Dice against NumPy re-implementations."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from muse_tf.layers import Dice, SemanticAwareTargetAttention, TargetAttention
+from tests import reference
+
+
+def _dense_weights(layer):
+    return [w.numpy() for w in layer.weights]
+
+
+@pytest.mark.parametrize("heads,semantic", [(1, True), (2, True), (1, False), (4, False)])
+def test_sata_matches_reference(heads, semantic):
+    rng = np.random.default_rng(heads)
+    query = rng.normal(size=(5, 6)).astype(np.float32)
+    keys = rng.normal(size=(5, 7, 6)).astype(np.float32)
+    sims = rng.uniform(-1, 1, size=(5, 7)).astype(np.float32)
+    mask = rng.random((5, 7)) > 0.3
+    mask[0] = False
+    layer = SemanticAwareTargetAttention(units=8, heads=heads, semantic=semantic)
+    layer(query, keys, mask, sims)
+    if semantic:  # move away from the initial values so each term matters
+        layer.gates.assign([0.7, 1.3, -0.4])
+        layer.tau.assign(0.2)
+    out = layer(query, keys, mask, sims).numpy()
+    wq, bq = _dense_weights(layer.query_dense)
+    wk, bk = _dense_weights(layer.key_dense)
+    wv, bv = _dense_weights(layer.value_dense)
+    extra = dict(gates=layer.gates.numpy(), tau=layer.tau.numpy()) if semantic else {}
+    expected = reference.sata(query, keys, mask, sims, wq, bq, wk, bk, wv, bv, heads, **extra)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_array_equal(out[0], 0.0)  # no valid behaviour: zeros, not NaN
+
+
+def test_sata_similarity_changes_the_output_only_when_semantic():
+    rng = np.random.default_rng(9)
+    query, keys = rng.normal(size=(2, 4)), rng.normal(size=(2, 5, 4))
+    mask = np.ones((2, 5), bool)
+    for semantic, should_change in ((True, True), (False, False)):
+        layer = SemanticAwareTargetAttention(units=4, semantic=semantic)
+        a = layer(query, keys, mask, np.zeros((2, 5))).numpy()
+        b = layer(query, keys, mask, rng.uniform(-1, 1, (2, 5))).numpy()
+        assert np.allclose(a, b) != should_change
+
+
+def test_sata_requires_similarities_when_semantic():
+    layer = SemanticAwareTargetAttention(units=4)
+    with pytest.raises(ValueError, match="similarities"):
+        layer(np.ones((1, 4)), np.ones((1, 2, 4)), np.ones((1, 2), bool))
+
+
+def test_target_attention_matches_reference():
+    rng = np.random.default_rng(2)
+    query = rng.normal(size=(4, 3)).astype(np.float32)
+    keys = rng.normal(size=(4, 6, 3)).astype(np.float32)
+    mask = rng.random((4, 6)) > 0.3
+    layer = TargetAttention([5], activation="dice")
+    out = layer(query, keys, mask, training=False).numpy()
+    (w1, b1), dice, (w2, b2) = (
+        _dense_weights(layer.scorer.dense_layers[0]),
+        layer.scorer.activations[0],
+        _dense_weights(layer.scorer.output_layer),
+    )
+    q = np.broadcast_to(query[:, None], keys.shape)
+    hidden = np.concatenate([q, keys, q - keys, q * keys], -1) @ w1 + b1
+    bn = dice.batch_norm
+    hidden = reference.dice(hidden, dice.alpha.numpy(), bn.moving_mean.numpy(),
+                            bn.moving_variance.numpy(), bn.epsilon)
+    scores = (hidden @ w2 + b2)[..., 0] * mask
+    np.testing.assert_allclose(out, np.einsum("bk,bkd->bd", scores, keys), atol=1e-5)
+
+
+def test_dice_training_uses_batch_statistics():
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=(64, 5)).astype(np.float32)
+    layer = Dice()
+    layer.build(x.shape)
+    layer.alpha.assign(rng.uniform(-1, 1, 5).astype(np.float32))
+    out = layer(x, training=True).numpy()
+    expected = reference.dice(x, layer.alpha.numpy(), x.mean(0), x.var(0), layer.epsilon)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_round_trip_config():
+    for layer in (
+        SemanticAwareTargetAttention(units=6, heads=3, semantic=False, tau_init=0.5),
+        TargetAttention([7, 3], activation="sigmoid", use_softmax=True),
+        Dice(epsilon=1e-6),
+    ):
+        clone = tf_keras.layers.deserialize(tf_keras.layers.serialize(layer))
+        assert clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="units"):
+        SemanticAwareTargetAttention(units=6, heads=4)
+    assert tf.reduce_all(tf.math.is_finite(TargetAttention([2], use_softmax=True)(
+        np.ones((1, 2)), np.ones((1, 3, 2)), np.zeros((1, 3), bool))))

@@ -1,0 +1,155 @@
+"""MuseModel: variants, shared histories, gradients, save/load, learning."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from muse_tf import features
+from muse_tf.config import VARIANTS, ModelConfig
+from muse_tf.models import MuseModel
+
+VOCAB = 60
+USER_SIDE = (features.USER_ID, *features.USER_PROFILE, *features.SEQUENCE_FEATURES)
+
+
+def make_model(variant="muse", seed=0, **overrides):
+    cfg = ModelConfig(
+        variant=variant,
+        vocab_sizes={name: VOCAB for name in features.VOCABULARIES},
+        embedding_dim=8,
+        top_k=6,
+        recent_length=5,
+        mlp_units=[16, 8],
+        din_attention_units=[8],
+        **overrides,
+    )
+    model = MuseModel(cfg)
+    rng = np.random.default_rng(seed)
+    table = rng.integers(-127, 128, size=(VOCAB, 128)).astype(np.int8)
+    table[[0, 1, 7, 8]] = 0  # PAD, OOV and two items without a vector
+    model.set_multimodal_table(table)
+    return model, table
+
+
+def make_batch(rng, batch=8, length=20, pad_rows=(0,)):
+    x = {name: rng.integers(1, VOCAB, batch) for name in features.SCALAR_FEATURES}
+    x[features.HISTORY_ITEMS] = rng.integers(1, VOCAB, (batch, length))
+    for row in pad_rows:  # left padding
+        x[features.HISTORY_ITEMS][row, : length // 2] = features.PAD
+    # An item's category is a function of the item, as in real data (PAD stays PAD).
+    x[features.HISTORY_CATEGORIES] = np.where(x[features.HISTORY_ITEMS] > 0,
+                                              x[features.HISTORY_ITEMS] % 4 + 1, features.PAD)
+    return x
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_scores_and_is_serializable(variant):
+    model, _ = make_model(variant)
+    x = make_batch(np.random.default_rng(1))
+    x[features.HISTORY_ITEMS][1] = features.PAD  # an empty history
+    logits = model(x).numpy()
+    assert logits.shape == (8,) and np.isfinite(logits).all()
+    clone = MuseModel.from_config(model.get_config())
+    assert clone.config == model.config
+
+
+@pytest.mark.parametrize("variant", ["muse", "sim_soft", "sim_hard", "din"])
+def test_one_history_shared_by_many_candidates_equals_tiled_rows(variant):
+    model, _ = make_model(variant)
+    rng = np.random.default_rng(2)
+    x = make_batch(rng, batch=6, pad_rows=())
+    shared = {k: (v[:1] if k in USER_SIDE else v) for k, v in x.items()}
+    tiled = {k: (np.repeat(v[:1], 6, 0) if k in USER_SIDE else v) for k, v in x.items()}
+    np.testing.assert_allclose(model(shared).numpy(), model(tiled).numpy(), atol=1e-6)
+
+
+def _old_history_cases(table):
+    """A history, the same with its old part permuted, and with an old item made a perfect match."""
+    rng = np.random.default_rng(3)
+    x = make_batch(rng, batch=4, length=30, pad_rows=())
+    permuted = {k: v.copy() for k, v in x.items()}
+    order = rng.permutation(25)  # positions 0..24 are older than the recent 5
+    for name in features.SEQUENCE_FEATURES:
+        permuted[name][:, :25] = x[name][:, order]
+    matched = {k: v.copy() for k, v in x.items()}
+    matched[features.HISTORY_ITEMS][:, 3] = x[features.ITEM_ID]
+    assert not (table[x[features.ITEM_ID]] == 0).all(-1).any()
+    return x, permuted, matched
+
+
+def test_lifelong_branch_sees_old_behaviours_and_din_does_not():
+    muse, table = make_model("muse")
+    din, _ = make_model("din")
+    x, permuted, matched = _old_history_cases(table)
+    np.testing.assert_allclose(muse(x).numpy(), muse(permuted).numpy(), atol=1e-6)
+    np.testing.assert_allclose(din(x).numpy(), din(matched).numpy(), atol=1e-6)
+    assert np.abs(muse(x).numpy() - muse(matched).numpy()).min() > 1e-7
+
+
+def test_multimodal_lookup_dequantises_with_scale():
+    model, table = make_model()
+    idx = np.array([[2, 7], [0, 59]])
+    np.testing.assert_allclose(model.multimodal(idx).numpy(), table[idx] / 127.0, rtol=1e-6)
+
+
+def test_gradients_reach_id_embeddings_and_attention_never_the_frozen_table():
+    model, _ = make_model("muse")
+    x = make_batch(np.random.default_rng(4))
+    with tf.GradientTape(persistent=True) as tape:
+        loss = tf.reduce_sum(model(x, training=True))
+    assert all(v is not model.multimodal_table for v in model.trainable_variables)
+    assert tape.gradient(loss, model.multimodal_table) is None
+    named = {v.name: g for v, g in zip(model.trainable_variables,
+                                       tape.gradient(loss, model.trainable_variables))}
+    for part in ("item_embedding", "category_embedding", "lifelong_attention/query",
+                 "lifelong_attention/gates", "lifelong_attention/tau", "lifelong_simtier",
+                 "short_term_attention"):
+        grads = [g for name, g in named.items() if part in name]
+        assert grads, part
+        assert any(g is not None and np.abs(tf.convert_to_tensor(g).numpy()).sum() > 0
+                   for g in grads), part
+
+
+def test_save_and_load_give_identical_predictions(tmp_path):
+    model, table = make_model("muse")
+    x = make_batch(np.random.default_rng(5))
+    expected = model(x).numpy()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = tf_keras.models.load_model(path)
+    assert isinstance(loaded, MuseModel)
+    np.testing.assert_array_equal(loaded.multimodal_table.numpy(), table)
+    np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
+    model.save_weights(str(tmp_path / "w"))
+    fresh = MuseModel.from_config(model.get_config())
+    fresh(x)
+    fresh.load_weights(str(tmp_path / "w"))
+    np.testing.assert_allclose(fresh(x).numpy(), expected, atol=1e-6)
+
+
+def test_fit_lowers_the_loss_on_a_learnable_problem():
+    rng = np.random.default_rng(6)
+    x = make_batch(rng, batch=512, length=12, pad_rows=())
+    # Clicks are a function of the target item (an item effect only ID embeddings can learn).
+    y = (x[features.ITEM_ID] % 3 == 0).astype(np.float32)
+    model, _ = make_model("muse")
+    model.compile(tf_keras.optimizers.Adam(0.01))
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    first = model.evaluate(data, verbose=0, return_dict=True)
+    model.fit(data, epochs=8, verbose=0)
+    last = model.evaluate(data, verbose=0, return_dict=True)
+    assert last["loss"] < 0.7 * first["loss"]
+    assert last["auc"] > 0.9
+
+
+def test_bad_inputs_and_tables_are_named():
+    model, table = make_model()
+    x = make_batch(np.random.default_rng(7))
+    del x[features.ITEM_CATEGORY]
+    with pytest.raises(KeyError, match="item_category"):
+        model(x)
+    with pytest.raises(ValueError, match="shape"):
+        model.set_multimodal_table(table[:10])
+    with pytest.raises(ValueError, match="int8"):
+        model.set_multimodal_table(table.astype(np.float32))

@@ -1,0 +1,128 @@
+"""General search units against brute-force NumPy references."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from muse_tf.layers import CategoryGSU, CosineGSU, EmbeddingGSU, gather_history
+from tests import reference
+
+
+def _check(result, expected):
+    indices, scores, valid = (np.asarray(t) for t in result)
+    exp_indices, exp_scores, exp_valid = expected
+    np.testing.assert_array_equal(valid, exp_valid)
+    for b, row in enumerate(exp_indices):
+        for j, pos in enumerate(row):
+            if pos is not None:
+                assert indices[b, j] == pos, (b, j)
+    np.testing.assert_allclose(scores, exp_scores, atol=1e-5)
+    assert (indices >= 0).all()
+
+
+def _random_case(rng, batch, length, dim, pad_rate=0.2, zero_rate=0.1):
+    target = rng.normal(size=(batch, dim)).astype(np.float32)
+    history = rng.normal(size=(batch, length, dim)).astype(np.float32)
+    history[rng.random((batch, length)) < zero_rate] = 0.0
+    mask = rng.random((batch, length)) >= pad_rate
+    return target, history, mask
+
+
+@pytest.mark.parametrize("length,k", [(1, 5), (7, 5), (40, 5), (60, 50), (3, 50)])
+def test_cosine_gsu_matches_bruteforce(length, k):
+    rng = np.random.default_rng(length * 100 + k)
+    target, history, mask = _random_case(rng, 6, length, 16)
+    mask[0] = False  # an all-padding history
+    _check(CosineGSU(top_k=k)(target, history, mask), reference.cosine_topk(target, history, mask, k))
+
+
+def test_invalid_never_outranks_negative_cosines():
+    # Every real behaviour points away from the target (cosine < 0); padding, zero vectors and
+    # padding with a *positive* cosine must all still rank below them.
+    rng = np.random.default_rng(1)
+    target = np.ones((2, 8), np.float32)
+    history = -np.abs(rng.normal(size=(2, 10, 8))).astype(np.float32)
+    history[:, :3] = np.abs(history[:, :3])  # padding slots holding attractive vectors
+    history[:, 3:5] = 0.0  # items without an embedding
+    mask = np.ones((2, 10), bool)
+    mask[:, :3] = False
+    indices, scores, valid = (np.asarray(t) for t in CosineGSU(top_k=8)(target, history, mask))
+    assert valid[:, :5].all() and not valid[:, 5:].any()
+    assert set(indices[0, :5]) == {5, 6, 7, 8, 9}
+    assert (scores[:, :5] < 0).all()
+    _check((indices, scores, valid), reference.cosine_topk(target, history, mask, 8))
+
+
+def test_ties_go_to_the_most_recent_behaviour():
+    vec = np.array([1.0, 2.0, 3.0], np.float32)
+    history = np.stack([vec, -vec, vec, vec, -vec])[None]
+    indices, scores, valid = CosineGSU(top_k=4)(vec[None], history, np.ones((1, 5), bool))
+    np.testing.assert_array_equal(np.asarray(indices)[0], [3, 2, 0, 4])
+    _check((indices, scores, valid), reference.cosine_topk(vec[None], history, np.ones((1, 5), bool), 4))
+
+
+def test_cosine_gsu_at_100k_history():
+    rng = np.random.default_rng(7)
+    target, history, mask = _random_case(rng, 2, 100_000, 128, pad_rate=0.05, zero_rate=0.01)
+    history = (np.clip(history / 4, -1, 1) * 127).astype(np.int8).astype(np.float32)
+    _check(CosineGSU(top_k=50)(target, history, mask), reference.cosine_topk(target, history, mask, 50))
+
+
+def test_shared_history_equals_tiled_history():
+    rng = np.random.default_rng(3)
+    target = rng.normal(size=(5, 16)).astype(np.float32)
+    history = rng.normal(size=(1, 30, 16)).astype(np.float32)
+    mask = rng.random((1, 30)) > 0.3
+    gsu = CosineGSU(top_k=10)
+    shared = [np.asarray(t) for t in gsu(target, history, mask)]
+    tiled = [np.asarray(t) for t in gsu(target, np.repeat(history, 5, 0), np.repeat(mask, 5, 0))]
+    for a, b in zip(shared, tiled):
+        np.testing.assert_array_equal(a, b)
+    _check(shared, reference.cosine_topk(target, history, mask, 10))
+
+
+def test_gather_history_per_row_and_shared():
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(3, 9, 2)).astype(np.float32)
+    indices = rng.integers(0, 9, size=(3, 4)).astype(np.int32)
+    np.testing.assert_array_equal(
+        gather_history(values, indices), np.take_along_axis(values, indices[..., None], 1)
+    )
+    np.testing.assert_array_equal(gather_history(values[:1], indices), values[0][indices])
+
+
+def test_category_gsu_keeps_most_recent_matches():
+    rng = np.random.default_rng(5)
+    cats = rng.integers(1, 4, size=(6, 25))
+    mask = rng.random((6, 25)) > 0.2
+    target = rng.integers(1, 5, size=6)  # category 4 never occurs: no match at all
+    indices, _, valid = (np.asarray(t) for t in CategoryGSU(top_k=5)(target, cats, mask))
+    exp_indices, exp_valid = reference.category_topk(target, cats, mask, 5)
+    np.testing.assert_array_equal(valid, exp_valid)
+    for b, row in enumerate(exp_indices):
+        assert [i for i, v in zip(indices[b], valid[b]) if v] == [p for p in row if p is not None]
+
+
+def test_embedding_gsu_concatenates_parts_and_blocks_gradients():
+    rng = np.random.default_rng(6)
+    item_t, cat_t = (tf.Variable(rng.normal(size=(3, 4)).astype(np.float32)) for _ in range(2))
+    item_h, cat_h = (tf.Variable(rng.normal(size=(3, 12, 4)).astype(np.float32)) for _ in range(2))
+    mask = np.ones((3, 12), bool)
+    with tf.GradientTape() as tape:
+        _, scores, _ = EmbeddingGSU(top_k=4)([item_t, cat_t], [item_h, cat_h], mask)
+        loss = tf.reduce_sum(scores)
+    assert all(g is None for g in tape.gradient(loss, [item_t, cat_t, item_h, cat_h]))
+    concat_t = np.concatenate([item_t.numpy(), cat_t.numpy()], -1)
+    concat_h = np.concatenate([item_h.numpy(), cat_h.numpy()], -1)
+    expected = reference.cosine_topk(concat_t, concat_h, mask, 4)
+    _check(EmbeddingGSU(top_k=4)([item_t, cat_t], [item_h, cat_h], mask), expected)
+
+
+def test_search_units_have_no_weights_and_round_trip_config():
+    for cls in (CosineGSU, EmbeddingGSU, CategoryGSU):
+        layer = cls(top_k=7, name="s")
+        clone = tf_keras.layers.deserialize(tf_keras.layers.serialize(layer))
+        assert type(clone) is cls and clone.top_k == 7 and not layer.trainable_weights
+    with pytest.raises(ValueError, match="top_k"):
+        CosineGSU(top_k=0)
