@@ -133,6 +133,56 @@ class ModelConfig:
         return from_dict(cls, values)
 
 
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train and evaluate (defaults: the paper's optimiser settings).
+
+    Attributes:
+        batch_size: global batch size, split across replicas.
+        epochs: passes over the training split.
+        steps_per_epoch: None = one pass over the training split's samples (from the manifest).
+        embedding_learning_rate: Adam learning rate of the embedding tables (paper: 2e-3).
+        dense_learning_rate: Adam learning rate of every other weight (paper: 2e-4).
+        history_length: L, behaviours per sample fed to the model (most recent kept).
+        shuffle: shuffle training records (the official config does not).
+        seed: seeds TensorFlow, NumPy and the input order.
+        deterministic: reproducible input order (slower).
+        eval_batch_size: batch size for evaluation.
+        backup_every_steps: BackupAndRestore interval, so a killed run resumes mid-epoch.
+        log_every_steps: TensorBoard scalar interval.
+    """
+
+    batch_size: int = 1000
+    epochs: int = 1
+    steps_per_epoch: int | None = None
+    embedding_learning_rate: float = 2e-3
+    dense_learning_rate: float = 2e-4
+    history_length: int = 1000
+    shuffle: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    eval_batch_size: int = 1000
+    backup_every_steps: int = 100
+    log_every_steps: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "history_length", "eval_batch_size",
+                     "backup_every_steps", "log_every_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """A whole run: ``model`` and ``train`` sections, as in the YAML files under muse_tf/configs."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 T = typing.TypeVar("T")
 
 

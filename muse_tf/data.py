@@ -1,4 +1,4 @@
-"""tf.data input: converted TFRecord shards -> ``(features, label)`` batches in the model's contract.
+"""tf.data input: converted TFRecord shards -> ``(features, label)`` batches of the model contract.
 
 On-disk format (written by ``pipelines/``): GZIP TFRecord shards of ``tf.train.Example`` user
 records. A record holds one user's features and history **once**, plus parallel lists of that user's
@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import muse_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from muse_tf import artifacts, features

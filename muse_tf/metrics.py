@@ -74,35 +74,49 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return group_auc(labels, scores, np.zeros(len(labels), np.int64))
 
 
-def predict_dataset(model: tf_keras.Model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
+def predict_dataset(model: tf_keras.Model, dataset: Iterable) -> dict[str, np.ndarray]:
     """Scores a whole ``(features, label)`` dataset once.
 
     Returns:
-        ``logits``, ``labels`` and ``groups`` (the ``user_key`` feature) as aligned 1-D arrays.
+        Aligned 1-D arrays: ``logits``, ``labels``, ``groups`` (the raw ``user_key``), and for
+        breakdowns ``item_id`` (target item index) and ``history_length`` (non-PAD behaviours).
     """
+
     @tf.function
-    def step(batch_features):
+    def step(batch_features: dict[str, tf.Tensor]) -> tf.Tensor:
         return model(batch_features, training=False)
 
-    logits, labels, groups = [], [], []
+    columns: dict[str, list[np.ndarray]] = {
+        "logits": [], "labels": [], "groups": [], "item_id": [], "history_length": []
+    }
     for batch_features, batch_labels in dataset:
         if features.USER_KEY not in batch_features:
             raise KeyError(f"GAUC needs the `{features.USER_KEY}` feature in every batch.")
-        logits.append(step(batch_features).numpy())
-        labels.append(np.asarray(batch_labels))
-        groups.append(batch_features[features.USER_KEY].numpy())
-    return {
-        "logits": np.concatenate(logits),
-        "labels": np.concatenate(labels).astype(np.int64),
-        "groups": np.concatenate(groups),
-    }
+        columns["logits"].append(step(batch_features).numpy())
+        columns["labels"].append(np.asarray(batch_labels))
+        columns["groups"].append(batch_features[features.USER_KEY].numpy())
+        if features.ITEM_ID in batch_features:
+            columns["item_id"].append(batch_features[features.ITEM_ID].numpy())
+        if features.HISTORY_ITEMS in batch_features:
+            history = batch_features[features.HISTORY_ITEMS].numpy()
+            columns["history_length"].append((history != features.PAD).sum(axis=1))
+    scored = {name: np.concatenate(parts) for name, parts in columns.items() if parts}
+    scored["labels"] = scored["labels"].astype(np.int64)
+    return scored
 
 
 def evaluate_auc_gauc(model: tf_keras.Model, dataset: Iterable) -> dict[str, float]:
     """Exact AUC and GAUC of ``model`` over the whole ``dataset`` (not a per-batch average)."""
     scored = predict_dataset(model, dataset)
+    return summarize(scored)
+
+
+def summarize(scored: dict[str, np.ndarray]) -> dict[str, float]:
+    """AUC, GAUC and counts of a ``predict_dataset`` result (or any subset of its rows)."""
+    labels, logits = scored["labels"], scored["logits"]
     return {
-        "auc": auc(scored["labels"], scored["logits"]),
-        "gauc": group_auc(scored["labels"], scored["logits"], scored["groups"]),
-        "examples": int(len(scored["labels"])),
+        "auc": auc(labels, logits),
+        "gauc": group_auc(labels, logits, scored["groups"]),
+        "examples": int(len(labels)),
+        "click_rate": float(labels.mean()) if len(labels) else float("nan"),
     }

@@ -153,3 +153,17 @@ def test_bad_inputs_and_tables_are_named():
         model.set_multimodal_table(table[:10])
     with pytest.raises(ValueError, match="int8"):
         model.set_multimodal_table(table.astype(np.float32))
+
+
+def test_embeddings_and_dense_weights_follow_their_own_optimizers():
+    model, _ = make_model("muse")
+    model.compile(optimizer=tf_keras.optimizers.SGD(0.0),
+                  embedding_optimizer=tf_keras.optimizers.SGD(1.0))
+    x = make_batch(np.random.default_rng(8))
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.train_on_batch(x, np.ones(8, np.float32))
+    changed = {v.name: not np.array_equal(b, v.numpy())
+               for v, b in zip(model.trainable_variables, before)}
+    tables = {v.name for layer in model.embeddings.values() for v in layer.trainable_weights}
+    assert any(changed[name] for name in tables)
+    assert not any(flag for name, flag in changed.items() if name not in tables)

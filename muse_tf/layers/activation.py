@@ -31,7 +31,7 @@ class Dice(tf_keras.layers.Layer):
             center=False, scale=False, epsilon=epsilon, name="batch_norm"
         )
 
-    def build(self, input_shape) -> None:
+    def build(self, input_shape: tf.TensorShape) -> None:
         channels = input_shape[-1]
         if channels is None:
             raise ValueError("Dice needs a known last dimension.")

@@ -67,7 +67,7 @@ class SemanticAwareTargetAttention(tf_keras.layers.Layer):
         self.key_dense = tf_keras.layers.Dense(units, activation="silu", name="key")
         self.value_dense = tf_keras.layers.Dense(units, activation="silu", name="value")
 
-    def build(self, input_shape=None) -> None:
+    def build(self, input_shape: tf.TensorShape | None = None) -> None:
         if self.semantic:
             self.gates = self.add_weight(name="gates", shape=[3], initializer="ones")
             self.tau = self.add_weight(

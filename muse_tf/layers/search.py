@@ -13,11 +13,16 @@ Rules shared by every unit here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 import tf_keras
 
 # Below any cosine similarity, so masked positions are chosen last.
 INVALID_SCORE = -2.0
+
+# (indices (B, K) int32, scores (B, K), valid (B, K) bool)
+SearchResult = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
 
 
 def gather_history(values: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
@@ -40,7 +45,7 @@ def gather_history(values: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     return tf.gather(flat, indices + offsets[:, None])
 
 
-def top_k_valid(scores: tf.Tensor, valid: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def top_k_valid(scores: tf.Tensor, valid: tf.Tensor, k: int) -> SearchResult:
     """Top-K of ``scores`` among ``valid`` positions, ties to the newest.
 
     Args:
@@ -118,7 +123,7 @@ class CosineGSU(_SearchUnit):
         (``INVALID_SCORE`` where invalid), valid (B, K) bool; sorted by score, best first.
     """
 
-    def call(self, target: tf.Tensor, history: tf.Tensor, history_mask: tf.Tensor):
+    def call(self, target: tf.Tensor, history: tf.Tensor, history_mask: tf.Tensor) -> SearchResult:
         target = tf.stop_gradient(target)
         history = tf.stop_gradient(history)
         scores = cosine_similarity(target, history)
@@ -142,8 +147,13 @@ class EmbeddingGSU(CosineGSU):
         As ``CosineGSU``.
     """
 
-    def call(self, target, history, history_mask: tf.Tensor):
-        if isinstance(target, (list, tuple)):
+    def call(
+        self,
+        target: tf.Tensor | Sequence[tf.Tensor],
+        history: tf.Tensor | Sequence[tf.Tensor],
+        history_mask: tf.Tensor,
+    ) -> SearchResult:
+        if isinstance(target, list | tuple):
             target = tf.concat(target, axis=-1)
             history = tf.concat(history, axis=-1)
         return super().call(target, history, history_mask)
@@ -163,7 +173,9 @@ class CategoryGSU(_SearchUnit):
         valid (B, K) bool; most recent first.
     """
 
-    def call(self, target_category: tf.Tensor, history_categories: tf.Tensor, history_mask: tf.Tensor):
+    def call(
+        self, target_category: tf.Tensor, history_categories: tf.Tensor, history_mask: tf.Tensor
+    ) -> SearchResult:
         match = tf.equal(history_categories, tf.cast(target_category, history_categories.dtype)[:, None])
         valid = tf.logical_and(match, tf.cast(history_mask, tf.bool))
         return top_k_valid(tf.zeros(tf.shape(valid), tf.float32), valid, self.top_k)

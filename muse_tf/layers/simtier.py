@@ -42,7 +42,7 @@ class SimTier(tf_keras.layers.Layer):
         self.tiers_per_unit = tiers_per_unit
         self.num_tiers = 2 * tiers_per_unit + 2
 
-    def build(self, input_shape) -> None:
+    def build(self, input_shape: tf.TensorShape) -> None:
         self.tier_embeddings = self.add_weight(
             name="tier_embeddings",
             shape=[self.num_tiers, self.dim],
@@ -62,7 +62,7 @@ class SimTier(tf_keras.layers.Layer):
         weighted = tf.math.log1p(counts)[..., None] * self.tier_embeddings
         return tf.reshape(weighted, [-1, self.num_tiers * self.dim])
 
-    def compute_output_shape(self, input_shape) -> tf.TensorShape:
+    def compute_output_shape(self, input_shape: tf.TensorShape) -> tf.TensorShape:
         return tf.TensorShape([input_shape[0], self.num_tiers * self.dim])
 
     def get_config(self) -> dict:

@@ -33,6 +33,9 @@ from muse_tf.layers import (
     top_k_valid,
 )
 
+# A batch: (features, labels), or features holding `features.LABEL`.
+Batch = tuple[Mapping[str, tf.Tensor], tf.Tensor] | Mapping[str, tf.Tensor]
+
 # The official code gives profile features 3-5 half-width embeddings.
 _HALF_WIDTH_VOCABULARIES = ("profile_3", "profile_4", "profile_5")
 
@@ -118,6 +121,7 @@ class MuseModel(tfrs.models.Model):
         )
         self.cross = tfrs.layers.dcn.Cross(name="cross") if cfg.use_cross else None
         self.tower = MLP(cfg.mlp_units, activation="dice", output_units=1, name="tower")
+        self.embedding_optimizer = None
         self.task = tfrs.tasks.Ranking(
             loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
             metrics=[tf_keras.metrics.AUC(from_logits=True, name="auc")],
@@ -191,7 +195,15 @@ class MuseModel(tfrs.models.Model):
             mlp_input = self.cross(mlp_input)
         return self.tower(mlp_input, training=training)[:, 0]
 
-    def _lifelong(self, x, target, target_mm, items, categories, mask) -> list[tf.Tensor]:
+    def _lifelong(
+        self,
+        x: dict[str, tf.Tensor],
+        target: tf.Tensor,
+        target_mm: tf.Tensor,
+        items: tf.Tensor,
+        categories: tf.Tensor,
+        mask: tf.Tensor,
+    ) -> list[tf.Tensor]:
         """Search the whole history, then the ESU features of the K behaviours found."""
         spec = self.config.spec
         if spec.gsu == "mm":
@@ -229,10 +241,42 @@ class MuseModel(tfrs.models.Model):
         return outputs
 
     # -- training ----------------------------------------------------------------------------
-    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+    def compile(
+        self,
+        optimizer: str | tf_keras.optimizers.Optimizer = "adam",
+        embedding_optimizer: str | tf_keras.optimizers.Optimizer | None = None,
+        **kwargs,
+    ) -> None:
+        """Keras ``compile``, plus an optional separate optimizer for the embedding tables.
+
+        The paper trains embeddings with Adam at 2e-3 and every other weight at 2e-4.
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        self.embedding_optimizer = (
+            tf_keras.optimizers.get(embedding_optimizer) if embedding_optimizer is not None else None
+        )
+
+    def compute_loss(self, inputs: Batch, training: bool = False) -> tf.Tensor:
         features_, labels = inputs if isinstance(inputs, tuple) else (inputs, inputs[features.LABEL])
         logits = self(features_, training=training)
         return self.task(labels=tf.cast(labels, tf.float32), predictions=logits, training=training)
+
+    def train_step(self, inputs: Batch) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
+            total_loss = loss + regularization_loss
+        variables = self.trainable_variables
+        pairs = list(zip(tape.gradient(total_loss, variables), variables))
+        if self.embedding_optimizer is None:
+            self.optimizer.apply_gradients(pairs)
+        else:
+            tables = {id(v) for layer in self.embeddings.values() for v in layer.trainable_weights}
+            self.embedding_optimizer.apply_gradients([p for p in pairs if id(p[1]) in tables])
+            self.optimizer.apply_gradients([p for p in pairs if id(p[1]) not in tables])
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        return metrics
 
     def get_config(self) -> dict:
         return {"config": self.config.to_dict()}

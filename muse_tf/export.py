@@ -1,0 +1,336 @@
+"""SavedModel export for TF Serving: raw Taobao-MM IDs in, click probability and logit out.
+
+The export is self-contained: the ID -> index vocabularies (asset files feeding
+``tf.lookup.StaticHashTable``), the frozen multimodal table and the weights are all inside it, and it
+uses core TensorFlow ops only, so stock ``tensorflow_model_server`` (and the C API) can load it.
+Layout, as TF Serving expects::
+
+    <export_base>/<model_name>/<version>/
+        saved_model.pb, variables/, assets/vocab_<name>.txt,
+        assets.extra/tf_serving_warmup_requests
+
+Signatures (every input int64 raw IDs as in the Taobao-MM files; unknown IDs score as OOV):
+
+``serving_default``: B independent rows.
+    user_id, user_profile_1..5, item_id, item_category, item_attr_213, item_attr_214: (B,).
+    history_items, history_categories: (B, W) **right-padded**, oldest to newest.
+    history_length: (B,) valid entries per row (0..W); entries past it are ignored, so any pad value
+    (and TF Serving's batching padding) is harmless.
+
+``rank``: one user and C candidate items; the history is searched once for all C candidates.
+    user_id, user_profile_1..5: scalars. history_items, history_categories: (L,), oldest to newest,
+    no padding (L may be 0). item_id, item_category, item_attr_213, item_attr_214: (C,).
+
+Outputs of both: ``probability`` and ``logit``, float32, one per row / candidate. W and L are at most
+``max_history_length``; violations (and mismatched lengths) fail with an InvalidArgument error.
+
+CLI: ``python -m muse_tf.export --model_dir DIR --data DIR --export_base DIR --model_name NAME``
+restores a model from ``DIR/model_config.json`` (``ModelConfig.to_dict()``) plus weights written by
+``model.save_weights`` and reads the vocabularies of the converted dataset in ``--data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from muse_tf import artifacts, features
+from muse_tf.config import ModelConfig
+from muse_tf.models import MuseModel
+from serving import warmup
+
+SERVING_DEFAULT = "serving_default"
+RANK = "rank"
+HISTORY_LENGTH = "history_length"
+PROBABILITY = "probability"
+LOGIT = "logit"
+MODEL_CONFIG = "model_config.json"
+
+USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
+CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
+
+
+def _spec(shape: list[int | None], name: str) -> tf.TensorSpec:
+    return tf.TensorSpec(shape, tf.int64, name=name)
+
+
+def serving_default_spec() -> dict[str, tf.TensorSpec]:
+    """Inputs of ``serving_default``: per-row features (B,), right-padded histories (B, W)."""
+    spec = {name: _spec([None], name) for name in features.SCALAR_FEATURES}
+    spec.update({name: _spec([None, None], name) for name in features.SEQUENCE_FEATURES})
+    spec[HISTORY_LENGTH] = _spec([None], HISTORY_LENGTH)
+    return spec
+
+
+def rank_spec() -> dict[str, tf.TensorSpec]:
+    """Inputs of ``rank``: user scalars, an unpadded history (L,), candidates (C,)."""
+    spec = {name: _spec([], name) for name in USER_FEATURES}
+    spec.update({name: _spec([None], name) for name in features.SEQUENCE_FEATURES})
+    spec.update({name: _spec([None], name) for name in CANDIDATE_FEATURES})
+    return spec
+
+
+def _same_size(tensors: Mapping[str, tf.Tensor], names: Sequence[str], size: tf.Tensor) -> list:
+    return [
+        tf.debugging.assert_equal(
+            tf.size(tensors[name], out_type=tf.int32), size,
+            message=f"`{name}` must have as many values as `{names[0]}`",
+        )
+        for name in names
+    ]
+
+
+def _left_align(indices: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+    """Right-padded (B, W) with ``lengths`` valid entries -> left-padded with PAD, >= 1 column."""
+    width = tf.shape(indices)[1]
+    # Reversing the valid prefix, blanking the rest and reversing the row keeps the order.
+    flipped = tf.reverse_sequence(indices, lengths, seq_axis=1, batch_axis=0)
+    valid = tf.range(width, dtype=lengths.dtype)[None, :] < lengths[:, None]
+    left = tf.reverse(tf.where(valid, flipped, tf.zeros_like(flipped)), axis=[1])
+    return tf.pad(left, [[0, 0], [tf.maximum(1 - width, 0), 0]])
+
+
+class ServingModule(tf.Module):
+    """Raw-ID front end (vocabulary tables, input checks, padding) around a built MuseModel.
+
+    The Keras model itself is not tracked (only its variables are), so the export holds just the
+    serving graph and no Keras metadata.
+    """
+
+    def __init__(self, model: MuseModel, vocab_files: Mapping[str, str], max_history_length: int):
+        super().__init__(name="muse_serving")
+        self.model_variables = list(model.variables)
+        self.tables = {
+            name: tf.lookup.StaticHashTable(
+                tf.lookup.TextFileInitializer(
+                    path, tf.int64, tf.lookup.TextFileIndex.WHOLE_LINE,
+                    tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                ),
+                default_value=-1,
+            )
+            for name, path in vocab_files.items()
+        }
+        max_length = tf.constant(max_history_length, tf.int32)
+
+        def score(indices: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            logit = model(indices, training=False)
+            return {PROBABILITY: tf.sigmoid(logit), LOGIT: logit}
+
+        def length_checks(width: tf.Tensor) -> list:
+            return [
+                tf.debugging.assert_less_equal(
+                    width, max_length,
+                    message=f"the history is longer than max_history_length={max_history_length}",
+                )
+            ]
+
+        @tf.function(input_signature=[serving_default_spec()])
+        def serving_default(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            lengths = inputs[HISTORY_LENGTH]
+            items = inputs[features.HISTORY_ITEMS]
+            rows = tf.size(lengths, out_type=tf.int32)
+            width = tf.shape(items)[1]
+            checks = _same_size(inputs, (HISTORY_LENGTH, *features.SCALAR_FEATURES), rows)
+            checks += length_checks(width) + [
+                tf.debugging.assert_equal(
+                    tf.shape(inputs[features.HISTORY_CATEGORIES]), tf.shape(items),
+                    message="`history_categories` must have the shape of `history_items`",
+                ),
+                tf.debugging.assert_equal(
+                    tf.shape(items)[0], rows,
+                    message="`history_items` must have one row per `history_length` value",
+                ),
+                tf.debugging.assert_non_negative(lengths, message="`history_length` is negative"),
+                tf.debugging.assert_less_equal(
+                    lengths, tf.cast(width, tf.int64),
+                    message="`history_length` exceeds the width of `history_items`",
+                ),
+            ]
+            with tf.control_dependencies(checks):
+                indices = {name: self._lookup(name, inputs[name]) for name in features.SCALAR_FEATURES}
+                for name in features.SEQUENCE_FEATURES:
+                    indices[name] = _left_align(self._lookup(name, inputs[name]), lengths)
+            return score(indices)
+
+        @tf.function(input_signature=[rank_spec()])
+        def rank(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            length = tf.size(inputs[features.HISTORY_ITEMS], out_type=tf.int32)
+            candidates = tf.size(inputs[features.ITEM_ID], out_type=tf.int32)
+            checks = _same_size(inputs, features.SEQUENCE_FEATURES, length)
+            checks += _same_size(inputs, CANDIDATE_FEATURES, candidates) + length_checks(length)
+            with tf.control_dependencies(checks):
+                indices = {name: self._lookup(name, inputs[name]) for name in CANDIDATE_FEATURES}
+                for name in USER_FEATURES:
+                    indices[name] = tf.reshape(self._lookup(name, inputs[name]), [1])
+                for name in features.SEQUENCE_FEATURES:
+                    history = self._lookup(name, inputs[name])[None, :]
+                    indices[name] = tf.pad(history, [[0, 0], [tf.maximum(1 - length, 0), 0]])
+            return score(indices)
+
+        self.serving_default = serving_default
+        self.rank = rank
+
+    def _lookup(self, feature: str, raw_ids: tf.Tensor) -> tf.Tensor:
+        """Raw IDs -> model indices: position in the vocabulary + RESERVED, OOV if unknown."""
+        position = self.tables[features.VOCABULARY[feature]].lookup(raw_ids)
+        return tf.where(position < 0, tf.constant(features.OOV, tf.int64), position + artifacts.RESERVED)
+
+
+def _placeholder_indices() -> dict[str, np.ndarray]:
+    """One all-PAD row: enough to build every weight of a MuseModel."""
+    shapes = {name: (1,) for name in features.SCALAR_FEATURES}
+    shapes.update({name: (1, 1) for name in features.SEQUENCE_FEATURES})
+    return {name: np.full(shape, features.PAD, np.int64) for name, shape in shapes.items()}
+
+
+def _check_vocabularies(config: ModelConfig, vocabularies: Mapping[str, np.ndarray]) -> None:
+    for name in features.VOCABULARIES:
+        if name not in vocabularies:
+            raise ValueError(f"Vocabulary {name!r} is missing; expected {list(features.VOCABULARIES)}.")
+        ids = np.asarray(vocabularies[name])
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) == 0:
+            raise ValueError(f"Vocabulary {name!r} must be a non-empty 1-D integer array.")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError(f"Vocabulary {name!r} has duplicate IDs.")
+        if len(ids) + artifacts.RESERVED != config.vocab_sizes[name]:
+            raise ValueError(
+                f"Vocabulary {name!r} has {len(ids)} IDs, but the model's vocab_sizes[{name!r}] is "
+                f"{config.vocab_sizes[name]} (IDs + {artifacts.RESERVED})."
+            )
+
+
+def _write_vocabulary(path: str, ids: np.ndarray, chunk: int = 1 << 20) -> None:
+    """One decimal ID per line: line p holds the ID of index p + RESERVED."""
+    ids = np.asarray(ids, np.int64)
+    with open(path, "w") as f:
+        for start in range(0, len(ids), chunk):
+            f.write("".join(f"{value}\n" for value in ids[start : start + chunk].tolist()))
+
+
+def _next_version(model_dir: str) -> int:
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def warmup_requests(vocabularies: Mapping[str, np.ndarray]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Small requests for both signatures, with known, unknown and empty histories."""
+
+    def ids(name: str, count: int) -> np.ndarray:
+        known = np.asarray(vocabularies[features.VOCABULARY[name]], np.int64)
+        return np.resize(known, count)
+
+    rows = {name: ids(name, 2) for name in features.SCALAR_FEATURES}
+    rows.update({name: ids(name, 6).reshape(2, 3) for name in features.SEQUENCE_FEATURES})
+    rows[HISTORY_LENGTH] = np.array([3, 0], np.int64)
+    ranked = {name: ids(name, 1)[0] for name in USER_FEATURES}
+    ranked.update({name: ids(name, 4) for name in features.SEQUENCE_FEATURES})
+    ranked.update({name: ids(name, 3) for name in CANDIDATE_FEATURES})
+    return [(SERVING_DEFAULT, rows), (RANK, ranked)]
+
+
+def export_saved_model(
+    model: MuseModel,
+    vocabularies: dict[str, np.ndarray],
+    export_base: str,
+    model_name: str,
+    version: int | None = None,
+    *,
+    max_history_length: int = 100_000,
+) -> str:
+    """Writes ``model`` as ``<export_base>/<model_name>/<version>/`` for TF Serving.
+
+    Args:
+        model: a MuseModel with its weights and multimodal table loaded.
+        vocabularies: raw int64 IDs per vocabulary name (``artifacts.load_vocabularies``), in index
+            order; each must match ``model.config.vocab_sizes``.
+        export_base: the directory TF Serving's ``base_path`` points above.
+        model_name: the served model's name.
+        version: the version directory; None = one more than the newest existing version.
+        max_history_length: the longest history a request may carry.
+
+    Returns:
+        The version directory. It appears atomically (renamed into place once complete), so a
+        TF Serving instance polling ``export_base`` never loads a half-written version.
+    """
+    if max_history_length < 1:
+        raise ValueError(f"Invalid value for `max_history_length`: {max_history_length}.")
+    _check_vocabularies(model.config, vocabularies)
+    model_dir = os.path.join(export_base, model_name)
+    version = _next_version(model_dir) if version is None else version
+    final_dir = os.path.join(model_dir, str(version))
+    if os.path.exists(final_dir):
+        raise FileExistsError(f"{final_dir} already exists; choose another version.")
+    os.makedirs(model_dir, exist_ok=True)
+    model(_placeholder_indices(), training=False)  # creates any weight not built yet
+
+    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
+    try:
+        vocab_files = {}
+        with tempfile.TemporaryDirectory() as vocab_dir:
+            for name in features.VOCABULARIES:
+                vocab_files[name] = os.path.join(vocab_dir, f"vocab_{name}.txt")
+                _write_vocabulary(vocab_files[name], vocabularies[name])
+            module = ServingModule(model, vocab_files, max_history_length)
+            export_dir = os.path.join(staging, "saved_model")
+            tf.saved_model.save(
+                module, export_dir,
+                signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
+            )
+        warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
+        os.rename(export_dir, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final_dir
+
+
+def load_trained_model(model_dir: str, weights: str | None = None) -> MuseModel:
+    """Rebuilds a model from ``model_dir/model_config.json`` and restores its weights.
+
+    Args:
+        model_dir: holds ``model_config.json`` (``ModelConfig.to_dict()``).
+        weights: what ``model.save_weights`` wrote (TF checkpoint prefix or ``.h5``); None = the
+            latest checkpoint in ``model_dir``.
+    """
+    with open(os.path.join(model_dir, MODEL_CONFIG)) as f:
+        model = MuseModel(ModelConfig.from_dict(json.load(f)))
+    weights = weights or tf.train.latest_checkpoint(model_dir)
+    if weights is None:
+        raise FileNotFoundError(f"No checkpoint in {model_dir}; pass --weights.")
+    model(_placeholder_indices(), training=False)
+    model.load_weights(weights)
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="holds model_config.json (+ checkpoints)")
+    parser.add_argument("--weights", help="save_weights path; default: latest checkpoint in model_dir")
+    parser.add_argument("--data", required=True, help="converted dataset directory (vocab/*.npy)")
+    parser.add_argument("--export_base", required=True, help="writes <export_base>/<model_name>/<version>")
+    parser.add_argument("--model_name", default="muse")
+    parser.add_argument("--version", type=int, help="default: newest existing version + 1")
+    parser.add_argument("--max_history_length", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    path = export_saved_model(
+        load_trained_model(args.model_dir, args.weights),
+        artifacts.load_vocabularies(args.data),
+        args.export_base,
+        args.model_name,
+        args.version,
+        max_history_length=args.max_history_length,
+    )
+    print(f"Exported {args.model_name} to {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
