@@ -13,10 +13,12 @@ Layout of a converted dataset directory::
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import numpy as np
+import tensorflow as tf
 
 from muse_tf import features
 
@@ -34,9 +36,17 @@ def vocab_path(data_dir: str, name: str) -> str:
 def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
     """Raw int64 IDs of vocabulary ``name``, in index order (index = position + 2)."""
     path = vocab_path(data_dir, name)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Vocabulary {name!r} not found at {path}; run a pipeline first.")
-    return np.load(path)
+    return _load_npy(path)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """``np.load`` for local and remote (gs://, s3://, ...) paths; local files are memory-mapped."""
+    if "://" not in path:
+        return np.load(path, mmap_mode="r")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()))
 
 
 def load_vocabularies(data_dir: str) -> dict[str, np.ndarray]:
@@ -50,16 +60,16 @@ def vocab_sizes(data_dir: str) -> dict[str, int]:
 
 def load_multimodal_table(data_dir: str) -> np.ndarray:
     path = os.path.join(data_dir, MULTIMODAL_TABLE)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Multimodal table not found at {path}; run a pipeline first.")
-    return np.load(path, mmap_mode="r")
+    return _load_npy(path)
 
 
 def load_manifest(data_dir: str) -> dict:
     path = os.path.join(data_dir, MANIFEST)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: {data_dir} is not a converted dataset.")
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         manifest = json.load(f)
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(
@@ -79,3 +89,11 @@ def lookup(vocabulary: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
     pos = np.clip(np.searchsorted(sorted_ids, raw_ids), 0, len(sorted_ids) - 1)
     found = sorted_ids[pos] == raw_ids
     return np.where(found, order[pos] + RESERVED, features.OOV).astype(np.int64)
+
+
+def split_samples(manifest: dict, split: str) -> int:
+    """Samples written to ``split`` according to a conversion's manifest."""
+    try:
+        return int(manifest["splits"][split]["samples_written"])
+    except KeyError as err:
+        raise ValueError(f"The manifest has no sample count for split {split!r}.") from err

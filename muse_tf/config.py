@@ -111,6 +111,8 @@ class ModelConfig:
                 raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
         if self.multimodal_dtype not in ("int8", "float32"):
             raise ValueError(f"`multimodal_dtype` must be int8 or float32, got {self.multimodal_dtype!r}.")
+        if self.multimodal_dtype == "int8" and self.multimodal_dim % 4:
+            raise ValueError(f"int8 `multimodal_dim` must be a multiple of 4, got {self.multimodal_dim}.")
         if (2 * self.embedding_dim) % self.attention_heads:
             raise ValueError(
                 f"`attention_heads` ({self.attention_heads}) must divide 2 * embedding_dim "

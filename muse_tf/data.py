@@ -5,7 +5,8 @@ records. A record holds one user's features and history **once**, plus parallel 
 samples in the shard (see ``pipelines/README.md`` for why, with bytes-per-sample figures)::
 
     user_key, user_id, user_profile_1..5        int64 [1]    raw user ID, then vocabulary indices
-    history_items, history_categories           int64 [H]    indices, oldest -> newest, H <= L_conv
+    history_items, history_categories           int64 [H]    indices, oldest -> newest, H <= the
+                                                             conversion's --history-length
     item_id, item_category, item_attr_213/214   int64 [S]    one entry per sample of this user
     label                                       int64 [S]    0 / 1
 
@@ -38,7 +39,7 @@ SHARD_COMPRESSION = "GZIP"
 # Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
 _NATIVE_SCHEMES = ("gs",)
 _TFIO_SCHEMES = ("s3", "hdfs", "az")
-# Record-level shuffle buffer (user records of ~10 KB each, so ~10 MB).
+# Record-level shuffle buffer (user records of a few KB at L = 1,000: at most ~10 MB).
 SHUFFLE_BUFFER_RECORDS = 1024
 # Records per vectorised parse: Taobao-MM has ~11 samples per user, so a parsed block of
 # batch_size / 8 records yields a little more than one output batch.

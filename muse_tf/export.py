@@ -24,15 +24,18 @@ Signatures (every input int64 raw IDs as in the Taobao-MM files; unknown IDs sco
 Outputs of both: ``probability`` and ``logit``, float32, one per row / candidate. W and L are at most
 ``max_history_length``; violations (and mismatched lengths) fail with an InvalidArgument error.
 
-CLI: ``python -m muse_tf.export --model_dir DIR --data DIR --export_base DIR --model_name NAME``
-restores a model from ``DIR/model_config.json`` (``ModelConfig.to_dict()``) plus weights written by
-``model.save_weights`` and reads the vocabularies of the converted dataset in ``--data``.
+``muse_tf.train`` exports at the end of a run; to export a finished run again (e.g. with another
+``--max-history-length``)::
+
+    python -m muse_tf.export --model-dir runs/muse --data DATA_DIR --export-dir exports
+
+which restores the run's model (``config.yaml`` + ``final/weights``) and reads the vocabularies of
+the converted dataset it was trained on.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -41,17 +44,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, features
+from muse_tf import artifacts, features, train
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 from serving import warmup
 
-SERVING_DEFAULT = "serving_default"
+SERVING_DEFAULT = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 RANK = "rank"
 HISTORY_LENGTH = "history_length"
 PROBABILITY = "probability"
 LOGIT = "logit"
-MODEL_CONFIG = "model_config.json"
 
 USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
 CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
@@ -78,12 +80,14 @@ def rank_spec() -> dict[str, tf.TensorSpec]:
 
 
 def _same_size(tensors: Mapping[str, tf.Tensor], names: Sequence[str], size: tf.Tensor) -> list:
+    """Checks that every input after ``names[0]`` has ``size`` (the size of ``names[0]``) values."""
     return [
         tf.debugging.assert_equal(
-            tf.size(tensors[name], out_type=tf.int32), size,
+            tf.size(tensors[name], out_type=tf.int32),
+            size,
             message=f"`{name}` must have as many values as `{names[0]}`",
         )
-        for name in names
+        for name in names[1:]
     ]
 
 
@@ -110,8 +114,11 @@ class ServingModule(tf.Module):
         self.tables = {
             name: tf.lookup.StaticHashTable(
                 tf.lookup.TextFileInitializer(
-                    path, tf.int64, tf.lookup.TextFileIndex.WHOLE_LINE,
-                    tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                    path,
+                    tf.int64,
+                    tf.lookup.TextFileIndex.WHOLE_LINE,
+                    tf.int64,
+                    tf.lookup.TextFileIndex.LINE_NUMBER,
                 ),
                 default_value=-1,
             )
@@ -126,7 +133,8 @@ class ServingModule(tf.Module):
         def length_checks(width: tf.Tensor) -> list:
             return [
                 tf.debugging.assert_less_equal(
-                    width, max_length,
+                    width,
+                    max_length,
                     message=f"the history is longer than max_history_length={max_history_length}",
                 )
             ]
@@ -140,21 +148,26 @@ class ServingModule(tf.Module):
             checks = _same_size(inputs, (HISTORY_LENGTH, *features.SCALAR_FEATURES), rows)
             checks += length_checks(width) + [
                 tf.debugging.assert_equal(
-                    tf.shape(inputs[features.HISTORY_CATEGORIES]), tf.shape(items),
+                    tf.shape(inputs[features.HISTORY_CATEGORIES]),
+                    tf.shape(items),
                     message="`history_categories` must have the shape of `history_items`",
                 ),
                 tf.debugging.assert_equal(
-                    tf.shape(items)[0], rows,
+                    tf.shape(items)[0],
+                    rows,
                     message="`history_items` must have one row per `history_length` value",
                 ),
                 tf.debugging.assert_non_negative(lengths, message="`history_length` is negative"),
                 tf.debugging.assert_less_equal(
-                    lengths, tf.cast(width, tf.int64),
+                    lengths,
+                    tf.cast(width, tf.int64),
                     message="`history_length` exceeds the width of `history_items`",
                 ),
             ]
             with tf.control_dependencies(checks):
-                indices = {name: self._lookup(name, inputs[name]) for name in features.SCALAR_FEATURES}
+                indices = {
+                    name: self._lookup(name, inputs[name]) for name in features.SCALAR_FEATURES
+                }
                 for name in features.SEQUENCE_FEATURES:
                     indices[name] = _left_align(self._lookup(name, inputs[name]), lengths)
             return score(indices)
@@ -180,20 +193,17 @@ class ServingModule(tf.Module):
     def _lookup(self, feature: str, raw_ids: tf.Tensor) -> tf.Tensor:
         """Raw IDs -> model indices: position in the vocabulary + RESERVED, OOV if unknown."""
         position = self.tables[features.VOCABULARY[feature]].lookup(raw_ids)
-        return tf.where(position < 0, tf.constant(features.OOV, tf.int64), position + artifacts.RESERVED)
-
-
-def _placeholder_indices() -> dict[str, np.ndarray]:
-    """One all-PAD row: enough to build every weight of a MuseModel."""
-    shapes = {name: (1,) for name in features.SCALAR_FEATURES}
-    shapes.update({name: (1, 1) for name in features.SEQUENCE_FEATURES})
-    return {name: np.full(shape, features.PAD, np.int64) for name, shape in shapes.items()}
+        return tf.where(
+            position < 0, tf.constant(features.OOV, tf.int64), position + artifacts.RESERVED
+        )
 
 
 def _check_vocabularies(config: ModelConfig, vocabularies: Mapping[str, np.ndarray]) -> None:
     for name in features.VOCABULARIES:
         if name not in vocabularies:
-            raise ValueError(f"Vocabulary {name!r} is missing; expected {list(features.VOCABULARIES)}.")
+            raise ValueError(
+                f"Vocabulary {name!r} is missing; expected {list(features.VOCABULARIES)}."
+            )
         ids = np.asarray(vocabularies[name])
         if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) == 0:
             raise ValueError(f"Vocabulary {name!r} must be a non-empty 1-D integer array.")
@@ -221,8 +231,10 @@ def _next_version(model_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def warmup_requests(vocabularies: Mapping[str, np.ndarray]) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Small requests for both signatures, with known, unknown and empty histories."""
+def warmup_requests(
+    vocabularies: Mapping[str, np.ndarray],
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Small requests for both signatures (known IDs; a full, an empty and an unpadded history)."""
 
     def ids(name: str, count: int) -> np.ndarray:
         known = np.asarray(vocabularies[features.VOCABULARY[name]], np.int64)
@@ -270,7 +282,7 @@ def export_saved_model(
     if os.path.exists(final_dir):
         raise FileExistsError(f"{final_dir} already exists; choose another version.")
     os.makedirs(model_dir, exist_ok=True)
-    model(_placeholder_indices(), training=False)  # creates any weight not built yet
+    model(train.dummy_inputs(), training=False)  # creates any weight not built yet
 
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
     try:
@@ -282,7 +294,8 @@ def export_saved_model(
             module = ServingModule(model, vocab_files, max_history_length)
             export_dir = os.path.join(staging, "saved_model")
             tf.saved_model.save(
-                module, export_dir,
+                module,
+                export_dir,
                 signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
             )
         warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
@@ -292,43 +305,45 @@ def export_saved_model(
     return final_dir
 
 
-def load_trained_model(model_dir: str, weights: str | None = None) -> MuseModel:
-    """Rebuilds a model from ``model_dir/model_config.json`` and restores its weights.
-
-    Args:
-        model_dir: holds ``model_config.json`` (``ModelConfig.to_dict()``).
-        weights: what ``model.save_weights`` wrote (TF checkpoint prefix or ``.h5``); None = the
-            latest checkpoint in ``model_dir``.
-    """
-    with open(os.path.join(model_dir, MODEL_CONFIG)) as f:
-        model = MuseModel(ModelConfig.from_dict(json.load(f)))
-    weights = weights or tf.train.latest_checkpoint(model_dir)
-    if weights is None:
-        raise FileNotFoundError(f"No checkpoint in {model_dir}; pass --weights.")
-    model(_placeholder_indices(), training=False)
-    model.load_weights(weights)
-    return model
-
-
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="holds model_config.json (+ checkpoints)")
-    parser.add_argument("--weights", help="save_weights path; default: latest checkpoint in model_dir")
-    parser.add_argument("--data", required=True, help="converted dataset directory (vocab/*.npy)")
-    parser.add_argument("--export_base", required=True, help="writes <export_base>/<model_name>/<version>")
-    parser.add_argument("--model_name", default="muse")
-    parser.add_argument("--version", type=int, help="default: newest existing version + 1")
-    parser.add_argument("--max_history_length", type=int, default=100_000)
+    parser = argparse.ArgumentParser(
+        prog="python -m muse_tf.export",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        help="a finished training run (config.yaml and final/weights of muse_tf.train)",
+    )
+    parser.add_argument(
+        "--data", required=True, help="the converted dataset it was trained on (vocab/)"
+    )
+    parser.add_argument(
+        "--export-dir", required=True, help="base directory: writes EXPORT_DIR/NAME/VERSION"
+    )
+    parser.add_argument(
+        "--model-name", default="muse", help="model name in the serving layout (muse)"
+    )
+    parser.add_argument(
+        "--version", type=int, help="version directory (default: newest existing + 1)"
+    )
+    parser.add_argument(
+        "--max-history-length",
+        type=int,
+        default=100_000,
+        help="longest history a request may carry (100000)",
+    )
     args = parser.parse_args(argv)
+    model, _ = train.load_trained_model(args.model_dir)
     path = export_saved_model(
-        load_trained_model(args.model_dir, args.weights),
+        model,
         artifacts.load_vocabularies(args.data),
-        args.export_base,
+        args.export_dir,
         args.model_name,
         args.version,
         max_history_length=args.max_history_length,
     )
-    print(f"Exported {args.model_name} to {path}")
+    print(f"SavedModel: {path}")
     return path
 
 

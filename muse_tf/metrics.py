@@ -58,6 +58,8 @@ def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> flo
     """
     labels, scores, groups = (np.asarray(a).ravel() for a in (labels, scores, groups))
     _validate(labels, scores, groups)
+    if labels.size == 0:
+        return float("nan")
     positives, negatives, rank_sum = _group_rank_sums(labels.astype(np.float64), scores, groups)
     both = (positives > 0) & (negatives > 0)
     if not both.any():

@@ -13,6 +13,7 @@ when started again with the same ``--model-dir``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -47,10 +48,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="override a config value, e.g. --set train.epochs=3 --set model.top_k=20")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
                         help="where the default dataset and default run directories go")
+    parser.add_argument("--synthetic-users", type=int,
+                        help="users in the embedded synthetic dataset (default: the generator's)")
     parser.add_argument("--model-dir", help="checkpoints, logs, metrics (default: WORK_DIR/VARIANT); "
                         "reusing it resumes an interrupted run")
     parser.add_argument("--export-dir", help="SavedModel base directory (default: MODEL_DIR/export)")
     parser.add_argument("--model-name", default="muse", help="model name in the serving layout")
+    parser.add_argument("--max-history-length", type=int, default=100_000,
+                        help="longest history the exported model accepts per request")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
@@ -58,12 +63,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def packaged_config_path(name: str = DEFAULT_CONFIG) -> str:
+    """Path of a YAML config shipped in ``muse_tf/configs``."""
+    return str(resources.files("muse_tf.configs").joinpath(name))
+
+
 def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
     """Config file (or default) + ``--model`` + ``--set`` overrides, validated."""
     if args.config:
         values = load_yaml(args.config)
     elif args.data is None:
-        values = yaml.safe_load(resources.files("muse_tf.configs").joinpath(DEFAULT_CONFIG).read_text())
+        values = load_yaml(packaged_config_path())
     else:
         values = {}
     if args.model:
@@ -71,19 +81,24 @@ def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
     return from_dict(ExperimentConfig, apply_overrides(values, args.overrides))
 
 
-def ensure_default_dataset(work_dir: str) -> str:
+def ensure_default_dataset(work_dir: str, users: int | None = None, history_length: int = 1000) -> str:
     """Generates and converts the embedded synthetic dataset once; later calls reuse it."""
     from pipelines import synthetic, taobao_mm
 
-    converted = os.path.join(work_dir, "data", "synthetic")
+    sizes = synthetic.SyntheticConfig(history_length=history_length)
+    if users is not None:
+        sizes = dataclasses.replace(sizes, users=users)
+    name = f"synthetic-u{sizes.users}-l{sizes.history_length}-s{sizes.seed}"
+    converted = os.path.join(work_dir, "data", name)
     if os.path.exists(os.path.join(converted, artifacts.MANIFEST)):
         print(f"Using the cached synthetic dataset in {converted}")
         return converted
-    parquet = os.path.join(work_dir, "data", "synthetic_parquet")
-    print(f"Generating the synthetic dataset in {parquet} ...")
-    synthetic.generate(parquet)
+    parquet = os.path.join(work_dir, "data", f"{name}-parquet")
+    print(f"Generating the synthetic dataset ({sizes.users} users, histories of "
+          f"{sizes.history_length}) in {parquet} ...")
+    synthetic.generate(sizes, parquet)
     print(f"Converting it to TFRecord shards in {converted} ...")
-    taobao_mm.convert(parquet, converted)
+    taobao_mm.convert(parquet, converted, history_length=sizes.history_length, overwrite=True)
     return converted
 
 
@@ -136,7 +151,9 @@ def make_callbacks(model_dir: str, experiment: ExperimentConfig) -> list[tf_kera
         tf_keras.callbacks.TensorBoard(
             os.path.join(model_dir, "logs"), update_freq=train.log_every_steps
         ),
-        tf_keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
+        tf_keras.callbacks.CSVLogger(
+            os.path.join(distribute.worker_dir(model_dir), "history.csv"), append=True
+        ),
     ]
 
 
@@ -180,18 +197,20 @@ def load_trained_model(model_dir: str) -> tuple[MuseModel, ExperimentConfig]:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     experiment = build_experiment(args)
-    data_dir = args.data or ensure_default_dataset(args.work_dir)
+    strategy = distribute.make_strategy()  # before other TensorFlow work, as multi-worker needs
+    data_dir = args.data or ensure_default_dataset(
+        args.work_dir, args.synthetic_users, experiment.train.history_length
+    )
     model_dir = args.model_dir or os.path.join(args.work_dir, experiment.model.variant)
     chief = distribute.is_chief()
     tf_keras.utils.set_random_seed(experiment.train.seed)
 
     experiment.model.vocab_sizes = artifacts.vocab_sizes(data_dir)
-    os.makedirs(model_dir, exist_ok=True)
+    os.makedirs(distribute.worker_dir(model_dir), exist_ok=True)
     if chief:
         with open(os.path.join(model_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(experiment.to_dict(), f, sort_keys=False)
 
-    strategy = distribute.make_strategy()
     print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
           f"({strategy.num_replicas_in_sync} replica(s)); run directory {model_dir}")
     with strategy.scope():
@@ -199,13 +218,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         compile_model(model, experiment)
     callbacks = make_callbacks(model_dir, experiment)
     steps = steps_per_epoch(data_dir, experiment)
-    model.fit(
-        train_dataset(strategy, data_dir, experiment),
-        epochs=experiment.train.epochs,
-        steps_per_epoch=steps,
-        callbacks=callbacks,
-        verbose=args.verbose,
-    )
+    try:
+        model.fit(
+            train_dataset(strategy, data_dir, experiment),
+            epochs=experiment.train.epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=args.verbose,
+        )
+    except tf.errors.DataLossError:
+        data.verify_shards(data.split_files(data_dir, "train"))  # raises naming the damaged shard
+        raise
     progress = next(c for c in callbacks if isinstance(c, ProgressRecord))
     result = {
         "variant": experiment.model.variant,
@@ -216,9 +239,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "train_seconds": round(time.time() - progress.started, 1),
         "replicas": strategy.num_replicas_in_sync,
     }
+    # Every worker takes part in saving (reading synchronised variables is a collective op);
+    # only the chief's copy is kept. Evaluation and export then use a fresh, undistributed model.
+    model.save_weights(os.path.join(distribute.worker_dir(model_dir), "final", "weights"))
     if not chief:
         return result
-    model.save_weights(os.path.join(model_dir, "final", "weights"))
+    model, _ = load_trained_model(model_dir)
     if not args.no_eval:
         result["eval"] = evaluate.evaluate_run(model, data_dir, experiment.train, model_dir)
         print(f"Test AUC {result['eval']['auc']:.4f}  GAUC {result['eval']['gauc']:.4f} "
@@ -228,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         export_base = args.export_dir or os.path.join(model_dir, "export")
         result["export"] = export_saved_model(
-            model, artifacts.load_vocabularies(data_dir), export_base, args.model_name
+            model, artifacts.load_vocabularies(data_dir), export_base, args.model_name,
+            max_history_length=args.max_history_length,
         )
     with open(os.path.join(model_dir, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)

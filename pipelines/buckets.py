@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import parquet_input as pi
-from pipelines.hashing import group_by_partition, partition_of
+from pipelines.hashing import order_by_partition, partition_of
 
 SAMPLES = "samples"
 USERS = "users"
@@ -44,14 +45,14 @@ class BucketSpill:
     def write(self, batch: pa.RecordBatch) -> None:
         users = pi.ids(batch, "129_1")
         buckets = len(self._paths)
-        for bucket, rows in enumerate(group_by_partition(partition_of(users, buckets), buckets)):
+        order, bounds = order_by_partition(partition_of(users, buckets), buckets)
+        for bucket in range(buckets):
+            rows = order[bounds[bucket] : bounds[bucket + 1]]
             if not len(rows):
                 continue
             if bucket not in self._writers:
                 os.makedirs(os.path.dirname(self._paths[bucket]), exist_ok=True)
-                self._writers[bucket] = pq.ParquetWriter(
-                    f"{self._paths[bucket]}.tmp", batch.schema
-                )
+                self._writers[bucket] = pq.ParquetWriter(f"{self._paths[bucket]}.tmp", batch.schema)
             self._writers[bucket].write_batch(batch.take(pa.array(rows)))
 
     def close(self) -> None:
@@ -60,11 +61,21 @@ class BucketSpill:
             os.replace(f"{self._paths[bucket]}.tmp", self._paths[bucket])
 
 
+def _bucket_files(bucket_dir: str, split: str, kind: str, bucket: int) -> list[str]:
+    return sorted(glob.glob(bucket_path(bucket_dir, split, kind, bucket, "*")))
+
+
+def iter_bucket(bucket_dir: str, split: str, kind: str, bucket: int) -> Iterator[pa.RecordBatch]:
+    """The spilled rows of one bucket in input order, in batches of bounded size."""
+    for path in _bucket_files(bucket_dir, split, kind, bucket):
+        parquet_file = pq.ParquetFile(path)
+        yield from parquet_file.iter_batches(batch_size=pi.batch_rows(parquet_file))
+
+
 def read_bucket(bucket_dir: str, split: str, kind: str, bucket: int, table: str) -> pa.Table:
     """Every spilled row of one bucket in input order (an empty table when there are none)."""
-    files = sorted(glob.glob(bucket_path(bucket_dir, split, kind, bucket, "*")))
-    tables = [pq.read_table(f) for f in files]
+    tables = [pq.read_table(f) for f in _bucket_files(bucket_dir, split, kind, bucket)]
     if not tables:
-        columns = list(pi.TABLE_COLUMNS[table])
-        return pa.table({c: pa.array([], _EMPTY_TYPES[pi.TABLE_COLUMNS[table][c]]) for c in columns})
+        columns = pi.TABLE_COLUMNS[table]
+        return pa.table({name: pa.array([], _EMPTY_TYPES[kind]) for name, kind in columns.items()})
     return pa.concat_tables(tables, promote_options="permissive")

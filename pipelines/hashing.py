@@ -30,8 +30,10 @@ def partition_of(ids: np.ndarray, num_partitions: int) -> np.ndarray:
     return (mix64(ids) % np.uint64(num_partitions)).astype(np.int64)
 
 
-def group_by_partition(partitions: np.ndarray, num_partitions: int) -> list[np.ndarray]:
-    """Row indices of each partition, in input order (a stable counting sort)."""
+def order_by_partition(
+    partitions: np.ndarray, num_partitions: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stable order of the rows by partition, and where each partition starts in it
+    ((num_partitions + 1,) bounds): partition p is ``order[bounds[p]:bounds[p + 1]]``."""
     order = np.argsort(partitions, kind="stable")
-    bounds = np.searchsorted(partitions[order], np.arange(num_partitions + 1))
-    return [order[bounds[p] : bounds[p + 1]] for p in range(num_partitions)]
+    return order, np.searchsorted(partitions[order], np.arange(num_partitions + 1))

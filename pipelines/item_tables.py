@@ -23,7 +23,6 @@ from pipelines.vocab import lookup_sorted
 
 ATTRIBUTE_COLUMNS = ("206", "213", "214")
 ATTRIBUTE_FEATURES = (features.ITEM_CATEGORY, *features.ITEM_ATTRS)
-BATCH_ROWS = 65_536
 
 
 def _first_new_rows(indices: np.ndarray, already_set: np.ndarray) -> np.ndarray:
@@ -43,7 +42,7 @@ def build_attribute_table(
     """Fills ``out`` (V, 3), zero-initialised, from item_features files; returns row counts."""
     counts = _row_counts()
     for path in files:
-        for batch in pi.read_batches(path, pi.ITEM_FEATURES, None, BATCH_ROWS):
+        for batch in pi.read_batches(path, pi.ITEM_FEATURES, None):
             raw_items = pi.ids(batch, "205")
             index = lookup_sorted(vocabs["item"], raw_items)
             present = raw_items != pi.MISSING
@@ -72,7 +71,7 @@ def build_multimodal_table(
     """Fills ``out`` (V, 128) int8, zero-initialised, from SCL files; returns row counts."""
     counts = {**_row_counts(), "malformed": 0}
     for path in files:
-        for batch in pi.read_batches(path, pi.SCL_EMBEDDINGS, None, BATCH_ROWS):
+        for batch in pi.read_batches(path, pi.SCL_EMBEDDINGS, None):
             raw_items = pi.ids(batch, "205")
             vectors, lengths = pi.id_lists(batch, "205_c")
             index = lookup_sorted(item_vocab, raw_items)

@@ -1,5 +1,9 @@
 """Joins one bucket's samples with its users' features and applies the data rules.
 
+The bucket's samples (three small columns) are held in memory; its user feature rows, which carry
+the 1,000-long histories, are streamed in batches, so memory is bounded by a batch, not a shard.
+Records come out in the order of the users' feature rows.
+
 Every sample is either written or rejected for exactly one reason (the first that applies):
 
 ==========================  ===================================================================
@@ -30,6 +34,7 @@ unmatched user has no written sample in the split).
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +52,7 @@ ADJUSTMENTS = (
     "item_without_scl",
 )
 OOV_FEATURES = features.SCALAR_FEATURES + features.SEQUENCE_FEATURES
+USER_ROW_COUNTS = ("in", "written", "unmatched", "duplicate", "missing_id")
 
 
 @dataclasses.dataclass
@@ -84,25 +90,6 @@ def parse_labels(samples: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return second, (lengths == 2) & one_hot
 
 
-def _first_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct non-missing keys and the row where each first appears."""
-    candidates = np.flatnonzero(keys != pi.MISSING)
-    unique, first = np.unique(keys[candidates], return_index=True)
-    return unique, candidates[first]
-
-
-def _group_by_first_appearance(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct ``rows`` in order of first appearance, a stable order of the input grouping equal
-    rows in that order, and the group sizes."""
-    unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-    by_appearance = np.argsort(first, kind="stable")
-    rank = np.empty(len(unique), np.int64)
-    rank[by_appearance] = np.arange(len(unique))
-    sample_rank = rank[inverse]
-    order = np.argsort(sample_rank, kind="stable")
-    return unique[by_appearance], order, np.bincount(sample_rank, minlength=len(unique))
-
-
 def _clean_history(
     items: np.ndarray, categories: np.ndarray, lengths: np.ndarray, history_length: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -121,93 +108,144 @@ def _clean_history(
     return items[recent], categories[recent], kept_lengths, clean_lengths, dropped
 
 
-def join_shard(
-    samples: pa.Table, users: pa.Table, lookups: Lookups, history_length: int
-) -> tuple[UserRecords, dict]:
-    """One shard's user records and its counts (see the module docstring for the rules)."""
-    sample_users = pi.ids(samples, "129_1")
-    target_items = pi.ids(samples, "205")
-    labels, label_ok = parse_labels(samples)
+def _first_new_rows(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Rows (ascending) holding the first occurrence of each non-missing key not in ``seen``."""
+    candidates = np.flatnonzero(keys != pi.MISSING)
+    unique, first = np.unique(keys[candidates], return_index=True)
+    return np.sort(candidates[first[~np.isin(unique, seen, assume_unique=True)]])
 
-    user_keys = pi.ids(users, "129_1")
-    history_items, item_lengths = pi.id_lists(users, pi.HISTORY_ITEMS)
-    history_categories, category_lengths = pi.id_lists(users, pi.HISTORY_CATEGORIES)
-    known_users, known_rows = _first_rows(user_keys)
 
-    position = np.minimum(np.searchsorted(known_users, sample_users), max(len(known_users) - 1, 0))
-    has_user = (known_users[position] == sample_users) if len(known_users) else np.zeros(
-        len(sample_users), bool
-    )
-    user_row = np.where(has_user, known_rows[position] if len(known_rows) else 0, -1)
-    history_ok = np.ones(len(sample_users), bool)
-    history_ok[has_user] = (item_lengths == category_lengths)[user_row[has_user]]
-    missing_id = (sample_users == pi.MISSING) | (target_items == pi.MISSING)
-    reason = np.select(
-        [missing_id, ~label_ok, ~has_user, ~history_ok], range(len(REJECT_REASONS)), default=-1
-    )
+_UNDECIDED, _WRITTEN = -2, -1
 
-    kept = np.flatnonzero(reason == -1)
-    rows, order, sample_counts = _group_by_first_appearance(user_row[kept])
-    kept = kept[order]
 
-    item_offsets = pi.row_offsets(item_lengths)
-    items, lengths = pi.take_rows(history_items, item_offsets, rows)
-    categories, _ = pi.take_rows(history_categories, item_offsets, rows)
-    items, categories, kept_lengths, full_lengths, dropped = _clean_history(
-        items, categories, lengths, history_length
-    )
+class ShardJoin:
+    """Joins one bucket: ``add_users`` per batch of user feature rows, then ``finish``.
 
-    user = {features.USER_KEY: user_keys[rows], features.USER_ID: lookups.index(
-        features.USER_ID, user_keys[rows]
-    )}
-    for column, name in zip(pi.PROFILE_COLUMNS, features.USER_PROFILE):
-        user[name] = lookups.index(name, pi.ids(users, column)[rows])
-    history = {
-        features.HISTORY_ITEMS: lookups.index(features.HISTORY_ITEMS, items),
-        features.HISTORY_CATEGORIES: lookups.index(features.HISTORY_CATEGORIES, categories),
-    }
-    item_index = lookups.index(features.ITEM_ID, target_items[kept])
-    attributes = np.asarray(lookups.item_attributes[item_index], np.int64)
-    has_attributes = attributes[:, 0] != features.PAD
-    attributes[~has_attributes] = features.OOV
-    sample_values = {
-        features.ITEM_ID: item_index,
-        **{name: attributes[:, i] for i, name in enumerate((features.ITEM_CATEGORY, *features.ITEM_ATTRS))},
-        features.LABEL: labels[kept],
-    }
-    records = UserRecords(user, history, kept_lengths, sample_values, sample_counts)
+    Args:
+        samples: every sample of the bucket (``label_0``, ``129_1``, ``205``).
+        lookups: vocabularies and item tables.
+        history_length: L, behaviours kept per user (the most recent).
+    """
 
-    per_sample_user = np.repeat(np.arange(len(rows)), sample_counts)
-    per_sample = {**{name: user[name][per_sample_user] for name in user}, **sample_values}
-    oov = {
-        name: int(np.count_nonzero({**per_sample, **history}[name] == features.OOV))
-        for name in OOV_FEATURES
-    }
-    history_lengths = full_lengths[per_sample_user]
-    has_vector = np.any(np.asarray(lookups.multimodal[item_index]) != 0, axis=1)
-    adjusted = {
-        "history_truncated": int(np.count_nonzero(history_lengths > history_length)),
-        "history_short": int(np.count_nonzero(history_lengths < history_length)),
-        "history_missing_values": dropped,
-        "item_without_features": int(
+    def __init__(self, samples: pa.Table, lookups: Lookups, history_length: int) -> None:
+        self.lookups = lookups
+        self.history_length = history_length
+        users = pi.ids(samples, "129_1")
+        self._items = pi.ids(samples, "205")
+        self._labels, label_ok = parse_labels(samples)
+        self._reason = np.full(len(users), _UNDECIDED)
+        missing_id = (users == pi.MISSING) | (self._items == pi.MISSING)
+        self._reason[~label_ok] = REJECT_REASONS.index("malformed_label")
+        self._reason[missing_id] = REJECT_REASONS.index("missing_id")
+        waiting = np.flatnonzero(self._reason == _UNDECIDED)
+        self._waiting = waiting[np.argsort(users[waiting], kind="stable")]  # by user, input order
+        self._waiting_users = users[self._waiting]
+        self._seen_users = np.zeros(0, np.int64)
+        self.counts: dict[str, Counter] = {
+            name: Counter() for name in ("adjusted", "oov", "user_rows")
+        }
+
+    def add_users(self, users: pa.Table | pa.RecordBatch) -> UserRecords:
+        """The records of the users of this batch that have samples (a user's first row wins)."""
+        keys = pi.ids(users, "129_1")
+        items, item_lengths = pi.id_lists(users, pi.HISTORY_ITEMS)
+        categories, category_lengths = pi.id_lists(users, pi.HISTORY_CATEGORIES)
+        rows = _first_new_rows(keys, self._seen_users)
+        self._seen_users = np.union1d(self._seen_users, keys[rows])
+        present = int(np.count_nonzero(keys != pi.MISSING))
+        self.counts["user_rows"].update(
+            {"in": len(keys), "duplicate": present - len(rows), "missing_id": len(keys) - present}
+        )
+
+        first = np.searchsorted(self._waiting_users, keys[rows], side="left")
+        counts = np.searchsorted(self._waiting_users, keys[rows], side="right") - first
+        malformed = item_lengths[rows] != category_lengths[rows]
+        self._reason[self._take(first[malformed], counts[malformed])] = REJECT_REASONS.index(
+            "malformed_history"
+        )
+        written = (counts > 0) & ~malformed
+        rows, first, counts = rows[written], first[written], counts[written]
+        samples = self._take(first, counts)
+        self._reason[samples] = _WRITTEN
+        self.counts["user_rows"].update({"written": len(rows), "unmatched": int(np.sum(~written))})
+
+        offsets = pi.row_offsets(item_lengths)
+        history_items, lengths = pi.take_rows(items, offsets, rows)
+        history_categories, _ = pi.take_rows(categories, offsets, rows)
+        history_items, history_categories, kept_lengths, full_lengths, dropped = _clean_history(
+            history_items, history_categories, lengths, self.history_length
+        )
+        user = {features.USER_KEY: keys[rows]}
+        user[features.USER_ID] = self.lookups.index(features.USER_ID, keys[rows])
+        for column, name in zip(pi.PROFILE_COLUMNS, features.USER_PROFILE):
+            user[name] = self.lookups.index(name, pi.ids(users, column)[rows])
+        history = {
+            features.HISTORY_ITEMS: self.lookups.index(features.HISTORY_ITEMS, history_items),
+            features.HISTORY_CATEGORIES: self.lookups.index(
+                features.HISTORY_CATEGORIES, history_categories
+            ),
+        }
+        sample_values = self._sample_values(samples)
+        per_sample_user = np.repeat(np.arange(len(rows)), counts)
+        self._count(user, history, sample_values, per_sample_user, full_lengths[per_sample_user])
+        self.counts["adjusted"]["history_missing_values"] += dropped
+        return UserRecords(user, history, kept_lengths, sample_values, counts)
+
+    def _take(self, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Sample indices of the waiting ranges [first, first + count), range after range."""
+        starts = np.repeat(first - pi.row_offsets(counts)[:-1], counts)
+        return self._waiting[starts + np.arange(len(starts))]
+
+    def _sample_values(self, samples: np.ndarray) -> dict[str, np.ndarray]:
+        item_index = self.lookups.index(features.ITEM_ID, self._items[samples])
+        attributes = np.asarray(self.lookups.item_attributes[item_index], np.int64)
+        has_attributes = attributes[:, 0] != features.PAD
+        attributes[~has_attributes] = features.OOV
+        has_vector = np.any(np.asarray(self.lookups.multimodal[item_index]) != 0, axis=1)
+        adjusted = self.counts["adjusted"]
+        adjusted["item_without_features"] += int(
             np.count_nonzero(~has_attributes & (item_index != features.OOV))
-        ),
-        "item_without_scl": int(np.count_nonzero(~has_vector)),
-    }
-    present_users = int(np.count_nonzero(user_keys != pi.MISSING))
-    stats = {
-        "samples_in": len(sample_users),
-        "samples_written": len(kept),
-        "users_written": len(rows),
-        "rejected": {name: int(np.count_nonzero(reason == i)) for i, name in enumerate(REJECT_REASONS)},
-        "adjusted": adjusted,
-        "oov": oov,
-        "user_rows": {
-            "in": len(user_keys),
-            "written": len(rows),
-            "unmatched": len(known_users) - len(rows),
-            "duplicate": present_users - len(known_users),
-            "missing_id": len(user_keys) - present_users,
-        },
-    }
-    return records, stats
+        )
+        adjusted["item_without_scl"] += int(np.count_nonzero(~has_vector))
+        return {
+            features.ITEM_ID: item_index,
+            features.ITEM_CATEGORY: attributes[:, 0],
+            features.ITEM_ATTRS[0]: attributes[:, 1],
+            features.ITEM_ATTRS[1]: attributes[:, 2],
+            features.LABEL: self._labels[samples],
+        }
+
+    def _count(
+        self,
+        user: dict[str, np.ndarray],
+        history: dict[str, np.ndarray],
+        sample_values: dict[str, np.ndarray],
+        per_sample_user: np.ndarray,
+        history_lengths: np.ndarray,
+    ) -> None:
+        adjusted = self.counts["adjusted"]
+        adjusted["history_truncated"] += int(
+            np.count_nonzero(history_lengths > self.history_length)
+        )
+        adjusted["history_short"] += int(np.count_nonzero(history_lengths < self.history_length))
+        written = {name: values[per_sample_user] for name, values in user.items()}
+        written.update(sample_values, **history)
+        for name in OOV_FEATURES:
+            self.counts["oov"][name] += int(np.count_nonzero(written[name] == features.OOV))
+
+    def finish(self) -> dict:
+        """Rejects the samples whose user never came; the shard's counts."""
+        self._reason[self._reason == _UNDECIDED] = REJECT_REASONS.index("user_without_features")
+        counts = {name: dict(counter) for name, counter in self.counts.items()}
+        return {
+            "samples_in": len(self._reason),
+            "samples_written": int(np.count_nonzero(self._reason == _WRITTEN)),
+            "users_written": counts["user_rows"].get("written", 0),
+            "rejected": {
+                name: int(np.count_nonzero(self._reason == i))
+                for i, name in enumerate(REJECT_REASONS)
+            },
+            "adjusted": {name: counts["adjusted"].get(name, 0) for name in ADJUSTMENTS},
+            "oov": {name: counts["oov"].get(name, 0) for name in OOV_FEATURES},
+            "user_rows": {name: counts["user_rows"].get(name, 0) for name in USER_ROW_COUNTS},
+        }

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 MISSING = 0
 EMBEDDING_DIM = 128
+BATCH_BYTES = 16 << 20  # decoded bytes per record batch
 
 SAMPLES = ("train_samples", "test_samples")
 USER_FEATURES = ("train_user_features", "test_user_features")
@@ -111,11 +112,17 @@ def open_checked(path: str, table: str) -> pq.ParquetFile:
     return parquet_file
 
 
-def read_batches(
-    path: str, table: str, row_groups: list[int] | None, batch_rows: int
-) -> Iterator[pa.RecordBatch]:
-    """Record batches of at most ``batch_rows`` rows of ``table``'s columns (bounded memory even
-    for files written as one huge row group).
+def batch_rows(parquet_file: pq.ParquetFile) -> int:
+    """Rows per record batch so that a batch decodes to about BATCH_BYTES: ~1,000 user rows of
+    1,000-long histories, 10 of 100,000-long ones, 65,536 sample rows."""
+    meta = parquet_file.metadata
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return int(np.clip(BATCH_BYTES * meta.num_rows // max(size, 1), 1, 65_536))
+
+
+def read_batches(path: str, table: str, row_groups: list[int] | None) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``table``'s columns (see ``batch_rows``), so memory stays bounded even
+    for files written as one huge row group.
 
     Raises:
         InputError: naming the file when it cannot be decoded.
@@ -123,7 +130,9 @@ def read_batches(
     parquet_file = open_checked(path, table)
     try:
         yield from parquet_file.iter_batches(
-            batch_size=batch_rows, row_groups=row_groups, columns=list(TABLE_COLUMNS[table])
+            batch_size=batch_rows(parquet_file),
+            row_groups=row_groups,
+            columns=list(TABLE_COLUMNS[table]),
         )
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet data ({err}).") from err
@@ -142,7 +151,7 @@ def ids(data: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
 def id_lists(
     data: pa.RecordBatch | pa.Table, column: str, fill: int = MISSING
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (flat int64 values, null element -> ``fill``; per-row lengths, null -> 0)."""
+    """A list column as (flat int64 values, null element -> ``fill``; row lengths, null -> 0)."""
     array = data.column(column)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)

@@ -2,9 +2,9 @@
 
 Counting is a partitioned map-reduce: each scan task reduces its IDs to (id, count) pairs, hashes
 them into ``P`` partitions and spills them to disk when its buffer is full; each partition is then
-summed on its own. Memory is bounded by the buffer and by one partition (about 1/P of the distinct
-IDs), never by the 243M distinct history items of the full release. Only the kept vocabulary (the
-artefact itself, which training holds anyway) is ever in memory whole.
+summed on its own, in parallel. Memory is bounded by the buffer and by one partition (about 1/P
+of the distinct IDs), never by the 243M distinct history items of the full release. Only the kept
+vocabulary (the artefact itself, which training holds anyway) is ever in memory whole.
 
 Rules:
 * Sources (train only): ``user`` <- train_samples ``129_1``; ``profile_i`` <- train_user_features
@@ -27,7 +27,7 @@ import numpy as np
 
 from muse_tf import artifacts, features
 from pipelines import parquet_input as pi
-from pipelines.hashing import group_by_partition, partition_of
+from pipelines.hashing import order_by_partition, partition_of
 
 # Train-split columns counted into each vocabulary (table -> columns).
 COUNTED_COLUMNS = {
@@ -53,10 +53,12 @@ def sum_counts(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 class CountSpill:
-    """(id, count) pairs of one scan task, partitioned and spilled under ``spill_dir``.
+    """(id, count) pairs of one scan task, spilled under ``spill_dir`` when the buffer is full.
 
-    Files: ``<spill_dir>/<vocab>/p<partition>/<tag>-<flush>.npy`` holding a (2, n) int64 array.
-    Names are deterministic, so a re-run task overwrites its own earlier output.
+    Each spill is ``<spill_dir>/<vocab>/<tag>-<flush>.npy``, a (2, n) int64 array of pairs ordered
+    by partition, with ``...bounds.npy`` giving each partition's slice: a partition's reduce reads
+    only its slices (memory-mapped), and a task writes two files per vocabulary and spill however
+    many partitions there are. Names are deterministic, so a re-run task overwrites its output.
     """
 
     def __init__(self, spill_dir: str, tag: str, num_partitions: int) -> None:
@@ -80,13 +82,13 @@ class CountSpill:
             ids, counts = sum_counts(
                 np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
             )
-            parts = group_by_partition(partition_of(ids, self.num_partitions), self.num_partitions)
-            for p, rows in enumerate(parts):
-                if len(rows):
-                    directory = os.path.join(self.spill_dir, vocab, f"p{p:05d}")
-                    os.makedirs(directory, exist_ok=True)
-                    path = os.path.join(directory, f"{self.tag}-{self._flushes:04d}.npy")
-                    save_atomic(path, np.stack([ids[rows], counts[rows]]))
+            partitions = partition_of(ids, self.num_partitions)
+            order, bounds = order_by_partition(partitions, self.num_partitions)
+            directory = os.path.join(self.spill_dir, vocab)
+            os.makedirs(directory, exist_ok=True)
+            path = os.path.join(directory, f"{self.tag}-{self._flushes:04d}")
+            save_atomic(f"{path}.npy", np.stack([ids[order], counts[order]]))
+            save_atomic(f"{path}.bounds.npy", bounds)  # written last: marks the spill complete
         self._chunks = {}
         self._buffered = 0
         self._flushes += 1
@@ -100,10 +102,13 @@ def save_atomic(path: str, array: np.ndarray) -> None:
 
 
 def _load_partition(spill_dir: str, vocab: str, partition: int) -> tuple[np.ndarray, np.ndarray]:
-    files = sorted(glob.glob(os.path.join(spill_dir, vocab, f"p{partition:05d}", "*.npy")))
-    if not files:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pairs = np.concatenate([np.load(f) for f in files], axis=1)
+    bounds_files = sorted(glob.glob(os.path.join(spill_dir, vocab, "*.bounds.npy")))
+    slices = [np.zeros((2, 0), np.int64)]
+    for bounds_file in bounds_files:
+        start, stop = np.load(bounds_file)[partition : partition + 2]
+        pairs = np.load(bounds_file.replace(".bounds.npy", ".npy"), mmap_mode="r")
+        slices.append(np.asarray(pairs[:, start:stop]))
+    pairs = np.concatenate(slices, axis=1)
     return sum_counts(pairs[0], pairs[1])
 
 

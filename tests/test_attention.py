@@ -89,7 +89,7 @@ def test_layers_round_trip_config():
     for layer in (
         SemanticAwareTargetAttention(units=6, heads=3, semantic=False, tau_init=0.5),
         TargetAttention([7, 3], activation="sigmoid", use_softmax=True),
-        Dice(epsilon=1e-6),
+        Dice(epsilon=1e-6, momentum=0.5),
     ):
         clone = tf_keras.layers.deserialize(tf_keras.layers.serialize(layer))
         assert clone.get_config() == layer.get_config()

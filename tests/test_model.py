@@ -91,6 +91,9 @@ def test_multimodal_lookup_dequantises_with_scale():
     model, table = make_model()
     idx = np.array([[2, 7], [0, 59]])
     np.testing.assert_allclose(model.multimodal(idx).numpy(), table[idx] / 127.0, rtol=1e-6)
+    float_model = MuseModel(dict(model.config.to_dict(), multimodal_dtype="float32"))
+    float_model.set_multimodal_table(table / np.float32(127.0))
+    np.testing.assert_allclose(float_model.multimodal(idx).numpy(), table[idx] / 127.0, rtol=1e-6)
 
 
 def test_gradients_reach_id_embeddings_and_attention_never_the_frozen_table():
@@ -119,7 +122,9 @@ def test_save_and_load_give_identical_predictions(tmp_path):
     model.save(path)
     loaded = tf_keras.models.load_model(path)
     assert isinstance(loaded, MuseModel)
-    np.testing.assert_array_equal(loaded.multimodal_table.numpy(), table)
+    everything = np.arange(VOCAB)
+    np.testing.assert_array_equal(loaded.multimodal(everything).numpy(), model.multimodal(everything).numpy())
+    np.testing.assert_allclose(loaded.multimodal(everything).numpy(), table / 127.0, rtol=1e-6)
     np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
     model.save_weights(str(tmp_path / "w"))
     fresh = MuseModel.from_config(model.get_config())
@@ -129,18 +134,21 @@ def test_save_and_load_give_identical_predictions(tmp_path):
 
 
 def test_fit_lowers_the_loss_on_a_learnable_problem():
+    tf_keras.utils.set_random_seed(0)
     rng = np.random.default_rng(6)
-    x = make_batch(rng, batch=512, length=12, pad_rows=())
-    # Clicks are a function of the target item (an item effect only ID embeddings can learn).
-    y = (x[features.ITEM_ID] % 3 == 0).astype(np.float32)
+    x = make_batch(rng, batch=1024, length=12, pad_rows=())
+    # Clicks depend on the target item (an effect only ID embeddings can learn), with label noise:
+    # P(click) = 0.8 for every third item, else 0.2. Held-out-free: it checks fitting, not skill.
+    click_rate = np.where(x[features.ITEM_ID] % 3 == 0, 0.8, 0.2)
+    y = (rng.random(1024) < click_rate).astype(np.float32)
     model, _ = make_model("muse")
-    model.compile(tf_keras.optimizers.Adam(0.01))
+    model.compile(tf_keras.optimizers.Adam(0.003))
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
     first = model.evaluate(data, verbose=0, return_dict=True)
-    model.fit(data, epochs=8, verbose=0)
+    model.fit(data, epochs=6, verbose=0)
     last = model.evaluate(data, verbose=0, return_dict=True)
-    assert last["loss"] < 0.7 * first["loss"]
-    assert last["auc"] > 0.9
+    assert last["loss"] < 0.9 * first["loss"]
+    assert last["auc"] > 0.75
 
 
 def test_bad_inputs_and_tables_are_named():

@@ -15,6 +15,8 @@ class Dice(tf_keras.layers.Layer):
 
     Args:
         epsilon: BN's variance epsilon.
+        momentum: BN's moving-average momentum; 0.9 equals PyTorch's default (0.1 in its
+            convention), which tracks the batch statistics closely enough for short runs.
 
     Call arguments:
         inputs: (..., C).
@@ -24,11 +26,12 @@ class Dice(tf_keras.layers.Layer):
         Same shape as ``inputs``.
     """
 
-    def __init__(self, epsilon: float = 1e-8, **kwargs):
+    def __init__(self, epsilon: float = 1e-8, momentum: float = 0.9, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
+        self.momentum = momentum
         self.batch_norm = tf_keras.layers.BatchNormalization(
-            center=False, scale=False, epsilon=epsilon, name="batch_norm"
+            center=False, scale=False, epsilon=epsilon, momentum=momentum, name="batch_norm"
         )
 
     def build(self, input_shape: tf.TensorShape) -> None:
@@ -44,4 +47,4 @@ class Dice(tf_keras.layers.Layer):
         return p * inputs + (1.0 - p) * self.alpha * inputs
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}

@@ -59,8 +59,8 @@ class MuseModel(tfrs.models.Model):
     paper's baselines (DIN, SIM-hard, SIM-soft) and ablations are the same class.
 
     The frozen multimodal table (``vocab_sizes["item"]`` x M, int8 or float32) is a non-trainable
-    weight: fill it with ``set_multimodal_table`` before training. It enters the network only
-    through cosine similarities, and no gradient reaches it.
+    weight: fill it with ``set_multimodal_table`` before training, read it with ``multimodal``.
+    It enters the network only through cosine similarities, and no gradient reaches it.
 
     Call arguments:
         inputs: dict of ``features.MODEL_FEATURES`` (int indices, see ``muse_tf.features``);
@@ -87,10 +87,13 @@ class MuseModel(tfrs.models.Model):
             )
             for name in features.VOCABULARIES
         }
+        # int8 vectors are stored four to an int32 word: 1 byte per value, and a dtype that
+        # multi-worker collectives can broadcast (they reject int8).
+        packed = cfg.multimodal_dtype == "int8"
         self.multimodal_table = self.add_weight(
             name="multimodal_table",
-            shape=[cfg.vocab_sizes["item"], cfg.multimodal_dim],
-            dtype=cfg.multimodal_dtype,
+            shape=[cfg.vocab_sizes["item"], cfg.multimodal_dim // 4 if packed else cfg.multimodal_dim],
+            dtype="int32" if packed else "float32",
             initializer="zeros",
             trainable=False,
         )
@@ -122,27 +125,39 @@ class MuseModel(tfrs.models.Model):
         self.cross = tfrs.layers.dcn.Cross(name="cross") if cfg.use_cross else None
         self.tower = MLP(cfg.mlp_units, activation="dice", output_units=1, name="tower")
         self.embedding_optimizer = None
+        # Per-example losses, averaged over the *global* batch in compute_loss, so gradients are
+        # scaled right under tf.distribute; `loss_tracker` reports the mean over the epoch.
+        self.loss_tracker = tf_keras.metrics.Mean(name="loss")
         self.task = tfrs.tasks.Ranking(
-            loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
+            loss=tf_keras.losses.BinaryCrossentropy(
+                from_logits=True, reduction=tf_keras.losses.Reduction.NONE
+            ),
             metrics=[tf_keras.metrics.AUC(from_logits=True, name="auc")],
         )
 
     # -- frozen multimodal table -------------------------------------------------------------
     def set_multimodal_table(self, table: np.ndarray) -> None:
-        """Loads the frozen multimodal vectors, one row per item index."""
-        expected = tuple(self.multimodal_table.shape)
-        if tuple(table.shape) != expected:
-            raise ValueError(f"multimodal table has shape {tuple(table.shape)}, model expects {expected}.")
-        if self.config.multimodal_dtype == "int8" and np.asarray(table).dtype != np.int8:
-            raise ValueError(f"multimodal table must be int8, got {np.asarray(table).dtype}.")
-        self.multimodal_table.assign(np.asarray(table, self.config.multimodal_dtype))
+        """Loads the frozen multimodal vectors (V, M), one row per item index."""
+        table = np.asarray(table)
+        expected = (self.config.vocab_sizes["item"], self.config.multimodal_dim)
+        if table.shape != expected:
+            raise ValueError(f"multimodal table has shape {table.shape}, model expects {expected}.")
+        if self.config.multimodal_dtype == "int8":
+            if table.dtype != np.int8:
+                raise ValueError(f"multimodal table must be int8, got {table.dtype}.")
+            table = np.ascontiguousarray(table).view(np.int32)
+        self.multimodal_table.assign(table.astype(self.multimodal_table.dtype.as_numpy_dtype))
 
     def multimodal(self, item_indices: tf.Tensor) -> tf.Tensor:
         """Frozen de-quantised multimodal vectors: (...) item indices -> (..., M) float32."""
         rows = tf.gather(tf.stop_gradient(self.multimodal_table), item_indices)
-        if self.config.multimodal_dtype == "int8":
-            return tf.cast(rows, tf.float32) * self.config.multimodal_scale
-        return rows
+        if self.config.multimodal_dtype == "float32":
+            return rows
+        quantised = tf.reshape(
+            tf.bitcast(rows, tf.int8),
+            tf.concat([tf.shape(item_indices), [self.config.multimodal_dim]], axis=0),
+        )
+        return tf.cast(quantised, tf.float32) * self.config.multimodal_scale
 
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, name: str, indices: tf.Tensor) -> tf.Tensor:
@@ -257,26 +272,33 @@ class MuseModel(tfrs.models.Model):
         )
 
     def compute_loss(self, inputs: Batch, training: bool = False) -> tf.Tensor:
+        """Mean BCE over the global batch (per replica: sum / global batch size)."""
         features_, labels = inputs if isinstance(inputs, tuple) else (inputs, inputs[features.LABEL])
         logits = self(features_, training=training)
-        return self.task(labels=tf.cast(labels, tf.float32), predictions=logits, training=training)
+        per_example = self.task(
+            labels=tf.cast(labels, tf.float32)[:, None], predictions=logits[:, None], training=training
+        )
+        self.loss_tracker.update_state(per_example)
+        return tf.nn.compute_average_loss(per_example)
 
     def train_step(self, inputs: Batch) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
-            regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
-            total_loss = loss + regularization_loss
+            if self.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
         variables = self.trainable_variables
-        pairs = list(zip(tape.gradient(total_loss, variables), variables))
+        pairs = list(zip(tape.gradient(loss, variables), variables))
         if self.embedding_optimizer is None:
             self.optimizer.apply_gradients(pairs)
         else:
             tables = {id(v) for layer in self.embeddings.values() for v in layer.trainable_weights}
             self.embedding_optimizer.apply_gradients([p for p in pairs if id(p[1]) in tables])
             self.optimizer.apply_gradients([p for p in pairs if id(p[1]) not in tables])
-        metrics = {metric.name: metric.result() for metric in self.metrics}
-        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
-        return metrics
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, inputs: Batch) -> dict[str, tf.Tensor]:
+        self.compute_loss(inputs, training=False)
+        return {metric.name: metric.result() for metric in self.metrics}
 
     def get_config(self) -> dict:
         return {"config": self.config.to_dict()}

@@ -1,0 +1,70 @@
+"""manifest.json: per-shard counts added into split totals, checked to balance.
+
+For every shard and split, ``samples_in == samples_written + sum(rejected.values())``; a split's
+``samples_in`` and ``user_rows.in`` must also equal the rows read from its input tables, so a
+conversion that lost a record stops instead of writing a manifest.
+"""
+
+from __future__ import annotations
+
+from muse_tf import artifacts
+
+
+def _sum_counts(shards: list[dict]) -> dict:
+    """Adds per-shard counts (numbers and nested dicts of numbers) into split totals."""
+    total: dict = {}
+    for shard in shards:
+        for key, value in shard.items():
+            if isinstance(value, dict):
+                total[key] = {k: total.get(key, {}).get(k, 0) + v for k, v in value.items()}
+            elif isinstance(value, int):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def _split_summary(split: str, shards: list[dict], input_rows: dict[str, int]) -> dict:
+    total = _sum_counts(shards)
+    accounted = total["samples_written"] + sum(total["rejected"].values())
+    expected = {
+        "samples_in": input_rows[f"{split}_samples"],
+        "user_rows": input_rows[f"{split}_user_features"],
+    }
+    if (
+        total["samples_in"] != expected["samples_in"]
+        or accounted != total["samples_in"]
+        or (total["user_rows"]["in"] != expected["user_rows"])
+    ):
+        raise RuntimeError(f"{split}: counts do not balance ({total}, input rows {expected}).")
+    written = total["samples_written"]
+    bytes_per_sample = round(total["bytes"] / written, 1) if written else None
+    return {**total, "bytes_per_sample": bytes_per_sample, "shards": shards}
+
+
+def build(
+    *,
+    source: str,
+    history_length: int,
+    vocabularies: dict[str, dict],
+    item_tables: dict[str, dict],
+    input_rows: dict[str, int],
+    shards_by_split: dict[str, list[dict]],
+) -> dict:
+    """The manifest: schema version, vocabulary sizes and statistics, item-table row counts, input
+    rows per table, and per split its totals, bytes per sample and per-shard counts.
+
+    Raises:
+        RuntimeError: when a split's counts do not balance.
+    """
+    return {
+        "schema_version": artifacts.SCHEMA_VERSION,
+        "source": source,
+        "history_length": history_length,
+        "vocab_sizes": {name: v["size"] for name, v in vocabularies.items()},
+        "vocabularies": vocabularies,
+        **item_tables,
+        "input_rows": input_rows,
+        "splits": {
+            split: _split_summary(split, shards, input_rows)
+            for split, shards in shards_by_split.items()
+        },
+    }

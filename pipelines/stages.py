@@ -1,0 +1,180 @@
+"""The resumable units of work of a Taobao-MM conversion (see ``pipelines.taobao_mm``).
+
+Each task returns (result, progress message) and leaves its result under the work directory, so a
+re-run with the same inputs and options skips it. Tasks run in worker processes: arguments and
+results are plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from muse_tf import artifacts, features
+from pipelines import buckets, item_tables, join, vocab
+from pipelines import parquet_input as pi
+
+ROW_GROUPS_PER_TASK = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Conversion options (all of them are part of what makes a work directory reusable)."""
+
+    history_length: int = 1000
+    min_count: dict[str, int] = dataclasses.field(default_factory=dict)
+    shards: dict[str, int] = dataclasses.field(default_factory=dict)
+    partitions: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanTask:
+    table: str
+    path: str
+    row_groups: list[int]
+    tag: str
+
+
+def write_json(path: str, value: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def scan_tasks(tables: dict[str, list[str]]) -> list[ScanTask]:
+    """Stage 1 tasks: every file of every table in slices of ROW_GROUPS_PER_TASK row groups (this
+    opens every file, so a bad schema stops the run before any work)."""
+    tasks = []
+    for table, paths in tables.items():
+        for file_index, path in enumerate(paths):
+            groups = list(range(pi.num_row_groups(path, table)))
+            for start in range(0, len(groups), ROW_GROUPS_PER_TASK):
+                tag = f"{table}-{file_index:05d}-{start:06d}"
+                tasks.append(
+                    ScanTask(table, path, groups[start : start + ROW_GROUPS_PER_TASK], tag)
+                )
+    return tasks
+
+
+def scan_file(work: str, task: ScanTask, options: Options) -> tuple[dict, str]:
+    """Stage 1 for one slice of one file: ID counts (train tables) and user buckets."""
+    marker = os.path.join(work, "scan", f"{task.tag}.json")
+    label = f"{os.path.basename(task.path)} row groups {task.row_groups[0]}-{task.row_groups[-1]}"
+    if os.path.exists(marker):
+        return read_json(marker), f"{label} (done before)"
+    counter = vocab.CountSpill(os.path.join(work, "counts"), task.tag, options.partitions)
+    spill = None
+    if task.table in pi.SAMPLES + pi.USER_FEATURES:
+        split = task.table.split("_", 1)[0]
+        kind = buckets.SAMPLES if task.table in pi.SAMPLES else buckets.USERS
+        bucket_dir = os.path.join(work, "buckets")
+        spill = buckets.BucketSpill(bucket_dir, split, kind, task.tag, options.shards[split])
+    rows = 0
+    for batch in pi.read_batches(task.path, task.table, task.row_groups):
+        rows += batch.num_rows
+        for column in vocab.COUNTED_COLUMNS.get(task.table, ()):
+            if pi.TABLE_COLUMNS[task.table][column] == "integer":
+                counter.add(vocab.vocabulary_of(column), pi.ids(batch, column))
+            else:
+                counter.add(vocab.vocabulary_of(column), pi.id_lists(batch, column)[0])
+        if task.table == pi.SCL_EMBEDDINGS:
+            well_formed = pi.id_lists(batch, "205_c")[1] == pi.EMBEDDING_DIM
+            counter.add(vocab.SCL_ITEMS, pi.ids(batch, "205")[well_formed])
+        if spill is not None:
+            spill.write(batch)
+    counter.flush()
+    if spill is not None:
+        spill.close()
+    result = {"table": task.table, "rows": rows}
+    write_json(marker, result)
+    return result, f"{label}: {rows} rows"
+
+
+def reduce_vocab(work: str, name: str, partition: int, min_count: int) -> tuple[dict, str]:
+    """Stage 2 for one (vocabulary, partition)."""
+    path = os.path.join(work, "vocab_parts", f"{name}-p{partition:05d}.npy")
+    marker = f"{path}.json"
+    if os.path.exists(marker):
+        return read_json(marker), f"{name} partition {partition} (done before)"
+    stats = vocab.reduce_partition(os.path.join(work, "counts"), name, partition, min_count, path)
+    result = {"path": path, **dataclasses.asdict(stats)}
+    write_json(marker, result)
+    return result, f"{name} partition {partition}: {stats.kept} kept of {stats.distinct}"
+
+
+def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> dict[str, dict]:
+    """Stage 3: the item-aligned tables, once the vocabularies exist."""
+    marker = os.path.join(work, "items.json")
+    if os.path.exists(marker):
+        return read_json(marker)
+    vocabs = artifacts.load_vocabularies(output)
+    rows = len(vocabs["item"]) + artifacts.RESERVED
+    attributes = np.lib.format.open_memmap(
+        os.path.join(work, "item_attributes.npy"), "w+", np.int32, (rows, 3)
+    )
+    multimodal = np.lib.format.open_memmap(
+        os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, pi.EMBEDDING_DIM)
+    )
+    result = {
+        "item_features": item_tables.build_attribute_table(
+            tables[pi.ITEM_FEATURES], vocabs, attributes
+        ),
+        "multimodal": item_tables.build_multimodal_table(
+            tables[pi.SCL_EMBEDDINGS], vocabs["item"], multimodal
+        ),
+    }
+    attributes.flush()
+    multimodal.flush()
+    del attributes, multimodal
+    write_json(marker, result)
+    return result
+
+
+def load_lookups(output: str, work: str) -> join.Lookups:
+    vocabs = {
+        name: np.load(artifacts.vocab_path(output, name), mmap_mode="r")
+        for name in features.VOCABULARIES
+    }
+    return join.Lookups(
+        vocabs=vocabs,
+        item_attributes=np.load(os.path.join(work, "item_attributes.npy"), mmap_mode="r"),
+        multimodal=artifacts.load_multimodal_table(output),
+    )
+
+
+def shard_name(split: str, shard: int, shards: int) -> str:
+    return f"{split}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+
+
+def convert_shard(
+    output: str, work: str, split: str, shard: int, options: Options
+) -> tuple[dict, str]:
+    """Stage 4 for one bucket: join, apply the rules, write the shard; its counts."""
+    from pipelines import tfrecord_writer  # TensorFlow is loaded only by the processes that write
+
+    name = shard_name(split, shard, options.shards[split])
+    marker = os.path.join(work, "shards", f"{split}-{shard:05d}.json")
+    if os.path.exists(marker) and os.path.exists(os.path.join(output, name)):
+        return read_json(marker), f"{name} (done before)"
+    bucket_dir = os.path.join(work, "buckets")
+    samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, f"{split}_samples")
+    joiner = join.ShardJoin(samples, load_lookups(output, work), options.history_length)
+    user_batches = buckets.iter_bucket(bucket_dir, split, buckets.USERS, shard)
+    with tfrecord_writer.ShardWriter(os.path.join(output, name)) as writer:
+        for users in user_batches:
+            writer.write(joiner.add_users(users))
+    stats = joiner.finish()
+    size = writer.size
+    result = {"file": name, **stats, "bytes": size}
+    write_json(marker, result)
+    message = f"{name}: {stats['samples_written']} samples, {stats['users_written']} users"
+    return result, f"{message}, {size / 1e6:.2f} MB"

@@ -1,0 +1,280 @@
+"""Converts Taobao-MM Parquet (the release, its demo heads, or pipelines.synthetic output) into a
+dataset directory (layout: ``muse_tf.artifacts``; shard format: ``muse_tf.data``).
+
+    python -m pipelines.taobao_mm --input DIR --output DIR [--history-length 1000]
+        [--min-count N] [--min-count item=N ...] [--train-shards N] [--test-shards N] [--workers N]
+
+Stages, each streaming and each resumable (a finished task leaves its output under
+``<output>/_work`` and is skipped when the command is run again with the same inputs and options):
+
+1. scan: every input file, in slices of row groups, in parallel: count the train IDs
+   (``vocab.CountSpill``) and route samples and user features to user buckets
+   (``buckets.BucketSpill``).
+2. vocab: reduce each (vocabulary, partition) in parallel, then write ``vocab/<name>.npy``.
+3. items: one pass over item_features and one over the SCL table fill the item-aligned tables.
+4. shards: join each bucket (``join.join_shard``, which holds the data rules) and write
+   ``<split>/part-<k>-of-<n>.tfrecord.gz``, in parallel.
+5. ``manifest.json``: per shard and split, ``samples_in == samples_written + sum(rejected)``, the
+   adjustments, OOV counts and bytes per sample; vocabulary sizes and statistics.
+
+Train and test are both converted; vocabularies come from train only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+
+from muse_tf import artifacts, features
+from pipelines import manifest as manifest_lib
+from pipelines import parquet_input as pi
+from pipelines import stages, vocab
+from pipelines.stages import Options, read_json, write_json
+
+WORK_DIR = "_work"
+SHARD_INPUT_BYTES = 256 << 20  # of compressed samples + user features per output shard
+PARTITION_INPUT_BYTES = 256 << 20  # of compressed train input per count partition
+
+
+def _progress(stage: str, done: int, total: int, message: str) -> None:
+    print(f"[{stage} {done}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+def _run(
+    executor: concurrent.futures.Executor | None,
+    stage: str,
+    fn: Callable[..., tuple[dict, str]],
+    tasks: Sequence[tuple],
+) -> list[dict]:
+    """Runs ``fn(*task)`` for every task, in parallel when an executor is given; results in task
+    order. Each task returns (result, progress message)."""
+    results: list[dict] = [{}] * len(tasks)
+    if executor is None:
+        for i, task in enumerate(tasks):
+            results[i], message = fn(*task)
+            _progress(stage, i + 1, len(tasks), message)
+        return results
+    futures = {executor.submit(fn, *task): i for i, task in enumerate(tasks)}
+    for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+        results[futures[future]], message = future.result()
+        _progress(stage, done, len(tasks), message)
+    return results
+
+
+def _input_bytes(tables: dict[str, list[str]], names: Sequence[str]) -> int:
+    return sum(os.path.getsize(path) for name in names for path in tables[name])
+
+
+def resolve_options(
+    tables: dict[str, list[str]],
+    history_length: int,
+    min_count: dict[str, int],
+    shards: dict[str, int | None],
+) -> Options:
+    """Fills the defaults that depend on the input size (shards per split, count partitions)."""
+    if history_length <= 0:
+        raise ValueError(f"`history_length` must be positive, got {history_length}.")
+    unknown = set(min_count) - set(features.VOCABULARIES)
+    if unknown:
+        raise ValueError(
+            f"Unknown vocabularies {sorted(unknown)} in min-count; known: "
+            f"{list(features.VOCABULARIES)}."
+        )
+    resolved_shards = {}
+    for split in pi.SPLITS:
+        size = _input_bytes(tables, (f"{split}_samples", f"{split}_user_features"))
+        count = shards.get(split) or max(2, math.ceil(size / SHARD_INPUT_BYTES))
+        if count <= 0:
+            raise ValueError(f"Shards for {split!r} must be positive, got {count}.")
+        resolved_shards[split] = count
+    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (pi.SCL_EMBEDDINGS,))
+    return Options(
+        history_length=history_length,
+        min_count={name: min_count.get(name, 1) for name in features.VOCABULARIES},
+        shards=resolved_shards,
+        partitions=max(1, math.ceil(train_bytes / PARTITION_INPUT_BYTES)),
+    )
+
+
+def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
+    """Creates the output and work directories; refuses to mix runs with different parameters."""
+    work = os.path.join(output, WORK_DIR)
+    if overwrite:
+        for name in (WORK_DIR, *pi.SPLITS, artifacts.VOCAB_DIR):
+            shutil.rmtree(os.path.join(output, name), ignore_errors=True)
+        for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
+            if os.path.exists(os.path.join(output, name)):
+                os.remove(os.path.join(output, name))
+    if os.path.exists(os.path.join(output, artifacts.MANIFEST)):
+        raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
+    params_path = os.path.join(work, "params.json")
+    if os.path.exists(params_path) and read_json(params_path) != params:
+        raise FileExistsError(
+            f"{output} holds an unfinished conversion of other inputs or options; pass "
+            "--overwrite or choose another --output."
+        )
+    for name in ("scan", "vocab_parts", "shards"):
+        os.makedirs(os.path.join(work, name), exist_ok=True)
+    for name in (*pi.SPLITS, artifacts.VOCAB_DIR):
+        os.makedirs(os.path.join(output, name), exist_ok=True)
+    write_json(params_path, params)
+    return work
+
+
+def _build_vocabularies(
+    executor: concurrent.futures.Executor | None, output: str, work: str, options: Options
+) -> dict[str, dict]:
+    tasks = [
+        (work, name, p, options.min_count[name])
+        for name in features.VOCABULARIES
+        for p in range(options.partitions)
+    ]
+    results = _run(executor, "vocab", stages.reduce_vocab, tasks)
+    summary = {}
+    for name in features.VOCABULARIES:
+        parts = [r for task, r in zip(tasks, results) if task[1] == name]
+        stats = vocab.VocabStats()
+        for part in parts:
+            stats.add(vocab.VocabStats(**{k: v for k, v in part.items() if k != "path"}))
+        size = vocab.assemble([p["path"] for p in parts], artifacts.vocab_path(output, name))
+        summary[name] = {
+            "size": size,
+            "min_count": options.min_count[name],
+            **dataclasses.asdict(stats),
+        }
+    return summary
+
+
+def convert(
+    input_dir: str,
+    output: str,
+    *,
+    history_length: int = 1000,
+    min_count: dict[str, int] | None = None,
+    shards: dict[str, int | None] | None = None,
+    workers: int | None = None,
+    keep_work: bool = False,
+    overwrite: bool = False,
+) -> dict:
+    """Converts ``input_dir`` into ``output``; returns the manifest (also written to disk)."""
+    tables = pi.discover_tables(input_dir)
+    tasks = stages.scan_tasks(tables)
+    options = resolve_options(tables, history_length, min_count or {}, shards or {})
+    inputs = {
+        t: [[os.path.relpath(p, input_dir), os.path.getsize(p)] for p in paths]
+        for t, paths in tables.items()
+    }
+    params = {**dataclasses.asdict(options), "inputs": inputs}
+    work = _prepare_output(output, params, overwrite)
+    workers = workers or os.cpu_count() or 1
+    executor = None
+    if workers > 1:
+        context = multiprocessing.get_context("spawn")
+        executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        scanned = _run(
+            executor, "scan", stages.scan_file, [(work, task, options) for task in tasks]
+        )
+        vocab_summary = _build_vocabularies(executor, output, work, options)
+        item_summary = stages.build_item_tables(output, work, tables)
+        _progress("items", 1, 1, "item attribute and multimodal tables")
+        shard_tasks = [
+            (output, work, split, k, options)
+            for split in pi.SPLITS
+            for k in range(options.shards[split])
+        ]
+        shard_results = _run(executor, "shards", stages.convert_shard, shard_tasks)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    input_rows = dict.fromkeys(tables, 0)
+    for result in scanned:
+        input_rows[result["table"]] += result["rows"]
+    shards_by_split = {
+        split: [r for t, r in zip(shard_tasks, shard_results) if t[2] == split]
+        for split in pi.SPLITS
+    }
+    manifest = manifest_lib.build(
+        source=os.path.abspath(input_dir),
+        history_length=options.history_length,
+        vocabularies=vocab_summary,
+        item_tables=item_summary,
+        input_rows=input_rows,
+        shards_by_split=shards_by_split,
+    )
+    write_json(os.path.join(output, artifacts.MANIFEST), manifest)
+    if not keep_work:
+        shutil.rmtree(work)
+    for split, summary in manifest["splits"].items():
+        print(
+            f"{split}: {summary['samples_written']} of {summary['samples_in']} samples written "
+            f"({summary['rejected']} rejected), {summary['bytes_per_sample']} bytes/sample",
+            file=sys.stderr,
+        )
+    return manifest
+
+
+def _parse_min_count(values: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        if not number.isdigit():
+            raise argparse.ArgumentTypeError(f"--min-count {value!r}: expected N or name=N.")
+        for vocab_name in [name] if sep else features.VOCABULARIES:
+            counts[vocab_name] = int(number)
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.taobao_mm",
+        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
+        "multimodal table and manifest.json.",
+    )
+    parser.add_argument("--input", required=True, help="directory holding the Parquet tables")
+    parser.add_argument("--output", required=True, help="dataset directory to write")
+    parser.add_argument(
+        "--history-length",
+        type=int,
+        default=1000,
+        help="behaviours kept per user (the most recent); default 1000",
+    )
+    parser.add_argument(
+        "--min-count",
+        action="append",
+        default=[],
+        metavar="[NAME=]N",
+        help="keep IDs seen at least N times in train (all vocabularies, or NAME "
+        "only; repeatable). Items with an SCL vector are always kept. Default 1.",
+    )
+    parser.add_argument("--train-shards", type=int, help="output shards (default: by input size)")
+    parser.add_argument("--test-shards", type=int, help="output shards (default: by input size)")
+    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the _work directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
+    args = parser.parse_args(argv)
+    try:
+        min_count = _parse_min_count(args.min_count)
+        convert(
+            args.input,
+            args.output,
+            history_length=args.history_length,
+            min_count=min_count,
+            shards={"train": args.train_shards, "test": args.test_shards},
+            workers=args.workers,
+            keep_work=args.keep_work,
+            overwrite=args.overwrite,
+        )
+    except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

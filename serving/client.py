@@ -1,0 +1,201 @@
+"""Clients for a model served by TF Serving (or ``serving.server``): one call over REST or gRPC.
+
+    with GrpcClient("127.0.0.1", 8500, "muse") as client:       # or RestClient(..., 8501, ...)
+        scores = client.predict(inputs, signature_name="rank")   # {"probability": ..., "logit": ...}
+
+``inputs`` maps input names to NumPy arrays (int64 raw IDs for muse-tf; see serving/README.md for
+each signature). REST posts the columnar ``{"inputs": ...}`` format to ``/v1/models/NAME:predict``;
+gRPC calls ``PredictionService.Predict`` with TensorProtos. Both return NumPy arrays of the
+signature's output dtypes, and raise PredictionError with the server's message on failure.
+
+CLI: ``python -m serving.client --protocol grpc --port 8500 --model_name muse
+--signature_name rank --request request.json`` where request.json holds ``{input name: value}``.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import requests
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from serving import MAX_GRPC_MESSAGE_BYTES
+
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+
+
+class PredictionError(RuntimeError):
+    """The server refused or failed a request; the message is the server's."""
+
+
+class _Client(abc.ABC):
+    """The interface both clients share; a context manager that closes its connection."""
+
+    def __enter__(self) -> _Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def predict(
+        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+    ) -> dict[str, np.ndarray]:
+        """Runs ``signature_name`` on ``inputs``; returns its outputs by name."""
+
+
+class RestClient(_Client):
+    """TF Serving's REST API at ``http://host:port/v1/models/model_name[/versions/version]``."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8501,
+        model_name: str = "muse",
+        version: int | None = None,
+        timeout: float = 60.0,
+    ):
+        self._url = f"http://{host}:{port}/v1/models/{model_name}"
+        if version is not None:
+            self._url += f"/versions/{version}"
+        self._timeout = timeout
+        self._session = requests.Session()
+        self._output_dtypes: dict[str, dict[str, np.dtype]] = {}
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        response = self._session.request(method, url, timeout=self._timeout, **kwargs)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text}
+        if response.status_code != 200:
+            raise PredictionError(f"HTTP {response.status_code}: {payload.get('error', payload)}")
+        return payload
+
+    def metadata(self) -> dict:
+        """``GET .../metadata``: the model spec and its SignatureDefs, as JSON."""
+        return self._call("GET", self._url + "/metadata")
+
+    def _dtypes(self, signature_name: str) -> dict[str, np.dtype]:
+        """Output dtypes of a signature (JSON numbers carry none), from the model's metadata."""
+        if signature_name not in self._output_dtypes:
+            signatures = self.metadata()["metadata"]["signature_def"]["signature_def"]
+            if signature_name not in signatures:
+                raise PredictionError(
+                    f"Unknown signature {signature_name!r}; available: {sorted(signatures)}"
+                )
+            self._output_dtypes[signature_name] = {
+                name: tf.as_dtype(types_pb2.DataType.Value(info["dtype"])).as_numpy_dtype
+                for name, info in signatures[signature_name]["outputs"].items()
+            }
+        return self._output_dtypes[signature_name]
+
+    def predict(
+        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+    ) -> dict[str, np.ndarray]:
+        dtypes = self._dtypes(signature_name)
+        body = {
+            "signature_name": signature_name,
+            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
+        }
+        outputs = self._call("POST", self._url + ":predict", data=json.dumps(body))["outputs"]
+        if not isinstance(outputs, dict):  # TF Serving drops the name of a single output
+            outputs = {next(iter(dtypes)): outputs}
+        return {name: np.asarray(value, dtypes[name]) for name, value in outputs.items()}
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class GrpcClient(_Client):
+    """TF Serving's ``PredictionService`` at ``host:port``, with message limits raised for long
+    histories (gRPC's 4 MiB default would refuse large responses)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        model_name: str = "muse",
+        version: int | None = None,
+        timeout: float = 60.0,
+        max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
+    ):
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._channel = grpc.insecure_channel(f"{host}:{port}", options=options)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_name, self._version, self._timeout = model_name, version, timeout
+
+    def predict(
+        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+    ) -> dict[str, np.ndarray]:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=self._model_name, signature_name=signature_name)
+        )
+        if self._version is not None:
+            request.model_spec.version.value = self._version
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+        try:
+            response = self._stub.Predict(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise PredictionError(f"{error.code().name}: {error.details()}") from None
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _json_input(value: Any) -> np.ndarray:
+    """JSON integers (and empty lists, which carry no type) as int64, the type of muse-tf's IDs."""
+    array = np.asarray(value)
+    return array.astype(np.int64) if array.size == 0 or array.dtype.kind in "iu" else array
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--protocol", choices=("rest", "grpc"), default="grpc")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: 8500 for gRPC, 8501 for REST")
+    parser.add_argument("--model_name", default="muse")
+    parser.add_argument("--version", type=int, help="default: the newest version served")
+    parser.add_argument("--signature_name", default=DEFAULT_SIGNATURE)
+    parser.add_argument(
+        "--request", required=True, help="JSON file of {input name: value}; - for stdin"
+    )
+    args = parser.parse_args(argv)
+    with sys.stdin if args.request == "-" else open(args.request) as f:
+        inputs = {name: _json_input(value) for name, value in json.load(f).items()}
+    if args.protocol == "rest":
+        client = RestClient(args.host, args.port or 8501, args.model_name, args.version)
+    else:
+        client = GrpcClient(args.host, args.port or 8500, args.model_name, args.version)
+    try:
+        with client:
+            outputs = client.predict(inputs, args.signature_name)
+    except PredictionError as error:
+        sys.exit(f"error: {error}")
+    json.dump({name: value.tolist() for name, value in outputs.items()}, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()

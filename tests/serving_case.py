@@ -1,0 +1,167 @@
+"""Shared by the export and serving tests: a small MUSE model, synthetic raw-ID vocabularies,
+raw-ID requests for both signatures, and reference scores from the Keras model fed with indices
+looked up by NumPy (``artifacts.lookup``), independent of the exported graph."""
+
+import dataclasses
+
+import numpy as np
+
+from muse_tf import artifacts, features
+from muse_tf.config import ModelConfig
+from muse_tf.models import MuseModel
+
+SIZES = {
+    "user": 50,
+    "profile_1": 9,
+    "profile_2": 12,
+    "profile_3": 7,
+    "profile_4": 15,
+    "profile_5": 5,
+    "item": 300,
+    "category": 40,
+    "attr_213": 30,
+    "attr_214": 20,
+}
+HUGE_ID = 7_000_000_000_000_000_000
+USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
+CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
+
+
+@dataclasses.dataclass
+class Case:
+    model: MuseModel
+    vocabularies: dict
+    item_category: np.ndarray  # raw category ID of each item vocabulary position
+
+
+def make_vocabularies(rng):
+    """Distinct int64 raw IDs, including 0 (a real ID, not padding), negatives and huge hashes."""
+    vocabularies = {}
+    for name, size in SIZES.items():
+        ids = np.unique(rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, 4 * size))
+        vocabularies[name] = rng.permutation(ids)[:size]
+    vocabularies["item"][:2] = [HUGE_ID, 0]
+    return vocabularies
+
+
+def make_case(seed=0, variant="muse"):
+    rng = np.random.default_rng(seed)
+    vocabularies = make_vocabularies(rng)
+    config = ModelConfig(
+        variant=variant,
+        vocab_sizes={name: len(ids) + artifacts.RESERVED for name, ids in vocabularies.items()},
+        embedding_dim=8,
+        top_k=16,
+        recent_length=20,
+        mlp_units=[16],
+        din_attention_units=[8],
+    )
+    model = MuseModel(config)
+    table = rng.integers(-127, 128, (config.vocab_sizes["item"], 128)).astype(np.int8)
+    table[[0, 1, 5, 9, 40]] = 0  # PAD, OOV and items without a multimodal vector
+    model.set_multimodal_table(table)
+    model(lookup_rows(vocabularies, rows_request(rng, vocabularies, [2], 3)))
+    # Trained-size embeddings, so that a wrong index visibly moves the score.
+    for layer in model.embeddings.values():
+        layer.embeddings.assign(rng.normal(0.0, 0.5, layer.embeddings.shape))
+    item_category = rng.choice(vocabularies["category"], SIZES["item"])
+    return Case(model, vocabularies, item_category)
+
+
+def unknown_ids(rng, vocabulary, count):
+    ids = rng.integers(10**15, 10**16, count)
+    assert not np.isin(ids, vocabulary).any()
+    return ids
+
+
+def raw_history(rng, case_or_vocabularies, length, unknown_share=0.05):
+    """Items (mostly known, some unknown) and their categories; an item has one category."""
+    vocabularies, item_category = _parts(case_or_vocabularies)
+    position = rng.integers(0, SIZES["item"], length)
+    items = vocabularies["item"][position]
+    categories = item_category[position]
+    unknown = rng.random(length) < unknown_share
+    items[unknown] = unknown_ids(rng, vocabularies["item"], int(unknown.sum()))
+    return items, categories
+
+
+def _parts(case_or_vocabularies):
+    if isinstance(case_or_vocabularies, Case):
+        return case_or_vocabularies.vocabularies, case_or_vocabularies.item_category
+    return case_or_vocabularies, np.resize(case_or_vocabularies["category"], SIZES["item"])
+
+
+def _pick(rng, vocabularies, name, count, unknown=0):
+    ids = rng.choice(vocabularies[features.VOCABULARY[name]], count)
+    ids[:unknown] = unknown_ids(rng, vocabularies[features.VOCABULARY[name]], unknown)
+    return ids
+
+
+def rank_request(rng, case_or_vocabularies, length, candidates):
+    """One user (scalars), an unpadded history (L,), candidates (C,), the first one unknown."""
+    vocabularies, _ = _parts(case_or_vocabularies)
+    request = {name: np.int64(_pick(rng, vocabularies, name, 1)[0]) for name in USER_FEATURES}
+    items, categories = raw_history(rng, case_or_vocabularies, length)
+    request[features.HISTORY_ITEMS], request[features.HISTORY_CATEGORIES] = items, categories
+    for name in CANDIDATE_FEATURES:
+        request[name] = _pick(rng, vocabularies, name, candidates, unknown=1)
+    return request
+
+
+def rows_request(rng, case_or_vocabularies, lengths, width):
+    """Independent rows; histories right-padded with random IDs past ``history_length``."""
+    vocabularies, _ = _parts(case_or_vocabularies)
+    rows = len(lengths)
+    request = {
+        name: _pick(rng, vocabularies, name, rows, unknown=1) for name in features.SCALAR_FEATURES
+    }
+    items, categories = raw_history(rng, case_or_vocabularies, rows * width)
+    request[features.HISTORY_ITEMS] = items.reshape(rows, width)
+    request[features.HISTORY_CATEGORIES] = categories.reshape(rows, width)
+    request["history_length"] = np.asarray(lengths, np.int64)
+    return request
+
+
+def _left_pad(rows, lengths):
+    """NumPy: keep each row's first ``length`` entries, right-aligned, PAD before; >= 1 column."""
+    out = np.full((len(rows), max(rows.shape[1], 1)), features.PAD, np.int64)
+    for b, length in enumerate(lengths):
+        if length:
+            out[b, -length:] = rows[b, :length]
+    return out
+
+
+def _index(vocabularies, name, raw):
+    return artifacts.lookup(vocabularies[features.VOCABULARY[name]], raw)
+
+
+def lookup_rows(vocabularies, request):
+    indices = {name: _index(vocabularies, name, request[name]) for name in features.SCALAR_FEATURES}
+    for name in features.SEQUENCE_FEATURES:
+        rows = _index(
+            vocabularies,
+            name,
+            np.asarray(request[name]).reshape(len(request["history_length"]), -1),
+        )
+        indices[name] = _left_pad(rows, request["history_length"])
+    return indices
+
+
+def keras_rows(case, request):
+    """Reference logits of a ``serving_default`` request."""
+    return case.model(lookup_rows(case.vocabularies, request), training=False).numpy()
+
+
+def keras_rank(case, request):
+    """Reference logits of a ``rank`` request, scored as C ordinary rows (history copied C times)."""
+    candidates = len(request[features.ITEM_ID])
+    rows = {name: np.repeat(np.int64(request[name]), candidates) for name in USER_FEATURES}
+    rows.update({name: request[name] for name in CANDIDATE_FEATURES})
+    for name in features.SEQUENCE_FEATURES:
+        rows[name] = np.tile(np.asarray(request[name], np.int64), (candidates, 1))
+    rows["history_length"] = np.full(candidates, len(request[features.HISTORY_ITEMS]), np.int64)
+    return keras_rows(case, rows)
+
+
+def sigmoid(logits):
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))

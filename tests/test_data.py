@@ -1,0 +1,217 @@
+"""The tf.data reader: user records -> per-sample batches in the model's input contract."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from muse_tf import artifacts, data, features
+from pipelines.join import UserRecords
+from pipelines.tfrecord_writer import ShardWriter
+from tests.pipeline_helpers import as_rows, read_samples
+
+USERS_PER_SHARD = 12
+SHARDS = 3
+
+
+def _records(rng, first_user):
+    """Random user records: histories of 0..9 behaviours, 1..4 samples each, unique item IDs."""
+    users = np.arange(first_user, first_user + USERS_PER_SHARD)
+    history_lengths = rng.integers(0, 10, len(users))
+    sample_counts = rng.integers(1, 5, len(users))
+    user = {features.USER_KEY: users * 1000 + 7, features.USER_ID: users + 2}
+    for i, name in enumerate(features.USER_PROFILE):
+        user[name] = rng.integers(1, 5, len(users)) + i
+    h, s = history_lengths.sum(), sample_counts.sum()
+    history = {name: rng.integers(1, 50, h) for name in features.SEQUENCE_FEATURES}
+    first_item = first_user * 100
+    samples = {
+        features.ITEM_ID: np.arange(first_item, first_item + s),
+        features.ITEM_CATEGORY: rng.integers(1, 9, s),
+        features.ITEM_ATTRS[0]: rng.integers(1, 9, s),
+        features.ITEM_ATTRS[1]: rng.integers(1, 9, s),
+        features.LABEL: rng.integers(0, 2, s),
+    }
+    return UserRecords(user, history, history_lengths, samples, sample_counts)
+
+
+def write_shard(path, records):
+    with ShardWriter(path) as writer:
+        writer.write(records)
+
+
+def _expected(records, history_length):
+    """Per-sample rows computed with NumPy: user features repeated, recent history left-padded."""
+    out = {name: [] for name in (*records.user, *records.history, *records.samples)}
+    history_offsets = np.concatenate([[0], np.cumsum(records.history_lengths)])
+    sample_offsets = np.concatenate([[0], np.cumsum(records.sample_counts)])
+    for u, count in enumerate(records.sample_counts):
+        for j in range(sample_offsets[u], sample_offsets[u] + count):
+            for name, values in records.user.items():
+                out[name].append(values[u])
+            for name, values in records.history.items():
+                behaviours = list(values[history_offsets[u] : history_offsets[u + 1]])
+                recent = behaviours[max(0, len(behaviours) - history_length) :]
+                out[name].append([features.PAD] * (history_length - len(recent)) + recent)
+            for name, values in records.samples.items():
+                out[name].append(values[j])
+    out = {name: np.array(values) for name, values in out.items()}
+    out["label"] = out.pop(features.LABEL).astype(np.float32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    paths, records = [], []
+    for k in range(SHARDS):
+        records.append(_records(rng, first_user=k * USERS_PER_SHARD))
+        paths.append(str(directory / f"part-{k:05d}-of-{SHARDS:05d}.tfrecord.gz"))
+        write_shard(paths[-1], records[-1])
+    return paths, records
+
+
+def _expected_all(records, history_length):
+    parts = [_expected(r, history_length) for r in records]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+@pytest.mark.parametrize("history_length", [4, 12])
+def test_every_sample_is_read_with_its_users_recent_history_left_padded(shards, history_length):
+    paths, records = shards
+    read = read_samples(paths, history_length)
+    assert set(read) == {*features.MODEL_FEATURES, features.USER_KEY, "label"}
+    assert as_rows(read) == as_rows(_expected_all(records, history_length))
+
+
+def test_one_shard_keeps_record_and_sample_order(shards):
+    paths, records = shards
+    read = read_samples(paths[:1], 6)
+    expected = _expected(records[0], 6)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(read[name], values, err_msg=name)
+
+
+def test_batches_have_the_requested_size_and_a_static_history_length(shards):
+    paths, _ = shards
+    total = sum(len(r.samples[features.ITEM_ID]) for r in shards[1])
+    sizes = [len(y) for _, y in data.make_dataset(paths, 16, history_length=5)]
+    assert sum(sizes) == total and all(s == 16 for s in sizes[:-1])
+    dataset = data.make_dataset(paths, 16, history_length=5, drop_remainder=True)
+    features_spec, label_spec = dataset.element_spec
+    assert features_spec[features.HISTORY_ITEMS].shape.as_list() == [16, 5]
+    assert features_spec[features.ITEM_ID].dtype == tf.int64
+    assert label_spec.shape.as_list() == [16] and label_spec.dtype == tf.float32
+    assert [len(y) for _, y in dataset] == [16] * (total // 16)
+
+
+def _item_order(dataset):
+    return np.concatenate([f[features.ITEM_ID] for f, _ in dataset.as_numpy_iterator()])
+
+
+def test_seeded_shuffle_is_reproducible_and_covers_every_sample(shards):
+    paths, _ = shards
+
+    def make(seed):
+        return data.make_dataset(
+            paths, 8, history_length=3, shuffle=True, seed=seed, deterministic=True
+        )
+
+    plain = _item_order(data.make_dataset(paths, 8, history_length=3, deterministic=True))
+    first, again, other = _item_order(make(1)), _item_order(make(1)), _item_order(make(2))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, plain) and not np.array_equal(first, other)
+    assert sorted(first) == sorted(plain)
+    repeated = data.make_dataset(paths, 8, history_length=3, repeat=True).take(40)
+    assert len(_item_order(repeated)) == 320
+    with pytest.raises(ValueError, match="needs a `seed`"):
+        data.make_dataset(paths, 8, history_length=3, shuffle=True, deterministic=True)
+
+
+def test_input_context_splits_the_shards_across_workers(shards):
+    paths, _ = shards
+    parts = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
+        parts.append(
+            _item_order(data.make_dataset(paths, 8, history_length=3, input_context=context))
+        )
+    assert not set(parts[0]) & set(parts[1])
+    assert sorted(np.concatenate(parts)) == sorted(
+        _item_order(data.make_dataset(paths, 8, history_length=3))
+    )
+    context = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=0)
+    with pytest.raises(ValueError, match="3 shard"):
+        data.make_dataset(paths, 8, history_length=3, input_context=context)
+
+
+def test_glob_patterns_and_missing_files(shards, tmp_path):
+    paths, _ = shards
+    pattern = paths[0].replace("part-00000", "part-*")
+    assert data.resolve_files(pattern) == paths
+    with pytest.raises(FileNotFoundError, match="No shard matches"):
+        data.make_dataset(str(tmp_path / "*.gz"), 8, history_length=3)
+    with pytest.raises(FileNotFoundError, match="absent.tfrecord.gz"):
+        data.make_dataset([paths[0], str(tmp_path / "absent.tfrecord.gz")], 8, history_length=3)
+    with pytest.raises(ValueError, match="Unsupported path scheme"):
+        data.make_dataset(["ftp://host/a.tfrecord.gz"], 8, history_length=3)
+
+
+def test_split_files_follows_the_manifest(shards, tmp_path):
+    paths, _ = shards
+    (tmp_path / "train").mkdir()
+    names = []
+    for path in paths:
+        names.append(f"train/{path.rsplit('/', 1)[1]}")
+        (tmp_path / names[-1]).write_bytes(open(path, "rb").read())
+    manifest = {
+        "schema_version": artifacts.SCHEMA_VERSION,
+        "splits": {"train": {"shards": [{"file": n} for n in names]}},
+    }
+    (tmp_path / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    assert data.split_files(str(tmp_path), "train") == [str(tmp_path / n) for n in names]
+    with pytest.raises(ValueError, match="no split 'test'"):
+        data.split_files(str(tmp_path), "test")
+    (tmp_path / names[1]).unlink()
+    with pytest.raises(FileNotFoundError, match="listed in the manifest but missing"):
+        data.split_files(str(tmp_path), "train")
+
+
+def test_a_damaged_shard_is_named(shards, tmp_path):
+    paths, _ = shards
+    damaged = tmp_path / "damaged.tfrecord.gz"
+    content = open(paths[1], "rb").read()
+    damaged.write_bytes(content[: len(content) // 2])
+    with pytest.raises(tf.errors.DataLossError):
+        read_samples([paths[0], str(damaged)], 3)
+    with pytest.raises(ValueError, match="damaged.tfrecord.gz is damaged"):
+        data.verify_shards([paths[0], str(damaged)])
+    assert data.verify_shards(paths) == {p: USERS_PER_SHARD for p in paths}
+
+
+def test_a_record_with_inconsistent_sample_lists_fails_clearly(tmp_path):
+    path = str(tmp_path / "bad.tfrecord.gz")
+    records = _records(np.random.default_rng(1), 0)
+    records.samples[features.LABEL] = records.samples[features.LABEL][:-1]
+    write_shard(path, records)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`label` and `item_id` differ"):
+        read_samples([path], 3)
+
+
+def test_remote_schemes_register_through_tensorflow_io_only_when_used():
+    code = (
+        "import sys, muse_tf.data as d, tensorflow as tf\n"
+        "before = set(tf.io.gfile.get_registered_schemes())\n"
+        "loaded = 'tensorflow_io' in sys.modules\n"
+        "d.make_dataset(['s3://b/a.tfrecord.gz', 'hdfs://nn/b.tfrecord.gz',"
+        " 'az://acct/c/d.tfrecord.gz', 'gs://b/e.tfrecord.gz'], 4, history_length=3)\n"
+        "after = set(tf.io.gfile.get_registered_schemes())\n"
+        "print(loaded, 's3' in before, sorted({'s3', 'hdfs', 'az', 'gs'} - after))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[-2] == "False False []"

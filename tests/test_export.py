@@ -1,0 +1,385 @@
+"""SavedModel export: TF Serving layout, signatures, raw-ID scores equal to the Keras model's (Python
+and the TensorFlow C API, TF Serving's loader), warm-up records, versions and the CLI."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from muse_tf import artifacts, export, features
+from muse_tf.config import ExperimentConfig
+from tests import serving_case as sc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALARS = [
+    "user_id",
+    "user_profile_1",
+    "user_profile_2",
+    "user_profile_3",
+    "user_profile_4",
+    "user_profile_5",
+    "item_id",
+    "item_category",
+    "item_attr_213",
+    "item_attr_214",
+]
+HISTORIES = ["history_items", "history_categories"]
+OUTPUTS = {"probability": ("DT_FLOAT", [-1]), "logit": ("DT_FLOAT", [-1])}
+EXPECTED_SIGNATURES = {
+    "serving_default": (
+        {
+            **{n: ("DT_INT64", [-1]) for n in SCALARS + ["history_length"]},
+            **{n: ("DT_INT64", [-1, -1]) for n in HISTORIES},
+        },
+        OUTPUTS,
+    ),
+    "rank": (
+        {
+            **{n: ("DT_INT64", []) for n in SCALARS[:6]},
+            **{n: ("DT_INT64", [-1]) for n in SCALARS[6:] + HISTORIES},
+        },
+        OUTPUTS,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def case():
+    return sc.make_case(seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(case, tmp_path_factory):
+    return export.export_saved_model(
+        case.model, case.vocabularies, str(tmp_path_factory.mktemp("base")), "muse"
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported)
+
+
+def run(loaded, signature, request):
+    outputs = loaded.signatures[signature](
+        **{k: tf.constant(np.asarray(v)) for k, v in request.items()}
+    )
+    return outputs["probability"].numpy(), outputs["logit"].numpy()
+
+
+def assert_scores(probability, logit, reference):
+    """Within 1e-5 of the Keras reference, whose scores are spread far wider than that."""
+    assert len(reference) < 2 or np.ptp(reference) > 1e-2
+    np.testing.assert_allclose(logit, reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(probability, sc.sigmoid(reference), rtol=0, atol=1e-5)
+
+
+def meta_graph(export_dir):
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    (graph,) = saved_model.meta_graphs
+    return graph
+
+
+def test_tf_serving_layout_and_signatures(exported):
+    assert exported.endswith(os.path.join("muse", "1"))
+    assert sorted(os.listdir(os.path.join(exported, "assets"))) == sorted(
+        f"vocab_{name}.txt" for name in sc.SIZES
+    )
+    assert os.path.isfile(os.path.join(exported, "assets.extra", "tf_serving_warmup_requests"))
+    graph = meta_graph(exported)
+    assert list(graph.meta_info_def.tags) == ["serve"]
+    for name, (inputs, outputs) in EXPECTED_SIGNATURES.items():
+        signature = graph.signature_def[name]
+        assert signature.method_name == "tensorflow/serving/predict"
+        for expected, actual in ((inputs, signature.inputs), (outputs, signature.outputs)):
+            got = {
+                key: (
+                    types_pb2.DataType.Name(info.dtype),
+                    [dim.size for dim in info.tensor_shape.dim],
+                )
+                for key, info in actual.items()
+            }
+            assert got == expected
+
+
+def test_graph_has_only_registered_core_ops(exported):
+    graph = meta_graph(exported)
+    ops = {node.op for node in graph.graph_def.node}
+    ops |= {node.op for function in graph.graph_def.library.function for node in function.node_def}
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    assert all(hasattr(tf.raw_ops, op) for op in ops), sorted(
+        op for op in ops if not hasattr(tf.raw_ops, op)
+    )
+    assert {"HashTableV2", "InitializeTableFromTextFileV2", "LookupTableFindV2"} <= ops
+
+
+def test_rows_match_keras_and_ignore_padding_past_history_length(loaded, case):
+    rng = np.random.default_rng(1)
+    request = sc.rows_request(rng, case, lengths=[7, 0, 30, 1, 30, 12], width=30)
+    probability, logit = run(loaded, "serving_default", request)
+    assert_scores(probability, logit, sc.keras_rows(case, request))
+    repadded = {k: v.copy() for k, v in request.items()}
+    for name in HISTORIES:
+        repadded[name][0, 7:] = sc.unknown_ids(rng, case.vocabularies["item"], 23)
+    np.testing.assert_array_equal(run(loaded, "serving_default", repadded)[1], logit)
+
+
+@pytest.mark.parametrize("length", [0, 1, 1000])
+def test_rank_matches_keras_rows(loaded, case, length):
+    request = sc.rank_request(np.random.default_rng(length), case, length, candidates=9)
+    probability, logit = run(loaded, "rank", request)
+    assert logit.shape == (9,)
+    assert_scores(probability, logit, sc.keras_rank(case, request))
+
+
+def test_raw_ids_zero_and_huge_are_items_and_unknown_ids_are_oov(loaded, case):
+    rng = np.random.default_rng(3)
+    request = sc.rank_request(rng, case, 50, candidates=4)
+    request["item_id"] = np.array(
+        [sc.HUGE_ID, 0, *sc.unknown_ids(rng, case.vocabularies["item"], 2)]
+    )
+    for name in ("item_category", "item_attr_213", "item_attr_214"):
+        request[name][:] = request[name][0]  # candidates differ by item only
+    request["history_items"][-5:] = [0, sc.HUGE_ID, 0, 0, sc.HUGE_ID]
+    probability, logit = run(loaded, "rank", request)
+    np.testing.assert_array_equal(
+        artifacts.lookup(case.vocabularies["item"], request["item_id"]),
+        [2, 3, features.OOV, features.OOV],
+    )
+    assert_scores(probability, logit, sc.keras_rank(case, request))
+    assert (
+        logit[2] == logit[3] and abs(logit[0] - logit[2]) > 1e-3 and abs(logit[1] - logit[2]) > 1e-3
+    )
+
+
+def bad_requests(case):
+    """(signature, request, message) for requests the signatures must refuse."""
+    rng = np.random.default_rng(4)
+
+    def rank(**changes):
+        return {**sc.rank_request(rng, case, 20, candidates=3), **changes}
+
+    def rows(**changes):
+        return {**sc.rows_request(rng, case, [4, 2], width=5), **changes}
+
+    too_long = sc.raw_history(rng, case, 100_001)
+    return [
+        (
+            "rank",
+            rank(history_items=too_long[0], history_categories=too_long[1]),
+            "max_history_length=100000",
+        ),
+        (
+            "rank",
+            rank(item_category=np.array([1, 2])),
+            "`item_category` must have as many values as `item_id`",
+        ),
+        (
+            "rank",
+            rank(history_categories=np.arange(19)),
+            "`history_categories` must have as many values",
+        ),
+        ("serving_default", rows(history_length=np.array([6, 2])), "exceeds the width"),
+        ("serving_default", rows(history_length=np.array([-1, 2])), "`history_length` is negative"),
+        (
+            "serving_default",
+            rows(history_length=np.array([4])),
+            "as many values as `history_length`",
+        ),
+        (
+            "serving_default",
+            rows(item_id=np.array([1, 2, 3])),
+            "`item_id` must have as many values",
+        ),
+        (
+            "serving_default",
+            rows(history_categories=np.zeros((2, 4), np.int64)),
+            "the shape of `history_items`",
+        ),
+    ]
+
+
+def test_bad_requests_fail_with_clear_errors(loaded, case):
+    for signature, request, message in bad_requests(case):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            run(loaded, signature, request)
+
+
+def test_warmup_records_are_prediction_logs_for_both_signatures(exported, case):
+    path = os.path.join(exported, "assets.extra", "tf_serving_warmup_requests")
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r)
+        for r in tf.data.TFRecordDataset(path).as_numpy_iterator()
+    ]
+    requests = [log.predict_log.request for log in logs]
+    assert sorted(r.model_spec.signature_name for r in requests) == ["rank", "serving_default"]
+    for request in requests:
+        assert request.model_spec.name == "muse"
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        signature = request.model_spec.signature_name
+        probability, logit = run(tf.saved_model.load(exported), signature, inputs)
+        reference = sc.keras_rank if signature == "rank" else sc.keras_rows
+        np.testing.assert_allclose(logit, reference(case, inputs), rtol=0, atol=1e-5)
+
+
+def test_versions_are_numbered_and_never_overwritten(case, tmp_path):
+    base = str(tmp_path)
+    first = export.export_saved_model(
+        case.model, case.vocabularies, base, "m", max_history_length=10
+    )
+    second = export.export_saved_model(
+        case.model, case.vocabularies, base, "m", max_history_length=10
+    )
+    assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
+    with pytest.raises(FileExistsError):
+        export.export_saved_model(case.model, case.vocabularies, base, "m", version=2)
+    assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2"]  # no staging left behind
+    request = sc.rank_request(np.random.default_rng(5), case, 11, candidates=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_history_length=10"):
+        run(tf.saved_model.load(second), "rank", request)
+
+
+def test_vocabularies_must_match_the_model(case, tmp_path):
+    cases = [
+        ({k: v for k, v in case.vocabularies.items() if k != "attr_214"}, "'attr_214' is missing"),
+        ({**case.vocabularies, "user": case.vocabularies["user"][:-1]}, "vocab_sizes"),
+        (
+            {
+                **case.vocabularies,
+                "user": np.r_[case.vocabularies["user"][:-1], case.vocabularies["user"][0]],
+            },
+            "duplicate",
+        ),
+    ]
+    for vocabularies, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            export.export_saved_model(case.model, vocabularies, str(tmp_path), "m")
+
+
+@pytest.fixture(scope="module")
+def c_program(tmp_path_factory):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed: cannot build the C API program")
+    tf_dir = os.path.dirname(tf.__file__)
+    binary = str(tmp_path_factory.mktemp("c_api") / "muse_predict")
+    source = os.path.join(ROOT, "serving", "c_api", "muse_predict.c")
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            f"-I{tf_dir}/include",
+            source,
+            "-o",
+            binary,
+            f"-L{tf_dir}",
+            "-l:libtensorflow_cc.so.2",
+            "-l:libtensorflow_framework.so.2",
+            f"-Wl,-rpath,{tf_dir}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return binary
+
+
+def write_requests(path, requests):
+    with open(path, "w") as f:
+        for signature, request in requests:
+            f.write(f"request {signature} {len(request)}\n")
+            for name, value in request.items():
+                value = np.asarray(value)
+                f.write(
+                    " ".join(map(str, [name, value.ndim, *value.shape, *value.ravel().tolist()]))
+                    + "\n"
+                )
+
+
+def parse_responses(text):
+    responses, current = [], None
+    for line in text.splitlines():
+        words = line.split()
+        if words[0] == "request":
+            current = {}
+            responses.append((words[1], current))
+        else:
+            assert int(words[1]) == len(words) - 2
+            current[words[0]] = np.array(words[2:], np.float64)
+    return responses
+
+
+def test_c_api_program_scores_equal_keras(c_program, exported, case, tmp_path):
+    rng = np.random.default_rng(6)
+    requests = [
+        ("serving_default", sc.rows_request(rng, case, [9, 0, 40, 3], width=40)),
+        ("rank", sc.rank_request(rng, case, 0, candidates=5)),
+        ("rank", sc.rank_request(rng, case, 1000, candidates=12)),
+    ]
+    write_requests(tmp_path / "requests.txt", requests)
+    result = subprocess.run(
+        [c_program, exported, str(tmp_path / "requests.txt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    responses = parse_responses(result.stdout)
+    assert [signature for signature, _ in responses] == [signature for signature, _ in requests]
+    for (signature, request), (_, outputs) in zip(requests, responses):
+        reference = (
+            sc.keras_rank(case, request) if signature == "rank" else sc.keras_rows(case, request)
+        )
+        assert_scores(outputs["probability"], outputs["logit"], reference)
+
+
+def test_cli_exports_a_training_run(case, tmp_path):
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    os.makedirs(run_dir / "final")
+    with open(run_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(ExperimentConfig(model=case.model.config).to_dict(), f)
+    case.model.save_weights(str(run_dir / "final" / "weights"))
+    os.makedirs(data_dir / "vocab")
+    for name, ids in case.vocabularies.items():
+        np.save(artifacts.vocab_path(str(data_dir), name), ids)
+    path = export.main(
+        [
+            "--model-dir",
+            str(run_dir),
+            "--data",
+            str(data_dir),
+            "--export-dir",
+            str(tmp_path / "out"),
+            "--model-name",
+            "cli",
+            "--version",
+            "7",
+        ]
+    )
+    assert path == str(tmp_path / "out" / "cli" / "7")
+    request = sc.rank_request(np.random.default_rng(7), case, 300, candidates=6)
+    assert_scores(*run(tf.saved_model.load(path), "rank", request), sc.keras_rank(case, request))
+
+
+@pytest.mark.parametrize("variant", ["din", "sim_hard", "sim_soft"])
+def test_baseline_variants_export_and_match_keras(variant, tmp_path):
+    other = sc.make_case(seed=2, variant=variant)
+    path = export.export_saved_model(other.model, other.vocabularies, str(tmp_path), variant)
+    loaded = tf.saved_model.load(path)
+    rng = np.random.default_rng(8)
+    ranked = sc.rank_request(rng, other, 200, candidates=6)
+    assert_scores(*run(loaded, "rank", ranked), sc.keras_rank(other, ranked))
+    rows = sc.rows_request(rng, other, [200, 17, 0], width=200)
+    assert_scores(*run(loaded, "serving_default", rows), sc.keras_rows(other, rows))

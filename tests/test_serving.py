@@ -1,0 +1,304 @@
+"""TF Serving protocols end to end: ``python -m serving.server`` on an export, queried by
+``serving.client`` over REST and gRPC; scores equal the Keras model's; bad requests get clear errors
+and never disturb the next request; the deployment configs parse."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import yaml
+from google.protobuf import text_format
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from muse_tf import export
+from serving.client import GrpcClient, PredictionError, RestClient
+from tests import serving_case as sc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVING = os.path.join(ROOT, "serving")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def case():
+    return sc.make_case(seed=1)
+
+
+@pytest.fixture(scope="module")
+def server(case, tmp_path_factory):
+    """A server subprocess on a fresh export; yields its (grpc port, rest port)."""
+    base = tmp_path_factory.mktemp("exports")
+    export.export_saved_model(case.model, case.vocabularies, str(base), "muse")
+    ports = free_port(), free_port()
+    log = open(base / "server.log", "w+")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            "--model_name",
+            "muse",
+            "--model_base_path",
+            str(base / "muse"),
+            "--port",
+            str(ports[0]),
+            "--rest_api_port",
+            str(ports[1]),
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert (
+                process.poll() is None
+            ), f"server exited:\n{(base / 'server.log').read_text()[-3000:]}"
+            assert time.time() < deadline, "server did not start in time"
+            try:
+                if requests.get(f"http://127.0.0.1:{ports[1]}/v1/models/muse", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        yield ports
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(params=["rest", "grpc"])
+def client(request, server):
+    grpc_port, rest_port = server
+    made = (
+        RestClient(port=rest_port, model_name="muse")
+        if request.param == "rest"
+        else GrpcClient(port=grpc_port, model_name="muse")
+    )
+    with made:
+        yield made
+
+
+def assert_scores(outputs, reference):
+    """Within 1e-5 of the Keras reference, whose scores are spread far wider than that."""
+    assert outputs["logit"].dtype == outputs["probability"].dtype == np.float32
+    assert len(reference) < 2 or np.ptp(reference) > 1e-2
+    np.testing.assert_allclose(outputs["logit"], reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(outputs["probability"], sc.sigmoid(reference), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [1000, 100_000])
+def test_client_scores_equal_keras(client, case, length):
+    rng = np.random.default_rng(length)
+    ranked = sc.rank_request(rng, case, length, candidates=8)
+    assert_scores(client.predict(ranked, signature_name="rank"), sc.keras_rank(case, ranked))
+    rows = sc.rows_request(rng, case, [length, length // 3, 0], width=length)
+    assert_scores(client.predict(rows), sc.keras_rows(case, rows))
+
+
+def test_empty_histories_and_unknown_ids_score(client, case):
+    rng = np.random.default_rng(2)
+    ranked = sc.rank_request(rng, case, 0, candidates=3)
+    for name in sc.CANDIDATE_FEATURES:  # candidates 0 and 1: every ID unknown
+        ranked[name][:2] = sc.unknown_ids(rng, case.vocabularies["item"], 2)
+    outputs = client.predict(ranked, signature_name="rank")
+    assert_scores(outputs, sc.keras_rank(case, ranked))
+    assert outputs["logit"][0] == outputs["logit"][1]
+    rows = sc.rows_request(rng, case, [0, 0], width=0)
+    assert_scores(client.predict(rows), sc.keras_rows(case, rows))
+
+
+def bad_requests(case):
+    """(signature, inputs, a fragment of the expected error) for requests the server must refuse."""
+    rng = np.random.default_rng(3)
+    good = sc.rank_request(rng, case, 20, candidates=3)
+    too_long = sc.raw_history(rng, case, 100_001)
+    rows = sc.rows_request(rng, case, [4, 2], width=5)
+    return [
+        ("rank", {k: v for k, v in good.items() if k != "item_attr_214"}, "item_attr_214"),
+        ("rank", {**good, "item_id": good["item_id"].astype(np.float32)}, "int64"),
+        (
+            "rank",
+            {**good, "item_category": good["item_category"][:2]},
+            "must have as many values as `item_id`",
+        ),
+        (
+            "rank",
+            {**good, "history_categories": good["history_categories"][:5]},
+            "history_categories",
+        ),
+        (
+            "rank",
+            {**good, "history_items": too_long[0], "history_categories": too_long[1]},
+            "max_history_length=100000",
+        ),
+        ("rank", {**good, "user_id": good["item_id"]}, "shape []"),
+        ("serving_default", {**rows, "history_length": np.array([9, 2])}, "exceeds the width"),
+        ("no_such_signature", good, "no_such_signature"),
+    ]
+
+
+def test_bad_requests_get_clear_errors_and_the_next_request_is_served(client, case):
+    good = sc.rank_request(np.random.default_rng(4), case, 300, candidates=5)
+    reference = sc.keras_rank(case, good)
+    for signature, inputs, message in bad_requests(case):
+        with pytest.raises(PredictionError, match=re.escape(message)):
+            client.predict(inputs, signature_name=signature)
+        assert_scores(client.predict(good, signature_name="rank"), reference)
+
+
+def test_clients_address_versions(server, case):
+    grpc_port, rest_port = server
+    good = sc.rank_request(np.random.default_rng(5), case, 10, candidates=6)
+    reference = sc.keras_rank(case, good)
+    for made in (
+        RestClient(port=rest_port, model_name="muse", version=1),
+        GrpcClient(port=grpc_port, model_name="muse", version=1),
+    ):
+        with made:
+            assert_scores(made.predict(good, signature_name="rank"), reference)
+    for made, message in (
+        (RestClient(port=rest_port, model_name="muse", version=2), "HTTP 404"),
+        (GrpcClient(port=grpc_port, model_name="other"), "NOT_FOUND"),
+    ):
+        with made, pytest.raises(PredictionError, match=re.escape(message)):
+            made.predict(good, signature_name="rank")
+
+
+def test_rest_row_format_status_metadata_and_errors(server, case):
+    _, rest_port = server
+    url = f"http://127.0.0.1:{rest_port}/v1/models/muse"
+    rows = sc.rows_request(np.random.default_rng(6), case, [3, 5], width=5)
+    instances = [
+        {name: np.asarray(value)[i].tolist() for name, value in rows.items()} for i in range(2)
+    ]
+    reply = requests.post(url + ":predict", json={"instances": instances})
+    assert reply.status_code == 200, reply.text
+    predictions = reply.json()["predictions"]
+    np.testing.assert_allclose(
+        [p["logit"] for p in predictions], sc.keras_rows(case, rows), rtol=0, atol=1e-5
+    )
+
+    status = requests.get(url).json()["model_version_status"]
+    assert [(s["version"], s["state"], s["status"]["error_code"]) for s in status] == [
+        ("1", "AVAILABLE", "OK")
+    ]
+    metadata = requests.get(url + "/metadata").json()
+    assert metadata["model_spec"]["name"] == "muse" and metadata["model_spec"]["version"] == "1"
+    rank = metadata["metadata"]["signature_def"]["signature_def"]["rank"]
+    assert rank["inputs"]["history_items"]["dtype"] == "DT_INT64"
+    assert sorted(rank["outputs"]) == ["logit", "probability"]
+
+    for method, path, body, status_code in [
+        ("POST", ":predict", b"{not json", 400),
+        (
+            "POST",
+            ":predict",
+            json.dumps({"inputs": {**{k: 1 for k in rows}, "item_id": [1.5]}}).encode(),
+            400,
+        ),
+        ("POST", ":predict", json.dumps({"inputs": {}, "instances": []}).encode(), 400),
+        ("POST", "/versions/3:predict", json.dumps({"inputs": {}}).encode(), 404),
+        ("GET", "/labels/stable", None, 404),
+        ("GET", ":nothing", None, 404),
+    ]:
+        reply = requests.request(method, url + path, data=body)
+        assert reply.status_code == status_code, (path, reply.text)
+        assert reply.json()["error"]
+    assert requests.get(url).ok
+
+
+def test_grpc_metadata_and_status(server):
+    grpc_port, _ = server
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = "muse"
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
+            request, timeout=30
+        )
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        assert {"serving_default", "rank"} <= set(signatures.signature_def)
+        assert set(signatures.signature_def["rank"].outputs) == {"probability", "logit"}
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = "muse"
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            status_request, timeout=30
+        )
+        assert [(s.version, s.state) for s in status.model_version_status] == [
+            (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        ]
+
+
+def test_client_cli(server, case, tmp_path):
+    grpc_port, _ = server
+    ranked = sc.rank_request(np.random.default_rng(7), case, 40, candidates=4)
+    request = tmp_path / "request.json"
+    request.write_text(
+        json.dumps({name: np.asarray(value).tolist() for name, value in ranked.items()})
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving.client",
+            "--protocol",
+            "grpc",
+            "--port",
+            str(grpc_port),
+            "--model_name",
+            "muse",
+            "--signature_name",
+            "rank",
+            "--request",
+            str(request),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = {
+        name: np.asarray(value, np.float32) for name, value in json.loads(result.stdout).items()
+    }
+    assert_scores(outputs, sc.keras_rank(case, ranked))
+
+
+def test_deployment_configs_parse():
+    with open(os.path.join(SERVING, "models.config")) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert (model.name, model.model_platform) == ("muse", "tensorflow")
+    with open(os.path.join(SERVING, "docker-compose.yml")) as f:
+        compose = yaml.safe_load(f)
+    service = compose["services"]["muse-serving"]
+    assert service["image"] == "tensorflow/serving:2.16.1"
+    assert {"127.0.0.1:8500:8500", "127.0.0.1:8501:8501"} <= set(service["ports"])
+    flags = " ".join(service["command"])
+    for name in ("models.config", "monitoring.config"):
+        assert f"/config/{name}" in flags and os.path.exists(os.path.join(SERVING, name))

@@ -1,0 +1,305 @@
+"""Conversion of Taobao-MM Parquet (the real demo heads) to vocabularies, tables and shards."""
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from muse_tf import artifacts, data, features
+from pipelines import parquet_input, taobao_mm
+from pipelines.parquet_input import InputError
+from tests.pipeline_helpers import (
+    DEMO_DIR,
+    as_rows,
+    demo_tables,
+    index_maps,
+    read_samples,
+    reference_split,
+    write_tables,
+)
+
+HISTORY = 500
+
+
+def _convert(input_dir, output, **kwargs):
+    kwargs.setdefault("shards", {"train": 2, "test": 2})
+    return taobao_mm.convert(str(input_dir), str(output), workers=1, **kwargs)
+
+
+def _check_balanced(split):
+    for part in [split, *split["shards"]]:
+        assert part["samples_in"] == part["samples_written"] + sum(part["rejected"].values())
+        rows = part["user_rows"]
+        assert (
+            rows["in"]
+            == rows["written"] + rows["unmatched"] + rows["duplicate"] + rows["missing_id"]
+        )
+
+
+def _stitched_demo(tables):
+    """The demo rows, re-pointed so that they join, plus one row for each data rule."""
+    train_users = tables["train_user_features"].copy()
+    test_users = tables["test_user_features"]
+    items = tables["item_features"]["205"].tolist()
+    scl_items = tables["scl_embedding_int8_p90"]["205"].tolist()
+    once, twice = tables["train_samples"]["205"].tolist()[:2]
+    users = train_users["129_1"].tolist()
+
+    with_gaps = train_users.at[1, "150_2_180"].copy()
+    with_gaps[10:15] = 0  # missing history values: dropped with their categories
+    train_users.at[1, "150_2_180"] = with_gaps
+    duplicate = train_users.iloc[[0]].assign(**{"130_1": 7})  # a second row: the first wins
+    mismatched = train_users.iloc[[2]].assign(**{"129_1": 4242})
+    mismatched.at[mismatched.index[0], "151_2_180"] = mismatched.iloc[0]["151_2_180"][:-1]
+    train_users = pd.concat([train_users, duplicate, mismatched], ignore_index=True)
+
+    good = [[1, 0], [0, 1]]
+    train_items = [
+        items[0],
+        items[0],
+        items[1],
+        items[1],
+        scl_items[0],
+        scl_items[1],
+        twice,
+        twice,
+        once,
+        users[0],
+    ]
+    train = [(good[i % 2], users[i], item) for i, item in enumerate(train_items)]
+    train += [
+        ([1, 1], users[0], items[2]),  # malformed labels
+        ([0, 0], users[1], items[2]),
+        ([1], users[2], items[2]),
+        ([1, 0], 0, scl_items[2]),  # missing IDs
+        ([1, 0], users[3], 0),
+        ([0, 1], 12345, scl_items[3]),  # user without features
+        ([1, 0], 4242, scl_items[4]),  # mismatched history
+    ]
+    test_ids = test_users["129_1"].tolist()
+    test_items = [items[0], items[5], scl_items[6], twice, once, 99, scl_items[0]]
+    test = [(good[i % 2], test_ids[i], item) for i, item in enumerate(test_items)]
+    test += [(good[0], 777, items[0])]
+
+    item_rows = pd.concat(
+        [
+            tables["item_features"],
+            tables["item_features"].iloc[[0]].assign(**{"206": 5}),
+            tables["item_features"].iloc[[1]].assign(**{"205": 0}),
+        ],
+        ignore_index=True,
+    )
+    scl = tables["scl_embedding_int8_p90"]
+    scl_rows = pd.concat(
+        [
+            scl,
+            scl.iloc[[0]].assign(**{"205_c": [np.ones(128, np.int8)]}),
+            pd.DataFrame({"205": [31337], "205_c": [np.ones(64, np.int8)]}),
+        ],
+        ignore_index=True,
+    )
+
+    def samples(rows):
+        return pd.DataFrame(
+            {
+                "label_0": [np.array(r[0], np.int8) for r in rows],
+                "129_1": [r[1] for r in rows],
+                "205": [r[2] for r in rows],
+            }
+        )
+
+    return {
+        "train_samples": samples(train),
+        "test_samples": samples(test),
+        "train_user_features": train_users,
+        "test_user_features": test_users,
+        "item_features": item_rows,
+        "scl_embedding_int8_p90": scl_rows,
+    }
+
+
+def _expected_vocabularies(tables, item_min_count):
+    train, users, items = (
+        tables["train_samples"],
+        tables["train_user_features"],
+        tables["item_features"],
+    )
+    scl = tables["scl_embedding_int8_p90"]
+
+    def kept(values, min_count=1):
+        counts = pd.Series(np.asarray(values, np.int64)).value_counts()
+        return set(counts[(counts >= min_count) & (counts.index != 0)].index)
+
+    item_counts = np.concatenate([train["205"], np.concatenate(users["150_2_180"].to_numpy())])
+    with_vector = set(scl["205"][scl["205_c"].map(len) == 128])
+    expected = {
+        "user": kept(train["129_1"]),
+        "item": kept(item_counts, item_min_count) | with_vector,
+        "category": kept(
+            np.concatenate([np.concatenate(users["151_2_180"].to_numpy()), items["206"]])
+        ),
+        "attr_213": kept(items["213"]),
+        "attr_214": kept(items["214"]),
+    }
+    expected.update({f"profile_{i}": kept(users[f"130_{i}"]) for i in range(1, 6)})
+    return {name: np.array(sorted(ids), np.int64) for name, ids in expected.items()}
+
+
+def _expected_adjustments(tables, split, vocabs, history_length):
+    """Counts of the documented adjustments, from the written samples of the reference rules."""
+    users = tables[f"{split}_user_features"].drop_duplicates("129_1").set_index("129_1")
+    scl = tables["scl_embedding_int8_p90"]
+    with_vector = set(scl["205"][scl["205_c"].map(len) == 128])
+    known_items = set(tables["item_features"]["205"])
+    counts, written_users = Counter(), set()
+    for sample in tables[f"{split}_samples"].to_dict("records"):
+        user = sample["129_1"]
+        if (
+            user == 0
+            or sample["205"] == 0
+            or list(sample["label_0"]) not in ([1, 0], [0, 1])
+            or user not in users.index
+            or len(users.at[user, "150_2_180"]) != len(users.at[user, "151_2_180"])
+        ):
+            continue
+        length = int(np.count_nonzero(users.at[user, "150_2_180"]))
+        counts["history_truncated"] += length > history_length
+        counts["history_short"] += length < history_length
+        in_vocab = sample["205"] in vocabs["item"]
+        counts["item_without_features"] += in_vocab and sample["205"] not in known_items
+        counts["item_without_scl"] += sample["205"] not in with_vector
+        if user not in written_users:
+            written_users.add(user)
+            counts["history_missing_values"] += int(
+                np.count_nonzero(users.at[user, "150_2_180"] == 0)
+            )
+    return counts
+
+
+def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path):
+    tables = demo_tables()
+    manifest = _convert(DEMO_DIR, tmp_path / "out")
+    for split in ("train", "test"):
+        summary = manifest["splits"][split]
+        _check_balanced(summary)
+        assert summary["samples_in"] == len(tables[f"{split}_samples"])
+        assert summary["samples_written"] == 0
+        assert summary["rejected"]["user_without_features"] == summary["samples_in"]
+        assert summary["user_rows"]["unmatched"] == len(tables[f"{split}_user_features"])
+        assert read_samples(data.split_files(str(tmp_path / "out"), split), 8) == {}
+    expected = _expected_vocabularies(tables, item_min_count=1)
+    for name, ids in artifacts.load_vocabularies(str(tmp_path / "out")).items():
+        np.testing.assert_array_equal(ids, expected[name], err_msg=name)
+        assert manifest["vocab_sizes"][name] == len(expected[name]) + 2
+    table = artifacts.load_multimodal_table(str(tmp_path / "out"))
+    scl = tables["scl_embedding_int8_p90"]
+    rows = artifacts.lookup(expected["item"], scl["205"].to_numpy())
+    np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
+    others = np.setdiff1d(np.arange(len(table)), rows)
+    assert not np.any(table[others])
+    assert manifest["item_features"]["not_in_vocab"] == len(tables["item_features"])
+
+
+def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_path, monkeypatch):
+    tables = _stitched_demo(demo_tables())
+    monkeypatch.setattr(
+        parquet_input, "BATCH_BYTES", 40_000
+    )  # ~2 users a batch: rules span batches
+    write_tables(tmp_path / "in", tables)
+    out = tmp_path / "out"
+    manifest = _convert(tmp_path / "in", out, history_length=HISTORY, min_count={"item": 2})
+
+    vocabs = artifacts.load_vocabularies(str(out))
+    expected_vocabs = _expected_vocabularies(tables, item_min_count=2)
+    for name in features.VOCABULARIES:
+        np.testing.assert_array_equal(vocabs[name], expected_vocabs[name], err_msg=name)
+    maps = index_maps(str(out))
+    for split in ("train", "test"):
+        summary = manifest["splits"][split]
+        _check_balanced(summary)
+        expected_rows, rejected = reference_split(tables, str(out), split, HISTORY)
+        read = read_samples(data.split_files(str(out), split), HISTORY)
+        assert as_rows(read) == sorted(expected_rows)
+        assert summary["rejected"] == {r: rejected[r] for r in summary["rejected"]}
+        expected_adjusted = _expected_adjustments(tables, split, maps, HISTORY)
+        assert summary["adjusted"] == {a: expected_adjusted[a] for a in summary["adjusted"]}
+        for name, count in summary["oov"].items():
+            values = read[name]
+            if values.ndim == 2:  # stored once per user record
+                _, first = np.unique(read[features.USER_KEY], return_index=True)
+                values = values[first]
+            assert count == np.count_nonzero(values == features.OOV), (split, name)
+    assert sum(manifest["splits"]["train"]["rejected"].values()) == 7
+    assert manifest["splits"]["train"]["adjusted"]["history_missing_values"] == 5
+    assert manifest["item_features"]["duplicate"] == 1
+    assert manifest["item_features"]["missing_id"] == 1
+    assert manifest["multimodal"]["duplicate"] == 1
+    assert manifest["multimodal"]["malformed"] == 1
+    table = artifacts.load_multimodal_table(str(out))
+    scl = tables["scl_embedding_int8_p90"].iloc[:10]
+    rows = artifacts.lookup(vocabs["item"], scl["205"].to_numpy())
+    np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
+
+
+def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
+    tables = _stitched_demo(demo_tables())
+    write_tables(tmp_path / "in", tables)
+    out = tmp_path / "out"
+    first = _convert(tmp_path / "in", out, history_length=HISTORY, keep_work=True)
+    shard = out / first["splits"]["train"]["shards"][1]["file"]
+    original = shard.read_bytes()
+    shard.unlink()
+    (out / artifacts.MANIFEST).unlink()
+    capsys.readouterr()
+    second = _convert(tmp_path / "in", out, history_length=HISTORY, keep_work=True)
+    log = capsys.readouterr().err
+    assert shard.read_bytes() == original
+    assert second == first
+    redone = [line for line in log.splitlines() if "[shards" in line and "done before" not in line]
+    assert len(redone) == 1 and first["splits"]["train"]["shards"][1]["file"] in redone[0]
+    (out / artifacts.MANIFEST).unlink()
+    with pytest.raises(FileExistsError, match="other inputs or options"):
+        _convert(tmp_path / "in", out, history_length=HISTORY + 1)
+    _convert(tmp_path / "in", out, history_length=HISTORY)
+    with pytest.raises(FileExistsError, match="already holds a converted dataset"):
+        _convert(tmp_path / "in", out, history_length=HISTORY)
+    assert _convert(tmp_path / "in", out, history_length=HISTORY, overwrite=True) == first
+
+
+def _demo_copy(tmp_path):
+    tables = demo_tables()
+    write_tables(tmp_path / "in", tables)
+    return tables
+
+
+def test_wrong_schema_names_the_file_and_column(tmp_path):
+    tables = _demo_copy(tmp_path)
+    path = tmp_path / "in" / "train_samples.parquet"
+    tables["train_samples"].assign(**{"205": "x"}).to_parquet(path, index=False)
+    with pytest.raises(InputError, match=r"train_samples\.parquet: column '205' is string"):
+        _convert(tmp_path / "in", tmp_path / "out")
+    tables["train_samples"].drop(columns="label_0").to_parquet(path, index=False)
+    with pytest.raises(InputError, match=r"train_samples\.parquet: column 'label_0' missing"):
+        _convert(tmp_path / "in", tmp_path / "out")
+
+
+def test_unreadable_or_missing_file_stops_with_its_name(tmp_path):
+    _demo_copy(tmp_path)
+    (tmp_path / "in" / "item_features.parquet").write_bytes(b"not a parquet file")
+    with pytest.raises(InputError, match=r"item_features\.parquet: unreadable"):
+        _convert(tmp_path / "in", tmp_path / "out")
+    (tmp_path / "in" / "item_features.parquet").unlink()
+    with pytest.raises(InputError, match="no Parquet file for table 'item_features'"):
+        _convert(tmp_path / "in", tmp_path / "out")
+
+
+def test_command_line_help_and_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--input" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
