@@ -18,7 +18,7 @@ import tf_keras
 from muse_tf import data, features, metrics
 from muse_tf.config import TrainConfig
 
-HISTORY_LENGTH_EDGES = (1, 51, 201, 501, 1001)
+HISTORY_LENGTH_EDGES = (0, 1, 51, 201, 501, 1001)
 POPULARITY_EDGES = (0, 1, 10, 100, 1000)
 
 
@@ -31,7 +31,18 @@ def bucket_labels(edges: Sequence[int]) -> list[str]:
 def gauc_by_bucket(
     scored: dict[str, np.ndarray], values: np.ndarray, edges: Sequence[int]
 ) -> list[dict]:
-    """Splits the scored rows by ``values`` into buckets and summarises each one."""
+    """Splits the scored rows by ``values`` into buckets and summarises each one.
+
+    Args:
+        scored: aligned (N,) columns, as ``metrics.predict_dataset`` returns.
+        values: (N,) the quantity to bucket by, e.g. ``scored["history_length"]``.
+        edges: ascending bucket starts; row n falls in [e_i, e_{i+1}) or, past the last, [e_last,
+            inf). Rows below ``edges[0]`` are in no bucket.
+
+    Returns:
+        One dict per bucket (empty ones included): ``bucket`` (its label, ``bucket_labels``) and
+        ``metrics.summarize``'s ``auc``, ``gauc``, ``examples``, ``click_rate``.
+    """
     bucket = np.searchsorted(np.asarray(edges), values, side="right") - 1
     rows = []
     for index, name in enumerate(bucket_labels(edges)):
@@ -42,7 +53,10 @@ def gauc_by_bucket(
 
 
 def item_popularity(train_files: Sequence[str], num_items: int, batch_size: int = 4096) -> np.ndarray:
-    """Training impressions per target-item index (read with a 1-long history, so it is cheap)."""
+    """Training impressions per target-item index: (num_items,) int64.
+
+    Reads the shards with a 1-long history, so it costs a fraction of a training epoch.
+    """
     counts = np.zeros(num_items, np.int64)
     for batch, _ in data.make_dataset(train_files, batch_size, history_length=1):
         counts += np.bincount(batch[features.ITEM_ID].numpy(), minlength=num_items)
@@ -96,6 +110,7 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m muse_tf.evaluate``: re-evaluates a finished run; returns ``evaluate_run``'s dict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="converted dataset directory (pipelines/)")
     parser.add_argument("--model-dir", required=True,

@@ -110,4 +110,4 @@ def group_auc_bruteforce(labels, scores, groups):
         wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
         total += sel.sum() * wins / (len(pos) * len(neg))
         weight += sel.sum()
-    return total / weight
+    return total / weight if weight else float("nan")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, metrics
+from muse_tf import artifacts, data, evaluate, metrics
 from muse_tf.train import load_trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,6 @@ def test_default_command_runs_end_to_end(tmp_path):
     # The reported metrics are those of the trained weights, recomputed independently.
     model, experiment = load_trained_model(str(model_dir))
     data_dir = next((tmp_path / "data").glob("synthetic-*[0-9]"))
-    from muse_tf import data
 
     test = data.make_dataset(data.split_files(str(data_dir), "test"), 64,
                              history_length=experiment.train.history_length)
@@ -73,6 +72,13 @@ def test_default_command_runs_end_to_end(tmp_path):
         artifacts.load_manifest(str(data_dir)), "test")
     np.testing.assert_allclose(metrics.group_auc(scored["labels"], scored["logits"], scored["groups"]),
                                result["eval"]["gauc"], atol=1e-6)
+    # `python -m muse_tf.evaluate` on the finished run reports the same figures and breakdowns.
+    again = evaluate.main(["--data", str(data_dir), "--model-dir", str(model_dir),
+                           "--output", str(tmp_path / "eval")])
+    assert again["gauc"] == pytest.approx(result["eval"]["gauc"], abs=1e-6)
+    assert sum(row["examples"] for row in again["by_history_length"]) == again["examples"]
+    assert sum(row["examples"] for row in again["by_item_popularity"]) == again["examples"]
+    assert (tmp_path / "eval" / "eval_buckets.png").exists()
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
