@@ -30,6 +30,7 @@ RESERVED = 2  # PAD and OOV
 
 
 def vocab_path(data_dir: str, name: str) -> str:
+    """Where vocabulary ``name`` of a converted dataset lives (``vocab/<name>.npy``)."""
     return os.path.join(data_dir, VOCAB_DIR, f"{name}.npy")
 
 
@@ -50,6 +51,7 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def load_vocabularies(data_dir: str) -> dict[str, np.ndarray]:
+    """Every vocabulary of ``features.VOCABULARIES``: name -> (V - 2,) int64 raw IDs in index order."""
     return {name: load_vocabulary(data_dir, name) for name in features.VOCABULARIES}
 
 
@@ -59,6 +61,11 @@ def vocab_sizes(data_dir: str) -> dict[str, int]:
 
 
 def load_multimodal_table(data_dir: str) -> np.ndarray:
+    """The frozen SCL table, (V, 128) int8 with V = ``vocab_sizes(data_dir)["item"]``.
+
+    Row i is the vector of item index i (value = trunc(127 v), so scale by 1/127); an all-zero
+    row means the item has none. Local files are memory-mapped, not read.
+    """
     path = os.path.join(data_dir, MULTIMODAL_TABLE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Multimodal table not found at {path}; run a pipeline first.")
@@ -66,6 +73,12 @@ def load_multimodal_table(data_dir: str) -> np.ndarray:
 
 
 def load_manifest(data_dir: str) -> dict:
+    """The conversion's ``manifest.json`` (counts, vocabulary sizes, shards per split).
+
+    Raises:
+        FileNotFoundError: when ``data_dir`` is not a converted dataset.
+        ValueError: when it was written by another schema version (re-run the conversion).
+    """
     path = os.path.join(data_dir, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: {data_dir} is not a converted dataset.")

@@ -61,14 +61,18 @@ class ModelConfig:
     """Everything needed to build a model (and to rebuild it from a saved config).
 
     Attributes:
-        variant: a key of ``VARIANTS``.
-        gsu: overrides the variant's search unit (the paper's Table 1/2 studies); None keeps it.
+        variant: the model, a key of ``VARIANTS``: ``muse``, a baseline (``din``, ``sim_hard``,
+            ``sim_soft``) or an ablation (``ta``, ``simtier``, ``ta_simtier``, ``sata``).
+        gsu: overrides the variant's search unit (``mm``, ``id``, ``id_category``, ``category``,
+            ``mm_id``; the paper's Table 1/2 studies); None keeps it.
         vocab_sizes: rows of each embedding table, by vocabulary name (``features.VOCABULARIES``),
-            including the PAD and OOV rows.
+            including the PAD and OOV rows; the training CLI sets them from the converted data.
         embedding_dim: D; profile features 3-5 use D // 2 as in the official code.
         multimodal_dim: width of the frozen multimodal (SCL) vectors.
         multimodal_dtype: ``int8`` (stored quantised, de-quantised by ``multimodal_scale``) or
             ``float32``.
+        multimodal_scale: factor that turns stored int8 values back into vector components
+            (1/127 for the Taobao-MM encoding trunc(127 v)); unused for ``float32``.
         top_k: K, behaviours kept by the search unit.
         recent_length: R, most recent behaviours in the short-term branch.
         attention_heads: heads of the lifelong attention (1 in the paper).
@@ -128,10 +132,12 @@ class ModelConfig:
         return dataclasses.replace(base, gsu=self.gsu)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values (YAML- and JSON-serialisable); ``from_dict`` inverts it."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Builds and validates a config; unknown keys raise ValueError."""
         return from_dict(cls, values)
 
 
@@ -145,8 +151,10 @@ class TrainConfig:
         steps_per_epoch: None = one pass over the training split's samples (from the manifest).
         embedding_learning_rate: Adam learning rate of the embedding tables (paper: 2e-3).
         dense_learning_rate: Adam learning rate of every other weight (paper: 2e-4).
-        history_length: L, behaviours per sample fed to the model (most recent kept).
-        shuffle: shuffle training records (the official config does not).
+        history_length: L, behaviours per sample fed to the model (the most recent kept); the
+            converted shards hold at most the conversion's ``--history-length``.
+        shuffle: shuffle the shard files and user records each epoch (a user's samples stay
+            together; the official config does not shuffle).
         seed: seeds TensorFlow, NumPy and the input order.
         deterministic: reproducible input order (slower).
         eval_batch_size: batch size for evaluation.
@@ -182,6 +190,7 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"model": {...}, "train": {...}}``, as written to a run's ``config.yaml``."""
         return dataclasses.asdict(self)
 
 

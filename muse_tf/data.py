@@ -20,11 +20,13 @@ shuffling mixes users (and files), not the samples within a user.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from muse_tf import artifacts, features
+from muse_tf.layers import search
 
 RECORD_USER_FEATURES = (features.USER_KEY, features.USER_ID, *features.USER_PROFILE)
 RECORD_HISTORY = features.SEQUENCE_FEATURES
@@ -163,6 +165,45 @@ def parse_user_records(
     return out, label
 
 
+Features = dict[str, tf.Tensor]
+
+
+def gsu_precompute(
+    table: np.ndarray, top_k: int, multimodal_scale: float = 1.0 / 127.0
+) -> Callable[[Features], Features]:
+    """A function adding MUSE's multimodal search result to a batch of model inputs.
+
+    The multimodal GSU has no learned weights: its top-K depends only on the sample and the frozen
+    table, so it can be computed in the input pipeline (on the host, overlapping the training step)
+    instead of inside every step. The function adds ``search.PRECOMPUTED_GSU``: ``gsu_indices``
+    (B, K) int32, ``gsu_scores`` (B, K) float32 and ``gsu_valid`` (B, K) bool, computed by
+    ``search.cosine_search_items``, the code MuseModel runs in-graph, so a MuseModel fed these
+    inputs gives the same outputs.
+
+    Args:
+        table: the frozen multimodal table (V, M) exactly as given to
+            ``MuseModel.set_multimodal_table`` (int8 or float32).
+        top_k: K; must equal the model's ``top_k``.
+        multimodal_scale: the model's ``multimodal_scale`` (int8 de-quantisation).
+    """
+    table = np.asarray(table)
+    dim = table.shape[1]
+    stored = tf.constant(search.pack_int8(table) if table.dtype == np.int8 else table.astype(np.float32))
+
+    def vectors(item_indices: tf.Tensor) -> tf.Tensor:  # as MuseModel.multimodal
+        return search.table_vectors(stored, item_indices, dim, multimodal_scale)
+
+    def add_search(batch: Features) -> Features:
+        items = tf.cast(batch[features.HISTORY_ITEMS], tf.int32)
+        target = vectors(tf.cast(batch[features.ITEM_ID], tf.int32))
+        result = search.cosine_search_items(
+            target, items, tf.not_equal(items, features.PAD), vectors, top_k
+        )
+        return {**batch, **dict(zip(search.PRECOMPUTED_GSU, result))}
+
+    return add_search
+
+
 def make_dataset(
     files: str | Sequence[str],
     batch_size: int,
@@ -174,6 +215,9 @@ def make_dataset(
     repeat: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     drop_remainder: bool = False,
+    precompute_gsu: np.ndarray | None = None,
+    top_k: int = 50,
+    multimodal_scale: float = 1.0 / 127.0,
 ) -> tf.data.Dataset:
     """Batches of ``(features, label)`` from converted shards.
 
@@ -189,11 +233,21 @@ def make_dataset(
         repeat: repeat indefinitely (files are reshuffled each epoch).
         input_context: shards the *files* across ``input_context.num_input_pipelines`` workers.
         drop_remainder: drop the last partial batch (static batch dimension).
+        precompute_gsu: the model's frozen multimodal table: adds MUSE's search result to every
+            batch (``gsu_precompute``), so a multimodal-GSU MuseModel skips its search. Trade-off:
+            the step no longer gathers and normalises the L x 128 history, but the input pipeline
+            does that work instead (on the host CPU, overlapping the step), holds a copy of the
+            table, and fixes K and the table at dataset creation; the result depends on nothing
+            learned, so it may also be cached across epochs (``.cache()``). Not for searches over
+            learned embeddings (SIM-soft). Serving is unaffected: the export searches in-graph.
+        top_k: K of the precomputed search (the model's ``top_k``).
+        multimodal_scale: the model's ``multimodal_scale``, for the precomputed search.
 
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
         ``features.MODEL_FEATURES`` to int64 (B,) or, for histories, (B, L), plus ``user_key``
-        (B,) int64 (raw user ID); ``label`` is float32 (B,) in {0, 1}.
+        (B,) int64 (raw user ID) and, with ``precompute_gsu``, ``search.PRECOMPUTED_GSU`` (B, K);
+        ``label`` is float32 (B,) in {0, 1}.
 
     TensorFlow's reader errors on a damaged shard (``DataLossError``) do not name the file;
     ``verify_shards`` does.
@@ -234,6 +288,13 @@ def make_dataset(
         deterministic=deterministic,
     )
     dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
+    if precompute_gsu is not None:
+        add_search = gsu_precompute(precompute_gsu, top_k, multimodal_scale)
+        dataset = dataset.map(
+            lambda batch, label: (add_search(batch), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
     options = tf.data.Options()
     options.deterministic = deterministic
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

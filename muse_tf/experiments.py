@@ -46,6 +46,8 @@ TABLES: dict[str, list[tuple[str, dict, float]]] = {
 
 
 def run_key(overrides: dict) -> str:
+    """A configuration's directory name (its override values, sorted by key), shared by rows that
+    train the same model so it is trained once."""
     return "-".join(f"{value}" for _, value in sorted(overrides.items()))
 
 
@@ -76,6 +78,7 @@ def markdown(results: dict[str, list[dict]], seeds: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
+    """``python -m muse_tf.experiments``: every configuration x seed; returns the Markdown report."""
     parser = argparse.ArgumentParser(
         prog="python -m muse_tf.experiments", description=__doc__.split("\n\n")[0]
     )

@@ -306,6 +306,7 @@ def export_saved_model(
 
 
 def main(argv: Sequence[str] | None = None) -> str:
+    """``python -m muse_tf.export``: exports a finished run; returns the version directory."""
     parser = argparse.ArgumentParser(
         prog="python -m muse_tf.export",
         description=__doc__.split("\n\n")[0],

@@ -71,17 +71,24 @@ def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> flo
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (ties count one half); NaN when only one class is present."""
+    """Exact ROC AUC of (N,) 0/1 ``labels`` and (N,) ``scores`` (ties count one half); NaN when
+    only one class is present."""
     labels = np.asarray(labels).ravel()
     return group_auc(labels, scores, np.zeros(len(labels), np.int64))
 
 
 def predict_dataset(model: tf_keras.Model, dataset: Iterable) -> dict[str, np.ndarray]:
-    """Scores a whole ``(features, label)`` dataset once.
+    """Scores a whole ``(features, label)`` dataset once, in inference mode.
+
+    Args:
+        model: maps a feature dict to (B,) logits (a ``MuseModel``).
+        dataset: yields ``(features, label (B,))`` with ``user_key`` in the features, as
+            ``muse_tf.data.make_dataset`` does.
 
     Returns:
-        Aligned 1-D arrays: ``logits``, ``labels``, ``groups`` (the raw ``user_key``), and for
-        breakdowns ``item_id`` (target item index) and ``history_length`` (non-PAD behaviours).
+        Aligned (N,) arrays over the N samples: ``logits``, ``labels``, ``groups`` (the raw
+        ``user_key``), and for breakdowns ``item_id`` (target item index) and ``history_length``
+        (non-PAD behaviours).
     """
 
     @tf.function
@@ -108,13 +115,21 @@ def predict_dataset(model: tf_keras.Model, dataset: Iterable) -> dict[str, np.nd
 
 
 def evaluate_auc_gauc(model: tf_keras.Model, dataset: Iterable) -> dict[str, float]:
-    """Exact AUC and GAUC of ``model`` over the whole ``dataset`` (not a per-batch average)."""
+    """Exact AUC and GAUC of ``model`` over the whole ``dataset`` (not a per-batch average).
+
+    Returns:
+        ``auc``, ``gauc``, ``examples`` and ``click_rate`` (see ``summarize``).
+    """
     scored = predict_dataset(model, dataset)
     return summarize(scored)
 
 
 def summarize(scored: dict[str, np.ndarray]) -> dict[str, float]:
-    """AUC, GAUC and counts of a ``predict_dataset`` result (or any subset of its rows)."""
+    """AUC, GAUC and counts of a ``predict_dataset`` result (or any subset of its rows).
+
+    Returns:
+        ``auc`` and ``gauc`` (NaN when undefined), ``examples`` (N) and ``click_rate`` (mean label).
+    """
     labels, logits = scored["labels"], scored["logits"]
     return {
         "auc": auc(labels, logits),

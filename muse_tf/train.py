@@ -34,6 +34,7 @@ DEFAULT_WORK_DIR = "runs"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line of ``python -m muse_tf.train`` (``--help`` lists every flag)."""
     parser = argparse.ArgumentParser(
         prog="python -m muse_tf.train",
         description=__doc__.split("\n\n")[0],
@@ -119,6 +120,7 @@ def build_model(experiment: ExperimentConfig, table: np.ndarray | None = None) -
 
 
 def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
+    """Adam for the embedding tables and Adam for every other weight, at the config's rates."""
     train = experiment.train
     model.compile(
         optimizer=tf_keras.optimizers.Adam(train.dense_learning_rate),
@@ -130,6 +132,7 @@ class ProgressRecord(tf_keras.callbacks.Callback):
     """Counts the steps this process ran and where it started (after any restore)."""
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        """Runs after BackupAndRestore has restored, so the optimizer step is the resume point."""
         self.resumed_from_step = int(self.model.optimizer.iterations.numpy())
         self.steps_run = 0
         self.started = time.time()
@@ -139,6 +142,9 @@ class ProgressRecord(tf_keras.callbacks.Callback):
 
 
 def make_callbacks(model_dir: str, experiment: ExperimentConfig) -> list[tf_keras.callbacks.Callback]:
+    """BackupAndRestore (resume mid-epoch), a progress record, per-epoch weight checkpoints,
+    TensorBoard and ``history.csv``, all under ``model_dir``. BackupAndRestore comes first, so
+    ProgressRecord sees the restored step."""
     train = experiment.train
     return [
         tf_keras.callbacks.BackupAndRestore(
@@ -160,6 +166,11 @@ def make_callbacks(model_dir: str, experiment: ExperimentConfig) -> list[tf_kera
 def train_dataset(
     strategy: tf.distribute.Strategy, data_dir: str, experiment: ExperimentConfig
 ) -> tf.distribute.DistributedDataset:
+    """The training split, repeated, as per-replica batches of ``batch_size / replicas``.
+
+    Each input pipeline (one per worker) reads its own subset of the shard files; a partial
+    last batch is dropped, so every replica always gets the same batch shape.
+    """
     train = experiment.train
     files = data.split_files(data_dir, "train")
 
@@ -180,6 +191,7 @@ def train_dataset(
 
 
 def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
+    """``train.steps_per_epoch``, or one pass: training samples in the manifest // batch size."""
     if experiment.train.steps_per_epoch:
         return experiment.train.steps_per_epoch
     samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
@@ -195,6 +207,12 @@ def load_trained_model(model_dir: str) -> tuple[MuseModel, ExperimentConfig]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m muse_tf.train``: train, then (chief only) evaluate and export.
+
+    Returns:
+        What ``metrics.json`` holds: steps taken and expected, the resume point, training time,
+        replicas, and unless disabled ``eval`` (``evaluate.evaluate_run``) and ``export`` (path).
+    """
     args = parse_args(argv)
     experiment = build_experiment(args)
     strategy = distribute.make_strategy()  # before other TensorFlow work, as multi-worker needs

@@ -32,6 +32,7 @@ _EMPTY_TYPES = {
 
 
 def bucket_path(bucket_dir: str, split: str, kind: str, bucket: int, tag: str) -> str:
+    """The spill file of one scan task (``tag``) for one bucket of a split's samples or users."""
     return os.path.join(bucket_dir, split, kind, f"b{bucket:05d}", f"{tag}.parquet")
 
 
@@ -43,6 +44,7 @@ class BucketSpill:
         self._writers: dict[int, pq.ParquetWriter] = {}
 
     def write(self, batch: pa.RecordBatch) -> None:
+        """Appends each row of ``batch`` to the bucket of its user ``129_1``, in input order."""
         users = pi.ids(batch, "129_1")
         buckets = len(self._paths)
         order, bounds = order_by_partition(partition_of(users, buckets), buckets)
@@ -56,6 +58,7 @@ class BucketSpill:
             self._writers[bucket].write_batch(batch.take(pa.array(rows)))
 
     def close(self) -> None:
+        """Finishes every file and gives it its final name (a crash leaves only ``.tmp`` files)."""
         for bucket, writer in self._writers.items():
             writer.close()
             os.replace(f"{self._paths[bucket]}.tmp", self._paths[bucket])

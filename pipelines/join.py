@@ -64,6 +64,7 @@ class Lookups:
     multimodal: np.ndarray  # (V, 128) int8
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
+        """Raw IDs of ``feature`` -> vocabulary indices of the same shape (OOV when unknown)."""
         return lookup_sorted(self.vocabs[features.VOCABULARY[feature]], raw_ids)
 
 

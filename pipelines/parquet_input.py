@@ -139,6 +139,7 @@ def read_batches(path: str, table: str, row_groups: list[int] | None) -> Iterato
 
 
 def num_row_groups(path: str, table: str) -> int:
+    """Row groups of a file, after checking its schema (``open_checked``)."""
     return open_checked(path, table).metadata.num_row_groups
 
 

@@ -32,6 +32,8 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class ScanTask:
+    """Stage 1 work unit: some row groups of one file of ``table``; ``tag`` names its outputs."""
+
     table: str
     path: str
     row_groups: list[int]
@@ -39,6 +41,7 @@ class ScanTask:
 
 
 def write_json(path: str, value: dict) -> None:
+    """Writes through a temporary name, so a task's result marker is complete or absent."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1)
@@ -46,6 +49,7 @@ def write_json(path: str, value: dict) -> None:
 
 
 def read_json(path: str) -> dict:
+    """A task's result marker (or any JSON file)."""
     with open(path) as f:
         return json.load(f)
 
@@ -140,6 +144,7 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
 
 
 def load_lookups(output: str, work: str) -> join.Lookups:
+    """The finished vocabularies and item tables, memory-mapped, for the join (stage 4)."""
     vocabs = {
         name: np.load(artifacts.vocab_path(output, name), mmap_mode="r")
         for name in features.VOCABULARIES
@@ -152,6 +157,7 @@ def load_lookups(output: str, work: str) -> join.Lookups:
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
+    """A shard's path relative to the output directory, as the manifest lists it."""
     return f"{split}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
 
 

@@ -169,6 +169,7 @@ class Catalogue:
         return self._by_cluster[np.searchsorted(self._cluster_keys, keys, side="right")]
 
     def sample_popular(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        """``size`` item indices drawn by global (Zipf) popularity, with replacement."""
         picks = np.searchsorted(self._global_keys, rng.random(size), side="right")
         return np.minimum(picks, len(self.popularity) - 1)
 
@@ -320,6 +321,7 @@ def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipelines.synthetic``: one flag per ``SyntheticConfig`` field."""
     defaults = SyntheticConfig()
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.synthetic",

@@ -233,6 +233,7 @@ def _parse_min_count(values: list[str]) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.taobao_mm",
         description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "

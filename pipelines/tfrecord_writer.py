@@ -48,6 +48,11 @@ class ShardWriter:
         self._writer = tf.io.TFRecordWriter(self._tmp, options)
 
     def write(self, records: UserRecords) -> None:
+        """Appends one Example per user of ``records``.
+
+        Raises:
+            ValueError: when ``records`` lacks a feature of the record schema (``muse_tf.data``).
+        """
         names = {*records.user, *records.history, *records.samples}
         missing = set(data.RECORD_USER_FEATURES + data.RECORD_HISTORY + data.RECORD_SAMPLE_FEATURES)
         if missing - names:

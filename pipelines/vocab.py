@@ -43,6 +43,7 @@ SPILL_BUFFER_PAIRS = 8_000_000
 
 
 def vocabulary_of(column: str) -> str:
+    """The vocabulary a Taobao-MM column's IDs belong to, e.g. ``150_2_180`` -> ``item``."""
     return features.VOCABULARY[features.TAOBAO_MM_COLUMNS[column]]
 
 
@@ -70,6 +71,7 @@ class CountSpill:
         self._flushes = 0
 
     def add(self, vocab: str, raw_ids: np.ndarray) -> None:
+        """Counts (N,) raw IDs of ``vocab`` (MISSING ignored); spills when the buffer is full."""
         raw_ids = raw_ids[raw_ids != pi.MISSING]
         unique, counts = np.unique(raw_ids, return_counts=True)
         self._chunks.setdefault(vocab, []).append((unique, counts.astype(np.int64)))
@@ -78,6 +80,7 @@ class CountSpill:
             self.flush()
 
     def flush(self) -> None:
+        """Writes the buffered pairs of every vocabulary as one spill and empties the buffer."""
         for vocab, chunks in self._chunks.items():
             ids, counts = sum_counts(
                 np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
@@ -123,6 +126,7 @@ class VocabStats:
     duplicate_scl_rows: int = 0
 
     def add(self, other: VocabStats) -> None:
+        """Adds ``other``'s counts into this one (partitions -> vocabulary)."""
         for field in dataclasses.fields(self):
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 

@@ -105,6 +105,10 @@ class RestClient(_Client):
     def predict(
         self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
     ) -> dict[str, np.ndarray]:
+        """POSTs ``inputs`` in the columnar format; outputs cast to the signature's dtypes.
+
+        For muse-tf: ``{"probability": (B,) or (C,), "logit": same}`` float32.
+        """
         dtypes = self._dtypes(signature_name)
         body = {
             "signature_name": signature_name,
@@ -116,6 +120,7 @@ class RestClient(_Client):
         return {name: np.asarray(value, dtypes[name]) for name, value in outputs.items()}
 
     def close(self) -> None:
+        """Closes the HTTP session."""
         self._session.close()
 
 
@@ -143,6 +148,8 @@ class GrpcClient(_Client):
     def predict(
         self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
     ) -> dict[str, np.ndarray]:
+        """Sends ``inputs`` as TensorProtos of their NumPy dtypes (pass int64 IDs); returns the
+        response's tensors, e.g. ``{"probability": (C,), "logit": (C,)}`` float32."""
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=self._model_name, signature_name=signature_name)
         )
@@ -157,6 +164,7 @@ class GrpcClient(_Client):
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def close(self) -> None:
+        """Closes the gRPC channel."""
         self._channel.close()
 
 
@@ -167,6 +175,7 @@ def _json_input(value: Any) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m serving.client``: prints the outputs as JSON; exits non-zero on an error."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.client",
         description=__doc__,

@@ -47,12 +47,15 @@ def _to_array(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """TF Serving's ``PredictionService``: Predict and GetModelMetadata (other RPCs: UNIMPLEMENTED)."""
+
     def __init__(self, servable: Servable):
         self._servable = servable
 
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
+        """Runs the requested signature; honours ``output_filter``; errors abort the RPC."""
         try:
             spec = request.model_spec
             self._servable.check_spec(spec.name, _version(spec), spec.version_label)
@@ -73,6 +76,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """The SignatureDefs (the only metadata field TF Serving defines)."""
         try:
             spec = request.model_spec
             self._servable.check_spec(spec.name, _version(spec), spec.version_label)
@@ -86,12 +90,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """TF Serving's ``ModelService``: GetModelStatus only (no model-config reloads)."""
+
     def __init__(self, servable: Servable):
         self._servable = servable
 
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
+        """The loaded version, AVAILABLE."""
         try:
             spec = request.model_spec
             self._servable.check_spec(spec.name, _version(spec), spec.version_label)

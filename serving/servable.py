@@ -35,11 +35,15 @@ class ServingError(Exception):
 
 
 class InvalidArgument(ServingError):
+    """A malformed request, or one the model's own checks refuse (gRPC INVALID_ARGUMENT, HTTP 400)."""
+
     code = "INVALID_ARGUMENT"
     http_status = 400
 
 
 class NotFound(ServingError):
+    """An unknown model, version, label or signature route (gRPC NOT_FOUND, HTTP 404)."""
+
     code = "NOT_FOUND"
     http_status = 404
 
@@ -105,6 +109,11 @@ class Servable:
             raise NotFound(f"Servable not found for request: Specific({name}, {version})")
 
     def input_specs(self, signature_name: str) -> dict[str, tf.TensorSpec]:
+        """Input name -> TensorSpec (dtype, shape with None for variable dimensions).
+
+        Raises:
+            InvalidArgument: for an unknown signature ("" means ``serving_default``).
+        """
         return dict(self._signature(signature_name).structured_input_signature[1])
 
     def _signature(self, signature_name: str) -> tf.types.experimental.ConcreteFunction:
@@ -162,6 +171,7 @@ class Servable:
         return len(requests)
 
     def model_spec(self, signature_name: str = "") -> model_pb2.ModelSpec:
+        """The ModelSpec responses carry: name, the served version and the signature used."""
         return model_pb2.ModelSpec(
             name=self.name,
             version=wrappers_pb2.Int64Value(value=self.version),
@@ -169,6 +179,7 @@ class Servable:
         )
 
     def status(self) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatus's answer: the one loaded version, AVAILABLE."""
         loaded = get_model_status_pb2.ModelVersionStatus(
             version=self.version,
             state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
@@ -177,6 +188,7 @@ class Servable:
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=[loaded])
 
     def metadata(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """GetModelMetadata's answer: the model spec and the ``serve`` SignatureDefs."""
         response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=self.model_spec())
         response.metadata["signature_def"].Pack(self.signature_defs)
         return response

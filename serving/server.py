@@ -45,12 +45,14 @@ class ModelServer:
         self._rest_thread = None
 
     def start(self) -> None:
+        """Starts gRPC, and REST (if enabled) in a daemon thread; returns at once."""
         self.grpc_server.start()
         if self.rest_server is not None:
             self._rest_thread = threading.Thread(target=self.rest_server.serve_forever, daemon=True)
             self._rest_thread.start()
 
     def stop(self) -> None:
+        """Stops both front ends, letting in-flight gRPC calls finish for up to a second."""
         if self.rest_server is not None:
             self.rest_server.shutdown()
             self.rest_server.server_close()
@@ -64,6 +66,7 @@ def _flag(text: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m serving.server``: load, warm up, serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.server",
         description=__doc__,

@@ -1,6 +1,15 @@
 """The README's commands are the ones CI runs."""
 
+import dataclasses
+import importlib.util
+import re
 from pathlib import Path
+
+import pytest
+import yaml
+
+from muse_tf import features
+from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig, from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,3 +32,80 @@ def test_readme_main_command_runs_the_training_module():
     assert block.startswith("python3 -m venv .venv && .venv/bin/pip install")
     assert block.endswith(".venv/bin/python -m muse_tf.train")
     assert (ROOT / "muse_tf" / "train.py").exists()
+
+
+def _section(text, start, end):
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def _config_reference_rows():
+    readme = (ROOT / "README.md").read_text()
+    block = _section(readme, "<!-- config-reference:start -->", "<!-- config-reference:end -->")
+    rows = {}
+    for line in block.splitlines():
+        match = re.match(r"^\| `(\w+)\.(\w+)` \| (.+?) \| (.+) \|$", line)
+        if match:
+            rows[(match[1], match[2])] = (match[3], match[4])
+    return rows
+
+
+def _default(field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def test_configuration_reference_lists_every_field_with_its_default():
+    rows = _config_reference_rows()
+    sections = {"model": ModelConfig, "train": TrainConfig}
+    expected = {(section, f.name) for section, cls in sections.items() for f in dataclasses.fields(cls)}
+    assert set(rows) == expected, f"missing {expected - set(rows)}, stale {set(rows) - expected}"
+    for (section, name), (cell, meaning) in rows.items():
+        field = next(f for f in dataclasses.fields(sections[section]) if f.name == name)
+        actual = _default(field)
+        written = re.fullmatch(r"`(.*)`( per vocabulary)?", cell)
+        assert written, f"{section}.{name}: default cell {cell!r}"
+        value = yaml.safe_load(written[1])
+        if written[2]:
+            value = dict.fromkeys(features.VOCABULARIES, value)
+        if isinstance(actual, float):
+            assert value == pytest.approx(actual, rel=1e-5), f"{section}.{name}"
+        else:
+            assert value == actual, f"{section}.{name}: README says {value!r}, the code {actual!r}"
+        assert len(meaning.strip()) > 10, f"{section}.{name} has no meaning"
+
+
+def test_configuration_reference_is_regenerated():
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "docs" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    block = _section(readme, module.START, module.END).strip()
+    assert block == module.markdown(), "run: python docs/config_reference.py --write README.md"
+
+
+def test_readme_yaml_example_is_a_valid_config():
+    readme = (ROOT / "README.md").read_text()
+    example = _section(readme, "Example (`--config my.yaml`", "```\n\n").split("```yaml\n", 1)[1]
+    experiment = from_dict(ExperimentConfig, yaml.safe_load(example))
+    assert experiment.model.top_k == 100 and experiment.train.batch_size == 8000
+
+
+def test_readme_pictures_exist_and_are_small():
+    readme = (ROOT / "README.md").read_text()
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", readme)
+    assert len(set(pictures)) >= 3
+    for picture in set(pictures):
+        data = (ROOT / picture).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", picture
+        assert len(data) < 200_000, f"{picture} is {len(data)} bytes"
+
+
+def test_readme_keeps_the_result_markers():
+    readme = (ROOT / "README.md").read_text()
+    for marker in ("experiments", "benchmarks"):
+        start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+        assert readme.count(start) == readme.count(end) == 1
+        assert readme.index(start) < readme.index(end)
+    assert readme.index("## Results") < readme.index("<!-- experiments:start -->")
+    assert readme.index("### Benchmarks") < readme.index("<!-- benchmarks:start -->")

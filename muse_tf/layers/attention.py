@@ -14,7 +14,15 @@ from muse_tf.layers.mlp import MLP
 
 
 def masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Softmax over the last axis among ``mask``-True positions; a row with none gives zeros."""
+    """Softmax over the last axis among ``mask``-True positions; a row with none gives zeros.
+
+    Args:
+        scores: (..., K) float.
+        mask: bool, broadcastable to ``scores``; True = take part in the softmax.
+
+    Returns:
+        (..., K) weights summing to 1 over the valid positions (0 elsewhere).
+    """
     mask = tf.cast(mask, tf.bool)
     scores = tf.where(mask, scores, tf.constant(scores.dtype.min, scores.dtype))
     weights = tf.nn.softmax(scores, axis=-1)

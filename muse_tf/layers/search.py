@@ -13,16 +13,23 @@ Rules shared by every unit here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
+from tensorflow.python.ops import control_flow_util  # the XLA-context test tf_keras also uses
 
 # Below any cosine similarity, so masked positions are chosen last.
 INVALID_SCORE = -2.0
 
 # (indices (B, K) int32, scores (B, K), valid (B, K) bool)
 SearchResult = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
+
+# Optional model inputs: a multimodal search done ahead of the model (``muse_tf.data.make_dataset``
+# with ``precompute_gsu``), one SearchResult per sample. MuseModel uses them instead of searching.
+GSU_INDICES, GSU_SCORES, GSU_VALID = "gsu_indices", "gsu_scores", "gsu_valid"
+PRECOMPUTED_GSU = (GSU_INDICES, GSU_SCORES, GSU_VALID)
 
 
 def gather_history(values: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
@@ -77,9 +84,110 @@ def cosine_similarity(target: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
 
     A zero vector has similarity 0 with everything.
     """
-    target = tf.math.l2_normalize(target, axis=-1)
-    history = tf.math.l2_normalize(history, axis=-1)
+    return unit_dot(tf.math.l2_normalize(target, axis=-1), tf.math.l2_normalize(history, axis=-1))
+
+
+def unit_dot(target: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
+    """Dot products of already-normalised vectors: (B, d), (B|1, L, d) -> (B, L)."""
     return tf.squeeze(tf.matmul(target[:, None, :], history, transpose_b=True), axis=1)
+
+
+def _deduplicates(items: tf.Tensor) -> bool:
+    """Whether to share work between repeated items/histories: not for one history (nothing to
+    share), nor under XLA (``jit_compile``), which cannot compile ``tf.unique`` (its output size
+    depends on the data)."""
+    in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    return items.shape[0] != 1 and not in_xla
+
+
+def unit_item_vectors(
+    items: tf.Tensor, vectors: Callable[[tf.Tensor], tf.Tensor]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Unit-length vectors of behaviours, and whether each has a vector: (B, L) -> (B, L, d), (B, L).
+
+    ``vectors`` maps a 1-D tensor of item indices to their (N, d) vectors (a frozen-table lookup).
+    Histories repeat items (popular items recur), so each *distinct* item is looked up,
+    de-quantised and normalised once and the unit vectors are then gathered: per position that
+    leaves a copy of d floats instead of a lookup, a cast, a scale and a normalisation. The values
+    are those of normalising every position (to float rounding).
+    """
+    flat = tf.reshape(items, [-1])
+    deduplicate = _deduplicates(items)
+    if deduplicate:
+        flat, position = tf.unique(flat)
+    raw = vectors(flat)
+    # tf.math.l2_normalize's own steps, keeping the squared norm: a vector is all zero iff its
+    # squared norm is 0 (has_embedding without another pass over the vectors; only a vector whose
+    # every value is below ~1e-19 would differ, by underflowing).
+    squared_norm = tf.reduce_sum(tf.square(raw), axis=-1, keepdims=True)
+    unit = raw * tf.math.rsqrt(tf.maximum(squared_norm, 1e-12))
+    has_vector = squared_norm[..., 0] > 0
+    if deduplicate:
+        unit, has_vector = tf.gather(unit, position), tf.gather(has_vector, position)
+    shape = tf.shape(items)
+    return tf.reshape(unit, tf.concat([shape, tf.shape(raw)[-1:]], 0)), tf.reshape(has_vector, shape)
+
+
+def identical_rows(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Groups equal rows: (B, L) -> group of each row (B,) int32, first row of each group (G,).
+
+    Rows are matched by a 64-bit fingerprint, then checked: should two different rows ever share
+    one, every row becomes its own group, so the result is always exact.
+    """
+    rows = tf.shape(values)[0]
+    keys, group = tf.unique(tf.bitcast(tf.fingerprint(values), tf.int64))
+    first = tf.math.unsorted_segment_min(tf.range(rows), group, tf.size(keys))
+    exact = tf.reduce_all(tf.equal(tf.gather(values, tf.gather(first, group)), values))
+    return tf.cond(exact, lambda: (group, first), lambda: (tf.range(rows), tf.range(rows)))
+
+
+def _grouped_unit_dot(
+    target: tf.Tensor, items: tf.Tensor, vectors: Callable[[tf.Tensor], tf.Tensor]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``unit_dot(target, unit_item_vectors(items))`` with each distinct history done once.
+
+    In a training batch the samples of one user share a history (the reader expands each user
+    record to its samples), so B rows hold only G distinct histories. Each is looked up once, and
+    its targets are scored in one (n x d) @ (d x L) product, instead of B (1 x d) @ (d x L)
+    products over a (B, L, d) copy: the largest cost of the search, gone.
+
+    Returns:
+        scores (B, L) and has-vector (B, L).
+    """
+    group, first = identical_rows(items)
+    history_unit, has_vector = unit_item_vectors(tf.gather(items, first), vectors)  # (G, L, d)
+    order = tf.argsort(group, stable=True)
+    sorted_group = tf.gather(group, order)
+    by_group = tf.RaggedTensor.from_value_rowids(
+        tf.gather(target, order), sorted_group, nrows=tf.shape(first)[0]
+    )
+    scores = tf.matmul(by_group.to_tensor(), history_unit, transpose_b=True)  # (G, n_max, L)
+    slot_sorted = tf.range(tf.shape(group)[0]) - tf.gather(by_group.row_starts(), sorted_group)
+    slot = tf.scatter_nd(order[:, None], slot_sorted, tf.shape(group))
+    return tf.gather_nd(scores, tf.stack([group, slot], axis=-1)), tf.gather(has_vector, group)
+
+
+def pack_int8(table: np.ndarray) -> np.ndarray:
+    """(V, M) int8 -> (V, M / 4) int32: four values per word, the stored form of an int8 table
+    (1 byte per value, in a dtype that multi-worker collectives can broadcast; they reject int8)."""
+    table = np.ascontiguousarray(table)
+    if table.dtype != np.int8 or table.ndim != 2 or table.shape[1] % 4:
+        raise ValueError(f"Expected a (V, M) int8 table with M divisible by 4, got {table.dtype} "
+                         f"{table.shape}.")
+    return table.view(np.int32)
+
+
+def table_vectors(table: tf.Tensor, item_indices: tf.Tensor, dim: int, scale: float) -> tf.Tensor:
+    """Rows of a frozen vector table as float32: (...) item indices -> (..., dim).
+
+    ``table`` is (V, dim) float32, or (V, dim / 4) int32 holding int8 values packed by
+    ``pack_int8``, de-quantised as ``int8 * scale``.
+    """
+    rows = tf.gather(table, item_indices)
+    if rows.dtype == tf.float32:
+        return rows
+    quantised = tf.reshape(tf.bitcast(rows, tf.int8), tf.concat([tf.shape(item_indices), [dim]], axis=0))
+    return tf.cast(quantised, tf.float32) * scale
 
 
 def has_embedding(history: tf.Tensor) -> tf.Tensor:
@@ -129,6 +237,52 @@ class CosineGSU(_SearchUnit):
         scores = cosine_similarity(target, history)
         valid = tf.logical_and(tf.cast(history_mask, tf.bool), has_embedding(history))
         return top_k_valid(scores, valid, self.top_k)
+
+    def search_items(
+        self,
+        target: tf.Tensor,
+        history_items: tf.Tensor,
+        history_mask: tf.Tensor,
+        vectors: Callable[[tf.Tensor], tf.Tensor],
+    ) -> SearchResult:
+        """The same search from item indices and a lookup: ``cosine_search_items``."""
+        return cosine_search_items(target, history_items, history_mask, vectors, self.top_k)
+
+
+def cosine_search_items(
+    target: tf.Tensor,
+    history_items: tf.Tensor,
+    history_mask: tf.Tensor,
+    vectors: Callable[[tf.Tensor], tf.Tensor],
+    k: int,
+) -> SearchResult:
+    """``CosineGSU`` given item indices and a lookup instead of the (B, L, d) history itself.
+
+    Equals ``CosineGSU(k)(target, vectors(history_items), history_mask)`` (to float rounding),
+    without its largest costs: each distinct history of the batch is scored once
+    (``identical_rows``) and each distinct behaviour looked up and normalised once
+    (``unit_item_vectors``). MuseModel and the input pipeline's precomputed search
+    (``muse_tf.data``) both call this, so their results are identical.
+
+    Args:
+        target: (B, d) target vectors.
+        history_items: (B, L) or (1, L) item indices.
+        history_mask: (B|1, L) bool, True = a real behaviour.
+        vectors: 1-D item indices -> (N, d) vectors, e.g. ``MuseModel.multimodal``.
+        k: K.
+
+    Returns:
+        As ``CosineGSU``.
+    """
+    target = tf.math.l2_normalize(tf.stop_gradient(target), axis=-1)
+    history_items = tf.stop_gradient(history_items)
+    if _deduplicates(history_items):
+        scores, has_vector = _grouped_unit_dot(target, history_items, vectors)
+    else:
+        history_unit, has_vector = unit_item_vectors(history_items, vectors)
+        scores = unit_dot(target, history_unit)
+    valid = tf.logical_and(tf.cast(history_mask, tf.bool), has_vector)
+    return top_k_valid(scores, valid, k)
 
 
 @tf_keras.utils.register_keras_serializable(package="muse_tf")

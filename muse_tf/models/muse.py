@@ -32,6 +32,7 @@ from muse_tf.layers import (
     has_embedding,
     top_k_valid,
 )
+from muse_tf.layers.search import PRECOMPUTED_GSU, pack_int8, table_vectors
 
 # A batch: (features, labels), or features holding `features.LABEL`.
 Batch = tuple[Mapping[str, tf.Tensor], tf.Tensor] | Mapping[str, tf.Tensor]
@@ -145,19 +146,17 @@ class MuseModel(tfrs.models.Model):
         if self.config.multimodal_dtype == "int8":
             if table.dtype != np.int8:
                 raise ValueError(f"multimodal table must be int8, got {table.dtype}.")
-            table = np.ascontiguousarray(table).view(np.int32)
+            table = pack_int8(table)
         self.multimodal_table.assign(table.astype(self.multimodal_table.dtype.as_numpy_dtype))
 
     def multimodal(self, item_indices: tf.Tensor) -> tf.Tensor:
         """Frozen de-quantised multimodal vectors: (...) item indices -> (..., M) float32."""
-        rows = tf.gather(tf.stop_gradient(self.multimodal_table), item_indices)
-        if self.config.multimodal_dtype == "float32":
-            return rows
-        quantised = tf.reshape(
-            tf.bitcast(rows, tf.int8),
-            tf.concat([tf.shape(item_indices), [self.config.multimodal_dim]], axis=0),
+        return table_vectors(
+            tf.stop_gradient(self.multimodal_table),
+            item_indices,
+            self.config.multimodal_dim,
+            self.config.multimodal_scale,
         )
-        return tf.cast(quantised, tf.float32) * self.config.multimodal_scale
 
     # -- forward -----------------------------------------------------------------------------
     def _embed(self, name: str, indices: tf.Tensor) -> tf.Tensor:
@@ -203,7 +202,8 @@ class MuseModel(tfrs.models.Model):
             parts.append(self.recent_simtier(recent_sim, recent_mask & has_embedding(recent_mm)))
 
         if spec.gsu is not None:
-            parts.extend(self._lifelong(x, target, target_mm, items, categories, mask))
+            precomputed = self._precomputed_search(inputs)
+            parts.extend(self._lifelong(x, target, target_mm, items, categories, mask, precomputed))
 
         mlp_input = tf.concat(parts, axis=-1)
         if self.cross is not None:
@@ -218,11 +218,14 @@ class MuseModel(tfrs.models.Model):
         items: tf.Tensor,
         categories: tf.Tensor,
         mask: tf.Tensor,
+        precomputed: tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None = None,
     ) -> list[tf.Tensor]:
-        """Search the whole history, then the ESU features of the K behaviours found."""
+        """Search the whole history (unless ``precomputed``), then the ESU features of the K found."""
         spec = self.config.spec
-        if spec.gsu == "mm":
-            indices, similarity, valid = self.search(target_mm, self.multimodal(items), mask)
+        if precomputed is not None:
+            indices, similarity, valid = precomputed
+        elif spec.gsu == "mm":
+            indices, similarity, valid = self.search.search_items(target_mm, items, mask, self.multimodal)
         elif spec.gsu == "category":
             indices, _, valid = self.search(x[features.ITEM_CATEGORY], categories, mask)
         elif spec.gsu == "mm_id":
@@ -254,6 +257,32 @@ class MuseModel(tfrs.models.Model):
         if self.lifelong_simtier is not None:
             outputs.append(self.lifelong_simtier(similarity, similarity_valid))
         return outputs
+
+    def _precomputed_search(
+        self, inputs: Mapping[str, tf.Tensor]
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None:
+        """The multimodal search's result when the input pipeline computed it (``PRECOMPUTED_GSU``).
+
+        The multimodal GSU has no weights, so its top-K depends only on the data and the frozen
+        table: ``muse_tf.data.make_dataset(..., precompute_gsu=table)`` computes it with the same
+        code (``cosine_search_items``) and the step then skips the search over all L behaviours.
+        Without these inputs (e.g. when serving) the model searches in-graph.
+        """
+        present = [name for name in PRECOMPUTED_GSU if name in inputs]
+        if not present:
+            return None
+        if len(present) != len(PRECOMPUTED_GSU):
+            raise KeyError(f"Precomputed search inputs need all of {list(PRECOMPUTED_GSU)}, got {present}.")
+        if self.config.spec.gsu != "mm":
+            raise ValueError(
+                f"Precomputed search results apply to the multimodal GSU only; variant "
+                f"{self.config.variant!r} searches with {self.config.spec.gsu!r}."
+            )
+        indices, scores, valid = (inputs[name] for name in PRECOMPUTED_GSU)
+        width = indices.shape[-1]
+        if width is not None and width != self.config.top_k:
+            raise ValueError(f"Precomputed search has K = {width}, the model top_k = {self.config.top_k}.")
+        return tf.cast(indices, tf.int32), tf.cast(scores, tf.float32), tf.cast(valid, tf.bool)
 
     # -- training ----------------------------------------------------------------------------
     def compile(

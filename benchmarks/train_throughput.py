@@ -1,0 +1,216 @@
+"""Training throughput: examples/second of DIN, SIM-soft and MUSE at history L = 1,000, K = 50,
+batch 1,000 on CPU, with and without XLA, and MUSE with its search precomputed by the input pipeline.
+
+    python -m benchmarks.train_throughput [--quick] [--output benchmarks/results/train_throughput.json]
+
+Three parts:
+* **step**: the Keras train step (two Adam optimizers, as ``muse_tf.train``) on one in-memory batch
+  shaped like the converted data (8 samples per user share a history), so the input pipeline is
+  out of the picture. Examples/s = batch / median step time.
+* **end-to-end**: ``model.fit`` reading the converted synthetic shards through
+  ``muse_tf.data.make_dataset``, MUSE with its search in-graph and precomputed in the pipeline
+  (both on the same 2 cores). The model's outputs on one batch, both ways, are compared.
+* **profile**: the MUSE step taken apart (forward pieces timed as separate functions; the
+  ``ref:`` rows time the per-position way the search worked before, for comparison).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from benchmarks import common, fixtures
+from muse_tf import artifacts, data, features
+from muse_tf.layers import search
+
+VARIANTS = ("din", "sim_soft", "muse")
+# Run against an older checkout of the library (PYTHONPATH=...) for "before" figures.
+PRECOMPUTE = hasattr(data, "gsu_precompute")
+STEP_COLUMNS = ["variant", "search", "xla", "batch", "history", "examples_per_s", "step_p50_ms",
+                "step_p90_ms", "steps"]
+E2E_COLUMNS = ["variant", "search", "batch", "history", "examples_per_s", "step_p50_ms", "steps"]
+PROFILE_COLUMNS = ["part", "p50_ms", "share_of_step"]
+
+
+class StepTimer(tf_keras.callbacks.Callback):
+    """Times each train step; stops training once ``max_seconds`` have passed."""
+
+    def __init__(self, max_seconds: float):
+        super().__init__()
+        self.max_seconds = max_seconds
+        self.times: list[float] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.step_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.times.append(time.perf_counter() - self.step_start)
+        if time.perf_counter() - self.started > self.max_seconds:
+            self.model.stop_training = True
+
+
+def compiled_model(variant: str, sizes: dict[str, int], table: np.ndarray, xla: bool) -> tf_keras.Model:
+    model = fixtures.random_model(fixtures.paper_config(variant, sizes), table)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(2e-4),
+        embedding_optimizer=tf_keras.optimizers.Adam(2e-3),
+        jit_compile=xla,
+    )
+    return model
+
+
+def fit_throughput(
+    model: tf_keras.Model, dataset: tf.data.Dataset, batch: int, steps: int, max_seconds: float
+) -> dict:
+    """Warm-up steps (tracing, XLA compilation), then ``steps`` timed steps (bounded in time)."""
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    timer = StepTimer(max_seconds)
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    summary = common.summarize(timer.times)
+    return {
+        "examples_per_s": round(batch / (summary["p50_ms"] / 1e3), 1),
+        "step_p50_ms": summary["p50_ms"],
+        "step_p90_ms": summary["p90_ms"],
+        "steps": summary["n"],
+    }
+
+
+def step_rows(sizes: dict, table: np.ndarray, batch: int, length: int, steps: int,
+              max_seconds: float, variants: tuple[str, ...] = VARIANTS,
+              xla_modes: tuple[bool, ...] = (False, True)) -> list[dict]:
+    x, y = fixtures.training_batch(sizes, batch, length)
+    rows = []
+    cases = [(v, "in-graph", xla) for v in variants for xla in xla_modes]
+    if PRECOMPUTE and "muse" in variants:  # absent from a library before the option existed
+        precomputed = data.gsu_precompute(table, 50)(x)
+        cases += [("muse", "precomputed", xla) for xla in xla_modes]
+    for variant, how, xla in cases:
+        inputs = precomputed if how == "precomputed" else x
+        dataset = tf.data.Dataset.from_tensors((inputs, y)).repeat()
+        row = {"table": "step", "variant": variant, "search": how if variant != "din" else "-",
+               "xla": xla, "batch": batch, "history": length}
+        try:
+            model = compiled_model(variant, sizes, table, xla)
+            row.update(fit_throughput(model, dataset, batch, steps, max_seconds))
+        except Exception as error:  # e.g. an op XLA cannot compile: record it, go on
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: int,
+                    max_seconds: float) -> tuple[list[dict], dict]:
+    data_dir = fixtures.converted_dataset(work_dir, fixtures.DatasetSpec(users, length))
+    sizes = artifacts.vocab_sizes(data_dir)
+    table = artifacts.load_multimodal_table(data_dir)
+    files = data.split_files(data_dir, "train")
+    rows = []
+    for how in ("in-graph", "precomputed"):
+        dataset = data.make_dataset(files, batch, history_length=length, repeat=True,
+                                    precompute_gsu=table if how == "precomputed" else None)
+        model = compiled_model("muse", sizes, table, False)
+        row = {"table": "end-to-end", "variant": "muse", "search": how, "batch": batch,
+               "history": length}
+        row.update(fit_throughput(model, dataset, batch, steps, max_seconds))
+        print(row, flush=True)
+        rows.append(row)
+    # Output unchanged: the same model scores one batch with its search in-graph and precomputed.
+    x, _ = next(iter(data.make_dataset(files, batch, history_length=length)))
+    model = fixtures.random_model(fixtures.paper_config("muse", sizes), table)
+    plain = model(x, training=False).numpy()
+    with_search = model(data.gsu_precompute(table, 50)(x), training=False).numpy()
+    equality = {"batch": int(len(plain)), "max_abs_logit_diff": float(np.abs(plain - with_search).max())}
+    return rows, equality
+
+
+def model_search(model: tf_keras.Model, target_mm: tf.Tensor, items: tf.Tensor,
+                 mask: tf.Tensor) -> tuple:
+    """The model's in-graph multimodal search (as the library at hand implements it)."""
+    if hasattr(model.search, "search_items"):
+        return model.search.search_items(target_mm, items, mask, model.multimodal)
+    return model.search(target_mm, model.multimodal(items), mask)  # before deduplication
+
+
+def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_seconds: float) -> list[dict]:
+    """Forward pieces of the MUSE step, each its own tf.function on the same batch."""
+    x, y = fixtures.training_batch(sizes, batch, length)
+    model = compiled_model("muse", sizes, table, False)
+    model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=1, verbose=0)
+    xi = {name: tf.cast(x[name], tf.int32) for name in features.MODEL_FEATURES}
+    items = xi[features.HISTORY_ITEMS]
+    mask = tf.not_equal(items, features.PAD)
+    target_mm = model.multimodal(xi[features.ITEM_ID])
+    recent = items[:, -model.config.recent_length:]
+    top_k = model.config.top_k
+    recent_emb = model._behaviour_embedding(recent, xi[features.HISTORY_CATEGORIES][:, -50:])
+    target = model._behaviour_embedding(xi[features.ITEM_ID], xi[features.ITEM_CATEGORY])
+    parts = {
+        "train step (forward + backward + 2 Adam)": lambda: model.train_function(iter([(x, y)])),
+        "forward (training=True)": lambda: model(x, training=True),
+        "GSU: search over L (in-graph)": lambda: model_search(model, target_mm, items, mask),
+        "  ref: per-position lookup of (B, L, 128)": lambda: model.multimodal(items),
+        "  ref: cosine of a given (B, L, 128)": lambda: search.cosine_similarity(
+            target_mm, model.multimodal(items)),
+        "  top-K of (B, L) scores": lambda: search.top_k_valid(
+            tf.random.uniform(tf.shape(items)), mask, top_k),
+        "DIN attention over R = 50 (Dice MLP)": lambda: model.short_term_attention(
+            target, recent_emb, recent > 0, training=True),
+        "recent multimodal lookup + cosine": lambda: search.cosine_similarity(
+            target_mm, model.multimodal(recent)),
+    }
+    functions = {name: tf.function(fn) for name, fn in parts.items()}
+    rows = []
+    for name, fn in functions.items():
+        timing = common.time_calls(lambda fn=fn: tf.nest.map_structure(
+            lambda t: t.numpy() if hasattr(t, "numpy") else t, fn()),
+            warmup=2, repeats=10, max_seconds=max_seconds)
+        rows.append({"table": "profile", "part": name, "p50_ms": timing["p50_ms"]})
+        print(rows[-1], flush=True)
+    step = rows[0]["p50_ms"]
+    for row in rows:
+        row["share_of_step"] = f"{100 * row['p50_ms'] / step:.0f}%"
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = common.base_parser(__doc__.split("\n\n")[0], "train_throughput.json")
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--history", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per configuration")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "end-to-end", "profile"])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--xla", nargs="*", default=["off", "on"], choices=["off", "on"])
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.history, args.steps = 100, 100, 3
+    run = common.Run("train_throughput", args)
+    users = 300 if args.quick else 2000
+    max_seconds = 10.0 if args.quick else 40.0
+    sizes = {name: len(ids) + artifacts.RESERVED
+             for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
+    table = fixtures.multimodal_table(sizes["item"])
+    rows: list[dict] = []
+    if "profile" not in args.skip:
+        rows += profile_rows(sizes, table, args.batch, args.history, max_seconds / 4)
+    if "step" not in args.skip:
+        rows += step_rows(sizes, table, args.batch, args.history, args.steps, max_seconds,
+                          tuple(args.variants), tuple(mode == "on" for mode in args.xla))
+    if "end-to-end" not in args.skip and PRECOMPUTE:
+        e2e, equality = end_to_end_rows(args.work_dir, users, args.batch, args.history, args.steps,
+                                        max_seconds)
+        rows += e2e
+        run.extra["precomputed_search_output_check"] = equality
+        print("precomputed vs in-graph search, model outputs:", equality)
+    return run.finish(rows, {"step": STEP_COLUMNS, "end-to-end": E2E_COLUMNS,
+                             "profile": PROFILE_COLUMNS})
+
+
+if __name__ == "__main__":
+    main()
