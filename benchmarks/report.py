@@ -64,7 +64,8 @@ def train_section(result: dict, before: dict | None) -> list[str]:
         lines += ["Profile of the MUSE step (each piece its own `tf.function`; before = the library "
                   "before this change, same machine):", "", common.format_table(profile, columns), ""]
     if before:
-        old = [r for r in _rows(before, "step") if r["variant"] == "muse"]
+        old = [{**r, "xla": "on" if r["xla"] else "off"} for r in _rows(before, "step")
+               if r["variant"] == "muse"]
         lines += [f"Before (library at the previous commit, {_machine(before)[1:-1]}):", "",
                   common.format_table(old, ["variant", "search", "xla", "examples_per_s",
                                             "step_p50_ms", "steps"]), ""]

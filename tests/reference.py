@@ -28,6 +28,19 @@ def cosine_topk(target, history, mask, k):
     return indices, np.array(scores), np.array(valid)
 
 
+def assert_search_matches(result, expected, atol=1e-5):
+    """A (indices, scores, valid) search result equals ``cosine_topk``'s, position by position."""
+    indices, scores, valid = (np.asarray(t) for t in result)
+    exp_indices, exp_scores, exp_valid = expected
+    np.testing.assert_array_equal(valid, exp_valid)
+    for b, row in enumerate(exp_indices):
+        for j, pos in enumerate(row):
+            if pos is not None:
+                assert indices[b, j] == pos, (b, j)
+    np.testing.assert_allclose(scores, exp_scores, atol=atol)
+    assert (indices >= 0).all()
+
+
 def category_topk(target_category, history_categories, mask, k):
     """The k most recent positions whose category equals the target's."""
     batch = len(target_category)

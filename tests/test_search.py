@@ -7,18 +7,7 @@ import tf_keras
 
 from muse_tf.layers import CategoryGSU, CosineGSU, EmbeddingGSU, gather_history
 from tests import reference
-
-
-def _check(result, expected):
-    indices, scores, valid = (np.asarray(t) for t in result)
-    exp_indices, exp_scores, exp_valid = expected
-    np.testing.assert_array_equal(valid, exp_valid)
-    for b, row in enumerate(exp_indices):
-        for j, pos in enumerate(row):
-            if pos is not None:
-                assert indices[b, j] == pos, (b, j)
-    np.testing.assert_allclose(scores, exp_scores, atol=1e-5)
-    assert (indices >= 0).all()
+from tests.reference import assert_search_matches
 
 
 def _random_case(rng, batch, length, dim, pad_rate=0.2, zero_rate=0.1):
@@ -34,7 +23,8 @@ def test_cosine_gsu_matches_bruteforce(length, k):
     rng = np.random.default_rng(length * 100 + k)
     target, history, mask = _random_case(rng, 6, length, 16)
     mask[0] = False  # an all-padding history
-    _check(CosineGSU(top_k=k)(target, history, mask), reference.cosine_topk(target, history, mask, k))
+    expected = reference.cosine_topk(target, history, mask, k)
+    assert_search_matches(CosineGSU(top_k=k)(target, history, mask), expected)
 
 
 def test_invalid_never_outranks_negative_cosines():
@@ -51,7 +41,7 @@ def test_invalid_never_outranks_negative_cosines():
     assert valid[:, :5].all() and not valid[:, 5:].any()
     assert set(indices[0, :5]) == {5, 6, 7, 8, 9}
     assert (scores[:, :5] < 0).all()
-    _check((indices, scores, valid), reference.cosine_topk(target, history, mask, 8))
+    assert_search_matches((indices, scores, valid), reference.cosine_topk(target, history, mask, 8))
 
 
 def test_ties_go_to_the_most_recent_behaviour():
@@ -59,14 +49,16 @@ def test_ties_go_to_the_most_recent_behaviour():
     history = np.stack([vec, -vec, vec, vec, -vec])[None]
     indices, scores, valid = CosineGSU(top_k=4)(vec[None], history, np.ones((1, 5), bool))
     np.testing.assert_array_equal(np.asarray(indices)[0], [3, 2, 0, 4])
-    _check((indices, scores, valid), reference.cosine_topk(vec[None], history, np.ones((1, 5), bool), 4))
+    expected = reference.cosine_topk(vec[None], history, np.ones((1, 5), bool), 4)
+    assert_search_matches((indices, scores, valid), expected)
 
 
 def test_cosine_gsu_at_100k_history():
     rng = np.random.default_rng(7)
     target, history, mask = _random_case(rng, 2, 100_000, 128, pad_rate=0.05, zero_rate=0.01)
     history = (np.clip(history / 4, -1, 1) * 127).astype(np.int8).astype(np.float32)
-    _check(CosineGSU(top_k=50)(target, history, mask), reference.cosine_topk(target, history, mask, 50))
+    expected = reference.cosine_topk(target, history, mask, 50)
+    assert_search_matches(CosineGSU(top_k=50)(target, history, mask), expected)
 
 
 def test_shared_history_equals_tiled_history():
@@ -79,7 +71,7 @@ def test_shared_history_equals_tiled_history():
     tiled = [np.asarray(t) for t in gsu(target, np.repeat(history, 5, 0), np.repeat(mask, 5, 0))]
     for a, b in zip(shared, tiled):
         np.testing.assert_array_equal(a, b)
-    _check(shared, reference.cosine_topk(target, history, mask, 10))
+    assert_search_matches(shared, reference.cosine_topk(target, history, mask, 10))
 
 
 def test_gather_history_per_row_and_shared():
@@ -116,7 +108,7 @@ def test_embedding_gsu_concatenates_parts_and_blocks_gradients():
     concat_t = np.concatenate([item_t.numpy(), cat_t.numpy()], -1)
     concat_h = np.concatenate([item_h.numpy(), cat_h.numpy()], -1)
     expected = reference.cosine_topk(concat_t, concat_h, mask, 4)
-    _check(EmbeddingGSU(top_k=4)([item_t, cat_t], [item_h, cat_h], mask), expected)
+    assert_search_matches(EmbeddingGSU(top_k=4)([item_t, cat_t], [item_h, cat_h], mask), expected)
 
 
 def test_search_units_have_no_weights_and_round_trip_config():
