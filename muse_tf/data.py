@@ -26,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 
 from muse_tf import artifacts, features
-from muse_tf.layers import search
 
 RECORD_USER_FEATURES = (features.USER_KEY, features.USER_ID, *features.USER_PROFILE)
 RECORD_HISTORY = features.SEQUENCE_FEATURES
@@ -175,10 +174,10 @@ def gsu_precompute(
 
     The multimodal GSU has no learned weights: its top-K depends only on the sample and the frozen
     table, so it can be computed in the input pipeline (on the host, overlapping the training step)
-    instead of inside every step. The function adds ``search.PRECOMPUTED_GSU``: ``gsu_indices``
-    (B, K) int32, ``gsu_scores`` (B, K) float32 and ``gsu_valid`` (B, K) bool, computed by
-    ``search.cosine_search_items``, the code MuseModel runs in-graph, so a MuseModel fed these
-    inputs gives the same outputs.
+    instead of inside every step. The function adds ``muse_tf.layers.search.PRECOMPUTED_GSU``:
+    ``gsu_indices`` (B, K) int32, ``gsu_scores`` (B, K) float32 and ``gsu_valid`` (B, K) bool,
+    computed by ``search.cosine_search_items``, the code MuseModel runs in-graph, so a MuseModel
+    fed these inputs gives the same outputs.
 
     Args:
         table: the frozen multimodal table (V, M) exactly as given to
@@ -186,6 +185,9 @@ def gsu_precompute(
         top_k: K; must equal the model's ``top_k``.
         multimodal_scale: the model's ``multimodal_scale`` (int8 de-quantisation).
     """
+    # Imported here: the conversion pipelines import this module and need no Keras layers.
+    from muse_tf.layers import search
+
     table = np.asarray(table)
     dim = table.shape[1]
     stored = tf.constant(search.pack_int8(table) if table.dtype == np.int8 else table.astype(np.float32))
@@ -246,8 +248,8 @@ def make_dataset(
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
         ``features.MODEL_FEATURES`` to int64 (B,) or, for histories, (B, L), plus ``user_key``
-        (B,) int64 (raw user ID) and, with ``precompute_gsu``, ``search.PRECOMPUTED_GSU`` (B, K);
-        ``label`` is float32 (B,) in {0, 1}.
+        (B,) int64 (raw user ID) and, with ``precompute_gsu``, the three
+        ``muse_tf.layers.search.PRECOMPUTED_GSU`` (B, K); ``label`` is float32 (B,) in {0, 1}.
 
     TensorFlow's reader errors on a damaged shard (``DataLossError``) do not name the file;
     ``verify_shards`` does.
