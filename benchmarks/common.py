@@ -13,17 +13,15 @@ run started and ended, so every figure carries the conditions it was measured in
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,59 +158,6 @@ def run_json_subprocess(module: str, args: Sequence[str], timeout_s: float) -> d
     if done.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-# -- processes and ports ------------------------------------------------------------------------
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def local_server(
-    model_base_path: str, model_name: str = "muse", rest: bool = True, ready_timeout_s: float = 180.0
-) -> Iterator[dict[str, Any]]:
-    """``python -m serving.server`` on 127.0.0.1 with free ports; always stopped on exit.
-
-    Yields ``{"grpc_port", "rest_port", "pid", "process"}`` once the server answers a metadata
-    request.
-    """
-    import grpc
-
-    grpc_port = free_port()
-    rest_port = free_port() if rest else 0
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    log = open(os.path.join(os.path.dirname(model_base_path), f"server-{grpc_port}.log"), "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_name", model_name,
-         "--model_base_path", model_base_path, "--port", str(grpc_port),
-         "--rest_api_port", str(rest_port), "--host", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.time() + ready_timeout_s
-        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"serving.server exited with {process.returncode}; see {log.name}")
-            try:
-                grpc.channel_ready_future(channel).result(timeout=2)
-                break
-            except grpc.FutureTimeoutError:
-                if time.time() > deadline:
-                    raise TimeoutError("serving.server did not start in time") from None
-        channel.close()
-        yield {"grpc_port": grpc_port, "rest_port": rest_port, "pid": process.pid, "process": process}
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
 
 
 # -- output -------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import tensorflow as tf
 from benchmarks import common, fixtures
 from muse_tf import features
 from serving.client import GrpcClient, PredictionError
+from serving.launch import local_server
 
 COLUMNS = ["phase", "clients", "seconds", "requests", "good", "malformed", "requests_per_s",
            "good_p50_ms", "good_p99_ms", "errors", "wrong_scores", "malformed_accepted"]
@@ -138,11 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
                             "distinct_good_requests": len(pool),
                             "malformed_kinds": [name for name, _ in bad], "tolerance": TOLERANCE}
     rows = []
-    with common.local_server(base_path, rest=False) as server:
+    with local_server(base_path, rest=False) as server:
         for share, name in ((0.0, "good only"), (args.malformed, f"{args.malformed:.0%} malformed")):
-            rows.append(run_phase(server["grpc_port"], pool, expected, bad, args.clients,
+            rows.append(run_phase(server.grpc_port, pool, expected, bad, args.clients,
                                   args.seconds, share, name))
-        run.extra["server_alive_after"] = server["process"].poll() is None
+        run.extra["server_alive_after"] = server.process.poll() is None
     run.extra["zero_errors"] = all(
         r["errors"] == 0 and r["wrong_scores"] == 0 and r["malformed_accepted"] == 0
         and r["hung_threads"] == 0 for r in rows)

@@ -26,6 +26,7 @@ import tensorflow as tf
 from benchmarks import common, fixtures
 from muse_tf import artifacts, features
 from serving.client import GrpcClient, RestClient
+from serving.launch import local_server
 
 LENGTHS = (1_000, 10_000, 100_000)
 CANDIDATES = (1, 100, 500)
@@ -88,10 +89,10 @@ def server_rows(base_path: str, lengths: tuple, candidates: tuple, budget_s: flo
     rows: list[dict] = []
     if not protocols:
         return rows, {}
-    with common.local_server(base_path, rest="rest" in protocols) as server:
+    with local_server(base_path, rest="rest" in protocols) as server:
         for protocol in protocols:
-            client = (GrpcClient("127.0.0.1", server["grpc_port"], "muse") if protocol == "grpc"
-                      else RestClient("127.0.0.1", server["rest_port"], "muse"))
+            client = (GrpcClient("127.0.0.1", server.grpc_port, "muse") if protocol == "grpc"
+                      else RestClient("127.0.0.1", server.rest_port, "muse"))
             with client:
                 for length in lengths:
                     for count in candidates:
@@ -103,7 +104,7 @@ def server_rows(base_path: str, lengths: tuple, candidates: tuple, budget_s: flo
                                "C": count, **measured}
                         print(row, flush=True)
                         rows.append(row)
-        memory = {"server_peak_rss_mb": process_peak_rss_mb(server["pid"])}
+        memory = {"server_peak_rss_mb": process_peak_rss_mb(server.process.pid)}
     return rows, memory
 
 

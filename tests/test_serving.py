@@ -5,10 +5,8 @@ and never disturb the next request; the deployment configs parse."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 
 import grpc
 import numpy as np
@@ -26,16 +24,11 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from muse_tf import export
 from serving.client import GrpcClient, PredictionError, RestClient
+from serving.launch import local_server
 from tests import serving_case as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVING = os.path.join(ROOT, "serving")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,47 +41,8 @@ def server(case, tmp_path_factory):
     """A server subprocess on a fresh export; yields its (grpc port, rest port)."""
     base = tmp_path_factory.mktemp("exports")
     export.export_saved_model(case.model, case.vocabularies, str(base), "muse")
-    ports = free_port(), free_port()
-    log = open(base / "server.log", "w+")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.server",
-            "--model_name",
-            "muse",
-            "--model_base_path",
-            str(base / "muse"),
-            "--port",
-            str(ports[0]),
-            "--rest_api_port",
-            str(ports[1]),
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert (
-                process.poll() is None
-            ), f"server exited:\n{(base / 'server.log').read_text()[-3000:]}"
-            assert time.time() < deadline, "server did not start in time"
-            try:
-                if requests.get(f"http://127.0.0.1:{ports[1]}/v1/models/muse", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        yield ports
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with local_server(str(base / "muse"), log_path=str(base / "server.log")) as running:
+        yield running.grpc_port, running.rest_port
 
 
 @pytest.fixture(params=["rest", "grpc"])

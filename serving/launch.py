@@ -1,0 +1,111 @@
+"""Start ``python -m serving.server`` as a subprocess for development, tests and benchmarks.
+
+One place knows how to pick free loopback ports, wait until the server has loaded its model and
+answers, and always stop it, so callers do not each re-implement the start-up handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import requests
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalServer:
+    """A running server: its ports (``rest_port`` 0 when REST is off), process and log file."""
+
+    grpc_port: int
+    rest_port: int
+    process: subprocess.Popen
+    log_path: str
+
+
+def _log_tail(path: str, chars: int = 3000) -> str:
+    with open(path) as f:
+        return f.read()[-chars:]
+
+
+def _wait_until_ready(server: LocalServer, model_name: str, timeout_s: float) -> None:
+    """Returns once gRPC (and REST, if on) answer; raises with the log's tail otherwise."""
+    deadline = time.time() + timeout_s
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    try:
+        rest_url = f"http://127.0.0.1:{server.rest_port}/v1/models/{model_name}"
+        while True:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"serving.server exited with {server.process.returncode}:\n"
+                                   f"{_log_tail(server.log_path)}")
+            if time.time() > deadline:
+                raise TimeoutError(f"serving.server did not start in {timeout_s:.0f} s:\n"
+                                   f"{_log_tail(server.log_path)}")
+            try:
+                grpc.channel_ready_future(channel).result(timeout=2)
+                if not server.rest_port or requests.get(rest_url, timeout=2).ok:
+                    return
+            except (grpc.FutureTimeoutError, requests.ConnectionError):
+                pass
+            time.sleep(0.2)
+    finally:
+        channel.close()
+
+
+@contextlib.contextmanager
+def local_server(
+    model_base_path: str,
+    model_name: str = "muse",
+    rest: bool = True,
+    log_path: str | None = None,
+    ready_timeout_s: float = 180.0,
+) -> Iterator[LocalServer]:
+    """``python -m serving.server`` on 127.0.0.1 with free ports; stopped on exit, whatever happens.
+
+    Args:
+        model_base_path: directory of numeric version directories (``<base>/<model_name>``).
+        model_name: the name requests must use.
+        rest: also serve REST.
+        log_path: the server's stdout/stderr (default: beside ``model_base_path``).
+        ready_timeout_s: how long to wait for the model to load.
+
+    Yields:
+        The ``LocalServer``, once it answers.
+    """
+    grpc_port, rest_port = free_port(), free_port() if rest else 0
+    log_path = log_path or os.path.join(os.path.dirname(model_base_path), f"server-{grpc_port}.log")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _REPO_ROOT}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.server", "--model_name", model_name,
+             "--model_base_path", model_base_path, "--port", str(grpc_port),
+             "--rest_api_port", str(rest_port), "--host", "127.0.0.1"],
+            cwd=_REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        server = LocalServer(grpc_port, rest_port, process, log_path)
+        try:
+            _wait_until_ready(server, model_name, ready_timeout_s)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
