@@ -130,14 +130,6 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: i
     return rows, equality
 
 
-def model_search(model: tf_keras.Model, target_mm: tf.Tensor, items: tf.Tensor,
-                 mask: tf.Tensor) -> tuple:
-    """The model's in-graph multimodal search (as the library at hand implements it)."""
-    if hasattr(model.search, "search_items"):
-        return model.search.search_items(target_mm, items, mask, model.multimodal)
-    return model.search(target_mm, model.multimodal(items), mask)  # before deduplication
-
-
 def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_seconds: float) -> list[dict]:
     """Forward pieces of the MUSE step, each its own tf.function on the same batch."""
     x, y = fixtures.training_batch(sizes, batch, length)
@@ -146,7 +138,8 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
     xi = {name: tf.cast(x[name], tf.int32) for name in features.MODEL_FEATURES}
     items = xi[features.HISTORY_ITEMS]
     mask = tf.not_equal(items, features.PAD)
-    target_mm = model.multimodal(xi[features.ITEM_ID])
+    vectors = model.multimodal_vectors
+    target_mm, _ = vectors.unit(xi[features.ITEM_ID])
     recent = items[:, -model.config.recent_length:]
     top_k = model.config.top_k
     recent_emb = model._behaviour_embedding(recent, xi[features.HISTORY_CATEGORIES][:, -50:])
@@ -154,16 +147,17 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
     parts = {
         "train step (forward + backward + 2 Adam)": lambda: model.train_function(iter([(x, y)])),
         "forward (training=True)": lambda: model(x, training=True),
-        "GSU: search over L (in-graph)": lambda: model_search(model, target_mm, items, mask),
-        "  ref: per-position lookup of (B, L, 128)": lambda: model.multimodal(items),
-        "  ref: cosine of a given (B, L, 128)": lambda: search.cosine_similarity(
-            target_mm, model.multimodal(items)),
+        "GSU: search over L (in-graph)": lambda: model.search.search_items(
+            xi[features.ITEM_ID], items, mask, vectors),
+        "  ref: per-position lookup of (B, L, 128)": lambda: vectors.unit(items),
+        "  ref: cosine of a given (B, L, 128)": lambda: search.unit_dot(
+            target_mm, vectors.unit(items)[0]),
         "  top-K of (B, L) scores": lambda: search.top_k_valid(
             tf.random.uniform(tf.shape(items)), mask, top_k),
         "DIN attention over R = 50 (Dice MLP)": lambda: model.short_term_attention(
             target, recent_emb, recent > 0, training=True),
-        "recent multimodal lookup + cosine": lambda: search.cosine_similarity(
-            target_mm, model.multimodal(recent)),
+        "recent multimodal lookup + cosine": lambda: search.unit_dot(
+            target_mm, vectors.unit(recent)[0]),
     }
     functions = {name: tf.function(fn) for name, fn in parts.items()}
     rows = []

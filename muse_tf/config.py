@@ -69,10 +69,8 @@ class ModelConfig:
             including the PAD and OOV rows; the training CLI sets them from the converted data.
         embedding_dim: D; profile features 3-5 use D // 2 as in the official code.
         multimodal_dim: width of the frozen multimodal (SCL) vectors.
-        multimodal_dtype: ``int8`` (stored quantised, de-quantised by ``multimodal_scale``) or
-            ``float32``.
-        multimodal_scale: factor that turns stored int8 values back into vector components
-            (1/127 for the Taobao-MM encoding trunc(127 v)); unused for ``float32``.
+        multimodal_dtype: ``int8`` (stored quantised, e.g. Taobao-MM's trunc(127 v)) or ``float32``.
+            Only cosines of the vectors are used, so an int8 scale does not matter.
         top_k: K, behaviours kept by the search unit.
         recent_length: R, most recent behaviours in the short-term branch.
         attention_heads: heads of the lifelong attention (1 in the paper).
@@ -89,7 +87,6 @@ class ModelConfig:
     embedding_dim: int = 16
     multimodal_dim: int = 128
     multimodal_dtype: str = "int8"
-    multimodal_scale: float = 1.0 / 127.0
     top_k: int = 50
     recent_length: int = 50
     attention_heads: int = 1

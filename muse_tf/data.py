@@ -167,9 +167,7 @@ def parse_user_records(
 Features = dict[str, tf.Tensor]
 
 
-def gsu_precompute(
-    table: np.ndarray, top_k: int, multimodal_scale: float = 1.0 / 127.0
-) -> Callable[[Features], Features]:
+def gsu_precompute(table: np.ndarray, top_k: int) -> Callable[[Features], Features]:
     """A function adding MUSE's multimodal search result to a batch of model inputs.
 
     The multimodal GSU has no learned weights: its top-K depends only on the sample and the frozen
@@ -183,23 +181,24 @@ def gsu_precompute(
         table: the frozen multimodal table (V, M) exactly as given to
             ``MuseModel.set_multimodal_table`` (int8 or float32).
         top_k: K; must equal the model's ``top_k``.
-        multimodal_scale: the model's ``multimodal_scale`` (int8 de-quantisation).
     """
     # Imported here: the conversion pipelines import this module and need no Keras layers.
     from muse_tf.layers import search
 
     table = np.asarray(table)
-    dim = table.shape[1]
-    stored = tf.constant(search.pack_int8(table) if table.dtype == np.int8 else table.astype(np.float32))
-
-    def vectors(item_indices: tf.Tensor) -> tf.Tensor:  # as MuseModel.multimodal
-        return search.table_vectors(stored, item_indices, dim, multimodal_scale)
+    stored = search.pack_int8(table) if table.dtype == np.int8 else table.astype(np.float32)
+    vectors = search.ItemVectors(  # as MuseModel.multimodal_vectors
+        tf.constant(stored), tf.constant(search.inverse_norms(table)), table.shape[1]
+    )
 
     def add_search(batch: Features) -> Features:
         items = tf.cast(batch[features.HISTORY_ITEMS], tf.int32)
-        target = vectors(tf.cast(batch[features.ITEM_ID], tf.int32))
         result = search.cosine_search_items(
-            target, items, tf.not_equal(items, features.PAD), vectors, top_k
+            tf.cast(batch[features.ITEM_ID], tf.int32),
+            items,
+            tf.not_equal(items, features.PAD),
+            vectors,
+            top_k,
         )
         return {**batch, **dict(zip(search.PRECOMPUTED_GSU, result))}
 
@@ -219,7 +218,6 @@ def make_dataset(
     drop_remainder: bool = False,
     precompute_gsu: np.ndarray | None = None,
     top_k: int = 50,
-    multimodal_scale: float = 1.0 / 127.0,
 ) -> tf.data.Dataset:
     """Batches of ``(features, label)`` from converted shards.
 
@@ -243,7 +241,6 @@ def make_dataset(
             learned, so it may also be cached across epochs (``.cache()``). Not for searches over
             learned embeddings (SIM-soft). Serving is unaffected: the export searches in-graph.
         top_k: K of the precomputed search (the model's ``top_k``).
-        multimodal_scale: the model's ``multimodal_scale``, for the precomputed search.
 
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
@@ -291,7 +288,7 @@ def make_dataset(
     )
     dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
     if precompute_gsu is not None:
-        add_search = gsu_precompute(precompute_gsu, top_k, multimodal_scale)
+        add_search = gsu_precompute(precompute_gsu, top_k)
         dataset = dataset.map(
             lambda batch, label: (add_search(batch), label),
             num_parallel_calls=tf.data.AUTOTUNE,

@@ -56,7 +56,8 @@ def category_topk(target_category, history_categories, mask, k):
 
 
 def simtier(similarities, mask, eps, weights):
-    """Loop over positions: tier = ceil(r / eps) + 1/eps (float32 product, as the layer)."""
+    """Loop over positions: r clipped to [-1, 1], tier = ceil(r / eps) + 1/eps (float32 product,
+    as the layer)."""
     per_unit = int(round(1 / eps))
     num_tiers = 2 * per_unit + 2
     sims = np.asarray(similarities, np.float32)
@@ -66,8 +67,8 @@ def simtier(similarities, mask, eps, weights):
         counts = np.zeros(num_tiers)
         for j in range(sims.shape[1]):
             if mask[b, j]:
-                tier = int(np.ceil(sims[b, j] * np.float32(per_unit))) + per_unit
-                counts[min(max(tier, 0), num_tiers - 1)] += 1
+                r = min(max(sims[b, j], np.float32(-1)), np.float32(1))
+                counts[int(np.ceil(r * np.float32(per_unit))) + per_unit] += 1
         out[b] = np.log1p(counts)[:, None] * weights
     return out.reshape(sims.shape[0], -1)
 

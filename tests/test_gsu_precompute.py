@@ -153,16 +153,17 @@ def test_model_refuses_a_precomputed_search_it_cannot_use():
         make_model(table)({k: v for k, v in with_search.items() if k != search.GSU_VALID})
 
 
+def _vectors(table):
+    return search.ItemVectors(tf.constant(table), tf.constant(search.inverse_norms(table)), 128)
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_deduplicated_unit_vectors_equal_normalising_every_position(jit):
-    table = tf.constant(make_table(6, "float32"))
+    table = make_table(6, "float32")
     items = make_batch(np.random.default_rng(9), 10, 30, 2)[features.HISTORY_ITEMS]
-
-    def vectors(indices):
-        return tf.gather(table, indices)
-
+    vectors = _vectors(table)
     unit, has_vector = tf.function(lambda: search.unit_item_vectors(items, vectors), jit_compile=jit)()
-    expected = tf.math.l2_normalize(vectors(items), axis=-1)
+    expected = tf.math.l2_normalize(tf.gather(table, items), axis=-1)
     np.testing.assert_allclose(unit.numpy(), expected.numpy(), rtol=0, atol=1e-7)
     np.testing.assert_array_equal(has_vector.numpy(), ~np.isin(items.numpy(), NO_VECTOR))
     shared_unit, _ = search.unit_item_vectors(items[:1], vectors)  # batch 1: no deduplication
@@ -187,10 +188,9 @@ def test_grouped_search_equals_the_layer_on_repeated_histories():
     table = make_table(7, "float32")
     x = make_batch(rng, 30, 50, samples_per_user=7)
     items = x[features.HISTORY_ITEMS]
-    target = tf.gather(table, x[features.ITEM_ID])
     mask = items != features.PAD
-    expected = search.CosineGSU(10)(target, tf.gather(table, items), mask)
-    got = search.cosine_search_items(target, items, mask, lambda i: tf.gather(table, i), 10)
+    expected = search.CosineGSU(10)(tf.gather(table, x[features.ITEM_ID]), tf.gather(table, items), mask)
+    got = search.cosine_search_items(x[features.ITEM_ID], items, mask, _vectors(table), 10)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[2], expected[2])
     np.testing.assert_allclose(got[1], expected[1], rtol=0, atol=1e-6)

@@ -59,6 +59,9 @@ def test_one_history_shared_by_many_candidates_equals_tiled_rows(variant):
     model, _ = make_model(variant)
     rng = np.random.default_rng(2)
     x = make_batch(rng, batch=6, pad_rows=())
+    # Candidates from the history: similarity 1 up to rounding, which differs between the shared
+    # and the per-row search; SimTier must still put them in the same tier.
+    x[features.ITEM_ID][:3] = x[features.HISTORY_ITEMS][0, [2, 9, 19]]
     shared = {k: (v[:1] if k in USER_SIDE else v) for k, v in x.items()}
     tiled = {k: (np.repeat(v[:1], 6, 0) if k in USER_SIDE else v) for k, v in x.items()}
     np.testing.assert_allclose(model(shared).numpy(), model(tiled).numpy(), atol=1e-6)
@@ -87,13 +90,21 @@ def test_lifelong_branch_sees_old_behaviours_and_din_does_not():
     assert np.abs(muse(x).numpy() - muse(matched).numpy()).min() > 1e-7
 
 
-def test_multimodal_lookup_dequantises_with_scale():
+def _unit_rows(table, idx):
+    rows = table[idx].astype(np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-300)
+
+
+def test_multimodal_vectors_are_the_unit_rows_of_an_int8_or_float_table():
     model, table = make_model()
     idx = np.array([[2, 7], [0, 59]])
-    np.testing.assert_allclose(model.multimodal(idx).numpy(), table[idx] / 127.0, rtol=1e-6)
+    unit, has_vector = model.multimodal_vectors.unit(idx)
+    np.testing.assert_allclose(unit.numpy(), _unit_rows(table, idx), rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(has_vector.numpy(), [[True, False], [False, True]])
     float_model = MuseModel(dict(model.config.to_dict(), multimodal_dtype="float32"))
-    float_model.set_multimodal_table(table / np.float32(127.0))
-    np.testing.assert_allclose(float_model.multimodal(idx).numpy(), table[idx] / 127.0, rtol=1e-6)
+    float_model.set_multimodal_table(table / np.float32(127.0))  # a scale does not change a cosine
+    np.testing.assert_allclose(float_model.multimodal_vectors.unit(idx)[0].numpy(),
+                               _unit_rows(table, idx), rtol=0, atol=1e-7)
 
 
 def test_gradients_reach_id_embeddings_and_attention_never_the_frozen_table():
@@ -101,8 +112,9 @@ def test_gradients_reach_id_embeddings_and_attention_never_the_frozen_table():
     x = make_batch(np.random.default_rng(4))
     with tf.GradientTape(persistent=True) as tape:
         loss = tf.reduce_sum(model(x, training=True))
-    assert all(v is not model.multimodal_table for v in model.trainable_variables)
-    assert tape.gradient(loss, model.multimodal_table) is None
+    frozen = (model.multimodal_table, model.multimodal_inverse_norms)
+    assert all(v is not f for v in model.trainable_variables for f in frozen)
+    assert all(tape.gradient(loss, f) is None for f in frozen)
     named = {v.name: g for v, g in zip(model.trainable_variables,
                                        tape.gradient(loss, model.trainable_variables))}
     for part in ("item_embedding", "category_embedding", "lifelong_attention/query",
@@ -123,8 +135,8 @@ def test_save_and_load_give_identical_predictions(tmp_path):
     loaded = tf_keras.models.load_model(path)
     assert isinstance(loaded, MuseModel)
     everything = np.arange(VOCAB)
-    np.testing.assert_array_equal(loaded.multimodal(everything).numpy(), model.multimodal(everything).numpy())
-    np.testing.assert_allclose(loaded.multimodal(everything).numpy(), table / 127.0, rtol=1e-6)
+    np.testing.assert_allclose(loaded.multimodal_vectors.unit(everything)[0].numpy(),
+                               _unit_rows(table, everything), rtol=0, atol=1e-7)
     np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
     model.save_weights(str(tmp_path / "w"))
     fresh = MuseModel.from_config(model.get_config())

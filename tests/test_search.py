@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf.layers import CategoryGSU, CosineGSU, EmbeddingGSU, gather_history
+from muse_tf.layers import CategoryGSU, CosineGSU, EmbeddingGSU, gather_history, search
 from tests import reference
 from tests.reference import assert_search_matches
 
@@ -72,6 +72,52 @@ def test_shared_history_equals_tiled_history():
     for a, b in zip(shared, tiled):
         np.testing.assert_array_equal(a, b)
     assert_search_matches(shared, reference.cosine_topk(target, history, mask, 10))
+
+
+def _item_table(rng, items=60, no_vector=(0, 1, 5, 6)):
+    table = rng.integers(-127, 128, (items, 32)).astype(np.int8)
+    table[list(no_vector)] = 0
+    return table
+
+
+def test_inverse_norms_turn_rows_into_unit_vectors():
+    table = _item_table(np.random.default_rng(12))
+    inverse = search.inverse_norms(table, chunk=7)  # several chunks, one partial
+    norms = np.linalg.norm(table.astype(np.float64), axis=1)
+    np.testing.assert_allclose(inverse[norms > 0], 1 / norms[norms > 0], rtol=1e-7)
+    np.testing.assert_array_equal(inverse[norms == 0], 0.0)
+    vectors = search.ItemVectors(tf.constant(search.pack_int8(table)), tf.constant(inverse), 32)
+    unit, has_vector = vectors.unit(tf.constant([[2, 5], [0, 59]]))
+    expected = table[[[2, 5], [0, 59]]] / np.maximum(norms[[[2, 5], [0, 59]]], 1)[..., None]
+    np.testing.assert_allclose(unit.numpy(), expected, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(has_vector.numpy(), [[True, False], [False, True]])
+
+
+@pytest.mark.parametrize("strategy", ["shared", "grouped", "xla"])
+@pytest.mark.parametrize("length,k", [(40, 8), (5, 8), (1, 3), (70, 50)])
+def test_cosine_search_items_matches_bruteforce(strategy, length, k):
+    """Each of cosine_search_items' strategies on an int8 table, with padding, items without a
+    vector, repeated items (exact ties), targets without a vector and L < K."""
+    rng = np.random.default_rng(length * 10 + k)
+    table = _item_table(rng)
+    vectors = search.ItemVectors(
+        tf.constant(search.pack_int8(table)), tf.constant(search.inverse_norms(table)), 32
+    )
+    targets = rng.integers(1, 60, 6)
+    targets[:2] = [5, 1]  # no vector: every cosine is 0
+    if strategy == "shared":
+        history = rng.integers(0, 20, (1, length))  # few distinct items: ties; 0 = padding
+    else:
+        history = rng.integers(0, 20, (3, length))[[0, 0, 1, 2, 2, 2]]  # repeated histories
+        history[1, :] = 0  # an all-padding row
+    mask = history != 0
+
+    def run():
+        return search.cosine_search_items(targets, history, mask, vectors, k)
+
+    result = tf.function(run, jit_compile=True)() if strategy == "xla" else run()
+    expected = reference.cosine_topk(table[targets], table[history], mask, k)
+    assert_search_matches(result, expected, atol=1e-6)
 
 
 def test_gather_history_per_row_and_shared():

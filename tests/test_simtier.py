@@ -25,9 +25,10 @@ def test_simtier_matches_reference_including_edges():
 
 def test_tier_assignment_follows_the_official_rule():
     layer = SimTier()
-    tiers = layer.tiers(np.array([[0.0, 0.05, 0.1, -0.05, -1.0, 1.0, 1.2]], np.float32)).numpy()
-    # tier = ceil(10 r) + 10, clipped to 0..21
-    np.testing.assert_array_equal(tiers[0], [10, 11, 11, 10, 0, 20, 21])
+    sims = [0.0, 0.05, 0.1, -0.05, -1.0, 1.0, np.nextafter(np.float32(1), np.float32(2)), 1.2, -1.2]
+    tiers = layer.tiers(np.array([sims], np.float32)).numpy()
+    # tier = ceil(10 r) + 10 with r clipped to [-1, 1]: rounding above 1 joins exactly 1 in tier 20
+    np.testing.assert_array_equal(tiers[0], [10, 11, 11, 10, 0, 20, 20, 20, 0])
 
 
 def test_masked_positions_do_not_count():

@@ -13,7 +13,7 @@ Rules shared by every unit here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -92,40 +92,91 @@ def unit_dot(target: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
     return tf.squeeze(tf.matmul(target[:, None, :], history, transpose_b=True), axis=1)
 
 
-def _deduplicates(items: tf.Tensor) -> bool:
-    """Whether to share work between repeated items/histories: not for one history (nothing to
-    share), nor under XLA (``jit_compile``), which cannot compile ``tf.unique`` (its output size
-    depends on the data)."""
-    in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-    return items.shape[0] != 1 and not in_xla
+def pack_int8(table: np.ndarray) -> np.ndarray:
+    """(V, M) int8 -> (V, M / 4) int32: four values per word, the stored form of an int8 table
+    (1 byte per value, in a dtype that multi-worker collectives can broadcast; they reject int8)."""
+    table = np.ascontiguousarray(table)
+    if table.dtype != np.int8 or table.ndim != 2 or table.shape[1] % 4:
+        raise ValueError(f"Expected a (V, M) int8 table with M divisible by 4, got {table.dtype} "
+                         f"{table.shape}.")
+    return table.view(np.int32)
 
 
-def unit_item_vectors(
-    items: tf.Tensor, vectors: Callable[[tf.Tensor], tf.Tensor]
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Unit-length vectors of behaviours, and whether each has a vector: (B, L) -> (B, L, d), (B, L).
+def inverse_norms(table: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """(V, M) vectors -> (V,) float32 1 / ||row||, 0 for an all-zero row (an item without a vector).
 
-    ``vectors`` maps a 1-D tensor of item indices to their (N, d) vectors (a frozen-table lookup).
-    Histories repeat items (popular items recur), so each *distinct* item is looked up,
-    de-quantised and normalised once and the unit vectors are then gathered: per position that
-    leaves a copy of d floats instead of a lookup, a cast, a scale and a normalisation. The values
-    are those of normalising every position (to float rounding).
+    Stored beside a frozen table, it turns a looked-up row into a unit vector with one scaling,
+    and tells whether an item has a vector without reading its row (``ItemVectors``).
     """
-    flat = tf.reshape(items, [-1])
-    deduplicate = _deduplicates(items)
-    if deduplicate:
-        flat, position = tf.unique(flat)
-    raw = vectors(flat)
-    # tf.math.l2_normalize's own steps, keeping the squared norm: a vector is all zero iff its
-    # squared norm is 0 (has_embedding without another pass over the vectors; only a vector whose
-    # every value is below ~1e-19 would differ, by underflowing).
-    squared_norm = tf.reduce_sum(tf.square(raw), axis=-1, keepdims=True)
-    unit = raw * tf.math.rsqrt(tf.maximum(squared_norm, 1e-12))
-    has_vector = squared_norm[..., 0] > 0
-    if deduplicate:
-        unit, has_vector = tf.gather(unit, position), tf.gather(has_vector, position)
+    table = np.asarray(table)
+    inverse = np.zeros(len(table), np.float32)
+    for start in range(0, len(table), chunk):  # in chunks: a float64 copy of the whole is 8x its size
+        squared = np.square(table[start : start + chunk], dtype=np.float64).sum(axis=1)
+        inverse[start : start + chunk] = np.divide(
+            1.0, np.sqrt(squared), out=np.zeros_like(squared), where=squared > 0
+        )
+    return inverse
+
+
+class ItemVectors:
+    """A frozen item-vector table read as unit vectors: all that a multimodal cosine needs.
+
+    Scaling a row by its stored inverse norm replaces normalising it after every lookup (a sum of
+    squares and a square root per behaviour), and the int8 de-quantisation scale drops out: a
+    cosine does not depend on it.
+
+    Args:
+        table: (V, dim) float32, or (V, dim / 4) int32 holding int8 values packed by ``pack_int8``.
+        inverse_norm_table: (V,) float32 from ``inverse_norms(table)``.
+        dim: the vector width.
+    """
+
+    def __init__(self, table: tf.Tensor, inverse_norm_table: tf.Tensor, dim: int):
+        self.table = table
+        self.inverse_norm_table = inverse_norm_table
+        self.dim = dim
+
+    def raw(self, items: tf.Tensor) -> tf.Tensor:
+        """(...) item indices -> (..., dim) float32 stored rows, not normalised."""
+        rows = tf.gather(self.table, items)
+        if rows.dtype == tf.float32:
+            return rows
+        quantised = tf.reshape(tf.bitcast(rows, tf.int8), tf.concat([tf.shape(items), [self.dim]], 0))
+        return tf.cast(quantised, tf.float32)
+
+    def inverse_norm(self, items: tf.Tensor) -> tf.Tensor:
+        """(...) item indices -> (...) 1 / ||row||, 0 for an item without a vector."""
+        return tf.gather(self.inverse_norm_table, items)
+
+    def unit(self, items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(...) item indices -> unit vectors (..., dim) (zero where none), has-vector (...)."""
+        inverse_norm = self.inverse_norm(items)
+        return self.raw(items) * inverse_norm[..., None], inverse_norm > 0
+
+
+def _in_xla() -> bool:
+    """Whether the graph is being compiled by XLA (``jit_compile``), which cannot compile ops
+    whose output size depends on the data (``tf.unique``, ``tf.where``)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def unit_item_vectors(items: tf.Tensor, vectors: ItemVectors) -> tuple[tf.Tensor, tf.Tensor]:
+    """Unit vectors of behaviours, and whether each has a vector: (B, L) -> (B, L, d), (B, L).
+
+    Histories repeat items (popular items recur), so each *distinct* item is looked up once and
+    its unit vector then gathered: per position that leaves a copy of d floats instead of a
+    lookup, a cast and a scaling. The values are those of ``vectors.unit(items)``. Not for one
+    history (nothing to share) nor under XLA.
+    """
+    if items.shape[0] == 1 or _in_xla():
+        return vectors.unit(items)
+    distinct, position = tf.unique(tf.reshape(items, [-1]))
+    unit, has_vector = vectors.unit(distinct)
     shape = tf.shape(items)
-    return tf.reshape(unit, tf.concat([shape, tf.shape(raw)[-1:]], 0)), tf.reshape(has_vector, shape)
+    return (
+        tf.reshape(tf.gather(unit, position), tf.concat([shape, [vectors.dim]], 0)),
+        tf.reshape(tf.gather(has_vector, position), shape),
+    )
 
 
 def identical_rows(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -142,7 +193,7 @@ def identical_rows(values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _grouped_unit_dot(
-    target: tf.Tensor, items: tf.Tensor, vectors: Callable[[tf.Tensor], tf.Tensor]
+    target: tf.Tensor, items: tf.Tensor, vectors: ItemVectors
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """``unit_dot(target, unit_item_vectors(items))`` with each distinct history done once.
 
@@ -165,29 +216,6 @@ def _grouped_unit_dot(
     slot_sorted = tf.range(tf.shape(group)[0]) - tf.gather(by_group.row_starts(), sorted_group)
     slot = tf.scatter_nd(order[:, None], slot_sorted, tf.shape(group))
     return tf.gather_nd(scores, tf.stack([group, slot], axis=-1)), tf.gather(has_vector, group)
-
-
-def pack_int8(table: np.ndarray) -> np.ndarray:
-    """(V, M) int8 -> (V, M / 4) int32: four values per word, the stored form of an int8 table
-    (1 byte per value, in a dtype that multi-worker collectives can broadcast; they reject int8)."""
-    table = np.ascontiguousarray(table)
-    if table.dtype != np.int8 or table.ndim != 2 or table.shape[1] % 4:
-        raise ValueError(f"Expected a (V, M) int8 table with M divisible by 4, got {table.dtype} "
-                         f"{table.shape}.")
-    return table.view(np.int32)
-
-
-def table_vectors(table: tf.Tensor, item_indices: tf.Tensor, dim: int, scale: float) -> tf.Tensor:
-    """Rows of a frozen vector table as float32: (...) item indices -> (..., dim).
-
-    ``table`` is (V, dim) float32, or (V, dim / 4) int32 holding int8 values packed by
-    ``pack_int8``, de-quantised as ``int8 * scale``.
-    """
-    rows = tf.gather(table, item_indices)
-    if rows.dtype == tf.float32:
-        return rows
-    quantised = tf.reshape(tf.bitcast(rows, tf.int8), tf.concat([tf.shape(item_indices), [dim]], axis=0))
-    return tf.cast(quantised, tf.float32) * scale
 
 
 def has_embedding(history: tf.Tensor) -> tf.Tensor:
@@ -240,49 +268,77 @@ class CosineGSU(_SearchUnit):
 
     def search_items(
         self,
-        target: tf.Tensor,
+        target_items: tf.Tensor,
         history_items: tf.Tensor,
         history_mask: tf.Tensor,
-        vectors: Callable[[tf.Tensor], tf.Tensor],
+        vectors: ItemVectors,
     ) -> SearchResult:
-        """The same search from item indices and a lookup: ``cosine_search_items``."""
-        return cosine_search_items(target, history_items, history_mask, vectors, self.top_k)
+        """The same search from item indices and a frozen table: ``cosine_search_items``."""
+        return cosine_search_items(target_items, history_items, history_mask, vectors, self.top_k)
 
 
 def cosine_search_items(
-    target: tf.Tensor,
+    target_items: tf.Tensor,
     history_items: tf.Tensor,
     history_mask: tf.Tensor,
-    vectors: Callable[[tf.Tensor], tf.Tensor],
+    vectors: ItemVectors,
     k: int,
 ) -> SearchResult:
-    """``CosineGSU`` given item indices and a lookup instead of the (B, L, d) history itself.
+    """``CosineGSU`` given item indices and a frozen table instead of the (B, L, d) history itself.
 
-    Equals ``CosineGSU(k)(target, vectors(history_items), history_mask)`` (to float rounding),
-    without its largest costs: each distinct history of the batch is scored once
-    (``identical_rows``) and each distinct behaviour looked up and normalised once
-    (``unit_item_vectors``). MuseModel and the input pipeline's precomputed search
-    (``muse_tf.data``) both call this, so their results are identical.
+    Equals ``CosineGSU(k)(vectors.raw(target_items), vectors.raw(history_items), history_mask)``
+    (to float rounding) without its largest costs, by one of three strategies:
+
+    * one history shared by all B targets (serving's ``rank``): only its real behaviours with a
+      vector are read, newest first, and scored in one (B x d) @ (d x n) product, so nothing of
+      size B x L is masked or reversed (``_shared_history_search``);
+    * B histories: each distinct history is scored once (``identical_rows``) and each distinct
+      behaviour looked up once (``unit_item_vectors``);
+    * under XLA, which needs static shapes: every position, then ``top_k_valid``.
+
+    MuseModel and the input pipeline's precomputed search (``muse_tf.data``) both call this.
 
     Args:
-        target: (B, d) target vectors.
+        target_items: (B,) target item indices.
         history_items: (B, L) or (1, L) item indices.
         history_mask: (B|1, L) bool, True = a real behaviour.
-        vectors: 1-D item indices -> (N, d) vectors, e.g. ``MuseModel.multimodal``.
+        vectors: the frozen table, e.g. ``MuseModel.multimodal_vectors``.
         k: K.
 
     Returns:
         As ``CosineGSU``.
     """
-    target = tf.math.l2_normalize(tf.stop_gradient(target), axis=-1)
-    history_items = tf.stop_gradient(history_items)
-    if _deduplicates(history_items):
-        scores, has_vector = _grouped_unit_dot(target, history_items, vectors)
-    else:
-        history_unit, has_vector = unit_item_vectors(history_items, vectors)
-        scores = unit_dot(target, history_unit)
-    valid = tf.logical_and(tf.cast(history_mask, tf.bool), has_vector)
-    return top_k_valid(scores, valid, k)
+    target, _ = vectors.unit(target_items)
+    history_mask = tf.cast(history_mask, tf.bool)
+    if _in_xla():
+        history_unit, has_vector = vectors.unit(history_items)
+        return top_k_valid(unit_dot(target, history_unit), history_mask & has_vector, k)
+    if history_items.shape[0] == 1:
+        return _shared_history_search(target, history_items[0], history_mask[0], vectors, k)
+    scores, has_vector = _grouped_unit_dot(target, history_items, vectors)
+    return top_k_valid(scores, history_mask & has_vector, k)
+
+
+def _shared_history_search(
+    target: tf.Tensor, items: tf.Tensor, mask: tf.Tensor, vectors: ItemVectors, k: int
+) -> SearchResult:
+    """Top-K of one history (L,) for B unit targets (B, d), reading only what can be chosen.
+
+    Positions are taken newest first so that ``tf.math.top_k``'s ties (to the lower index) go to
+    the newest behaviour; padding and items without a vector are dropped before the lookup.
+    """
+    length = tf.size(items)
+    newest_first = tf.reverse(items, axis=[0])
+    inverse_norm = vectors.inverse_norm(newest_first)
+    kept = tf.cast(tf.where(tf.reverse(mask, axis=[0]) & (inverse_norm > 0))[:, 0], tf.int32)
+    unit = vectors.raw(tf.gather(newest_first, kept)) * tf.gather(inverse_norm, kept)[:, None]
+    scores = tf.matmul(target, unit, transpose_b=True)  # (B, n)
+    shortfall = tf.maximum(k - tf.size(kept), 0)
+    scores = tf.pad(scores, [[0, 0], [0, shortfall]], constant_values=INVALID_SCORE)
+    top_scores, slot = tf.math.top_k(scores, k=k, sorted=True)
+    # Slots past the n kept positions are padding: position 0, marked invalid.
+    position = tf.pad(length - 1 - kept, [[0, shortfall]])
+    return tf.gather(position, slot), top_scores, slot < tf.size(kept)
 
 
 @tf_keras.utils.register_keras_serializable(package="muse_tf")

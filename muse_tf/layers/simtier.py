@@ -10,9 +10,12 @@ import tf_keras
 class SimTier(tf_keras.layers.Layer):
     """Summarises K similarities as counts per similarity tier, weighted by learned tier embeddings.
 
-    tier(r) = ceil(r / eps) + 1 / eps, so [-1, 1] spans tiers 0 .. 2/eps and one more tier catches
-    rounding overflow above 1: T = 2/eps + 2 tiers (22 for eps = 0.1). The output is
-    log(1 + count_t) * w_t for every tier t, flattened; only valid positions are counted.
+    tier(r) = ceil(r / eps) + 1 / eps. The official code keeps T = 2/eps + 2 tiers (22 for eps =
+    0.1): [-1, 1] spans tiers 0 .. 2/eps, and the last one catches float rounding above 1. Here r is
+    clipped to [-1, 1] first, so an item's similarity to itself (1 up to rounding, which differs
+    between the training, precomputed and serving searches) always lands in tier 2/eps, and the
+    last tier stays empty; it is kept so the layout (and the 44 features) match the paper's. The
+    output is log(1 + count_t) * w_t for every tier t, flattened; only valid positions are counted.
 
     Example:
     >>> SimTier()(tf.zeros([4, 50]), tf.ones([4, 50], bool)).shape
@@ -52,9 +55,9 @@ class SimTier(tf_keras.layers.Layer):
 
     def tiers(self, similarities: tf.Tensor) -> tf.Tensor:
         """(B, K) similarities -> (B, K) int32 tier indices in [0, T)."""
-        scaled = tf.math.ceil(tf.cast(similarities, tf.float32) * float(self.tiers_per_unit))
-        tier = tf.cast(scaled, tf.int32) + self.tiers_per_unit
-        return tf.clip_by_value(tier, 0, self.num_tiers - 1)
+        clipped = tf.clip_by_value(tf.cast(similarities, tf.float32), -1.0, 1.0)
+        scaled = tf.math.ceil(clipped * float(self.tiers_per_unit))
+        return tf.cast(scaled, tf.int32) + self.tiers_per_unit
 
     def call(self, similarities: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         one_hot = tf.one_hot(self.tiers(similarities), self.num_tiers, dtype=self.compute_dtype)

@@ -29,10 +29,9 @@ from muse_tf.layers import (
     TargetAttention,
     cosine_similarity,
     gather_history,
-    has_embedding,
     top_k_valid,
 )
-from muse_tf.layers.search import PRECOMPUTED_GSU, pack_int8, table_vectors
+from muse_tf.layers.search import PRECOMPUTED_GSU, ItemVectors, inverse_norms, pack_int8, unit_dot
 
 # A batch: (features, labels), or features holding `features.LABEL`.
 Batch = tuple[Mapping[str, tf.Tensor], tf.Tensor] | Mapping[str, tf.Tensor]
@@ -60,8 +59,9 @@ class MuseModel(tfrs.models.Model):
     paper's baselines (DIN, SIM-hard, SIM-soft) and ablations are the same class.
 
     The frozen multimodal table (``vocab_sizes["item"]`` x M, int8 or float32) is a non-trainable
-    weight: fill it with ``set_multimodal_table`` before training, read it with ``multimodal``.
-    It enters the network only through cosine similarities, and no gradient reaches it.
+    weight, with the inverse norm of each row beside it: fill both with ``set_multimodal_table``
+    before training, read them with ``multimodal_vectors``. The vectors enter the network only
+    through cosine similarities, and no gradient reaches them.
 
     Call arguments:
         inputs: dict of ``features.MODEL_FEATURES`` (int indices, see ``muse_tf.features``);
@@ -95,6 +95,13 @@ class MuseModel(tfrs.models.Model):
             name="multimodal_table",
             shape=[cfg.vocab_sizes["item"], cfg.multimodal_dim // 4 if packed else cfg.multimodal_dim],
             dtype="int32" if packed else "float32",
+            initializer="zeros",
+            trainable=False,
+        )
+        self.multimodal_inverse_norms = self.add_weight(
+            name="multimodal_inverse_norms",
+            shape=[cfg.vocab_sizes["item"]],
+            dtype="float32",
             initializer="zeros",
             trainable=False,
         )
@@ -138,7 +145,8 @@ class MuseModel(tfrs.models.Model):
 
     # -- frozen multimodal table -------------------------------------------------------------
     def set_multimodal_table(self, table: np.ndarray) -> None:
-        """Loads the frozen multimodal vectors (V, M), one row per item index."""
+        """Loads the frozen multimodal vectors (V, M), one row per item index (all zero for an item
+        without a vector), and their inverse norms."""
         table = np.asarray(table)
         expected = (self.config.vocab_sizes["item"], self.config.multimodal_dim)
         if table.shape != expected:
@@ -146,16 +154,18 @@ class MuseModel(tfrs.models.Model):
         if self.config.multimodal_dtype == "int8":
             if table.dtype != np.int8:
                 raise ValueError(f"multimodal table must be int8, got {table.dtype}.")
+        self.multimodal_inverse_norms.assign(inverse_norms(table))
+        if self.config.multimodal_dtype == "int8":
             table = pack_int8(table)
         self.multimodal_table.assign(table.astype(self.multimodal_table.dtype.as_numpy_dtype))
 
-    def multimodal(self, item_indices: tf.Tensor) -> tf.Tensor:
-        """Frozen de-quantised multimodal vectors: (...) item indices -> (..., M) float32."""
-        return table_vectors(
+    @property
+    def multimodal_vectors(self) -> ItemVectors:
+        """The frozen multimodal table, read as unit vectors (no gradient)."""
+        return ItemVectors(
             tf.stop_gradient(self.multimodal_table),
-            item_indices,
+            tf.stop_gradient(self.multimodal_inverse_norms),
             self.config.multimodal_dim,
-            self.config.multimodal_scale,
         )
 
     # -- forward -----------------------------------------------------------------------------
@@ -195,15 +205,16 @@ class MuseModel(tfrs.models.Model):
         parts.append(self.short_term_attention(target, recent_emb, recent_mask, training=training))
         parts.append(_masked_mean(recent_emb, recent_mask))
 
-        target_mm = self.multimodal(x[features.ITEM_ID]) if spec.simtier or spec.gsu else None
+        vectors = self.multimodal_vectors
+        target_mm = vectors.unit(x[features.ITEM_ID])[0] if spec.simtier or spec.gsu else None
         if self.recent_simtier is not None:
-            recent_mm = self.multimodal(recent_items)
-            recent_sim = cosine_similarity(target_mm, recent_mm)
-            parts.append(self.recent_simtier(recent_sim, recent_mask & has_embedding(recent_mm)))
+            recent_mm, recent_has_vector = vectors.unit(items[:, -recent:])  # (B|1, R, M)
+            recent_sim = unit_dot(target_mm, recent_mm)
+            parts.append(self.recent_simtier(recent_sim, recent_mask & recent_has_vector))
 
         if spec.gsu is not None:
             precomputed = self._precomputed_search(inputs)
-            parts.extend(self._lifelong(x, target, target_mm, items, categories, mask, precomputed))
+            parts.extend(self._lifelong(x, target, target_mm, mask, precomputed))
 
         mlp_input = tf.concat(parts, axis=-1)
         if self.cross is not None:
@@ -215,26 +226,31 @@ class MuseModel(tfrs.models.Model):
         x: dict[str, tf.Tensor],
         target: tf.Tensor,
         target_mm: tf.Tensor,
-        items: tf.Tensor,
-        categories: tf.Tensor,
         mask: tf.Tensor,
         precomputed: tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None = None,
     ) -> list[tf.Tensor]:
-        """Search the whole history (unless ``precomputed``), then the ESU features of the K found."""
+        """Search the whole history (unless ``precomputed``), then the ESU features of the K found.
+
+        ``target_mm``: (B, M) unit multimodal vectors of the targets.
+        """
         spec = self.config.spec
+        items, categories = x[features.HISTORY_ITEMS], x[features.HISTORY_CATEGORIES]
+        vectors = self.multimodal_vectors
         if precomputed is not None:
             indices, similarity, valid = precomputed
         elif spec.gsu == "mm":
-            indices, similarity, valid = self.search.search_items(target_mm, items, mask, self.multimodal)
+            indices, similarity, valid = self.search.search_items(
+                x[features.ITEM_ID], items, mask, vectors
+            )
         elif spec.gsu == "category":
             indices, _, valid = self.search(x[features.ITEM_CATEGORY], categories, mask)
         elif spec.gsu == "mm_id":
-            history_mm = self.multimodal(items)
-            scores = cosine_similarity(target_mm, history_mm) + cosine_similarity(
+            history_mm, has_vector = vectors.unit(items)
+            scores = unit_dot(target_mm, history_mm) + cosine_similarity(
                 tf.stop_gradient(self._embed(features.ITEM_ID, x[features.ITEM_ID])),
                 tf.stop_gradient(self._embed(features.HISTORY_ITEMS, items)),
             )
-            indices, _, valid = top_k_valid(scores, mask & has_embedding(history_mm), self.config.top_k)
+            indices, _, valid = top_k_valid(scores, mask & has_vector, self.config.top_k)
         else:
             item_parts = [self._embed(features.ITEM_ID, x[features.ITEM_ID])]
             history_parts = [self._embed(features.HISTORY_ITEMS, items)]
@@ -248,9 +264,9 @@ class MuseModel(tfrs.models.Model):
         if spec.gsu == "mm":
             similarity_valid = valid  # the search already excluded items without a vector
         else:
-            top_mm = self.multimodal(top_items)
-            similarity = cosine_similarity(target_mm, top_mm)
-            similarity_valid = valid & has_embedding(top_mm)
+            top_mm, top_has_vector = vectors.unit(top_items)
+            similarity = unit_dot(target_mm, top_mm)
+            similarity_valid = valid & top_has_vector
         outputs = [_masked_mean(top_emb, valid)]
         if self.lifelong_attention is not None:
             outputs.append(self.lifelong_attention(target, top_emb, valid, similarity))
