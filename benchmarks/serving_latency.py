@@ -11,9 +11,10 @@ multimodal table, random weights (latency does not depend on their values), expo
 the same machine), timed the same way: the work no implementation of the search can avoid, with
 plain TensorFlow ops on the same packed table: gather the L x 128 history vectors (and the C
 targets'), de-quantise them, one C x L x 128 matmul, top-K.
-It leaves out the raw-ID lookups, normalisation, masking and the ESU/tower, so ``ratio`` = rank
-p50 / floor p50 measures everything else. Latency must grow linearly with L: the JSON has the
-least-squares slope per C, and ``serving_latency.png`` the curve.
+It leaves out the raw-ID lookups, dropping padding and items without a vector, scaling to unit
+length and the ESU/tower, so ``ratio`` = rank p50 / floor p50 measures everything else. Latency
+must grow linearly with L: the JSON has the least-squares slope per C, and ``serving_latency.png``
+the curve.
 """
 
 from __future__ import annotations

@@ -104,19 +104,21 @@ def resolve_files(files: str | Sequence[str]) -> list[str]:
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
-    """The shards of ``split`` listed by a converted directory's manifest, in order.
+    """The shards of ``split`` listed by a converted directory's manifest, in order; the directory
+    may be local or remote (``gs://``, or with tensorflow-io ``s3://``, ``hdfs://``, ``az://``).
 
     Raises:
         ValueError: for a split the manifest does not have.
         FileNotFoundError: naming a listed shard that is missing.
     """
+    ensure_filesystems([data_dir])
     manifest = artifacts.load_manifest(data_dir)
     splits = manifest["splits"]
     if split not in splits:
         raise ValueError(f"{data_dir}: no split {split!r}; the manifest lists {sorted(splits)}.")
     paths = [os.path.join(data_dir, shard["file"]) for shard in splits[split]["shards"]]
     for path in paths:
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"Shard {path} is listed in the manifest but missing.")
     return paths
 

@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, features, train
+from muse_tf import artifacts, data, features, train
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 from serving import warmup
@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     )
     args = parser.parse_args(argv)
     model, _ = train.load_trained_model(args.model_dir)
+    data.ensure_filesystems([args.data])
     path = export_saved_model(
         model,
         artifacts.load_vocabularies(args.data),

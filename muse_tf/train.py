@@ -219,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data_dir = args.data or ensure_default_dataset(
         args.work_dir, args.synthetic_users, experiment.train.history_length
     )
+    data.ensure_filesystems([data_dir])
     model_dir = args.model_dir or os.path.join(args.work_dir, experiment.model.variant)
     chief = distribute.is_chief()
     tf_keras.utils.set_random_seed(experiment.train.seed)

@@ -56,8 +56,8 @@ def category_topk(target_category, history_categories, mask, k):
 
 
 def simtier(similarities, mask, eps, weights):
-    """Loop over positions: r clipped to [-1, 1], tier = ceil(r / eps) + 1/eps (float32 product,
-    as the layer)."""
+    """Loop over positions: tier = ceil(r / eps) + 1/eps for r clipped to [-1, 1] (float32
+    product, as the layer), the last tier for r >= 1 - 1e-5 (identical vectors)."""
     per_unit = int(round(1 / eps))
     num_tiers = 2 * per_unit + 2
     sims = np.asarray(similarities, np.float32)
@@ -68,7 +68,8 @@ def simtier(similarities, mask, eps, weights):
         for j in range(sims.shape[1]):
             if mask[b, j]:
                 r = min(max(sims[b, j], np.float32(-1)), np.float32(1))
-                counts[int(np.ceil(r * np.float32(per_unit))) + per_unit] += 1
+                tier = int(np.ceil(r * np.float32(per_unit))) + per_unit
+                counts[num_tiers - 1 if sims[b, j] >= 1 - 1e-5 else tier] += 1
         out[b] = np.log1p(counts)[:, None] * weights
     return out.reshape(sims.shape[0], -1)
 

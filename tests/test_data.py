@@ -161,24 +161,44 @@ def test_glob_patterns_and_missing_files(shards, tmp_path):
         data.make_dataset(["ftp://host/a.tfrecord.gz"], 8, history_length=3)
 
 
-def test_split_files_follows_the_manifest(shards, tmp_path):
-    paths, _ = shards
-    (tmp_path / "train").mkdir()
-    names = []
-    for path in paths:
-        names.append(f"train/{path.rsplit('/', 1)[1]}")
-        (tmp_path / names[-1]).write_bytes(open(path, "rb").read())
+def _converted_directory(root, paths):
+    """``paths`` copied to ``root``/train/ (any TensorFlow filesystem) with a manifest listing them;
+    returns their names relative to ``root``."""
+    names = [f"train/{path.rsplit('/', 1)[1]}" for path in paths]
+    tf.io.gfile.makedirs(f"{root}/train")
+    for path, name in zip(paths, names):
+        tf.io.gfile.copy(path, f"{root}/{name}", overwrite=True)
     manifest = {
         "schema_version": artifacts.SCHEMA_VERSION,
         "splits": {"train": {"shards": [{"file": n} for n in names]}},
     }
-    (tmp_path / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    with tf.io.gfile.GFile(f"{root}/{artifacts.MANIFEST}", "w") as f:
+        f.write(json.dumps(manifest))
+    return names
+
+
+def test_split_files_follows_the_manifest(shards, tmp_path):
+    paths, _ = shards
+    names = _converted_directory(str(tmp_path), paths)
     assert data.split_files(str(tmp_path), "train") == [str(tmp_path / n) for n in names]
     with pytest.raises(ValueError, match="no split 'test'"):
         data.split_files(str(tmp_path), "test")
     (tmp_path / names[1]).unlink()
     with pytest.raises(FileNotFoundError, match="listed in the manifest but missing"):
         data.split_files(str(tmp_path), "train")
+
+
+def test_a_converted_directory_on_a_remote_filesystem_is_read(shards):
+    # TensorFlow's in-memory ram:// filesystem stands in for gs:// (the same tf.io.gfile calls).
+    paths, _ = shards
+    root = "ram://muse_tf_test_split_files"
+    names = _converted_directory(root, paths)
+    files = data.split_files(root, "train")
+    assert files == [f"{root}/{n}" for n in names]
+    assert as_rows(read_samples(files, 6)) == as_rows(read_samples(paths, 6))
+    tf.io.gfile.remove(files[1])
+    with pytest.raises(FileNotFoundError, match="listed in the manifest but missing"):
+        data.split_files(root, "train")
 
 
 def test_a_damaged_shard_is_named(shards, tmp_path):

@@ -31,7 +31,7 @@ _json.dump({
                "similarity": list(similarity.shape)},
     "batch_size": int(batch[features.ITEM_ID].shape[0]), "D": D, "K": K, "gsu_error": gsu_error,
     "curve_points": len(curve), "evals": TRAIN.epochs * EVALS_PER_EPOCH,
-    "export_dir": export_dir, "server_returncode": server.returncode,
+    "export_dir": export_dir, "server_returncode": server.process.returncode,
     "rank_request": {k: np.asarray(v).tolist() for k, v in rank_request.items()},
     "offline_logits": offline_logits.tolist(), "grpc_logits": ranked["logit"].tolist(),
     "grpc_probabilities": ranked["probability"].tolist(), "rest_logits": rows["logit"].tolist(),

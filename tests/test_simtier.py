@@ -25,10 +25,13 @@ def test_simtier_matches_reference_including_edges():
 
 def test_tier_assignment_follows_the_official_rule():
     layer = SimTier()
-    sims = [0.0, 0.05, 0.1, -0.05, -1.0, 1.0, np.nextafter(np.float32(1), np.float32(2)), 1.2, -1.2]
+    one = np.float32(1)
+    sims = [0.0, 0.05, 0.1, -0.05, -1.0, 0.95, 1 - 2e-5, -1.2,
+            1.0, np.nextafter(one, np.float32(2)), np.nextafter(one, np.float32(0)), 1.2]
     tiers = layer.tiers(np.array([sims], np.float32)).numpy()
-    # tier = ceil(10 r) + 10 with r clipped to [-1, 1]: rounding above 1 joins exactly 1 in tier 20
-    np.testing.assert_array_equal(tiers[0], [10, 11, 11, 10, 0, 20, 20, 20, 0])
+    # tier = ceil(10 r) + 10 with r clipped to [-1, 1]; identical vectors (r within 1e-5 of 1,
+    # whichever way rounding went) all in tier 21
+    np.testing.assert_array_equal(tiers[0], [10, 11, 11, 10, 0, 20, 20, 0, 21, 21, 21, 21])
 
 
 def test_masked_positions_do_not_count():

@@ -5,17 +5,23 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+# Float32 rounding moves the cosine of two identical 128-d unit vectors from 1 by ~1e-7; two
+# distinct int8 vectors are further from 1 unless they differ by only a few units.
+IDENTICAL_MARGIN = 1e-5
+
 
 @tf_keras.utils.register_keras_serializable(package="muse_tf")
 class SimTier(tf_keras.layers.Layer):
     """Summarises K similarities as counts per similarity tier, weighted by learned tier embeddings.
 
-    tier(r) = ceil(r / eps) + 1 / eps. The official code keeps T = 2/eps + 2 tiers (22 for eps =
-    0.1): [-1, 1] spans tiers 0 .. 2/eps, and the last one catches float rounding above 1. Here r is
-    clipped to [-1, 1] first, so an item's similarity to itself (1 up to rounding, which differs
-    between the training, precomputed and serving searches) always lands in tier 2/eps, and the
-    last tier stays empty; it is kept so the layout (and the 44 features) match the paper's. The
-    output is log(1 + count_t) * w_t for every tier t, flattened; only valid positions are counted.
+    tier(r) = ceil(r / eps) + 1 / eps over [-1, 1] (tiers 0 .. 2/eps), plus one more tier, 2/eps + 1,
+    for identical vectors: r >= 1 - ``IDENTICAL_MARGIN`` (the target itself in the history, or a
+    duplicate vector). T = 2/eps + 2 tiers, 22 for eps = 0.1, as in the official code. There the
+    last tier catches float rounding above 1, so an item's similarity to itself lands in it or in
+    the tier below depending on rounding, which differs between implementations (and here between
+    the training, precomputed and serving searches); the margin makes that deterministic, and keeps
+    the exact-match signal the rounding carried. The output is log(1 + count_t) * w_t for every
+    tier t, flattened; only valid positions are counted.
 
     Example:
     >>> SimTier()(tf.zeros([4, 50]), tf.ones([4, 50], bool)).shape
@@ -26,7 +32,7 @@ class SimTier(tf_keras.layers.Layer):
         dim: width of each tier's embedding w_t (initialised U(0, 1)).
 
     Call arguments:
-        similarities: (B, K) float in [-1, 1].
+        similarities: (B, K) float cosines.
         mask: (B, K) bool, True = count this position.
 
     Returns:
@@ -55,9 +61,10 @@ class SimTier(tf_keras.layers.Layer):
 
     def tiers(self, similarities: tf.Tensor) -> tf.Tensor:
         """(B, K) similarities -> (B, K) int32 tier indices in [0, T)."""
-        clipped = tf.clip_by_value(tf.cast(similarities, tf.float32), -1.0, 1.0)
-        scaled = tf.math.ceil(clipped * float(self.tiers_per_unit))
-        return tf.cast(scaled, tf.int32) + self.tiers_per_unit
+        similarities = tf.cast(similarities, tf.float32)
+        clipped = tf.clip_by_value(similarities, -1.0, 1.0)
+        tier = tf.cast(tf.math.ceil(clipped * float(self.tiers_per_unit)), tf.int32) + self.tiers_per_unit
+        return tf.where(similarities >= 1.0 - IDENTICAL_MARGIN, self.num_tiers - 1, tier)
 
     def call(self, similarities: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         one_hot = tf.one_hot(self.tiers(similarities), self.num_tiers, dtype=self.compute_dtype)
