@@ -151,13 +151,11 @@ class MuseModel(tfrs.models.Model):
         expected = (self.config.vocab_sizes["item"], self.config.multimodal_dim)
         if table.shape != expected:
             raise ValueError(f"multimodal table has shape {table.shape}, model expects {expected}.")
-        if self.config.multimodal_dtype == "int8":
-            if table.dtype != np.int8:
-                raise ValueError(f"multimodal table must be int8, got {table.dtype}.")
+        int8 = self.config.multimodal_dtype == "int8"
+        if int8 and table.dtype != np.int8:
+            raise ValueError(f"multimodal table must be int8, got {table.dtype}.")
         self.multimodal_inverse_norms.assign(inverse_norms(table))
-        if self.config.multimodal_dtype == "int8":
-            table = pack_int8(table)
-        self.multimodal_table.assign(table.astype(self.multimodal_table.dtype.as_numpy_dtype))
+        self.multimodal_table.assign(pack_int8(table) if int8 else table.astype(np.float32))
 
     @property
     def multimodal_vectors(self) -> ItemVectors:
