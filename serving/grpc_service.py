@@ -30,6 +30,11 @@ def _version(spec: model_pb2.ModelSpec) -> int | None:
     return spec.version.value if spec.HasField("version") else None
 
 
+def _check_spec(servable: Servable, spec: model_pb2.ModelSpec) -> None:
+    """Refuses a request for another model, version or version label."""
+    servable.check_spec(spec.name, _version(spec), spec.version_label)
+
+
 def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     """Ends the RPC with the error's status; anything unexpected is INTERNAL (and logged)."""
     if isinstance(error, ServingError):
@@ -58,7 +63,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Runs the requested signature; honours ``output_filter``; errors abort the RPC."""
         try:
             spec = request.model_spec
-            self._servable.check_spec(spec.name, _version(spec), spec.version_label)
+            _check_spec(self._servable, spec)
             inputs = {name: _to_array(name, proto) for name, proto in request.inputs.items()}
             outputs = self._servable.predict(inputs, spec.signature_name)
             unknown = sorted(set(request.output_filter) - set(outputs))
@@ -78,8 +83,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """The SignatureDefs (the only metadata field TF Serving defines)."""
         try:
-            spec = request.model_spec
-            self._servable.check_spec(spec.name, _version(spec), spec.version_label)
+            _check_spec(self._servable, request.model_spec)
             if list(request.metadata_field) != ["signature_def"]:
                 raise InvalidArgument(
                     'metadata_field must be ["signature_def"], the only one supported.'
@@ -100,8 +104,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     ) -> get_model_status_pb2.GetModelStatusResponse:
         """The loaded version, AVAILABLE."""
         try:
-            spec = request.model_spec
-            self._servable.check_spec(spec.name, _version(spec), spec.version_label)
+            _check_spec(self._servable, request.model_spec)
         except Exception as error:
             _abort(context, error)
         return self._servable.status()
