@@ -27,8 +27,6 @@ from muse_tf import artifacts, data, features
 from muse_tf.layers import search
 
 VARIANTS = ("din", "sim_soft", "muse")
-# Run against an older checkout of the library (PYTHONPATH=...) for "before" figures.
-PRECOMPUTE = hasattr(data, "gsu_precompute")
 STEP_COLUMNS = ["variant", "search", "xla", "batch", "history", "examples_per_s", "step_p50_ms",
                 "step_p90_ms", "steps"]
 E2E_COLUMNS = ["variant", "search", "batch", "history", "examples_per_s", "step_p50_ms", "steps"]
@@ -87,7 +85,7 @@ def step_rows(sizes: dict, table: np.ndarray, batch: int, length: int, steps: in
     x, y = fixtures.training_batch(sizes, batch, length)
     rows = []
     cases = [(v, "in-graph", xla) for v in variants for xla in xla_modes]
-    if PRECOMPUTE and "muse" in variants:  # absent from a library before the option existed
+    if "muse" in variants:
         precomputed = data.gsu_precompute(table, 50)(x)
         cases += [("muse", "precomputed", xla) for xla in xla_modes]
     for variant, how, xla in cases:
@@ -196,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "step" not in args.skip:
         rows += step_rows(sizes, table, args.batch, args.history, args.steps, max_seconds,
                           tuple(args.variants), tuple(mode == "on" for mode in args.xla))
-    if "end-to-end" not in args.skip and PRECOMPUTE:
+    if "end-to-end" not in args.skip:
         e2e, equality = end_to_end_rows(args.work_dir, users, args.batch, args.history, args.steps,
                                         max_seconds)
         rows += e2e
