@@ -14,9 +14,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
-from muse_tf import artifacts, export, features, train
+from muse_tf import artifacts, export, features, seeding, train
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from muse_tf.models import MuseModel
 
@@ -79,7 +78,7 @@ def paper_config(variant: str, vocab_sizes: dict[str, int]) -> ModelConfig:
 
 def random_model(config: ModelConfig, table: np.ndarray, seed: int = 0) -> MuseModel:
     """A built model with ``table`` loaded and embeddings at a trained-like scale."""
-    tf_keras.utils.set_random_seed(seed)
+    seeding.set_seed(seed)
     model = train.build_model(ExperimentConfig(model=config, train=TrainConfig()), table)
     rng = np.random.default_rng(seed)
     for layer in model.embeddings.values():

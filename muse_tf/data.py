@@ -40,6 +40,9 @@ SHARD_COMPRESSION = "GZIP"
 # Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
 _NATIVE_SCHEMES = ("gs",)
 _TFIO_SCHEMES = ("s3", "hdfs", "az")
+# tensorflow-io's last release (0.37.1) is built against TensorFlow 2.16: on any other TensorFlow
+# its native filesystem plugins do not load, so it is not even imported there.
+_TFIO_TENSORFLOW = "2.16"
 # Record-level shuffle buffer (user records of a few KB at L = 1,000: at most ~10 MB).
 SHUFFLE_BUFFER_RECORDS = 1024
 # Records per vectorised parse: Taobao-MM has ~11 samples per user, so a parsed block of
@@ -61,7 +64,8 @@ def ensure_filesystems(paths: Sequence[str]) -> None:
 
     Raises:
         ValueError: for a scheme neither TensorFlow nor tensorflow-io reads.
-        ImportError: when an s3/hdfs/az path is used without tensorflow-io installed.
+        ImportError: when an s3/hdfs/az path is used without tensorflow-io installed, or with a
+            TensorFlow other than 2.16.
     """
     schemes = {path.split("://", 1)[0] for path in paths if "://" in path}
     missing = schemes - set(tf.io.gfile.get_registered_schemes())
@@ -72,6 +76,13 @@ def ensure_filesystems(paths: Sequence[str]) -> None:
         raise ValueError(
             f"Unsupported path scheme(s) {sorted(unknown)}: use local paths, gs:// or, with "
             f"tensorflow-io, {', '.join(s + '://' for s in _TFIO_SCHEMES)}."
+        )
+    if not tf.__version__.startswith(_TFIO_TENSORFLOW + "."):
+        raise ImportError(
+            f"Reading {sorted(missing)} paths needs tensorflow-io, which works only with TensorFlow "
+            f"{_TFIO_TENSORFLOW}, not {tf.__version__}. Use the legacy set (Python 3.11: "
+            "pip install -c requirements/constraints.txt 'muse-tf[io]'), or copy the data to a "
+            "local or gs:// path."
         )
     try:
         import tensorflow_io  # noqa: F401  (registers s3, hdfs, az, ... on import)

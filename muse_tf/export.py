@@ -8,6 +8,8 @@ Layout, as TF Serving expects::
     <export_base>/<model_name>/<version>/
         saved_model.pb, variables/, assets/vocab_<name>.txt,
         assets.extra/tf_serving_warmup_requests
+        assets.extra/versions.json   {"tensorflow": ..., "tf_keras": ..., "muse_tf": ...}: the
+                                     versions that wrote it (pick the TF Serving image by it)
 
 Signatures (every input int64 raw IDs as in the Taobao-MM files; unknown IDs score as OOV):
 
@@ -36,6 +38,7 @@ the converted dataset it was trained on.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -43,7 +46,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
+import muse_tf
 from muse_tf import artifacts, data, features, train
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
@@ -54,6 +59,7 @@ RANK = "rank"
 HISTORY_LENGTH = "history_length"
 PROBABILITY = "probability"
 LOGIT = "logit"
+VERSIONS_FILE = os.path.join("assets.extra", "versions.json")
 
 USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
 CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
@@ -224,6 +230,17 @@ def _write_vocabulary(path: str, ids: np.ndarray, chunk: int = 1 << 20) -> None:
             f.write("".join(f"{value}\n" for value in ids[start : start + chunk].tolist()))
 
 
+def _write_versions(export_dir: str) -> None:
+    """Records which TensorFlow wrote the export: TF Serving must be at least that version."""
+    versions = {
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "muse_tf": muse_tf.__version__,
+    }
+    with open(os.path.join(export_dir, VERSIONS_FILE), "w") as f:
+        json.dump(versions, f, indent=1)
+
+
 def _next_version(model_dir: str) -> int:
     if not os.path.isdir(model_dir):
         return 1
@@ -299,6 +316,7 @@ def export_saved_model(
                 signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
             )
         warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
+        _write_versions(export_dir)
         os.rename(export_dir, final_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

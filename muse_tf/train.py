@@ -25,7 +25,7 @@ import tensorflow as tf
 import tf_keras
 import yaml
 
-from muse_tf import artifacts, data, distribute, evaluate, features
+from muse_tf import artifacts, data, distribute, evaluate, features, seeding
 from muse_tf.config import VARIANTS, ExperimentConfig, apply_overrides, from_dict, load_yaml
 from muse_tf.models import MuseModel
 
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data.ensure_filesystems([data_dir])
     model_dir = args.model_dir or os.path.join(args.work_dir, experiment.model.variant)
     chief = distribute.is_chief()
-    tf_keras.utils.set_random_seed(experiment.train.seed)
+    seeding.set_seed(experiment.train.seed)
 
     experiment.model.vocab_sizes = artifacts.vocab_sizes(data_dir)
     os.makedirs(distribute.worker_dir(model_dir), exist_ok=True)

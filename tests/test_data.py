@@ -223,6 +223,8 @@ def test_a_record_with_inconsistent_sample_lists_fails_clearly(tmp_path):
 
 
 def test_remote_schemes_register_through_tensorflow_io_only_when_used():
+    if not tf.__version__.startswith("2.16."):
+        pytest.skip(f"tensorflow-io works only with TensorFlow 2.16, this is {tf.__version__}")
     code = (
         "import sys, muse_tf.data as d, tensorflow as tf\n"
         "before = set(tf.io.gfile.get_registered_schemes())\n"
@@ -235,3 +237,26 @@ def test_remote_schemes_register_through_tensorflow_io_only_when_used():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[-2] == "False False []"
+
+
+def test_remote_schemes_on_newer_tensorflow_fail_clearly_and_gs_still_works():
+    if tf.__version__.startswith("2.16."):
+        pytest.skip("TensorFlow 2.16 reads s3/hdfs/az through tensorflow-io (test above)")
+    code = (
+        "import sys, muse_tf.data as d, tensorflow as tf\n"
+        "d.make_dataset(['gs://b/e.tfrecord.gz'], 4, history_length=3)\n"
+        "for path in ('s3://b/a.tfrecord.gz', 'hdfs://nn/b.tfrecord.gz', 'az://a/c/d.tfrecord.gz'):\n"
+        "    try:\n"
+        "        d.make_dataset([path, 'gs://b/e.tfrecord.gz'], 4, history_length=3)\n"
+        "    except ImportError as err:\n"
+        "        print(err)\n"
+        "print('tensorflow_io' in sys.modules, 'gs' in tf.io.gfile.get_registered_schemes())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    *errors, flags = run.stdout.strip().split("\n")
+    assert flags == "False True"
+    assert len(errors) == 3
+    for scheme, error in zip(("s3", "hdfs", "az"), errors):
+        assert error.startswith(f"Reading ['{scheme}'] paths needs tensorflow-io")
+        assert f"only with TensorFlow 2.16, not {tf.__version__}" in error

@@ -1,6 +1,7 @@
 """SavedModel export: TF Serving layout, signatures, raw-ID scores equal to the Keras model's (Python
 and the TensorFlow C API, TF Serving's loader), warm-up records, versions and the CLI."""
 
+import json
 import os
 import re
 import shutil
@@ -9,11 +10,13 @@ import subprocess
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 import yaml
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+import muse_tf
 from muse_tf import artifacts, export, features
 from muse_tf.config import ExperimentConfig
 from tests import serving_case as sc
@@ -97,6 +100,12 @@ def test_tf_serving_layout_and_signatures(exported):
     )
     assert os.path.isfile(os.path.join(exported, "assets.extra", "tf_serving_warmup_requests"))
     graph = meta_graph(exported)
+    with open(os.path.join(exported, "assets.extra", "versions.json")) as f:
+        versions = json.load(f)
+    # The TensorFlow that wrote the graph, as TensorFlow itself records it in saved_model.pb.
+    assert versions["tensorflow"] == graph.meta_info_def.tensorflow_version == tf.__version__
+    assert versions["tf_keras"] == tf_keras.__version__
+    assert versions["muse_tf"] == muse_tf.__version__
     assert list(graph.meta_info_def.tags) == ["serve"]
     for name, (inputs, outputs) in EXPECTED_SIGNATURES.items():
         signature = graph.signature_def[name]

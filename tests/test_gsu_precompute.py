@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import data, features
+from muse_tf import data, features, seeding
 from muse_tf.config import ModelConfig
 from muse_tf.layers import search
 from muse_tf.models import MuseModel
@@ -33,7 +33,7 @@ def make_model(table, variant="muse", top_k=6, seed=0):
     config = ModelConfig(variant=variant, vocab_sizes={n: VOCAB for n in features.VOCABULARIES},
                          embedding_dim=8, top_k=top_k, recent_length=5, mlp_units=[16, 8],
                          din_attention_units=[8], multimodal_dtype=dtype)
-    tf_keras.utils.set_random_seed(seed)
+    seeding.set_seed(seed)
     model = MuseModel(config)
     model.set_multimodal_table(table)
     rng = np.random.default_rng(seed)
