@@ -11,6 +11,7 @@ Errors are ``{"error": "..."}`` with 400 (bad request) or 404 (unknown model, ve
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -33,9 +34,17 @@ _JSON_KINDS = {"i": "iu", "u": "iu", "f": "iuf", "b": "b", "O": "U"}
 logger = logging.getLogger(__name__)
 
 
+# Print fields left at their defaults: protobuf 5.26 renamed the option of protobuf 4 (legacy set).
+_PRINT_DEFAULTS = next(
+    name
+    for name in ("always_print_fields_with_no_presence", "including_default_value_fields")
+    if name in inspect.signature(json_format.MessageToDict).parameters
+)
+
+
 def _proto_to_json(message: Any) -> dict:
     return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, including_default_value_fields=True
+        message, preserving_proto_field_name=True, **{_PRINT_DEFAULTS: True}
     )
 
 

@@ -251,7 +251,11 @@ def test_deployment_configs_parse():
     with open(os.path.join(SERVING, "docker-compose.yml")) as f:
         compose = yaml.safe_load(f)
     service = compose["services"]["muse-serving"]
-    assert service["image"] == "tensorflow/serving:2.16.1"
+    # The default image serves exports of the newest tested TensorFlow (the current set's pin).
+    with open(os.path.join(ROOT, "requirements", "constraints.txt")) as f:
+        (current,) = [line.split(";")[0].split("==")[1] for line in f
+                      if line.startswith("tensorflow-serving-api==") and '>= "3.12"' in line]
+    assert service["image"] == f"tensorflow/serving:${{TF_SERVING_VERSION:-{current}}}"
     assert {"127.0.0.1:8500:8500", "127.0.0.1:8501:8501"} <= set(service["ports"])
     flags = " ".join(service["command"])
     for name in ("models.config", "monitoring.config"):
