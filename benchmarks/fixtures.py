@@ -81,8 +81,8 @@ def random_model(config: ModelConfig, table: np.ndarray, seed: int = 0) -> MuseM
     seeding.set_seed(seed)
     model = train.build_model(ExperimentConfig(model=config, train=TrainConfig()), table)
     rng = np.random.default_rng(seed)
-    for layer in model.embeddings.values():
-        layer.embeddings.assign(rng.normal(0.0, 0.05, layer.embeddings.shape).astype(np.float32))
+    for table in model.embedding_trainable_variables:
+        table.assign(rng.normal(0.0, 0.05, table.shape).astype(np.float32))
     return model
 
 

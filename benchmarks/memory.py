@@ -51,7 +51,8 @@ def child(case: str, args: list[str]) -> dict:
     if case == "train":
         import tf_keras
 
-        from muse_tf import artifacts, data
+        from muse_tf import artifacts
+        from muse_tf.layers import search
 
         variant, batch, length, how = args[0], int(args[1]), int(args[2]), args[3]
         sizes = {name: len(ids) + artifacts.RESERVED
@@ -59,7 +60,7 @@ def child(case: str, args: list[str]) -> dict:
         table = fixtures.multimodal_table(sizes["item"])
         x, y = fixtures.training_batch(sizes, batch, length)
         if how == "precomputed":
-            x = data.gsu_precompute(table, 50)(x)
+            x = search.gsu_precompute(table, 50)(x)
         model = fixtures.random_model(fixtures.paper_config(variant, sizes), table)
         model.compile(optimizer=tf_keras.optimizers.Adam(2e-4),
                       embedding_optimizer=tf_keras.optimizers.Adam(2e-3))

@@ -62,7 +62,7 @@ def indices_of(vocabularies: dict[str, np.ndarray], request: dict[str, np.ndarra
 def in_process_rows(base_path: str, lengths: tuple, candidates: tuple, budget_s: float) -> list[dict]:
     loaded = tf.saved_model.load(os.path.join(base_path, "1"))
     rank = loaded.signatures["rank"]
-    table = next(v for v in loaded.model_variables if "multimodal_table" in v.name)
+    table = next(v for v in loaded.model_variables if v.name == "multimodal/table:0")
     floor = floor_function(table, 128, 50)
     vocabularies = fixtures.vocabularies()
     rows = []

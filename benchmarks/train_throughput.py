@@ -86,7 +86,7 @@ def step_rows(sizes: dict, table: np.ndarray, batch: int, length: int, steps: in
     rows = []
     cases = [(v, "in-graph", xla) for v in variants for xla in xla_modes]
     if "muse" in variants:
-        precomputed = data.gsu_precompute(table, 50)(x)
+        precomputed = search.gsu_precompute(table, 50)(x)
         cases += [("muse", "precomputed", xla) for xla in xla_modes]
     for variant, how, xla in cases:
         inputs = precomputed if how == "precomputed" else x
@@ -123,7 +123,7 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: i
     x, _ = next(iter(data.make_dataset(files, batch, history_length=length)))
     model = fixtures.random_model(fixtures.paper_config("muse", sizes), table)
     plain = model(x, training=False).numpy()
-    with_search = model(data.gsu_precompute(table, 50)(x), training=False).numpy()
+    with_search = model(search.gsu_precompute(table, 50)(x), training=False).numpy()
     equality = {"batch": int(len(plain)), "max_abs_logit_diff": float(np.abs(plain - with_search).max())}
     return rows, equality
 
@@ -140,19 +140,20 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
     target_mm, _ = vectors.unit(xi[features.ITEM_ID])
     recent = items[:, -model.config.recent_length:]
     top_k = model.config.top_k
-    recent_emb = model._behaviour_embedding(recent, xi[features.HISTORY_CATEGORIES][:, -50:])
-    target = model._behaviour_embedding(xi[features.ITEM_ID], xi[features.ITEM_CATEGORY])
+    recent_emb = model.embeddings.behaviour(recent, xi[features.HISTORY_CATEGORIES][:, -50:])
+    target = model.embeddings.behaviour(xi[features.ITEM_ID], xi[features.ITEM_CATEGORY])
+    history = search.SearchInputs(target_items=xi[features.ITEM_ID], history_items=items,
+                                  history_mask=mask, multimodal=vectors)
     parts = {
         "train step (forward + backward + 2 Adam)": lambda: model.train_function(iter([(x, y)])),
         "forward (training=True)": lambda: model(x, training=True),
-        "GSU: search over L (in-graph)": lambda: model.search.search_items(
-            xi[features.ITEM_ID], items, mask, vectors),
+        "GSU: search over L (in-graph)": lambda: model.lifelong.search_unit.search(history),
         "  ref: per-position lookup of (B, L, 128)": lambda: vectors.unit(items),
         "  ref: cosine of a given (B, L, 128)": lambda: search.unit_dot(
             target_mm, vectors.unit(items)[0]),
         "  top-K of (B, L) scores": lambda: search.top_k_valid(
             tf.random.uniform(tf.shape(items)), mask, top_k),
-        "DIN attention over R = 50 (Dice MLP)": lambda: model.short_term_attention(
+        "DIN attention over R = 50 (Dice MLP)": lambda: model.short_term.attention(
             target, recent_emb, recent > 0, training=True),
         "recent multimodal lookup + cosine": lambda: search.unit_dot(
             target_mm, vectors.unit(recent)[0]),

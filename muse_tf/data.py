@@ -20,7 +20,7 @@ shuffling mixes users (and files), not the samples within a user.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -177,47 +177,6 @@ def parse_user_records(
     return out, label
 
 
-Features = dict[str, tf.Tensor]
-
-
-def gsu_precompute(table: np.ndarray, top_k: int) -> Callable[[Features], Features]:
-    """A function adding MUSE's multimodal search result to a batch of model inputs.
-
-    The multimodal GSU has no learned weights: its top-K depends only on the sample and the frozen
-    table, so it can be computed in the input pipeline (on the host, overlapping the training step)
-    instead of inside every step. The function adds ``muse_tf.layers.search.PRECOMPUTED_GSU``:
-    ``gsu_indices`` (B, K) int32, ``gsu_scores`` (B, K) float32 and ``gsu_valid`` (B, K) bool,
-    computed by ``search.cosine_search_items``, the code MuseModel runs in-graph, so a MuseModel
-    fed these inputs gives the same outputs.
-
-    Args:
-        table: the frozen multimodal table (V, M) exactly as given to
-            ``MuseModel.set_multimodal_table`` (int8 or float32).
-        top_k: K; must equal the model's ``top_k``.
-    """
-    # Imported here: the conversion pipelines import this module and need no Keras layers.
-    from muse_tf.layers import search
-
-    table = np.asarray(table)
-    stored = search.pack_int8(table) if table.dtype == np.int8 else table.astype(np.float32)
-    vectors = search.ItemVectors(  # as MuseModel.multimodal_vectors
-        tf.constant(stored), tf.constant(search.inverse_norms(table)), table.shape[1]
-    )
-
-    def add_search(batch: Features) -> Features:
-        items = tf.cast(batch[features.HISTORY_ITEMS], tf.int32)
-        result = search.cosine_search_items(
-            tf.cast(batch[features.ITEM_ID], tf.int32),
-            items,
-            tf.not_equal(items, features.PAD),
-            vectors,
-            top_k,
-        )
-        return {**batch, **dict(zip(search.PRECOMPUTED_GSU, result))}
-
-    return add_search
-
-
 def make_dataset(
     files: str | Sequence[str],
     batch_size: int,
@@ -301,6 +260,9 @@ def make_dataset(
     )
     dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
     if precompute_gsu is not None:
+        # Imported here: the conversion pipelines import this module and need no Keras layers.
+        from muse_tf.layers.search import gsu_precompute
+
         add_search = gsu_precompute(precompute_gsu, top_k)
         dataset = dataset.map(
             lambda batch, label: (add_search(batch), label),

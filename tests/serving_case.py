@@ -62,8 +62,8 @@ def make_case(seed=0, variant="muse"):
     model.set_multimodal_table(table)
     model(lookup_rows(vocabularies, rows_request(rng, vocabularies, [2], 3)))
     # Trained-size embeddings, so that a wrong index visibly moves the score.
-    for layer in model.embeddings.values():
-        layer.embeddings.assign(rng.normal(0.0, 0.5, layer.embeddings.shape))
+    for table in model.embedding_trainable_variables:
+        table.assign(rng.normal(0.0, 0.5, table.shape))
     item_category = rng.choice(vocabularies["category"], SIZES["item"])
     return Case(model, vocabularies, item_category)
 
