@@ -230,7 +230,7 @@ def test_a_checkpoint_of_the_old_layout_is_refused_by_name(tmp_path):
         _old_layout_checkpoint(str(tmp_path / "old" / "weights"), model))}
     assert "multimodal_table/.ATTRIBUTES/VARIABLE_VALUE" in keys  # as the old layout named it
     assert "embeddings/item/embeddings/.ATTRIBUTES/VARIABLE_VALUE" in keys
-    with pytest.raises(ValueError, match="layout before its named branches.*multimodal_table"):
+    with pytest.raises(ValueError, match="layout before its named branches.*multimodal_"):
         model.load_weights(str(tmp_path / "old" / "weights"))
     _old_layout_checkpoint(str(tmp_path / "backup" / "ckpt-1"), model, under="model")
     with pytest.raises(ValueError, match="named branches"):
