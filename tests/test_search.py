@@ -222,7 +222,7 @@ def test_every_unit_searches_model_indices_like_its_numpy_definition(gsu, shared
     """``search`` on indices, the frozen table and learned embeddings, per registered strategy,
     and the multimodal similarity it hands to the ESU."""
     rng = np.random.default_rng(len(gsu) + 10 * shared)
-    table = _item_table(rng, items=60, no_vector=(0, 1, 5, 6)).astype(np.int8)
+    table = _item_table(rng)
     tables = _Tables(rng, 60)
     k, length = 6, 25
     t_items = rng.integers(1, 60, 5)

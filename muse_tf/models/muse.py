@@ -109,8 +109,9 @@ class MuseModel(tfrs.models.Model):
     # -- variable groups ---------------------------------------------------------------------
     @property
     def embedding_trainable_variables(self) -> list[tf.Variable]:
-        """The ID embedding tables (the paper's embedding learning rate)."""
-        return self.embeddings.trainable_variables
+        """The ID embedding tables (the paper's embedding learning rate), in the order of
+        ``features.VOCABULARIES``."""
+        return [v for table in self.embeddings.tables.values() for v in table.trainable_variables]
 
     @property
     def dense_trainable_variables(self) -> list[tf.Variable]:
