@@ -52,11 +52,11 @@ def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dic
     records_per_block = max(1, batch // data.SAMPLES_PER_RECORD_HINT)
 
     def bare() -> tf.data.Dataset:
-        return tf.data.TFRecordDataset(files, compression_type=data.SHARD_COMPRESSION,
+        return tf.data.TFRecordDataset(files, compression_type=records.COMPRESSION,
                                        num_parallel_reads=min(len(files), 16)).batch(records_per_block)
 
     def parsed() -> tf.data.Dataset:
-        return bare().map(lambda r: tf.io.parse_example(r, data._record_spec()),
+        return bare().map(lambda r: tf.io.parse_example(r, records.parse_spec()),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def model_input(precompute: bool) -> tf.data.Dataset:

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tf_keras
 
 from benchmarks import common, fixtures
-from muse_tf import artifacts, data, features
+from muse_tf import artifacts, data, features, vocabulary
 from muse_tf.layers import search
 
 VARIANTS = ("din", "sim_soft", "muse")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = common.Run("train_throughput", args)
     users = 300 if args.quick else 2000
     max_seconds = 10.0 if args.quick else 40.0
-    sizes = {name: len(ids) + artifacts.RESERVED
+    sizes = {name: vocabulary.table_rows(ids)
              for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
     table = fixtures.multimodal_table(sizes["item"])
     rows: list[dict] = []

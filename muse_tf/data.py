@@ -1,14 +1,6 @@
 """tf.data input: converted TFRecord shards -> ``(features, label)`` batches of the model contract.
 
-On-disk format (written by ``pipelines/``): GZIP TFRecord shards of ``tf.train.Example`` user
-records. A record holds one user's features and history **once**, plus parallel lists of that user's
-samples in the shard (see ``pipelines/README.md`` for why, with bytes-per-sample figures)::
-
-    user_key, user_id, user_profile_1..5        int64 [1]    raw user ID, then vocabulary indices
-    history_items, history_categories           int64 [H]    indices, oldest -> newest, H <= the
-                                                             conversion's --history-length
-    item_id, item_category, item_attr_213/214   int64 [S]    one entry per sample of this user
-    label                                       int64 [S]    0 / 1
+Shards hold one record per user (schema, encoding and parsing: ``muse_tf.records``).
 
 Reading parses batches of records with one vectorised ``parse_example``, expands them to samples
 in memory (each sample gathers its user's row), left-pads or truncates the history to the requested
@@ -25,17 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, features
-
-RECORD_USER_FEATURES = (features.USER_KEY, features.USER_ID, *features.USER_PROFILE)
-RECORD_HISTORY = features.SEQUENCE_FEATURES
-RECORD_SAMPLE_FEATURES = (
-    features.ITEM_ID,
-    features.ITEM_CATEGORY,
-    *features.ITEM_ATTRS,
-    features.LABEL,
-)
-SHARD_COMPRESSION = "GZIP"
+from muse_tf import artifacts, records
 
 # Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
 _NATIVE_SCHEMES = ("gs",)
@@ -48,15 +30,6 @@ SHUFFLE_BUFFER_RECORDS = 1024
 # Records per vectorised parse: Taobao-MM has ~11 samples per user, so a parsed block of
 # batch_size / 8 records yields a little more than one output batch.
 SAMPLES_PER_RECORD_HINT = 8
-
-
-def _record_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
-    spec: dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature] = {
-        name: tf.io.FixedLenFeature([], tf.int64) for name in RECORD_USER_FEATURES
-    }
-    for name in RECORD_HISTORY + RECORD_SAMPLE_FEATURES:
-        spec[name] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
-    return spec
 
 
 def ensure_filesystems(paths: Sequence[str]) -> None:
@@ -134,49 +107,6 @@ def split_files(data_dir: str, split: str) -> list[str]:
     return paths
 
 
-def left_pad_recent(ragged: tf.RaggedTensor, length: int) -> tf.Tensor:
-    """(N, None) -> (N, length): the last ``length`` values of each row, left-padded with PAD."""
-    starts = ragged.row_starts()
-    limits = ragged.row_limits()
-    flat_index = limits[:, None] - length + tf.range(length, dtype=limits.dtype)[None, :]
-    # Position 0 of the padded values is PAD, so invalid positions (and empty inputs) gather it.
-    padded_values = tf.concat([tf.constant([features.PAD], ragged.values.dtype), ragged.values], 0)
-    return tf.gather(padded_values, tf.where(flat_index >= starts[:, None], flat_index + 1, 0))
-
-
-def parse_user_records(
-    serialized: tf.Tensor, history_length: int
-) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """(U,) serialized user records -> S samples: ``({name: (S,) or (S, L)}, label (S,))``."""
-    parsed = tf.io.parse_example(serialized, _record_spec())
-    per_sample = [parsed[name] for name in RECORD_SAMPLE_FEATURES]
-    history = [parsed[name] for name in RECORD_HISTORY]
-    checks = [
-        tf.debugging.assert_equal(
-            ragged.row_lengths(),
-            per_sample[0].row_lengths(),
-            message=f"Corrupt user record: `{name}` and `{features.ITEM_ID}` differ in length.",
-        )
-        for name, ragged in zip(RECORD_SAMPLE_FEATURES[1:], per_sample[1:])
-    ]
-    checks.append(
-        tf.debugging.assert_equal(
-            history[0].row_lengths(),
-            history[1].row_lengths(),
-            message="Corrupt user record: history items and categories differ in length.",
-        )
-    )
-    with tf.control_dependencies(checks):
-        sample_user = tf.identity(per_sample[0].value_rowids())
-    out = {name: tf.gather(parsed[name], sample_user) for name in RECORD_USER_FEATURES}
-    for name in RECORD_HISTORY:
-        out[name] = tf.gather(left_pad_recent(parsed[name], history_length), sample_user)
-    for name, ragged in zip(RECORD_SAMPLE_FEATURES, per_sample):
-        out[name] = ragged.values
-    label = tf.cast(out.pop(features.LABEL), tf.float32)
-    return out, label
-
-
 def make_dataset(
     files: str | Sequence[str],
     batch_size: int,
@@ -245,7 +175,7 @@ def make_dataset(
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=SHARD_COMPRESSION),
+        lambda path: tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION),
         cycle_length=min(len(paths), 16),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -254,7 +184,7 @@ def make_dataset(
         dataset = dataset.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(max(1, batch_size // SAMPLES_PER_RECORD_HINT))
     dataset = dataset.map(
-        lambda records: parse_user_records(records, history_length),
+        lambda block: records.parse_user_records(block, history_length),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
@@ -284,11 +214,11 @@ def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
     for path in resolve_files(files):
         count = 0
         try:
-            for _ in tf.data.TFRecordDataset(path, compression_type=SHARD_COMPRESSION):
+            for _ in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION):
                 count += 1
         except tf.errors.OpError as err:
             raise ValueError(
-                f"Shard {path} is damaged or not a {SHARD_COMPRESSION} TFRecord file "
+                f"Shard {path} is damaged or not a {records.COMPRESSION} TFRecord file "
                 f"(after {count} records): {err.message}"
             ) from err
         counts[path] = count

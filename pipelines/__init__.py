@@ -4,4 +4,6 @@ Commands: ``python -m pipelines.synthetic`` (planted-truth Parquet) and ``python
 pipelines.taobao_mm`` (Parquet -> converted dataset). See ``pipelines/README.md``.
 """
 
-import muse_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any pipeline imports TensorFlow)
+from muse_tf import keras2
+
+keras2.select()  # before any module of this package imports TensorFlow

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from muse_tf import features
+from muse_tf import features, vocabulary
 from pipelines import parquet_input as pi
-from pipelines.vocab import lookup_sorted
+from pipelines import taobao_mm_schema as release
 
-ATTRIBUTE_COLUMNS = ("206", "213", "214")
-ATTRIBUTE_FEATURES = (features.ITEM_CATEGORY, *features.ITEM_ATTRS)
+ATTRIBUTE_COLUMNS = (release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS)
 
 
 def _first_new_rows(indices: np.ndarray, already_set: np.ndarray) -> np.ndarray:
@@ -42,10 +41,10 @@ def build_attribute_table(
     """Fills ``out`` (V, 3), zero-initialised, from item_features files; returns row counts."""
     counts = _row_counts()
     for path in files:
-        for batch in pi.read_batches(path, pi.ITEM_FEATURES, None):
-            raw_items = pi.ids(batch, "205")
-            index = lookup_sorted(vocabs["item"], raw_items)
-            present = raw_items != pi.MISSING
+        for batch in pi.read_batches(path, release.ITEM_FEATURES, None):
+            raw_items = pi.ids(batch, release.ITEM_ID)
+            index = vocabulary.lookup(vocabs["item"], raw_items, assume_sorted=True)
+            present = raw_items != release.MISSING
             usable = present & (index != features.OOV)
             counts["rows_in"] += len(raw_items)
             counts["missing_id"] += int(np.count_nonzero(~present))
@@ -56,8 +55,12 @@ def build_attribute_table(
             counts["written"] += len(new)
             values = np.stack(
                 [
-                    lookup_sorted(vocabs[features.VOCABULARY[name]], pi.ids(batch, column)[new])
-                    for column, name in zip(ATTRIBUTE_COLUMNS, ATTRIBUTE_FEATURES)
+                    vocabulary.lookup(
+                        vocabs[features.VOCABULARY[release.COLUMN_FEATURE[column]]],
+                        pi.ids(batch, column)[new],
+                        assume_sorted=True,
+                    )
+                    for column in ATTRIBUTE_COLUMNS
                 ],
                 axis=1,
             )
@@ -71,12 +74,12 @@ def build_multimodal_table(
     """Fills ``out`` (V, 128) int8, zero-initialised, from SCL files; returns row counts."""
     counts = {**_row_counts(), "malformed": 0}
     for path in files:
-        for batch in pi.read_batches(path, pi.SCL_EMBEDDINGS, None):
-            raw_items = pi.ids(batch, "205")
-            vectors, lengths = pi.id_lists(batch, "205_c")
-            index = lookup_sorted(item_vocab, raw_items)
-            present = raw_items != pi.MISSING
-            well_formed = lengths == pi.EMBEDDING_DIM
+        for batch in pi.read_batches(path, release.SCL_EMBEDDINGS, None):
+            raw_items = pi.ids(batch, release.ITEM_ID)
+            vectors, lengths = pi.id_lists(batch, release.SCL_VECTOR)
+            index = vocabulary.lookup(item_vocab, raw_items, assume_sorted=True)
+            present = raw_items != release.MISSING
+            well_formed = lengths == release.EMBEDDING_DIM
             usable = present & well_formed & (index != features.OOV)
             counts["rows_in"] += len(raw_items)
             counts["missing_id"] += int(np.count_nonzero(~present))
@@ -88,5 +91,5 @@ def build_multimodal_table(
             counts["duplicate"] += len(rows) - len(new)
             counts["written"] += len(new)
             flat, _ = pi.take_rows(vectors, pi.row_offsets(lengths), new)
-            out[index[new]] = flat.reshape(-1, pi.EMBEDDING_DIM).astype(np.int8)
+            out[index[new]] = flat.reshape(-1, release.EMBEDDING_DIM).astype(np.int8)
     return counts

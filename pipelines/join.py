@@ -39,9 +39,9 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from muse_tf import features
+from muse_tf import features, vocabulary
 from pipelines import parquet_input as pi
-from pipelines.vocab import lookup_sorted
+from pipelines import taobao_mm_schema as release
 
 REJECT_REASONS = ("missing_id", "malformed_label", "user_without_features", "malformed_history")
 ADJUSTMENTS = (
@@ -65,7 +65,7 @@ class Lookups:
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
         """Raw IDs of ``feature`` -> vocabulary indices of the same shape (OOV when unknown)."""
-        return lookup_sorted(self.vocabs[features.VOCABULARY[feature]], raw_ids)
+        return vocabulary.lookup(self.vocabs[features.VOCABULARY[feature]], raw_ids, assume_sorted=True)
 
 
 @dataclasses.dataclass
@@ -83,7 +83,7 @@ class UserRecords:
 
 def parse_labels(samples: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(click 0/1, well-formed) per sample from the one-hot ``label_0`` pair."""
-    values, lengths = pi.id_lists(samples, "label_0", fill=-1)
+    values, lengths = pi.id_lists(samples, release.LABELS, fill=-1)
     starts = pi.row_offsets(lengths)[:-1]
     padded = np.concatenate([values, [-1, -1]])
     first, second = padded[starts], padded[starts + 1]
@@ -99,7 +99,7 @@ def _clean_history(
     Returns kept items, kept categories, kept lengths, lengths before truncation, dropped count.
     """
     owner = np.repeat(np.arange(len(lengths)), lengths)
-    present = items != pi.MISSING
+    present = items != release.MISSING
     clean_lengths = np.bincount(owner[present], minlength=len(lengths))
     items, categories, owner = items[present], categories[present], owner[present]
     position_from_end = pi.row_offsets(clean_lengths)[owner + 1] - np.arange(len(items))
@@ -111,7 +111,7 @@ def _clean_history(
 
 def _first_new_rows(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Rows (ascending) holding the first occurrence of each non-missing key not in ``seen``."""
-    candidates = np.flatnonzero(keys != pi.MISSING)
+    candidates = np.flatnonzero(keys != release.MISSING)
     unique, first = np.unique(keys[candidates], return_index=True)
     return np.sort(candidates[first[~np.isin(unique, seen, assume_unique=True)]])
 
@@ -131,11 +131,11 @@ class ShardJoin:
     def __init__(self, samples: pa.Table, lookups: Lookups, history_length: int) -> None:
         self.lookups = lookups
         self.history_length = history_length
-        users = pi.ids(samples, "129_1")
-        self._items = pi.ids(samples, "205")
+        users = pi.ids(samples, release.USER_ID)
+        self._items = pi.ids(samples, release.ITEM_ID)
         self._labels, label_ok = parse_labels(samples)
         self._reason = np.full(len(users), _UNDECIDED)
-        missing_id = (users == pi.MISSING) | (self._items == pi.MISSING)
+        missing_id = (users == release.MISSING) | (self._items == release.MISSING)
         self._reason[~label_ok] = REJECT_REASONS.index("malformed_label")
         self._reason[missing_id] = REJECT_REASONS.index("missing_id")
         waiting = np.flatnonzero(self._reason == _UNDECIDED)
@@ -148,12 +148,12 @@ class ShardJoin:
 
     def add_users(self, users: pa.Table | pa.RecordBatch) -> UserRecords:
         """The records of the users of this batch that have samples (a user's first row wins)."""
-        keys = pi.ids(users, "129_1")
-        items, item_lengths = pi.id_lists(users, pi.HISTORY_ITEMS)
-        categories, category_lengths = pi.id_lists(users, pi.HISTORY_CATEGORIES)
+        keys = pi.ids(users, release.USER_ID)
+        items, item_lengths = pi.id_lists(users, release.HISTORY_ITEMS)
+        categories, category_lengths = pi.id_lists(users, release.HISTORY_CATEGORIES)
         rows = _first_new_rows(keys, self._seen_users)
         self._seen_users = np.union1d(self._seen_users, keys[rows])
-        present = int(np.count_nonzero(keys != pi.MISSING))
+        present = int(np.count_nonzero(keys != release.MISSING))
         self.counts["user_rows"].update(
             {"in": len(keys), "duplicate": present - len(rows), "missing_id": len(keys) - present}
         )
@@ -178,7 +178,7 @@ class ShardJoin:
         )
         user = {features.USER_KEY: keys[rows]}
         user[features.USER_ID] = self.lookups.index(features.USER_ID, keys[rows])
-        for column, name in zip(pi.PROFILE_COLUMNS, features.USER_PROFILE):
+        for column, name in zip(release.PROFILE_COLUMNS, features.USER_PROFILE):
             user[name] = self.lookups.index(name, pi.ids(users, column)[rows])
         history = {
             features.HISTORY_ITEMS: self.lookups.index(features.HISTORY_ITEMS, history_items),

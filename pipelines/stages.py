@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 
-from muse_tf import artifacts, features
+from muse_tf import artifacts, features, vocabulary
 from pipelines import buckets, item_tables, join, vocab
 from pipelines import parquet_input as pi
+from pipelines import taobao_mm_schema as release
 
 ROW_GROUPS_PER_TASK = 4
 
@@ -77,22 +78,22 @@ def scan_file(work: str, task: ScanTask, options: Options) -> tuple[dict, str]:
         return read_json(marker), f"{label} (done before)"
     counter = vocab.CountSpill(os.path.join(work, "counts"), task.tag, options.partitions)
     spill = None
-    if task.table in pi.SAMPLES + pi.USER_FEATURES:
+    if task.table in release.SAMPLES + release.USER_FEATURES:
         split = task.table.split("_", 1)[0]
-        kind = buckets.SAMPLES if task.table in pi.SAMPLES else buckets.USERS
+        kind = buckets.SAMPLES if task.table in release.SAMPLES else buckets.USERS
         bucket_dir = os.path.join(work, "buckets")
         spill = buckets.BucketSpill(bucket_dir, split, kind, task.tag, options.shards[split])
     rows = 0
     for batch in pi.read_batches(task.path, task.table, task.row_groups):
         rows += batch.num_rows
         for column in vocab.COUNTED_COLUMNS.get(task.table, ()):
-            if pi.TABLE_COLUMNS[task.table][column] == "integer":
+            if release.TABLE_COLUMNS[task.table][column] == release.ID:
                 counter.add(vocab.vocabulary_of(column), pi.ids(batch, column))
             else:
                 counter.add(vocab.vocabulary_of(column), pi.id_lists(batch, column)[0])
-        if task.table == pi.SCL_EMBEDDINGS:
-            well_formed = pi.id_lists(batch, "205_c")[1] == pi.EMBEDDING_DIM
-            counter.add(vocab.SCL_ITEMS, pi.ids(batch, "205")[well_formed])
+        if task.table == release.SCL_EMBEDDINGS:
+            well_formed = pi.id_lists(batch, release.SCL_VECTOR)[1] == release.EMBEDDING_DIM
+            counter.add(vocab.SCL_ITEMS, pi.ids(batch, release.ITEM_ID)[well_formed])
         if spill is not None:
             spill.write(batch)
     counter.flush()
@@ -121,19 +122,19 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     if os.path.exists(marker):
         return read_json(marker)
     vocabs = artifacts.load_vocabularies(output)
-    rows = len(vocabs["item"]) + artifacts.RESERVED
+    rows = vocabulary.table_rows(vocabs["item"])
     attributes = np.lib.format.open_memmap(
         os.path.join(work, "item_attributes.npy"), "w+", np.int32, (rows, 3)
     )
     multimodal = np.lib.format.open_memmap(
-        os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, pi.EMBEDDING_DIM)
+        os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, release.EMBEDDING_DIM)
     )
     result = {
         "item_features": item_tables.build_attribute_table(
-            tables[pi.ITEM_FEATURES], vocabs, attributes
+            tables[release.ITEM_FEATURES], vocabs, attributes
         ),
         "multimodal": item_tables.build_multimodal_table(
-            tables[pi.SCL_EMBEDDINGS], vocabs["item"], multimodal
+            tables[release.SCL_EMBEDDINGS], vocabs["item"], multimodal
         ),
     }
     attributes.flush()

@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import parquet_input as pi
+from pipelines import taobao_mm_schema as release
 from pipelines.hashing import mix64
 
 LATENT_DIM = 16
@@ -61,7 +62,7 @@ QUALITY_STD = 0.7
 USER_BIAS_STD = 0.3
 CATEGORIES_PER_CLUSTER = 4
 CATEGORY_NOISE = 0.1
-ATTR_CARDINALITY = {"213": 60, "214": 12}
+ATTR_CARDINALITY = dict(zip(release.ATTRIBUTE_COLUMNS, (60, 12)))
 PROFILE_CARDINALITY = (2, 8, 30, 300, 10)
 PROFILE_5_MISSING = 0.02  # the release writes 0 for an empty field
 INTERESTS = (2, 5)
@@ -74,15 +75,19 @@ MATCH_WEIGHT = 6.0
 BASE_LOGIT = -7.0
 CHUNK_BEHAVIOURS = 2_000_000
 ITEM_ROW_GROUP = 65_536
-_KIND = {"user": 1, "item": 2, "category": 3, "213": 4, "214": 5, "profile": 6}
+_KIND = {"user": 1, "item": 2, "category": 3, **dict(zip(release.ATTRIBUTE_COLUMNS, (4, 5))), "profile": 6}
 _ID = pa.int64()
-_ITEM_SCHEMA = pa.schema([(c, _ID) for c in ("205", "206", "213", "214")])
-_SCL_SCHEMA = pa.schema([("205", _ID), ("205_c", pa.list_(pa.int8()))])
-_SAMPLE_SCHEMA = pa.schema([("label_0", pa.list_(pa.int8())), ("129_1", _ID), ("205", _ID)])
+_ITEM_SCHEMA = pa.schema(
+    [(c, _ID) for c in (release.ITEM_ID, release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS)]
+)
+_SCL_SCHEMA = pa.schema([(release.ITEM_ID, _ID), (release.SCL_VECTOR, pa.list_(pa.int8()))])
+_SAMPLE_SCHEMA = pa.schema(
+    [(release.LABELS, pa.list_(pa.int8())), (release.USER_ID, _ID), (release.ITEM_ID, _ID)]
+)
 _USER_SCHEMA = pa.schema(
-    [("129_1", _ID)]
-    + [(c, _ID) for c in pi.PROFILE_COLUMNS]
-    + [(pi.HISTORY_ITEMS, pa.list_(_ID)), (pi.HISTORY_CATEGORIES, pa.list_(_ID))]
+    [(release.USER_ID, _ID)]
+    + [(c, _ID) for c in release.PROFILE_COLUMNS]
+    + [(release.HISTORY_ITEMS, pa.list_(_ID)), (release.HISTORY_CATEGORIES, pa.list_(_ID))]
 )
 
 
@@ -146,9 +151,9 @@ class Catalogue:
         self.attrs = {c: rng.integers(k, size=n) for c, k in ATTR_CARDINALITY.items()}
         self.popularity = (rng.permutation(n) + 1.0) ** -config.zipf_exponent
         self.has_scl = rng.random(n) < config.scl_coverage
-        projection = rng.normal(size=(LATENT_DIM, pi.EMBEDDING_DIM))
+        projection = rng.normal(size=(LATENT_DIM, release.EMBEDDING_DIM))
         signal = _normalise(self.latent @ projection)
-        scl_noise = SCL_NOISE * _normalise(rng.normal(size=(n, pi.EMBEDDING_DIM)))
+        scl_noise = SCL_NOISE * _normalise(rng.normal(size=(n, release.EMBEDDING_DIM)))
         self.scl = quantise(_normalise(signal + scl_noise))
         self.ids = raw_ids("item", np.arange(n))
         # Samplers: items grouped by cluster with cumulative in-cluster popularity in (c, c + 1].
@@ -203,7 +208,7 @@ def generate_users(
     ``samples`` gets (user ID, target item IDs, clicks) and ``users`` (user ID, profile IDs,
     history item indices)."""
     rng = np.random.default_rng([config.seed, 1, chunk])
-    out = {split: {"samples": [], "users": []} for split in pi.SPLITS}
+    out = {split: {"samples": [], "users": []} for split in release.SPLITS}
     for user in range(first_user, first_user + count):
         count_interests = min(int(rng.integers(*INTERESTS, endpoint=True)), config.clusters)
         interests = rng.choice(config.clusters, count_interests, replace=False)
@@ -228,7 +233,7 @@ def generate_users(
         profile = [int(rng.integers(k)) for k in PROFILE_CARDINALITY]
         profile_ids = [int(raw_ids("profile", [i * 1000 + v])[0]) for i, v in enumerate(profile)]
         if rng.random() < PROFILE_5_MISSING:
-            profile_ids[4] = pi.MISSING
+            profile_ids[4] = release.MISSING
         user_id = int(raw_ids("user", [user])[0])
         for split, rows in (("train", ~in_test), ("test", in_test)):
             if not rows.any():
@@ -244,9 +249,9 @@ def _samples_table(rows: list) -> pa.Table:
     offsets = np.arange(0, len(pairs) + 1, 2, dtype=np.int32)
     return pa.table(
         {
-            "label_0": pa.ListArray.from_arrays(offsets, pairs),
-            "129_1": np.concatenate([np.full(len(r[1]), r[0], np.int64) for r in rows]),
-            "205": np.concatenate([r[1] for r in rows]),
+            release.LABELS: pa.ListArray.from_arrays(offsets, pairs),
+            release.USER_ID: np.concatenate([np.full(len(r[1]), r[0], np.int64) for r in rows]),
+            release.ITEM_ID: np.concatenate([r[1] for r in rows]),
         }
     )
 
@@ -256,31 +261,32 @@ def _users_table(rows: list, catalogue: Catalogue) -> pa.Table:
     offsets = pi.row_offsets(np.array([len(h) for h in histories])).astype(np.int32)
     items = np.concatenate(histories)
     category_ids = raw_ids("category", catalogue.category[items])
-    columns = {"129_1": np.array([r[0] for r in rows], np.int64)}
-    for i, column in enumerate(pi.PROFILE_COLUMNS):
+    columns = {release.USER_ID: np.array([r[0] for r in rows], np.int64)}
+    for i, column in enumerate(release.PROFILE_COLUMNS):
         columns[column] = np.array([r[1][i] for r in rows], np.int64)
-    columns[pi.HISTORY_ITEMS] = pa.ListArray.from_arrays(offsets, catalogue.ids[items])
-    columns[pi.HISTORY_CATEGORIES] = pa.ListArray.from_arrays(offsets, category_ids)
+    columns[release.HISTORY_ITEMS] = pa.ListArray.from_arrays(offsets, catalogue.ids[items])
+    columns[release.HISTORY_CATEGORIES] = pa.ListArray.from_arrays(offsets, category_ids)
     return pa.table(columns)
 
 
 def _write_items(catalogue: Catalogue, output: str) -> None:
-    with pq.ParquetWriter(os.path.join(output, f"{pi.ITEM_FEATURES}.parquet"), _ITEM_SCHEMA) as w:
+    with pq.ParquetWriter(os.path.join(output, f"{release.ITEM_FEATURES}.parquet"), _ITEM_SCHEMA) as w:
         for start in range(0, len(catalogue.ids), ITEM_ROW_GROUP):
             rows = slice(start, start + ITEM_ROW_GROUP)
             columns = {
-                "205": catalogue.ids[rows],
-                "206": raw_ids("category", catalogue.category[rows]),
+                release.ITEM_ID: catalogue.ids[rows],
+                release.ITEM_CATEGORY: raw_ids("category", catalogue.category[rows]),
                 **{c: raw_ids(c, values[rows]) for c, values in catalogue.attrs.items()},
             }
             w.write_table(pa.table(columns, schema=_ITEM_SCHEMA))
     with_scl = np.flatnonzero(catalogue.has_scl)
-    with pq.ParquetWriter(os.path.join(output, f"{pi.SCL_EMBEDDINGS}.parquet"), _SCL_SCHEMA) as w:
+    with pq.ParquetWriter(os.path.join(output, f"{release.SCL_EMBEDDINGS}.parquet"), _SCL_SCHEMA) as w:
         for start in range(0, len(with_scl), ITEM_ROW_GROUP):
             rows = with_scl[start : start + ITEM_ROW_GROUP]
-            offsets = np.arange(len(rows) + 1, dtype=np.int32) * pi.EMBEDDING_DIM
+            offsets = np.arange(len(rows) + 1, dtype=np.int32) * release.EMBEDDING_DIM
             vectors = pa.ListArray.from_arrays(offsets, catalogue.scl[rows].ravel())
-            w.write_table(pa.table({"205": catalogue.ids[rows], "205_c": vectors}, _SCL_SCHEMA))
+            columns = {release.ITEM_ID: catalogue.ids[rows], release.SCL_VECTOR: vectors}
+            w.write_table(pa.table(columns, _SCL_SCHEMA))
 
 
 def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
@@ -291,7 +297,7 @@ def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
     chunk_users = max(1, min(1024, CHUNK_BEHAVIOURS // config.history_length))
     writers = {
         (split, kind): pq.ParquetWriter(os.path.join(output, f"{split}_{name}.parquet"), schema)
-        for split in pi.SPLITS
+        for split in release.SPLITS
         for kind, name, schema in (
             ("samples", "samples", _SAMPLE_SCHEMA),
             ("users", "user_features", _USER_SCHEMA),
@@ -302,7 +308,7 @@ def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
         for chunk, first in enumerate(range(0, config.users, chunk_users)):
             count = min(chunk_users, config.users - first)
             rows = generate_users(catalogue, config, first, count, chunk)
-            for split in pi.SPLITS:
+            for split in release.SPLITS:
                 if not rows[split]["samples"]:
                     continue
                 samples = _samples_table(rows[split]["samples"])

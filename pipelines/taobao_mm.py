@@ -36,6 +36,7 @@ from muse_tf import artifacts, features
 from pipelines import manifest as manifest_lib
 from pipelines import parquet_input as pi
 from pipelines import stages, vocab
+from pipelines import taobao_mm_schema as release
 from pipelines.stages import Options, read_json, write_json
 
 WORK_DIR = "_work"
@@ -88,13 +89,13 @@ def resolve_options(
             f"{list(features.VOCABULARIES)}."
         )
     resolved_shards = {}
-    for split in pi.SPLITS:
+    for split in release.SPLITS:
         size = _input_bytes(tables, (f"{split}_samples", f"{split}_user_features"))
         count = shards.get(split) or max(2, math.ceil(size / SHARD_INPUT_BYTES))
         if count <= 0:
             raise ValueError(f"Shards for {split!r} must be positive, got {count}.")
         resolved_shards[split] = count
-    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (pi.SCL_EMBEDDINGS,))
+    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (release.SCL_EMBEDDINGS,))
     return Options(
         history_length=history_length,
         min_count={name: min_count.get(name, 1) for name in features.VOCABULARIES},
@@ -107,7 +108,7 @@ def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
     """Creates the output and work directories; refuses to mix runs with different parameters."""
     work = os.path.join(output, WORK_DIR)
     if overwrite:
-        for name in (WORK_DIR, *pi.SPLITS, artifacts.VOCAB_DIR):
+        for name in (WORK_DIR, *release.SPLITS, artifacts.VOCAB_DIR):
             shutil.rmtree(os.path.join(output, name), ignore_errors=True)
         for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
             if os.path.exists(os.path.join(output, name)):
@@ -122,7 +123,7 @@ def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
         )
     for name in ("scan", "vocab_parts", "shards"):
         os.makedirs(os.path.join(work, name), exist_ok=True)
-    for name in (*pi.SPLITS, artifacts.VOCAB_DIR):
+    for name in (*release.SPLITS, artifacts.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
     write_json(params_path, params)
     return work
@@ -187,7 +188,7 @@ def convert(
         _progress("items", 1, 1, "item attribute and multimodal tables")
         shard_tasks = [
             (output, work, split, k, options)
-            for split in pi.SPLITS
+            for split in release.SPLITS
             for k in range(options.shards[split])
         ]
         shard_results = _run(executor, "shards", stages.convert_shard, shard_tasks)
@@ -199,7 +200,7 @@ def convert(
         input_rows[result["table"]] += result["rows"]
     shards_by_split = {
         split: [r for t, r in zip(shard_tasks, shard_results) if t[2] == split]
-        for split in pi.SPLITS
+        for split in release.SPLITS
     }
     manifest = manifest_lib.build(
         source=os.path.abspath(input_dir),

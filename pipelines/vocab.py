@@ -14,7 +14,8 @@ Rules:
 * An ID is kept when its count reaches the vocabulary's min-count. Every item with an SCL vector is
   kept in ``item`` whatever its count, so rare items keep their multimodal vector.
 * 0 (the release's "empty field") is never kept. Kept IDs are sorted ascending, so the ID at
-  position p has index p + 2 (PAD = 0, OOV = 1) and lookups are binary searches.
+  position p has index p + 2 (PAD = 0, OOV = 1; ``muse_tf.vocabulary``) and lookups are
+  binary searches.
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ import os
 
 import numpy as np
 
-from muse_tf import artifacts, features
-from pipelines import parquet_input as pi
+from muse_tf import features, vocabulary
+from pipelines import taobao_mm_schema as release
 from pipelines.hashing import order_by_partition, partition_of
 
 # Train-split columns counted into each vocabulary (table -> columns).
 COUNTED_COLUMNS = {
-    "train_samples": ("129_1", "205"),
-    "train_user_features": (*pi.PROFILE_COLUMNS, pi.HISTORY_ITEMS, pi.HISTORY_CATEGORIES),
-    pi.ITEM_FEATURES: ("206", "213", "214"),
+    release.SAMPLES[0]: (release.USER_ID, release.ITEM_ID),
+    release.USER_FEATURES[0]: (
+        *release.PROFILE_COLUMNS,
+        release.HISTORY_ITEMS,
+        release.HISTORY_CATEGORIES,
+    ),
+    release.ITEM_FEATURES: (release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS),
 }
 # Pseudo-vocabulary of the items that have an SCL vector (always kept in ``item``).
 SCL_ITEMS = "scl_items"
@@ -44,7 +49,7 @@ SPILL_BUFFER_PAIRS = 8_000_000
 
 def vocabulary_of(column: str) -> str:
     """The vocabulary a Taobao-MM column's IDs belong to, e.g. ``150_2_180`` -> ``item``."""
-    return features.VOCABULARY[features.TAOBAO_MM_COLUMNS[column]]
+    return features.VOCABULARY[release.COLUMN_FEATURE[column]]
 
 
 def sum_counts(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +77,7 @@ class CountSpill:
 
     def add(self, vocab: str, raw_ids: np.ndarray) -> None:
         """Counts (N,) raw IDs of ``vocab`` (MISSING ignored); spills when the buffer is full."""
-        raw_ids = raw_ids[raw_ids != pi.MISSING]
+        raw_ids = raw_ids[raw_ids != release.MISSING]
         unique, counts = np.unique(raw_ids, return_counts=True)
         self._chunks.setdefault(vocab, []).append((unique, counts.astype(np.int64)))
         self._buffered += len(unique)
@@ -157,14 +162,4 @@ def assemble(partition_paths: list[str], out_path: str) -> int:
     """Concatenates a vocabulary's partitions into the sorted ``vocab/<name>.npy``; its size."""
     ids = np.sort(np.concatenate([np.load(p) for p in partition_paths]))
     save_atomic(out_path, ids)
-    return len(ids) + artifacts.RESERVED
-
-
-def lookup_sorted(sorted_vocab: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
-    """Indices of ``raw_ids`` in an ascending vocabulary (OOV when absent); works on a memmap."""
-    raw_ids = np.asarray(raw_ids, np.int64)
-    if len(sorted_vocab) == 0:
-        return np.full(raw_ids.shape, features.OOV, np.int64)
-    pos = np.minimum(np.searchsorted(sorted_vocab, raw_ids), len(sorted_vocab) - 1)
-    found = np.asarray(sorted_vocab[pos]) == raw_ids
-    return np.where(found, pos + artifacts.RESERVED, features.OOV).astype(np.int64)
+    return vocabulary.table_rows(ids)

@@ -1,12 +1,12 @@
 """Shared by the export and serving tests: a small MUSE model, synthetic raw-ID vocabularies,
 raw-ID requests for both signatures, and reference scores from the Keras model fed with indices
-looked up by NumPy (``artifacts.lookup``), independent of the exported graph."""
+looked up by NumPy (``vocabulary.lookup``), independent of the exported graph."""
 
 import dataclasses
 
 import numpy as np
 
-from muse_tf import artifacts, features
+from muse_tf import features, vocabulary
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 
@@ -49,7 +49,7 @@ def make_case(seed=0, variant="muse"):
     vocabularies = make_vocabularies(rng)
     config = ModelConfig(
         variant=variant,
-        vocab_sizes={name: len(ids) + artifacts.RESERVED for name, ids in vocabularies.items()},
+        vocab_sizes={name: vocabulary.table_rows(ids) for name, ids in vocabularies.items()},
         embedding_dim=8,
         top_k=16,
         recent_length=20,
@@ -68,9 +68,9 @@ def make_case(seed=0, variant="muse"):
     return Case(model, vocabularies, item_category)
 
 
-def unknown_ids(rng, vocabulary, count):
+def unknown_ids(rng, known, count):
     ids = rng.integers(10**15, 10**16, count)
-    assert not np.isin(ids, vocabulary).any()
+    assert not np.isin(ids, known).any()
     return ids
 
 
@@ -132,7 +132,7 @@ def _left_pad(rows, lengths):
 
 
 def _index(vocabularies, name, raw):
-    return artifacts.lookup(vocabularies[features.VOCABULARY[name]], raw)
+    return vocabulary.lookup(vocabularies[features.VOCABULARY[name]], raw)
 
 
 def lookup_rows(vocabularies, request):

@@ -17,7 +17,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 import muse_tf
-from muse_tf import artifacts, export, features
+from muse_tf import artifacts, export, features, vocabulary
 from muse_tf.config import ExperimentConfig
 from tests import serving_case as sc
 
@@ -162,7 +162,7 @@ def test_raw_ids_zero_and_huge_are_items_and_unknown_ids_are_oov(loaded, case):
     request["history_items"][-5:] = [0, sc.HUGE_ID, 0, 0, sc.HUGE_ID]
     probability, logit = run(loaded, "rank", request)
     np.testing.assert_array_equal(
-        artifacts.lookup(case.vocabularies["item"], request["item_id"]),
+        vocabulary.lookup(case.vocabularies["item"], request["item_id"]),
         [2, 3, features.OOV, features.OOV],
     )
     assert_scores(probability, logit, sc.keras_rank(case, request))

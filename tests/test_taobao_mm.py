@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muse_tf import artifacts, data, features
+from muse_tf import artifacts, data, features, vocabulary
 from pipelines import parquet_input, taobao_mm
 from pipelines.parquet_input import InputError
 from tests.pipeline_helpers import (
@@ -194,7 +194,7 @@ def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path):
         assert manifest["vocab_sizes"][name] == len(expected[name]) + 2
     table = artifacts.load_multimodal_table(str(tmp_path / "out"))
     scl = tables["scl_embedding_int8_p90"]
-    rows = artifacts.lookup(expected["item"], scl["205"].to_numpy())
+    rows = vocabulary.lookup(expected["item"], scl["205"].to_numpy())
     np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
     others = np.setdiff1d(np.arange(len(table)), rows)
     assert not np.any(table[others])
@@ -238,7 +238,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
     assert manifest["multimodal"]["malformed"] == 1
     table = artifacts.load_multimodal_table(str(out))
     scl = tables["scl_embedding_int8_p90"].iloc[:10]
-    rows = artifacts.lookup(vocabs["item"], scl["205"].to_numpy())
+    rows = vocabulary.lookup(vocabs["item"], scl["205"].to_numpy())
     np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
 
 
