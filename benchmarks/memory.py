@@ -59,9 +59,10 @@ def child(case: str, args: list[str]) -> dict:
                  for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
         table = fixtures.multimodal_table(sizes["item"])
         x, y = fixtures.training_batch(sizes, batch, length)
+        config = fixtures.paper_config(variant, sizes)
         if how == "precomputed":
-            x = search.gsu_precompute(table, 50)(x)
-        model = fixtures.random_model(fixtures.paper_config(variant, sizes), table)
+            x = search.gsu_precompute(table, config.top_k)(x)
+        model = fixtures.random_model(config, table)
         model.compile(optimizer=tf_keras.optimizers.Adam(2e-4),
                       embedding_optimizer=tf_keras.optimizers.Adam(2e-3))
         setup = current_rss_mb()

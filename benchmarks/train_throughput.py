@@ -86,7 +86,7 @@ def step_rows(sizes: dict, table: np.ndarray, batch: int, length: int, steps: in
     rows = []
     cases = [(v, "in-graph", xla) for v in variants for xla in xla_modes]
     if "muse" in variants:
-        precomputed = search.gsu_precompute(table, 50)(x)
+        precomputed = search.gsu_precompute(table, fixtures.paper_config("muse", sizes).top_k)(x)
         cases += [("muse", "precomputed", xla) for xla in xla_modes]
     for variant, how, xla in cases:
         inputs = precomputed if how == "precomputed" else x
@@ -109,10 +109,12 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: i
     sizes = artifacts.vocab_sizes(data_dir)
     table = artifacts.load_multimodal_table(data_dir)
     files = data.split_files(data_dir, "train")
+    top_k = fixtures.paper_config("muse", sizes).top_k
     rows = []
     for how in ("in-graph", "precomputed"):
         dataset = data.make_dataset(files, batch, history_length=length, repeat=True,
-                                    precompute_gsu=table if how == "precomputed" else None)
+                                    precompute_gsu=table if how == "precomputed" else None,
+                                    top_k=top_k)
         model = compiled_model("muse", sizes, table, False)
         row = {"table": "end-to-end", "variant": "muse", "search": how, "batch": batch,
                "history": length}
@@ -123,7 +125,7 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: i
     x, _ = next(iter(data.make_dataset(files, batch, history_length=length)))
     model = fixtures.random_model(fixtures.paper_config("muse", sizes), table)
     plain = model(x, training=False).numpy()
-    with_search = model(search.gsu_precompute(table, 50)(x), training=False).numpy()
+    with_search = model(search.gsu_precompute(table, model.config.top_k)(x), training=False).numpy()
     equality = {"batch": int(len(plain)), "max_abs_logit_diff": float(np.abs(plain - with_search).max())}
     return rows, equality
 

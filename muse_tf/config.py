@@ -153,7 +153,7 @@ class TrainConfig:
         embedding_learning_rate: Adam learning rate of the embedding tables (paper: 2e-3).
         dense_learning_rate: Adam learning rate of every other weight (paper: 2e-4).
         history_length: L, behaviours per sample fed to the model (the most recent kept); the
-            converted shards hold at most the conversion's ``--history-length``.
+            converted shards hold at most the conversion's ``--history-cap``.
         shuffle: shuffle the shard files and user records each epoch (a user's samples stay
             together; the official config does not shuffle).
         seed: seeds TensorFlow, NumPy and the input order.

@@ -119,7 +119,7 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     drop_remainder: bool = False,
     precompute_gsu: np.ndarray | None = None,
-    top_k: int = 50,
+    top_k: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(features, label)`` from converted shards.
 
@@ -142,7 +142,8 @@ def make_dataset(
             table, and fixes K and the table at dataset creation; the result depends on nothing
             learned, so it may also be cached across epochs (``.cache()``). Not for searches over
             learned embeddings (SIM-soft). Serving is unaffected: the export searches in-graph.
-        top_k: K of the precomputed search (the model's ``top_k``).
+        top_k: K of the precomputed search: the model's ``top_k`` (required with
+            ``precompute_gsu``).
 
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
@@ -157,6 +158,8 @@ def make_dataset(
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
     if history_length <= 0:
         raise ValueError(f"`history_length` must be positive, got {history_length}.")
+    if precompute_gsu is not None and top_k is None:
+        raise ValueError("`precompute_gsu` needs `top_k`, the model's (ModelConfig.top_k).")
     if shuffle and deterministic and seed is None:
         raise ValueError("Deterministic shuffling needs a `seed`.")
     paths = resolve_files(files)

@@ -6,7 +6,7 @@ samples in the shard (see ``pipelines/README.md`` for why, with bytes-per-sample
 
     user_key, user_id, user_profile_1..5        int64 [1]    raw user ID, then vocabulary indices
     history_items, history_categories           int64 [H]    indices, oldest -> newest, H <= the
-                                                             conversion's history cap
+                                                             conversion's ``--history-cap``
     item_id, item_category, item_attr_213/214   int64 [S]    one entry per sample of this user
     label                                       int64 [S]    0 / 1
 

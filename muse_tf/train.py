@@ -86,20 +86,20 @@ def ensure_default_dataset(work_dir: str, users: int | None = None, history_leng
     """Generates and converts the embedded synthetic dataset once; later calls reuse it."""
     from pipelines import synthetic, taobao_mm
 
-    sizes = synthetic.SyntheticConfig(history_length=history_length)
+    sizes = synthetic.SyntheticConfig(behaviours_per_user=history_length)
     if users is not None:
         sizes = dataclasses.replace(sizes, users=users)
-    name = f"synthetic-u{sizes.users}-l{sizes.history_length}-s{sizes.seed}"
+    name = f"synthetic-u{sizes.users}-l{sizes.behaviours_per_user}-s{sizes.seed}"
     converted = os.path.join(work_dir, "data", name)
     if os.path.exists(os.path.join(converted, artifacts.MANIFEST)):
         print(f"Using the cached synthetic dataset in {converted}")
         return converted
     parquet = os.path.join(work_dir, "data", f"{name}-parquet")
     print(f"Generating the synthetic dataset ({sizes.users} users, histories of "
-          f"{sizes.history_length}) in {parquet} ...")
+          f"{sizes.behaviours_per_user}) in {parquet} ...")
     synthetic.generate(sizes, parquet)
     print(f"Converting it to TFRecord shards in {converted} ...")
-    taobao_mm.convert(parquet, converted, history_length=sizes.history_length, overwrite=True)
+    taobao_mm.convert(parquet, converted, history_cap=sizes.behaviours_per_user, overwrite=True)
     return converted
 
 

@@ -92,9 +92,9 @@ def parse_labels(samples: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _clean_history(
-    items: np.ndarray, categories: np.ndarray, lengths: np.ndarray, history_length: int
+    items: np.ndarray, categories: np.ndarray, lengths: np.ndarray, history_cap: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Drops missing items, keeps each row's most recent ``history_length``.
+    """Drops missing items, keeps each row's most recent ``history_cap``.
 
     Returns kept items, kept categories, kept lengths, lengths before truncation, dropped count.
     """
@@ -103,8 +103,8 @@ def _clean_history(
     clean_lengths = np.bincount(owner[present], minlength=len(lengths))
     items, categories, owner = items[present], categories[present], owner[present]
     position_from_end = pi.row_offsets(clean_lengths)[owner + 1] - np.arange(len(items))
-    recent = position_from_end <= history_length
-    kept_lengths = np.minimum(clean_lengths, history_length)
+    recent = position_from_end <= history_cap
+    kept_lengths = np.minimum(clean_lengths, history_cap)
     dropped = int(np.count_nonzero(~present))
     return items[recent], categories[recent], kept_lengths, clean_lengths, dropped
 
@@ -125,12 +125,12 @@ class ShardJoin:
     Args:
         samples: every sample of the bucket (``label_0``, ``129_1``, ``205``).
         lookups: vocabularies and item tables.
-        history_length: L, behaviours kept per user (the most recent).
+        history_cap: L, behaviours kept per user (the most recent).
     """
 
-    def __init__(self, samples: pa.Table, lookups: Lookups, history_length: int) -> None:
+    def __init__(self, samples: pa.Table, lookups: Lookups, history_cap: int) -> None:
         self.lookups = lookups
-        self.history_length = history_length
+        self.history_cap = history_cap
         users = pi.ids(samples, release.USER_ID)
         self._items = pi.ids(samples, release.ITEM_ID)
         self._labels, label_ok = parse_labels(samples)
@@ -174,7 +174,7 @@ class ShardJoin:
         history_items, lengths = pi.take_rows(items, offsets, rows)
         history_categories, _ = pi.take_rows(categories, offsets, rows)
         history_items, history_categories, kept_lengths, full_lengths, dropped = _clean_history(
-            history_items, history_categories, lengths, self.history_length
+            history_items, history_categories, lengths, self.history_cap
         )
         user = {features.USER_KEY: keys[rows]}
         user[features.USER_ID] = self.lookups.index(features.USER_ID, keys[rows])
@@ -226,9 +226,9 @@ class ShardJoin:
     ) -> None:
         adjusted = self.counts["adjusted"]
         adjusted["history_truncated"] += int(
-            np.count_nonzero(history_lengths > self.history_length)
+            np.count_nonzero(history_lengths > self.history_cap)
         )
-        adjusted["history_short"] += int(np.count_nonzero(history_lengths < self.history_length))
+        adjusted["history_short"] += int(np.count_nonzero(history_lengths < self.history_cap))
         written = {name: values[per_sample_user] for name, values in user.items()}
         written.update(sample_values, **history)
         for name in OOV_FEATURES:

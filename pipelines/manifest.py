@@ -43,7 +43,7 @@ def _split_summary(split: str, shards: list[dict], input_rows: dict[str, int]) -
 def build(
     *,
     source: str,
-    history_length: int,
+    history_cap: int,
     vocabularies: dict[str, dict],
     item_tables: dict[str, dict],
     input_rows: dict[str, int],
@@ -58,7 +58,7 @@ def build(
     return {
         "schema_version": artifacts.SCHEMA_VERSION,
         "source": source,
-        "history_length": history_length,
+        "history_cap": history_cap,
         "vocab_sizes": {name: v["size"] for name, v in vocabularies.items()},
         "vocabularies": vocabularies,
         **item_tables,

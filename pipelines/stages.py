@@ -25,7 +25,7 @@ ROW_GROUPS_PER_TASK = 4
 class Options:
     """Conversion options (all of them are part of what makes a work directory reusable)."""
 
-    history_length: int = 1000
+    history_cap: int = 1000
     min_count: dict[str, int] = dataclasses.field(default_factory=dict)
     shards: dict[str, int] = dataclasses.field(default_factory=dict)
     partitions: int = 1
@@ -174,7 +174,7 @@ def convert_shard(
         return read_json(marker), f"{name} (done before)"
     bucket_dir = os.path.join(work, "buckets")
     samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, f"{split}_samples")
-    joiner = join.ShardJoin(samples, load_lookups(output, work), options.history_length)
+    joiner = join.ShardJoin(samples, load_lookups(output, work), options.history_cap)
     user_batches = buckets.iter_bucket(bucket_dir, split, buckets.USERS, shard)
     with tfrecord_writer.ShardWriter(os.path.join(output, name)) as writer:
         for users in user_batches:

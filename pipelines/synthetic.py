@@ -1,6 +1,6 @@
 """Synthetic Taobao-MM data with a planted truth, in the release's Parquet schema.
 
-    python -m pipelines.synthetic --output DIR [--users N] [--history-length L] [--seed S]
+    python -m pipelines.synthetic --output DIR [--users N] [--behaviours-per-user L] [--seed S]
 
 The output (the six tables, one Parquet file each, as in the demo) goes through
 ``python -m pipelines.taobao_mm`` like the real data. The same options give the same bytes.
@@ -96,7 +96,7 @@ class SyntheticConfig:
     """Sizes and shape of the generated data (see the module docstring for the model)."""
 
     users: int = 2000
-    history_length: int = 1000
+    behaviours_per_user: int = 1000
     samples_per_user: float = 10.0
     test_fraction: float = 0.2
     items: int = 20_000
@@ -107,7 +107,7 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("users", "history_length", "items", "clusters"):
+        for name in ("users", "behaviours_per_user", "items", "clusters"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
         if self.items < self.clusters:
@@ -213,9 +213,9 @@ def generate_users(
         count_interests = min(int(rng.integers(*INTERESTS, endpoint=True)), config.clusters)
         interests = rng.choice(config.clusters, count_interests, replace=False)
         weights = rng.dirichlet(np.ones(len(interests)))
-        length = config.history_length
+        length = config.behaviours_per_user
         if rng.random() < config.short_history_fraction:
-            length = int(rng.integers(1, max(config.history_length, 2)))
+            length = int(rng.integers(1, max(config.behaviours_per_user, 2)))
         clusters = _history_clusters(interests, weights, length, rng)
         history = catalogue.sample_in_clusters(clusters, rng)
         noisy = rng.random(length) < RANDOM_BEHAVIOUR
@@ -294,7 +294,7 @@ def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
     os.makedirs(output, exist_ok=True)
     catalogue = Catalogue(config)
     _write_items(catalogue, output)
-    chunk_users = max(1, min(1024, CHUNK_BEHAVIOURS // config.history_length))
+    chunk_users = max(1, min(1024, CHUNK_BEHAVIOURS // config.behaviours_per_user))
     writers = {
         (split, kind): pq.ParquetWriter(os.path.join(output, f"{split}_{name}.parquet"), schema)
         for split in release.SPLITS

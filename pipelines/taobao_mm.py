@@ -1,7 +1,7 @@
 """Converts Taobao-MM Parquet (the release, its demo heads, or pipelines.synthetic output) into a
 dataset directory (layout: ``muse_tf.artifacts``; shard format: ``muse_tf.data``).
 
-    python -m pipelines.taobao_mm --input DIR --output DIR [--history-length 1000]
+    python -m pipelines.taobao_mm --input DIR --output DIR [--history-cap 1000]
         [--min-count N] [--min-count item=N ...] [--train-shards N] [--test-shards N] [--workers N]
 
 Stages, each streaming and each resumable (a finished task leaves its output under
@@ -75,13 +75,13 @@ def _input_bytes(tables: dict[str, list[str]], names: Sequence[str]) -> int:
 
 def resolve_options(
     tables: dict[str, list[str]],
-    history_length: int,
+    history_cap: int,
     min_count: dict[str, int],
     shards: dict[str, int | None],
 ) -> Options:
     """Fills the defaults that depend on the input size (shards per split, count partitions)."""
-    if history_length <= 0:
-        raise ValueError(f"`history_length` must be positive, got {history_length}.")
+    if history_cap <= 0:
+        raise ValueError(f"`history_cap` must be positive, got {history_cap}.")
     unknown = set(min_count) - set(features.VOCABULARIES)
     if unknown:
         raise ValueError(
@@ -97,7 +97,7 @@ def resolve_options(
         resolved_shards[split] = count
     train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (release.SCL_EMBEDDINGS,))
     return Options(
-        history_length=history_length,
+        history_cap=history_cap,
         min_count={name: min_count.get(name, 1) for name in features.VOCABULARIES},
         shards=resolved_shards,
         partitions=max(1, math.ceil(train_bytes / PARTITION_INPUT_BYTES)),
@@ -157,7 +157,7 @@ def convert(
     input_dir: str,
     output: str,
     *,
-    history_length: int = 1000,
+    history_cap: int = 1000,
     min_count: dict[str, int] | None = None,
     shards: dict[str, int | None] | None = None,
     workers: int | None = None,
@@ -167,7 +167,7 @@ def convert(
     """Converts ``input_dir`` into ``output``; returns the manifest (also written to disk)."""
     tables = pi.discover_tables(input_dir)
     tasks = stages.scan_tasks(tables)
-    options = resolve_options(tables, history_length, min_count or {}, shards or {})
+    options = resolve_options(tables, history_cap, min_count or {}, shards or {})
     inputs = {
         t: [[os.path.relpath(p, input_dir), os.path.getsize(p)] for p in paths]
         for t, paths in tables.items()
@@ -204,7 +204,7 @@ def convert(
     }
     manifest = manifest_lib.build(
         source=os.path.abspath(input_dir),
-        history_length=options.history_length,
+        history_cap=options.history_cap,
         vocabularies=vocab_summary,
         item_tables=item_summary,
         input_rows=input_rows,
@@ -243,10 +243,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--input", required=True, help="directory holding the Parquet tables")
     parser.add_argument("--output", required=True, help="dataset directory to write")
     parser.add_argument(
-        "--history-length",
+        "--history-cap",
         type=int,
         default=1000,
-        help="behaviours kept per user (the most recent); default 1000",
+        help="history behaviours kept per user (the most recent); default 1000",
     )
     parser.add_argument(
         "--min-count",
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         convert(
             args.input,
             args.output,
-            history_length=args.history_length,
+            history_cap=args.history_cap,
             min_count=min_count,
             shards={"train": args.train_shards, "test": args.test_shards},
             workers=args.workers,

@@ -208,7 +208,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
     )  # ~2 users a batch: rules span batches
     write_tables(tmp_path / "in", tables)
     out = tmp_path / "out"
-    manifest = _convert(tmp_path / "in", out, history_length=HISTORY, min_count={"item": 2})
+    manifest = _convert(tmp_path / "in", out, history_cap=HISTORY, min_count={"item": 2})
 
     vocabs = artifacts.load_vocabularies(str(out))
     expected_vocabs = _expected_vocabularies(tables, item_min_count=2)
@@ -246,13 +246,13 @@ def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
     tables = _stitched_demo(demo_tables())
     write_tables(tmp_path / "in", tables)
     out = tmp_path / "out"
-    first = _convert(tmp_path / "in", out, history_length=HISTORY, keep_work=True)
+    first = _convert(tmp_path / "in", out, history_cap=HISTORY, keep_work=True)
     shard = out / first["splits"]["train"]["shards"][1]["file"]
     original = shard.read_bytes()
     shard.unlink()
     (out / artifacts.MANIFEST).unlink()
     capsys.readouterr()
-    second = _convert(tmp_path / "in", out, history_length=HISTORY, keep_work=True)
+    second = _convert(tmp_path / "in", out, history_cap=HISTORY, keep_work=True)
     log = capsys.readouterr().err
     assert shard.read_bytes() == original
     assert second == first
@@ -260,11 +260,11 @@ def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
     assert len(redone) == 1 and first["splits"]["train"]["shards"][1]["file"] in redone[0]
     (out / artifacts.MANIFEST).unlink()
     with pytest.raises(FileExistsError, match="other inputs or options"):
-        _convert(tmp_path / "in", out, history_length=HISTORY + 1)
-    _convert(tmp_path / "in", out, history_length=HISTORY)
+        _convert(tmp_path / "in", out, history_cap=HISTORY + 1)
+    _convert(tmp_path / "in", out, history_cap=HISTORY)
     with pytest.raises(FileExistsError, match="already holds a converted dataset"):
-        _convert(tmp_path / "in", out, history_length=HISTORY)
-    assert _convert(tmp_path / "in", out, history_length=HISTORY, overwrite=True) == first
+        _convert(tmp_path / "in", out, history_cap=HISTORY)
+    assert _convert(tmp_path / "in", out, history_cap=HISTORY, overwrite=True) == first
 
 
 def _demo_copy(tmp_path):
