@@ -8,6 +8,7 @@ conversion that lost a record stops instead of writing a manifest.
 from __future__ import annotations
 
 from muse_tf import artifacts
+from pipelines import taobao_mm_schema as release
 
 
 def _sum_counts(shards: list[dict]) -> dict:
@@ -26,8 +27,8 @@ def _split_summary(split: str, shards: list[dict], input_rows: dict[str, int]) -
     total = _sum_counts(shards)
     accounted = total["samples_written"] + sum(total["rejected"].values())
     expected = {
-        "samples_in": input_rows[f"{split}_samples"],
-        "user_rows": input_rows[f"{split}_user_features"],
+        "samples_in": input_rows[release.SAMPLES_TABLE[split]],
+        "user_rows": input_rows[release.USER_TABLE[split]],
     }
     if (
         total["samples_in"] != expected["samples_in"]

@@ -130,7 +130,7 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
         os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, release.EMBEDDING_DIM)
     )
     result = {
-        "item_features": item_tables.build_attribute_table(
+        release.ITEM_FEATURES: item_tables.build_attribute_table(
             tables[release.ITEM_FEATURES], vocabs, attributes
         ),
         "multimodal": item_tables.build_multimodal_table(
@@ -173,7 +173,7 @@ def convert_shard(
     if os.path.exists(marker) and os.path.exists(os.path.join(output, name)):
         return read_json(marker), f"{name} (done before)"
     bucket_dir = os.path.join(work, "buckets")
-    samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, f"{split}_samples")
+    samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, release.SAMPLES_TABLE[split])
     joiner = join.ShardJoin(samples, load_lookups(output, work), options.history_cap)
     user_batches = buckets.iter_bucket(bucket_dir, split, buckets.USERS, shard)
     with tfrecord_writer.ShardWriter(os.path.join(output, name)) as writer:

@@ -296,11 +296,11 @@ def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
     _write_items(catalogue, output)
     chunk_users = max(1, min(1024, CHUNK_BEHAVIOURS // config.behaviours_per_user))
     writers = {
-        (split, kind): pq.ParquetWriter(os.path.join(output, f"{split}_{name}.parquet"), schema)
+        (split, kind): pq.ParquetWriter(os.path.join(output, f"{table[split]}.parquet"), schema)
         for split in release.SPLITS
-        for kind, name, schema in (
-            ("samples", "samples", _SAMPLE_SCHEMA),
-            ("users", "user_features", _USER_SCHEMA),
+        for kind, table, schema in (
+            ("samples", release.SAMPLES_TABLE, _SAMPLE_SCHEMA),
+            ("users", release.USER_TABLE, _USER_SCHEMA),
         )
     }
     counts = dict.fromkeys((f"{s}_{k}" for s, k in writers), 0)

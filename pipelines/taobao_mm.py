@@ -90,7 +90,7 @@ def resolve_options(
         )
     resolved_shards = {}
     for split in release.SPLITS:
-        size = _input_bytes(tables, (f"{split}_samples", f"{split}_user_features"))
+        size = _input_bytes(tables, (release.SAMPLES_TABLE[split], release.USER_TABLE[split]))
         count = shards.get(split) or max(2, math.ceil(size / SHARD_INPUT_BYTES))
         if count <= 0:
             raise ValueError(f"Shards for {split!r} must be positive, got {count}.")

@@ -11,11 +11,13 @@ from muse_tf import features
 MISSING = 0  # the release's "empty field": never a vocabulary ID
 EMBEDDING_DIM = 128  # int8 values per SCL vector
 
-SAMPLES = ("train_samples", "test_samples")
-USER_FEATURES = ("train_user_features", "test_user_features")
+SPLITS = ("train", "test")
+SAMPLES_TABLE = {split: f"{split}_samples" for split in SPLITS}
+USER_TABLE = {split: f"{split}_user_features" for split in SPLITS}
+SAMPLES = tuple(SAMPLES_TABLE.values())
+USER_FEATURES = tuple(USER_TABLE.values())
 ITEM_FEATURES = "item_features"
 SCL_EMBEDDINGS = "scl_embedding_int8_p90"
-SPLITS = ("train", "test")
 
 LABELS = "label_0"  # a list per sample row: its click labels
 USER_ID = "129_1"

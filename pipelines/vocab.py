@@ -32,8 +32,8 @@ from pipelines.hashing import order_by_partition, partition_of
 
 # Train-split columns counted into each vocabulary (table -> columns).
 COUNTED_COLUMNS = {
-    release.SAMPLES[0]: (release.USER_ID, release.ITEM_ID),
-    release.USER_FEATURES[0]: (
+    release.SAMPLES_TABLE["train"]: (release.USER_ID, release.ITEM_ID),
+    release.USER_TABLE["train"]: (
         *release.PROFILE_COLUMNS,
         release.HISTORY_ITEMS,
         release.HISTORY_CATEGORIES,
