@@ -114,7 +114,7 @@ def test_conversion_in_parallel_writes_the_same_bytes_and_the_source_values(tmp_
         taobao_mm.convert(
             str(tmp_path / "in"),
             str(tmp_path / f"out{workers}"),
-            behaviours_per_user=50,
+            history_cap=50,
             shards={"train": 3, "test": 2},
             workers=workers,
         )
