@@ -68,8 +68,10 @@ def _run(
     return results
 
 
-def _input_bytes(tables: dict[str, list[str]], names: Sequence[str]) -> int:
-    return sum(os.path.getsize(path) for name in names for path in tables[name])
+def _input_bytes(
+    tables: dict[str, list[str]], names: Sequence[str], size: Callable[[str], int]
+) -> int:
+    return sum(size(path) for name in names for path in tables[name])
 
 
 def resolve_options(
@@ -77,8 +79,10 @@ def resolve_options(
     history_length: int,
     min_count: dict[str, int],
     shards: dict[str, int | None],
+    size: Callable[[str], int] = os.path.getsize,
 ) -> Options:
-    """Fills the defaults that depend on the input size (shards per split, count partitions)."""
+    """Fills the defaults that depend on the input size (shards per split, count partitions);
+    ``size`` gives a file's bytes."""
     if history_length <= 0:
         raise ValueError(f"`history_length` must be positive, got {history_length}.")
     unknown = set(min_count) - set(features.VOCABULARIES)
@@ -89,12 +93,12 @@ def resolve_options(
         )
     resolved_shards = {}
     for split in pi.SPLITS:
-        size = _input_bytes(tables, (f"{split}_samples", f"{split}_user_features"))
-        count = shards.get(split) or max(2, math.ceil(size / SHARD_INPUT_BYTES))
+        split_bytes = _input_bytes(tables, (f"{split}_samples", f"{split}_user_features"), size)
+        count = shards.get(split) or max(2, math.ceil(split_bytes / SHARD_INPUT_BYTES))
         if count <= 0:
             raise ValueError(f"Shards for {split!r} must be positive, got {count}.")
         resolved_shards[split] = count
-    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (pi.SCL_EMBEDDINGS,))
+    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (pi.SCL_EMBEDDINGS,), size)
     return Options(
         history_length=history_length,
         min_count={name: min_count.get(name, 1) for name in features.VOCABULARIES},
@@ -221,7 +225,8 @@ def convert(
     return manifest
 
 
-def _parse_min_count(values: list[str]) -> dict[str, int]:
+def parse_min_count(values: list[str]) -> dict[str, int]:
+    """``--min-count`` values (``N`` or ``name=N``) -> {vocabulary: N}."""
     counts: dict[str, int] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
@@ -232,13 +237,8 @@ def _parse_min_count(values: list[str]) -> dict[str, int]:
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.taobao_mm",
-        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
-        "multimodal table and manifest.json.",
-    )
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that decide the output, shared by this command and ``pipelines.beam_convert``."""
     parser.add_argument("--input", required=True, help="directory holding the Parquet tables")
     parser.add_argument("--output", required=True, help="dataset directory to write")
     parser.add_argument(
@@ -257,12 +257,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--train-shards", type=int, help="output shards (default: by input size)")
     parser.add_argument("--test-shards", type=int, help="output shards (default: by input size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.taobao_mm",
+        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
+        "multimodal table and manifest.json.",
+    )
+    add_conversion_arguments(parser)
     parser.add_argument("--workers", type=int, help="processes (default: all cores)")
     parser.add_argument("--keep-work", action="store_true", help="keep the _work directory")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
     args = parser.parse_args(argv)
     try:
-        min_count = _parse_min_count(args.min_count)
+        min_count = parse_min_count(args.min_count)
         convert(
             args.input,
             args.output,

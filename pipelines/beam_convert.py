@@ -1,0 +1,832 @@
+"""The Taobao-MM conversion as an Apache Beam pipeline: the output of ``pipelines.taobao_mm``
+(same vocabularies, multimodal table, user records and manifest counts), on any Beam runner.
+
+    python -m pipelines.beam_convert --input DIR --output DIR [--history-length 1000]
+        [--min-count N] [--min-count item=N ...] [--train-shards N] [--test-shards N]
+        [Beam pipeline options: --runner, --direct_num_workers, --temp_location, --project, ...]
+
+Options this command does not know are Beam pipeline options (DirectRunner by default). Input and
+output may be any Beam file system (local, ``gs://``, ...).
+
+Shape (each step scales with the data, nothing whole is held by one worker; "join" = CoGroupByKey):
+
+1. read: every row group of every file is a task (spread by a Reshuffle); its record batches
+   carry each row's input position (file, row), which "first row wins" and sample order need.
+2. vocabularies: (vocabulary, ID) -> (train count, SCL rows) by a combiner; the IDs are grouped
+   into order-preserving ranges of their value (``BUCKET_BITS``) and each range applies
+   ``vocab.keep_ids``. A range's first index is the number of kept IDs in lower ranges (a side
+   input of one number per range), so index = position in the sorted vocabulary + 2, as
+   ``pipelines.vocab`` assigns it.
+3. lookups: raw IDs meet their range of the vocabulary in a join by (vocabulary, range), never as
+   a side input holding a vocabulary.
+4. items: item_features and SCL rows join their item range, apply ``item_tables``' rules and
+   write the range's rows of the multimodal table; samples see an item's attributes and whether
+   it has a vector, never the vector.
+5. users: samples (after ``join.sample_columns``' rules) and user feature rows are grouped by
+   user, batched, their IDs looked up (3), and ``join.ShardJoin`` applies the remaining rules.
+   ``WriteToTFRecord`` writes the records with the requested shard count.
+6. After the run: the vocabulary and table ranges are concatenated in range order, and the manifest
+   is built from the pipeline's metrics (counters) and checked to balance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from muse_tf import artifacts, features
+from pipelines import item_tables, join, manifest, taobao_mm, vocab
+from pipelines import parquet_input as pi
+from pipelines.hashing import order_by_partition
+
+NAMESPACE = "muse_tf.convert"
+BUCKET_BITS = 8  # 256 ranges per vocabulary: ~140k of the release's 35.4M items per range
+USERS_PER_BATCH = 256
+POSITION_BITS = 40  # input position = file index << 40 | row in file
+WORK_DIR = "_beam_work"
+_SIGN = np.uint64(1 << 63)
+_FORCED_SOURCE = {source: target for target, source in vocab.FORCED.items()}
+
+
+def id_bucket(ids: np.ndarray) -> np.ndarray:
+    """The value range of each int64 ID: the top BUCKET_BITS of its order-preserving uint64 image,
+    so every ID of range b is smaller than every ID of range b + 1."""
+    unsigned = np.asarray(ids, np.int64).view(np.uint64) ^ _SIGN
+    return (unsigned >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+
+
+def _by_bucket(ids: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(range, row indices in input order) for each range that ``ids`` touch."""
+    order, bounds = order_by_partition(id_bucket(ids), 1 << BUCKET_BITS)
+    for bucket in np.flatnonzero(np.diff(bounds)):
+        yield int(bucket), order[bounds[bucket] : bounds[bucket + 1]]
+
+
+def _count(name: str, value: int) -> None:
+    if value:
+        Metrics.counter(NAMESPACE, name).inc(int(value))
+
+
+def _concat_by_position(pieces: Iterable[tuple[np.ndarray, pa.RecordBatch]]) -> pa.Table | None:
+    """Record batch pieces as one table in input order (None when there are none)."""
+    pieces = list(pieces)
+    if not pieces:
+        return None
+    order = np.argsort(np.concatenate([p for p, _ in pieces]), kind="stable")
+    table = pa.Table.from_batches([b for _, b in pieces]).combine_chunks()
+    return table.take(pa.array(order))
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        np.save(f, array)
+
+
+def _load(path: str) -> np.ndarray:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return np.load(io.BytesIO(f.read()))
+
+
+# 1. read ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RowGroup:
+    """One read task: a row group of one file of ``table`` and the file row it starts at."""
+
+    table: str
+    path: str
+    file_index: int
+    row_group: int
+    first_row: int
+
+
+def row_groups(tables: dict[str, list[str]]) -> list[RowGroup]:
+    """Every row group of every file (opening each file checks its schema before the run)."""
+    tasks = []
+    for table, paths in tables.items():
+        for file_index, path in enumerate(paths):
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                meta = pi.open_checked(path, table, f).metadata
+            first = 0
+            for group in range(meta.num_row_groups):
+                tasks.append(RowGroup(table, path, file_index, group, first))
+                first += meta.row_group(group).num_rows
+    return tasks
+
+
+class ReadRowGroup(beam.DoFn):
+    """A row group as record batches of bounded size, each with its rows' input positions."""
+
+    def process(self, task: RowGroup) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+        first = (task.file_index << POSITION_BITS) + task.first_row
+        with FileSystems.open(task.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for batch in pi.read_batches(task.path, task.table, [task.row_group], f):
+                _count(f"input_rows/{task.table}", batch.num_rows)
+                yield first + np.arange(batch.num_rows, dtype=np.int64), batch
+                first += batch.num_rows
+
+
+def _read(pipeline: beam.Pipeline, table: str, tasks: list[RowGroup]) -> beam.PCollection:
+    return (
+        pipeline
+        | f"row groups {table}" >> beam.Create([t for t in tasks if t.table == table])
+        | f"spread {table}" >> beam.Reshuffle()
+        | f"read {table}" >> beam.ParDo(ReadRowGroup())
+    )
+
+
+# 2. vocabularies ----------------------------------------------------------------------------
+
+
+def _ids_to_count(
+    element: tuple[np.ndarray, pa.RecordBatch], table: str
+) -> Iterator[tuple[tuple[str, int], tuple[int, int]]]:
+    """((vocabulary, ID), (train count, SCL rows)) of a batch, one pair per distinct ID."""
+    _, batch = element
+    for name, raw_ids in vocab.ids_to_count(table, batch):
+        unique, counts = np.unique(raw_ids[raw_ids != pi.MISSING], return_counts=True)
+        target = _FORCED_SOURCE.get(name, name)
+        forced = name in _FORCED_SOURCE
+        for raw, count in zip(unique.tolist(), counts.tolist()):
+            yield (target, raw), ((0, count) if forced else (count, 0))
+
+
+def _add_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    counts = forced = 0
+    for count, scl in pairs:
+        counts += count
+        forced += scl
+    return counts, forced
+
+
+def _keep_range(
+    element: tuple[tuple[str, int], Iterable[tuple[int, int, int]]], min_count: dict[str, int]
+) -> Iterator[tuple[tuple[str, int], np.ndarray]]:
+    """One range of one vocabulary: its kept IDs (ascending), statistics as metrics."""
+    (name, bucket), rows = element
+    ids, counts, forced = (np.asarray(c, np.int64) for c in zip(*rows))
+    order = np.argsort(ids)
+    kept, stats = vocab.keep_ids(ids[order], counts[order], forced[order], min_count[name])
+    for field, value in dataclasses.asdict(stats).items():
+        _count(f"vocab/{name}/{field}", value)
+    if len(kept):
+        yield (name, bucket), kept
+
+
+def _range_offsets(sizes: list[tuple[tuple[str, int], int]]) -> dict[tuple[str, int], int]:
+    """The first index (minus the reserved two) of each range: kept IDs in lower ranges."""
+    offsets, running = {}, {}
+    for (name, bucket), size in sorted(sizes):
+        offsets[(name, bucket)] = running.get(name, 0)
+        running[name] = running.get(name, 0) + size
+    return offsets
+
+
+@dataclasses.dataclass
+class Chunk:
+    """One range of a vocabulary: its kept IDs (ascending), the number of kept IDs before it, and
+    per-ID payload columns (the item range's attributes and has-a-vector) or none."""
+
+    offset: int
+    ids: np.ndarray
+    payload: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def _chunk(
+    element: tuple[tuple[str, int], np.ndarray], offsets: dict, work: str
+) -> tuple[tuple[str, int], Chunk]:
+    (name, bucket), ids = element
+    _save(_range_path(work, "vocab", name, bucket), ids)
+    return (name, bucket), Chunk(offsets[(name, bucket)], ids)
+
+
+def _empty_chunk(name: str) -> Chunk:
+    """A range without kept IDs (its payload columns, if any, empty)."""
+    if name != features.VOCABULARY[features.ITEM_ID]:
+        return Chunk(0, np.zeros(0, np.int64))
+    payload = {"attributes": np.zeros((0, 3), np.int64), "has_vector": np.zeros(0, bool)}
+    return Chunk(0, np.zeros(0, np.int64), payload)
+
+
+def _range_path(work: str, kind: str, name: str, bucket: int) -> str:
+    return f"{work}/{kind}/{name}/r{bucket:05d}.npy"
+
+
+# 3. lookups ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Answer:
+    """Raw IDs of one vocabulary (ascending), their indices and payload rows (zero when absent)."""
+
+    ids: np.ndarray
+    indices: np.ndarray
+    payload: dict[str, np.ndarray]
+
+
+def _split_request(
+    element: tuple[object, dict[str, np.ndarray]],
+) -> Iterator[tuple[tuple[str, int], tuple[object, np.ndarray]]]:
+    key, wanted = element
+    for name, ids in wanted.items():
+        for bucket, rows in _by_bucket(ids):
+            yield (name, bucket), (key, ids[rows])
+
+
+def _answer(
+    element: tuple[tuple[str, int], dict[str, Iterable]],
+) -> Iterator[tuple[object, tuple[str, Answer]]]:
+    (name, _), groups = element
+    chunk = next(iter(groups["chunk"]), None) or _empty_chunk(name)
+    for key, ids in groups["piece"]:
+        local = vocab.lookup_sorted(chunk.ids, ids)
+        found = local != features.OOV
+        indices = np.where(found, local + chunk.offset, features.OOV)
+        payload = {}
+        for column, values in chunk.payload.items():
+            rows = np.zeros((len(ids), *values.shape[1:]), values.dtype)
+            rows[found] = values[local[found] - artifacts.RESERVED]
+            payload[column] = rows
+        yield key, (name, Answer(ids, indices, payload))
+
+
+def _merge_answers(
+    element: tuple[object, Iterable[tuple[str, Answer]]],
+) -> tuple[object, dict[str, Answer]]:
+    key, pieces = element
+    by_name: dict[str, list[Answer]] = {}
+    for name, answer in pieces:
+        by_name.setdefault(name, []).append(answer)
+    merged = {}
+    for name, answers in by_name.items():
+        ids = np.concatenate([a.ids for a in answers])
+        order = np.argsort(ids)
+        payload = {
+            column: np.concatenate([a.payload[column] for a in answers])[order]
+            for column in answers[0].payload
+        }
+        merged[name] = Answer(
+            ids[order], np.concatenate([a.indices for a in answers])[order], payload
+        )
+    return key, merged
+
+
+def fetch(label: str, requests: beam.PCollection, chunks: beam.PCollection) -> beam.PCollection:
+    """Vocabulary lookups as a join by (vocabulary, range).
+
+    Args:
+        requests: (key, {vocabulary: distinct raw IDs}).
+        chunks: ((vocabulary, range), Chunk).
+
+    Returns:
+        (key, {vocabulary: Answer}) for every key that asked for at least one ID.
+    """
+    pieces = requests | f"{label}: split by range" >> beam.FlatMap(_split_request)
+    return (
+        {"chunk": chunks, "piece": pieces}
+        | f"{label}: join ranges" >> beam.CoGroupByKey()
+        | f"{label}: look up" >> beam.FlatMap(_answer)
+        | f"{label}: gather" >> beam.GroupByKey()
+        | f"{label}: merge" >> beam.Map(_merge_answers)
+    )
+
+
+class FetchedLookups(join.Lookups):
+    """``join.Lookups`` over the answers fetched for one batch of users."""
+
+    def __init__(self, answers: dict[str, Answer]) -> None:
+        self.answers = answers
+        items = answers.get("item", Answer(np.zeros(0, np.int64), np.zeros(0, np.int64), {}))
+        order = np.argsort(items.indices, kind="stable")
+        self._item_indices = items.indices[order]
+        self._item_payload = {column: values[order] for column, values in items.payload.items()}
+
+    def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
+        answer = self.answers.get(features.VOCABULARY[feature])
+        if answer is None:
+            return np.full(np.shape(raw_ids), features.OOV, np.int64)
+        positions = vocab.lookup_sorted(answer.ids, raw_ids) - artifacts.RESERVED
+        indices = np.concatenate([answer.indices, [features.OOV]])
+        return indices[np.where(positions >= 0, positions, len(answer.indices))]
+
+    def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        attributes = np.zeros((len(item_index), 3), np.int64)
+        has_vector = np.zeros(len(item_index), bool)
+        known = item_index != features.OOV
+        if self._item_payload:
+            rows = np.searchsorted(self._item_indices, item_index[known])
+            attributes[known] = self._item_payload["attributes"][rows]
+            has_vector[known] = self._item_payload["has_vector"][rows]
+        return attributes, has_vector
+
+
+# 4. items -----------------------------------------------------------------------------------
+
+
+def _route_items(
+    element: tuple[np.ndarray, pa.RecordBatch],
+) -> Iterator[tuple[tuple[str, int], tuple[np.ndarray, pa.RecordBatch]]]:
+    """Item rows (item_features or SCL) to the item range of their item."""
+    positions, batch = element
+    for bucket, rows in _by_bucket(pi.ids(batch, "205")):
+        yield ("item", bucket), (positions[rows], batch.take(pa.array(rows)))
+
+
+def _item_range(
+    element: tuple[tuple[str, int], dict[str, Iterable]], work: str
+) -> Iterator[tuple[tuple[str, int], tuple[Chunk, np.ndarray, np.ndarray]]]:
+    """One item range: first rows of item_features and SCL, the range's multimodal rows written;
+    yields (range, (chunk with has_vector, raw attributes, has-a-row)) when the range is kept."""
+    (_, bucket), groups = element
+    chunk = next(iter(groups["chunk"]), None) or Chunk(0, np.zeros(0, np.int64))
+    size = len(chunk.ids) + artifacts.RESERVED
+    raw_attributes = np.zeros((size, 3), np.int64)
+    has_row = np.zeros(size, bool)
+    counts = item_tables.attribute_counts()
+    attribute_rows = _concat_by_position(groups["features"])
+    if attribute_rows is not None:
+        new, index = item_tables.attribute_rows(
+            attribute_rows, chunk.ids, lambda i: has_row[i], counts
+        )
+        has_row[index] = True
+        raw_attributes[index] = np.stack(
+            [pi.ids(attribute_rows, c)[new] for c in item_tables.ATTRIBUTE_COLUMNS], axis=1
+        )
+    for name, value in counts.items():
+        _count(f"item_features/{name}", value)
+    vectors = np.zeros((size, pi.EMBEDDING_DIM), np.int8)
+    counts = item_tables.multimodal_counts()
+    scl_rows = _concat_by_position(groups["scl"])
+    if scl_rows is not None:
+        new_vectors, index = item_tables.multimodal_rows(
+            scl_rows, chunk.ids, lambda i: np.any(vectors[i] != 0, axis=1), counts
+        )
+        vectors[index] = new_vectors
+    for name, value in counts.items():
+        _count(f"multimodal/{name}", value)
+    if len(chunk.ids):
+        _save(_range_path(work, "multimodal", "item", bucket), vectors[artifacts.RESERVED :])
+        chunk.payload["has_vector"] = np.any(vectors[artifacts.RESERVED :] != 0, axis=1)
+        yield (
+            ("item", bucket),
+            (
+                chunk,
+                raw_attributes[artifacts.RESERVED :],
+                has_row[artifacts.RESERVED :],
+            ),
+        )
+
+
+def _attribute_request(element: tuple) -> tuple[tuple[str, int], dict[str, np.ndarray]]:
+    key, (_, raw_attributes, has_row) = element
+    return key, {
+        features.VOCABULARY[name]: np.unique(raw_attributes[has_row, i])
+        for i, name in enumerate(item_tables.ATTRIBUTE_FEATURES)
+    }
+
+
+def _item_chunk(element: tuple) -> tuple[tuple[str, int], Chunk]:
+    """An item range with its attributes as indices (PAD where item_features has no row)."""
+    key, groups = element
+    chunk, raw_attributes, has_row = next(iter(groups["item"]))
+    answers = next(iter(groups["answers"]), {})
+    lookups = FetchedLookups(answers)
+    attributes = np.zeros(raw_attributes.shape, np.int64)
+    for i, name in enumerate(item_tables.ATTRIBUTE_FEATURES):
+        attributes[has_row, i] = lookups.index(name, raw_attributes[has_row, i])
+    chunk.payload["attributes"] = attributes
+    return key, chunk
+
+
+# 5. users -----------------------------------------------------------------------------------
+
+
+def _valid_samples(
+    element: tuple[np.ndarray, pa.RecordBatch], split: str
+) -> Iterator[tuple[int, tuple[int, int, int]]]:
+    """(user, (position, item, click)) of the samples that pass the rules needing no join; the
+    others are counted as rejected."""
+    positions, batch = element
+    columns = join.sample_columns(batch)
+    _count(f"{split}/samples_in", len(positions))
+    for i, reason in enumerate(join.REJECT_REASONS):
+        _count(f"{split}/rejected/{reason}", np.count_nonzero(columns.reason == i))
+    rows = np.flatnonzero(columns.reason == join.UNDECIDED)
+    yield from zip(
+        columns.users[rows].tolist(),
+        zip(positions[rows].tolist(), columns.items[rows].tolist(), columns.labels[rows].tolist()),
+    )
+
+
+def _user_rows(element: tuple[np.ndarray, pa.RecordBatch], split: str) -> Iterator[tuple]:
+    """(user, (position, profile IDs, history items, history categories)) of each user feature
+    row with a user ID; rows without one are counted."""
+    positions, batch = element
+    keys = pi.ids(batch, "129_1")
+    present = keys != pi.MISSING
+    _count(f"{split}/user_rows/in", np.count_nonzero(~present))
+    _count(f"{split}/user_rows/missing_id", np.count_nonzero(~present))
+    profiles = np.stack([pi.ids(batch, c) for c in pi.PROFILE_COLUMNS], axis=1)
+    items, item_lengths = pi.id_lists(batch, pi.HISTORY_ITEMS)
+    categories, category_lengths = pi.id_lists(batch, pi.HISTORY_CATEGORIES)
+    item_offsets, category_offsets = pi.row_offsets(item_lengths), pi.row_offsets(category_lengths)
+    for r in np.flatnonzero(present):
+        yield (
+            int(keys[r]),
+            (
+                int(positions[r]),
+                profiles[r],
+                items[item_offsets[r] : item_offsets[r + 1]],
+                categories[category_offsets[r] : category_offsets[r + 1]],
+            ),
+        )
+
+
+@dataclasses.dataclass
+class UserBatch:
+    """A batch of users: their samples and feature rows, each in input order."""
+
+    samples: join.SampleColumns
+    users: pa.RecordBatch
+
+    def wanted(self) -> dict[str, np.ndarray]:
+        """The raw IDs the batch looks up, by vocabulary."""
+        ids = {
+            features.VOCABULARY[features.USER_ID]: [pi.ids(self.users, "129_1")],
+            features.VOCABULARY[features.ITEM_ID]: [
+                self.samples.items,
+                pi.id_lists(self.users, pi.HISTORY_ITEMS)[0],
+            ],
+            features.VOCABULARY[features.HISTORY_CATEGORIES]: [
+                pi.id_lists(self.users, pi.HISTORY_CATEGORIES)[0]
+            ],
+        }
+        for column, name in zip(pi.PROFILE_COLUMNS, features.USER_PROFILE):
+            ids[features.VOCABULARY[name]] = [pi.ids(self.users, column)]
+        return {name: np.unique(np.concatenate(parts)) for name, parts in ids.items()}
+
+
+_LIST = pa.list_(pa.int64())
+
+
+def _user_batch(groups: list[tuple[int, dict[str, Iterable]]]) -> tuple[int, UserBatch]:
+    """A batch of grouped users -> (its smallest user ID, the batch)."""
+    samples = sorted((sample, user) for user, g in groups for sample in g["samples"])
+    rows = sorted(((row, user) for user, g in groups for row in g["users"]), key=lambda r: r[0][0])
+    columns = {
+        "129_1": pa.array([user for _, user in rows], pa.int64()),
+        **{
+            column: pa.array([int(row[1][i]) for row, _ in rows], pa.int64())
+            for i, column in enumerate(pi.PROFILE_COLUMNS)
+        },
+        pi.HISTORY_ITEMS: pa.array([row[2] for row, _ in rows], _LIST),
+        pi.HISTORY_CATEGORIES: pa.array([row[3] for row, _ in rows], _LIST),
+    }
+    sample_columns = join.SampleColumns(
+        users=np.asarray([user for _, user in samples], np.int64),
+        items=np.asarray([sample[1] for sample, _ in samples], np.int64),
+        labels=np.asarray([sample[2] for sample, _ in samples], np.int64),
+        reason=np.full(len(samples), join.UNDECIDED),
+    )
+    batch = UserBatch(sample_columns, pa.RecordBatch.from_pydict(columns))
+    return min(user for user, _ in groups), batch
+
+
+class JoinUsers(beam.DoFn):
+    """Applies ``join.ShardJoin`` to a batch of users; their serialized records."""
+
+    def __init__(self, split: str, history_length: int) -> None:
+        self.split = split
+        self.history_length = history_length
+
+    def process(self, element: tuple[int, dict[str, Iterable]]) -> Iterator[bytes]:
+        from pipelines import tfrecord_writer  # TensorFlow is loaded by the workers that write
+
+        _, groups = element
+        batch = next(iter(groups["batch"]))
+        answers = next(iter(groups["answers"]), {})
+        joiner = join.ShardJoin(batch.samples, FetchedLookups(answers), self.history_length)
+        records = joiner.add_users(batch.users)
+        stats = joiner.finish()
+        for name in ("samples_written", "users_written"):
+            _count(f"{self.split}/{name}", stats[name])
+        for section in ("rejected", "adjusted", "oov", "user_rows"):
+            for name, value in stats[section].items():
+                _count(f"{self.split}/{section}/{name}", value)
+        yield from tfrecord_writer.encode_records(records)
+
+
+def _convert_split(
+    split: str,
+    reads: dict[str, beam.PCollection],
+    chunks: beam.PCollection,
+    output: str,
+    history_length: int,
+    shards: int,
+) -> None:
+    samples = reads[f"{split}_samples"] | f"{split}: sample rules" >> beam.FlatMap(
+        _valid_samples, split
+    )
+    users = reads[f"{split}_user_features"] | f"{split}: user rows" >> beam.FlatMap(
+        _user_rows, split
+    )
+    batches = (
+        {"samples": samples, "users": users}
+        | f"{split}: group by user" >> beam.CoGroupByKey()
+        | f"{split}: batch users" >> beam.BatchElements(max_batch_size=USERS_PER_BATCH)
+        | f"{split}: user batches" >> beam.Map(_user_batch)
+    )
+    requests = batches | f"{split}: wanted IDs" >> beam.Map(lambda kv: (kv[0], kv[1].wanted()))
+    answers = fetch(f"{split} lookups", requests, chunks)
+    (
+        {"batch": batches, "answers": answers}
+        | f"{split}: batch with lookups" >> beam.CoGroupByKey()
+        | f"{split}: join" >> beam.ParDo(JoinUsers(split, history_length))
+        | f"{split}: write"
+        >> beam.io.WriteToTFRecord(
+            f"{output}/{split}/part",
+            file_name_suffix=".tfrecord.gz",
+            num_shards=shards,
+            shard_name_template="-SSSSS-of-NNNNN",
+            compression_type=CompressionTypes.GZIP,
+        )
+    )
+
+
+# the pipeline -------------------------------------------------------------------------------
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    tables: dict[str, list[str]],
+    options: taobao_mm.Options,
+    output: str,
+    work: str,
+) -> None:
+    """Adds the conversion to ``pipeline`` (steps 1-5 of the module docstring)."""
+    tasks = row_groups(tables)
+    reads = {table: _read(pipeline, table, tasks) for table in tables}
+    counted = [
+        reads[table] | f"count {table}" >> beam.FlatMap(_ids_to_count, table)
+        for table in (*vocab.COUNTED_COLUMNS, pi.SCL_EMBEDDINGS)
+    ]
+    kept = (
+        counted
+        | "all counts" >> beam.Flatten()
+        | "sum counts" >> beam.CombinePerKey(_add_pairs)
+        | "by range"
+        >> beam.Map(lambda kv: ((kv[0][0], int(id_bucket(kv[0][1]))), (kv[0][1], *kv[1])))
+        | "group ranges" >> beam.GroupByKey()
+        | "keep" >> beam.FlatMap(_keep_range, options.min_count)
+    )
+    offsets = (
+        kept
+        | "range sizes" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
+        | "all sizes" >> beam.combiners.ToList()
+        | "offsets" >> beam.Map(_range_offsets)
+    )
+    chunks = kept | "chunks" >> beam.Map(_chunk, beam.pvalue.AsSingleton(offsets), work)
+    item_rows = {
+        name: reads[table] | f"route {table}" >> beam.FlatMap(_route_items)
+        for name, table in (("features", pi.ITEM_FEATURES), ("scl", pi.SCL_EMBEDDINGS))
+    }
+    item_ranges = (
+        {"chunk": chunks | "item ranges" >> beam.Filter(lambda kv: kv[0][0] == "item"), **item_rows}
+        | "join items" >> beam.CoGroupByKey()
+        | "item tables" >> beam.FlatMap(_item_range, work)
+    )
+    attribute_answers = fetch(
+        "attributes", item_ranges | "attribute IDs" >> beam.Map(_attribute_request), chunks
+    )
+    item_chunks = (
+        {"item": item_ranges, "answers": attribute_answers}
+        | "items with attributes" >> beam.CoGroupByKey()
+        | "item chunks" >> beam.Map(_item_chunk)
+    )
+    lookup_chunks = (
+        chunks | "other ranges" >> beam.Filter(lambda kv: kv[0][0] != "item"),
+        item_chunks,
+    ) | "lookup ranges" >> beam.Flatten()
+    for split in pi.SPLITS:
+        _convert_split(
+            split,
+            reads,
+            lookup_chunks,
+            output,
+            options.history_length,
+            options.shards[split],
+        )
+
+
+# after the run ------------------------------------------------------------------------------
+
+
+def _concat_ranges(
+    paths: list[str], out_path: str, dtype: type, row_shape: tuple, reserved: int
+) -> int:
+    """Writes the range files, in order, as one .npy after ``reserved`` zero rows; its rows."""
+    parts = [_load(p) for p in paths]
+    rows = reserved + sum(len(p) for p in parts)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": (rows, *row_shape),
+    }
+    with FileSystems.create(out_path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.zeros((reserved, *row_shape), dtype).tobytes())
+        for part in parts:
+            f.write(np.ascontiguousarray(part, dtype).tobytes())
+    return rows
+
+
+def _ranges(work: str, kind: str, name: str) -> list[str]:
+    matched = FileSystems.match([f"{work}/{kind}/{name}/r*.npy"])[0].metadata_list
+    return sorted(m.path for m in matched)
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    values = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + int(value)
+    return values
+
+
+def _split_totals(counters: dict[str, int], split: str, shards: list[dict]) -> dict:
+    def get(name: str) -> int:
+        return counters.get(f"{split}/{name}", 0)
+
+    return {
+        "samples_in": get("samples_in"),
+        "samples_written": get("samples_written"),
+        "users_written": get("users_written"),
+        "rejected": {r: get(f"rejected/{r}") for r in join.REJECT_REASONS},
+        "adjusted": {a: get(f"adjusted/{a}") for a in join.ADJUSTMENTS},
+        "oov": {f: get(f"oov/{f}") for f in join.OOV_FEATURES},
+        "user_rows": {u: get(f"user_rows/{u}") for u in join.USER_ROW_COUNTS},
+        "bytes": sum(s["bytes"] for s in shards),
+    }
+
+
+def finish(
+    counters: dict[str, int],
+    input_dir: str,
+    output: str,
+    work: str,
+    tables: dict[str, list[str]],
+    options: taobao_mm.Options,
+) -> dict:
+    """Assembles the vocabularies and the multimodal table from their ranges and writes the
+    manifest from the counters (it refuses counts that do not balance)."""
+    vocabularies = {}
+    for name in features.VOCABULARIES:
+        size = _concat_ranges(
+            _ranges(work, "vocab", name), artifacts.vocab_path(output, name), np.int64, (), 0
+        )
+        stats = {
+            field.name: counters.get(f"vocab/{name}/{field.name}", 0)
+            for field in dataclasses.fields(vocab.VocabStats)
+        }
+        vocabularies[name] = {
+            "size": size + artifacts.RESERVED,
+            "min_count": options.min_count[name],
+            **stats,
+        }
+    _concat_ranges(
+        _ranges(work, "multimodal", "item"),
+        f"{output}/{artifacts.MULTIMODAL_TABLE}",
+        np.int8,
+        (pi.EMBEDDING_DIM,),
+        artifacts.RESERVED,
+    )
+    item_summary = {
+        "item_features": {
+            k: counters.get(f"item_features/{k}", 0) for k in item_tables.attribute_counts()
+        },
+        "multimodal": {
+            k: counters.get(f"multimodal/{k}", 0) for k in item_tables.multimodal_counts()
+        },
+    }
+    shards = {}
+    for split in pi.SPLITS:
+        matched = FileSystems.match([f"{output}/{split}/part-*.tfrecord.gz"])[0].metadata_list
+        shards[split] = [
+            {"file": f"{split}/{os.path.basename(m.path)}", "bytes": m.size_in_bytes}
+            for m in sorted(matched, key=lambda m: m.path)
+        ]
+    result = manifest.build(
+        source=input_dir,
+        history_length=options.history_length,
+        vocabularies=vocabularies,
+        item_tables=item_summary,
+        input_rows={t: counters.get(f"input_rows/{t}", 0) for t in tables},
+        shards_by_split=shards,
+        totals_by_split={s: _split_totals(counters, s, shards[s]) for s in pi.SPLITS},
+    )
+    with FileSystems.create(
+        f"{output}/{artifacts.MANIFEST}", compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
+        f.write(json.dumps(result, indent=1).encode())
+    return result
+
+
+def _match(pattern: str) -> list[str]:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _size(path: str) -> int:
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
+def _prepare_output(output: str, overwrite: bool) -> str:
+    """Refuses an output that holds a conversion unless ``overwrite``, which clears it first."""
+    if FileSystems.exists(f"{output}/{artifacts.MANIFEST}") and not overwrite:
+        raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
+    if overwrite:
+        for name in (WORK_DIR, *pi.SPLITS, artifacts.VOCAB_DIR):
+            stale = _match(f"{output}/{name}/**")
+            if stale:
+                FileSystems.delete(stale)
+        for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
+            if FileSystems.exists(f"{output}/{name}"):
+                FileSystems.delete([f"{output}/{name}"])
+    return f"{output}/{WORK_DIR}"
+
+
+def convert(
+    input_dir: str,
+    output: str,
+    *,
+    history_length: int = 1000,
+    min_count: dict[str, int] | None = None,
+    shards: dict[str, int | None] | None = None,
+    pipeline_args: Sequence[str] = (),
+    keep_work: bool = False,
+    overwrite: bool = False,
+) -> dict:
+    """Runs the conversion on the runner ``pipeline_args`` choose; returns the manifest."""
+    input_dir, output = input_dir.rstrip("/"), output.rstrip("/")
+    tables = pi.discover_tables(input_dir, _match if "://" in input_dir else None)
+    options = taobao_mm.resolve_options(
+        tables, history_length, min_count or {}, shards or {}, size=_size
+    )
+    work = _prepare_output(output, overwrite)
+    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+    build_pipeline(pipeline, tables, options, output, work)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = finish(_counters(result), input_dir, output, work, tables, options)
+    if not keep_work:
+        FileSystems.delete([work])
+    for split, totals in summary["splits"].items():
+        print(
+            f"{split}: {totals['samples_written']} of {totals['samples_in']} samples written "
+            f"({totals['rejected']} rejected) in {len(totals['shards'])} shards",
+            file=sys.stderr,
+        )
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipelines.beam_convert``; unknown options go to Beam."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.beam_convert",
+        description="Convert Taobao-MM Parquet files on Apache Beam (same output as "
+        "pipelines.taobao_mm). Other options are Beam pipeline options, e.g. --runner.",
+    )
+    taobao_mm.add_conversion_arguments(parser)
+    parser.add_argument("--keep-work", action="store_true", help=f"keep {WORK_DIR}")
+    args, pipeline_args = parser.parse_known_args(argv)
+    try:
+        convert(
+            args.input,
+            args.output,
+            history_length=args.history_length,
+            min_count=taobao_mm.parse_min_count(args.min_count),
+            shards={"train": args.train_shards, "test": args.test_shards},
+            pipeline_args=pipeline_args,
+            keep_work=args.keep_work,
+            overwrite=args.overwrite,
+        )
+    except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
