@@ -49,31 +49,14 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from muse_tf import artifacts, features
-from pipelines import item_tables, join, manifest, taobao_mm, vocab
+from pipelines import beam_lookups, item_tables, join, manifest, taobao_mm, vocab
 from pipelines import parquet_input as pi
-from pipelines.hashing import order_by_partition
 
 NAMESPACE = "muse_tf.convert"
-BUCKET_BITS = 8  # 256 ranges per vocabulary: ~140k of the release's 35.4M items per range
 USERS_PER_BATCH = 256
 POSITION_BITS = 40  # input position = file index << 40 | row in file
 WORK_DIR = "_beam_work"
-_SIGN = np.uint64(1 << 63)
 _FORCED_SOURCE = {source: target for target, source in vocab.FORCED.items()}
-
-
-def id_bucket(ids: np.ndarray) -> np.ndarray:
-    """The value range of each int64 ID: the top BUCKET_BITS of its order-preserving uint64 image,
-    so every ID of range b is smaller than every ID of range b + 1."""
-    unsigned = np.asarray(ids, np.int64).view(np.uint64) ^ _SIGN
-    return (unsigned >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
-
-
-def _by_bucket(ids: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(range, row indices in input order) for each range that ``ids`` touch."""
-    order, bounds = order_by_partition(id_bucket(ids), 1 << BUCKET_BITS)
-    for bucket in np.flatnonzero(np.diff(bounds)):
-        yield int(bucket), order[bounds[bucket] : bounds[bucket + 1]]
 
 
 def _count(name: str, value: int) -> None:
@@ -188,151 +171,16 @@ def _keep_range(
         yield (name, bucket), kept
 
 
-def _range_offsets(sizes: list[tuple[tuple[str, int], int]]) -> dict[tuple[str, int], int]:
-    """The first index (minus the reserved two) of each range: kept IDs in lower ranges."""
-    offsets, running = {}, {}
-    for (name, bucket), size in sorted(sizes):
-        offsets[(name, bucket)] = running.get(name, 0)
-        running[name] = running.get(name, 0) + size
-    return offsets
-
-
-@dataclasses.dataclass
-class Chunk:
-    """One range of a vocabulary: its kept IDs (ascending), the number of kept IDs before it, and
-    per-ID payload columns (the item range's attributes and has-a-vector) or none."""
-
-    offset: int
-    ids: np.ndarray
-    payload: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
-
 def _chunk(
     element: tuple[tuple[str, int], np.ndarray], offsets: dict, work: str
-) -> tuple[tuple[str, int], Chunk]:
+) -> tuple[tuple[str, int], beam_lookups.Chunk]:
     (name, bucket), ids = element
     _save(_range_path(work, "vocab", name, bucket), ids)
-    return (name, bucket), Chunk(offsets[(name, bucket)], ids)
-
-
-def _empty_chunk(name: str) -> Chunk:
-    """A range without kept IDs (its payload columns, if any, empty)."""
-    if name != features.VOCABULARY[features.ITEM_ID]:
-        return Chunk(0, np.zeros(0, np.int64))
-    payload = {"attributes": np.zeros((0, 3), np.int64), "has_vector": np.zeros(0, bool)}
-    return Chunk(0, np.zeros(0, np.int64), payload)
+    return (name, bucket), beam_lookups.Chunk(offsets[(name, bucket)], ids)
 
 
 def _range_path(work: str, kind: str, name: str, bucket: int) -> str:
     return f"{work}/{kind}/{name}/r{bucket:05d}.npy"
-
-
-# 3. lookups ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Answer:
-    """Raw IDs of one vocabulary (ascending), their indices and payload rows (zero when absent)."""
-
-    ids: np.ndarray
-    indices: np.ndarray
-    payload: dict[str, np.ndarray]
-
-
-def _split_request(
-    element: tuple[object, dict[str, np.ndarray]],
-) -> Iterator[tuple[tuple[str, int], tuple[object, np.ndarray]]]:
-    key, wanted = element
-    for name, ids in wanted.items():
-        for bucket, rows in _by_bucket(ids):
-            yield (name, bucket), (key, ids[rows])
-
-
-def _answer(
-    element: tuple[tuple[str, int], dict[str, Iterable]],
-) -> Iterator[tuple[object, tuple[str, Answer]]]:
-    (name, _), groups = element
-    chunk = next(iter(groups["chunk"]), None) or _empty_chunk(name)
-    for key, ids in groups["piece"]:
-        local = vocab.lookup_sorted(chunk.ids, ids)
-        found = local != features.OOV
-        indices = np.where(found, local + chunk.offset, features.OOV)
-        payload = {}
-        for column, values in chunk.payload.items():
-            rows = np.zeros((len(ids), *values.shape[1:]), values.dtype)
-            rows[found] = values[local[found] - artifacts.RESERVED]
-            payload[column] = rows
-        yield key, (name, Answer(ids, indices, payload))
-
-
-def _merge_answers(
-    element: tuple[object, Iterable[tuple[str, Answer]]],
-) -> tuple[object, dict[str, Answer]]:
-    key, pieces = element
-    by_name: dict[str, list[Answer]] = {}
-    for name, answer in pieces:
-        by_name.setdefault(name, []).append(answer)
-    merged = {}
-    for name, answers in by_name.items():
-        ids = np.concatenate([a.ids for a in answers])
-        order = np.argsort(ids)
-        payload = {
-            column: np.concatenate([a.payload[column] for a in answers])[order]
-            for column in answers[0].payload
-        }
-        merged[name] = Answer(
-            ids[order], np.concatenate([a.indices for a in answers])[order], payload
-        )
-    return key, merged
-
-
-def fetch(label: str, requests: beam.PCollection, chunks: beam.PCollection) -> beam.PCollection:
-    """Vocabulary lookups as a join by (vocabulary, range).
-
-    Args:
-        requests: (key, {vocabulary: distinct raw IDs}).
-        chunks: ((vocabulary, range), Chunk).
-
-    Returns:
-        (key, {vocabulary: Answer}) for every key that asked for at least one ID.
-    """
-    pieces = requests | f"{label}: split by range" >> beam.FlatMap(_split_request)
-    return (
-        {"chunk": chunks, "piece": pieces}
-        | f"{label}: join ranges" >> beam.CoGroupByKey()
-        | f"{label}: look up" >> beam.FlatMap(_answer)
-        | f"{label}: gather" >> beam.GroupByKey()
-        | f"{label}: merge" >> beam.Map(_merge_answers)
-    )
-
-
-class FetchedLookups(join.Lookups):
-    """``join.Lookups`` over the answers fetched for one batch of users."""
-
-    def __init__(self, answers: dict[str, Answer]) -> None:
-        self.answers = answers
-        items = answers.get("item", Answer(np.zeros(0, np.int64), np.zeros(0, np.int64), {}))
-        order = np.argsort(items.indices, kind="stable")
-        self._item_indices = items.indices[order]
-        self._item_payload = {column: values[order] for column, values in items.payload.items()}
-
-    def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
-        answer = self.answers.get(features.VOCABULARY[feature])
-        if answer is None:
-            return np.full(np.shape(raw_ids), features.OOV, np.int64)
-        positions = vocab.lookup_sorted(answer.ids, raw_ids) - artifacts.RESERVED
-        indices = np.concatenate([answer.indices, [features.OOV]])
-        return indices[np.where(positions >= 0, positions, len(answer.indices))]
-
-    def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        attributes = np.zeros((len(item_index), 3), np.int64)
-        has_vector = np.zeros(len(item_index), bool)
-        known = item_index != features.OOV
-        if self._item_payload:
-            rows = np.searchsorted(self._item_indices, item_index[known])
-            attributes[known] = self._item_payload["attributes"][rows]
-            has_vector[known] = self._item_payload["has_vector"][rows]
-        return attributes, has_vector
 
 
 # 4. items -----------------------------------------------------------------------------------
@@ -343,17 +191,17 @@ def _route_items(
 ) -> Iterator[tuple[tuple[str, int], tuple[np.ndarray, pa.RecordBatch]]]:
     """Item rows (item_features or SCL) to the item range of their item."""
     positions, batch = element
-    for bucket, rows in _by_bucket(pi.ids(batch, "205")):
+    for bucket, rows in beam_lookups.by_bucket(pi.ids(batch, "205")):
         yield ("item", bucket), (positions[rows], batch.take(pa.array(rows)))
 
 
 def _item_range(
     element: tuple[tuple[str, int], dict[str, Iterable]], work: str
-) -> Iterator[tuple[tuple[str, int], tuple[Chunk, np.ndarray, np.ndarray]]]:
+) -> Iterator[tuple[tuple[str, int], tuple[beam_lookups.Chunk, np.ndarray, np.ndarray]]]:
     """One item range: first rows of item_features and SCL, the range's multimodal rows written;
     yields (range, (chunk with has_vector, raw attributes, has-a-row)) when the range is kept."""
     (_, bucket), groups = element
-    chunk = next(iter(groups["chunk"]), None) or Chunk(0, np.zeros(0, np.int64))
+    chunk = next(iter(groups["chunk"]), None) or beam_lookups.Chunk(0, np.zeros(0, np.int64))
     size = len(chunk.ids) + artifacts.RESERVED
     raw_attributes = np.zeros((size, 3), np.int64)
     has_row = np.zeros(size, bool)
@@ -400,12 +248,12 @@ def _attribute_request(element: tuple) -> tuple[tuple[str, int], dict[str, np.nd
     }
 
 
-def _item_chunk(element: tuple) -> tuple[tuple[str, int], Chunk]:
+def _item_chunk(element: tuple) -> tuple[tuple[str, int], beam_lookups.Chunk]:
     """An item range with its attributes as indices (PAD where item_features has no row)."""
     key, groups = element
     chunk, raw_attributes, has_row = next(iter(groups["item"]))
     answers = next(iter(groups["answers"]), {})
-    lookups = FetchedLookups(answers)
+    lookups = beam_lookups.FetchedLookups(answers)
     attributes = np.zeros(raw_attributes.shape, np.int64)
     for i, name in enumerate(item_tables.ATTRIBUTE_FEATURES):
         attributes[has_row, i] = lookups.index(name, raw_attributes[has_row, i])
@@ -520,7 +368,9 @@ class JoinUsers(beam.DoFn):
         _, groups = element
         batch = next(iter(groups["batch"]))
         answers = next(iter(groups["answers"]), {})
-        joiner = join.ShardJoin(batch.samples, FetchedLookups(answers), self.history_length)
+        joiner = join.ShardJoin(
+            batch.samples, beam_lookups.FetchedLookups(answers), self.history_length
+        )
         records = joiner.add_users(batch.users)
         stats = joiner.finish()
         for name in ("samples_written", "users_written"):
@@ -552,7 +402,7 @@ def _convert_split(
         | f"{split}: user batches" >> beam.Map(_user_batch)
     )
     requests = batches | f"{split}: wanted IDs" >> beam.Map(lambda kv: (kv[0], kv[1].wanted()))
-    answers = fetch(f"{split} lookups", requests, chunks)
+    answers = beam_lookups.fetch(f"{split} lookups", requests, chunks)
     (
         {"batch": batches, "answers": answers}
         | f"{split}: batch with lookups" >> beam.CoGroupByKey()
@@ -590,7 +440,9 @@ def build_pipeline(
         | "all counts" >> beam.Flatten()
         | "sum counts" >> beam.CombinePerKey(_add_pairs)
         | "by range"
-        >> beam.Map(lambda kv: ((kv[0][0], int(id_bucket(kv[0][1]))), (kv[0][1], *kv[1])))
+        >> beam.Map(
+            lambda kv: ((kv[0][0], int(beam_lookups.id_bucket(kv[0][1]))), (kv[0][1], *kv[1]))
+        )
         | "group ranges" >> beam.GroupByKey()
         | "keep" >> beam.FlatMap(_keep_range, options.min_count)
     )
@@ -598,7 +450,7 @@ def build_pipeline(
         kept
         | "range sizes" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
         | "all sizes" >> beam.combiners.ToList()
-        | "offsets" >> beam.Map(_range_offsets)
+        | "offsets" >> beam.Map(beam_lookups.range_offsets)
     )
     chunks = kept | "chunks" >> beam.Map(_chunk, beam.pvalue.AsSingleton(offsets), work)
     item_rows = {
@@ -610,7 +462,7 @@ def build_pipeline(
         | "join items" >> beam.CoGroupByKey()
         | "item tables" >> beam.FlatMap(_item_range, work)
     )
-    attribute_answers = fetch(
+    attribute_answers = beam_lookups.fetch(
         "attributes", item_ranges | "attribute IDs" >> beam.Map(_attribute_request), chunks
     )
     item_chunks = (
