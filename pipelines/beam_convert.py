@@ -36,7 +36,6 @@ import dataclasses
 import io
 import json
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -646,12 +645,7 @@ def convert(
     summary = finish(_counters(result), input_dir, output, work, tables, options)
     if not keep_work:
         FileSystems.delete([work])
-    for split, totals in summary["splits"].items():
-        print(
-            f"{split}: {totals['samples_written']} of {totals['samples_in']} samples written "
-            f"({totals['rejected']} rejected) in {len(totals['shards'])} shards",
-            file=sys.stderr,
-        )
+    taobao_mm.print_summary(summary)
     return summary
 
 
@@ -663,21 +657,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pipelines.taobao_mm). Other options are Beam pipeline options, e.g. --runner.",
     )
     taobao_mm.add_conversion_arguments(parser)
-    parser.add_argument("--keep-work", action="store_true", help=f"keep {WORK_DIR}")
     args, pipeline_args = parser.parse_known_args(argv)
-    try:
-        convert(
-            args.input,
-            args.output,
-            history_length=args.history_length,
-            min_count=taobao_mm.parse_min_count(args.min_count),
-            shards={"train": args.train_shards, "test": args.test_shards},
-            pipeline_args=pipeline_args,
-            keep_work=args.keep_work,
-            overwrite=args.overwrite,
-        )
-    except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
-        parser.exit(2, f"error: {err}\n")
+    taobao_mm.run_command(parser, args, convert, pipeline_args=pipeline_args)
 
 
 if __name__ == "__main__":

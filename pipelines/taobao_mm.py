@@ -216,13 +216,18 @@ def convert(
     write_json(os.path.join(output, artifacts.MANIFEST), manifest)
     if not keep_work:
         shutil.rmtree(work)
+    print_summary(manifest)
+    return manifest
+
+
+def print_summary(manifest: dict) -> None:
+    """One line per split on stderr: samples written, rejected by reason, bytes per sample."""
     for split, summary in manifest["splits"].items():
         print(
             f"{split}: {summary['samples_written']} of {summary['samples_in']} samples written "
             f"({summary['rejected']} rejected), {summary['bytes_per_sample']} bytes/sample",
             file=sys.stderr,
         )
-    return manifest
 
 
 def parse_min_count(values: list[str]) -> dict[str, int]:
@@ -258,6 +263,30 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-shards", type=int, help="output shards (default: by input size)")
     parser.add_argument("--test-shards", type=int, help="output shards (default: by input size)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
+    parser.add_argument("--keep-work", action="store_true", help="keep the work directory")
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    convert_fn: Callable[..., dict],
+    **extra: object,
+) -> None:
+    """Calls ``convert_fn`` with the options of ``add_conversion_arguments`` (and ``extra``);
+    input errors exit with status 2 and a one-line message."""
+    try:
+        convert_fn(
+            args.input,
+            args.output,
+            history_length=args.history_length,
+            min_count=parse_min_count(args.min_count),
+            shards={"train": args.train_shards, "test": args.test_shards},
+            keep_work=args.keep_work,
+            overwrite=args.overwrite,
+            **extra,
+        )
+    except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
+        parser.exit(2, f"error: {err}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -269,22 +298,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     add_conversion_arguments(parser)
     parser.add_argument("--workers", type=int, help="processes (default: all cores)")
-    parser.add_argument("--keep-work", action="store_true", help="keep the _work directory")
     args = parser.parse_args(argv)
-    try:
-        min_count = parse_min_count(args.min_count)
-        convert(
-            args.input,
-            args.output,
-            history_length=args.history_length,
-            min_count=min_count,
-            shards={"train": args.train_shards, "test": args.test_shards},
-            workers=args.workers,
-            keep_work=args.keep_work,
-            overwrite=args.overwrite,
-        )
-    except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
-        parser.exit(2, f"error: {err}\n")
+    run_command(parser, args, convert, workers=args.workers)
 
 
 if __name__ == "__main__":
