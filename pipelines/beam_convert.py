@@ -182,6 +182,9 @@ def _range_path(work: str, kind: str, name: str, bucket: int) -> str:
     return f"{work}/{kind}/{name}/r{bucket:05d}.npy"
 
 
+# 3. lookups: pipelines.beam_lookups ---------------------------------------------------------
+
+
 # 4. items -----------------------------------------------------------------------------------
 
 
