@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pyarrow.parquet as pq
@@ -86,20 +87,23 @@ def measure(engine_args: list[str], parquet: str, output: str) -> dict:
     command = [sys.executable, "-m", "benchmarks.convert_engines", "--child", engine_args[0],
                parquet, output, *engine_args[1:]]
     shutil.rmtree(output, ignore_errors=True)
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=common.ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    peak = 0.0
-    while process.poll() is None:
-        peak = max(peak, _tree_rss_mb(process.pid))
-        time.sleep(0.2)
-    seconds = time.perf_counter() - start
-    stdout, stderr = process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+    # Files, not pipes: nobody reads a pipe while polling, and a full one would stall the child.
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=common.ROOT, env=env, stdout=stdout,
+                                   stderr=stderr, text=True)
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, _tree_rss_mb(process.pid))
+            time.sleep(0.2)
+        seconds = time.perf_counter() - start
+        stdout.seek(0)
+        stderr.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.read()[-3000:]}")
+        totals = json.loads(stdout.read().strip().splitlines()[-1])
     shutil.rmtree(output, ignore_errors=True)
-    return {**json.loads(stdout.strip().splitlines()[-1]), "seconds": round(seconds, 1),
-            "peak_rss_mb": round(peak, 1)}
+    return {**totals, "seconds": round(seconds, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         for engine, engine_args in _engines(cores).items():
             result = measure(engine_args, parquet, os.path.join(args.work_dir, "convert-out"))
             assert result["input_rows"] == input_rows, (engine, result, input_rows)
-            row = {"users": users, "engine": engine, **result,
+            row = {"table": "convert engines", "users": users, "engine": engine, **result,
                    "rows_per_s": round(input_rows / result["seconds"], 1),
                    "samples_per_s": round(result["samples"] / result["seconds"], 1)}
             local = local or row
