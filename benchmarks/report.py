@@ -120,7 +120,8 @@ def data_section(result: dict) -> list[str]:
 def convert_section(results: list[dict]) -> list[str]:
     lines = ["### Conversion engines: local processes vs Beam's local runner", ""]
     for result in results:
-        lines += [_machine(result), "", common.format_table(result["results"], [
+        note = [f"Partial: {result['note']}", ""] if result.get("partial") else []
+        lines += [_machine(result), "", *note, common.format_table(result["results"], [
             "users", "engine", "input_rows", "samples", "seconds", "rows_per_s", "samples_per_s",
             "peak_rss_mb", "time_vs_local", "memory_vs_local"]), ""]
     return lines
