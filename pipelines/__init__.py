@@ -1,7 +1,8 @@
 """Data pipelines: Taobao-MM Parquet (real or synthetic) -> vocabularies and TFRecord shards.
 
-Commands: ``python -m pipelines.synthetic`` (planted-truth Parquet) and ``python -m
-pipelines.taobao_mm`` (Parquet -> converted dataset). See ``pipelines/README.md``.
+Commands: ``python -m pipelines.synthetic`` (planted-truth Parquet), ``python -m
+pipelines.taobao_mm`` (Parquet -> converted dataset) and ``python -m pipelines.beam_convert`` (the
+same on Apache Beam). See ``pipelines/README.md``.
 """
 
 from muse_tf import keras2

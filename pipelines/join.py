@@ -55,8 +55,23 @@ OOV_FEATURES = features.SCALAR_FEATURES + features.SEQUENCE_FEATURES
 USER_ROW_COUNTS = ("in", "written", "unmatched", "duplicate", "missing_id")
 
 
-@dataclasses.dataclass
 class Lookups:
+    """What the rules look up: vocabulary indices of raw IDs, and the target item's attributes and
+    whether it has a multimodal vector. ``TableLookups`` answers from the finished tables (the
+    local engine); ``pipelines.beam_convert`` answers from the IDs it fetched for a batch."""
+
+    def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
+        """Raw IDs of ``feature`` -> vocabulary indices of the same shape (OOV when unknown)."""
+        raise NotImplementedError
+
+    def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) category/attr_213/attr_214 indices (PAD where item_features has no row) and
+        (N,) has-a-vector of item indices."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class TableLookups(Lookups):
     """Sorted vocabularies by name, and the item tables aligned with the item vocabulary."""
 
     vocabs: dict[str, np.ndarray]
@@ -64,8 +79,11 @@ class Lookups:
     multimodal: np.ndarray  # (V, 128) int8
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
-        """Raw IDs of ``feature`` -> vocabulary indices of the same shape (OOV when unknown)."""
         return vocabulary.lookup(self.vocabs[features.VOCABULARY[feature]], raw_ids, assume_sorted=True)
+
+    def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        attributes = np.asarray(self.item_attributes[item_index], np.int64)
+        return attributes, np.any(np.asarray(self.multimodal[item_index]) != 0, axis=1)
 
 
 @dataclasses.dataclass
@@ -116,29 +134,47 @@ def _first_new_rows(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return np.sort(candidates[first[~np.isin(unique, seen, assume_unique=True)]])
 
 
-_UNDECIDED, _WRITTEN = -2, -1
+UNDECIDED, _WRITTEN = -2, -1  # reason codes besides the REJECT_REASONS indices
+
+
+@dataclasses.dataclass
+class SampleColumns:
+    """Samples as parsed columns: raw user and target item, click (0/1), and the reason index
+    (into REJECT_REASONS) of the samples already rejected, ``UNDECIDED`` for the others."""
+
+    users: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray
+    reason: np.ndarray
+
+
+def sample_columns(samples: pa.Table | pa.RecordBatch) -> SampleColumns:
+    """Parses samples and applies the rules that need no join (``missing_id`` before
+    ``malformed_label``)."""
+    users = pi.ids(samples, release.USER_ID)
+    items = pi.ids(samples, release.ITEM_ID)
+    labels, label_ok = parse_labels(samples)
+    reason = np.full(len(users), UNDECIDED)
+    reason[~label_ok] = REJECT_REASONS.index("malformed_label")
+    reason[(users == release.MISSING) | (items == release.MISSING)] = REJECT_REASONS.index("missing_id")
+    return SampleColumns(users, items, labels, reason)
 
 
 class ShardJoin:
     """Joins one bucket: ``add_users`` per batch of user feature rows, then ``finish``.
 
     Args:
-        samples: every sample of the bucket (``label_0``, ``129_1``, ``205``).
+        samples: every sample of the bucket, parsed (``sample_columns``).
         lookups: vocabularies and item tables.
         history_cap: L, behaviours kept per user (the most recent).
     """
 
-    def __init__(self, samples: pa.Table, lookups: Lookups, history_cap: int) -> None:
+    def __init__(self, samples: SampleColumns, lookups: Lookups, history_cap: int) -> None:
         self.lookups = lookups
         self.history_cap = history_cap
-        users = pi.ids(samples, release.USER_ID)
-        self._items = pi.ids(samples, release.ITEM_ID)
-        self._labels, label_ok = parse_labels(samples)
-        self._reason = np.full(len(users), _UNDECIDED)
-        missing_id = (users == release.MISSING) | (self._items == release.MISSING)
-        self._reason[~label_ok] = REJECT_REASONS.index("malformed_label")
-        self._reason[missing_id] = REJECT_REASONS.index("missing_id")
-        waiting = np.flatnonzero(self._reason == _UNDECIDED)
+        users, self._items, self._labels = samples.users, samples.items, samples.labels
+        self._reason = samples.reason.copy()
+        waiting = np.flatnonzero(self._reason == UNDECIDED)
         self._waiting = waiting[np.argsort(users[waiting], kind="stable")]  # by user, input order
         self._waiting_users = users[self._waiting]
         self._seen_users = np.zeros(0, np.int64)
@@ -199,10 +235,9 @@ class ShardJoin:
 
     def _sample_values(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         item_index = self.lookups.index(features.ITEM_ID, self._items[samples])
-        attributes = np.asarray(self.lookups.item_attributes[item_index], np.int64)
+        attributes, has_vector = self.lookups.item_info(item_index)
         has_attributes = attributes[:, 0] != features.PAD
         attributes[~has_attributes] = features.OOV
-        has_vector = np.any(np.asarray(self.lookups.multimodal[item_index]) != 0, axis=1)
         adjusted = self.counts["adjusted"]
         adjusted["item_without_features"] += int(
             np.count_nonzero(~has_attributes & (item_index != features.OOV))
@@ -236,7 +271,7 @@ class ShardJoin:
 
     def finish(self) -> dict:
         """Rejects the samples whose user never came; the shard's counts."""
-        self._reason[self._reason == _UNDECIDED] = REJECT_REASONS.index("user_without_features")
+        self._reason[self._reason == UNDECIDED] = REJECT_REASONS.index("user_without_features")
         counts = {name: dict(counter) for name, counter in self.counts.items()}
         return {
             "samples_in": len(self._reason),

@@ -23,8 +23,11 @@ def _sum_counts(shards: list[dict]) -> dict:
     return total
 
 
-def _split_summary(split: str, shards: list[dict], input_rows: dict[str, int]) -> dict:
-    total = _sum_counts(shards)
+def _split_summary(
+    split: str, shards: list[dict], input_rows: dict[str, int], total: dict | None
+) -> dict:
+    if total is None:
+        total = _sum_counts(shards)
     accounted = total["samples_written"] + sum(total["rejected"].values())
     expected = {
         "samples_in": input_rows[release.SAMPLES_TABLE[split]],
@@ -49,9 +52,13 @@ def build(
     item_tables: dict[str, dict],
     input_rows: dict[str, int],
     shards_by_split: dict[str, list[dict]],
+    totals_by_split: dict[str, dict] | None = None,
 ) -> dict:
     """The manifest: schema version, vocabulary sizes and statistics, item-table row counts, input
     rows per table, and per split its totals, bytes per sample and per-shard counts.
+
+    A split's totals are the sum of its shards' counts, or ``totals_by_split[split]`` when given
+    (the Beam pipeline counts per split, its shards list only ``file`` and ``bytes``).
 
     Raises:
         RuntimeError: when a split's counts do not balance.
@@ -65,7 +72,7 @@ def build(
         **item_tables,
         "input_rows": input_rows,
         "splits": {
-            split: _split_summary(split, shards, input_rows)
+            split: _split_summary(split, shards, input_rows, (totals_by_split or {}).get(split))
             for split, shards in shards_by_split.items()
         },
     }

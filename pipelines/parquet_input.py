@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -28,20 +29,29 @@ class InputError(ValueError):
     """Input that cannot be converted; the message names the file (and column)."""
 
 
-def discover_tables(input_dir: str) -> dict[str, list[str]]:
-    """Files of every Taobao-MM table under ``input_dir``, sorted.
+def _local_glob(pattern: str) -> list[str]:
+    return glob.glob(pattern, recursive=True)
+
+
+def discover_tables(
+    input_dir: str, match: Callable[[str], list[str]] | None = None
+) -> dict[str, list[str]]:
+    """Files of every Taobao-MM table under ``input_dir``, sorted. ``match`` lists the paths of a
+    glob pattern (default: the local file system; the Beam pipeline passes its file systems').
 
     Raises:
         InputError: naming a table with no file.
     """
-    if not os.path.isdir(input_dir):
-        raise InputError(f"Input directory {input_dir} does not exist.")
+    if match is None:
+        if not os.path.isdir(input_dir):
+            raise InputError(f"Input directory {input_dir} does not exist.")
+        match = _local_glob
     tables = {}
     for table in release.TABLE_COLUMNS:
         patterns = (f"{table}.parquet", f"{table}[._-]*.parquet", f"{table}/**/*.parquet")
         files = set()
         for pattern in patterns:
-            files.update(glob.glob(os.path.join(input_dir, pattern), recursive=True))
+            files.update(match(os.path.join(input_dir, pattern)))
         if not files:
             raise InputError(
                 f"{input_dir}: no Parquet file for table {table!r} (looked for "
@@ -61,14 +71,15 @@ def _type_matches(arrow_type: pa.DataType, expected: str) -> bool:
     return pa.types.is_integer(arrow_type.value_type)
 
 
-def open_checked(path: str, table: str) -> pq.ParquetFile:
-    """Opens ``path`` and checks it has ``table``'s columns and types.
+def open_checked(path: str, table: str, source: BinaryIO | None = None) -> pq.ParquetFile:
+    """Opens ``path`` (or ``source``, the file already opened) and checks it has ``table``'s
+    columns and types.
 
     Raises:
         InputError: naming the file, and the column when the schema is wrong.
     """
     try:
-        parquet_file = pq.ParquetFile(path)
+        parquet_file = pq.ParquetFile(source if source is not None else path)
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet file ({err}).") from err
     schema = parquet_file.schema_arrow
@@ -92,14 +103,16 @@ def batch_rows(parquet_file: pq.ParquetFile) -> int:
     return int(np.clip(BATCH_BYTES * meta.num_rows // max(size, 1), 1, 65_536))
 
 
-def read_batches(path: str, table: str, row_groups: list[int] | None) -> Iterator[pa.RecordBatch]:
+def read_batches(
+    path: str, table: str, row_groups: list[int] | None, source: BinaryIO | None = None
+) -> Iterator[pa.RecordBatch]:
     """Record batches of ``table``'s columns (see ``batch_rows``), so memory stays bounded even
-    for files written as one huge row group.
+    for files written as one huge row group. ``source``: the file already opened.
 
     Raises:
         InputError: naming the file when it cannot be decoded.
     """
-    parquet_file = open_checked(path, table)
+    parquet_file = open_checked(path, table, source)
     try:
         yield from parquet_file.iter_batches(
             batch_size=batch_rows(parquet_file),

@@ -86,14 +86,8 @@ def scan_file(work: str, task: ScanTask, options: Options) -> tuple[dict, str]:
     rows = 0
     for batch in pi.read_batches(task.path, task.table, task.row_groups):
         rows += batch.num_rows
-        for column in vocab.COUNTED_COLUMNS.get(task.table, ()):
-            if release.TABLE_COLUMNS[task.table][column] == release.ID:
-                counter.add(vocab.vocabulary_of(column), pi.ids(batch, column))
-            else:
-                counter.add(vocab.vocabulary_of(column), pi.id_lists(batch, column)[0])
-        if task.table == release.SCL_EMBEDDINGS:
-            well_formed = pi.id_lists(batch, release.SCL_VECTOR)[1] == release.EMBEDDING_DIM
-            counter.add(vocab.SCL_ITEMS, pi.ids(batch, release.ITEM_ID)[well_formed])
+        for name, raw_ids in vocab.ids_to_count(task.table, batch):
+            counter.add(name, raw_ids)
         if spill is not None:
             spill.write(batch)
     counter.flush()
@@ -122,7 +116,7 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     if os.path.exists(marker):
         return read_json(marker)
     vocabs = artifacts.load_vocabularies(output)
-    rows = vocabulary.table_rows(vocabs["item"])
+    rows = len(vocabs["item"]) + vocabulary.RESERVED
     attributes = np.lib.format.open_memmap(
         os.path.join(work, "item_attributes.npy"), "w+", np.int32, (rows, 3)
     )
@@ -130,7 +124,7 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
         os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, release.EMBEDDING_DIM)
     )
     result = {
-        release.ITEM_FEATURES: item_tables.build_attribute_table(
+        "item_features": item_tables.build_attribute_table(
             tables[release.ITEM_FEATURES], vocabs, attributes
         ),
         "multimodal": item_tables.build_multimodal_table(
@@ -144,13 +138,13 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     return result
 
 
-def load_lookups(output: str, work: str) -> join.Lookups:
+def load_lookups(output: str, work: str) -> join.TableLookups:
     """The finished vocabularies and item tables, memory-mapped, for the join (stage 4)."""
     vocabs = {
         name: np.load(artifacts.vocab_path(output, name), mmap_mode="r")
         for name in features.VOCABULARIES
     }
-    return join.Lookups(
+    return join.TableLookups(
         vocabs=vocabs,
         item_attributes=np.load(os.path.join(work, "item_attributes.npy"), mmap_mode="r"),
         multimodal=artifacts.load_multimodal_table(output),
@@ -174,7 +168,9 @@ def convert_shard(
         return read_json(marker), f"{name} (done before)"
     bucket_dir = os.path.join(work, "buckets")
     samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, release.SAMPLES_TABLE[split])
-    joiner = join.ShardJoin(samples, load_lookups(output, work), options.history_cap)
+    joiner = join.ShardJoin(
+        join.sample_columns(samples), load_lookups(output, work), options.history_cap
+    )
     user_batches = buckets.iter_bucket(bucket_dir, split, buckets.USERS, shard)
     with tfrecord_writer.ShardWriter(os.path.join(output, name)) as writer:
         for users in user_batches:

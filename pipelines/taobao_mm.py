@@ -69,8 +69,10 @@ def _run(
     return results
 
 
-def _input_bytes(tables: dict[str, list[str]], names: Sequence[str]) -> int:
-    return sum(os.path.getsize(path) for name in names for path in tables[name])
+def _input_bytes(
+    tables: dict[str, list[str]], names: Sequence[str], size: Callable[[str], int]
+) -> int:
+    return sum(size(path) for name in names for path in tables[name])
 
 
 def resolve_options(
@@ -78,8 +80,10 @@ def resolve_options(
     history_cap: int,
     min_count: dict[str, int],
     shards: dict[str, int | None],
+    size: Callable[[str], int] = os.path.getsize,
 ) -> Options:
-    """Fills the defaults that depend on the input size (shards per split, count partitions)."""
+    """Fills the defaults that depend on the input size (shards per split, count partitions);
+    ``size`` gives a file's bytes."""
     if history_cap <= 0:
         raise ValueError(f"`history_cap` must be positive, got {history_cap}.")
     unknown = set(min_count) - set(features.VOCABULARIES)
@@ -90,12 +94,12 @@ def resolve_options(
         )
     resolved_shards = {}
     for split in release.SPLITS:
-        size = _input_bytes(tables, (release.SAMPLES_TABLE[split], release.USER_TABLE[split]))
-        count = shards.get(split) or max(2, math.ceil(size / SHARD_INPUT_BYTES))
+        split_bytes = _input_bytes(tables, (release.SAMPLES_TABLE[split], release.USER_TABLE[split]), size)
+        count = shards.get(split) or max(2, math.ceil(split_bytes / SHARD_INPUT_BYTES))
         if count <= 0:
             raise ValueError(f"Shards for {split!r} must be positive, got {count}.")
         resolved_shards[split] = count
-    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (release.SCL_EMBEDDINGS,))
+    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (release.SCL_EMBEDDINGS,), size)
     return Options(
         history_cap=history_cap,
         min_count={name: min_count.get(name, 1) for name in features.VOCABULARIES},
@@ -213,16 +217,22 @@ def convert(
     write_json(os.path.join(output, artifacts.MANIFEST), manifest)
     if not keep_work:
         shutil.rmtree(work)
+    print_summary(manifest)
+    return manifest
+
+
+def print_summary(manifest: dict) -> None:
+    """One line per split on stderr: samples written, rejected by reason, bytes per sample."""
     for split, summary in manifest["splits"].items():
         print(
             f"{split}: {summary['samples_written']} of {summary['samples_in']} samples written "
             f"({summary['rejected']} rejected), {summary['bytes_per_sample']} bytes/sample",
             file=sys.stderr,
         )
-    return manifest
 
 
-def _parse_min_count(values: list[str]) -> dict[str, int]:
+def parse_min_count(values: list[str]) -> dict[str, int]:
+    """``--min-count`` values (``N`` or ``name=N``) -> {vocabulary: N}."""
     counts: dict[str, int] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
@@ -233,13 +243,8 @@ def _parse_min_count(values: list[str]) -> dict[str, int]:
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.taobao_mm",
-        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
-        "multimodal table and manifest.json.",
-    )
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that decide the output, shared by this command and ``pipelines.beam_convert``."""
     parser.add_argument("--input", required=True, help="directory holding the Parquet tables")
     parser.add_argument("--output", required=True, help="dataset directory to write")
     parser.add_argument(
@@ -258,24 +263,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--train-shards", type=int, help="output shards (default: by input size)")
     parser.add_argument("--test-shards", type=int, help="output shards (default: by input size)")
-    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
-    parser.add_argument("--keep-work", action="store_true", help="keep the _work directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
-    args = parser.parse_args(argv)
+    parser.add_argument("--keep-work", action="store_true", help="keep the work directory")
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    convert_fn: Callable[..., dict],
+    **extra: object,
+) -> None:
+    """Calls ``convert_fn`` with the options of ``add_conversion_arguments`` (and ``extra``);
+    input errors exit with status 2 and a one-line message."""
     try:
-        min_count = _parse_min_count(args.min_count)
-        convert(
+        convert_fn(
             args.input,
             args.output,
             history_cap=args.history_cap,
-            min_count=min_count,
+            min_count=parse_min_count(args.min_count),
             shards={"train": args.train_shards, "test": args.test_shards},
-            workers=args.workers,
             keep_work=args.keep_work,
             overwrite=args.overwrite,
+            **extra,
         )
     except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
         parser.exit(2, f"error: {err}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.taobao_mm",
+        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
+        "multimodal table and manifest.json.",
+    )
+    add_conversion_arguments(parser)
+    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
+    args = parser.parse_args(argv)
+    run_command(parser, args, convert, workers=args.workers)
 
 
 if __name__ == "__main__":

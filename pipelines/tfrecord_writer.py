@@ -6,11 +6,19 @@ The file appears under its final name only when complete.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import tensorflow as tf
 
 from muse_tf import records
 from pipelines.join import UserRecords
+
+
+def encode(users: UserRecords) -> Iterator[bytes]:
+    """Serialized records of ``users``, in order (both conversion engines write these)."""
+    return records.encode_user_records(
+        users.user, users.history, users.history_lengths, users.samples, users.sample_counts
+    )
 
 
 class ShardWriter:
@@ -32,10 +40,7 @@ class ShardWriter:
         Raises:
             ValueError: when ``users`` lacks a feature of the record schema.
         """
-        encoded = records.encode_user_records(
-            users.user, users.history, users.history_lengths, users.samples, users.sample_counts
-        )
-        for record in encoded:
+        for record in encode(users):
             self._writer.write(record)
 
     def __enter__(self) -> ShardWriter:

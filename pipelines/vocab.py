@@ -23,10 +23,13 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from muse_tf import features, vocabulary
+from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
 from pipelines.hashing import order_by_partition, partition_of
 
@@ -50,6 +53,19 @@ SPILL_BUFFER_PAIRS = 8_000_000
 def vocabulary_of(column: str) -> str:
     """The vocabulary a Taobao-MM column's IDs belong to, e.g. ``150_2_180`` -> ``item``."""
     return features.VOCABULARY[release.COLUMN_FEATURE[column]]
+
+
+def ids_to_count(table: str, batch: pa.RecordBatch) -> Iterator[tuple[str, np.ndarray]]:
+    """(vocabulary, raw IDs) pairs that a record batch of ``table`` adds to the counts; the items
+    of well-formed SCL rows go to ``SCL_ITEMS``. MISSING values are left for the counter to drop."""
+    for column in COUNTED_COLUMNS.get(table, ()):
+        if release.TABLE_COLUMNS[table][column] == release.ID:
+            yield vocabulary_of(column), pi.ids(batch, column)
+        else:
+            yield vocabulary_of(column), pi.id_lists(batch, column)[0]
+    if table == release.SCL_EMBEDDINGS:
+        well_formed = pi.id_lists(batch, release.SCL_VECTOR)[1] == release.EMBEDDING_DIM
+        yield SCL_ITEMS, pi.ids(batch, release.ITEM_ID)[well_formed]
 
 
 def sum_counts(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,24 +152,40 @@ class VocabStats:
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
+def keep_ids(
+    ids: np.ndarray, counts: np.ndarray, forced_counts: np.ndarray, min_count: int
+) -> tuple[np.ndarray, VocabStats]:
+    """The vocabulary rule for distinct IDs (ascending) with their train counts and their forced
+    (SCL) rows, either possibly 0: an ID is kept when counted ``min_count`` times or more, or when
+    forced. Returns the kept IDs (ascending) and their statistics."""
+    counted, forced = counts > 0, forced_counts > 0
+    by_count = counted & (counts >= min_count)
+    keep = by_count | forced
+    stats = VocabStats(
+        distinct=int(np.count_nonzero(counted)),
+        kept=int(np.count_nonzero(keep)),
+        below_min_count=int(np.count_nonzero(counted & ~keep)),
+        kept_by_scl=int(np.count_nonzero(forced & ~by_count)),
+        duplicate_scl_rows=int(forced_counts.sum() - np.count_nonzero(forced)),
+    )
+    return ids[keep], stats
+
+
 def reduce_partition(
     spill_dir: str, vocab: str, partition: int, min_count: int, out_path: str
 ) -> VocabStats:
     """Sums one partition, keeps IDs meeting ``min_count`` (or forced) and saves them."""
     ids, counts = _load_partition(spill_dir, vocab, partition)
-    keep = counts >= min_count
-    stats = VocabStats(distinct=len(ids))
-    kept = ids[keep]
+    forced = np.zeros(0, np.int64)
+    forced_counts = np.zeros(0, np.int64)
     if vocab in FORCED:
         forced, forced_counts = _load_partition(spill_dir, FORCED[vocab], partition)
-        stats.duplicate_scl_rows = int(forced_counts.sum() - len(forced))
-        extra = np.setdiff1d(forced, kept, assume_unique=True)
-        stats.kept_by_scl = len(extra)
-        stats.below_min_count = int(np.count_nonzero(~keep & ~np.isin(ids, forced)))
-        kept = np.concatenate([kept, extra])
-    else:
-        stats.below_min_count = int(np.count_nonzero(~keep))
-    stats.kept = len(kept)
+    union = np.union1d(ids, forced)
+    counts_all = np.zeros(len(union), np.int64)
+    counts_all[np.searchsorted(union, ids)] = counts
+    forced_all = np.zeros(len(union), np.int64)
+    forced_all[np.searchsorted(union, forced)] = forced_counts
+    kept, stats = keep_ids(union, counts_all, forced_all, min_count)
     save_atomic(out_path, kept)
     return stats
 
