@@ -17,6 +17,8 @@ import yaml
 from muse_tf import features
 
 ATTENTION_CHOICES = ("ta", "sata")
+EMBEDDING_OPTIMIZERS = ("sparse_adam", "adam")
+DENSE_OPTIMIZERS = ("adam", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +152,12 @@ class TrainConfig:
         batch_size: global batch size, split across replicas.
         epochs: passes over the training split.
         steps_per_epoch: None = one pass over the training split's samples (from the manifest).
-        embedding_learning_rate: Adam learning rate of the embedding tables (paper: 2e-3).
-        dense_learning_rate: Adam learning rate of every other weight (paper: 2e-4).
+        embedding_optimizer: ``sparse_adam`` (only the rows a batch looks up are updated, as the
+            official code's torch SparseAdam) or ``adam`` (tf-keras Adam: every row, every step).
+        dense_optimizer: ``adam`` or ``adamw`` (the official code's, weight decay 0.01) for every
+            other weight.
+        embedding_learning_rate: learning rate of the embedding tables (paper: 2e-3).
+        dense_learning_rate: learning rate of every other weight (paper: 2e-4).
         history_length: L, behaviours per sample fed to the model (the most recent kept); the
             converted shards hold at most the conversion's ``--history-cap``.
         shuffle: shuffle the shard files and user records each epoch (a user's samples stay
@@ -166,6 +172,8 @@ class TrainConfig:
     batch_size: int = 1000
     epochs: int = 1
     steps_per_epoch: int | None = None
+    embedding_optimizer: str = "sparse_adam"
+    dense_optimizer: str = "adam"
     embedding_learning_rate: float = 2e-3
     dense_learning_rate: float = 2e-4
     history_length: int = 1000
@@ -181,6 +189,10 @@ class TrainConfig:
                      "backup_every_steps", "log_every_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
+        for name, choices in (("embedding_optimizer", EMBEDDING_OPTIMIZERS),
+                              ("dense_optimizer", DENSE_OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"`train.{name}` must be one of {choices}, got {getattr(self, name)!r}.")
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ import tensorflow as tf
 import tf_keras
 import yaml
 
-from muse_tf import artifacts, data, distribute, evaluate, features, seeding
+from muse_tf import artifacts, data, distribute, evaluate, features, optimizers, seeding
 from muse_tf.config import VARIANTS, ExperimentConfig, apply_overrides, from_dict, load_yaml
 from muse_tf.models import MuseModel
 
@@ -120,11 +120,13 @@ def build_model(experiment: ExperimentConfig, table: np.ndarray | None = None) -
 
 
 def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
-    """Adam for the embedding tables and Adam for every other weight, at the config's rates."""
+    """The config's optimizers, at its rates: one for the embedding tables, one for the rest."""
     train = experiment.train
     model.compile(
-        optimizer=tf_keras.optimizers.Adam(train.dense_learning_rate),
-        embedding_optimizer=tf_keras.optimizers.Adam(train.embedding_learning_rate),
+        optimizer=optimizers.dense_optimizer(train.dense_optimizer, train.dense_learning_rate),
+        embedding_optimizer=optimizers.embedding_optimizer(
+            train.embedding_optimizer, train.embedding_learning_rate
+        ),
     )
 
 

@@ -139,3 +139,30 @@ def group_auc_bruteforce(labels, scores, groups):
         total += sel.sum() * wins / (len(pos) * len(neg))
         weight += sel.sum()
     return total / weight if weight else float("nan")
+
+
+class SparseAdam:
+    """torch.optim.SparseAdam in float64: per step, repeated indices summed (torch's ``coalesce``),
+    then only those rows' moments and values updated; a step counter per table."""
+
+    def __init__(self, table, lr, beta_1=0.9, beta_2=0.999, eps=1e-8):
+        self.table = np.array(table, np.float64)
+        self.m = np.zeros_like(self.table)
+        self.v = np.zeros_like(self.table)
+        self.lr, self.beta_1, self.beta_2, self.eps = lr, beta_1, beta_2, eps
+        self.step = 0
+
+    def apply(self, indices, values):
+        self.step += 1
+        rows = np.unique(indices)
+        grad = np.zeros((len(rows),) + self.table.shape[1:])
+        np.add.at(grad, np.searchsorted(rows, indices), values)
+        old_m, old_v = self.m[rows], self.v[rows]
+        m_update = (grad - old_m) * (1 - self.beta_1)
+        v_update = (grad**2 - old_v) * (1 - self.beta_2)
+        self.m[rows] += m_update
+        self.v[rows] += v_update
+        numer = m_update + old_m
+        denom = np.sqrt(v_update + old_v) + self.eps
+        step_size = self.lr * np.sqrt(1 - self.beta_2**self.step) / (1 - self.beta_1**self.step)
+        self.table[rows] += -step_size * numer / denom

@@ -1,0 +1,218 @@
+"""SparseAdam against torch's SparseAdam (NumPy), under MirroredStrategy, and through checkpoints."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from muse_tf.config import VARIANTS
+from muse_tf.optimizers import SparseAdam, dense_optimizer
+from tests.reference import SparseAdam as ReferenceSparseAdam
+from tests.test_model import make_batch, make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS, WIDTH, LR = 12, 3, 0.05
+# Per step: row indices (repeats summed, rows 9-11 never present) and a seed for the values.
+STEPS = [[0, 3, 3, 5], [5, 1], [3, 3, 3, 0, 7], [2], [8, 0, 5, 5]]
+
+
+def _gradients():
+    rng = np.random.default_rng(0)
+    return [(np.array(idx), rng.normal(size=(len(idx), WIDTH))) for idx in STEPS]
+
+
+def _initial_table():
+    return np.random.default_rng(1).normal(size=(ROWS, WIDTH))
+
+
+def _reference_after(steps):
+    reference = ReferenceSparseAdam(_initial_table(), LR)
+    for indices, values in _gradients()[:steps]:
+        reference.apply(indices, values)
+    return reference
+
+
+def _slots(optimizer, variable):
+    index = optimizer._index_dict[optimizer._var_key(variable)]
+    return optimizer._momentums[index].numpy(), optimizer._velocities[index].numpy()
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_sparse_adam_is_torch_sparse_adam(graph):
+    table = tf.Variable(_initial_table(), dtype=tf.float32)
+    optimizer = SparseAdam(LR)
+
+    def apply(indices, values):
+        optimizer.apply_gradients([(tf.IndexedSlices(values, indices, tf.constant([ROWS, WIDTH])), table)])
+
+    step = tf.function(apply) if graph else apply
+    reference = ReferenceSparseAdam(_initial_table(), LR)
+    untouched = np.setdiff1d(np.arange(ROWS), np.concatenate(STEPS))
+    for number, (indices, values) in enumerate(_gradients()):
+        step(tf.constant(indices, tf.int64), tf.constant(values, tf.float32))
+        reference.apply(indices, values)
+        if number == 1:
+            row_1_after_its_last_step = table.numpy()[1].copy()
+        np.testing.assert_allclose(table.numpy(), reference.table, rtol=1e-5, atol=1e-6)
+        m, v = _slots(optimizer, table)
+        np.testing.assert_allclose(m, reference.m, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(v, reference.v, rtol=1e-4, atol=1e-9)
+    np.testing.assert_array_equal(table.numpy()[untouched], _initial_table().astype(np.float32)[untouched])
+    # Row 1 is present only at the second step: dense Adam would keep moving it after that.
+    np.testing.assert_array_equal(table.numpy()[1], row_1_after_its_last_step)
+
+
+def test_dense_gradients_are_refused_by_name():
+    table = tf.Variable(np.zeros((ROWS, WIDTH), np.float32), name="item_table")
+    with pytest.raises(TypeError, match="dense gradient for item_table"):
+        SparseAdam(LR).apply_gradients([(tf.ones((ROWS, WIDTH)), table)])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_embedding_table_gets_a_sparse_gradient(variant):
+    model, _ = make_model(variant)
+    x = make_batch(np.random.default_rng(3))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x, training=True))
+    tables = [v for layer in model.embeddings.values() for v in layer.trainable_weights]
+    gradients = tape.gradient(loss, tables)
+    assert all(g is None or isinstance(g, tf.IndexedSlices) for g in gradients)
+    item = model.embeddings["item"].embeddings
+    item_gradient = gradients[[t is item for t in tables].index(True)]
+    assert item_gradient.indices.shape[0] < item.shape[0] * 4  # rows of the batch, not of the table
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import muse_tf
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from muse_tf.optimizers import SparseAdam
+    table0, lr, steps = json.loads(sys.argv[1])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        table = tf.Variable(np.array(table0, np.float32))
+        optimizer = SparseAdam(lr)
+
+    @tf.function
+    def step(per_replica):
+        def apply(indices, values):
+            grad = tf.IndexedSlices(values, indices, tf.constant(list(table.shape)))
+            optimizer.apply_gradients([(grad, table)])
+        strategy.run(apply, args=per_replica)
+
+    for replica_steps in steps:  # [[indices, values] for each replica]
+        per_replica = [strategy.experimental_distribute_values_from_function(
+            lambda ctx, k=k: tf.constant(replica_steps[ctx.replica_id_in_sync_group][k],
+                                         tf.int64 if k == 0 else tf.float32)) for k in (0, 1)]
+        step(per_replica)
+    print(json.dumps([t.numpy().tolist() for t in table.values]))
+""")
+
+
+def test_two_replicas_update_like_one_with_the_summed_gradient():
+    """MirroredStrategy all-reduces the replicas' IndexedSlices (a concatenation): the update is
+    SparseAdam's on both replicas' rows summed, identical on both devices."""
+    grads = _gradients()
+    steps = [[[indices.tolist(), values.tolist()] for indices, values in grads[i : i + 2]] for i in (0, 2)]
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT,
+                           json.dumps([_initial_table().tolist(), LR, steps])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    copies = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    reference = ReferenceSparseAdam(_initial_table(), LR)
+    for (i0, v0), (i1, v1) in zip(grads[0::2], grads[1::2]):
+        reference.apply(np.concatenate([i0, i1]), np.concatenate([v0, v1]))
+    assert copies.shape == (2, ROWS, WIDTH)
+    for copy in copies:
+        np.testing.assert_allclose(copy, reference.table, rtol=1e-5, atol=1e-6)
+
+
+def _fit(model, data, epochs, callbacks=()):
+    model.fit(data, epochs=epochs, steps_per_epoch=3, callbacks=list(callbacks), verbose=0)
+
+
+class _StopAtEpoch(tf_keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+def _compiled_model():
+    """DIN: the embedding tables and the two optimizers of MUSE, in a graph that traces quickly."""
+    tf_keras.utils.set_random_seed(0)
+    model, _ = make_model("din")
+    model.compile(optimizer=dense_optimizer("adamw", 0.01), embedding_optimizer=SparseAdam(0.05))
+    return model
+
+
+def test_backup_and_restore_resumes_the_sparse_moments(tmp_path):
+    """A run interrupted after epoch 1 and resumed from its backup ends where an uninterrupted run
+    does: the tables' SparseAdam moments and step count come back with the weights."""
+    rng = np.random.default_rng(9)
+    x = make_batch(rng, batch=48, length=12, pad_rows=())
+    y = (rng.random(48) < 0.5).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    straight = _compiled_model()
+    _fit(straight, data, epochs=2)
+
+    backup = tf_keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    interrupted = _compiled_model()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit(interrupted, data, epochs=2, callbacks=[backup, _StopAtEpoch(1)])
+    resumed = _compiled_model()
+    _fit(resumed, data, epochs=2, callbacks=[tf_keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+
+    assert int(resumed.embedding_optimizer.iterations.numpy()) == 6
+    item = resumed.embeddings["item"].embeddings
+    straight_item = straight.embeddings["item"].embeddings
+    for got, want in zip(_slots(resumed.embedding_optimizer, item),
+                         _slots(straight.embedding_optimizer, straight_item)):
+        assert np.abs(want).sum() > 0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    for got, want in zip(resumed.weights, straight.weights):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6, err_msg=got.name)
+
+
+def test_checkpoint_round_trip_restores_the_slots(tmp_path):
+    model = _compiled_model()
+    x = make_batch(np.random.default_rng(10), batch=16, length=12)
+    model.train_on_batch(x, np.ones(16, np.float32))
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    restored = _compiled_model()
+    restored(x)
+    tf.train.Checkpoint(model=restored).restore(path)
+    # The slots are created on the first update and filled from the checkpoint then.
+    model.train_on_batch(x, np.zeros(16, np.float32))
+    restored.train_on_batch(x, np.zeros(16, np.float32))
+    table, restored_table = model.embeddings["item"].embeddings, restored.embeddings["item"].embeddings
+    np.testing.assert_allclose(restored_table.numpy(), table.numpy(), rtol=1e-5, atol=1e-7)
+    for got, want in zip(_slots(restored.embedding_optimizer, restored_table),
+                         _slots(model.embedding_optimizer, table)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+def test_serialised_config_round_trips():
+    optimizer = SparseAdam(0.02, beta_1=0.8, epsilon=1e-6)
+    clone = tf_keras.optimizers.deserialize(tf_keras.optimizers.serialize(optimizer))
+    assert isinstance(clone, SparseAdam)
+    assert (clone.beta_1, clone.beta_2, clone.epsilon) == (0.8, 0.999, 1e-6)
+    assert float(clone.learning_rate) == pytest.approx(0.02)
+
+
+def test_unknown_dense_optimizer_is_named():
+    with pytest.raises(ValueError, match="'sgd'"):
+        dense_optimizer("sgd", 0.1)
