@@ -39,6 +39,16 @@ def inverse_norms(table: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     return inverse
 
 
+def _assign_rows(variable: tf.Variable, rows: np.ndarray, chunk: int = 1 << 16) -> None:
+    """Writes ``rows`` into ``variable`` a chunk of rows at a time, so that loading a table (e.g. a
+    memory-mapped file) holds no second full copy beside the variable's own; works on mirrored and
+    sharded variables alike."""
+    for start in range(0, len(rows), chunk):
+        stop = min(start + chunk, len(rows))
+        values = tf.constant(rows[start:stop], variable.dtype)
+        variable.scatter_update(tf.IndexedSlices(values, tf.range(start, stop)))
+
+
 class ItemVectors:
     """A frozen item-vector table read as unit vectors: all that a multimodal cosine needs.
 
@@ -47,9 +57,13 @@ class ItemVectors:
     cosine does not depend on it. Built by ``MultimodalTable`` (``vectors`` or
     ``constant_vectors``), not by hand.
 
+    Rows are looked up on the tables as given (``tf.nn.embedding_lookup``): on a variable that reads
+    only the rows asked for, shard by shard when it is partitioned, never the whole table.
+
     Args:
-        table: (V, dim) float32, or (V, dim / 4) int32 holding int8 values packed by ``pack_int8``.
-        inverse_norm_table: (V,) float32 from ``inverse_norms(table)``.
+        table: (V, dim) float32, or (V, dim / 4) int32 holding int8 values packed by ``pack_int8``;
+            a tensor or a (possibly sharded) variable.
+        inverse_norm_table: (V,) float32 from ``inverse_norms(table)``, same kind.
         dim: the vector width.
     """
 
@@ -60,7 +74,7 @@ class ItemVectors:
 
     def raw(self, items: tf.Tensor) -> tf.Tensor:
         """(...) item indices -> (..., dim) float32 stored rows, not normalised."""
-        rows = tf.gather(self.table, items)
+        rows = tf.nn.embedding_lookup(self.table, items)
         if rows.dtype == tf.float32:
             return rows
         quantised = tf.reshape(tf.bitcast(rows, tf.int8), tf.concat([tf.shape(items), [self.dim]], 0))
@@ -68,7 +82,7 @@ class ItemVectors:
 
     def inverse_norm(self, items: tf.Tensor) -> tf.Tensor:
         """(...) item indices -> (...) 1 / ||row||, 0 for an item without a vector."""
-        return tf.gather(self.inverse_norm_table, items)
+        return tf.nn.embedding_lookup(self.inverse_norm_table, items)
 
     def unit(self, items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(...) item indices -> unit vectors (..., dim) (zero where none), has-vector (...)."""
@@ -126,13 +140,15 @@ class MultimodalTable(tf_keras.layers.Layer):
                 f"multimodal table has shape {table.shape}, model expects {(self.vocab_size, self.dim)}."
             )
         stored, inverse = self.stored_form(table, self.storage)
-        self.inverse_norms.assign(inverse)
-        self.table.assign(stored)
+        _assign_rows(self.inverse_norms, inverse)
+        _assign_rows(self.table, stored)
 
     @property
     def vectors(self) -> ItemVectors:
-        """The weights read as unit vectors (no gradient)."""
-        return ItemVectors(tf.stop_gradient(self.table), tf.stop_gradient(self.inverse_norms), self.dim)
+        """The weights read as unit vectors. The variables themselves are passed (non-trainable, so
+        no gradient reaches them): a step reads only the rows it looks up, never a copy of the
+        whole table."""
+        return ItemVectors(self.table, self.inverse_norms, self.dim)
 
     @classmethod
     def constant_vectors(cls, table: np.ndarray) -> ItemVectors:
