@@ -2,8 +2,9 @@
 
     python -m benchmarks.run_all [--quick] [--results-dir benchmarks/results] [--wait-quiet 1800]
 
-Order: training, serving latency, memory, data, load test (about 20 minutes at full size on
-2 cores; about 3 minutes with --quick). Stops at the first benchmark that fails.
+Order: training, vocabulary scaling, serving latency, memory, data, load test (about 20 minutes at
+full size on 2 cores, plus the vocabulary sizes; about 3 minutes with --quick). Stops at the first
+benchmark that fails.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 
 from benchmarks import common
 
-BENCHMARKS = ("train_throughput", "serving_latency", "memory", "data_throughput", "load_test")
+BENCHMARKS = ("train_throughput", "vocabulary_scaling", "serving_latency", "memory", "data_throughput",
+              "load_test")
 
 
 def main(argv: list[str] | None = None) -> None:
