@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from muse_tf import seeding
 from muse_tf.config import VARIANTS
 from muse_tf.optimizers import SparseAdam, dense_optimizer
 from tests.reference import SparseAdam as ReferenceSparseAdam
@@ -80,10 +81,10 @@ def test_every_embedding_table_gets_a_sparse_gradient(variant):
     x = make_batch(np.random.default_rng(3))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(model(x, training=True))
-    tables = [v for layer in model.embeddings.values() for v in layer.trainable_weights]
+    tables = model.embedding_trainable_variables
     gradients = tape.gradient(loss, tables)
     assert all(g is None or isinstance(g, tf.IndexedSlices) for g in gradients)
-    item = model.embeddings["item"].embeddings
+    item = model.embeddings.tables["item"].embeddings
     item_gradient = gradients[[t is item for t in tables].index(True)]
     assert item_gradient.indices.shape[0] < item.shape[0] * 4  # rows of the batch, not of the table
 
@@ -152,7 +153,7 @@ class _StopAtEpoch(tf_keras.callbacks.Callback):
 
 def _compiled_model():
     """DIN: the embedding tables and the two optimizers of MUSE, in a graph that traces quickly."""
-    tf_keras.utils.set_random_seed(0)
+    seeding.set_seed(0)
     model, _ = make_model("din")
     model.compile(optimizer=dense_optimizer("adamw", 0.01), embedding_optimizer=SparseAdam(0.05))
     return model
@@ -177,8 +178,8 @@ def test_backup_and_restore_resumes_the_sparse_moments(tmp_path):
     _fit(resumed, data, epochs=2, callbacks=[tf_keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
 
     assert int(resumed.embedding_optimizer.iterations.numpy()) == 6
-    item = resumed.embeddings["item"].embeddings
-    straight_item = straight.embeddings["item"].embeddings
+    item = resumed.embeddings.tables["item"].embeddings
+    straight_item = straight.embeddings.tables["item"].embeddings
     for got, want in zip(_slots(resumed.embedding_optimizer, item),
                          _slots(straight.embedding_optimizer, straight_item)):
         assert np.abs(want).sum() > 0
@@ -198,7 +199,8 @@ def test_checkpoint_round_trip_restores_the_slots(tmp_path):
     # The slots are created on the first update and filled from the checkpoint then.
     model.train_on_batch(x, np.zeros(16, np.float32))
     restored.train_on_batch(x, np.zeros(16, np.float32))
-    table, restored_table = model.embeddings["item"].embeddings, restored.embeddings["item"].embeddings
+    table = model.embeddings.tables["item"].embeddings
+    restored_table = restored.embeddings.tables["item"].embeddings
     np.testing.assert_allclose(restored_table.numpy(), table.numpy(), rtol=1e-5, atol=1e-7)
     for got, want in zip(_slots(restored.embedding_optimizer, restored_table),
                          _slots(model.embedding_optimizer, table)):
