@@ -25,6 +25,7 @@ from muse_tf import train
 TABLES: dict[str, list[tuple[str, dict, float]]] = {
     "Main comparison (paper: Taobao-MM 1k)": [
         ("DIN", {"variant": "din"}, 0.6082),
+        ("DIN, ID features only (no recent SimTier)", {"variant": "din_id_only"}, float("nan")),
         ("SIM-hard", {"variant": "sim_hard"}, 0.6139),
         ("SIM-soft", {"variant": "sim_soft"}, 0.6135),
         ("MUSE", {"variant": "muse"}, 0.6154),
