@@ -156,7 +156,7 @@ class TrainConfig:
     """How to train and evaluate (defaults: the paper's optimiser settings).
 
     Attributes:
-        batch_size: global batch size, split across replicas.
+        batch_size: global batch size, split across replicas (official: 1,000 per device on 8).
         epochs: passes over the training split.
         steps_per_epoch: None = one pass over the training split's samples (from the manifest).
         embedding_learning_rate: Adam learning rate of the embedding tables (paper: 2e-3).
@@ -172,7 +172,7 @@ class TrainConfig:
         log_every_steps: TensorBoard scalar interval.
     """
 
-    batch_size: int = 1000
+    batch_size: int = 8000
     epochs: int = 1
     steps_per_epoch: int | None = None
     embedding_learning_rate: float = 2e-3
