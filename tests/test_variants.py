@@ -158,45 +158,50 @@ def _old_inside_and_outside(scores):
     return inside[0], int(np.argmin(np.where(np.arange(L) < OLD, scores, np.inf)))
 
 
-def test_sim_soft_searches_learned_embeddings_and_reads_multimodal_similarity_of_what_it_found():
-    model, table = build("sim_soft")
-    widen_embeddings(model)
-    x = batch()
+def _only_the_retrieved_behaviour_moves_the_output(model, x, row, inside, outside, change):
+    """``change(pos)`` alters behaviour ``pos`` of ``row`` (starting from the original each time):
+    the output must move for ``inside`` (retrieved) and not for ``outside``."""
     before = scored(model, x)
-    row = 2
-    inside, outside = _old_inside_and_outside(_id_cosines(model, x, row, with_category=True))
     for pos, moves in ((inside, True), (outside, False)):
-        changed = table.copy()
-        # A perfect multimodal match: seen by SA-TA and SimTier if found, never by the search.
-        changed[x[features.HISTORY_ITEMS][row, pos]] = table[x[features.ITEM_ID][row]]
-        model.set_multimodal_table(changed)
+        change(pos)
         after = scored(model, x)
         if moves:
             assert_only_row_changed(before, after, row)
         else:
             np.testing.assert_allclose(after, before, atol=1e-6)
-    model.set_multimodal_table(table)
+
+
+def test_sim_soft_searches_learned_embeddings_and_reads_multimodal_similarity_of_what_it_found():
+    model, table = build("sim_soft")
+    widen_embeddings(model)
+    x = batch()
+    row = 2
+    inside, outside = _old_inside_and_outside(_id_cosines(model, x, row, with_category=True))
+
+    def perfect_multimodal_match(pos):
+        # Seen by SA-TA and SimTier if the search found it, never by the search itself.
+        changed = table.copy()
+        changed[x[features.HISTORY_ITEMS][row, pos]] = table[x[features.ITEM_ID][row]]
+        model.set_multimodal_table(changed)
+
+    _only_the_retrieved_behaviour_moves_the_output(model, x, row, inside, outside,
+                                                   perfect_multimodal_match)
 
 
 def test_muse_searches_multimodal_vectors_not_learned_embeddings():
     model, table = build("muse")
     widen_embeddings(model)
     x = batch()
-    before = scored(model, x)
     row = 1
     mm = unit(table[x[features.HISTORY_ITEMS][row]]) @ unit(table[x[features.ITEM_ID][row]])
     inside, outside = _old_inside_and_outside(mm)
     item_table = model.embeddings.tables["item"].embeddings
     original = item_table.numpy()
-    for pos, moves in ((inside, True), (outside, False)):
-        # The behaviour's ID embedding becomes the target's: the best ID match, invisible to the
-        # multimodal search unless it already found this behaviour.
+
+    def perfect_id_match(pos):
+        # The best ID match, invisible to the multimodal search unless it already found it.
         changed = original.copy()
         changed[x[features.HISTORY_ITEMS][row, pos]] = original[x[features.ITEM_ID][row]]
         item_table.assign(changed)
-        after = scored(model, x)
-        if moves:
-            assert_only_row_changed(before, after, row)
-        else:
-            np.testing.assert_allclose(after, before, atol=1e-6)
-    item_table.assign(original)
+
+    _only_the_retrieved_behaviour_moves_the_output(model, x, row, inside, outside, perfect_id_match)
