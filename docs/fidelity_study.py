@@ -65,16 +65,35 @@ def evaluation_study(experiments_dir: str, data_dir: str, variants: Sequence[str
                                      history_length=experiment.train.history_length,
                                      deterministic=True)
             scored = metrics.predict_dataset(model, test)
+            labels, logits, users = scored["labels"], scored["logits"], scored["groups"]
+            full = len(labels) // OFFICIAL_BATCH * OFFICIAL_BATCH
+            # The official grouping (user within batch, full batches only) with ties counted half:
+            # what remains between this and the official figure is the tie rule alone.
+            batch_user = (np.arange(full) // OFFICIAL_BATCH) * (1 << 32) + np.unique(
+                users[:full], return_inverse=True)[1]
             rows.append({
                 "variant": variant, "seed": seed,
-                "exact_gauc": metrics.group_auc(scored["labels"], scored["logits"], scored["groups"]),
-                "official_batch_gauc": official_batch_gauc(scored["labels"], scored["logits"],
-                                                           scored["groups"]),
-                "examples": int(len(scored["labels"])),
-                "examples_in_full_batches": int(len(scored["labels"]) // OFFICIAL_BATCH
-                                                * OFFICIAL_BATCH),
+                "exact_gauc": metrics.group_auc(labels, logits, users),
+                "per_batch_gauc_ties_half": metrics.group_auc(labels[:full], logits[:full],
+                                                              batch_user),
+                "official_batch_gauc": official_batch_gauc(labels, logits, users),
+                "tied_pair_share": tied_pair_share(labels, logits, users),
+                "examples": int(len(labels)),
+                "examples_in_full_batches": int(full),
             })
     return rows
+
+
+def tied_pair_share(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
+    """Share of one user's (click, no-click) pairs whose scores are equal (e.g. the same target
+    shown twice): the official AUC counts them as misses, the exact one as one half."""
+    tied = pairs = 0
+    for user in np.unique(users):
+        y, s = labels[users == user], scores[users == user]
+        pos, neg = s[y == 1], s[y == 0]
+        tied += int((pos[:, None] == neg[None, :]).sum())
+        pairs += len(pos) * len(neg)
+    return tied / pairs
 
 
 def data_study(data_dir: str, top_k: int = 50, recent: int = 50, length: int = 1000) -> dict:
@@ -163,9 +182,11 @@ SWAPS = {
 }
 
 
-def swap_study(data_dir: str, work_dir: str, variants: Sequence[str], seeds: Sequence[int]) -> dict:
+def swap_study(data_dir: str, work_dir: str, swaps: Sequence[str], variants: Sequence[str],
+               seeds: Sequence[int]) -> dict:
     results: dict[str, list[dict]] = {}
-    for name, (module, attribute, replacement) in SWAPS.items():
+    for name in swaps:
+        module, attribute, replacement = SWAPS[name]
         original = getattr(module, attribute)
         setattr(module, attribute, replacement)
         try:
@@ -193,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=["data", "evaluation", "swaps"],
                         choices=["data", "evaluation", "swaps"])
+    parser.add_argument("--swaps", nargs="+", default=list(SWAPS), choices=list(SWAPS))
+    parser.add_argument("--swap-variants", nargs="+", default=["din", "muse"])
     parser.add_argument("--output", default="docs/fidelity_study.json",
                         help="JSON file; parts not run keep their figures from an earlier run")
     args = parser.parse_args(argv)
@@ -211,8 +234,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"{row['variant']} seed {row['seed']}: exact {row['exact_gauc']:.4f}, official "
                   f"per-batch {row['official_batch_gauc']:.4f}", flush=True)
     if "swaps" in args.parts:
-        report["swaps"] = swap_study(data_dir, os.path.join(args.experiments, "fidelity_swaps"),
-                                     ["din", "muse"], seeds)
+        report.setdefault("swaps", {}).update(swap_study(
+            data_dir, os.path.join(args.experiments, "fidelity_swaps"), args.swaps,
+            args.swap_variants, seeds))
         for key, runs in report["swaps"].items():
             print(f"| {key} | {_mean_std([r['gauc'] for r in runs])} |", flush=True)
     with open(args.output, "w") as f:

@@ -75,8 +75,9 @@ def markdown(results: dict[str, list[dict]], seeds: Sequence[int]) -> str:
             runs = results[run_key(overrides)]
             gauc = np.array([r["gauc"] for r in runs])
             auc = np.array([r["auc"] for r in runs])
+            paper_text = "-" if np.isnan(paper) else f"{paper:.4f}"  # nan: no paper figure
             lines.append(f"| {name} | {gauc.mean():.4f} ± {gauc.std():.4f} | "
-                         f"{auc.mean():.4f} ± {auc.std():.4f} | {paper:.4f} |")
+                         f"{auc.mean():.4f} ± {auc.std():.4f} | {paper_text} |")
         lines.append("")
     return "\n".join(lines)
 
