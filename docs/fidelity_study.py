@@ -28,8 +28,8 @@ import tf_keras
 from muse_tf import artifacts, data, experiments, features, metrics, train
 from muse_tf.layers import MLP
 from muse_tf.layers import mlp as mlp_module
-from muse_tf.layers.search import inverse_norms
-from muse_tf.models import muse as muse_module
+from muse_tf.layers.multimodal import inverse_norms
+from muse_tf.models import branches as branches_module
 
 OFFICIAL_BATCH = 1000  # per device in the official configs
 
@@ -177,7 +177,7 @@ class OfficialDice(tf_keras.layers.Layer):
 
 
 SWAPS = {
-    "official_short_term_attention": (muse_module, "TargetAttention", OfficialShortTermAttention),
+    "official_short_term_attention": (branches_module, "TargetAttention", OfficialShortTermAttention),
     "official_dice": (mlp_module, "Dice", OfficialDice),
 }
 
