@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, export, features, seeding, train
+from muse_tf import artifacts, export, features, runs, seeding, train
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from muse_tf.models import MuseModel
 
@@ -79,7 +79,7 @@ def paper_config(variant: str, vocab_sizes: dict[str, int]) -> ModelConfig:
 def random_model(config: ModelConfig, table: np.ndarray, seed: int = 0) -> MuseModel:
     """A built model with ``table`` loaded and embeddings at a trained-like scale."""
     seeding.set_seed(seed)
-    model = train.build_model(ExperimentConfig(model=config, train=TrainConfig()), table)
+    model = runs.build_model(ExperimentConfig(model=config, train=TrainConfig()), table)
     rng = np.random.default_rng(seed)
     for layer in model.embeddings.values():
         layer.embeddings.assign(rng.normal(0.0, 0.05, layer.embeddings.shape).astype(np.float32))

@@ -1,0 +1,43 @@
+"""The run directory: a finished run's model comes back whole, or is refused naming what is missing."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from muse_tf import export, runs
+from muse_tf.config import ExperimentConfig
+from tests import serving_case as sc
+
+
+@pytest.fixture(scope="module")
+def case():
+    return sc.make_case(seed=3)
+
+
+def _finished_run(tmp_path, case, model_config):
+    run = runs.RunDir(str(tmp_path / "run"))
+    run.write_config(ExperimentConfig(model=model_config))
+    case.model.save_weights(run.final_weights)
+    return run
+
+
+def test_a_finished_run_rebuilds_its_model(case, tmp_path):
+    run = _finished_run(tmp_path, case, case.model.config)
+    model, experiment = runs.load_trained_model(run.root)
+    assert experiment.model == case.model.config
+    def names(variables):  # without the model's own (uniquified) name
+        return [v.name.split("/", 1)[-1] for v in variables]
+
+    assert names(model.variables) == names(case.model.variables)
+    for rebuilt, saved in zip(model.variables, case.model.variables):
+        np.testing.assert_array_equal(rebuilt.numpy(), saved.numpy())
+
+
+def test_weights_that_do_not_cover_the_model_are_refused(case, tmp_path):
+    # config.yaml asks for a DCN cross layer the saved weights never had.
+    run = _finished_run(tmp_path, case, dataclasses.replace(case.model.config, use_cross=True))
+    with pytest.raises(runs.RunDirectoryError, match=r"do not cover the model; missing: .*cross"):
+        export.main(["--model-dir", run.root, "--data", str(tmp_path / "data"),
+                     "--export-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
