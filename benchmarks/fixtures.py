@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, export, features, runs, seeding, train
+from muse_tf import artifacts, export, features, runs, seeding, synthetic_dataset
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from muse_tf.models import MuseModel
 
@@ -167,4 +167,4 @@ class DatasetSpec:
 
 def converted_dataset(work_dir: str, spec: DatasetSpec) -> str:
     """The synthetic dataset of ``spec``, generated and converted once under ``work_dir``."""
-    return train.ensure_default_dataset(work_dir, spec.users, spec.history_length)
+    return synthetic_dataset.ensure_default_dataset(work_dir, spec.users, spec.history_length)

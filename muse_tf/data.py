@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +37,44 @@ RECORD_SAMPLE_FEATURES = (
     features.LABEL,
 )
 SHARD_COMPRESSION = "GZIP"
+
+def _int64_feature(values: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values.tolist()))
+
+
+def encode_user_records(
+    user: Mapping[str, np.ndarray],
+    history: Mapping[str, np.ndarray],
+    history_lengths: np.ndarray,
+    samples: Mapping[str, np.ndarray],
+    sample_counts: np.ndarray,
+) -> Iterator[bytes]:
+    """Serialized records of U users, in order, from column-wise arrays (the writer's side of the
+    record schema above).
+
+    Args:
+        user: ``RECORD_USER_FEATURES`` -> (U,) values.
+        history: ``RECORD_HISTORY`` -> (H,) values, user after user; ``history_lengths`` (U,).
+        samples: ``RECORD_SAMPLE_FEATURES`` -> (S,) values, user after user; ``sample_counts`` (U,).
+
+    Raises:
+        ValueError: naming the features of the schema the arrays lack.
+    """
+    missing = set(RECORD_USER_FEATURES + RECORD_HISTORY + RECORD_SAMPLE_FEATURES)
+    missing -= {*user, *history, *samples}
+    if missing:
+        raise ValueError(f"User records lack feature(s) {sorted(missing)}.")
+    history_offsets = np.concatenate([[0], np.cumsum(history_lengths)])
+    sample_offsets = np.concatenate([[0], np.cumsum(sample_counts)])
+    for u in range(len(sample_counts)):
+        feature = {name: _int64_feature(user[name][u : u + 1]) for name in user}
+        for name, values in history.items():
+            feature[name] = _int64_feature(values[history_offsets[u] : history_offsets[u + 1]])
+        for name, values in samples.items():
+            feature[name] = _int64_feature(values[sample_offsets[u] : sample_offsets[u + 1]])
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        yield example.SerializeToString()
+
 
 # Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
 _NATIVE_SCHEMES = ("gs",)

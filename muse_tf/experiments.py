@@ -20,6 +20,7 @@ import numpy as np
 
 from muse_tf import train
 from muse_tf.config import ExperimentConfig, apply_overrides, from_dict, load_yaml
+from muse_tf.synthetic_dataset import ensure_default_dataset
 
 # (row name, ModelConfig overrides, paper GAUC). Tables 1-3 are the paper's production-5k figures,
 # the main comparison its open-source Taobao-MM-1k figures.
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied to every run, e.g. train.epochs=1")
     args = parser.parse_args(argv)
-    data_dir = args.data or train.ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    data_dir = args.data or ensure_default_dataset(train.DEFAULT_WORK_DIR)
     configurations = {run_key(o): o for rows in TABLES.values() for _, o, _ in rows}
     seeds = list(range(args.seeds))
     results: dict[str, list[dict]] = {}

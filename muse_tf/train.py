@@ -29,6 +29,7 @@ from muse_tf.config import VARIANTS, ExperimentConfig, apply_overrides, from_dic
 from muse_tf.evaluate import evaluate_run
 from muse_tf.export import export_saved_model
 from muse_tf.models import MuseModel
+from muse_tf.synthetic_dataset import ensure_default_dataset
 
 DEFAULT_CONFIG = "synthetic.yaml"
 DEFAULT_WORK_DIR = "runs"
@@ -84,27 +85,6 @@ def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
     if args.model:
         values.setdefault("model", {})["variant"] = args.model
     return from_dict(ExperimentConfig, apply_overrides(values, args.overrides))
-
-
-def ensure_default_dataset(work_dir: str, users: int | None = None, history_length: int = 1000) -> str:
-    """Generates and converts the embedded synthetic dataset once; later calls reuse it."""
-    from pipelines import synthetic, taobao_mm
-
-    sizes = synthetic.SyntheticConfig(history_length=history_length)
-    if users is not None:
-        sizes = dataclasses.replace(sizes, users=users)
-    name = f"synthetic-u{sizes.users}-l{sizes.history_length}-s{sizes.seed}"
-    converted = os.path.join(work_dir, "data", name)
-    if os.path.exists(os.path.join(converted, artifacts.MANIFEST)):
-        print(f"Using the cached synthetic dataset in {converted}")
-        return converted
-    parquet = os.path.join(work_dir, "data", f"{name}-parquet")
-    print(f"Generating the synthetic dataset ({sizes.users} users, histories of "
-          f"{sizes.history_length}) in {parquet} ...")
-    synthetic.generate(sizes, parquet)
-    print(f"Converting it to TFRecord shards in {converted} ...")
-    taobao_mm.convert(parquet, converted, history_length=sizes.history_length, overwrite=True)
-    return converted
 
 
 def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:

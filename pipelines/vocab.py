@@ -26,8 +26,8 @@ import os
 import numpy as np
 
 from muse_tf import artifacts, features
+from muse_tf.hashing import order_by_partition, partition_of
 from pipelines import parquet_input as pi
-from pipelines.hashing import order_by_partition, partition_of
 
 # Train-split columns counted into each vocabulary (table -> columns).
 COUNTED_COLUMNS = {
