@@ -146,14 +146,13 @@ class RunDir:
                     f"{self.config}); {restart}."
                 )
             return record
-        if self.has_backup():
-            stored = _read_text(self.backup_digest)
-            if stored != digest:
-                what = "another config" if stored else "an unknown config (no config.sha256)"
-                raise RunDirectoryError(
-                    f"{self.backup} holds a half-trained model of {what}, which would be restored "
-                    f"into this run's model; {restart}."
-                )
+        stored = _read_text(self.backup_digest)
+        if (stored is not None and stored != digest) or (stored is None and self.has_backup()):
+            what = "another config" if stored else "an unknown config (no config.sha256)"
+            raise RunDirectoryError(
+                f"{self.root} holds an unfinished run of {what}, whose backup would be restored "
+                f"into this run's model; {restart}."
+            )
         return None
 
     def write_config(self, experiment: ExperimentConfig) -> None:
@@ -168,6 +167,12 @@ class RunDir:
         os.makedirs(self.backup, exist_ok=True)
         with open(self.backup_digest, "w") as f:
             f.write(config_digest(experiment))
+
+    def discard_history(self) -> None:
+        """Deletes ``history.csv`` rows of an attempt that never backed up: training starts from
+        step 0 again, so they would reappear as a second "epoch 0"."""
+        if os.path.exists(self.history):
+            os.remove(self.history)
 
     def record_training(self, experiment: ExperimentConfig, result: dict) -> None:
         """Marks training as finished for ``experiment`` (after ``final_weights`` are saved)."""

@@ -70,6 +70,8 @@ MATCH_WEIGHT = 6.0
 BASE_LOGIT = -7.0
 CHUNK_BEHAVIOURS = 2_000_000
 _KIND = {"user": 1, "item": 2, "category": 3, "213": 4, "214": 5, "profile": 6}
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """Sizes and shape of the generated data (see the module docstring for the model)."""
@@ -222,8 +224,6 @@ def generate_users(
             out[split]["samples"].append((user_id, catalogue.ids[targets[rows]], clicks[rows]))
             out[split]["users"].append((user_id, profile_ids, history))
     return out
-
-
 
 
 def user_chunks(

@@ -251,6 +251,8 @@ def run(
     os.makedirs(run_dir.worker().root, exist_ok=True)
     seeding.set_seed(experiment.train.seed)
     if trained is None:
+        if not run_dir.has_backup():
+            run_dir.worker().discard_history()
         if chief:
             run_dir.start(experiment)
         print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "

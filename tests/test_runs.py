@@ -41,3 +41,15 @@ def test_weights_that_do_not_cover_the_model_are_refused(case, tmp_path):
         export.main(["--model-dir", run.root, "--data", str(tmp_path / "data"),
                      "--export-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unfinished_run_of_another_config_is_refused(tmp_path):
+    run = runs.RunDir(str(tmp_path / "run"))
+    first = ExperimentConfig()
+    assert run.check_can_start(first) is None  # an empty directory
+    run.start(first)
+    assert run.check_can_start(ExperimentConfig()) is None  # the same config continues
+    other = ExperimentConfig()
+    other.model.use_cross = True
+    with pytest.raises(runs.RunDirectoryError, match="unfinished run of another config.*--overwrite"):
+        run.check_can_start(other)
