@@ -2,8 +2,9 @@
 
     python -m muse_tf.train --data DIR --model VARIANT --export-dir DIR [--config FILE] [--set k=v]
 
-With no arguments it runs the embedded default: it generates (once, then reuses) a small planted
-synthetic dataset, converts it, trains MUSE, evaluates AUC/GAUC and exports a SavedModel.
+With no arguments it runs the embedded default: it writes (once, then reuses) a small planted
+synthetic dataset (``muse_tf.synthetic_dataset``), trains MUSE, evaluates AUC/GAUC and exports a
+SavedModel.
 
 MirroredStrategy runs on every local GPU (else the CPU); with ``TF_CONFIG`` set the run is one worker
 of a MultiWorkerMirroredStrategy cluster. A run killed at any point resumes from its last backup
@@ -109,7 +110,9 @@ class ProgressRecord(tf_keras.callbacks.Callback):
         self.steps_run += 1
 
 
-def make_callbacks(run: runs.RunDir, experiment: ExperimentConfig) -> list[tf_keras.callbacks.Callback]:
+def make_callbacks(
+    run_dir: runs.RunDir, experiment: ExperimentConfig
+) -> list[tf_keras.callbacks.Callback]:
     """BackupAndRestore (resume mid-epoch), a progress record, per-epoch weight checkpoints,
     TensorBoard and ``history.csv``, all in the run directory. BackupAndRestore comes first, so
     ProgressRecord sees the restored step; it keeps its backup when training ends, so a failure in
@@ -117,12 +120,12 @@ def make_callbacks(run: runs.RunDir, experiment: ExperimentConfig) -> list[tf_ke
     train = experiment.train
     return [
         tf_keras.callbacks.BackupAndRestore(
-            run.backup, save_freq=train.backup_every_steps, delete_checkpoint=False
+            run_dir.backup, save_freq=train.backup_every_steps, delete_checkpoint=False
         ),
         ProgressRecord(),
-        tf_keras.callbacks.ModelCheckpoint(run.checkpoints, save_weights_only=True),
-        tf_keras.callbacks.TensorBoard(run.logs, update_freq=train.log_every_steps),
-        tf_keras.callbacks.CSVLogger(run.worker().history, append=True),
+        tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
+        tf_keras.callbacks.TensorBoard(run_dir.logs, update_freq=train.log_every_steps),
+        tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
     ]
 
 
@@ -165,7 +168,7 @@ def fit(
     strategy: tf.distribute.Strategy,
     experiment: ExperimentConfig,
     data_dir: str,
-    run: runs.RunDir,
+    run_dir: runs.RunDir,
     verbose: int,
 ) -> dict:
     """Trains (resuming from the backup, if any) and saves the final weights of every worker.
@@ -176,7 +179,7 @@ def fit(
     with strategy.scope():
         model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
         compile_model(model, experiment)
-    callbacks = make_callbacks(run, experiment)
+    callbacks = make_callbacks(run_dir, experiment)
     steps = steps_per_epoch(data_dir, experiment)
     with data.damaged_shards_named(data.split_files(data_dir, "train")):
         model.fit(
@@ -198,7 +201,7 @@ def fit(
     }
     # Every worker takes part in saving (reading synchronised variables is a collective op);
     # only the chief's copy is kept.
-    model.save_weights(run.worker().final_weights)
+    model.save_weights(run_dir.worker().final_weights)
     return result
 
 
