@@ -34,6 +34,7 @@ from muse_tf.config import ExperimentConfig, from_dict, load_yaml
 from muse_tf.models import MuseModel
 
 START_OVER_FLAG = "--overwrite"
+WORKERS = "workers"
 
 
 class RunDirectoryError(RuntimeError):
@@ -109,8 +110,12 @@ class RunDir:
         return self._path("export")
 
     def worker(self) -> RunDir:
-        """This process's own directory: the run directory for the chief, else ``workers/..``."""
-        return RunDir(distribute.worker_dir(self.root))
+        """This process's own directory: the run directory for the chief, else
+        ``workers/<type>-<index>``."""
+        if distribute.is_chief():
+            return self
+        task = distribute.cluster_spec()["task"]
+        return RunDir(self._path(WORKERS, f"{task.get('type')}-{task.get('index', 0)}"))
 
     # -- one run directory, one model --------------------------------------------------------
     def has_backup(self) -> bool:
@@ -184,8 +189,15 @@ class RunDir:
         shutil.rmtree(self.backup, ignore_errors=True)
 
     def clear(self) -> None:
-        """Deletes the whole run directory, to start over."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Deletes what a run writes here (and nothing else the directory may hold), to start
+        over."""
+        files = (self.config, self.history, self.metrics, self.eval_metrics, self.eval_plot)
+        for path in files:
+            if os.path.exists(path):
+                os.remove(path)
+        for path in (self.logs, os.path.dirname(self.checkpoints), self.backup, self.final,
+                     self.export, self._path(WORKERS)):
+            shutil.rmtree(path, ignore_errors=True)
 
     def read_config(self) -> ExperimentConfig:
         """The run's resolved config, from ``config.yaml``."""

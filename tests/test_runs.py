@@ -53,3 +53,15 @@ def test_an_unfinished_run_of_another_config_is_refused(tmp_path):
     other.model.use_cross = True
     with pytest.raises(runs.RunDirectoryError, match="unfinished run of another config.*--overwrite"):
         run.check_can_start(other)
+
+
+def test_starting_over_deletes_the_run_and_nothing_else(tmp_path):
+    run = runs.RunDir(str(tmp_path / "run"))
+    run.start(ExperimentConfig())
+    run.finish({"steps_run": 1})
+    (tmp_path / "run" / "notes.txt").write_text("kept")
+    with pytest.raises(runs.RunDirectoryError, match="finished run.*--overwrite"):
+        run.check_can_start(ExperimentConfig())
+    run.clear()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
+    assert run.check_can_start(ExperimentConfig()) is None
