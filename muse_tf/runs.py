@@ -119,9 +119,8 @@ class RunDir:
 
     # -- one run directory, one model --------------------------------------------------------
     def has_backup(self) -> bool:
-        return tf.io.gfile.exists(os.path.join(self.backup, "chief", "checkpoint")) or (
-            tf.io.gfile.exists(os.path.join(self.backup, "checkpoint"))
-        )
+        """Whether BackupAndRestore left a state to resume from (it writes ``backup/chief/``)."""
+        return os.path.exists(os.path.join(self.backup, "chief", "checkpoint"))
 
     def is_finished(self) -> bool:
         return os.path.exists(self.metrics)

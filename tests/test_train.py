@@ -48,8 +48,13 @@ def dataset(tmp_path_factory):
 
 
 def _history_losses(model_dir):
-    with open(os.path.join(model_dir, "history.csv")) as f:
+    with open(RunDir(str(model_dir)).history) as f:
         return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def _metrics(model_dir):
+    with open(RunDir(str(model_dir)).metrics) as f:
+        return json.load(f)
 
 
 def test_default_command_runs_end_to_end(tmp_path):
@@ -57,9 +62,9 @@ def test_default_command_runs_end_to_end(tmp_path):
                 "--set", "train.epochs=1", *TINY], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_dir = tmp_path / "muse"
-    result = json.loads((model_dir / "metrics.json").read_text())
+    result = _metrics(model_dir)
     assert result["optimizer_iterations"] == result["expected_iterations"] > 0
-    assert (model_dir / "eval_buckets.png").stat().st_size > 0
+    assert Path(RunDir(str(model_dir)).eval_plot).stat().st_size > 0
     assert 0.0 <= result["eval"]["auc"] <= 1.0
     assert Path(result["export"], "saved_model.pb").exists()
     assert str(model_dir) in proc.stdout
@@ -80,7 +85,7 @@ def test_default_command_runs_end_to_end(tmp_path):
     assert again["gauc"] == pytest.approx(result["eval"]["gauc"], abs=1e-6)
     assert sum(row["examples"] for row in again["by_history_length"]) == again["examples"]
     assert sum(row["examples"] for row in again["by_item_popularity"]) == again["examples"]
-    assert (tmp_path / "eval" / "eval_buckets.png").exists()
+    assert Path(RunDir(str(tmp_path / "eval")).eval_plot).exists()
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
@@ -144,13 +149,13 @@ def test_two_workers_train_together(dataset, tmp_path):
     failures = [f"worker {i}: {err[-2000:]}" for i, (p, (_, err)) in enumerate(zip(procs, outputs))
                 if p.returncode != 0]
     assert not failures, "\n".join(failures)
-    result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    result = _metrics(tmp_path / "run")
     assert result["replicas"] == 2
     assert result["optimizer_iterations"] == result["expected_iterations"] == 4
 
 
 def _backup_exists(model_dir):
-    return any("checkpoint" in files for _, _, files in os.walk(model_dir / "backup"))
+    return RunDir(str(model_dir)).has_backup()
 
 
 def test_a_killed_run_resumes_from_its_backup(dataset, tmp_path):
@@ -173,7 +178,7 @@ def test_a_killed_run_resumes_from_its_backup(dataset, tmp_path):
     assert "another config" in other.stderr and "--overwrite" in other.stderr, other.stderr[-2000:]
     proc = run(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((model_dir / "metrics.json").read_text())
+    result = _metrics(model_dir)
     assert result["optimizer_iterations"] == result["expected_iterations"] == 80
     assert 0 < result["resumed_from_step"] < 80
     assert result["steps_run"] == 80 - result["resumed_from_step"]
