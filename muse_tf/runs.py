@@ -162,15 +162,13 @@ class RunDir:
     def write_config(self, experiment: ExperimentConfig) -> None:
         """Writes the resolved config to ``config.yaml``."""
         os.makedirs(self.root, exist_ok=True)
-        with open(self.config, "w") as f:
-            yaml.safe_dump(experiment.to_dict(), f, sort_keys=False)
+        _write_text(self.config, yaml.safe_dump(experiment.to_dict(), sort_keys=False))
 
     def start(self, experiment: ExperimentConfig) -> None:
         """Writes ``config.yaml`` and the backup's config digest (chief only)."""
         self.write_config(experiment)
         os.makedirs(self.backup, exist_ok=True)
-        with open(self.backup_digest, "w") as f:
-            f.write(config_digest(experiment))
+        _write_text(self.backup_digest, config_digest(experiment))
 
     def discard_history(self) -> None:
         """Deletes ``history.csv`` rows of an attempt that never backed up: training starts from
@@ -217,12 +215,17 @@ def _read_text(path: str) -> str | None:
         return f.read().strip()
 
 
-def _write_json(path: str, values: dict) -> None:
-    """Writes JSON atomically (a kill leaves the old file or the new one, never half of one)."""
+def _write_text(path: str, text: str) -> None:
+    """Writes atomically: a kill, or another worker reading meanwhile, sees the old file or the new
+    one, never half of one."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(values, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: str, values: dict) -> None:
+    _write_text(path, json.dumps(values, indent=2))
 
 
 def dummy_inputs(rows: int = 1, length: int = 1) -> dict[str, tf.Tensor]:
