@@ -5,9 +5,8 @@ looked up by NumPy (``artifacts.lookup``), independent of the exported graph."""
 import dataclasses
 
 import numpy as np
-import tf_keras
 
-from muse_tf import artifacts, features
+from muse_tf import artifacts, features, seeding
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 
@@ -46,7 +45,7 @@ def make_vocabularies(rng):
 
 
 def make_case(seed=0, variant="muse"):
-    tf_keras.utils.set_random_seed(seed)  # the same weights whatever ran before in the process
+    seeding.set_seed(seed)  # the same weights whatever ran before in the process
     rng = np.random.default_rng(seed)
     vocabularies = make_vocabularies(rng)
     config = ModelConfig(
