@@ -1,4 +1,6 @@
 """Benchmarks of muse-tf: one command each, a printed table, a JSON file, the machine beside the
 figures. See benchmarks/README.md."""
 
-import muse_tf  # noqa: F401  (selects the Keras 2 API before anything here imports TensorFlow)
+from muse_tf import keras2
+
+keras2.select()  # before any module of this package imports TensorFlow

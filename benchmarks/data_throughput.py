@@ -25,8 +25,8 @@ from collections.abc import Callable
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from benchmarks import common
-from muse_tf import artifacts, data, synthetic_dataset
+from benchmarks import common, fixtures
+from muse_tf import artifacts, data, records, synthetic_dataset
 from pipelines import synthetic, taobao_mm
 
 READ_COLUMNS = ["input", "records_per_s", "samples_per_s", "MB_per_s", "seconds", "records",
@@ -49,19 +49,21 @@ def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dic
     samples = sum(artifacts.split_samples(manifest, s) for s in ("train", "test"))
     disk_mb = sum(os.path.getsize(f) for f in files) / 2**20
     table = artifacts.load_multimodal_table(data_dir)
+    sizes = artifacts.vocab_sizes(data_dir)
     records_per_block = max(1, batch // data.SAMPLES_PER_RECORD_HINT)
 
     def bare() -> tf.data.Dataset:
-        return tf.data.TFRecordDataset(files, compression_type=data.SHARD_COMPRESSION,
+        return tf.data.TFRecordDataset(files, compression_type=records.COMPRESSION,
                                        num_parallel_reads=min(len(files), 16)).batch(records_per_block)
 
     def parsed() -> tf.data.Dataset:
-        return bare().map(lambda r: tf.io.parse_example(r, data._record_spec()),
+        return bare().map(lambda r: tf.io.parse_example(r, records.parse_spec()),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def model_input(precompute: bool) -> tf.data.Dataset:
         return data.make_dataset(files, batch, history_length=history,
-                                 precompute_gsu=table if precompute else None)
+                                 precompute_gsu=table if precompute else None,
+                                 top_k=fixtures.paper_config("muse", sizes).top_k)
 
     inputs = {
         "bare TFRecord read": (bare, lambda b: tf.size(b), "records"),
@@ -70,7 +72,7 @@ def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dic
         "make_dataset + precompute_gsu": (lambda: model_input(True), lambda b: tf.size(b[1]),
                                           "samples"),
     }
-    records = None
+    record_count = None
     rows = []
     for name, (make, count, unit) in inputs.items():
         dataset = make()
@@ -78,9 +80,9 @@ def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dic
         best = min((timed_pass(dataset, count) for _ in range(repeats)), key=lambda r: r[0])
         seconds, counted = best
         if unit == "records":
-            records = counted
+            record_count = counted
         row = {"table": "read", "input": name, "seconds": round(seconds, 3),
-               "records": records if unit == "samples" else counted,
+               "records": record_count if unit == "samples" else counted,
                "samples": counted if unit == "samples" else samples}
         row["records_per_s"] = round(row["records"] / seconds, 1)
         row["samples_per_s"] = round(row["samples"] / seconds, 1)
@@ -94,13 +96,13 @@ def convert_rows(work_dir: str, users: int, history: int) -> list[dict]:
     parquet = os.path.join(work_dir, f"convert-u{users}-l{history}-parquet")
     output = os.path.join(work_dir, f"convert-u{users}-l{history}-out")
     if not os.path.exists(os.path.join(parquet, "synthetic.json")):
-        synthetic.generate(synthetic.SyntheticConfig(users=users, history_length=history), parquet)
+        synthetic.generate(synthetic.SyntheticConfig(users=users, behaviours_per_user=history), parquet)
     input_rows = sum(pq.ParquetFile(os.path.join(parquet, name)).metadata.num_rows
                      for name in sorted(os.listdir(parquet)) if name.endswith(".parquet"))
     shutil.rmtree(output, ignore_errors=True)
     workers = os.cpu_count() or 1
     start = time.perf_counter()
-    manifest = taobao_mm.convert(parquet, output, history_length=history, overwrite=True,
+    manifest = taobao_mm.convert(parquet, output, history_cap=history, overwrite=True,
                                  workers=workers)
     seconds = time.perf_counter() - start
     samples = sum(manifest["splits"][s]["samples_written"] for s in manifest["splits"])

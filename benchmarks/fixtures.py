@@ -15,7 +15,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, export, features, runs, seeding, synthetic_dataset
+from muse_tf import (
+    export,
+    features,
+    runs,
+    seeding,
+    signatures,
+    synthetic_dataset,
+    vocabulary,
+)
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from muse_tf.models import MuseModel
 
@@ -48,8 +56,6 @@ TRAIN_VOCABULARY = {
     "attr_214": 12,
 }
 NO_VECTOR_SHARE = 0.1  # items without a multimodal vector (all-zero rows), as in Taobao-MM
-USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
-CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
 
 
 def vocabularies(sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -81,8 +87,8 @@ def random_model(config: ModelConfig, table: np.ndarray, seed: int = 0) -> MuseM
     seeding.set_seed(seed)
     model = runs.build_model(ExperimentConfig(model=config, train=TrainConfig()), table)
     rng = np.random.default_rng(seed)
-    for layer in model.embeddings.values():
-        layer.embeddings.assign(rng.normal(0.0, 0.05, layer.embeddings.shape).astype(np.float32))
+    for table in model.embedding_trainable_variables:
+        table.assign(rng.normal(0.0, 0.05, table.shape).astype(np.float32))
     return model
 
 
@@ -110,11 +116,17 @@ def export_serving_model(export_base: str, max_history_length: int = 100_000, se
     if os.path.exists(os.path.join(base, "1", "saved_model.pb")):
         return base
     vocab = vocabularies(seed=seed)
-    sizes = {name: len(ids) + artifacts.RESERVED for name, ids in vocab.items()}
-    model = random_model(paper_config("muse", sizes), multimodal_table(sizes["item"], seed), seed)
+    config = serving_config(seed)
+    model = random_model(config, multimodal_table(config.vocab_sizes["item"], seed), seed)
     export.export_saved_model(model, vocab, os.path.dirname(base), "muse", 1,
                               max_history_length=max_history_length)
     return base
+
+
+def serving_config(seed: int = 0) -> ModelConfig:
+    """The configuration of ``export_serving_model``'s model: paper-sized MUSE."""
+    sizes = {name: vocabulary.table_rows(ids) for name, ids in vocabularies(seed=seed).items()}
+    return paper_config("muse", sizes)
 
 
 def rank_request(length: int, candidates: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -125,10 +137,10 @@ def rank_request(length: int, candidates: int, seed: int = 0) -> dict[str, np.nd
     def pick(name: str, count: int) -> np.ndarray:
         return rng.choice(vocab[features.VOCABULARY[name]], count).astype(np.int64)
 
-    request = {name: np.int64(pick(name, 1)[0]) for name in USER_FEATURES}
+    request = {name: np.int64(pick(name, 1)[0]) for name in signatures.USER_FEATURES}
     for name in features.SEQUENCE_FEATURES:
         request[name] = pick(name, length)
-    for name in CANDIDATE_FEATURES:
+    for name in signatures.CANDIDATE_FEATURES:
         request[name] = pick(name, candidates)
     return request
 

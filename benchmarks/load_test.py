@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common, fixtures
-from muse_tf import features
+from muse_tf import features, signatures
 from serving.client import GrpcClient, PredictionError
 from serving.launch import local_server
 
@@ -76,7 +76,7 @@ def client_loop(port: int, pool: list, expected: list, bad: list, share: float, 
                 name, request = bad[rng.integers(len(bad))]
                 phase.record("malformed")
                 try:
-                    client.predict(request, "rank")
+                    client.predict(request, signatures.RANK)
                     phase.record("malformed_accepted", example=name)
                 except PredictionError:
                     pass
@@ -84,13 +84,13 @@ def client_loop(port: int, pool: list, expected: list, bad: list, share: float, 
             index = int(rng.integers(len(pool)))
             start = time.perf_counter()
             try:
-                outputs = client.predict(pool[index], "rank")
+                outputs = client.predict(pool[index], signatures.RANK)
             except Exception as error:  # noqa: BLE001  (any failure of a good request is an error)
                 phase.record("errors", example=f"{type(error).__name__}: {error}"[:200])
                 continue
             latency = time.perf_counter() - start
             phase.record("good", latency)
-            logit = outputs["logit"]
+            logit = outputs[signatures.LOGIT]
             if logit.shape != expected[index].shape or np.abs(logit - expected[index]).max() > TOLERANCE:
                 phase.record("wrong_scores", example=f"request {index}")
 
@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     run = common.Run("load_test", args)
     base_path = fixtures.export_serving_model(os.path.join(args.work_dir, "serving_export"))
     pool = [fixtures.rank_request(args.history, args.candidates, seed=seed) for seed in range(16)]
-    rank = tf.saved_model.load(os.path.join(base_path, "1")).signatures["rank"]
-    expected = [rank(**{k: tf.constant(v) for k, v in r.items()})["logit"].numpy() for r in pool]
+    rank = tf.saved_model.load(os.path.join(base_path, "1")).signatures[signatures.RANK]
+    expected = [rank(**{k: tf.constant(v) for k, v in r.items()})[signatures.LOGIT].numpy() for r in pool]
     bad = malformed_requests(pool[0])
-    run.extra["request"] = {"signature": "rank", "L": args.history, "C": args.candidates,
+    run.extra["request"] = {"signature": signatures.RANK, "L": args.history, "C": args.candidates,
                             "distinct_good_requests": len(pool),
                             "malformed_kinds": [name for name, _ in bad], "tolerance": TOLERANCE}
     rows = []

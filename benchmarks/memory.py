@@ -34,33 +34,35 @@ def current_rss_mb() -> float:
 def child(case: str, args: list[str]) -> dict:
     import tensorflow as tf
 
-    import muse_tf  # noqa: F401
     from benchmarks import fixtures
+    from muse_tf import signatures
 
     if case == "import":
         return {"rss_after_setup_mb": current_rss_mb()}
     if case == "serve":
         length, candidates, work_dir = int(args[0]), int(args[1]), args[2]
         base_path = fixtures.export_serving_model(os.path.join(work_dir, "serving_export"))
-        rank = tf.saved_model.load(os.path.join(base_path, "1")).signatures["rank"]
+        rank = tf.saved_model.load(os.path.join(base_path, "1")).signatures[signatures.RANK]
         setup = current_rss_mb()
         request = {k: tf.constant(v) for k, v in fixtures.rank_request(length, candidates).items()}
         for _ in range(5):
-            rank(**request)["logit"].numpy()
+            rank(**request)[signatures.LOGIT].numpy()
         return {"rss_after_setup_mb": setup, "detail": f"rank L={length:,} C={candidates}"}
     if case == "train":
         import tf_keras
 
-        from muse_tf import artifacts, data
+        from muse_tf import vocabulary
+        from muse_tf.layers import search
 
         variant, batch, length, how = args[0], int(args[1]), int(args[2]), args[3]
-        sizes = {name: len(ids) + artifacts.RESERVED
+        sizes = {name: vocabulary.table_rows(ids)
                  for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
         table = fixtures.multimodal_table(sizes["item"])
         x, y = fixtures.training_batch(sizes, batch, length)
+        config = fixtures.paper_config(variant, sizes)
         if how == "precomputed":
-            x = data.gsu_precompute(table, 50)(x)
-        model = fixtures.random_model(fixtures.paper_config(variant, sizes), table)
+            x = search.gsu_precompute(table, config.top_k)(x)
+        model = fixtures.random_model(config, table)
         model.compile(optimizer=tf_keras.optimizers.Adam(2e-4),
                       embedding_optimizer=tf_keras.optimizers.Adam(2e-3))
         setup = current_rss_mb()

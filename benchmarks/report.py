@@ -117,6 +117,16 @@ def data_section(result: dict) -> list[str]:
                 "samples_per_s", "bytes_per_sample_train", "bytes_per_sample_test", "workers"]), ""]
 
 
+def convert_section(results: list[dict]) -> list[str]:
+    lines = ["### Conversion engines: local processes vs Beam's local runner", ""]
+    for result in results:
+        note = [f"Partial: {result['note']}", ""] if result.get("partial") else []
+        lines += [_machine(result), "", *note, common.format_table(result["results"], [
+            "users", "engine", "input_rows", "samples", "seconds", "rows_per_s", "samples_per_s",
+            "peak_rss_mb", "time_vs_local", "memory_vs_local"]), ""]
+    return lines
+
+
 def load_section(result: dict) -> list[str]:
     request = result.get("request", {})
     return ["### Load test (local server, loopback, gRPC)", "", _machine(result), "",
@@ -145,6 +155,10 @@ def render(results_dir: str) -> str:
     data = _load(results_dir, "data_throughput")
     if data:
         lines += data_section(data)
+    convert = [_load(results_dir, name[:-5]) for name in sorted(os.listdir(results_dir))
+               if name.startswith("convert_engines") and name.endswith(".json")]
+    if convert:
+        lines += convert_section(convert)
     load = _load(results_dir, "load_test")
     if load:
         lines += load_section(load)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common, fixtures
-from muse_tf import artifacts, features
+from muse_tf import features, signatures, vocabulary
 from serving.client import GrpcClient, RestClient
 from serving.launch import local_server
 
@@ -55,15 +55,15 @@ def floor_function(packed_table: tf.Variable, dim: int, top_k: int) -> tf.types.
 
 def indices_of(vocabularies: dict[str, np.ndarray], request: dict[str, np.ndarray]) -> tuple:
     vocab = vocabularies["item"]
-    return (tf.constant(artifacts.lookup(vocab, request[features.HISTORY_ITEMS]), tf.int32),
-            tf.constant(artifacts.lookup(vocab, request[features.ITEM_ID]), tf.int32))
+    return (tf.constant(vocabulary.lookup(vocab, request[features.HISTORY_ITEMS]), tf.int32),
+            tf.constant(vocabulary.lookup(vocab, request[features.ITEM_ID]), tf.int32))
 
 
 def in_process_rows(base_path: str, lengths: tuple, candidates: tuple, budget_s: float) -> list[dict]:
     loaded = tf.saved_model.load(os.path.join(base_path, "1"))
-    rank = loaded.signatures["rank"]
-    table = next(v for v in loaded.model_variables if "multimodal_table" in v.name)
-    floor = floor_function(table, 128, 50)
+    rank = loaded.signatures[signatures.RANK]
+    table = next(v for v in loaded.model_variables if v.name == "multimodal/table:0")
+    floor = floor_function(table, 128, fixtures.serving_config().top_k)
     vocabularies = fixtures.vocabularies()
     rows = []
     for length in lengths:
@@ -72,7 +72,7 @@ def in_process_rows(base_path: str, lengths: tuple, candidates: tuple, budget_s:
             tensors = {name: tf.constant(value) for name, value in request.items()}
             history, targets = indices_of(vocabularies, request)
             timings = common.time_interleaved(
-                {"rank": lambda t=tensors: rank(**t)["logit"].numpy(),
+                {"rank": lambda t=tensors: rank(**t)[signatures.LOGIT].numpy(),
                  "floor": lambda h=history, c=targets: floor(h, c)[0].numpy()},
                 repeats=200, max_seconds=2 * budget_s)
             measured, floor_t = timings["rank"], timings["floor"]
@@ -99,7 +99,7 @@ def server_rows(base_path: str, lengths: tuple, candidates: tuple, budget_s: flo
                     for count in candidates:
                         request = fixtures.rank_request(length, count)
                         measured = common.time_calls(
-                            lambda c=client, r=request: c.predict(r, "rank"),
+                            lambda c=client, r=request: c.predict(r, signatures.RANK),
                             repeats=100, max_seconds=budget_s)
                         row = {"table": "latency", "path": f"server {protocol}", "L": length,
                                "C": count, **measured}

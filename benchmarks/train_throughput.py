@@ -23,7 +23,7 @@ import tensorflow as tf
 import tf_keras
 
 from benchmarks import common, fixtures
-from muse_tf import artifacts, data, features
+from muse_tf import artifacts, data, features, vocabulary
 from muse_tf.layers import search
 
 VARIANTS = ("din", "sim_soft", "muse")
@@ -86,7 +86,7 @@ def step_rows(sizes: dict, table: np.ndarray, batch: int, length: int, steps: in
     rows = []
     cases = [(v, "in-graph", xla) for v in variants for xla in xla_modes]
     if "muse" in variants:
-        precomputed = data.gsu_precompute(table, 50)(x)
+        precomputed = search.gsu_precompute(table, fixtures.paper_config("muse", sizes).top_k)(x)
         cases += [("muse", "precomputed", xla) for xla in xla_modes]
     for variant, how, xla in cases:
         inputs = precomputed if how == "precomputed" else x
@@ -109,10 +109,12 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: i
     sizes = artifacts.vocab_sizes(data_dir)
     table = artifacts.load_multimodal_table(data_dir)
     files = data.split_files(data_dir, "train")
+    top_k = fixtures.paper_config("muse", sizes).top_k
     rows = []
     for how in ("in-graph", "precomputed"):
         dataset = data.make_dataset(files, batch, history_length=length, repeat=True,
-                                    precompute_gsu=table if how == "precomputed" else None)
+                                    precompute_gsu=table if how == "precomputed" else None,
+                                    top_k=top_k)
         model = compiled_model("muse", sizes, table, False)
         row = {"table": "end-to-end", "variant": "muse", "search": how, "batch": batch,
                "history": length}
@@ -123,7 +125,7 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: i
     x, _ = next(iter(data.make_dataset(files, batch, history_length=length)))
     model = fixtures.random_model(fixtures.paper_config("muse", sizes), table)
     plain = model(x, training=False).numpy()
-    with_search = model(data.gsu_precompute(table, 50)(x), training=False).numpy()
+    with_search = model(search.gsu_precompute(table, model.config.top_k)(x), training=False).numpy()
     equality = {"batch": int(len(plain)), "max_abs_logit_diff": float(np.abs(plain - with_search).max())}
     return rows, equality
 
@@ -140,19 +142,20 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
     target_mm, _ = vectors.unit(xi[features.ITEM_ID])
     recent = items[:, -model.config.recent_length:]
     top_k = model.config.top_k
-    recent_emb = model._behaviour_embedding(recent, xi[features.HISTORY_CATEGORIES][:, -50:])
-    target = model._behaviour_embedding(xi[features.ITEM_ID], xi[features.ITEM_CATEGORY])
+    recent_emb = model.embeddings.behaviour(recent, xi[features.HISTORY_CATEGORIES][:, -50:])
+    target = model.embeddings.behaviour(xi[features.ITEM_ID], xi[features.ITEM_CATEGORY])
+    history = search.SearchInputs(target_items=xi[features.ITEM_ID], history_items=items,
+                                  history_mask=mask, multimodal=vectors)
     parts = {
         "train step (forward + backward + 2 Adam)": lambda: model.train_function(iter([(x, y)])),
         "forward (training=True)": lambda: model(x, training=True),
-        "GSU: search over L (in-graph)": lambda: model.search.search_items(
-            xi[features.ITEM_ID], items, mask, vectors),
+        "GSU: search over L (in-graph)": lambda: model.lifelong.search_unit.search(history),
         "  ref: per-position lookup of (B, L, 128)": lambda: vectors.unit(items),
         "  ref: cosine of a given (B, L, 128)": lambda: search.unit_dot(
             target_mm, vectors.unit(items)[0]),
         "  top-K of (B, L) scores": lambda: search.top_k_valid(
             tf.random.uniform(tf.shape(items)), mask, top_k),
-        "DIN attention over R = 50 (Dice MLP)": lambda: model.short_term_attention(
+        "DIN attention over R = 50 (Dice MLP)": lambda: model.short_term.attention(
             target, recent_emb, recent > 0, training=True),
         "recent multimodal lookup + cosine": lambda: search.unit_dot(
             target_mm, vectors.unit(recent)[0]),
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = common.Run("train_throughput", args)
     users = 300 if args.quick else 2000
     max_seconds = 10.0 if args.quick else 40.0
-    sizes = {name: len(ids) + artifacts.RESERVED
+    sizes = {name: vocabulary.table_rows(ids)
              for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
     table = fixtures.multimodal_table(sizes["item"])
     rows: list[dict] = []

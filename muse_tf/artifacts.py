@@ -3,8 +3,8 @@
 Layout of a converted dataset directory::
 
     manifest.json                 counts, schema version, vocabulary sizes (see pipelines/)
-    vocab/<name>.npy              int64 raw IDs of vocabulary <name>; the ID at position p has index
-                                  p + 2 (index 0 = PAD, 1 = OOV), so the table has len + 2 rows
+    vocab/<name>.npy              int64 raw IDs of vocabulary <name>, ascending; position -> index
+                                  by muse_tf.vocabulary (index = position + 2; 0 = PAD, 1 = OOV)
     multimodal_table.npy          int8 (vocab_size("item"), 128): row i = SCL vector of item index i,
                                   all zero where the item has none (and for PAD/OOV)
     train/part-*.tfrecord.gz      GZIP TFRecord shards (format: muse_tf.data)
@@ -20,13 +20,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import features
+from muse_tf import features, vocabulary
 
 MANIFEST = "manifest.json"
 VOCAB_DIR = "vocab"
 MULTIMODAL_TABLE = "multimodal_table.npy"
 SCHEMA_VERSION = 1
-RESERVED = 2  # PAD and OOV
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
@@ -41,7 +40,7 @@ def vocab_path(data_dir: str, name: str) -> str:
 
 
 def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
-    """Raw int64 IDs of vocabulary ``name``, in index order (index = position + 2)."""
+    """Raw int64 IDs of vocabulary ``name``, in index order (``muse_tf.vocabulary``)."""
     path = vocab_path(data_dir, name)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Vocabulary {name!r} not found at {path}; run a pipeline first.")
@@ -63,7 +62,7 @@ def load_vocabularies(data_dir: str) -> dict[str, np.ndarray]:
 
 def vocab_sizes(data_dir: str) -> dict[str, int]:
     """Embedding-table rows per vocabulary, PAD and OOV included."""
-    return {name: len(ids) + RESERVED for name, ids in load_vocabularies(data_dir).items()}
+    return {name: vocabulary.table_rows(ids) for name, ids in load_vocabularies(data_dir).items()}
 
 
 def load_multimodal_table(data_dir: str) -> np.ndarray:
@@ -96,18 +95,6 @@ def load_manifest(data_dir: str) -> dict:
             f"{SCHEMA_VERSION}. Re-run the conversion."
         )
     return manifest
-
-
-def lookup(vocabulary: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
-    """Maps raw IDs to indices with NumPy (OOV for unknown IDs); a reference for in-graph lookups."""
-    raw_ids = np.asarray(raw_ids, np.int64)
-    if len(vocabulary) == 0:
-        return np.full(raw_ids.shape, features.OOV, np.int64)
-    order = np.argsort(vocabulary, kind="stable")
-    sorted_ids = vocabulary[order]
-    pos = np.clip(np.searchsorted(sorted_ids, raw_ids), 0, len(sorted_ids) - 1)
-    found = sorted_ids[pos] == raw_ids
-    return np.where(found, order[pos] + RESERVED, features.OOV).astype(np.int64)
 
 
 def split_samples(manifest: dict, split: str) -> int:

@@ -16,7 +16,6 @@ import yaml
 
 from muse_tf import features
 
-GSU_CHOICES = ("mm", "id", "id_category", "category", "mm_id")
 ATTENTION_CHOICES = ("ta", "sata")
 
 
@@ -25,7 +24,8 @@ class Variant:
     """One row of the paper's comparisons.
 
     Attributes:
-        gsu: which general search unit picks the top-K behaviours; None = no lifelong branch (DIN).
+        gsu: which general search unit picks the top-K behaviours, a name in
+            ``muse_tf.layers.search.SEARCH_UNITS``; None = no lifelong branch (DIN).
             ``mm``: cosine of frozen multimodal embeddings (MUSE); ``id``: cosine of the learned item
             ID embedding; ``id_category``: cosine of learned item+category embeddings (SIM-soft);
             ``category``: most recent behaviours of the target's category (SIM-hard); ``mm_id``: sum
@@ -99,8 +99,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"Unknown `variant` {self.variant!r}; choose one of {sorted(VARIANTS)}.")
-        if self.gsu is not None and self.gsu not in GSU_CHOICES:
-            raise ValueError(f"Unknown `gsu` {self.gsu!r}; choose one of {list(GSU_CHOICES)}.")
+        if self.gsu is not None:
+            # The registry of search units owns the names; imported here, as it needs TensorFlow.
+            from muse_tf.layers.search.units import SEARCH_UNITS
+
+            if self.gsu not in SEARCH_UNITS:
+                raise ValueError(f"Unknown `gsu` {self.gsu!r}; choose one of {list(SEARCH_UNITS)}.")
         missing = set(features.VOCABULARIES) - set(self.vocab_sizes)
         if missing:
             raise ValueError(f"`vocab_sizes` lacks {sorted(missing)}.")
@@ -149,7 +153,7 @@ class TrainConfig:
         embedding_learning_rate: Adam learning rate of the embedding tables (paper: 2e-3).
         dense_learning_rate: Adam learning rate of every other weight (paper: 2e-4).
         history_length: L, behaviours per sample fed to the model (the most recent kept); the
-            converted shards hold at most the conversion's ``--history-length``.
+            converted shards hold at most the conversion's ``--history-cap``.
         shuffle: shuffle the shard files and user records each epoch (a user's samples stay
             together; the official config does not shuffle).
         seed: seeds TensorFlow, NumPy and the input order.

@@ -1,14 +1,6 @@
 """tf.data input: converted TFRecord shards -> ``(features, label)`` batches of the model contract.
 
-On-disk format (written by ``pipelines/``): GZIP TFRecord shards of ``tf.train.Example`` user
-records. A record holds one user's features and history **once**, plus parallel lists of that user's
-samples in the shard (see ``pipelines/README.md`` for why, with bytes-per-sample figures)::
-
-    user_key, user_id, user_profile_1..5        int64 [1]    raw user ID, then vocabulary indices
-    history_items, history_categories           int64 [H]    indices, oldest -> newest, H <= the
-                                                             conversion's --history-length
-    item_id, item_category, item_attr_213/214   int64 [S]    one entry per sample of this user
-    label                                       int64 [S]    0 / 1
+Shards hold one record per user (schema, encoding and parsing: ``muse_tf.records``).
 
 Reading parses batches of records with one vectorised ``parse_example``, expands them to samples
 in memory (each sample gathers its user's row), left-pads or truncates the history to the requested
@@ -21,60 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, features
-
-RECORD_USER_FEATURES = (features.USER_KEY, features.USER_ID, *features.USER_PROFILE)
-RECORD_HISTORY = features.SEQUENCE_FEATURES
-RECORD_SAMPLE_FEATURES = (
-    features.ITEM_ID,
-    features.ITEM_CATEGORY,
-    *features.ITEM_ATTRS,
-    features.LABEL,
-)
-SHARD_COMPRESSION = "GZIP"
-
-def _int64_feature(values: np.ndarray) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values.tolist()))
-
-
-def encode_user_records(
-    user: Mapping[str, np.ndarray],
-    history: Mapping[str, np.ndarray],
-    history_lengths: np.ndarray,
-    samples: Mapping[str, np.ndarray],
-    sample_counts: np.ndarray,
-) -> Iterator[bytes]:
-    """Serialized records of U users, in order, from column-wise arrays (the writer's side of the
-    record schema above).
-
-    Args:
-        user: ``RECORD_USER_FEATURES`` -> (U,) values.
-        history: ``RECORD_HISTORY`` -> (H,) values, user after user; ``history_lengths`` (U,).
-        samples: ``RECORD_SAMPLE_FEATURES`` -> (S,) values, user after user; ``sample_counts`` (U,).
-
-    Raises:
-        ValueError: naming the features of the schema the arrays lack.
-    """
-    missing = set(RECORD_USER_FEATURES + RECORD_HISTORY + RECORD_SAMPLE_FEATURES)
-    missing -= {*user, *history, *samples}
-    if missing:
-        raise ValueError(f"User records lack feature(s) {sorted(missing)}.")
-    history_offsets = np.concatenate([[0], np.cumsum(history_lengths)])
-    sample_offsets = np.concatenate([[0], np.cumsum(sample_counts)])
-    for u in range(len(sample_counts)):
-        feature = {name: _int64_feature(user[name][u : u + 1]) for name in user}
-        for name, values in history.items():
-            feature[name] = _int64_feature(values[history_offsets[u] : history_offsets[u + 1]])
-        for name, values in samples.items():
-            feature[name] = _int64_feature(values[sample_offsets[u] : sample_offsets[u + 1]])
-        example = tf.train.Example(features=tf.train.Features(feature=feature))
-        yield example.SerializeToString()
-
+from muse_tf import artifacts, records
 
 # Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
 _NATIVE_SCHEMES = ("gs",)
@@ -87,15 +31,6 @@ SHUFFLE_BUFFER_RECORDS = 1024
 # Records per vectorised parse: Taobao-MM has ~11 samples per user, so a parsed block of
 # batch_size / 8 records yields a little more than one output batch.
 SAMPLES_PER_RECORD_HINT = 8
-
-
-def _record_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
-    spec: dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature] = {
-        name: tf.io.FixedLenFeature([], tf.int64) for name in RECORD_USER_FEATURES
-    }
-    for name in RECORD_HISTORY + RECORD_SAMPLE_FEATURES:
-        spec[name] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
-    return spec
 
 
 def ensure_filesystems(paths: Sequence[str]) -> None:
@@ -173,90 +108,6 @@ def split_files(data_dir: str, split: str) -> list[str]:
     return paths
 
 
-def left_pad_recent(ragged: tf.RaggedTensor, length: int) -> tf.Tensor:
-    """(N, None) -> (N, length): the last ``length`` values of each row, left-padded with PAD."""
-    starts = ragged.row_starts()
-    limits = ragged.row_limits()
-    flat_index = limits[:, None] - length + tf.range(length, dtype=limits.dtype)[None, :]
-    # Position 0 of the padded values is PAD, so invalid positions (and empty inputs) gather it.
-    padded_values = tf.concat([tf.constant([features.PAD], ragged.values.dtype), ragged.values], 0)
-    return tf.gather(padded_values, tf.where(flat_index >= starts[:, None], flat_index + 1, 0))
-
-
-def parse_user_records(
-    serialized: tf.Tensor, history_length: int
-) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """(U,) serialized user records -> S samples: ``({name: (S,) or (S, L)}, label (S,))``."""
-    parsed = tf.io.parse_example(serialized, _record_spec())
-    per_sample = [parsed[name] for name in RECORD_SAMPLE_FEATURES]
-    history = [parsed[name] for name in RECORD_HISTORY]
-    checks = [
-        tf.debugging.assert_equal(
-            ragged.row_lengths(),
-            per_sample[0].row_lengths(),
-            message=f"Corrupt user record: `{name}` and `{features.ITEM_ID}` differ in length.",
-        )
-        for name, ragged in zip(RECORD_SAMPLE_FEATURES[1:], per_sample[1:])
-    ]
-    checks.append(
-        tf.debugging.assert_equal(
-            history[0].row_lengths(),
-            history[1].row_lengths(),
-            message="Corrupt user record: history items and categories differ in length.",
-        )
-    )
-    with tf.control_dependencies(checks):
-        sample_user = tf.identity(per_sample[0].value_rowids())
-    out = {name: tf.gather(parsed[name], sample_user) for name in RECORD_USER_FEATURES}
-    for name in RECORD_HISTORY:
-        out[name] = tf.gather(left_pad_recent(parsed[name], history_length), sample_user)
-    for name, ragged in zip(RECORD_SAMPLE_FEATURES, per_sample):
-        out[name] = ragged.values
-    label = tf.cast(out.pop(features.LABEL), tf.float32)
-    return out, label
-
-
-Features = dict[str, tf.Tensor]
-
-
-def gsu_precompute(table: np.ndarray, top_k: int) -> Callable[[Features], Features]:
-    """A function adding MUSE's multimodal search result to a batch of model inputs.
-
-    The multimodal GSU has no learned weights: its top-K depends only on the sample and the frozen
-    table, so it can be computed in the input pipeline (on the host, overlapping the training step)
-    instead of inside every step. The function adds ``muse_tf.layers.search.PRECOMPUTED_GSU``:
-    ``gsu_indices`` (B, K) int32, ``gsu_scores`` (B, K) float32 and ``gsu_valid`` (B, K) bool,
-    computed by ``search.cosine_search_items``, the code MuseModel runs in-graph, so a MuseModel
-    fed these inputs gives the same outputs.
-
-    Args:
-        table: the frozen multimodal table (V, M) exactly as given to
-            ``MuseModel.set_multimodal_table`` (int8 or float32).
-        top_k: K; must equal the model's ``top_k``.
-    """
-    # Imported here: the conversion pipelines import this module and need no Keras layers.
-    from muse_tf.layers import search
-
-    table = np.asarray(table)
-    stored = search.pack_int8(table) if table.dtype == np.int8 else table.astype(np.float32)
-    vectors = search.ItemVectors(  # as MuseModel.multimodal_vectors
-        tf.constant(stored), tf.constant(search.inverse_norms(table)), table.shape[1]
-    )
-
-    def add_search(batch: Features) -> Features:
-        items = tf.cast(batch[features.HISTORY_ITEMS], tf.int32)
-        result = search.cosine_search_items(
-            tf.cast(batch[features.ITEM_ID], tf.int32),
-            items,
-            tf.not_equal(items, features.PAD),
-            vectors,
-            top_k,
-        )
-        return {**batch, **dict(zip(search.PRECOMPUTED_GSU, result))}
-
-    return add_search
-
-
 def make_dataset(
     files: str | Sequence[str],
     batch_size: int,
@@ -269,7 +120,7 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     drop_remainder: bool = False,
     precompute_gsu: np.ndarray | None = None,
-    top_k: int = 50,
+    top_k: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(features, label)`` from converted shards.
 
@@ -292,7 +143,8 @@ def make_dataset(
             table, and fixes K and the table at dataset creation; the result depends on nothing
             learned, so it may also be cached across epochs (``.cache()``). Not for searches over
             learned embeddings (SIM-soft). Serving is unaffected: the export searches in-graph.
-        top_k: K of the precomputed search (the model's ``top_k``).
+        top_k: K of the precomputed search: the model's ``top_k`` (required with
+            ``precompute_gsu``).
 
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
@@ -307,6 +159,8 @@ def make_dataset(
         raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
     if history_length <= 0:
         raise ValueError(f"`history_length` must be positive, got {history_length}.")
+    if precompute_gsu is not None and top_k is None:
+        raise ValueError("`precompute_gsu` needs `top_k`, the model's (ModelConfig.top_k).")
     if shuffle and deterministic and seed is None:
         raise ValueError("Deterministic shuffling needs a `seed`.")
     paths = resolve_files(files)
@@ -325,7 +179,7 @@ def make_dataset(
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=SHARD_COMPRESSION),
+        lambda path: tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION),
         cycle_length=min(len(paths), 16),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -334,12 +188,15 @@ def make_dataset(
         dataset = dataset.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(max(1, batch_size // SAMPLES_PER_RECORD_HINT))
     dataset = dataset.map(
-        lambda records: parse_user_records(records, history_length),
+        lambda block: records.parse_user_records(block, history_length),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
     dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
     if precompute_gsu is not None:
+        # Imported here: the conversion pipelines import this module and need no Keras layers.
+        from muse_tf.layers.search import gsu_precompute
+
         add_search = gsu_precompute(precompute_gsu, top_k)
         dataset = dataset.map(
             lambda batch, label: (add_search(batch), label),
@@ -361,11 +218,11 @@ def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
     for path in resolve_files(files):
         count = 0
         try:
-            for _ in tf.data.TFRecordDataset(path, compression_type=SHARD_COMPRESSION):
+            for _ in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION):
                 count += 1
         except tf.errors.OpError as err:
             raise ValueError(
-                f"Shard {path} is damaged or not a {SHARD_COMPRESSION} TFRecord file "
+                f"Shard {path} is damaged or not a {records.COMPRESSION} TFRecord file "
                 f"(after {count} records): {err.message}"
             ) from err
         counts[path] = count

@@ -49,40 +49,22 @@ import tensorflow as tf
 import tf_keras
 
 import muse_tf
-from muse_tf import artifacts, data, features, runs
+from muse_tf import artifacts, data, features, runs, vocabulary, warmup
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
-from serving import warmup
+from muse_tf.signatures import (
+    CANDIDATE_FEATURES,
+    LOGIT,
+    PROBABILITY,
+    RANK,
+    SERVING_DEFAULT,
+    USER_FEATURES,
+    VALID_HISTORY_LENGTH,
+    rank_spec,
+    serving_default_spec,
+)
 
-SERVING_DEFAULT = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
-RANK = "rank"
-HISTORY_LENGTH = "history_length"
-PROBABILITY = "probability"
-LOGIT = "logit"
 VERSIONS_FILE = os.path.join("assets.extra", "versions.json")
-
-USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
-CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
-
-
-def _spec(shape: list[int | None], name: str) -> tf.TensorSpec:
-    return tf.TensorSpec(shape, tf.int64, name=name)
-
-
-def serving_default_spec() -> dict[str, tf.TensorSpec]:
-    """Inputs of ``serving_default``: per-row features (B,), right-padded histories (B, W)."""
-    spec = {name: _spec([None], name) for name in features.SCALAR_FEATURES}
-    spec.update({name: _spec([None, None], name) for name in features.SEQUENCE_FEATURES})
-    spec[HISTORY_LENGTH] = _spec([None], HISTORY_LENGTH)
-    return spec
-
-
-def rank_spec() -> dict[str, tf.TensorSpec]:
-    """Inputs of ``rank``: user scalars, an unpadded history (L,), candidates (C,)."""
-    spec = {name: _spec([], name) for name in USER_FEATURES}
-    spec.update({name: _spec([None], name) for name in features.SEQUENCE_FEATURES})
-    spec.update({name: _spec([None], name) for name in CANDIDATE_FEATURES})
-    return spec
 
 
 def _same_size(tensors: Mapping[str, tf.Tensor], names: Sequence[str], size: tf.Tensor) -> list:
@@ -118,17 +100,7 @@ class ServingModule(tf.Module):
         super().__init__(name="muse_serving")
         self.model_variables = list(model.variables)
         self.tables = {
-            name: tf.lookup.StaticHashTable(
-                tf.lookup.TextFileInitializer(
-                    path,
-                    tf.int64,
-                    tf.lookup.TextFileIndex.WHOLE_LINE,
-                    tf.int64,
-                    tf.lookup.TextFileIndex.LINE_NUMBER,
-                ),
-                default_value=-1,
-            )
-            for name, path in vocab_files.items()
+            name: vocabulary.lookup_table(path) for name, path in vocab_files.items()
         }
         max_length = tf.constant(max_history_length, tf.int32)
 
@@ -147,11 +119,11 @@ class ServingModule(tf.Module):
 
         @tf.function(input_signature=[serving_default_spec()])
         def serving_default(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            lengths = inputs[HISTORY_LENGTH]
+            lengths = inputs[VALID_HISTORY_LENGTH]
             items = inputs[features.HISTORY_ITEMS]
             rows = tf.size(lengths, out_type=tf.int32)
             width = tf.shape(items)[1]
-            checks = _same_size(inputs, (HISTORY_LENGTH, *features.SCALAR_FEATURES), rows)
+            checks = _same_size(inputs, (VALID_HISTORY_LENGTH, *features.SCALAR_FEATURES), rows)
             checks += length_checks(width) + [
                 tf.debugging.assert_equal(
                     tf.shape(inputs[features.HISTORY_CATEGORIES]),
@@ -197,11 +169,8 @@ class ServingModule(tf.Module):
         self.rank = rank
 
     def _lookup(self, feature: str, raw_ids: tf.Tensor) -> tf.Tensor:
-        """Raw IDs -> model indices: position in the vocabulary + RESERVED, OOV if unknown."""
-        position = self.tables[features.VOCABULARY[feature]].lookup(raw_ids)
-        return tf.where(
-            position < 0, tf.constant(features.OOV, tf.int64), position + artifacts.RESERVED
-        )
+        """Raw IDs -> model indices (``muse_tf.vocabulary``'s rule)."""
+        return vocabulary.lookup_in_graph(self.tables[features.VOCABULARY[feature]], raw_ids)
 
 
 def _check_vocabularies(config: ModelConfig, vocabularies: Mapping[str, np.ndarray]) -> None:
@@ -215,19 +184,11 @@ def _check_vocabularies(config: ModelConfig, vocabularies: Mapping[str, np.ndarr
             raise ValueError(f"Vocabulary {name!r} must be a non-empty 1-D integer array.")
         if len(np.unique(ids)) != len(ids):
             raise ValueError(f"Vocabulary {name!r} has duplicate IDs.")
-        if len(ids) + artifacts.RESERVED != config.vocab_sizes[name]:
+        if vocabulary.table_rows(ids) != config.vocab_sizes[name]:
             raise ValueError(
                 f"Vocabulary {name!r} has {len(ids)} IDs, but the model's vocab_sizes[{name!r}] is "
-                f"{config.vocab_sizes[name]} (IDs + {artifacts.RESERVED})."
+                f"{config.vocab_sizes[name]} (IDs + {vocabulary.RESERVED})."
             )
-
-
-def _write_vocabulary(path: str, ids: np.ndarray, chunk: int = 1 << 20) -> None:
-    """One decimal ID per line: line p holds the ID of index p + RESERVED."""
-    ids = np.asarray(ids, np.int64)
-    with open(path, "w") as f:
-        for start in range(0, len(ids), chunk):
-            f.write("".join(f"{value}\n" for value in ids[start : start + chunk].tolist()))
 
 
 def _write_versions(export_dir: str) -> None:
@@ -259,7 +220,7 @@ def warmup_requests(
 
     rows = {name: ids(name, 2) for name in features.SCALAR_FEATURES}
     rows.update({name: ids(name, 6).reshape(2, 3) for name in features.SEQUENCE_FEATURES})
-    rows[HISTORY_LENGTH] = np.array([3, 0], np.int64)
+    rows[VALID_HISTORY_LENGTH] = np.array([3, 0], np.int64)
     ranked = {name: ids(name, 1)[0] for name in USER_FEATURES}
     ranked.update({name: ids(name, 4) for name in features.SEQUENCE_FEATURES})
     ranked.update({name: ids(name, 3) for name in CANDIDATE_FEATURES})
@@ -307,7 +268,7 @@ def export_saved_model(
         with tempfile.TemporaryDirectory() as vocab_dir:
             for name in features.VOCABULARIES:
                 vocab_files[name] = os.path.join(vocab_dir, f"vocab_{name}.txt")
-                _write_vocabulary(vocab_files[name], vocabularies[name])
+                vocabulary.write_table_file(vocab_files[name], vocabularies[name])
             module = ServingModule(model, vocab_files, max_history_length)
             export_dir = os.path.join(staging, "saved_model")
             tf.saved_model.save(

@@ -46,15 +46,3 @@ VOCABULARY = {
     "item_attr_214": "attr_214",
 }
 VOCABULARIES = tuple(dict.fromkeys(VOCABULARY.values()))
-
-# Taobao-MM Parquet column -> feature name.
-TAOBAO_MM_COLUMNS = {
-    "129_1": USER_ID,
-    **{f"130_{i}": name for i, name in enumerate(USER_PROFILE, start=1)},
-    "205": ITEM_ID,
-    "206": ITEM_CATEGORY,
-    "213": "item_attr_213",
-    "214": "item_attr_214",
-    "150_2_180": HISTORY_ITEMS,
-    "151_2_180": HISTORY_CATEGORIES,
-}

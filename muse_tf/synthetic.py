@@ -77,7 +77,7 @@ class SyntheticConfig:
     """Sizes and shape of the generated data (see the module docstring for the model)."""
 
     users: int = 2000
-    history_length: int = 1000
+    behaviours_per_user: int = 1000
     samples_per_user: float = 10.0
     test_fraction: float = 0.2
     items: int = 20_000
@@ -88,7 +88,7 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("users", "history_length", "items", "clusters"):
+        for name in ("users", "behaviours_per_user", "items", "clusters"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
         if self.items < self.clusters:
@@ -196,9 +196,9 @@ def generate_users(
         count_interests = min(int(rng.integers(*INTERESTS, endpoint=True)), config.clusters)
         interests = rng.choice(config.clusters, count_interests, replace=False)
         weights = rng.dirichlet(np.ones(len(interests)))
-        length = config.history_length
+        length = config.behaviours_per_user
         if rng.random() < config.short_history_fraction:
-            length = int(rng.integers(1, max(config.history_length, 2)))
+            length = int(rng.integers(1, max(config.behaviours_per_user, 2)))
         clusters = _history_clusters(interests, weights, length, rng)
         history = catalogue.sample_in_clusters(clusters, rng)
         noisy = rng.random(length) < RANDOM_BEHAVIOUR
@@ -231,7 +231,7 @@ def user_chunks(
 ) -> Iterator[tuple[int, int, dict[str, dict[str, list]]]]:
     """Every user, in chunks of at most ~2M behaviours: (first user, users, ``generate_users``'s
     rows). Each chunk has its own seeded stream, so every consumer sees the same users."""
-    chunk_users = max(1, min(1024, CHUNK_BEHAVIOURS // config.history_length))
+    chunk_users = max(1, min(1024, CHUNK_BEHAVIOURS // config.behaviours_per_user))
     for chunk, first in enumerate(range(0, config.users, chunk_users)):
         count = min(chunk_users, config.users - first)
         yield first, count, generate_users(catalogue, config, first, count, chunk)

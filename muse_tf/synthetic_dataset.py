@@ -24,7 +24,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, data, features
+from muse_tf import artifacts, features, records, vocabulary
 from muse_tf.hashing import partition_of
 from muse_tf.synthetic import MISSING_ID, SPLITS, Catalogue, SyntheticConfig, user_chunks
 
@@ -88,20 +88,20 @@ def _vocabularies(catalogue: Catalogue, train: _Split) -> dict[str, np.ndarray]:
 def _item_tables(catalogue: Catalogue, vocabs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     """Per item index: (category, attr_213, attr_214) indices (V, 3), OOV for PAD/OOV rows, and the
     multimodal table (V, 128) int8, zero where the item has no vector."""
-    position = artifacts.lookup(catalogue.ids, vocabs["item"]) - artifacts.RESERVED
-    rows = len(vocabs["item"]) + artifacts.RESERVED
+    position = vocabulary.lookup(catalogue.ids, vocabs["item"]) - vocabulary.RESERVED
+    rows = len(vocabs["item"]) + vocabulary.RESERVED
     attributes = np.full((rows, 3), features.OOV, np.int64)
-    attributes[artifacts.RESERVED :] = np.stack(
+    attributes[vocabulary.RESERVED :] = np.stack(
         [
-            artifacts.lookup(vocabs["category"], catalogue.category_ids[position]),
-            artifacts.lookup(vocabs["attr_213"], catalogue.attr_ids["213"][position]),
-            artifacts.lookup(vocabs["attr_214"], catalogue.attr_ids["214"][position]),
+            vocabulary.lookup(vocabs["category"], catalogue.category_ids[position]),
+            vocabulary.lookup(vocabs["attr_213"], catalogue.attr_ids["213"][position]),
+            vocabulary.lookup(vocabs["attr_214"], catalogue.attr_ids["214"][position]),
         ],
         axis=1,
     )
     multimodal = np.zeros((rows, catalogue.scl.shape[1]), np.int8)
     with_vector = catalogue.has_scl[position]
-    multimodal[artifacts.RESERVED :][with_vector] = catalogue.scl[position[with_vector]]
+    multimodal[vocabulary.RESERVED :][with_vector] = catalogue.scl[position[with_vector]]
     return attributes, multimodal
 
 
@@ -124,17 +124,17 @@ def _write_split(
                                  or [np.zeros(0, np.int64)])
         samples = np.concatenate([np.arange(sample_offsets[u], sample_offsets[u + 1]) for u in users]
                                  or [np.zeros(0, np.int64)])
-        items = artifacts.lookup(vocabs["item"], split.targets[samples])
+        items = vocabulary.lookup(vocabs["item"], split.targets[samples])
         user_features = {
             features.USER_KEY: split.users[users],
-            features.USER_ID: artifacts.lookup(vocabs["user"], split.users[users]),
+            features.USER_ID: vocabulary.lookup(vocabs["user"], split.users[users]),
         }
         for i, name in enumerate(features.USER_PROFILE):
-            user_features[name] = artifacts.lookup(vocabs[f"profile_{i + 1}"], split.profiles[users, i])
+            user_features[name] = vocabulary.lookup(vocabs[f"profile_{i + 1}"], split.profiles[users, i])
         behaviours = split.history[history]
         history_features = {
-            features.HISTORY_ITEMS: artifacts.lookup(vocabs["item"], catalogue.ids[behaviours]),
-            features.HISTORY_CATEGORIES: artifacts.lookup(
+            features.HISTORY_ITEMS: vocabulary.lookup(vocabs["item"], catalogue.ids[behaviours]),
+            features.HISTORY_CATEGORIES: vocabulary.lookup(
                 vocabs["category"], catalogue.category_ids[behaviours]
             ),
         }
@@ -147,9 +147,9 @@ def _write_split(
         }
         name = artifacts.shard_name(split_name, shard, SHARDS_PER_SPLIT)
         path = os.path.join(output, name)
-        options = tf.io.TFRecordOptions(compression_type=data.SHARD_COMPRESSION)
+        options = tf.io.TFRecordOptions(compression_type=records.COMPRESSION)
         with tf.io.TFRecordWriter(path, options) as writer:
-            for record in data.encode_user_records(
+            for record in records.encode_user_records(
                 user_features, history_features, split.history_lengths[users], sample_features,
                 split.sample_counts[users],
             ):
@@ -171,7 +171,7 @@ def _write_split(
 
 def write_dataset(config: SyntheticConfig, output: str) -> dict:
     """Generates the world of ``config`` and writes it to ``output`` as a converted dataset with
-    histories of at most ``config.history_length``; returns the manifest. ``output`` appears
+    histories of at most ``config.behaviours_per_user``; returns the manifest. ``output`` appears
     complete or not at all."""
     if os.path.exists(output):
         raise FileExistsError(f"{output} already exists.")
@@ -190,8 +190,8 @@ def write_dataset(config: SyntheticConfig, output: str) -> dict:
     manifest = {
         "schema_version": artifacts.SCHEMA_VERSION,
         "source": f"muse_tf.synthetic_dataset {json.dumps(dataclasses.asdict(config))}",
-        "history_length": config.history_length,
-        "vocab_sizes": {name: len(ids) + artifacts.RESERVED for name, ids in vocabs.items()},
+        "history_cap": config.behaviours_per_user,
+        "vocab_sizes": {name: len(ids) + vocabulary.RESERVED for name, ids in vocabs.items()},
         "splits": {
             name: _write_split(staging, name, split, catalogue, vocabs, attributes)
             for name, split in splits.items()
@@ -203,18 +203,18 @@ def write_dataset(config: SyntheticConfig, output: str) -> dict:
     return manifest
 
 
-def ensure_default_dataset(work_dir: str, users: int | None = None, history_length: int = 1000) -> str:
+def ensure_default_dataset(work_dir: str, users: int | None = None, behaviours_per_user: int = 1000) -> str:
     """The embedded synthetic dataset under ``work_dir/data``, written once; later calls reuse it."""
-    sizes = SyntheticConfig(history_length=history_length)
+    sizes = SyntheticConfig(behaviours_per_user=behaviours_per_user)
     if users is not None:
         sizes = dataclasses.replace(sizes, users=users)
-    name = f"synthetic-u{sizes.users}-l{sizes.history_length}-s{sizes.seed}"
+    name = f"synthetic-u{sizes.users}-l{sizes.behaviours_per_user}-s{sizes.seed}"
     converted = os.path.join(work_dir, "data", name)
     if os.path.exists(os.path.join(converted, artifacts.MANIFEST)):
         print(f"Using the cached synthetic dataset in {converted}")
         return converted
     shutil.rmtree(converted, ignore_errors=True)  # an unfinished earlier attempt
     print(f"Writing the synthetic dataset ({sizes.users} users, histories of "
-          f"{sizes.history_length}) to {converted} ...")
+          f"{sizes.behaviours_per_user}) to {converted} ...")
     write_dataset(sizes, converted)
     return converted

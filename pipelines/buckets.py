@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from muse_tf.hashing import order_by_partition, partition_of
 from pipelines import parquet_input as pi
+from pipelines import taobao_mm_schema as release
 
 SAMPLES = "samples"
 USERS = "users"
@@ -45,7 +46,7 @@ class BucketSpill:
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Appends each row of ``batch`` to the bucket of its user ``129_1``, in input order."""
-        users = pi.ids(batch, "129_1")
+        users = pi.ids(batch, release.USER_ID)
         buckets = len(self._paths)
         order, bounds = order_by_partition(partition_of(users, buckets), buckets)
         for bucket in range(buckets):
@@ -79,6 +80,6 @@ def read_bucket(bucket_dir: str, split: str, kind: str, bucket: int, table: str)
     """Every spilled row of one bucket in input order (an empty table when there are none)."""
     tables = [pq.read_table(f) for f in _bucket_files(bucket_dir, split, kind, bucket)]
     if not tables:
-        columns = pi.TABLE_COLUMNS[table]
+        columns = release.TABLE_COLUMNS[table]
         return pa.table({name: pa.array([], _EMPTY_TYPES[kind]) for name, kind in columns.items()})
     return pa.concat_tables(tables, promote_options="permissive")

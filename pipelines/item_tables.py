@@ -15,14 +15,18 @@ Rules: a row whose item is missing (null/0) or not in the item vocabulary is cou
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pyarrow as pa
 
-from muse_tf import features
+from muse_tf import features, vocabulary
 from pipelines import parquet_input as pi
-from pipelines.vocab import lookup_sorted
+from pipelines import taobao_mm_schema as release
 
-ATTRIBUTE_COLUMNS = ("206", "213", "214")
-ATTRIBUTE_FEATURES = (features.ITEM_CATEGORY, *features.ITEM_ATTRS)
+ATTRIBUTE_COLUMNS = (release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS)
+ATTRIBUTE_FEATURES = tuple(release.COLUMN_FEATURE[column] for column in ATTRIBUTE_COLUMNS)
+IsSet = Callable[[np.ndarray], np.ndarray]  # item indices -> already filled by an earlier row
 
 
 def _first_new_rows(indices: np.ndarray, already_set: np.ndarray) -> np.ndarray:
@@ -32,36 +36,77 @@ def _first_new_rows(indices: np.ndarray, already_set: np.ndarray) -> np.ndarray:
     return first[~already_set[first]]
 
 
-def _row_counts() -> dict[str, int]:
+def attribute_rows(
+    batch: pa.RecordBatch, item_vocab: np.ndarray, is_set: IsSet, counts: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of an item_features batch that fill the table, and their item indices in
+    ``item_vocab``: present, in the vocabulary, first of their item (``is_set`` tells which
+    indices earlier batches filled). Adds the batch's row counts to ``counts``."""
+    raw_items = pi.ids(batch, release.ITEM_ID)
+    index = vocabulary.lookup(item_vocab, raw_items, assume_sorted=True)
+    present = raw_items != release.MISSING
+    usable = present & (index != features.OOV)
+    counts["rows_in"] += len(raw_items)
+    counts["missing_id"] += int(np.count_nonzero(~present))
+    counts["not_in_vocab"] += int(np.count_nonzero(present & ~usable))
+    rows = np.flatnonzero(usable)
+    new = rows[_first_new_rows(index[rows], is_set(index[rows]))]
+    counts["duplicate"] += len(rows) - len(new)
+    counts["written"] += len(new)
+    return new, index[new]
+
+
+def multimodal_rows(
+    batch: pa.RecordBatch, item_vocab: np.ndarray, is_set: IsSet, counts: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (K, 128) int8 vectors of an SCL batch that fill the table, and their item indices in
+    ``item_vocab``: present, 128 long, in the vocabulary, first of their item. Adds the batch's
+    row counts to ``counts``."""
+    raw_items = pi.ids(batch, release.ITEM_ID)
+    vectors, lengths = pi.id_lists(batch, release.SCL_VECTOR)
+    index = vocabulary.lookup(item_vocab, raw_items, assume_sorted=True)
+    present = raw_items != release.MISSING
+    well_formed = lengths == release.EMBEDDING_DIM
+    usable = present & well_formed & (index != features.OOV)
+    counts["rows_in"] += len(raw_items)
+    counts["missing_id"] += int(np.count_nonzero(~present))
+    counts["malformed"] += int(np.count_nonzero(present & ~well_formed))
+    counts["not_in_vocab"] += int(np.count_nonzero(present & well_formed & ~usable))
+    rows = np.flatnonzero(usable)
+    new = rows[_first_new_rows(index[rows], is_set(index[rows]))]
+    counts["duplicate"] += len(rows) - len(new)
+    counts["written"] += len(new)
+    flat, _ = pi.take_rows(vectors, pi.row_offsets(lengths), new)
+    return flat.reshape(-1, release.EMBEDDING_DIM).astype(np.int8), index[new]
+
+
+def attribute_counts() -> dict[str, int]:
+    """Zeroed row counts of the item attribute table."""
     return {"rows_in": 0, "written": 0, "missing_id": 0, "not_in_vocab": 0, "duplicate": 0}
+
+
+def multimodal_counts() -> dict[str, int]:
+    """Zeroed row counts of the multimodal table."""
+    return {**attribute_counts(), "malformed": 0}
 
 
 def build_attribute_table(
     files: list[str], vocabs: dict[str, np.ndarray], out: np.ndarray
 ) -> dict[str, int]:
     """Fills ``out`` (V, 3), zero-initialised, from item_features files; returns row counts."""
-    counts = _row_counts()
+    counts = attribute_counts()
     for path in files:
-        for batch in pi.read_batches(path, pi.ITEM_FEATURES, None):
-            raw_items = pi.ids(batch, "205")
-            index = lookup_sorted(vocabs["item"], raw_items)
-            present = raw_items != pi.MISSING
-            usable = present & (index != features.OOV)
-            counts["rows_in"] += len(raw_items)
-            counts["missing_id"] += int(np.count_nonzero(~present))
-            counts["not_in_vocab"] += int(np.count_nonzero(present & ~usable))
-            rows = np.flatnonzero(usable)
-            new = rows[_first_new_rows(index[rows], out[index[rows], 0] != 0)]
-            counts["duplicate"] += len(rows) - len(new)
-            counts["written"] += len(new)
-            values = np.stack(
+        for batch in pi.read_batches(path, release.ITEM_FEATURES, None):
+            new, index = attribute_rows(batch, vocabs["item"], lambda i: out[i, 0] != 0, counts)
+            out[index] = np.stack(
                 [
-                    lookup_sorted(vocabs[features.VOCABULARY[name]], pi.ids(batch, column)[new])
+                    vocabulary.lookup(
+                        vocabs[features.VOCABULARY[name]], pi.ids(batch, column)[new], assume_sorted=True
+                    )
                     for column, name in zip(ATTRIBUTE_COLUMNS, ATTRIBUTE_FEATURES)
                 ],
                 axis=1,
             )
-            out[index[new]] = values
     return counts
 
 
@@ -69,24 +114,11 @@ def build_multimodal_table(
     files: list[str], item_vocab: np.ndarray, out: np.ndarray
 ) -> dict[str, int]:
     """Fills ``out`` (V, 128) int8, zero-initialised, from SCL files; returns row counts."""
-    counts = {**_row_counts(), "malformed": 0}
+    counts = multimodal_counts()
     for path in files:
-        for batch in pi.read_batches(path, pi.SCL_EMBEDDINGS, None):
-            raw_items = pi.ids(batch, "205")
-            vectors, lengths = pi.id_lists(batch, "205_c")
-            index = lookup_sorted(item_vocab, raw_items)
-            present = raw_items != pi.MISSING
-            well_formed = lengths == pi.EMBEDDING_DIM
-            usable = present & well_formed & (index != features.OOV)
-            counts["rows_in"] += len(raw_items)
-            counts["missing_id"] += int(np.count_nonzero(~present))
-            counts["malformed"] += int(np.count_nonzero(present & ~well_formed))
-            counts["not_in_vocab"] += int(np.count_nonzero(present & well_formed & ~usable))
-            rows = np.flatnonzero(usable)
-            already_set = np.any(out[index[rows]] != 0, axis=1)
-            new = rows[_first_new_rows(index[rows], already_set)]
-            counts["duplicate"] += len(rows) - len(new)
-            counts["written"] += len(new)
-            flat, _ = pi.take_rows(vectors, pi.row_offsets(lengths), new)
-            out[index[new]] = flat.reshape(-1, pi.EMBEDDING_DIM).astype(np.int8)
+        for batch in pi.read_batches(path, release.SCL_EMBEDDINGS, None):
+            vectors, index = multimodal_rows(
+                batch, item_vocab, lambda i: np.any(out[i] != 0, axis=1), counts
+            )
+            out[index] = vectors
     return counts

@@ -39,9 +39,9 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from muse_tf import features
+from muse_tf import features, vocabulary
 from pipelines import parquet_input as pi
-from pipelines.vocab import lookup_sorted
+from pipelines import taobao_mm_schema as release
 
 REJECT_REASONS = ("missing_id", "malformed_label", "user_without_features", "malformed_history")
 ADJUSTMENTS = (
@@ -55,8 +55,23 @@ OOV_FEATURES = features.SCALAR_FEATURES + features.SEQUENCE_FEATURES
 USER_ROW_COUNTS = ("in", "written", "unmatched", "duplicate", "missing_id")
 
 
-@dataclasses.dataclass
 class Lookups:
+    """What the rules look up: vocabulary indices of raw IDs, and the target item's attributes and
+    whether it has a multimodal vector. ``TableLookups`` answers from the finished tables (the
+    local engine); ``pipelines.beam_convert`` answers from the IDs it fetched for a batch."""
+
+    def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
+        """Raw IDs of ``feature`` -> vocabulary indices of the same shape (OOV when unknown)."""
+        raise NotImplementedError
+
+    def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) category/attr_213/attr_214 indices (PAD where item_features has no row) and
+        (N,) has-a-vector of item indices."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class TableLookups(Lookups):
     """Sorted vocabularies by name, and the item tables aligned with the item vocabulary."""
 
     vocabs: dict[str, np.ndarray]
@@ -64,8 +79,11 @@ class Lookups:
     multimodal: np.ndarray  # (V, 128) int8
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
-        """Raw IDs of ``feature`` -> vocabulary indices of the same shape (OOV when unknown)."""
-        return lookup_sorted(self.vocabs[features.VOCABULARY[feature]], raw_ids)
+        return vocabulary.lookup(self.vocabs[features.VOCABULARY[feature]], raw_ids, assume_sorted=True)
+
+    def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        attributes = np.asarray(self.item_attributes[item_index], np.int64)
+        return attributes, np.any(np.asarray(self.multimodal[item_index]) != 0, axis=1)
 
 
 @dataclasses.dataclass
@@ -83,7 +101,7 @@ class UserRecords:
 
 def parse_labels(samples: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(click 0/1, well-formed) per sample from the one-hot ``label_0`` pair."""
-    values, lengths = pi.id_lists(samples, "label_0", fill=-1)
+    values, lengths = pi.id_lists(samples, release.LABELS, fill=-1)
     starts = pi.row_offsets(lengths)[:-1]
     padded = np.concatenate([values, [-1, -1]])
     first, second = padded[starts], padded[starts + 1]
@@ -92,53 +110,71 @@ def parse_labels(samples: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _clean_history(
-    items: np.ndarray, categories: np.ndarray, lengths: np.ndarray, history_length: int
+    items: np.ndarray, categories: np.ndarray, lengths: np.ndarray, history_cap: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Drops missing items, keeps each row's most recent ``history_length``.
+    """Drops missing items, keeps each row's most recent ``history_cap``.
 
     Returns kept items, kept categories, kept lengths, lengths before truncation, dropped count.
     """
     owner = np.repeat(np.arange(len(lengths)), lengths)
-    present = items != pi.MISSING
+    present = items != release.MISSING
     clean_lengths = np.bincount(owner[present], minlength=len(lengths))
     items, categories, owner = items[present], categories[present], owner[present]
     position_from_end = pi.row_offsets(clean_lengths)[owner + 1] - np.arange(len(items))
-    recent = position_from_end <= history_length
-    kept_lengths = np.minimum(clean_lengths, history_length)
+    recent = position_from_end <= history_cap
+    kept_lengths = np.minimum(clean_lengths, history_cap)
     dropped = int(np.count_nonzero(~present))
     return items[recent], categories[recent], kept_lengths, clean_lengths, dropped
 
 
 def _first_new_rows(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Rows (ascending) holding the first occurrence of each non-missing key not in ``seen``."""
-    candidates = np.flatnonzero(keys != pi.MISSING)
+    candidates = np.flatnonzero(keys != release.MISSING)
     unique, first = np.unique(keys[candidates], return_index=True)
     return np.sort(candidates[first[~np.isin(unique, seen, assume_unique=True)]])
 
 
-_UNDECIDED, _WRITTEN = -2, -1
+UNDECIDED, _WRITTEN = -2, -1  # reason codes besides the REJECT_REASONS indices
+
+
+@dataclasses.dataclass
+class SampleColumns:
+    """Samples as parsed columns: raw user and target item, click (0/1), and the reason index
+    (into REJECT_REASONS) of the samples already rejected, ``UNDECIDED`` for the others."""
+
+    users: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray
+    reason: np.ndarray
+
+
+def sample_columns(samples: pa.Table | pa.RecordBatch) -> SampleColumns:
+    """Parses samples and applies the rules that need no join (``missing_id`` before
+    ``malformed_label``)."""
+    users = pi.ids(samples, release.USER_ID)
+    items = pi.ids(samples, release.ITEM_ID)
+    labels, label_ok = parse_labels(samples)
+    reason = np.full(len(users), UNDECIDED)
+    reason[~label_ok] = REJECT_REASONS.index("malformed_label")
+    reason[(users == release.MISSING) | (items == release.MISSING)] = REJECT_REASONS.index("missing_id")
+    return SampleColumns(users, items, labels, reason)
 
 
 class ShardJoin:
     """Joins one bucket: ``add_users`` per batch of user feature rows, then ``finish``.
 
     Args:
-        samples: every sample of the bucket (``label_0``, ``129_1``, ``205``).
+        samples: every sample of the bucket, parsed (``sample_columns``).
         lookups: vocabularies and item tables.
-        history_length: L, behaviours kept per user (the most recent).
+        history_cap: L, behaviours kept per user (the most recent).
     """
 
-    def __init__(self, samples: pa.Table, lookups: Lookups, history_length: int) -> None:
+    def __init__(self, samples: SampleColumns, lookups: Lookups, history_cap: int) -> None:
         self.lookups = lookups
-        self.history_length = history_length
-        users = pi.ids(samples, "129_1")
-        self._items = pi.ids(samples, "205")
-        self._labels, label_ok = parse_labels(samples)
-        self._reason = np.full(len(users), _UNDECIDED)
-        missing_id = (users == pi.MISSING) | (self._items == pi.MISSING)
-        self._reason[~label_ok] = REJECT_REASONS.index("malformed_label")
-        self._reason[missing_id] = REJECT_REASONS.index("missing_id")
-        waiting = np.flatnonzero(self._reason == _UNDECIDED)
+        self.history_cap = history_cap
+        users, self._items, self._labels = samples.users, samples.items, samples.labels
+        self._reason = samples.reason.copy()
+        waiting = np.flatnonzero(self._reason == UNDECIDED)
         self._waiting = waiting[np.argsort(users[waiting], kind="stable")]  # by user, input order
         self._waiting_users = users[self._waiting]
         self._seen_users = np.zeros(0, np.int64)
@@ -148,12 +184,12 @@ class ShardJoin:
 
     def add_users(self, users: pa.Table | pa.RecordBatch) -> UserRecords:
         """The records of the users of this batch that have samples (a user's first row wins)."""
-        keys = pi.ids(users, "129_1")
-        items, item_lengths = pi.id_lists(users, pi.HISTORY_ITEMS)
-        categories, category_lengths = pi.id_lists(users, pi.HISTORY_CATEGORIES)
+        keys = pi.ids(users, release.USER_ID)
+        items, item_lengths = pi.id_lists(users, release.HISTORY_ITEMS)
+        categories, category_lengths = pi.id_lists(users, release.HISTORY_CATEGORIES)
         rows = _first_new_rows(keys, self._seen_users)
         self._seen_users = np.union1d(self._seen_users, keys[rows])
-        present = int(np.count_nonzero(keys != pi.MISSING))
+        present = int(np.count_nonzero(keys != release.MISSING))
         self.counts["user_rows"].update(
             {"in": len(keys), "duplicate": present - len(rows), "missing_id": len(keys) - present}
         )
@@ -174,11 +210,11 @@ class ShardJoin:
         history_items, lengths = pi.take_rows(items, offsets, rows)
         history_categories, _ = pi.take_rows(categories, offsets, rows)
         history_items, history_categories, kept_lengths, full_lengths, dropped = _clean_history(
-            history_items, history_categories, lengths, self.history_length
+            history_items, history_categories, lengths, self.history_cap
         )
         user = {features.USER_KEY: keys[rows]}
         user[features.USER_ID] = self.lookups.index(features.USER_ID, keys[rows])
-        for column, name in zip(pi.PROFILE_COLUMNS, features.USER_PROFILE):
+        for column, name in zip(release.PROFILE_COLUMNS, features.USER_PROFILE):
             user[name] = self.lookups.index(name, pi.ids(users, column)[rows])
         history = {
             features.HISTORY_ITEMS: self.lookups.index(features.HISTORY_ITEMS, history_items),
@@ -199,10 +235,9 @@ class ShardJoin:
 
     def _sample_values(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         item_index = self.lookups.index(features.ITEM_ID, self._items[samples])
-        attributes = np.asarray(self.lookups.item_attributes[item_index], np.int64)
+        attributes, has_vector = self.lookups.item_info(item_index)
         has_attributes = attributes[:, 0] != features.PAD
         attributes[~has_attributes] = features.OOV
-        has_vector = np.any(np.asarray(self.lookups.multimodal[item_index]) != 0, axis=1)
         adjusted = self.counts["adjusted"]
         adjusted["item_without_features"] += int(
             np.count_nonzero(~has_attributes & (item_index != features.OOV))
@@ -226,9 +261,9 @@ class ShardJoin:
     ) -> None:
         adjusted = self.counts["adjusted"]
         adjusted["history_truncated"] += int(
-            np.count_nonzero(history_lengths > self.history_length)
+            np.count_nonzero(history_lengths > self.history_cap)
         )
-        adjusted["history_short"] += int(np.count_nonzero(history_lengths < self.history_length))
+        adjusted["history_short"] += int(np.count_nonzero(history_lengths < self.history_cap))
         written = {name: values[per_sample_user] for name, values in user.items()}
         written.update(sample_values, **history)
         for name in OOV_FEATURES:
@@ -236,7 +271,7 @@ class ShardJoin:
 
     def finish(self) -> dict:
         """Rejects the samples whose user never came; the shard's counts."""
-        self._reason[self._reason == _UNDECIDED] = REJECT_REASONS.index("user_without_features")
+        self._reason[self._reason == UNDECIDED] = REJECT_REASONS.index("user_without_features")
         counts = {name: dict(counter) for name, counter in self.counts.items()}
         return {
             "samples_in": len(self._reason),

@@ -8,6 +8,7 @@ conversion that lost a record stops instead of writing a manifest.
 from __future__ import annotations
 
 from muse_tf import artifacts
+from pipelines import taobao_mm_schema as release
 
 
 def _sum_counts(shards: list[dict]) -> dict:
@@ -22,12 +23,15 @@ def _sum_counts(shards: list[dict]) -> dict:
     return total
 
 
-def _split_summary(split: str, shards: list[dict], input_rows: dict[str, int]) -> dict:
-    total = _sum_counts(shards)
+def _split_summary(
+    split: str, shards: list[dict], input_rows: dict[str, int], total: dict | None
+) -> dict:
+    if total is None:
+        total = _sum_counts(shards)
     accounted = total["samples_written"] + sum(total["rejected"].values())
     expected = {
-        "samples_in": input_rows[f"{split}_samples"],
-        "user_rows": input_rows[f"{split}_user_features"],
+        "samples_in": input_rows[release.SAMPLES_TABLE[split]],
+        "user_rows": input_rows[release.USER_TABLE[split]],
     }
     if (
         total["samples_in"] != expected["samples_in"]
@@ -43,14 +47,18 @@ def _split_summary(split: str, shards: list[dict], input_rows: dict[str, int]) -
 def build(
     *,
     source: str,
-    history_length: int,
+    history_cap: int,
     vocabularies: dict[str, dict],
     item_tables: dict[str, dict],
     input_rows: dict[str, int],
     shards_by_split: dict[str, list[dict]],
+    totals_by_split: dict[str, dict] | None = None,
 ) -> dict:
     """The manifest: schema version, vocabulary sizes and statistics, item-table row counts, input
     rows per table, and per split its totals, bytes per sample and per-shard counts.
+
+    A split's totals are the sum of its shards' counts, or ``totals_by_split[split]`` when given
+    (the Beam pipeline counts per split, its shards list only ``file`` and ``bytes``).
 
     Raises:
         RuntimeError: when a split's counts do not balance.
@@ -58,13 +66,13 @@ def build(
     return {
         "schema_version": artifacts.SCHEMA_VERSION,
         "source": source,
-        "history_length": history_length,
+        "history_cap": history_cap,
         "vocab_sizes": {name: v["size"] for name, v in vocabularies.items()},
         "vocabularies": vocabularies,
         **item_tables,
         "input_rows": input_rows,
         "splits": {
-            split: _split_summary(split, shards, input_rows)
+            split: _split_summary(split, shards, input_rows, (totals_by_split or {}).get(split))
             for split, shards in shards_by_split.items()
         },
     }

@@ -12,64 +12,46 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-MISSING = 0
-EMBEDDING_DIM = 128
+from pipelines import taobao_mm_schema as release
+
 BATCH_BYTES = 16 << 20  # decoded bytes per record batch
-
-SAMPLES = ("train_samples", "test_samples")
-USER_FEATURES = ("train_user_features", "test_user_features")
-ITEM_FEATURES = "item_features"
-SCL_EMBEDDINGS = "scl_embedding_int8_p90"
-SPLITS = ("train", "test")
-
-PROFILE_COLUMNS = tuple(f"130_{i}" for i in range(1, 6))
-HISTORY_ITEMS = "150_2_180"
-HISTORY_CATEGORIES = "151_2_180"
-
-_ID = "integer"
-_ID_LIST = "list<integer>"
-_INT8_LIST = "list<int8>"
-TABLE_COLUMNS: dict[str, dict[str, str]] = {
-    **{name: {"label_0": _ID_LIST, "129_1": _ID, "205": _ID} for name in SAMPLES},
-    **{
-        name: {
-            "129_1": _ID,
-            **{column: _ID for column in PROFILE_COLUMNS},
-            HISTORY_ITEMS: _ID_LIST,
-            HISTORY_CATEGORIES: _ID_LIST,
-        }
-        for name in USER_FEATURES
-    },
-    ITEM_FEATURES: {"205": _ID, "206": _ID, "213": _ID, "214": _ID},
-    SCL_EMBEDDINGS: {"205": _ID, "205_c": _INT8_LIST},
-}
 
 
 class InputError(ValueError):
     """Input that cannot be converted; the message names the file (and column)."""
 
 
-def discover_tables(input_dir: str) -> dict[str, list[str]]:
-    """Files of every Taobao-MM table under ``input_dir``, sorted.
+def _local_glob(pattern: str) -> list[str]:
+    return glob.glob(pattern, recursive=True)
+
+
+def discover_tables(
+    input_dir: str, match: Callable[[str], list[str]] | None = None
+) -> dict[str, list[str]]:
+    """Files of every Taobao-MM table under ``input_dir``, sorted. ``match`` lists the paths of a
+    glob pattern (default: the local file system; the Beam pipeline passes its file systems').
 
     Raises:
         InputError: naming a table with no file.
     """
-    if not os.path.isdir(input_dir):
-        raise InputError(f"Input directory {input_dir} does not exist.")
+    if match is None:
+        if not os.path.isdir(input_dir):
+            raise InputError(f"Input directory {input_dir} does not exist.")
+        match = _local_glob
     tables = {}
-    for table in TABLE_COLUMNS:
+    for table in release.TABLE_COLUMNS:
         patterns = (f"{table}.parquet", f"{table}[._-]*.parquet", f"{table}/**/*.parquet")
         files = set()
         for pattern in patterns:
-            files.update(glob.glob(os.path.join(input_dir, pattern), recursive=True))
+            files.update(match(os.path.join(input_dir, pattern)))
         if not files:
             raise InputError(
                 f"{input_dir}: no Parquet file for table {table!r} (looked for "
@@ -80,31 +62,32 @@ def discover_tables(input_dir: str) -> dict[str, list[str]]:
 
 
 def _type_matches(arrow_type: pa.DataType, expected: str) -> bool:
-    if expected == _ID:
+    if expected == release.ID:
         return pa.types.is_integer(arrow_type)
     if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
         return False
-    if expected == _INT8_LIST:
+    if expected == release.INT8_LIST:
         return pa.types.is_int8(arrow_type.value_type)
     return pa.types.is_integer(arrow_type.value_type)
 
 
-def open_checked(path: str, table: str) -> pq.ParquetFile:
-    """Opens ``path`` and checks it has ``table``'s columns and types.
+def open_checked(path: str, table: str, source: BinaryIO | None = None) -> pq.ParquetFile:
+    """Opens ``path`` (or ``source``, the file already opened) and checks it has ``table``'s
+    columns and types.
 
     Raises:
         InputError: naming the file, and the column when the schema is wrong.
     """
     try:
-        parquet_file = pq.ParquetFile(path)
+        parquet_file = pq.ParquetFile(source if source is not None else path)
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet file ({err}).") from err
     schema = parquet_file.schema_arrow
-    for column, expected in TABLE_COLUMNS[table].items():
+    for column, expected in release.TABLE_COLUMNS[table].items():
         if column not in schema.names:
             raise InputError(
                 f"{path}: column {column!r} missing; table {table!r} needs "
-                f"{list(TABLE_COLUMNS[table])}, the file has {schema.names}."
+                f"{list(release.TABLE_COLUMNS[table])}, the file has {schema.names}."
             )
         actual = schema.field(column).type
         if not _type_matches(actual, expected):
@@ -120,19 +103,21 @@ def batch_rows(parquet_file: pq.ParquetFile) -> int:
     return int(np.clip(BATCH_BYTES * meta.num_rows // max(size, 1), 1, 65_536))
 
 
-def read_batches(path: str, table: str, row_groups: list[int] | None) -> Iterator[pa.RecordBatch]:
+def read_batches(
+    path: str, table: str, row_groups: list[int] | None, source: BinaryIO | None = None
+) -> Iterator[pa.RecordBatch]:
     """Record batches of ``table``'s columns (see ``batch_rows``), so memory stays bounded even
-    for files written as one huge row group.
+    for files written as one huge row group. ``source``: the file already opened.
 
     Raises:
         InputError: naming the file when it cannot be decoded.
     """
-    parquet_file = open_checked(path, table)
+    parquet_file = open_checked(path, table, source)
     try:
         yield from parquet_file.iter_batches(
             batch_size=batch_rows(parquet_file),
             row_groups=row_groups,
-            columns=list(TABLE_COLUMNS[table]),
+            columns=list(release.TABLE_COLUMNS[table]),
         )
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet data ({err}).") from err
@@ -144,13 +129,13 @@ def num_row_groups(path: str, table: str) -> int:
 
 
 def ids(data: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
-    """An ID column as int64, null -> MISSING."""
+    """An ID column as int64, null -> ``MISSING`` (0)."""
     array = data.column(column)
-    return pc.fill_null(array.cast(pa.int64()), MISSING).to_numpy(zero_copy_only=False)
+    return pc.fill_null(array.cast(pa.int64()), release.MISSING).to_numpy(zero_copy_only=False)
 
 
 def id_lists(
-    data: pa.RecordBatch | pa.Table, column: str, fill: int = MISSING
+    data: pa.RecordBatch | pa.Table, column: str, fill: int = release.MISSING
 ) -> tuple[np.ndarray, np.ndarray]:
     """A list column as (flat int64 values, null element -> ``fill``; row lengths, null -> 0)."""
     array = data.column(column)

@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 
-from muse_tf import artifacts, features
+from muse_tf import artifacts, features, vocabulary
 from pipelines import buckets, item_tables, join, vocab
 from pipelines import parquet_input as pi
+from pipelines import taobao_mm_schema as release
 
 ROW_GROUPS_PER_TASK = 4
 
@@ -24,7 +25,7 @@ ROW_GROUPS_PER_TASK = 4
 class Options:
     """Conversion options (all of them are part of what makes a work directory reusable)."""
 
-    history_length: int = 1000
+    history_cap: int = 1000
     min_count: dict[str, int] = dataclasses.field(default_factory=dict)
     shards: dict[str, int] = dataclasses.field(default_factory=dict)
     partitions: int = 1
@@ -77,22 +78,16 @@ def scan_file(work: str, task: ScanTask, options: Options) -> tuple[dict, str]:
         return read_json(marker), f"{label} (done before)"
     counter = vocab.CountSpill(os.path.join(work, "counts"), task.tag, options.partitions)
     spill = None
-    if task.table in pi.SAMPLES + pi.USER_FEATURES:
+    if task.table in release.SAMPLES + release.USER_FEATURES:
         split = task.table.split("_", 1)[0]
-        kind = buckets.SAMPLES if task.table in pi.SAMPLES else buckets.USERS
+        kind = buckets.SAMPLES if task.table in release.SAMPLES else buckets.USERS
         bucket_dir = os.path.join(work, "buckets")
         spill = buckets.BucketSpill(bucket_dir, split, kind, task.tag, options.shards[split])
     rows = 0
     for batch in pi.read_batches(task.path, task.table, task.row_groups):
         rows += batch.num_rows
-        for column in vocab.COUNTED_COLUMNS.get(task.table, ()):
-            if pi.TABLE_COLUMNS[task.table][column] == "integer":
-                counter.add(vocab.vocabulary_of(column), pi.ids(batch, column))
-            else:
-                counter.add(vocab.vocabulary_of(column), pi.id_lists(batch, column)[0])
-        if task.table == pi.SCL_EMBEDDINGS:
-            well_formed = pi.id_lists(batch, "205_c")[1] == pi.EMBEDDING_DIM
-            counter.add(vocab.SCL_ITEMS, pi.ids(batch, "205")[well_formed])
+        for name, raw_ids in vocab.ids_to_count(task.table, batch):
+            counter.add(name, raw_ids)
         if spill is not None:
             spill.write(batch)
     counter.flush()
@@ -121,19 +116,19 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     if os.path.exists(marker):
         return read_json(marker)
     vocabs = artifacts.load_vocabularies(output)
-    rows = len(vocabs["item"]) + artifacts.RESERVED
+    rows = len(vocabs["item"]) + vocabulary.RESERVED
     attributes = np.lib.format.open_memmap(
         os.path.join(work, "item_attributes.npy"), "w+", np.int32, (rows, 3)
     )
     multimodal = np.lib.format.open_memmap(
-        os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, pi.EMBEDDING_DIM)
+        os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, release.EMBEDDING_DIM)
     )
     result = {
         "item_features": item_tables.build_attribute_table(
-            tables[pi.ITEM_FEATURES], vocabs, attributes
+            tables[release.ITEM_FEATURES], vocabs, attributes
         ),
         "multimodal": item_tables.build_multimodal_table(
-            tables[pi.SCL_EMBEDDINGS], vocabs["item"], multimodal
+            tables[release.SCL_EMBEDDINGS], vocabs["item"], multimodal
         ),
     }
     attributes.flush()
@@ -143,13 +138,13 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     return result
 
 
-def load_lookups(output: str, work: str) -> join.Lookups:
+def load_lookups(output: str, work: str) -> join.TableLookups:
     """The finished vocabularies and item tables, memory-mapped, for the join (stage 4)."""
     vocabs = {
         name: np.load(artifacts.vocab_path(output, name), mmap_mode="r")
         for name in features.VOCABULARIES
     }
-    return join.Lookups(
+    return join.TableLookups(
         vocabs=vocabs,
         item_attributes=np.load(os.path.join(work, "item_attributes.npy"), mmap_mode="r"),
         multimodal=artifacts.load_multimodal_table(output),
@@ -167,8 +162,10 @@ def convert_shard(
     if os.path.exists(marker) and os.path.exists(os.path.join(output, name)):
         return read_json(marker), f"{name} (done before)"
     bucket_dir = os.path.join(work, "buckets")
-    samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, f"{split}_samples")
-    joiner = join.ShardJoin(samples, load_lookups(output, work), options.history_length)
+    samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, release.SAMPLES_TABLE[split])
+    joiner = join.ShardJoin(
+        join.sample_columns(samples), load_lookups(output, work), options.history_cap
+    )
     user_batches = buckets.iter_bucket(bucket_dir, split, buckets.USERS, shard)
     with tfrecord_writer.ShardWriter(os.path.join(output, name)) as writer:
         for users in user_batches:

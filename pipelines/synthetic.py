@@ -1,6 +1,6 @@
 """Synthetic Taobao-MM data with a planted truth, in the release's Parquet schema.
 
-    python -m pipelines.synthetic --output DIR [--users N] [--history-length L] [--seed S]
+    python -m pipelines.synthetic --output DIR [--users N] [--behaviours-per-user L] [--seed S]
 
 The output (the six tables, one Parquet file each, as in the demo) goes through
 ``python -m pipelines.taobao_mm`` like the real data. The same options give the same bytes. The
@@ -23,16 +23,21 @@ import pyarrow.parquet as pq
 
 from muse_tf.synthetic import Catalogue, SyntheticConfig, user_chunks
 from pipelines import parquet_input as pi
+from pipelines import taobao_mm_schema as release
 
 ITEM_ROW_GROUP = 65_536
 _ID = pa.int64()
-_ITEM_SCHEMA = pa.schema([(c, _ID) for c in ("205", "206", "213", "214")])
-_SCL_SCHEMA = pa.schema([("205", _ID), ("205_c", pa.list_(pa.int8()))])
-_SAMPLE_SCHEMA = pa.schema([("label_0", pa.list_(pa.int8())), ("129_1", _ID), ("205", _ID)])
+_ITEM_SCHEMA = pa.schema(
+    [(c, _ID) for c in (release.ITEM_ID, release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS)]
+)
+_SCL_SCHEMA = pa.schema([(release.ITEM_ID, _ID), (release.SCL_VECTOR, pa.list_(pa.int8()))])
+_SAMPLE_SCHEMA = pa.schema(
+    [(release.LABELS, pa.list_(pa.int8())), (release.USER_ID, _ID), (release.ITEM_ID, _ID)]
+)
 _USER_SCHEMA = pa.schema(
-    [("129_1", _ID)]
-    + [(c, _ID) for c in pi.PROFILE_COLUMNS]
-    + [(pi.HISTORY_ITEMS, pa.list_(_ID)), (pi.HISTORY_CATEGORIES, pa.list_(_ID))]
+    [(release.USER_ID, _ID)]
+    + [(c, _ID) for c in release.PROFILE_COLUMNS]
+    + [(release.HISTORY_ITEMS, pa.list_(_ID)), (release.HISTORY_CATEGORIES, pa.list_(_ID))]
 )
 
 
@@ -42,9 +47,9 @@ def _samples_table(rows: list) -> pa.Table:
     offsets = np.arange(0, len(pairs) + 1, 2, dtype=np.int32)
     return pa.table(
         {
-            "label_0": pa.ListArray.from_arrays(offsets, pairs),
-            "129_1": np.concatenate([np.full(len(r[1]), r[0], np.int64) for r in rows]),
-            "205": np.concatenate([r[1] for r in rows]),
+            release.LABELS: pa.ListArray.from_arrays(offsets, pairs),
+            release.USER_ID: np.concatenate([np.full(len(r[1]), r[0], np.int64) for r in rows]),
+            release.ITEM_ID: np.concatenate([r[1] for r in rows]),
         }
     )
 
@@ -54,31 +59,32 @@ def _users_table(rows: list, catalogue: Catalogue) -> pa.Table:
     offsets = pi.row_offsets(np.array([len(h) for h in histories])).astype(np.int32)
     items = np.concatenate(histories)
     category_ids = catalogue.category_ids[items]
-    columns = {"129_1": np.array([r[0] for r in rows], np.int64)}
-    for i, column in enumerate(pi.PROFILE_COLUMNS):
+    columns = {release.USER_ID: np.array([r[0] for r in rows], np.int64)}
+    for i, column in enumerate(release.PROFILE_COLUMNS):
         columns[column] = np.array([r[1][i] for r in rows], np.int64)
-    columns[pi.HISTORY_ITEMS] = pa.ListArray.from_arrays(offsets, catalogue.ids[items])
-    columns[pi.HISTORY_CATEGORIES] = pa.ListArray.from_arrays(offsets, category_ids)
+    columns[release.HISTORY_ITEMS] = pa.ListArray.from_arrays(offsets, catalogue.ids[items])
+    columns[release.HISTORY_CATEGORIES] = pa.ListArray.from_arrays(offsets, category_ids)
     return pa.table(columns)
 
 
 def _write_items(catalogue: Catalogue, output: str) -> None:
-    with pq.ParquetWriter(os.path.join(output, f"{pi.ITEM_FEATURES}.parquet"), _ITEM_SCHEMA) as w:
+    with pq.ParquetWriter(os.path.join(output, f"{release.ITEM_FEATURES}.parquet"), _ITEM_SCHEMA) as w:
         for start in range(0, len(catalogue.ids), ITEM_ROW_GROUP):
             rows = slice(start, start + ITEM_ROW_GROUP)
             columns = {
-                "205": catalogue.ids[rows],
-                "206": catalogue.category_ids[rows],
+                release.ITEM_ID: catalogue.ids[rows],
+                release.ITEM_CATEGORY: catalogue.category_ids[rows],
                 **{c: ids[rows] for c, ids in catalogue.attr_ids.items()},
             }
             w.write_table(pa.table(columns, schema=_ITEM_SCHEMA))
     with_scl = np.flatnonzero(catalogue.has_scl)
-    with pq.ParquetWriter(os.path.join(output, f"{pi.SCL_EMBEDDINGS}.parquet"), _SCL_SCHEMA) as w:
+    with pq.ParquetWriter(os.path.join(output, f"{release.SCL_EMBEDDINGS}.parquet"), _SCL_SCHEMA) as w:
         for start in range(0, len(with_scl), ITEM_ROW_GROUP):
             rows = with_scl[start : start + ITEM_ROW_GROUP]
-            offsets = np.arange(len(rows) + 1, dtype=np.int32) * pi.EMBEDDING_DIM
+            offsets = np.arange(len(rows) + 1, dtype=np.int32) * release.EMBEDDING_DIM
             vectors = pa.ListArray.from_arrays(offsets, catalogue.scl[rows].ravel())
-            w.write_table(pa.table({"205": catalogue.ids[rows], "205_c": vectors}, _SCL_SCHEMA))
+            columns = {release.ITEM_ID: catalogue.ids[rows], release.SCL_VECTOR: vectors}
+            w.write_table(pa.table(columns, _SCL_SCHEMA))
 
 
 def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
@@ -87,17 +93,17 @@ def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
     catalogue = Catalogue(config)
     _write_items(catalogue, output)
     writers = {
-        (split, kind): pq.ParquetWriter(os.path.join(output, f"{split}_{name}.parquet"), schema)
-        for split in pi.SPLITS
-        for kind, name, schema in (
-            ("samples", "samples", _SAMPLE_SCHEMA),
-            ("users", "user_features", _USER_SCHEMA),
+        (split, kind): pq.ParquetWriter(os.path.join(output, f"{table[split]}.parquet"), schema)
+        for split in release.SPLITS
+        for kind, table, schema in (
+            ("samples", release.SAMPLES_TABLE, _SAMPLE_SCHEMA),
+            ("users", release.USER_TABLE, _USER_SCHEMA),
         )
     }
     counts = dict.fromkeys((f"{s}_{k}" for s, k in writers), 0)
     try:
         for first, count, rows in user_chunks(catalogue, config):
-            for split in pi.SPLITS:
+            for split in release.SPLITS:
                 if not rows[split]["samples"]:
                     continue
                 samples = _samples_table(rows[split]["samples"])

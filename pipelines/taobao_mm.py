@@ -1,7 +1,7 @@
 """Converts Taobao-MM Parquet (the release, its demo heads, or pipelines.synthetic output) into a
 dataset directory (layout: ``muse_tf.artifacts``; shard format: ``muse_tf.data``).
 
-    python -m pipelines.taobao_mm --input DIR --output DIR [--history-length 1000]
+    python -m pipelines.taobao_mm --input DIR --output DIR [--history-cap 1000]
         [--min-count N] [--min-count item=N ...] [--train-shards N] [--test-shards N] [--workers N]
 
 Stages, each streaming and each resumable (a finished task leaves its output under
@@ -36,6 +36,7 @@ from muse_tf import artifacts, features
 from pipelines import manifest as manifest_lib
 from pipelines import parquet_input as pi
 from pipelines import stages, vocab
+from pipelines import taobao_mm_schema as release
 from pipelines.stages import Options, read_json, write_json
 
 WORK_DIR = "_work"
@@ -68,19 +69,23 @@ def _run(
     return results
 
 
-def _input_bytes(tables: dict[str, list[str]], names: Sequence[str]) -> int:
-    return sum(os.path.getsize(path) for name in names for path in tables[name])
+def _input_bytes(
+    tables: dict[str, list[str]], names: Sequence[str], size: Callable[[str], int]
+) -> int:
+    return sum(size(path) for name in names for path in tables[name])
 
 
 def resolve_options(
     tables: dict[str, list[str]],
-    history_length: int,
+    history_cap: int,
     min_count: dict[str, int],
     shards: dict[str, int | None],
+    size: Callable[[str], int] = os.path.getsize,
 ) -> Options:
-    """Fills the defaults that depend on the input size (shards per split, count partitions)."""
-    if history_length <= 0:
-        raise ValueError(f"`history_length` must be positive, got {history_length}.")
+    """Fills the defaults that depend on the input size (shards per split, count partitions);
+    ``size`` gives a file's bytes."""
+    if history_cap <= 0:
+        raise ValueError(f"`history_cap` must be positive, got {history_cap}.")
     unknown = set(min_count) - set(features.VOCABULARIES)
     if unknown:
         raise ValueError(
@@ -88,15 +93,15 @@ def resolve_options(
             f"{list(features.VOCABULARIES)}."
         )
     resolved_shards = {}
-    for split in pi.SPLITS:
-        size = _input_bytes(tables, (f"{split}_samples", f"{split}_user_features"))
-        count = shards.get(split) or max(2, math.ceil(size / SHARD_INPUT_BYTES))
+    for split in release.SPLITS:
+        split_bytes = _input_bytes(tables, (release.SAMPLES_TABLE[split], release.USER_TABLE[split]), size)
+        count = shards.get(split) or max(2, math.ceil(split_bytes / SHARD_INPUT_BYTES))
         if count <= 0:
             raise ValueError(f"Shards for {split!r} must be positive, got {count}.")
         resolved_shards[split] = count
-    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (pi.SCL_EMBEDDINGS,))
+    train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (release.SCL_EMBEDDINGS,), size)
     return Options(
-        history_length=history_length,
+        history_cap=history_cap,
         min_count={name: min_count.get(name, 1) for name in features.VOCABULARIES},
         shards=resolved_shards,
         partitions=max(1, math.ceil(train_bytes / PARTITION_INPUT_BYTES)),
@@ -107,7 +112,7 @@ def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
     """Creates the output and work directories; refuses to mix runs with different parameters."""
     work = os.path.join(output, WORK_DIR)
     if overwrite:
-        for name in (WORK_DIR, *pi.SPLITS, artifacts.VOCAB_DIR):
+        for name in (WORK_DIR, *release.SPLITS, artifacts.VOCAB_DIR):
             shutil.rmtree(os.path.join(output, name), ignore_errors=True)
         for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
             if os.path.exists(os.path.join(output, name)):
@@ -122,7 +127,7 @@ def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
         )
     for name in ("scan", "vocab_parts", "shards"):
         os.makedirs(os.path.join(work, name), exist_ok=True)
-    for name in (*pi.SPLITS, artifacts.VOCAB_DIR):
+    for name in (*release.SPLITS, artifacts.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
     write_json(params_path, params)
     return work
@@ -156,7 +161,7 @@ def convert(
     input_dir: str,
     output: str,
     *,
-    history_length: int = 1000,
+    history_cap: int = 1000,
     min_count: dict[str, int] | None = None,
     shards: dict[str, int | None] | None = None,
     workers: int | None = None,
@@ -166,7 +171,7 @@ def convert(
     """Converts ``input_dir`` into ``output``; returns the manifest (also written to disk)."""
     tables = pi.discover_tables(input_dir)
     tasks = stages.scan_tasks(tables)
-    options = resolve_options(tables, history_length, min_count or {}, shards or {})
+    options = resolve_options(tables, history_cap, min_count or {}, shards or {})
     inputs = {
         t: [[os.path.relpath(p, input_dir), os.path.getsize(p)] for p in paths]
         for t, paths in tables.items()
@@ -187,7 +192,7 @@ def convert(
         _progress("items", 1, 1, "item attribute and multimodal tables")
         shard_tasks = [
             (output, work, split, k, options)
-            for split in pi.SPLITS
+            for split in release.SPLITS
             for k in range(options.shards[split])
         ]
         shard_results = _run(executor, "shards", stages.convert_shard, shard_tasks)
@@ -199,11 +204,11 @@ def convert(
         input_rows[result["table"]] += result["rows"]
     shards_by_split = {
         split: [r for t, r in zip(shard_tasks, shard_results) if t[2] == split]
-        for split in pi.SPLITS
+        for split in release.SPLITS
     }
     manifest = manifest_lib.build(
         source=os.path.abspath(input_dir),
-        history_length=options.history_length,
+        history_cap=options.history_cap,
         vocabularies=vocab_summary,
         item_tables=item_summary,
         input_rows=input_rows,
@@ -212,16 +217,22 @@ def convert(
     write_json(os.path.join(output, artifacts.MANIFEST), manifest)
     if not keep_work:
         shutil.rmtree(work)
+    print_summary(manifest)
+    return manifest
+
+
+def print_summary(manifest: dict) -> None:
+    """One line per split on stderr: samples written, rejected by reason, bytes per sample."""
     for split, summary in manifest["splits"].items():
         print(
             f"{split}: {summary['samples_written']} of {summary['samples_in']} samples written "
             f"({summary['rejected']} rejected), {summary['bytes_per_sample']} bytes/sample",
             file=sys.stderr,
         )
-    return manifest
 
 
-def _parse_min_count(values: list[str]) -> dict[str, int]:
+def parse_min_count(values: list[str]) -> dict[str, int]:
+    """``--min-count`` values (``N`` or ``name=N``) -> {vocabulary: N}."""
     counts: dict[str, int] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
@@ -232,20 +243,15 @@ def _parse_min_count(values: list[str]) -> dict[str, int]:
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.taobao_mm",
-        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
-        "multimodal table and manifest.json.",
-    )
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that decide the output, shared by this command and ``pipelines.beam_convert``."""
     parser.add_argument("--input", required=True, help="directory holding the Parquet tables")
     parser.add_argument("--output", required=True, help="dataset directory to write")
     parser.add_argument(
-        "--history-length",
+        "--history-cap",
         type=int,
         default=1000,
-        help="behaviours kept per user (the most recent); default 1000",
+        help="history behaviours kept per user (the most recent); default 1000",
     )
     parser.add_argument(
         "--min-count",
@@ -257,24 +263,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--train-shards", type=int, help="output shards (default: by input size)")
     parser.add_argument("--test-shards", type=int, help="output shards (default: by input size)")
-    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
-    parser.add_argument("--keep-work", action="store_true", help="keep the _work directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
-    args = parser.parse_args(argv)
+    parser.add_argument("--keep-work", action="store_true", help="keep the work directory")
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    convert_fn: Callable[..., dict],
+    **extra: object,
+) -> None:
+    """Calls ``convert_fn`` with the options of ``add_conversion_arguments`` (and ``extra``);
+    input errors exit with status 2 and a one-line message."""
     try:
-        min_count = _parse_min_count(args.min_count)
-        convert(
+        convert_fn(
             args.input,
             args.output,
-            history_length=args.history_length,
-            min_count=min_count,
+            history_cap=args.history_cap,
+            min_count=parse_min_count(args.min_count),
             shards={"train": args.train_shards, "test": args.test_shards},
-            workers=args.workers,
             keep_work=args.keep_work,
             overwrite=args.overwrite,
+            **extra,
         )
     except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
         parser.exit(2, f"error: {err}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.taobao_mm",
+        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
+        "multimodal table and manifest.json.",
+    )
+    add_conversion_arguments(parser)
+    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
+    args = parser.parse_args(argv)
+    run_command(parser, args, convert, workers=args.workers)
 
 
 if __name__ == "__main__":

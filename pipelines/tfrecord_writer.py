@@ -1,17 +1,24 @@
-"""Writes user records as one GZIP TFRecord shard (format and encoding: ``muse_tf.data``).
+"""Writes user records as one GZIP TFRecord shard (schema and encoding: ``muse_tf.records``).
 
-One ``tf.train.Example`` per user and shard: the user's features and history once, then parallel
-lists of the user's samples. The file appears under its final name only when complete.
+The file appears under its final name only when complete.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import tensorflow as tf
 
-from muse_tf import data
+from muse_tf import records
 from pipelines.join import UserRecords
+
+
+def encode(users: UserRecords) -> Iterator[bytes]:
+    """Serialized records of ``users``, in order (both conversion engines write these)."""
+    return records.encode_user_records(
+        users.user, users.history, users.history_lengths, users.samples, users.sample_counts
+    )
 
 
 class ShardWriter:
@@ -24,20 +31,16 @@ class ShardWriter:
         self.path = path
         self.size = 0
         self._tmp = f"{path}.tmp"
-        options = tf.io.TFRecordOptions(compression_type=data.SHARD_COMPRESSION)
+        options = tf.io.TFRecordOptions(compression_type=records.COMPRESSION)
         self._writer = tf.io.TFRecordWriter(self._tmp, options)
 
-    def write(self, records: UserRecords) -> None:
-        """Appends one Example per user of ``records``.
+    def write(self, users: UserRecords) -> None:
+        """Appends one record per user of ``users``.
 
         Raises:
-            ValueError: when ``records`` lacks a feature of the record schema (``muse_tf.data``).
+            ValueError: when ``users`` lacks a feature of the record schema.
         """
-        encoded = data.encode_user_records(
-            records.user, records.history, records.history_lengths, records.samples,
-            records.sample_counts,
-        )
-        for record in encoded:
+        for record in encode(users):
             self._writer.write(record)
 
     def __enter__(self) -> ShardWriter:

@@ -14,7 +14,8 @@ Rules:
 * An ID is kept when its count reaches the vocabulary's min-count. Every item with an SCL vector is
   kept in ``item`` whatever its count, so rare items keep their multimodal vector.
 * 0 (the release's "empty field") is never kept. Kept IDs are sorted ascending, so the ID at
-  position p has index p + 2 (PAD = 0, OOV = 1) and lookups are binary searches.
+  position p has index p + 2 (PAD = 0, OOV = 1; ``muse_tf.vocabulary``) and lookups are
+  binary searches.
 """
 
 from __future__ import annotations
@@ -22,18 +23,25 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
 
-from muse_tf import artifacts, features
+from muse_tf import features, vocabulary
 from muse_tf.hashing import order_by_partition, partition_of
 from pipelines import parquet_input as pi
+from pipelines import taobao_mm_schema as release
 
 # Train-split columns counted into each vocabulary (table -> columns).
 COUNTED_COLUMNS = {
-    "train_samples": ("129_1", "205"),
-    "train_user_features": (*pi.PROFILE_COLUMNS, pi.HISTORY_ITEMS, pi.HISTORY_CATEGORIES),
-    pi.ITEM_FEATURES: ("206", "213", "214"),
+    release.SAMPLES_TABLE["train"]: (release.USER_ID, release.ITEM_ID),
+    release.USER_TABLE["train"]: (
+        *release.PROFILE_COLUMNS,
+        release.HISTORY_ITEMS,
+        release.HISTORY_CATEGORIES,
+    ),
+    release.ITEM_FEATURES: (release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS),
 }
 # Pseudo-vocabulary of the items that have an SCL vector (always kept in ``item``).
 SCL_ITEMS = "scl_items"
@@ -44,7 +52,20 @@ SPILL_BUFFER_PAIRS = 8_000_000
 
 def vocabulary_of(column: str) -> str:
     """The vocabulary a Taobao-MM column's IDs belong to, e.g. ``150_2_180`` -> ``item``."""
-    return features.VOCABULARY[features.TAOBAO_MM_COLUMNS[column]]
+    return features.VOCABULARY[release.COLUMN_FEATURE[column]]
+
+
+def ids_to_count(table: str, batch: pa.RecordBatch) -> Iterator[tuple[str, np.ndarray]]:
+    """(vocabulary, raw IDs) pairs that a record batch of ``table`` adds to the counts; the items
+    of well-formed SCL rows go to ``SCL_ITEMS``. MISSING values are left for the counter to drop."""
+    for column in COUNTED_COLUMNS.get(table, ()):
+        if release.TABLE_COLUMNS[table][column] == release.ID:
+            yield vocabulary_of(column), pi.ids(batch, column)
+        else:
+            yield vocabulary_of(column), pi.id_lists(batch, column)[0]
+    if table == release.SCL_EMBEDDINGS:
+        well_formed = pi.id_lists(batch, release.SCL_VECTOR)[1] == release.EMBEDDING_DIM
+        yield SCL_ITEMS, pi.ids(batch, release.ITEM_ID)[well_formed]
 
 
 def sum_counts(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +93,7 @@ class CountSpill:
 
     def add(self, vocab: str, raw_ids: np.ndarray) -> None:
         """Counts (N,) raw IDs of ``vocab`` (MISSING ignored); spills when the buffer is full."""
-        raw_ids = raw_ids[raw_ids != pi.MISSING]
+        raw_ids = raw_ids[raw_ids != release.MISSING]
         unique, counts = np.unique(raw_ids, return_counts=True)
         self._chunks.setdefault(vocab, []).append((unique, counts.astype(np.int64)))
         self._buffered += len(unique)
@@ -131,24 +152,40 @@ class VocabStats:
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
+def keep_ids(
+    ids: np.ndarray, counts: np.ndarray, forced_counts: np.ndarray, min_count: int
+) -> tuple[np.ndarray, VocabStats]:
+    """The vocabulary rule for distinct IDs (ascending) with their train counts and their forced
+    (SCL) rows, either possibly 0: an ID is kept when counted ``min_count`` times or more, or when
+    forced. Returns the kept IDs (ascending) and their statistics."""
+    counted, forced = counts > 0, forced_counts > 0
+    by_count = counted & (counts >= min_count)
+    keep = by_count | forced
+    stats = VocabStats(
+        distinct=int(np.count_nonzero(counted)),
+        kept=int(np.count_nonzero(keep)),
+        below_min_count=int(np.count_nonzero(counted & ~keep)),
+        kept_by_scl=int(np.count_nonzero(forced & ~by_count)),
+        duplicate_scl_rows=int(forced_counts.sum() - np.count_nonzero(forced)),
+    )
+    return ids[keep], stats
+
+
 def reduce_partition(
     spill_dir: str, vocab: str, partition: int, min_count: int, out_path: str
 ) -> VocabStats:
     """Sums one partition, keeps IDs meeting ``min_count`` (or forced) and saves them."""
     ids, counts = _load_partition(spill_dir, vocab, partition)
-    keep = counts >= min_count
-    stats = VocabStats(distinct=len(ids))
-    kept = ids[keep]
+    forced = np.zeros(0, np.int64)
+    forced_counts = np.zeros(0, np.int64)
     if vocab in FORCED:
         forced, forced_counts = _load_partition(spill_dir, FORCED[vocab], partition)
-        stats.duplicate_scl_rows = int(forced_counts.sum() - len(forced))
-        extra = np.setdiff1d(forced, kept, assume_unique=True)
-        stats.kept_by_scl = len(extra)
-        stats.below_min_count = int(np.count_nonzero(~keep & ~np.isin(ids, forced)))
-        kept = np.concatenate([kept, extra])
-    else:
-        stats.below_min_count = int(np.count_nonzero(~keep))
-    stats.kept = len(kept)
+    union = np.union1d(ids, forced)
+    counts_all = np.zeros(len(union), np.int64)
+    counts_all[np.searchsorted(union, ids)] = counts
+    forced_all = np.zeros(len(union), np.int64)
+    forced_all[np.searchsorted(union, forced)] = forced_counts
+    kept, stats = keep_ids(union, counts_all, forced_all, min_count)
     save_atomic(out_path, kept)
     return stats
 
@@ -157,14 +194,4 @@ def assemble(partition_paths: list[str], out_path: str) -> int:
     """Concatenates a vocabulary's partitions into the sorted ``vocab/<name>.npy``; its size."""
     ids = np.sort(np.concatenate([np.load(p) for p in partition_paths]))
     save_atomic(out_path, ids)
-    return len(ids) + artifacts.RESERVED
-
-
-def lookup_sorted(sorted_vocab: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
-    """Indices of ``raw_ids`` in an ascending vocabulary (OOV when absent); works on a memmap."""
-    raw_ids = np.asarray(raw_ids, np.int64)
-    if len(sorted_vocab) == 0:
-        return np.full(raw_ids.shape, features.OOV, np.int64)
-    pos = np.minimum(np.searchsorted(sorted_vocab, raw_ids), len(sorted_vocab) - 1)
-    found = np.asarray(sorted_vocab[pos]) == raw_ids
-    return np.where(found, pos + artifacts.RESERVED, features.OOV).astype(np.int64)
+    return vocabulary.table_rows(ids)

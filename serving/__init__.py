@@ -1,7 +1,9 @@
-"""Serving muse-tf SavedModels: TF Serving configs, warm-up records, a REST/gRPC client and a local
+"""Serving muse-tf SavedModels: TF Serving configs, a REST/gRPC client and a local
 stand-in for ``tensorflow_model_server``. See serving/README.md."""
 
-import muse_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything here imports TensorFlow)
+from muse_tf import keras2
+
+keras2.select()  # before any module of this package imports TensorFlow
 
 # tensorflow_model_server's gRPC message limit (kint32max); gRPC's own default is 4 MiB, too small
 # for requests carrying several 100K-long histories.

@@ -28,9 +28,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from muse_tf import signatures
 from serving import MAX_GRPC_MESSAGE_BYTES
-
-DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 
 
 class PredictionError(RuntimeError):
@@ -51,7 +50,7 @@ class _Client(abc.ABC):
 
     @abc.abstractmethod
     def predict(
-        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+        self, inputs: Mapping[str, Any], signature_name: str = signatures.SERVING_DEFAULT
     ) -> dict[str, np.ndarray]:
         """Runs ``signature_name`` on ``inputs``; returns its outputs by name."""
 
@@ -91,19 +90,19 @@ class RestClient(_Client):
     def _dtypes(self, signature_name: str) -> dict[str, np.dtype]:
         """Output dtypes of a signature (JSON numbers carry none), from the model's metadata."""
         if signature_name not in self._output_dtypes:
-            signatures = self.metadata()["metadata"]["signature_def"]["signature_def"]
-            if signature_name not in signatures:
+            served = self.metadata()["metadata"]["signature_def"]["signature_def"]
+            if signature_name not in served:
                 raise PredictionError(
-                    f"Unknown signature {signature_name!r}; available: {sorted(signatures)}"
+                    f"Unknown signature {signature_name!r}; available: {sorted(served)}"
                 )
             self._output_dtypes[signature_name] = {
                 name: tf.as_dtype(types_pb2.DataType.Value(info["dtype"])).as_numpy_dtype
-                for name, info in signatures[signature_name]["outputs"].items()
+                for name, info in served[signature_name]["outputs"].items()
             }
         return self._output_dtypes[signature_name]
 
     def predict(
-        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+        self, inputs: Mapping[str, Any], signature_name: str = signatures.SERVING_DEFAULT
     ) -> dict[str, np.ndarray]:
         """POSTs ``inputs`` in the columnar format; outputs cast to the signature's dtypes.
 
@@ -146,7 +145,7 @@ class GrpcClient(_Client):
         self._model_name, self._version, self._timeout = model_name, version, timeout
 
     def predict(
-        self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+        self, inputs: Mapping[str, Any], signature_name: str = signatures.SERVING_DEFAULT
     ) -> dict[str, np.ndarray]:
         """Sends ``inputs`` as TensorProtos of their NumPy dtypes (pass int64 IDs); returns the
         response's tensors, e.g. ``{"probability": (C,), "logit": (C,)}`` float32."""
@@ -186,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="default: 8500 for gRPC, 8501 for REST")
     parser.add_argument("--model_name", default="muse")
     parser.add_argument("--version", type=int, help="default: the newest version served")
-    parser.add_argument("--signature_name", default=DEFAULT_SIGNATURE)
+    parser.add_argument("--signature_name", default=signatures.SERVING_DEFAULT)
     parser.add_argument(
         "--request", required=True, help="JSON file of {input name: value}; - for stdin"
     )

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from serving import warmup
+from muse_tf import signatures, warmup
 
 
 class ServingError(Exception):
@@ -117,7 +117,7 @@ class Servable:
         return dict(self._signature(signature_name).structured_input_signature[1])
 
     def _signature(self, signature_name: str) -> tf.types.experimental.ConcreteFunction:
-        name = signature_name or tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+        name = signature_name or signatures.SERVING_DEFAULT
         if name not in self._signatures:
             raise InvalidArgument(
                 f'Serving signature name: "{name}" not found in signature def; '

@@ -2,7 +2,8 @@
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import muse_tf  # noqa: E402,F401  (must precede any TensorFlow import)
+from muse_tf import keras2  # noqa: E402
+
+keras2.select()  # before any test module imports TensorFlow

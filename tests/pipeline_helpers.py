@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muse_tf import artifacts, data, features
+from muse_tf import artifacts, data, features, vocabulary
 
 DEMO_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_mm_demo"
 TABLES = (
@@ -60,13 +60,13 @@ def as_rows(samples):
 def index_maps(data_dir):
     """Each vocabulary as {raw ID: index} by the contract: index = position + 2."""
     return {
-        name: {raw: position + artifacts.RESERVED for position, raw in enumerate(ids.tolist())}
+        name: {raw: position + vocabulary.RESERVED for position, raw in enumerate(ids.tolist())}
         for name, ids in artifacts.load_vocabularies(data_dir).items()
     }
 
 
-def _index(vocabulary, raw):
-    return vocabulary.get(raw, features.OOV)
+def _index(index_map, raw):
+    return index_map.get(raw, features.OOV)
 
 
 def reference_split(tables, data_dir, split, history_length):

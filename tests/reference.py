@@ -28,6 +28,19 @@ def cosine_topk(target, history, mask, k):
     return indices, np.array(scores), np.array(valid)
 
 
+def topk_by_score(scores, usable, k):
+    """Usable positions sorted by (score desc, position desc), padded to k."""
+    indices, top, valid = [], [], []
+    for row, ok in zip(np.asarray(scores, np.float64), np.asarray(usable)):
+        pos = np.flatnonzero(ok)
+        pos = pos[np.lexsort((-pos, -row[pos]))][:k]
+        pad = k - len(pos)
+        indices.append(list(pos) + [None] * pad)
+        top.append(list(row[pos]) + [INVALID] * pad)
+        valid.append([True] * len(pos) + [False] * pad)
+    return indices, np.array(top), np.array(valid)
+
+
 def assert_search_matches(result, expected, atol=1e-5):
     """A (indices, scores, valid) search result equals ``cosine_topk``'s, position by position."""
     indices, scores, valid = (np.asarray(t) for t in result)

@@ -1,12 +1,12 @@
 """Shared by the export and serving tests: a small MUSE model, synthetic raw-ID vocabularies,
 raw-ID requests for both signatures, and reference scores from the Keras model fed with indices
-looked up by NumPy (``artifacts.lookup``), independent of the exported graph."""
+looked up by NumPy (``vocabulary.lookup``), independent of the exported graph."""
 
 import dataclasses
 
 import numpy as np
 
-from muse_tf import artifacts, features, seeding
+from muse_tf import features, seeding, signatures, vocabulary
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 
@@ -23,8 +23,6 @@ SIZES = {
     "attr_214": 20,
 }
 HUGE_ID = 7_000_000_000_000_000_000
-USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
-CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
 
 
 @dataclasses.dataclass
@@ -50,7 +48,7 @@ def make_case(seed=0, variant="muse"):
     vocabularies = make_vocabularies(rng)
     config = ModelConfig(
         variant=variant,
-        vocab_sizes={name: len(ids) + artifacts.RESERVED for name, ids in vocabularies.items()},
+        vocab_sizes={name: vocabulary.table_rows(ids) for name, ids in vocabularies.items()},
         embedding_dim=8,
         top_k=16,
         recent_length=20,
@@ -63,15 +61,15 @@ def make_case(seed=0, variant="muse"):
     model.set_multimodal_table(table)
     model(lookup_rows(vocabularies, rows_request(rng, vocabularies, [2], 3)))
     # Trained-size embeddings, so that a wrong index visibly moves the score.
-    for layer in model.embeddings.values():
-        layer.embeddings.assign(rng.normal(0.0, 0.5, layer.embeddings.shape))
+    for table in model.embedding_trainable_variables:
+        table.assign(rng.normal(0.0, 0.5, table.shape))
     item_category = rng.choice(vocabularies["category"], SIZES["item"])
     return Case(model, vocabularies, item_category)
 
 
-def unknown_ids(rng, vocabulary, count):
+def unknown_ids(rng, known, count):
     ids = rng.integers(10**15, 10**16, count)
-    assert not np.isin(ids, vocabulary).any()
+    assert not np.isin(ids, known).any()
     return ids
 
 
@@ -101,10 +99,10 @@ def _pick(rng, vocabularies, name, count, unknown=0):
 def rank_request(rng, case_or_vocabularies, length, candidates):
     """One user (scalars), an unpadded history (L,), candidates (C,), the first one unknown."""
     vocabularies, _ = _parts(case_or_vocabularies)
-    request = {name: np.int64(_pick(rng, vocabularies, name, 1)[0]) for name in USER_FEATURES}
+    request = {name: np.int64(_pick(rng, vocabularies, name, 1)[0]) for name in signatures.USER_FEATURES}
     items, categories = raw_history(rng, case_or_vocabularies, length)
     request[features.HISTORY_ITEMS], request[features.HISTORY_CATEGORIES] = items, categories
-    for name in CANDIDATE_FEATURES:
+    for name in signatures.CANDIDATE_FEATURES:
         request[name] = _pick(rng, vocabularies, name, candidates, unknown=1)
     return request
 
@@ -119,7 +117,7 @@ def rows_request(rng, case_or_vocabularies, lengths, width):
     items, categories = raw_history(rng, case_or_vocabularies, rows * width)
     request[features.HISTORY_ITEMS] = items.reshape(rows, width)
     request[features.HISTORY_CATEGORIES] = categories.reshape(rows, width)
-    request["history_length"] = np.asarray(lengths, np.int64)
+    request[signatures.VALID_HISTORY_LENGTH] = np.asarray(lengths, np.int64)
     return request
 
 
@@ -133,7 +131,7 @@ def _left_pad(rows, lengths):
 
 
 def _index(vocabularies, name, raw):
-    return artifacts.lookup(vocabularies[features.VOCABULARY[name]], raw)
+    return vocabulary.lookup(vocabularies[features.VOCABULARY[name]], raw)
 
 
 def lookup_rows(vocabularies, request):
@@ -142,9 +140,9 @@ def lookup_rows(vocabularies, request):
         rows = _index(
             vocabularies,
             name,
-            np.asarray(request[name]).reshape(len(request["history_length"]), -1),
+            np.asarray(request[name]).reshape(len(request[signatures.VALID_HISTORY_LENGTH]), -1),
         )
-        indices[name] = _left_pad(rows, request["history_length"])
+        indices[name] = _left_pad(rows, request[signatures.VALID_HISTORY_LENGTH])
     return indices
 
 
@@ -156,11 +154,12 @@ def keras_rows(case, request):
 def keras_rank(case, request):
     """Reference logits of a ``rank`` request, scored as C ordinary rows (history copied C times)."""
     candidates = len(request[features.ITEM_ID])
-    rows = {name: np.repeat(np.int64(request[name]), candidates) for name in USER_FEATURES}
-    rows.update({name: request[name] for name in CANDIDATE_FEATURES})
+    rows = {name: np.repeat(np.int64(request[name]), candidates) for name in signatures.USER_FEATURES}
+    rows.update({name: request[name] for name in signatures.CANDIDATE_FEATURES})
     for name in features.SEQUENCE_FEATURES:
         rows[name] = np.tile(np.asarray(request[name], np.int64), (candidates, 1))
-    rows["history_length"] = np.full(candidates, len(request[features.HISTORY_ITEMS]), np.int64)
+    length = len(request[features.HISTORY_ITEMS])
+    rows[signatures.VALID_HISTORY_LENGTH] = np.full(candidates, length, np.int64)
     return keras_rows(case, rows)
 
 

@@ -16,7 +16,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 import muse_tf
-from muse_tf import artifacts, export, features
+from muse_tf import artifacts, export, features, signatures, vocabulary
 from muse_tf.config import ExperimentConfig
 from muse_tf.runs import RunDir
 from tests import serving_case as sc
@@ -35,6 +35,8 @@ SCALARS = [
     "item_attr_214",
 ]
 HISTORIES = ["history_items", "history_categories"]
+# The wire contract as clients outside Python (curl, the C API) type it: an independent reference
+# for muse_tf.signatures, so these stay literal.
 OUTPUTS = {"probability": ("DT_FLOAT", [-1]), "logit": ("DT_FLOAT", [-1])}
 EXPECTED_SIGNATURES = {
     "serving_default": (
@@ -75,7 +77,7 @@ def run(loaded, signature, request):
     outputs = loaded.signatures[signature](
         **{k: tf.constant(np.asarray(v)) for k, v in request.items()}
     )
-    return outputs["probability"].numpy(), outputs["logit"].numpy()
+    return outputs[signatures.PROBABILITY].numpy(), outputs[signatures.LOGIT].numpy()
 
 
 def assert_scores(probability, logit, reference):
@@ -135,18 +137,18 @@ def test_graph_has_only_registered_core_ops(exported):
 def test_rows_match_keras_and_ignore_padding_past_history_length(loaded, case):
     rng = np.random.default_rng(1)
     request = sc.rows_request(rng, case, lengths=[7, 0, 30, 1, 30, 12], width=30)
-    probability, logit = run(loaded, "serving_default", request)
+    probability, logit = run(loaded, signatures.SERVING_DEFAULT, request)
     assert_scores(probability, logit, sc.keras_rows(case, request))
     repadded = {k: v.copy() for k, v in request.items()}
     for name in HISTORIES:
         repadded[name][0, 7:] = sc.unknown_ids(rng, case.vocabularies["item"], 23)
-    np.testing.assert_array_equal(run(loaded, "serving_default", repadded)[1], logit)
+    np.testing.assert_array_equal(run(loaded, signatures.SERVING_DEFAULT, repadded)[1], logit)
 
 
 @pytest.mark.parametrize("length", [0, 1, 1000])
 def test_rank_matches_keras_rows(loaded, case, length):
     request = sc.rank_request(np.random.default_rng(length), case, length, candidates=9)
-    probability, logit = run(loaded, "rank", request)
+    probability, logit = run(loaded, signatures.RANK, request)
     assert logit.shape == (9,)
     assert_scores(probability, logit, sc.keras_rank(case, request))
 
@@ -160,9 +162,9 @@ def test_raw_ids_zero_and_huge_are_items_and_unknown_ids_are_oov(loaded, case):
     for name in ("item_category", "item_attr_213", "item_attr_214"):
         request[name][:] = request[name][0]  # candidates differ by item only
     request["history_items"][-5:] = [0, sc.HUGE_ID, 0, 0, sc.HUGE_ID]
-    probability, logit = run(loaded, "rank", request)
+    probability, logit = run(loaded, signatures.RANK, request)
     np.testing.assert_array_equal(
-        artifacts.lookup(case.vocabularies["item"], request["item_id"]),
+        vocabulary.lookup(case.vocabularies["item"], request["item_id"]),
         [2, 3, features.OOV, features.OOV],
     )
     assert_scores(probability, logit, sc.keras_rank(case, request))
@@ -184,34 +186,34 @@ def bad_requests(case):
     too_long = sc.raw_history(rng, case, 100_001)
     return [
         (
-            "rank",
+            signatures.RANK,
             rank(history_items=too_long[0], history_categories=too_long[1]),
             "max_history_length=100000",
         ),
         (
-            "rank",
+            signatures.RANK,
             rank(item_category=np.array([1, 2])),
             "`item_category` must have as many values as `item_id`",
         ),
         (
-            "rank",
+            signatures.RANK,
             rank(history_categories=np.arange(19)),
             "`history_categories` must have as many values",
         ),
-        ("serving_default", rows(history_length=np.array([6, 2])), "exceeds the width"),
-        ("serving_default", rows(history_length=np.array([-1, 2])), "`history_length` is negative"),
+        (signatures.SERVING_DEFAULT, rows(history_length=np.array([6, 2])), "exceeds the width"),
+        (signatures.SERVING_DEFAULT, rows(history_length=np.array([-1, 2])), "`history_length` is negative"),
         (
-            "serving_default",
+            signatures.SERVING_DEFAULT,
             rows(history_length=np.array([4])),
             "as many values as `history_length`",
         ),
         (
-            "serving_default",
+            signatures.SERVING_DEFAULT,
             rows(item_id=np.array([1, 2, 3])),
             "`item_id` must have as many values",
         ),
         (
-            "serving_default",
+            signatures.SERVING_DEFAULT,
             rows(history_categories=np.zeros((2, 4), np.int64)),
             "the shape of `history_items`",
         ),
@@ -231,13 +233,13 @@ def test_warmup_records_are_prediction_logs_for_both_signatures(exported, case):
         for r in tf.data.TFRecordDataset(path).as_numpy_iterator()
     ]
     requests = [log.predict_log.request for log in logs]
-    assert sorted(r.model_spec.signature_name for r in requests) == ["rank", "serving_default"]
+    assert sorted(r.model_spec.signature_name for r in requests) == sorted(signatures.SIGNATURES)
     for request in requests:
         assert request.model_spec.name == "muse"
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
         signature = request.model_spec.signature_name
         probability, logit = run(tf.saved_model.load(exported), signature, inputs)
-        reference = sc.keras_rank if signature == "rank" else sc.keras_rows
+        reference = sc.keras_rank if signature == signatures.RANK else sc.keras_rows
         np.testing.assert_allclose(logit, reference(case, inputs), rtol=0, atol=1e-5)
 
 
@@ -255,7 +257,7 @@ def test_versions_are_numbered_and_never_overwritten(case, tmp_path):
     assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2"]  # no staging left behind
     request = sc.rank_request(np.random.default_rng(5), case, 11, candidates=2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_history_length=10"):
-        run(tf.saved_model.load(second), "rank", request)
+        run(tf.saved_model.load(second), signatures.RANK, request)
 
 
 def test_vocabularies_must_match_the_model(case, tmp_path):
@@ -333,9 +335,9 @@ def parse_responses(text):
 def test_c_api_program_scores_equal_keras(c_program, exported, case, tmp_path):
     rng = np.random.default_rng(6)
     requests = [
-        ("serving_default", sc.rows_request(rng, case, [9, 0, 40, 3], width=40)),
-        ("rank", sc.rank_request(rng, case, 0, candidates=5)),
-        ("rank", sc.rank_request(rng, case, 1000, candidates=12)),
+        (signatures.SERVING_DEFAULT, sc.rows_request(rng, case, [9, 0, 40, 3], width=40)),
+        (signatures.RANK, sc.rank_request(rng, case, 0, candidates=5)),
+        (signatures.RANK, sc.rank_request(rng, case, 1000, candidates=12)),
     ]
     write_requests(tmp_path / "requests.txt", requests)
     result = subprocess.run(
@@ -349,9 +351,9 @@ def test_c_api_program_scores_equal_keras(c_program, exported, case, tmp_path):
     assert [signature for signature, _ in responses] == [signature for signature, _ in requests]
     for (signature, request), (_, outputs) in zip(requests, responses):
         reference = (
-            sc.keras_rank(case, request) if signature == "rank" else sc.keras_rows(case, request)
+            sc.keras_rank(case, request) if signature == signatures.RANK else sc.keras_rows(case, request)
         )
-        assert_scores(outputs["probability"], outputs["logit"], reference)
+        assert_scores(outputs[signatures.PROBABILITY], outputs[signatures.LOGIT], reference)
 
 
 def test_cli_exports_a_training_run(case, tmp_path):
@@ -377,7 +379,7 @@ def test_cli_exports_a_training_run(case, tmp_path):
     )
     assert path == str(tmp_path / "out" / "cli" / "7")
     request = sc.rank_request(np.random.default_rng(7), case, 300, candidates=6)
-    assert_scores(*run(tf.saved_model.load(path), "rank", request), sc.keras_rank(case, request))
+    assert_scores(*run(tf.saved_model.load(path), signatures.RANK, request), sc.keras_rank(case, request))
 
 
 @pytest.mark.parametrize("variant", ["din", "sim_hard", "sim_soft"])
@@ -387,6 +389,6 @@ def test_baseline_variants_export_and_match_keras(variant, tmp_path):
     loaded = tf.saved_model.load(path)
     rng = np.random.default_rng(8)
     ranked = sc.rank_request(rng, other, 200, candidates=6)
-    assert_scores(*run(loaded, "rank", ranked), sc.keras_rank(other, ranked))
+    assert_scores(*run(loaded, signatures.RANK, ranked), sc.keras_rank(other, ranked))
     rows = sc.rows_request(rng, other, [200, 17, 0], width=200)
-    assert_scores(*run(loaded, "serving_default", rows), sc.keras_rows(other, rows))
+    assert_scores(*run(loaded, signatures.SERVING_DEFAULT, rows), sc.keras_rows(other, rows))

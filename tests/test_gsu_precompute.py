@@ -1,4 +1,4 @@
-"""MUSE's multimodal search precomputed by the input pipeline (``muse_tf.data.gsu_precompute``)
+"""MUSE's multimodal search precomputed by the input pipeline (``muse_tf.layers.search.gsu_precompute``)
 against a NumPy brute force and against the model's in-graph search; the deduplicated lookup
 behind both."""
 
@@ -9,7 +9,7 @@ import tf_keras
 
 from muse_tf import data, features, seeding
 from muse_tf.config import ModelConfig
-from muse_tf.layers import search
+from muse_tf.layers import MultimodalTable, search
 from muse_tf.models import MuseModel
 from pipelines.join import UserRecords
 from pipelines.tfrecord_writer import ShardWriter
@@ -38,8 +38,8 @@ def make_model(table, variant="muse", top_k=6, seed=0):
     model.set_multimodal_table(table)
     rng = np.random.default_rng(seed)
     model(make_batch(rng, 2, 4))
-    for layer in model.embeddings.values():  # trained-size embeddings: a wrong pick shows
-        layer.embeddings.assign(rng.normal(0.0, 0.5, layer.embeddings.shape))
+    for table in model.embedding_trainable_variables:  # trained-size: a wrong pick shows
+        table.assign(rng.normal(0.0, 0.5, table.shape))
     return model
 
 
@@ -65,7 +65,7 @@ def make_batch(rng, batch, length, samples_per_user=1):
 def test_precomputed_search_matches_numpy_bruteforce(batch, length, k):
     table = make_table(1)
     x = make_batch(np.random.default_rng(batch + length), batch, length, samples_per_user=3)
-    out = data.gsu_precompute(table, k)(x)
+    out = search.gsu_precompute(table, k)(x)
     indices, scores, valid = (out[name].numpy() for name in search.PRECOMPUTED_GSU)
     assert indices.shape == scores.shape == valid.shape == (batch, k)
     assert indices.dtype == np.int32 and valid.dtype == bool
@@ -86,7 +86,7 @@ def test_model_output_with_precomputed_search_equals_in_graph(dtype, training, b
     table = make_table(2, dtype)
     model = make_model(table)
     x = make_batch(np.random.default_rng(batch * length), batch, length, share)
-    with_search = data.gsu_precompute(table, model.config.top_k)(x)
+    with_search = search.gsu_precompute(table, model.config.top_k)(x)
     in_graph = model(x, training=training).numpy()
     precomputed = model(with_search, training=training).numpy()
     np.testing.assert_allclose(precomputed, in_graph, rtol=0, atol=1e-6)
@@ -97,7 +97,7 @@ def test_precomputed_search_trains_like_the_in_graph_search():
     x = make_batch(np.random.default_rng(5), 12, 20, 3)
     labels = tf.constant(np.random.default_rng(6).integers(0, 2, 12), tf.float32)
     after_step = []
-    for inputs in (x, data.gsu_precompute(table, 6)(x)):
+    for inputs in (x, search.gsu_precompute(table, 6)(x)):
         model = make_model(table, seed=1)
         model.compile(optimizer=tf_keras.optimizers.Adam(1e-2))
         model.train_step((inputs, labels))
@@ -144,7 +144,7 @@ def test_make_dataset_adds_the_search_and_the_model_agrees(tmp_path):
 def test_model_refuses_a_precomputed_search_it_cannot_use():
     table = make_table(5)
     x = make_batch(np.random.default_rng(8), 4, 10)
-    with_search = data.gsu_precompute(table, 6)(x)
+    with_search = search.gsu_precompute(table, 6)(x)
     with pytest.raises(ValueError, match="multimodal GSU only"):
         make_model(table, variant="sim_soft")(with_search)
     with pytest.raises(ValueError, match="K = 6"):
@@ -154,7 +154,7 @@ def test_model_refuses_a_precomputed_search_it_cannot_use():
 
 
 def _vectors(table):
-    return search.ItemVectors(tf.constant(table), tf.constant(search.inverse_norms(table)), 128)
+    return MultimodalTable.constant_vectors(table)
 
 
 @pytest.mark.parametrize("jit", [False, True])

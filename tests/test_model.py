@@ -8,6 +8,7 @@ import tf_keras
 from muse_tf import features, seeding
 from muse_tf.config import VARIANTS, ModelConfig
 from muse_tf.models import MuseModel
+from muse_tf.models.muse import refuse_old_checkpoint
 
 VOCAB = 60
 USER_SIDE = (features.USER_ID, *features.USER_PROFILE, *features.SEQUENCE_FEATURES)
@@ -112,7 +113,8 @@ def test_gradients_reach_id_embeddings_and_attention_never_the_frozen_table():
     x = make_batch(np.random.default_rng(4))
     with tf.GradientTape(persistent=True) as tape:
         loss = tf.reduce_sum(model(x, training=True))
-    frozen = (model.multimodal_table, model.multimodal_inverse_norms)
+    frozen = model.multimodal.weights  # the stored rows and their inverse norms
+    assert len(frozen) == 2
     assert all(v is not f for v in model.trainable_variables for f in frozen)
     assert all(tape.gradient(loss, f) is None for f in frozen)
     named = {v.name: g for v, g in zip(model.trainable_variables,
@@ -175,6 +177,11 @@ def test_bad_inputs_and_tables_are_named():
         model.set_multimodal_table(table.astype(np.float32))
 
 
+def _is_id_table(variable):
+    """Told apart by name, independently of the model's own grouping."""
+    return variable.name.endswith("_embedding/embeddings:0")
+
+
 def test_embeddings_and_dense_weights_follow_their_own_optimizers():
     model, _ = make_model("muse")
     model.compile(optimizer=tf_keras.optimizers.SGD(0.0),
@@ -183,8 +190,51 @@ def test_embeddings_and_dense_weights_follow_their_own_optimizers():
     model(x)  # create the variables
     before = [v.numpy().copy() for v in model.trainable_variables]
     model.train_on_batch(x, np.ones(8, np.float32))
-    changed = {id(v): not np.array_equal(b, v.numpy())
-               for v, b in zip(model.trainable_variables, before)}
-    tables = {id(v) for layer in model.embeddings.values() for v in layer.trainable_weights}
-    assert any(changed[key] for key in tables)
-    assert not any(flag for key, flag in changed.items() if key not in tables)
+    changed = [(_is_id_table(v), not np.array_equal(b, v.numpy()))
+               for v, b in zip(model.trainable_variables, before)]
+    assert any(flag for table, flag in changed if table)
+    assert not any(flag for table, flag in changed if not table)
+
+
+@pytest.mark.parametrize("variant", ["muse", "din", "sim_soft"])
+def test_embedding_and_dense_groups_split_the_trainable_weights(variant):
+    model, _ = make_model(variant, use_cross=True)
+    model(make_batch(np.random.default_rng(9)))
+    tables = [v.ref() for v in model.embedding_trainable_variables]
+    dense = [v.ref() for v in model.dense_trainable_variables]
+    assert len(tables) == len(features.VOCABULARIES) and len(set(tables)) == len(tables)
+    assert set(tables) == {v.ref() for v in model.trainable_variables if _is_id_table(v)}
+    assert set(tables).isdisjoint(dense) and len(set(dense)) == len(dense)
+    assert set(tables) | set(dense) == {v.ref() for v in model.trainable_variables}
+
+
+def _old_layout_checkpoint(path, model, under=None):
+    """A checkpoint with the variable paths the layout before the named branches wrote: the table
+    and its inverse norms as weights of the model itself, the ID tables in a dict attribute."""
+    old = {
+        "multimodal_table": tf.Variable(model.multimodal.weights[0].numpy()),
+        "multimodal_inverse_norms": tf.Variable(model.multimodal.weights[1].numpy()),
+        "embeddings": {name: tf.train.Checkpoint(embeddings=tf.Variable(v.numpy()))
+                       for name, v in zip(features.VOCABULARIES, model.embedding_trainable_variables)},
+    }
+    checkpoint = tf.train.Checkpoint(**old)
+    if under:  # e.g. BackupAndRestore writes the model under `model/`
+        checkpoint = tf.train.Checkpoint(**{under: checkpoint})
+    return checkpoint.write(path)
+
+
+def test_a_checkpoint_of_the_old_layout_is_refused_by_name(tmp_path):
+    model, _ = make_model("muse")
+    model(make_batch(np.random.default_rng(10)))
+    keys = {name for name, _ in tf.train.list_variables(
+        _old_layout_checkpoint(str(tmp_path / "old" / "weights"), model))}
+    assert "multimodal_table/.ATTRIBUTES/VARIABLE_VALUE" in keys  # as the old layout named it
+    assert "embeddings/item/embeddings/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    with pytest.raises(ValueError, match="layout before its named branches.*multimodal_"):
+        model.load_weights(str(tmp_path / "old" / "weights"))
+    _old_layout_checkpoint(str(tmp_path / "backup" / "ckpt-1"), model, under="model")
+    with pytest.raises(ValueError, match="named branches"):
+        refuse_old_checkpoint(str(tmp_path / "backup" / "ckpt-1"))
+    model.save_weights(str(tmp_path / "new" / "weights"))  # today's layout passes
+    refuse_old_checkpoint(str(tmp_path / "new" / "weights"))
+    model.load_weights(str(tmp_path / "new" / "weights"))

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+from muse_tf import signatures
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "muse_quickstart.ipynb"
 KERNEL = "muse-tf-quickstart-test"
@@ -33,8 +35,9 @@ _json.dump({
     "curve_points": len(curve), "evals": TRAIN.epochs * EVALS_PER_EPOCH,
     "export_dir": export_dir, "server_returncode": server.process.returncode,
     "rank_request": {k: np.asarray(v).tolist() for k, v in rank_request.items()},
-    "offline_logits": offline_logits.tolist(), "grpc_logits": ranked["logit"].tolist(),
-    "grpc_probabilities": ranked["probability"].tolist(), "rest_logits": rows["logit"].tolist(),
+    "offline_logits": offline_logits.tolist(), "grpc_logits": ranked[signatures.LOGIT].tolist(),
+    "grpc_probabilities": ranked[signatures.PROBABILITY].tolist(),
+    "rest_logits": rows[signatures.LOGIT].tolist(),
     "figures": FIGURES_DIR, "executable": sys.executable,
 }, open("results.json", "w"))
 """
@@ -143,10 +146,11 @@ def test_served_scores_equal_the_saved_model_and_keras(results):
     assert results["server_returncode"] is not None  # the notebook shut its server down
     request = results["rank_request"]
     loaded = tf.saved_model.load(results["export_dir"])
-    direct = loaded.signatures["rank"](**{k: tf.constant(v, tf.int64) for k, v in request.items()})
+    rank = loaded.signatures[signatures.RANK]
+    direct = rank(**{k: tf.constant(v, tf.int64) for k, v in request.items()})
     grpc_logits = np.array(results["grpc_logits"])
     assert len(grpc_logits) == len(request["item_id"]) > 0
-    np.testing.assert_allclose(grpc_logits, direct["logit"].numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(grpc_logits, direct[signatures.LOGIT].numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(results["offline_logits"], grpc_logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(results["rest_logits"], grpc_logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(

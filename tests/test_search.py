@@ -5,7 +5,18 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf.layers import CategoryGSU, CosineGSU, EmbeddingGSU, gather_history, search
+from muse_tf import features
+from muse_tf.config import VARIANTS, ModelConfig
+from muse_tf.layers import (
+    CategoryGSU,
+    CosineGSU,
+    EmbeddingGSU,
+    MultimodalTable,
+    SearchInputs,
+    SearchUnit,
+    gather_history,
+    search,
+)
 from tests import reference
 from tests.reference import assert_search_matches
 
@@ -80,19 +91,6 @@ def _item_table(rng, items=60, no_vector=(0, 1, 5, 6)):
     return table
 
 
-def test_inverse_norms_turn_rows_into_unit_vectors():
-    table = _item_table(np.random.default_rng(12))
-    inverse = search.inverse_norms(table, chunk=7)  # several chunks, one partial
-    norms = np.linalg.norm(table.astype(np.float64), axis=1)
-    np.testing.assert_allclose(inverse[norms > 0], 1 / norms[norms > 0], rtol=1e-7)
-    np.testing.assert_array_equal(inverse[norms == 0], 0.0)
-    vectors = search.ItemVectors(tf.constant(search.pack_int8(table)), tf.constant(inverse), 32)
-    unit, has_vector = vectors.unit(tf.constant([[2, 5], [0, 59]]))
-    expected = table[[[2, 5], [0, 59]]] / np.maximum(norms[[[2, 5], [0, 59]]], 1)[..., None]
-    np.testing.assert_allclose(unit.numpy(), expected, rtol=0, atol=1e-7)
-    np.testing.assert_array_equal(has_vector.numpy(), [[True, False], [False, True]])
-
-
 @pytest.mark.parametrize("strategy", ["shared", "grouped", "xla"])
 @pytest.mark.parametrize("length,k", [(40, 8), (5, 8), (1, 3), (70, 50)])
 def test_cosine_search_items_matches_bruteforce(strategy, length, k):
@@ -100,9 +98,7 @@ def test_cosine_search_items_matches_bruteforce(strategy, length, k):
     vector, repeated items (exact ties), targets without a vector and L < K."""
     rng = np.random.default_rng(length * 10 + k)
     table = _item_table(rng)
-    vectors = search.ItemVectors(
-        tf.constant(search.pack_int8(table)), tf.constant(search.inverse_norms(table)), 32
-    )
+    vectors = MultimodalTable.constant_vectors(table)
     targets = rng.integers(1, 60, 6)
     targets[:2] = [5, 1]  # no vector: every cosine is 0
     if strategy == "shared":
@@ -158,9 +154,103 @@ def test_embedding_gsu_concatenates_parts_and_blocks_gradients():
 
 
 def test_search_units_have_no_weights_and_round_trip_config():
-    for cls in (CosineGSU, EmbeddingGSU, CategoryGSU):
+    for cls in search.SEARCH_UNITS.values():
         layer = cls(top_k=7, name="s")
         clone = tf_keras.layers.deserialize(tf_keras.layers.serialize(layer))
         assert type(clone) is cls and clone.top_k == 7 and not layer.trainable_weights
     with pytest.raises(ValueError, match="top_k"):
         CosineGSU(top_k=0)
+
+
+def test_registry_holds_every_variants_unit_and_is_the_configs_choice():
+    assert all(issubclass(cls, SearchUnit) for cls in search.SEARCH_UNITS.values())
+    assert {v.gsu for v in VARIANTS.values()} - {None} <= set(search.SEARCH_UNITS)
+    for name in search.SEARCH_UNITS:
+        assert ModelConfig(gsu=name).spec.gsu == name
+        assert type(search.make_search_unit(name, 3)) is search.SEARCH_UNITS[name]
+    with pytest.raises(ValueError, match="Unknown `gsu` 'nope'.*mm_id"):
+        ModelConfig(gsu="nope")
+
+
+class _Tables:
+    """Learned-embedding stand-in: one NumPy table per vocabulary (``EmbeddingLookup``)."""
+
+    def __init__(self, rng, rows):
+        self.tables = {name: rng.normal(size=(rows, 6)).astype(np.float32)
+                       for name in features.VOCABULARIES}
+
+    def numpy(self, feature, indices):
+        return self.tables[features.VOCABULARY[feature]][indices]
+
+    def lookup(self, feature, indices):
+        return tf.constant(self.numpy(feature, np.asarray(indices)))
+
+
+def _expected_search(gsu, table, tables, t_items, t_cats, h_items, h_cats, mask, k):
+    """Each strategy written out in NumPy: (indices, scores or None, valid)."""
+    def cos(target, history):
+        target, history = np.asarray(target, np.float64), np.asarray(history, np.float64)
+        history = np.broadcast_to(history, (len(target),) + history.shape[1:])
+        t, h = np.linalg.norm(target, axis=-1), np.linalg.norm(history, axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.einsum("bd,bld->bl", target, history) / (t[:, None] * h)
+        return np.nan_to_num(out)
+
+    item = (features.ITEM_ID, features.HISTORY_ITEMS)
+    category = (features.ITEM_CATEGORY, features.HISTORY_CATEGORIES)
+    emb = {name: tables.numpy(name, idx) for name, idx in
+           zip(item + category, (t_items, h_items, t_cats, h_cats))}
+    if gsu == "mm":
+        return reference.cosine_topk(table[t_items], table[h_items], mask, k)
+    if gsu == "id":
+        return reference.cosine_topk(emb[item[0]], emb[item[1]], mask, k)
+    if gsu == "id_category":
+        return reference.cosine_topk(np.concatenate([emb[item[0]], emb[category[0]]], -1),
+                                     np.concatenate([emb[item[1]], emb[category[1]]], -1), mask, k)
+    if gsu == "category":
+        indices, valid = reference.category_topk(t_cats, h_cats, mask, k)
+        return indices, None, valid
+    assert gsu == "mm_id"
+    scores = cos(table[t_items], table[h_items]) + cos(emb[item[0]], emb[item[1]])
+    usable = np.broadcast_to(mask & table[h_items].any(-1), scores.shape)
+    return reference.topk_by_score(scores, usable, k)
+
+
+@pytest.mark.parametrize("gsu", sorted(search.SEARCH_UNITS))
+@pytest.mark.parametrize("shared", [False, True])
+def test_every_unit_searches_model_indices_like_its_numpy_definition(gsu, shared):
+    """``search`` on indices, the frozen table and learned embeddings, per registered strategy,
+    and the multimodal similarity it hands to the ESU."""
+    rng = np.random.default_rng(len(gsu) + 10 * shared)
+    table = _item_table(rng)
+    tables = _Tables(rng, 60)
+    k, length = 6, 25
+    t_items = rng.integers(1, 60, 5)
+    t_cats = t_items % 4 + 1
+    h_items = rng.integers(0, 30, (1 if shared else 5, length))  # 0 = padding; repeats: ties
+    h_cats = np.where(h_items > 0, h_items % 4 + 1, 0)
+    mask = h_items != 0
+    inputs = SearchInputs(
+        target_items=tf.constant(t_items), history_items=tf.constant(h_items),
+        history_mask=tf.constant(mask), multimodal=MultimodalTable.constant_vectors(table),
+        target_categories=tf.constant(t_cats), history_categories=tf.constant(h_cats),
+        embeddings=tables,
+    )
+    unit = search.make_search_unit(gsu, k)
+    result = unit.search(inputs)
+    exp_indices, exp_scores, exp_valid = _expected_search(
+        gsu, table, tables, t_items, t_cats, h_items, h_cats, mask, k)
+    indices, scores, valid = (np.asarray(t) for t in result)
+    np.testing.assert_array_equal(valid, exp_valid)
+    for b, row in enumerate(exp_indices):
+        assert [i for i, v in zip(indices[b], valid[b]) if v] == [p for p in row if p is not None]
+    if exp_scores is not None:
+        np.testing.assert_allclose(scores, exp_scores, atol=1e-5)
+
+    similarity, similarity_valid = (np.asarray(t) for t in unit.multimodal_similarity(inputs, result))
+    kept = table[np.broadcast_to(h_items, (5, length))[np.arange(5)[:, None], indices]]
+    target = table[t_items].astype(np.float64)
+    norms = np.linalg.norm(kept, axis=-1) * np.linalg.norm(target, axis=-1)[:, None]
+    np.testing.assert_array_equal(similarity_valid, valid & kept.any(-1))  # a target without a
+    expected = np.einsum("bd,bkd->bk", target, kept) / np.where(norms > 0, norms, 1)  # vector: 0
+    np.testing.assert_allclose(similarity[similarity_valid], expected[similarity_valid], atol=1e-6)

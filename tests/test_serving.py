@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from muse_tf import export
+from muse_tf import export, signatures
 from serving.client import GrpcClient, PredictionError, RestClient
 from serving.launch import local_server
 from tests import serving_case as sc
@@ -59,17 +59,17 @@ def client(request, server):
 
 def assert_scores(outputs, reference):
     """Within 1e-5 of the Keras reference, whose scores are spread far wider than that."""
-    assert outputs["logit"].dtype == outputs["probability"].dtype == np.float32
+    assert outputs[signatures.LOGIT].dtype == outputs[signatures.PROBABILITY].dtype == np.float32
     assert len(reference) < 2 or np.ptp(reference) > 1e-2
-    np.testing.assert_allclose(outputs["logit"], reference, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(outputs["probability"], sc.sigmoid(reference), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(outputs[signatures.LOGIT], reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(outputs[signatures.PROBABILITY], sc.sigmoid(reference), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("length", [1000, 100_000])
 def test_client_scores_equal_keras(client, case, length):
     rng = np.random.default_rng(length)
     ranked = sc.rank_request(rng, case, length, candidates=8)
-    assert_scores(client.predict(ranked, signature_name="rank"), sc.keras_rank(case, ranked))
+    assert_scores(client.predict(ranked, signature_name=signatures.RANK), sc.keras_rank(case, ranked))
     rows = sc.rows_request(rng, case, [length, length // 3, 0], width=length)
     assert_scores(client.predict(rows), sc.keras_rows(case, rows))
 
@@ -77,11 +77,11 @@ def test_client_scores_equal_keras(client, case, length):
 def test_empty_histories_and_unknown_ids_score(client, case):
     rng = np.random.default_rng(2)
     ranked = sc.rank_request(rng, case, 0, candidates=3)
-    for name in sc.CANDIDATE_FEATURES:  # candidates 0 and 1: every ID unknown
+    for name in signatures.CANDIDATE_FEATURES:  # candidates 0 and 1: every ID unknown
         ranked[name][:2] = sc.unknown_ids(rng, case.vocabularies["item"], 2)
-    outputs = client.predict(ranked, signature_name="rank")
+    outputs = client.predict(ranked, signature_name=signatures.RANK)
     assert_scores(outputs, sc.keras_rank(case, ranked))
-    assert outputs["logit"][0] == outputs["logit"][1]
+    assert outputs[signatures.LOGIT][0] == outputs[signatures.LOGIT][1]
     rows = sc.rows_request(rng, case, [0, 0], width=0)
     assert_scores(client.predict(rows), sc.keras_rows(case, rows))
 
@@ -93,25 +93,29 @@ def bad_requests(case):
     too_long = sc.raw_history(rng, case, 100_001)
     rows = sc.rows_request(rng, case, [4, 2], width=5)
     return [
-        ("rank", {k: v for k, v in good.items() if k != "item_attr_214"}, "item_attr_214"),
-        ("rank", {**good, "item_id": good["item_id"].astype(np.float32)}, "int64"),
+        (signatures.RANK, {k: v for k, v in good.items() if k != "item_attr_214"}, "item_attr_214"),
+        (signatures.RANK, {**good, "item_id": good["item_id"].astype(np.float32)}, "int64"),
         (
-            "rank",
+            signatures.RANK,
             {**good, "item_category": good["item_category"][:2]},
             "must have as many values as `item_id`",
         ),
         (
-            "rank",
+            signatures.RANK,
             {**good, "history_categories": good["history_categories"][:5]},
             "history_categories",
         ),
         (
-            "rank",
+            signatures.RANK,
             {**good, "history_items": too_long[0], "history_categories": too_long[1]},
             "max_history_length=100000",
         ),
-        ("rank", {**good, "user_id": good["item_id"]}, "shape []"),
-        ("serving_default", {**rows, "history_length": np.array([9, 2])}, "exceeds the width"),
+        (signatures.RANK, {**good, "user_id": good["item_id"]}, "shape []"),
+        (
+            signatures.SERVING_DEFAULT,
+            {**rows, signatures.VALID_HISTORY_LENGTH: np.array([9, 2])},
+            "exceeds the width",
+        ),
         ("no_such_signature", good, "no_such_signature"),
     ]
 
@@ -122,7 +126,7 @@ def test_bad_requests_get_clear_errors_and_the_next_request_is_served(client, ca
     for signature, inputs, message in bad_requests(case):
         with pytest.raises(PredictionError, match=re.escape(message)):
             client.predict(inputs, signature_name=signature)
-        assert_scores(client.predict(good, signature_name="rank"), reference)
+        assert_scores(client.predict(good, signature_name=signatures.RANK), reference)
 
 
 def test_clients_address_versions(server, case):
@@ -134,13 +138,13 @@ def test_clients_address_versions(server, case):
         GrpcClient(port=grpc_port, model_name="muse", version=1),
     ):
         with made:
-            assert_scores(made.predict(good, signature_name="rank"), reference)
+            assert_scores(made.predict(good, signature_name=signatures.RANK), reference)
     for made, message in (
         (RestClient(port=rest_port, model_name="muse", version=2), "HTTP 404"),
         (GrpcClient(port=grpc_port, model_name="other"), "NOT_FOUND"),
     ):
         with made, pytest.raises(PredictionError, match=re.escape(message)):
-            made.predict(good, signature_name="rank")
+            made.predict(good, signature_name=signatures.RANK)
 
 
 def test_rest_row_format_status_metadata_and_errors(server, case):
@@ -154,7 +158,7 @@ def test_rest_row_format_status_metadata_and_errors(server, case):
     assert reply.status_code == 200, reply.text
     predictions = reply.json()["predictions"]
     np.testing.assert_allclose(
-        [p["logit"] for p in predictions], sc.keras_rows(case, rows), rtol=0, atol=1e-5
+        [p[signatures.LOGIT] for p in predictions], sc.keras_rows(case, rows), rtol=0, atol=1e-5
     )
 
     status = requests.get(url).json()["model_version_status"]
@@ -163,9 +167,9 @@ def test_rest_row_format_status_metadata_and_errors(server, case):
     ]
     metadata = requests.get(url + "/metadata").json()
     assert metadata["model_spec"]["name"] == "muse" and metadata["model_spec"]["version"] == "1"
-    rank = metadata["metadata"]["signature_def"]["signature_def"]["rank"]
+    rank = metadata["metadata"]["signature_def"]["signature_def"][signatures.RANK]
     assert rank["inputs"]["history_items"]["dtype"] == "DT_INT64"
-    assert sorted(rank["outputs"]) == ["logit", "probability"]
+    assert sorted(rank["outputs"]) == sorted(signatures.OUTPUTS)
 
     for method, path, body, status_code in [
         ("POST", ":predict", b"{not json", 400),
@@ -194,10 +198,10 @@ def test_grpc_metadata_and_status(server):
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
             request, timeout=30
         )
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signatures)
-        assert {"serving_default", "rank"} <= set(signatures.signature_def)
-        assert set(signatures.signature_def["rank"].outputs) == {"probability", "logit"}
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        assert set(signatures.SIGNATURES) <= set(signature_map.signature_def)
+        assert set(signature_map.signature_def[signatures.RANK].outputs) == set(signatures.OUTPUTS)
         status_request = get_model_status_pb2.GetModelStatusRequest()
         status_request.model_spec.name = "muse"
         status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
@@ -227,7 +231,7 @@ def test_client_cli(server, case, tmp_path):
             "--model_name",
             "muse",
             "--signature_name",
-            "rank",
+            signatures.RANK,
             "--request",
             str(request),
         ],

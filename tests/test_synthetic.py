@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from muse_tf import artifacts, data, synthetic_dataset
+from muse_tf import artifacts, data, records, synthetic_dataset
 from muse_tf.metrics import auc
 from pipelines import synthetic, taobao_mm
 from tests.pipeline_helpers import TABLES, as_rows, read_samples, reference_split
 
-SMALL = synthetic.SyntheticConfig(users=40, history_length=60, items=400, clusters=10, seed=3)
+SMALL = synthetic.SyntheticConfig(users=40, behaviours_per_user=60, items=400, clusters=10, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def generated(tmp_path_factory):
     """A dataset big enough for the statistical checks (about 2,400 samples)."""
     config = synthetic.SyntheticConfig(
         users=300,
-        history_length=200,
+        behaviours_per_user=200,
         samples_per_user=8,
         items=3000,
         clusters=20,
@@ -55,8 +55,8 @@ def test_sizes_follow_the_configuration(generated):
     assert abs(samples / config.users - config.samples_per_user) < 0.5
     assert abs(len(test) / samples - config.test_fraction) < 0.03
     lengths = users.drop_duplicates("129_1")["150_2_180"].map(len)
-    assert lengths.max() == config.history_length
-    assert abs((lengths < config.history_length).mean() - config.short_history_fraction) < 0.05
+    assert lengths.max() == config.behaviours_per_user
+    assert abs((lengths < config.behaviours_per_user).mean() - config.short_history_fraction) < 0.05
     assert (users["150_2_180"].map(len) == users["151_2_180"].map(len)).all()
     assert len(tables["item_features"]) == config.items
     coverage = len(tables["scl_embedding_int8_p90"]) / config.items
@@ -103,7 +103,7 @@ def _top_k_cosine(tables, history_window):
 def test_planted_signal_beats_chance_and_needs_the_whole_history(generated):
     config, tables = generated
     labels = np.stack(tables["train_samples"]["label_0"].to_numpy())[:, 1]
-    whole = auc(labels, _top_k_cosine(tables, config.history_length))
+    whole = auc(labels, _top_k_cosine(tables, config.behaviours_per_user))
     latest_50 = auc(labels, _top_k_cosine(tables, 50))
     assert whole > 0.65
     assert whole - latest_50 > 0.05
@@ -115,7 +115,7 @@ def test_conversion_in_parallel_writes_the_same_bytes_and_the_source_values(tmp_
         taobao_mm.convert(
             str(tmp_path / "in"),
             str(tmp_path / f"out{workers}"),
-            history_length=50,
+            history_cap=50,
             shards={"train": 3, "test": 2},
             workers=workers,
         )
@@ -133,14 +133,14 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         synthetic.main(["--help"])
     assert exit_info.value.code == 0
-    assert "--history-length" in capsys.readouterr().out
+    assert "--behaviours-per-user" in capsys.readouterr().out
     synthetic.main(
         [
             "--output",
             str(tmp_path),
             "--users",
             "5",
-            "--history-length",
+            "--behaviours-per-user",
             "7",
             "--items",
             "50",
@@ -158,7 +158,7 @@ def test_command_line(tmp_path, capsys):
 def _records(path):
     """Each record of a shard as {feature: list of values}, in file order."""
     out = []
-    for raw in tf.data.TFRecordDataset(path, compression_type=data.SHARD_COMPRESSION):
+    for raw in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION):
         example = tf.train.Example.FromString(raw.numpy())
         out.append({k: list(v.int64_list.value) for k, v in example.features.feature.items()})
     return out
@@ -169,7 +169,7 @@ def test_direct_dataset_equals_the_converted_parquet_form(tmp_path):
     synthetic.generate(SMALL, str(tmp_path / "parquet"))
     shards = synthetic_dataset.SHARDS_PER_SPLIT
     taobao_mm.convert(str(tmp_path / "parquet"), str(tmp_path / "converted"),
-                      history_length=SMALL.history_length, shards={"train": shards, "test": shards},
+                      history_cap=SMALL.behaviours_per_user, shards={"train": shards, "test": shards},
                       workers=1)
     direct = str(tmp_path / "direct")
     synthetic_dataset.write_dataset(SMALL, direct)

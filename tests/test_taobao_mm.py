@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muse_tf import artifacts, data, features
+from muse_tf import artifacts, data, features, vocabulary
 from pipelines import parquet_input, taobao_mm
 from pipelines.parquet_input import InputError
 from tests.pipeline_helpers import (
@@ -194,7 +194,7 @@ def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path):
         assert manifest["vocab_sizes"][name] == len(expected[name]) + 2
     table = artifacts.load_multimodal_table(str(tmp_path / "out"))
     scl = tables["scl_embedding_int8_p90"]
-    rows = artifacts.lookup(expected["item"], scl["205"].to_numpy())
+    rows = vocabulary.lookup(expected["item"], scl["205"].to_numpy())
     np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
     others = np.setdiff1d(np.arange(len(table)), rows)
     assert not np.any(table[others])
@@ -208,7 +208,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
     )  # ~2 users a batch: rules span batches
     write_tables(tmp_path / "in", tables)
     out = tmp_path / "out"
-    manifest = _convert(tmp_path / "in", out, history_length=HISTORY, min_count={"item": 2})
+    manifest = _convert(tmp_path / "in", out, history_cap=HISTORY, min_count={"item": 2})
 
     vocabs = artifacts.load_vocabularies(str(out))
     expected_vocabs = _expected_vocabularies(tables, item_min_count=2)
@@ -238,7 +238,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
     assert manifest["multimodal"]["malformed"] == 1
     table = artifacts.load_multimodal_table(str(out))
     scl = tables["scl_embedding_int8_p90"].iloc[:10]
-    rows = artifacts.lookup(vocabs["item"], scl["205"].to_numpy())
+    rows = vocabulary.lookup(vocabs["item"], scl["205"].to_numpy())
     np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
 
 
@@ -246,13 +246,13 @@ def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
     tables = _stitched_demo(demo_tables())
     write_tables(tmp_path / "in", tables)
     out = tmp_path / "out"
-    first = _convert(tmp_path / "in", out, history_length=HISTORY, keep_work=True)
+    first = _convert(tmp_path / "in", out, history_cap=HISTORY, keep_work=True)
     shard = out / first["splits"]["train"]["shards"][1]["file"]
     original = shard.read_bytes()
     shard.unlink()
     (out / artifacts.MANIFEST).unlink()
     capsys.readouterr()
-    second = _convert(tmp_path / "in", out, history_length=HISTORY, keep_work=True)
+    second = _convert(tmp_path / "in", out, history_cap=HISTORY, keep_work=True)
     log = capsys.readouterr().err
     assert shard.read_bytes() == original
     assert second == first
@@ -260,11 +260,11 @@ def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
     assert len(redone) == 1 and first["splits"]["train"]["shards"][1]["file"] in redone[0]
     (out / artifacts.MANIFEST).unlink()
     with pytest.raises(FileExistsError, match="other inputs or options"):
-        _convert(tmp_path / "in", out, history_length=HISTORY + 1)
-    _convert(tmp_path / "in", out, history_length=HISTORY)
+        _convert(tmp_path / "in", out, history_cap=HISTORY + 1)
+    _convert(tmp_path / "in", out, history_cap=HISTORY)
     with pytest.raises(FileExistsError, match="already holds a converted dataset"):
-        _convert(tmp_path / "in", out, history_length=HISTORY)
-    assert _convert(tmp_path / "in", out, history_length=HISTORY, overwrite=True) == first
+        _convert(tmp_path / "in", out, history_cap=HISTORY)
+    assert _convert(tmp_path / "in", out, history_cap=HISTORY, overwrite=True) == first
 
 
 def _demo_copy(tmp_path):

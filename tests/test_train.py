@@ -40,9 +40,9 @@ def dataset(tmp_path_factory):
     from pipelines import synthetic, taobao_mm
 
     root = tmp_path_factory.mktemp("data")
-    sizes = synthetic.SyntheticConfig(users=80, history_length=HISTORY, items=600, clusters=8)
+    sizes = synthetic.SyntheticConfig(users=80, behaviours_per_user=HISTORY, items=600, clusters=8)
     synthetic.generate(sizes, str(root / "parquet"))
-    taobao_mm.convert(str(root / "parquet"), str(root / "tfrecord"), history_length=HISTORY,
+    taobao_mm.convert(str(root / "parquet"), str(root / "tfrecord"), history_cap=HISTORY,
                       shards={"train": 2, "test": 1}, workers=1)
     return str(root / "tfrecord")
 

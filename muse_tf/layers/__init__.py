@@ -3,11 +3,17 @@
 from muse_tf.layers.activation import Dice
 from muse_tf.layers.attention import SemanticAwareTargetAttention, TargetAttention, masked_softmax
 from muse_tf.layers.mlp import MLP
+from muse_tf.layers.multimodal import ItemVectors, MultimodalTable
 from muse_tf.layers.search import (
     INVALID_SCORE,
+    SEARCH_UNITS,
     CategoryGSU,
     CosineGSU,
     EmbeddingGSU,
+    IdCategoryGSU,
+    MultimodalIdGSU,
+    SearchInputs,
+    SearchUnit,
     cosine_similarity,
     gather_history,
     has_embedding,
@@ -18,10 +24,17 @@ from muse_tf.layers.simtier import SimTier
 __all__ = [
     "INVALID_SCORE",
     "MLP",
+    "SEARCH_UNITS",
     "CategoryGSU",
     "CosineGSU",
     "Dice",
     "EmbeddingGSU",
+    "IdCategoryGSU",
+    "ItemVectors",
+    "MultimodalIdGSU",
+    "MultimodalTable",
+    "SearchInputs",
+    "SearchUnit",
     "SemanticAwareTargetAttention",
     "SimTier",
     "TargetAttention",

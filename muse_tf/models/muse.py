@@ -19,36 +19,43 @@ import tf_keras
 
 from muse_tf import features
 from muse_tf.config import ModelConfig
-from muse_tf.layers import (
-    MLP,
-    CategoryGSU,
-    CosineGSU,
-    EmbeddingGSU,
-    SemanticAwareTargetAttention,
-    SimTier,
-    TargetAttention,
-    cosine_similarity,
-    gather_history,
-    top_k_valid,
+from muse_tf.layers import ItemVectors, MultimodalTable, SearchInputs
+from muse_tf.models.branches import (
+    EmbeddingBranch,
+    LifelongBranch,
+    ShortTermBranch,
+    Tower,
+    broadcast_rows,
 )
-from muse_tf.layers.search import PRECOMPUTED_GSU, ItemVectors, inverse_norms, pack_int8, unit_dot
 
 # A batch: (features, labels), or features holding `features.LABEL`.
 Batch = tuple[Mapping[str, tf.Tensor], tf.Tensor] | Mapping[str, tf.Tensor]
 
-# The official code gives profile features 3-5 half-width embeddings.
-_HALF_WIDTH_VOCABULARIES = ("profile_3", "profile_4", "profile_5")
+# Checkpoint keys that only the layout before the named branches wrote (the multimodal table was
+# a weight of the model itself, the embedding tables a dict attribute): such a checkpoint's
+# variable paths no longer match, and TensorFlow would restore nothing from it without saying so.
+OLD_LAYOUT_KEYS = (
+    "multimodal_table/.ATTRIBUTES/VARIABLE_VALUE",
+    "multimodal_inverse_norms/.ATTRIBUTES/VARIABLE_VALUE",
+)
 
 
-def _broadcast_rows(x: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
-    """Repeats a batch-1 per-user tensor to ``rows`` rows (a no-op when it already has them)."""
-    return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], axis=0))
-
-
-def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """(B, K, C), (B, K) -> (B, C): mean over valid positions, zeros if none."""
-    weights = tf.cast(mask, values.dtype)[..., None]
-    return tf.reduce_sum(values * weights, 1) / tf.maximum(tf.reduce_sum(weights, 1), 1.0)
+def refuse_old_checkpoint(path: str) -> None:
+    """Raises ValueError if the TensorFlow checkpoint at ``path`` (a prefix, or a directory with a
+    ``checkpoint`` file) has the old layout (``OLD_LAYOUT_KEYS``, also under a prefix such as
+    BackupAndRestore's ``model/``). Anything unreadable as a checkpoint is left to the loader."""
+    try:
+        keys = [name for name, _ in tf.train.list_variables(path)]
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError):
+        return
+    old = [key for key in keys if any(key == k or key.endswith("/" + k) for k in OLD_LAYOUT_KEYS)]
+    if old:
+        raise ValueError(
+            f"{path} is a checkpoint of the MuseModel layout before its named branches (it holds "
+            f"{old[0]!r}); its variable paths do not match this version, so nothing would be "
+            "restored. Retrain, or load it with a muse-tf version from before the change (README, "
+            "'Checkpoints')."
+        )
 
 
 @tf_keras.utils.register_keras_serializable(package="muse_tf")
@@ -56,12 +63,16 @@ class MuseModel(tfrs.models.Model):
     """MUSE: a multimodal search over the lifelong history, then SimTier + SA-TA, then a tower.
 
     The variant (``config.variant``) chooses the search unit and the lifelong features, so the
-    paper's baselines (DIN, SIM-hard, SIM-soft) and ablations are the same class.
+    paper's baselines (DIN, SIM-hard, SIM-soft) and ablations are the same class. The model is
+    its named branches (``muse_tf.models.branches``), wired in ``call``:
 
-    The frozen multimodal table (``vocab_sizes["item"]`` x M, int8 or float32) is a non-trainable
-    weight, with the inverse norm of each row beside it: fill both with ``set_multimodal_table``
-    before training, read them with ``multimodal_vectors``. The vectors enter the network only
-    through cosine similarities, and no gradient reaches them.
+    * ``embeddings``: the learned ID tables (``embedding_trainable_variables``);
+    * ``multimodal``: the frozen multimodal table (``vocab_sizes["item"]`` x M, int8 or float32),
+      a ``MultimodalTable``: fill it with ``set_multimodal_table`` before training, read it with
+      ``multimodal_vectors``; the vectors enter the network only through cosine similarities,
+      and no gradient reaches them;
+    * ``short_term``, ``lifelong`` (None for DIN) and ``tower``: every other trainable weight
+      (``dense_trainable_variables``).
 
     Call arguments:
         inputs: dict of ``features.MODEL_FEATURES`` (int indices, see ``muse_tf.features``);
@@ -77,61 +88,13 @@ class MuseModel(tfrs.models.Model):
         super().__init__(**kwargs)
         self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
         cfg = self.config
-        spec = cfg.spec
-        dim = cfg.embedding_dim
-        self.embeddings = {
-            name: tf_keras.layers.Embedding(
-                cfg.vocab_sizes[name],
-                dim // 2 if name in _HALF_WIDTH_VOCABULARIES else dim,
-                embeddings_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.001),
-                name=f"{name}_embedding",
-            )
-            for name in features.VOCABULARIES
-        }
-        # int8 vectors are stored four to an int32 word: 1 byte per value, and a dtype that
-        # multi-worker collectives can broadcast (they reject int8).
-        packed = cfg.multimodal_dtype == "int8"
-        self.multimodal_table = self.add_weight(
-            name="multimodal_table",
-            shape=[cfg.vocab_sizes["item"], cfg.multimodal_dim // 4 if packed else cfg.multimodal_dim],
-            dtype="int32" if packed else "float32",
-            initializer="zeros",
-            trainable=False,
+        self.embeddings = EmbeddingBranch(cfg.vocab_sizes, cfg.embedding_dim, name="embeddings")
+        self.multimodal = MultimodalTable(
+            cfg.vocab_sizes["item"], cfg.multimodal_dim, cfg.multimodal_dtype, name="multimodal"
         )
-        self.multimodal_inverse_norms = self.add_weight(
-            name="multimodal_inverse_norms",
-            shape=[cfg.vocab_sizes["item"]],
-            dtype="float32",
-            initializer="zeros",
-            trainable=False,
-        )
-        self.short_term_attention = TargetAttention(cfg.din_attention_units, name="short_term_attention")
-        self.recent_simtier = (
-            SimTier(cfg.simtier_eps, cfg.simtier_dim, name="recent_simtier") if spec.simtier else None
-        )
-        self.search = {
-            "mm": CosineGSU(cfg.top_k, name="gsu"),
-            "id": EmbeddingGSU(cfg.top_k, name="gsu"),
-            "id_category": EmbeddingGSU(cfg.top_k, name="gsu"),
-            "category": CategoryGSU(cfg.top_k, name="gsu"),
-            "mm_id": None,
-            None: None,
-        }[spec.gsu]
-        self.lifelong_attention = (
-            SemanticAwareTargetAttention(
-                2 * dim, heads=cfg.attention_heads, semantic=spec.attention == "sata",
-                name="lifelong_attention",
-            )
-            if spec.attention
-            else None
-        )
-        self.lifelong_simtier = (
-            SimTier(cfg.simtier_eps, cfg.simtier_dim, name="lifelong_simtier")
-            if spec.gsu and spec.simtier
-            else None
-        )
-        self.cross = tfrs.layers.dcn.Cross(name="cross") if cfg.use_cross else None
-        self.tower = MLP(cfg.mlp_units, activation="dice", output_units=1, name="tower")
+        self.short_term = ShortTermBranch(cfg, name="short_term")
+        self.lifelong = LifelongBranch(cfg, name="lifelong") if cfg.spec.gsu is not None else None
+        self.tower = Tower(cfg, name="tower")
         self.embedding_optimizer = None
         # Per-example losses, averaged over the *global* batch in compute_loss, so gradients are
         # scaled right under tf.distribute; `loss_tracker` reports the mean over the epoch.
@@ -143,160 +106,59 @@ class MuseModel(tfrs.models.Model):
             metrics=[tf_keras.metrics.AUC(from_logits=True, name="auc")],
         )
 
+    # -- variable groups ---------------------------------------------------------------------
+    @property
+    def embedding_trainable_variables(self) -> list[tf.Variable]:
+        """The ID embedding tables (the paper's embedding learning rate), in the order of
+        ``features.VOCABULARIES``."""
+        return [v for table in self.embeddings.tables.values() for v in table.trainable_variables]
+
+    @property
+    def dense_trainable_variables(self) -> list[tf.Variable]:
+        """Every other trainable weight: short-term, lifelong and tower branches."""
+        branches = (self.short_term, self.lifelong, self.tower)
+        return [v for branch in branches if branch is not None for v in branch.trainable_variables]
+
     # -- frozen multimodal table -------------------------------------------------------------
     def set_multimodal_table(self, table: np.ndarray) -> None:
         """Loads the frozen multimodal vectors (V, M), one row per item index (all zero for an item
-        without a vector), and their inverse norms."""
-        table = np.asarray(table)
-        expected = (self.config.vocab_sizes["item"], self.config.multimodal_dim)
-        if table.shape != expected:
-            raise ValueError(f"multimodal table has shape {table.shape}, model expects {expected}.")
-        int8 = self.config.multimodal_dtype == "int8"
-        if int8 and table.dtype != np.int8:
-            raise ValueError(f"multimodal table must be int8, got {table.dtype}.")
-        self.multimodal_inverse_norms.assign(inverse_norms(table))
-        self.multimodal_table.assign(pack_int8(table) if int8 else table.astype(np.float32))
+        without a vector), and their inverse norms (``MultimodalTable.set_table``)."""
+        self.multimodal.set_table(table)
 
     @property
     def multimodal_vectors(self) -> ItemVectors:
         """The frozen multimodal table, read as unit vectors (no gradient)."""
-        return ItemVectors(
-            tf.stop_gradient(self.multimodal_table),
-            tf.stop_gradient(self.multimodal_inverse_norms),
-            self.config.multimodal_dim,
-        )
+        return self.multimodal.vectors
 
     # -- forward -----------------------------------------------------------------------------
-    def _embed(self, name: str, indices: tf.Tensor) -> tf.Tensor:
-        return self.embeddings[features.VOCABULARY[name]](indices)
-
-    def _behaviour_embedding(self, items: tf.Tensor, categories: tf.Tensor) -> tf.Tensor:
-        """(..., ) item and category indices -> (..., 2D)."""
-        return tf.concat(
-            [self._embed(features.ITEM_ID, items), self._embed(features.ITEM_CATEGORY, categories)], -1
-        )
-
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         missing = [name for name in features.MODEL_FEATURES if name not in inputs]
         if missing:
             raise KeyError(f"MuseModel inputs lack {missing}; see muse_tf.features.")
         x = {name: tf.cast(inputs[name], tf.int32) for name in features.MODEL_FEATURES}
-        spec = self.config.spec
         rows = tf.shape(x[features.ITEM_ID])[0]
-        items, categories = x[features.HISTORY_ITEMS], x[features.HISTORY_CATEGORIES]
-        mask = tf.not_equal(items, features.PAD)
-
-        target = self._behaviour_embedding(x[features.ITEM_ID], x[features.ITEM_CATEGORY])
+        history = SearchInputs(
+            target_items=x[features.ITEM_ID],
+            history_items=x[features.HISTORY_ITEMS],
+            history_mask=tf.not_equal(x[features.HISTORY_ITEMS], features.PAD),
+            multimodal=self.multimodal.vectors,
+            target_categories=x[features.ITEM_CATEGORY],
+            history_categories=x[features.HISTORY_CATEGORIES],
+            embeddings=self.embeddings,
+        )
+        target = self.embeddings.behaviour(x[features.ITEM_ID], x[features.ITEM_CATEGORY])
         parts = [
             target,
-            *(self._embed(name, x[name]) for name in features.ITEM_ATTRS),
+            *(self.embeddings.lookup(name, x[name]) for name in features.ITEM_ATTRS),
             *(
-                _broadcast_rows(self._embed(name, x[name]), rows)
+                broadcast_rows(self.embeddings.lookup(name, x[name]), rows)
                 for name in (features.USER_ID, *features.USER_PROFILE)
             ),
         ]
-
-        recent = self.config.recent_length
-        recent_items = _broadcast_rows(items[:, -recent:], rows)
-        recent_mask = _broadcast_rows(mask[:, -recent:], rows)
-        recent_emb = self._behaviour_embedding(recent_items, _broadcast_rows(categories[:, -recent:], rows))
-        parts.append(self.short_term_attention(target, recent_emb, recent_mask, training=training))
-        parts.append(_masked_mean(recent_emb, recent_mask))
-
-        vectors = self.multimodal_vectors
-        target_mm = vectors.unit(x[features.ITEM_ID])[0] if spec.simtier or spec.gsu else None
-        if self.recent_simtier is not None:
-            recent_mm, recent_has_vector = vectors.unit(items[:, -recent:])  # (B|1, R, M)
-            recent_sim = unit_dot(target_mm, recent_mm)
-            parts.append(self.recent_simtier(recent_sim, recent_mask & recent_has_vector))
-
-        if spec.gsu is not None:
-            precomputed = self._precomputed_search(inputs)
-            parts.extend(self._lifelong(x, target, target_mm, mask, precomputed))
-
-        mlp_input = tf.concat(parts, axis=-1)
-        if self.cross is not None:
-            mlp_input = self.cross(mlp_input)
-        return self.tower(mlp_input, training=training)[:, 0]
-
-    def _lifelong(
-        self,
-        x: dict[str, tf.Tensor],
-        target: tf.Tensor,
-        target_mm: tf.Tensor,
-        mask: tf.Tensor,
-        precomputed: tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None = None,
-    ) -> list[tf.Tensor]:
-        """Search the whole history (unless ``precomputed``), then the ESU features of the K found.
-
-        ``target_mm``: (B, M) unit multimodal vectors of the targets.
-        """
-        spec = self.config.spec
-        items, categories = x[features.HISTORY_ITEMS], x[features.HISTORY_CATEGORIES]
-        vectors = self.multimodal_vectors
-        if precomputed is not None:
-            indices, similarity, valid = precomputed
-        elif spec.gsu == "mm":
-            indices, similarity, valid = self.search.search_items(
-                x[features.ITEM_ID], items, mask, vectors
-            )
-        elif spec.gsu == "category":
-            indices, _, valid = self.search(x[features.ITEM_CATEGORY], categories, mask)
-        elif spec.gsu == "mm_id":
-            history_mm, has_vector = vectors.unit(items)
-            scores = unit_dot(target_mm, history_mm) + cosine_similarity(
-                tf.stop_gradient(self._embed(features.ITEM_ID, x[features.ITEM_ID])),
-                tf.stop_gradient(self._embed(features.HISTORY_ITEMS, items)),
-            )
-            indices, _, valid = top_k_valid(scores, mask & has_vector, self.config.top_k)
-        else:
-            item_parts = [self._embed(features.ITEM_ID, x[features.ITEM_ID])]
-            history_parts = [self._embed(features.HISTORY_ITEMS, items)]
-            if spec.gsu == "id_category":
-                item_parts.append(self._embed(features.ITEM_CATEGORY, x[features.ITEM_CATEGORY]))
-                history_parts.append(self._embed(features.HISTORY_CATEGORIES, categories))
-            indices, _, valid = self.search(item_parts, history_parts, mask)
-
-        top_items = gather_history(items, indices)
-        top_emb = self._behaviour_embedding(top_items, gather_history(categories, indices))
-        if spec.gsu == "mm":
-            similarity_valid = valid  # the search already excluded items without a vector
-        else:
-            top_mm, top_has_vector = vectors.unit(top_items)
-            similarity = unit_dot(target_mm, top_mm)
-            similarity_valid = valid & top_has_vector
-        outputs = [_masked_mean(top_emb, valid)]
-        if self.lifelong_attention is not None:
-            outputs.append(self.lifelong_attention(target, top_emb, valid, similarity))
-        if self.lifelong_simtier is not None:
-            outputs.append(self.lifelong_simtier(similarity, similarity_valid))
-        return outputs
-
-    def _precomputed_search(
-        self, inputs: Mapping[str, tf.Tensor]
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None:
-        """The multimodal search's result when the input pipeline computed it (``PRECOMPUTED_GSU``).
-
-        The multimodal GSU has no weights, so its top-K depends only on the data and the frozen
-        table: ``muse_tf.data.make_dataset(..., precompute_gsu=table)`` computes it with the same
-        code (``cosine_search_items``) and the step then skips the search over all L behaviours.
-        Without these inputs (e.g. when serving) the model searches in-graph.
-        """
-        present = [name for name in PRECOMPUTED_GSU if name in inputs]
-        if not present:
-            return None
-        if len(present) != len(PRECOMPUTED_GSU):
-            raise KeyError(f"Precomputed search inputs need all of {list(PRECOMPUTED_GSU)}, got {present}.")
-        if self.config.spec.gsu != "mm":
-            raise ValueError(
-                f"Precomputed search results apply to the multimodal GSU only; variant "
-                f"{self.config.variant!r} searches with {self.config.spec.gsu!r}."
-            )
-        indices, scores, valid = (inputs[name] for name in PRECOMPUTED_GSU)
-        width = indices.shape[-1]
-        if width is not None and width != self.config.top_k:
-            raise ValueError(f"Precomputed search has K = {width}, the model top_k = {self.config.top_k}.")
-        return tf.cast(indices, tf.int32), tf.cast(scores, tf.float32), tf.cast(valid, tf.bool)
+        parts += self.short_term(target, history, self.embeddings, training=training)
+        if self.lifelong is not None:
+            parts += self.lifelong(target, history, self.embeddings, inputs)
+        return self.tower(tf.concat(parts, axis=-1), training=training)
 
     # -- training ----------------------------------------------------------------------------
     def compile(
@@ -329,19 +191,24 @@ class MuseModel(tfrs.models.Model):
             loss = self.compute_loss(inputs, training=True)
             if self.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
-        variables = self.trainable_variables
-        pairs = list(zip(tape.gradient(loss, variables), variables))
         if self.embedding_optimizer is None:
-            self.optimizer.apply_gradients(pairs)
+            variables = self.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         else:
-            tables = {id(v) for layer in self.embeddings.values() for v in layer.trainable_weights}
-            self.embedding_optimizer.apply_gradients([p for p in pairs if id(p[1]) in tables])
-            self.optimizer.apply_gradients([p for p in pairs if id(p[1]) not in tables])
+            tables, dense = self.embedding_trainable_variables, self.dense_trainable_variables
+            gradients = tape.gradient(loss, tables + dense)
+            self.embedding_optimizer.apply_gradients(zip(gradients[: len(tables)], tables))
+            self.optimizer.apply_gradients(zip(gradients[len(tables) :], dense))
         return {metric.name: metric.result() for metric in self.metrics}
 
     def test_step(self, inputs: Batch) -> dict[str, tf.Tensor]:
         self.compute_loss(inputs, training=False)
         return {metric.name: metric.result() for metric in self.metrics}
+
+    def load_weights(self, filepath: str, *args, **kwargs) -> object:
+        """Keras ``load_weights``, refusing a checkpoint of the old layout (``refuse_old_checkpoint``)."""
+        refuse_old_checkpoint(filepath)
+        return super().load_weights(filepath, *args, **kwargs)
 
     def get_config(self) -> dict:
         return {"config": self.config.to_dict()}

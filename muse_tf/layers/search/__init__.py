@@ -1,0 +1,66 @@
+"""General search units (GSU): pick K of a user's L behaviours for one target item.
+
+``units``: the family (one class per strategy, ``SEARCH_UNITS`` by config name); ``topk``: the rules
+they share; ``item_search``: the multimodal search from item indices on its fast paths;
+``precomputed``: that search done by the input pipeline.
+"""
+
+from muse_tf.layers.search.item_search import cosine_search_items, identical_rows, unit_item_vectors
+from muse_tf.layers.search.precomputed import (
+    GSU_INDICES,
+    GSU_SCORES,
+    GSU_VALID,
+    PRECOMPUTED_GSU,
+    gsu_precompute,
+    read_precomputed,
+)
+from muse_tf.layers.search.topk import (
+    INVALID_SCORE,
+    SearchResult,
+    cosine_similarity,
+    gather_history,
+    has_embedding,
+    top_k_valid,
+    unit_dot,
+)
+from muse_tf.layers.search.units import (
+    SEARCH_UNITS,
+    CategoryGSU,
+    CosineGSU,
+    EmbeddingGSU,
+    EmbeddingLookup,
+    IdCategoryGSU,
+    MultimodalIdGSU,
+    SearchInputs,
+    SearchUnit,
+    make_search_unit,
+)
+
+__all__ = [
+    "GSU_INDICES",
+    "GSU_SCORES",
+    "GSU_VALID",
+    "INVALID_SCORE",
+    "PRECOMPUTED_GSU",
+    "SEARCH_UNITS",
+    "CategoryGSU",
+    "CosineGSU",
+    "EmbeddingGSU",
+    "EmbeddingLookup",
+    "IdCategoryGSU",
+    "MultimodalIdGSU",
+    "SearchInputs",
+    "SearchResult",
+    "SearchUnit",
+    "cosine_search_items",
+    "cosine_similarity",
+    "gather_history",
+    "gsu_precompute",
+    "has_embedding",
+    "identical_rows",
+    "make_search_unit",
+    "read_precomputed",
+    "top_k_valid",
+    "unit_dot",
+    "unit_item_vectors",
+]

@@ -1,0 +1,167 @@
+"""MuseModel's named branches: embeddings, short-term, lifelong and tower.
+
+Shapes: B = targets scored, L = history length, R = recent behaviours, K = behaviours kept by the
+search unit, D = ID embedding width, M = multimodal width. Per-user tensors (histories) may have
+batch 1 while per-target ones have batch B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+
+from muse_tf import features
+from muse_tf.config import ModelConfig
+from muse_tf.layers import MLP, SemanticAwareTargetAttention, SimTier, TargetAttention, gather_history
+from muse_tf.layers.search import SearchInputs, make_search_unit, read_precomputed, unit_dot
+
+# The official code gives profile features 3-5 half-width embeddings.
+_HALF_WIDTH_VOCABULARIES = ("profile_3", "profile_4", "profile_5")
+
+
+def broadcast_rows(x: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """Repeats a batch-1 per-user tensor to ``rows`` rows (a no-op when it already has them)."""
+    return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], axis=0))
+
+
+def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """(B, K, C), (B, K) -> (B, C): mean over valid positions, zeros if none."""
+    weights = tf.cast(mask, values.dtype)[..., None]
+    return tf.reduce_sum(values * weights, 1) / tf.maximum(tf.reduce_sum(weights, 1), 1.0)
+
+
+class EmbeddingBranch(tf_keras.layers.Layer):
+    """One learned table per vocabulary (``features.VOCABULARIES``); every ID lookup of the model
+    goes through ``lookup``, so a sharded or differently optimised table changes this class only.
+
+    Args:
+        vocab_sizes: rows of each table, by vocabulary name.
+        dim: D; profile features 3-5 get D // 2 as in the official code.
+    """
+
+    def __init__(self, vocab_sizes: Mapping[str, int], dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.tables = {
+            name: tf_keras.layers.Embedding(
+                vocab_sizes[name],
+                dim // 2 if name in _HALF_WIDTH_VOCABULARIES else dim,
+                embeddings_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.001),
+                name=f"{name}_embedding",
+            )
+            for name in features.VOCABULARIES
+        }
+
+    def lookup(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
+        """Indices of ``feature`` (a ``muse_tf.features`` name) -> (..., width) embeddings."""
+        return self.tables[features.VOCABULARY[feature]](indices)
+
+    def behaviour(self, items: tf.Tensor, categories: tf.Tensor) -> tf.Tensor:
+        """(...) item and category indices -> (..., 2D): a target's or a behaviour's embedding."""
+        return tf.concat(
+            [self.lookup(features.ITEM_ID, items), self.lookup(features.ITEM_CATEGORY, categories)], -1
+        )
+
+
+class ShortTermBranch(tf_keras.layers.Layer):
+    """DIN target attention over the R most recent behaviours, their mean embedding and, for
+    variants with SimTier, SimTier over their multimodal similarities to the target."""
+
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.recent_length = config.recent_length
+        self.attention = TargetAttention(config.din_attention_units, name="short_term_attention")
+        self.simtier = (
+            SimTier(config.simtier_eps, config.simtier_dim, name="recent_simtier")
+            if config.spec.simtier
+            else None
+        )
+
+    def call(
+        self, target: tf.Tensor, history: SearchInputs, embeddings: EmbeddingBranch,
+        training: bool | None = None,
+    ) -> list[tf.Tensor]:
+        """target (B, 2D) -> [attention (B, 2D), mean (B, 2D)] (+ [SimTier (B, tiers)])."""
+        recent = self.recent_length
+        rows = tf.shape(history.target_items)[0]
+        recent_mask = broadcast_rows(history.history_mask[:, -recent:], rows)
+        recent_emb = embeddings.behaviour(
+            broadcast_rows(history.history_items[:, -recent:], rows),
+            broadcast_rows(history.history_categories[:, -recent:], rows),
+        )
+        outputs = [
+            self.attention(target, recent_emb, recent_mask, training=training),
+            masked_mean(recent_emb, recent_mask),
+        ]
+        if self.simtier is not None:
+            target_unit, _ = history.multimodal.unit(history.target_items)
+            recent_unit, recent_has_vector = history.multimodal.unit(history.history_items[:, -recent:])
+            outputs.append(
+                self.simtier(unit_dot(target_unit, recent_unit), recent_mask & recent_has_vector)
+            )
+        return outputs
+
+
+class LifelongBranch(tf_keras.layers.Layer):
+    """The search unit named by the variant keeps K of all L behaviours (unless the input pipeline
+    already did, ``read_precomputed``); the exact search unit then summarises them: their mean
+    embedding, SA-TA or TA, and SimTier over their multimodal similarities, as the variant says."""
+
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        spec = config.spec
+        self.search_unit = make_search_unit(spec.gsu, config.top_k, name="gsu")
+        self.attention = (
+            SemanticAwareTargetAttention(
+                2 * config.embedding_dim, heads=config.attention_heads,
+                semantic=spec.attention == "sata", name="lifelong_attention",
+            )
+            if spec.attention
+            else None
+        )
+        self.simtier = (
+            SimTier(config.simtier_eps, config.simtier_dim, name="lifelong_simtier")
+            if spec.simtier
+            else None
+        )
+
+    def call(
+        self,
+        target: tf.Tensor,
+        history: SearchInputs,
+        embeddings: EmbeddingBranch,
+        model_inputs: Mapping[str, tf.Tensor],
+    ) -> list[tf.Tensor]:
+        """target (B, 2D); ``model_inputs`` are read for a precomputed search only.
+        -> [mean (B, 2D)] (+ [attention (B, 2D)]) (+ [SimTier (B, tiers)])."""
+        result = read_precomputed(model_inputs, self.search_unit)
+        if result is None:
+            result = self.search_unit.search(history)
+        indices, _, valid = result
+        kept_emb = embeddings.behaviour(
+            gather_history(history.history_items, indices),
+            gather_history(history.history_categories, indices),
+        )
+        similarity, similarity_valid = self.search_unit.multimodal_similarity(history, result)
+        outputs = [masked_mean(kept_emb, valid)]
+        if self.attention is not None:
+            outputs.append(self.attention(target, kept_emb, valid, similarity))
+        if self.simtier is not None:
+            outputs.append(self.simtier(similarity, similarity_valid))
+        return outputs
+
+
+class Tower(tf_keras.layers.Layer):
+    """An optional DCN cross layer, then the Dice MLP to one click logit: (B, C) -> (B,)."""
+
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.cross = tfrs.layers.dcn.Cross(name="cross") if config.use_cross else None
+        self.mlp = MLP(config.mlp_units, activation="dice", output_units=1, name="mlp")
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if self.cross is not None:
+            x = self.cross(x)
+        return self.mlp(x, training=training)[:, 0]

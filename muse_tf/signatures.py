@@ -1,0 +1,50 @@
+"""The serving contract of an exported muse-tf SavedModel: signature names, input and output keys.
+
+``muse_tf.export`` builds its signatures from these definitions; the serving stand-in, the clients,
+the tests and the benchmarks name signatures and tensors through them, so a renamed key changes in
+one place. Every input is int64 raw IDs as in the Taobao-MM files (``muse_tf.export`` documents the
+shapes and padding of each signature).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from muse_tf import features
+
+# B independent rows with right-padded histories (B, W) and their valid lengths.
+SERVING_DEFAULT = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+# One user, one unpadded history (L,) searched once, C candidate items.
+RANK = "rank"
+SIGNATURES = (SERVING_DEFAULT, RANK)
+
+# serving_default's extra input: valid entries per history row (0..W); the rest is padding.
+VALID_HISTORY_LENGTH = "history_length"
+
+USER_FEATURES = (features.USER_ID, *features.USER_PROFILE)
+CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
+
+# Outputs of both signatures, float32, one per row / candidate.
+PROBABILITY = "probability"
+LOGIT = "logit"
+OUTPUTS = (PROBABILITY, LOGIT)
+
+
+def _spec(shape: list[int | None], name: str) -> tf.TensorSpec:
+    return tf.TensorSpec(shape, tf.int64, name=name)
+
+
+def serving_default_spec() -> dict[str, tf.TensorSpec]:
+    """Inputs of ``serving_default``: per-row features (B,), right-padded histories (B, W)."""
+    spec = {name: _spec([None], name) for name in features.SCALAR_FEATURES}
+    spec.update({name: _spec([None, None], name) for name in features.SEQUENCE_FEATURES})
+    spec[VALID_HISTORY_LENGTH] = _spec([None], VALID_HISTORY_LENGTH)
+    return spec
+
+
+def rank_spec() -> dict[str, tf.TensorSpec]:
+    """Inputs of ``rank``: user scalars, an unpadded history (L,), candidates (C,)."""
+    spec = {name: _spec([], name) for name in USER_FEATURES}
+    spec.update({name: _spec([None], name) for name in features.SEQUENCE_FEATURES})
+    spec.update({name: _spec([None], name) for name in CANDIDATE_FEATURES})
+    return spec
