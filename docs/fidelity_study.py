@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import artifacts, data, experiments, features, metrics, train
+from muse_tf import artifacts, data, experiments, features, metrics, runs, synthetic_dataset, train
 from muse_tf.layers import MLP
 from muse_tf.layers import mlp as mlp_module
 from muse_tf.layers.multimodal import inverse_norms
@@ -60,7 +60,7 @@ def evaluation_study(experiments_dir: str, data_dir: str, variants: Sequence[str
             if not os.path.exists(os.path.join(model_dir, "metrics.json")):
                 print(f"skipped {model_dir}: no finished run there", flush=True)
                 continue
-            model, experiment = train.load_trained_model(model_dir)
+            model, experiment = runs.load_trained_model(model_dir)
             test = data.make_dataset(data.split_files(data_dir, "test"), OFFICIAL_BATCH,
                                      history_length=experiment.train.history_length,
                                      deterministic=True)
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--output", default="docs/fidelity_study.json",
                         help="JSON file; parts not run keep their figures from an earlier run")
     args = parser.parse_args(argv)
-    data_dir = args.data or train.ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    data_dir = args.data or synthetic_dataset.ensure_default_dataset(train.DEFAULT_WORK_DIR)
     seeds = list(range(args.seeds))
     report: dict = {}
     if os.path.exists(args.output):
