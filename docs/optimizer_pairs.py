@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 import muse_tf  # noqa: F401  (selects the Keras 2 API first)
-from muse_tf import experiments, train
+from muse_tf import experiments, synthetic_dataset, train
 
 MAIN = "Main comparison (paper: Taobao-MM 1k)"
 # (embedding optimizer, dense optimizer): the official code's, today's dense with the lazy tables,
@@ -32,11 +32,11 @@ def main() -> None:
     parser.add_argument("--work-dir", default=os.path.join(train.DEFAULT_WORK_DIR, "optimizer_pairs"))
     parser.add_argument("--output", default=os.path.join("docs", "optimizer_pairs.json"))
     args = parser.parse_args()
-    data_dir = train.ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    data_dir = synthetic_dataset.ensure_default_dataset(train.DEFAULT_WORK_DIR)
     runs, summary = [], {}
     for pair in args.pairs:
         embedding, dense = pair.split("+")
-        extra = ["--set", f"train.embedding_optimizer={embedding}", "--set", f"train.dense_optimizer={dense}"]
+        extra = [f"train.embedding_optimizer={embedding}", f"train.dense_optimizer={dense}"]
         for name, overrides, _ in (row for row in experiments.TABLES[MAIN] if row[0] in args.methods):
             scores = []
             for seed in range(args.seeds):
