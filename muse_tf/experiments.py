@@ -12,13 +12,12 @@ parallel, unordered input one seed's GAUC moved by up to 0.037 between two ident
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from muse_tf import train
+from muse_tf import strict_json, train
 
 # (row name, ModelConfig overrides, paper GAUC). Tables 1-3 are the paper's production-5k figures,
 # the main comparison its open-source Taobao-MM-1k figures.
@@ -106,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     with open(args.output, "w") as f:
         f.write(report + "\n")
     with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-        json.dump(results, f, indent=2)
+        strict_json.dump(results, f, indent=2)
     print(report)
     return report
 
