@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ import tensorflow as tf
 import tf_keras
 import yaml
 
-from muse_tf import artifacts, data, distribute, evaluate, features, seeding
+from muse_tf import artifacts, data, distribute, evaluate, features, seeding, strict_json
 from muse_tf.config import VARIANTS, ExperimentConfig, apply_overrides, from_dict, load_yaml
 from muse_tf.models import MuseModel
 
@@ -55,12 +54,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "reusing it resumes an interrupted run")
     parser.add_argument("--export-dir", help="SavedModel base directory (default: MODEL_DIR/export)")
     parser.add_argument("--model-name", default="muse", help="model name in the serving layout")
-    parser.add_argument("--max-history-length", type=int, default=100_000,
-                        help="longest history the exported model accepts per request")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
+    from muse_tf.export import add_limit_flags  # export imports this module
+
+    add_limit_flags(parser)  # the exported model's request limits
     return parser.parse_args(argv)
 
 
@@ -191,10 +191,16 @@ def train_dataset(
 
 
 def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
-    """``train.steps_per_epoch``, or one pass: training samples in the manifest // batch size."""
+    """``train.steps_per_epoch``, or one pass: training samples in the manifest // batch size.
+
+    Raises:
+        ValueError: when the training split holds no sample (fitting would wait forever).
+    """
+    samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
+    if samples == 0:
+        raise ValueError(f"{data_dir}: the training split holds no sample; nothing to train on.")
     if experiment.train.steps_per_epoch:
         return experiment.train.steps_per_epoch
-    samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
     return max(1, samples // experiment.train.batch_size)
 
 
@@ -269,15 +275,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"Test AUC {result['eval']['auc']:.4f}  GAUC {result['eval']['gauc']:.4f} "
               f"over {result['eval']['examples']} samples")
     if not args.no_export:
-        from muse_tf.export import export_saved_model
+        from muse_tf.export import export_saved_model, limits_from_flags
 
         export_base = args.export_dir or os.path.join(model_dir, "export")
         result["export"] = export_saved_model(
             model, artifacts.load_vocabularies(data_dir), export_base, args.model_name,
-            max_history_length=args.max_history_length,
+            **limits_from_flags(args),
         )
     with open(os.path.join(model_dir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        strict_json.dump(result, f, indent=2)
     print(f"Run directory: {model_dir} (config.yaml, history.csv, logs/, checkpoints/, final/, "
           f"metrics.json, eval_metrics.json, eval_buckets.png)")
     if "export" in result:

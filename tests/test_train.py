@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,3 +172,21 @@ def test_a_killed_run_resumes_from_its_backup(dataset, tmp_path):
     assert result["optimizer_iterations"] == result["expected_iterations"] == 80
     assert 0 < result["resumed_from_step"] < 80
     assert result["steps_run"] == 80 - result["resumed_from_step"]
+
+
+def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
+    """A dataset whose training split holds no sample (an older conversion could write one) stops
+    with a message before fitting; with no sample to repeat, fit would never return."""
+    from muse_tf import train
+
+    empty = tmp_path / "empty"
+    shutil.copytree(dataset, empty)
+    manifest = json.loads((empty / artifacts.MANIFEST).read_text())
+    manifest["splits"]["train"]["samples_written"] = 0
+    (empty / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    for shard in data.split_files(str(empty), "train"):
+        os.remove(shard)
+    for steps in ([], ["--set", "train.steps_per_epoch=3"]):
+        with pytest.raises(ValueError, match="training split holds no sample"):
+            train.main(["--data", str(empty), "--model-dir", str(tmp_path / "run"), "--verbose",
+                        "0", *TINY, *steps])
