@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 import requests
@@ -74,6 +74,7 @@ def local_server(
     rest: bool = True,
     log_path: str | None = None,
     ready_timeout_s: float = 180.0,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[LocalServer]:
     """``python -m serving.server`` on 127.0.0.1 with free ports; stopped on exit, whatever happens.
 
@@ -83,6 +84,7 @@ def local_server(
         rest: also serve REST.
         log_path: the server's stdout/stderr (default: beside ``model_base_path``).
         ready_timeout_s: how long to wait for the model to load.
+        extra_args: further ``serving.server`` flags (e.g. its limits).
 
     Yields:
         The ``LocalServer``, once it answers.
@@ -94,7 +96,7 @@ def local_server(
         process = subprocess.Popen(
             [sys.executable, "-m", "serving.server", "--model_name", model_name,
              "--model_base_path", model_base_path, "--port", str(grpc_port),
-             "--rest_api_port", str(rest_port), "--host", "127.0.0.1"],
+             "--rest_api_port", str(rest_port), "--host", "127.0.0.1", *extra_args],
             cwd=_REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         server = LocalServer(grpc_port, rest_port, process, log_path)
