@@ -432,3 +432,25 @@ def test_baseline_variants_export_and_match_keras(variant, tmp_path):
     assert_scores(*run(loaded, signatures.RANK, ranked), sc.keras_rank(other, ranked))
     rows = sc.rows_request(rng, other, [200, 17, 0], width=200)
     assert_scores(*run(loaded, signatures.SERVING_DEFAULT, rows), sc.keras_rows(other, rows))
+
+
+@pytest.mark.parametrize(
+    "dims, message",
+    [
+        ([2**32, 2**32, 2**32], "element count overflows for item_id"),  # 2^96 wraps int64
+        ([2**62, 4], "element count overflows for item_id"),
+        ([50_000_000], "declares more values than the file holds for item_id"),
+        ([-3], "bad shape for input item_id"),
+    ],
+)
+def test_c_api_program_refuses_impossible_shapes_with_a_message(
+    c_program, exported, case, tmp_path, dims, message
+):
+    request = sc.rank_request(np.random.default_rng(10), case, 5, candidates=2)
+    path = tmp_path / "requests.txt"
+    write_requests(path, [("rank", {k: v for k, v in request.items() if k != "item_id"})])
+    text = path.read_text().replace(f"request rank {len(request) - 1}", f"request rank {len(request)}")
+    path.write_text(text + " ".join(map(str, ["item_id", len(dims), *dims, 1, 2])) + "\n")
+    result = subprocess.run([c_program, exported, str(path)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
