@@ -28,8 +28,8 @@ Outputs of both: ``probability`` and ``logit``, float32, one per row / candidate
 Limits, checked in the graph so stock TF Serving enforces them too (violations, and mismatched
 lengths, fail with an InvalidArgument error): W and L are at most ``max_history_length``; C is at
 most ``max_candidates``; B x W is at most ``max_history_values``. The defaults bound one request's
-memory: ``rank`` with C = 5,000 candidates at L = 100,000 peaked at 1.3 GB, and ``serving_default``
-computes per row what ``rank`` computes per candidate.
+memory: ``rank`` with C = 5,000 candidates at L = 100,000 took 2.3 GB above the loaded model, and
+``serving_default`` with B x W = 10 x 100,000 took 0.8 GB (``benchmarks.memory``).
 
 ``muse_tf.train`` exports at the end of a run; to export a finished run again (e.g. with another
 ``--max-history-length``)::
