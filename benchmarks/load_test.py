@@ -22,7 +22,6 @@ is sampled every 20 ms; each phase reports its peak. The target: zero errors.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from tensorflow_serving.apis import predict_pb2
 from benchmarks import common, fixtures
 from muse_tf import export, features, signatures
 from serving.client import GrpcClient, PredictionError, RestClient
-from serving.launch import local_server
+from serving.launch import http_statuses, local_server, raw_http
 
 COLUMNS = ["phase", "clients", "seconds", "requests", "good", "malformed", "abusive",
            "requests_per_s", "good_p50_ms", "good_p99_ms", "errors", "wrong_scores",
@@ -145,17 +144,8 @@ def good_loop(make_client: Callable, pool: list, expected: list, bad: list, shar
 
 
 def _http(port: int, raw: bytes, wait_s: float) -> tuple[list[int], bool]:
-    """Sends ``raw`` on a new connection: the statuses answered, and whether the server closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as conn:
-        conn.sendall(raw)
-        received = b""
-        try:
-            while chunk := conn.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return [], False
-    lines = received.split(b"\r\n")
-    return [int(line.split()[1]) for line in lines if line.startswith(b"HTTP/1.")], True
+    received, closed = raw_http(port, raw, wait_s)
+    return (http_statuses(received) if closed else []), closed
 
 
 def abuses(grpc_port: int, rest_port: int, good: dict, candidates_cap: int,

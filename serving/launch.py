@@ -28,6 +28,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def raw_http(port: int, raw: bytes, wait_s: float) -> tuple[bytes, bool]:
+    """Sends ``raw`` bytes to 127.0.0.1:``port`` on a new connection, for probing the REST front
+    end with requests no HTTP client would send. Returns what came back, and whether the server
+    closed the connection (False: still open after ``wait_s``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as conn:
+        conn.sendall(raw)
+        received = b""
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+    return received, True
+
+
+def http_statuses(received: bytes) -> list[int]:
+    """The status codes of the HTTP responses in ``received``."""
+    lines = received.split(b"\r\n")
+    return [int(line.split()[1]) for line in lines if line.startswith(b"HTTP/1.")]
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalServer:
     """A running server: its ports (``rest_port`` 0 when REST is off), process and log file."""

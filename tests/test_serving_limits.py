@@ -20,7 +20,7 @@ from tensorflow_serving.apis import predict_pb2
 from muse_tf import export
 from serving import grpc_service, rest
 from serving.client import GrpcClient, RestClient
-from serving.launch import free_port
+from serving.launch import free_port, http_statuses, raw_http
 from serving.servable import InvalidArgument, Servable
 from serving.server import Limits, ModelServer
 from tests import serving_case as sc
@@ -172,21 +172,8 @@ def test_channel_arguments_parse_like_tf_serving():
 
 
 def exchange(port, raw, wait_s=5.0):
-    """Sends ``raw`` on a new connection; returns everything the server sent before closing
-    (or before ``wait_s`` passed with the connection still open: then None is appended)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as conn:
-        conn.sendall(raw)
-        received = b""
-        try:
-            while chunk := conn.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return received, "open"
-    return received, "closed"
-
-
-def statuses(received):
-    return [int(line.split()[1]) for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+    received, closed = raw_http(port, raw, wait_s)
+    return received, "closed" if closed else "open"
 
 
 PREDICT = b"POST /v1/models/muse:predict HTTP/1.1\r\nHost: x\r\n"
@@ -210,7 +197,7 @@ STATUS = b"GET /v1/models/muse HTTP/1.1\r\nHost: x\r\n\r\n"
 def test_rest_refuses_bad_framing_once_and_closes(server, good, headers, body, status):
     _, rest_port = server
     received, state = exchange(rest_port, PREDICT + headers + b"\r\n" + body)
-    assert statuses(received) == [status] and state == "closed"
+    assert http_statuses(received) == [status] and state == "closed"
     assert b"Connection: close" in received
     assert json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
 
@@ -223,7 +210,7 @@ def test_rest_body_limit_holds_for_real_bodies(server, good):
                          "padding": "x" * (64 << 10)}).encode()
     received, state = exchange(rest_port, PREDICT + b"Content-Length: %d\r\n\r\n" % len(padded)
                                + padded)
-    assert statuses(received) == [413] and state == "closed"
+    assert http_statuses(received) == [413] and state == "closed"
     assert_good_request_served(server, good)
 
 
@@ -233,9 +220,9 @@ def test_rest_drops_idle_and_stalled_connections(server, good):
     received, state = exchange(rest_port, b"POST /v1/models/muse:predict HTTP/1.1\r\nHo")
     assert (received, state) == (b"", "closed")  # a half-sent request line: dropped, no reply
     received, state = exchange(rest_port, PREDICT + b"Content-Length: 100\r\n\r\n{\"inp")
-    assert statuses(received) == [408] and state == "closed"
+    assert http_statuses(received) == [408] and state == "closed"
     received, state = exchange(rest_port, STATUS)  # keep-alive, then idle
-    assert statuses(received) == [200] and state == "closed"
+    assert http_statuses(received) == [200] and state == "closed"
     assert time.monotonic() - started < 3 * 5.0  # each closed after the 1 s timeout, not ours
     assert_good_request_served(server, good)
 
@@ -246,7 +233,7 @@ def test_rest_handles_a_bounded_number_of_connections(server, good):
     try:
         time.sleep(0.2)
         received, state = exchange(rest_port, STATUS)
-        assert statuses(received) == [503] and state == "closed"
+        assert http_statuses(received) == [503] and state == "closed"
     finally:
         for conn in idle:
             conn.close()
@@ -267,7 +254,7 @@ def test_rest_deeply_nested_json_is_a_bad_request(server, good, where, depth):
         body = body.replace('"X"', nested).encode()
     received, _ = exchange(rest_port, PREDICT + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
                            % len(body) + body)
-    assert statuses(received) == [400], received[-300:]
+    assert http_statuses(received) == [400], received[-300:]
     assert_good_request_served(server, good)
 
 
@@ -360,6 +347,6 @@ def test_fuzz_rest_requests_get_one_client_error_never_a_server_error(server, co
     if content_length is not None:
         headers += b"Content-Length: " + content_length.strip().encode() + b"\r\n"
     received, state = exchange(rest_port, PREDICT + headers + b"\r\n" + body, wait_s=3.0)
-    codes = statuses(received)
+    codes = http_statuses(received)
     assert state == "closed" and len(codes) <= 1
     assert all(400 <= code < 500 for code in codes), received[:300]
