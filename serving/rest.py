@@ -164,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         try:
             body = self.rfile.read(length)
-        except (TimeoutError, OSError):
+        except OSError:  # a timeout, or the client hung up
             body = b""
         if len(body) != length:  # the client stalled past the timeout or hung up
             raise self._refuse(408, f"Request body incomplete: {len(body)} of {length} bytes.")
@@ -192,8 +192,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, _proto_to_json(self.servable.status()))
         except ServingError as error:
             self._reply(error.http_status, {"error": str(error)})
-        except (TimeoutError, ConnectionError):  # the client is gone or stalled: nothing to answer
-            self.close_connection = True
         except Exception as error:  # a bug must cost one request, never the server
             logger.exception("Request %s %s failed", method, self.path)
             self._reply(500, {"error": f"{type(error).__name__}: {error}"})
