@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from muse_tf import export
+from muse_tf import export, signatures
 from serving import grpc_service, rest
 from serving.client import GrpcClient, RestClient
 from serving.launch import free_port, http_statuses, raw_http
@@ -334,8 +334,8 @@ def test_fuzz_json_values_are_refused_or_exact_int64(value):
     body=st.one_of(st.binary(max_size=300), _JSON.map(lambda v: json.dumps(v).encode()),
                    st.builds(lambda inputs: json.dumps({"signature_name": "rank",
                                                         "inputs": inputs}).encode(),
-                             st.dictionaries(st.sampled_from(list(sc.USER_FEATURES)
-                                                             + list(sc.CANDIDATE_FEATURES)),
+                             st.dictionaries(st.sampled_from(list(signatures.USER_FEATURES)
+                                                             + list(signatures.CANDIDATE_FEATURES)),
                                              _JSON, max_size=4))),
 )
 def test_fuzz_rest_requests_get_one_client_error_never_a_server_error(server, content_length,

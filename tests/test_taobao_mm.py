@@ -359,7 +359,7 @@ def test_a_full_disk_names_the_path_and_a_rerun_resumes(tmp_path, monkeypatch, c
     error naming the file (not SIGBUS on a later write), and the next run picks up from there."""
     write_tables(tmp_path / "in", _stitched_demo(demo_tables()))
     args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--workers", "1",
-            "--train-shards", "2", "--test-shards", "2", "--history-length", str(HISTORY)]
+            "--train-shards", "2", "--test-shards", "2", "--history-cap", str(HISTORY)]
 
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -378,7 +378,7 @@ def test_a_full_disk_names_the_path_and_a_rerun_resumes(tmp_path, monkeypatch, c
         "done before" in line for line in log.splitlines() if line.startswith("[scan")
     )
     resumed = artifacts.load_manifest(str(tmp_path / "out"))
-    clean = _convert(tmp_path / "in", tmp_path / "clean", history_length=HISTORY)
+    clean = _convert(tmp_path / "in", tmp_path / "clean", history_cap=HISTORY)
     assert resumed["splits"]["train"]["samples_written"] > 0
     assert {k: v for k, v in resumed.items() if k != "source"} == {
         k: v for k, v in clean.items() if k != "source"
