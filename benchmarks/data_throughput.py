@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from benchmarks import common, fixtures
-from muse_tf import artifacts, data, records, train
+from muse_tf import artifacts, data, records, synthetic_dataset
 from pipelines import synthetic, taobao_mm
 
 READ_COLUMNS = ["input", "records_per_s", "samples_per_s", "MB_per_s", "seconds", "records",
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     users, convert_users = (300, 300) if args.quick else (2000, 6000)
     history = 1000
     run = common.Run("data_throughput", args)
-    data_dir = train.ensure_default_dataset(args.work_dir, users, history)
+    data_dir = synthetic_dataset.ensure_default_dataset(args.work_dir, users, history)
     rows = read_rows(data_dir, history, 1000, 1 if args.quick else 3)
     rows += convert_rows(args.work_dir, convert_users, history)
     run.extra["dataset"] = {"users": users, "history_length": history, "dir": data_dir}

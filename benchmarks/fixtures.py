@@ -15,7 +15,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import export, features, seeding, signatures, train, vocabulary
+from muse_tf import (
+    export,
+    features,
+    runs,
+    seeding,
+    signatures,
+    synthetic_dataset,
+    vocabulary,
+)
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from muse_tf.models import MuseModel
 
@@ -77,7 +85,7 @@ def paper_config(variant: str, vocab_sizes: dict[str, int]) -> ModelConfig:
 def random_model(config: ModelConfig, table: np.ndarray, seed: int = 0) -> MuseModel:
     """A built model with ``table`` loaded and embeddings at a trained-like scale."""
     seeding.set_seed(seed)
-    model = train.build_model(ExperimentConfig(model=config, train=TrainConfig()), table)
+    model = runs.build_model(ExperimentConfig(model=config, train=TrainConfig()), table)
     rng = np.random.default_rng(seed)
     for table in model.embedding_trainable_variables:
         table.assign(rng.normal(0.0, 0.05, table.shape).astype(np.float32))
@@ -181,4 +189,4 @@ class DatasetSpec:
 
 def converted_dataset(work_dir: str, spec: DatasetSpec) -> str:
     """The synthetic dataset of ``spec``, generated and converted once under ``work_dir``."""
-    return train.ensure_default_dataset(work_dir, spec.users, spec.history_length)
+    return synthetic_dataset.ensure_default_dataset(work_dir, spec.users, spec.history_length)

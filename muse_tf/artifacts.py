@@ -28,6 +28,12 @@ MULTIMODAL_TABLE = "multimodal_table.npy"
 SCHEMA_VERSION = 1
 
 
+def shard_name(split: str, shard: int, shards: int) -> str:
+    """Shard ``shard`` of ``shards`` of a split, relative to the dataset directory, as the manifest
+    lists it."""
+    return f"{split}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+
+
 def vocab_path(data_dir: str, name: str) -> str:
     """Where vocabulary ``name`` of a converted dataset lives (``vocab/<name>.npy``)."""
     return os.path.join(data_dir, VOCAB_DIR, f"{name}.npy")

@@ -11,8 +11,9 @@ shuffling mixes users (and files), not the samples within a user.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -226,3 +227,14 @@ def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
             ) from err
         counts[path] = count
     return counts
+
+
+@contextlib.contextmanager
+def damaged_shards_named(files: str | Sequence[str]) -> Iterator[None]:
+    """Turns a bare DataLossError raised while reading ``files`` into ``verify_shards``'s
+    ValueError naming the damaged shard (re-raises the original if every shard reads)."""
+    try:
+        yield
+    except tf.errors.DataLossError:
+        verify_shards(files)
+        raise

@@ -42,10 +42,3 @@ def is_chief() -> bool:
         return True
     return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in spec["cluster"]
 
-
-def worker_dir(model_dir: str) -> str:
-    """Where this worker writes its own files: the run directory for the chief, else a subfolder."""
-    if is_chief():
-        return model_dir
-    task = cluster_spec()["task"]
-    return os.path.join(model_dir, "workers", f"{task.get('type')}-{task.get('index', 0)}")

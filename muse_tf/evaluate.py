@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import tf_keras
 
-from muse_tf import data, features, metrics, strict_json
+from muse_tf import data, features, metrics, runs, strict_json
 from muse_tf.config import TrainConfig
 
 HISTORY_LENGTH_EDGES = (0, 1, 51, 201, 501, 1001)
@@ -87,12 +87,19 @@ def plot_buckets(breakdowns: dict[str, list[dict]], path: str) -> None:
 
 
 def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, output_dir: str) -> dict:
-    """Scores the test split, writes ``eval_metrics.json`` and ``eval_buckets.png``."""
-    test = data.make_dataset(
-        data.split_files(data_dir, "test"), train.eval_batch_size, history_length=train.history_length
-    )
-    scored = metrics.predict_dataset(model, test)
-    popularity = item_popularity(data.split_files(data_dir, "train"), model.config.vocab_sizes["item"])
+    """Scores the test split, writes ``eval_metrics.json`` and ``eval_buckets.png`` (their paths:
+    ``runs.RunDir``) to ``output_dir``.
+
+    Raises:
+        ValueError: naming a damaged test or training shard.
+    """
+    test_files = data.split_files(data_dir, "test")
+    with data.damaged_shards_named(test_files):
+        test = data.make_dataset(test_files, train.eval_batch_size, history_length=train.history_length)
+        scored = metrics.predict_dataset(model, test)
+    train_files = data.split_files(data_dir, "train")
+    with data.damaged_shards_named(train_files):
+        popularity = item_popularity(train_files, model.config.vocab_sizes["item"])
     breakdowns = {
         "history length": gauc_by_bucket(scored, scored["history_length"], HISTORY_LENGTH_EDGES),
         "target-item training impressions": gauc_by_bucket(
@@ -101,10 +108,11 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
     }
     result = {**metrics.summarize(scored), "by_history_length": breakdowns["history length"],
               "by_item_popularity": breakdowns["target-item training impressions"]}
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "eval_metrics.json"), "w") as f:
+    output = runs.RunDir(output_dir)
+    os.makedirs(output.root, exist_ok=True)
+    with open(output.eval_metrics, "w") as f:
         strict_json.dump(result, f, indent=2)
-    plot_buckets(breakdowns, os.path.join(output_dir, "eval_buckets.png"))
+    plot_buckets(breakdowns, output.eval_plot)
     return result
 
 
@@ -116,9 +124,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="a training run's directory (holds config.yaml and final weights)")
     parser.add_argument("--output", help="where to write eval_metrics.json/png (default: model dir)")
     args = parser.parse_args(argv)
-    from muse_tf.train import load_trained_model
-
-    model, experiment = load_trained_model(args.model_dir)
+    model, experiment = runs.load_trained_model(args.model_dir)
     result = evaluate_run(model, args.data, experiment.train, args.output or args.model_dir)
     print(strict_json.dumps({k: result[k] for k in ("auc", "gauc", "examples")}, indent=2))
     return result

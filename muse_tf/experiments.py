@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from muse_tf import strict_json, train
+from muse_tf.config import ExperimentConfig, apply_overrides, from_dict, load_yaml
+from muse_tf.synthetic_dataset import ensure_default_dataset
 
 # (row name, ModelConfig overrides, paper GAUC). Tables 1-3 are the paper's production-5k figures,
 # the main comparison its open-source Taobao-MM-1k figures.
@@ -52,15 +54,23 @@ def run_key(overrides: dict) -> str:
     return "-".join(f"{value}" for _, value in sorted(overrides.items()))
 
 
+def experiment_config(overrides: dict, seed: int, extra: Sequence[str]) -> ExperimentConfig:
+    """The embedded default config with a row's model ``overrides``, ``seed``, a fixed input
+    order, and the command line's ``--set`` overrides applied last."""
+    values = load_yaml(train.packaged_config_path())
+    values.setdefault("model", {}).update(overrides)
+    values.setdefault("train", {}).update(seed=seed, deterministic=True)
+    return from_dict(ExperimentConfig, apply_overrides(values, extra))
+
+
 def run_one(overrides: dict, seed: int, data_dir: str, work_dir: str, extra: Sequence[str]) -> dict:
-    """Trains and evaluates one configuration with one seed; returns its test metrics."""
+    """Trains and evaluates one configuration with one seed; returns its test metrics.
+
+    A finished run of the same configuration is trained again (``overwrite``), so re-running the
+    experiments always measures the current code."""
     model_dir = os.path.join(work_dir, run_key(overrides), f"seed{seed}")
-    args = ["--data", data_dir, "--model-dir", model_dir, "--no-export", "--verbose", "0",
-            "--config", train.packaged_config_path(), "--set", f"train.seed={seed}",
-            "--set", "train.deterministic=true"]
-    for key, value in overrides.items():
-        args += ["--set", f"model.{key}={value}"]
-    result = train.main([*args, *extra])
+    result = train.run(experiment_config(overrides, seed, extra), data_dir, model_dir,
+                       export=False, overwrite=True, verbose=0)
     return {"auc": result["eval"]["auc"], "gauc": result["eval"]["gauc"]}
 
 
@@ -91,15 +101,15 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied to every run, e.g. train.epochs=1")
     args = parser.parse_args(argv)
-    data_dir = args.data or train.ensure_default_dataset(train.DEFAULT_WORK_DIR)
-    extra = [item for override in args.overrides for item in ("--set", override)]
+    data_dir = args.data or ensure_default_dataset(train.DEFAULT_WORK_DIR)
     configurations = {run_key(o): o for rows in TABLES.values() for _, o, _ in rows}
     seeds = list(range(args.seeds))
     results: dict[str, list[dict]] = {}
     for index, (key, overrides) in enumerate(configurations.items(), start=1):
         for seed in seeds:
             print(f"[{index}/{len(configurations)}] {key} seed {seed}", flush=True)
-            results.setdefault(key, []).append(run_one(overrides, seed, data_dir, args.work_dir, extra))
+            result = run_one(overrides, seed, data_dir, args.work_dir, args.overrides)
+            results.setdefault(key, []).append(result)
             print(f"    GAUC {results[key][-1]['gauc']:.4f}", flush=True)
     report = markdown(results, seeds)
     with open(args.output, "w") as f:

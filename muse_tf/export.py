@@ -54,7 +54,7 @@ import tensorflow as tf
 import tf_keras
 
 import muse_tf
-from muse_tf import artifacts, data, features, train, vocabulary, warmup
+from muse_tf import artifacts, data, features, runs, vocabulary, warmup
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 from muse_tf.signatures import (
@@ -305,7 +305,7 @@ def export_saved_model(
     if os.path.exists(final_dir):
         raise FileExistsError(f"{final_dir} already exists; choose another version.")
     os.makedirs(model_dir, exist_ok=True)
-    model(train.dummy_inputs(), training=False)  # creates any weight not built yet
+    model(runs.dummy_inputs(), training=False)  # creates any weight not built yet
 
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
     try:
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     )
     add_limit_flags(parser)
     args = parser.parse_args(argv)
-    model, _ = train.load_trained_model(args.model_dir)
+    model, _ = runs.load_trained_model(args.model_dir)
     data.ensure_filesystems([args.data])
     path = export_saved_model(
         model,

@@ -2,12 +2,15 @@
 
     python -m muse_tf.train --data DIR --model VARIANT --export-dir DIR [--config FILE] [--set k=v]
 
-With no arguments it runs the embedded default: it generates (once, then reuses) a small planted
-synthetic dataset, converts it, trains MUSE, evaluates AUC/GAUC and exports a SavedModel.
+With no arguments it runs the embedded default: it writes (once, then reuses) a small planted
+synthetic dataset (``muse_tf.synthetic_dataset``), trains MUSE, evaluates AUC/GAUC and exports a
+SavedModel.
 
 MirroredStrategy runs on every local GPU (else the CPU); with ``TF_CONFIG`` set the run is one worker
 of a MultiWorkerMirroredStrategy cluster. A run killed at any point resumes from its last backup
-when started again with the same ``--model-dir``.
+(or, once trained, goes straight to evaluation and export) when started again with the same
+``--model-dir`` and config; a finished run or another config's directory is refused unless
+``--overwrite`` is given. In Python: ``run(experiment, data_dir, model_dir)``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
-import yaml
 
-from muse_tf import artifacts, data, distribute, evaluate, features, seeding, strict_json
+from muse_tf import artifacts, data, distribute, runs, seeding
 from muse_tf.config import VARIANTS, ExperimentConfig, apply_overrides, from_dict, load_yaml
+from muse_tf.evaluate import evaluate_run
+from muse_tf.export import add_limit_flags, export_saved_model, limits_from_flags
 from muse_tf.models import MuseModel
+from muse_tf.synthetic_dataset import ensure_default_dataset
 
 DEFAULT_CONFIG = "synthetic.yaml"
 DEFAULT_WORK_DIR = "runs"
@@ -54,12 +58,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "reusing it resumes an interrupted run")
     parser.add_argument("--export-dir", help="SavedModel base directory (default: MODEL_DIR/export)")
     parser.add_argument("--model-name", default="muse", help="model name in the serving layout")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete MODEL_DIR first and start over (a finished run, or one of "
+                        "another config, is refused without it)")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
-    from muse_tf.export import add_limit_flags  # export imports this module
-
     add_limit_flags(parser)  # the exported model's request limits
     return parser.parse_args(argv)
 
@@ -80,43 +85,6 @@ def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
     if args.model:
         values.setdefault("model", {})["variant"] = args.model
     return from_dict(ExperimentConfig, apply_overrides(values, args.overrides))
-
-
-def ensure_default_dataset(work_dir: str, users: int | None = None, history_length: int = 1000) -> str:
-    """Generates and converts the embedded synthetic dataset once; later calls reuse it."""
-    from pipelines import synthetic, taobao_mm
-
-    sizes = synthetic.SyntheticConfig(behaviours_per_user=history_length)
-    if users is not None:
-        sizes = dataclasses.replace(sizes, users=users)
-    name = f"synthetic-u{sizes.users}-l{sizes.behaviours_per_user}-s{sizes.seed}"
-    converted = os.path.join(work_dir, "data", name)
-    if os.path.exists(os.path.join(converted, artifacts.MANIFEST)):
-        print(f"Using the cached synthetic dataset in {converted}")
-        return converted
-    parquet = os.path.join(work_dir, "data", f"{name}-parquet")
-    print(f"Generating the synthetic dataset ({sizes.users} users, histories of "
-          f"{sizes.behaviours_per_user}) in {parquet} ...")
-    synthetic.generate(sizes, parquet)
-    print(f"Converting it to TFRecord shards in {converted} ...")
-    taobao_mm.convert(parquet, converted, history_cap=sizes.behaviours_per_user, overwrite=True)
-    return converted
-
-
-def dummy_inputs(rows: int = 1, length: int = 1) -> dict[str, tf.Tensor]:
-    """An all-PAD batch, to create a model's variables."""
-    inputs = {name: tf.zeros([rows], tf.int64) for name in features.SCALAR_FEATURES}
-    inputs.update({name: tf.zeros([rows, length], tf.int64) for name in features.SEQUENCE_FEATURES})
-    return inputs
-
-
-def build_model(experiment: ExperimentConfig, table: np.ndarray | None = None) -> MuseModel:
-    """A MuseModel with its variables created and, when given, the multimodal table loaded."""
-    model = MuseModel(experiment.model)
-    model(dummy_inputs())
-    if table is not None:
-        model.set_multimodal_table(np.asarray(table))
-    return model
 
 
 def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
@@ -141,25 +109,22 @@ class ProgressRecord(tf_keras.callbacks.Callback):
         self.steps_run += 1
 
 
-def make_callbacks(model_dir: str, experiment: ExperimentConfig) -> list[tf_keras.callbacks.Callback]:
+def make_callbacks(
+    run_dir: runs.RunDir, experiment: ExperimentConfig
+) -> list[tf_keras.callbacks.Callback]:
     """BackupAndRestore (resume mid-epoch), a progress record, per-epoch weight checkpoints,
-    TensorBoard and ``history.csv``, all under ``model_dir``. BackupAndRestore comes first, so
-    ProgressRecord sees the restored step."""
+    TensorBoard and ``history.csv``, all in the run directory. BackupAndRestore comes first, so
+    ProgressRecord sees the restored step; it keeps its backup when training ends, so a failure in
+    evaluation or export does not lose the training (``RunDir.finish`` drops it)."""
     train = experiment.train
     return [
         tf_keras.callbacks.BackupAndRestore(
-            os.path.join(model_dir, "backup"), save_freq=train.backup_every_steps
+            run_dir.backup, save_freq=train.backup_every_steps, delete_checkpoint=False
         ),
         ProgressRecord(),
-        tf_keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, "checkpoints", "epoch-{epoch:02d}"), save_weights_only=True
-        ),
-        tf_keras.callbacks.TensorBoard(
-            os.path.join(model_dir, "logs"), update_freq=train.log_every_steps
-        ),
-        tf_keras.callbacks.CSVLogger(
-            os.path.join(distribute.worker_dir(model_dir), "history.csv"), append=True
-        ),
+        tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
+        tf_keras.callbacks.TensorBoard(run_dir.logs, update_freq=train.log_every_steps),
+        tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
     ]
 
 
@@ -204,56 +169,32 @@ def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
     return max(1, samples // experiment.train.batch_size)
 
 
-def load_trained_model(model_dir: str) -> tuple[MuseModel, ExperimentConfig]:
-    """Rebuilds a finished run's model from its ``config.yaml`` and final weights."""
-    experiment = from_dict(ExperimentConfig, load_yaml(os.path.join(model_dir, "config.yaml")))
-    model = build_model(experiment)
-    model.load_weights(os.path.join(model_dir, "final", "weights")).expect_partial()
-    return model, experiment
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m muse_tf.train``: train, then (chief only) evaluate and export.
+def fit(
+    strategy: tf.distribute.Strategy,
+    experiment: ExperimentConfig,
+    data_dir: str,
+    run_dir: runs.RunDir,
+    steps: int,
+    verbose: int,
+) -> dict:
+    """Trains ``steps`` per epoch (resuming from the backup, if any) and saves the final weights
+    of every worker.
 
     Returns:
-        What ``metrics.json`` holds: steps taken and expected, the resume point, training time,
-        replicas, and unless disabled ``eval`` (``evaluate.evaluate_run``) and ``export`` (path).
+        Steps taken and expected, the resume point, training time and replicas.
     """
-    args = parse_args(argv)
-    experiment = build_experiment(args)
-    strategy = distribute.make_strategy()  # before other TensorFlow work, as multi-worker needs
-    data_dir = args.data or ensure_default_dataset(
-        args.work_dir, args.synthetic_users, experiment.train.history_length
-    )
-    data.ensure_filesystems([data_dir])
-    model_dir = args.model_dir or os.path.join(args.work_dir, experiment.model.variant)
-    chief = distribute.is_chief()
-    seeding.set_seed(experiment.train.seed)
-
-    experiment.model.vocab_sizes = artifacts.vocab_sizes(data_dir)
-    os.makedirs(distribute.worker_dir(model_dir), exist_ok=True)
-    if chief:
-        with open(os.path.join(model_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(experiment.to_dict(), f, sort_keys=False)
-
-    print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
-          f"({strategy.num_replicas_in_sync} replica(s)); run directory {model_dir}")
     with strategy.scope():
-        model = build_model(experiment, artifacts.load_multimodal_table(data_dir))
+        model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
         compile_model(model, experiment)
-    callbacks = make_callbacks(model_dir, experiment)
-    steps = steps_per_epoch(data_dir, experiment)
-    try:
+    callbacks = make_callbacks(run_dir, experiment)
+    with data.damaged_shards_named(data.split_files(data_dir, "train")):
         model.fit(
             train_dataset(strategy, data_dir, experiment),
             epochs=experiment.train.epochs,
             steps_per_epoch=steps,
             callbacks=callbacks,
-            verbose=args.verbose,
+            verbose=verbose,
         )
-    except tf.errors.DataLossError:
-        data.verify_shards(data.split_files(data_dir, "train"))  # raises naming the damaged shard
-        raise
     progress = next(c for c in callbacks if isinstance(c, ProgressRecord))
     result = {
         "variant": experiment.model.variant,
@@ -265,27 +206,112 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "replicas": strategy.num_replicas_in_sync,
     }
     # Every worker takes part in saving (reading synchronised variables is a collective op);
-    # only the chief's copy is kept. Evaluation and export then use a fresh, undistributed model.
-    model.save_weights(os.path.join(distribute.worker_dir(model_dir), "final", "weights"))
+    # only the chief's copy is kept.
+    model.save_weights(run_dir.worker().final_weights)
+    return result
+
+
+def run(
+    experiment: ExperimentConfig,
+    data_dir: str,
+    model_dir: str,
+    *,
+    export_dir: str | None = None,
+    model_name: str = "muse",
+    export_limits: dict[str, int] | None = None,
+    evaluate: bool = True,
+    export: bool = True,
+    overwrite: bool = False,
+    verbose: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict:
+    """Trains ``experiment`` on a converted dataset, then (chief only) evaluates and exports it.
+
+    Args:
+        experiment: the config; its ``model.vocab_sizes`` are set from ``data_dir``.
+        data_dir: a converted dataset (``muse_tf.artifacts``).
+        model_dir: the run directory (``muse_tf.runs.RunDir``). An interrupted run of the same
+            config resumes there; a run whose training finished goes straight to evaluation and
+            export.
+        export_dir: the SavedModel base directory; None = ``MODEL_DIR/export``.
+        export_limits: ``export_saved_model``'s request limits (``max_history_length``,
+            ``max_candidates``, ``max_history_values``); None = its defaults.
+        evaluate, export: run the final evaluation / the export.
+        overwrite: delete the run directory first and start over.
+        strategy: the tf.distribute strategy; None = ``distribute.make_strategy()``.
+
+    Returns:
+        What ``metrics.json`` holds: ``fit``'s figures and unless disabled ``eval``
+        (``evaluate.evaluate_run``) and ``export`` (the version directory).
+
+    Raises:
+        runs.RunDirectoryError: when ``model_dir`` holds a finished run or another config's
+            model (and ``overwrite`` is False).
+    """
+    strategy = strategy or distribute.make_strategy()  # before other TensorFlow work
+    data.ensure_filesystems([data_dir])
+    experiment = dataclasses.replace(
+        experiment,
+        model=dataclasses.replace(experiment.model, vocab_sizes=artifacts.vocab_sizes(data_dir)),
+    )
+    steps = steps_per_epoch(data_dir, experiment)  # an empty split fails before the run starts
+    run_dir = runs.RunDir(model_dir)
+    chief = distribute.is_chief()
+    if overwrite and chief:
+        run_dir.clear()
+    trained = None if overwrite else run_dir.check_can_start(experiment)
+    os.makedirs(run_dir.worker().root, exist_ok=True)
+    seeding.set_seed(experiment.train.seed)
+    if trained is None:
+        if not run_dir.has_backup():
+            run_dir.worker().discard_history()
+        if chief:
+            run_dir.start(experiment)
+        print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
+              f"({strategy.num_replicas_in_sync} replica(s)); run directory {model_dir}")
+        result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
+        if chief:
+            run_dir.record_training(experiment, result)
+    else:
+        print(f"Training already finished in {model_dir} ({run_dir.training_record}); "
+              "going straight to evaluation and export")
+        result = {key: value for key, value in trained.items() if key != "config_sha256"}
     if not chief:
         return result
-    model, _ = load_trained_model(model_dir)
-    if not args.no_eval:
-        result["eval"] = evaluate.evaluate_run(model, data_dir, experiment.train, model_dir)
+    model, _ = runs.load_trained_model(model_dir)  # a fresh, undistributed model
+    if evaluate:
+        result["eval"] = evaluate_run(model, data_dir, experiment.train, model_dir)
         print(f"Test AUC {result['eval']['auc']:.4f}  GAUC {result['eval']['gauc']:.4f} "
               f"over {result['eval']['examples']} samples")
-    if not args.no_export:
-        from muse_tf.export import export_saved_model, limits_from_flags
-
-        export_base = args.export_dir or os.path.join(model_dir, "export")
+    if export:
         result["export"] = export_saved_model(
-            model, artifacts.load_vocabularies(data_dir), export_base, args.model_name,
-            **limits_from_flags(args),
+            model, artifacts.load_vocabularies(data_dir), export_dir or run_dir.export,
+            model_name, **(export_limits or {}),
         )
-    with open(os.path.join(model_dir, "metrics.json"), "w") as f:
-        strict_json.dump(result, f, indent=2)
-    print(f"Run directory: {model_dir} (config.yaml, history.csv, logs/, checkpoints/, final/, "
-          f"metrics.json, eval_metrics.json, eval_buckets.png)")
+    run_dir.finish(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m muse_tf.train``: ``run`` with the command line's config and data; returns
+    ``run``'s result."""
+    args = parse_args(argv)
+    experiment = build_experiment(args)
+    strategy = distribute.make_strategy()  # before other TensorFlow work, as multi-worker needs
+    data_dir = args.data or ensure_default_dataset(
+        args.work_dir, args.synthetic_users, experiment.train.history_length
+    )
+    model_dir = args.model_dir or os.path.join(args.work_dir, experiment.model.variant)
+    try:
+        result = run(
+            experiment, data_dir, model_dir, export_dir=args.export_dir,
+            model_name=args.model_name, export_limits=limits_from_flags(args),
+            evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
+            verbose=args.verbose, strategy=strategy,
+        )
+    except runs.RunDirectoryError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"Run directory: {model_dir} (layout: muse_tf/runs.py)")
     if "export" in result:
         print(f"SavedModel: {result['export']}")
     return result

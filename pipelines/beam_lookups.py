@@ -17,8 +17,8 @@ import apache_beam as beam
 import numpy as np
 
 from muse_tf import features, vocabulary
+from muse_tf.hashing import order_by_partition
 from pipelines import join
-from pipelines.hashing import order_by_partition
 
 BUCKET_BITS = 8  # 256 ranges per vocabulary: ~140k of the release's 35.4M items per range
 _SIGN = np.uint64(1 << 63)

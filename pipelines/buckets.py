@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from muse_tf.hashing import order_by_partition, partition_of
 from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
-from pipelines.hashing import order_by_partition, partition_of
 
 SAMPLES = "samples"
 USERS = "users"

@@ -165,18 +165,13 @@ def load_lookups(output: str, work: str) -> join.TableLookups:
     )
 
 
-def shard_name(split: str, shard: int, shards: int) -> str:
-    """A shard's path relative to the output directory, as the manifest lists it."""
-    return f"{split}/part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
-
-
 def convert_shard(
     output: str, work: str, split: str, shard: int, options: Options
 ) -> tuple[dict, str]:
     """Stage 4 for one bucket: join, apply the rules, write the shard; its counts."""
     from pipelines import tfrecord_writer  # TensorFlow is loaded only by the processes that write
 
-    name = shard_name(split, shard, options.shards[split])
+    name = artifacts.shard_name(split, shard, options.shards[split])
     marker = os.path.join(work, "shards", f"{split}-{shard:05d}.json")
     if os.path.exists(marker) and os.path.exists(os.path.join(output, name)):
         return read_json(marker), f"{name} (done before)"

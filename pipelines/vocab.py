@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 
 from muse_tf import features, vocabulary
+from muse_tf.hashing import order_by_partition, partition_of
 from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
-from pipelines.hashing import order_by_partition, partition_of
 
 # Train-split columns counted into each vocabulary (table -> columns).
 COUNTED_COLUMNS = {

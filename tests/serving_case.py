@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from muse_tf import features, signatures, vocabulary
+from muse_tf import features, seeding, signatures, vocabulary
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 
@@ -43,6 +43,7 @@ def make_vocabularies(rng):
 
 
 def make_case(seed=0, variant="muse"):
+    seeding.set_seed(seed)  # the same weights whatever ran before in the process
     rng = np.random.default_rng(seed)
     vocabularies = make_vocabularies(rng)
     config = ModelConfig(

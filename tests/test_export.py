@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-import yaml
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
@@ -19,6 +18,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 import muse_tf
 from muse_tf import artifacts, export, features, signatures, vocabulary
 from muse_tf.config import ExperimentConfig
+from muse_tf.runs import RunDir
 from tests import serving_case as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -385,18 +385,16 @@ def test_c_api_program_scores_equal_keras(c_program, exported, case, tmp_path):
 
 
 def test_cli_exports_a_training_run(case, tmp_path):
-    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
-    os.makedirs(run_dir / "final")
-    with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(ExperimentConfig(model=case.model.config).to_dict(), f)
-    case.model.save_weights(str(run_dir / "final" / "weights"))
+    run_dir, data_dir = RunDir(str(tmp_path / "run")), tmp_path / "data"
+    run_dir.write_config(ExperimentConfig(model=case.model.config))
+    case.model.save_weights(run_dir.final_weights)
     os.makedirs(data_dir / "vocab")
     for name, ids in case.vocabularies.items():
         np.save(artifacts.vocab_path(str(data_dir), name), ids)
     path = export.main(
         [
             "--model-dir",
-            str(run_dir),
+            run_dir.root,
             "--data",
             str(data_dir),
             "--export-dir",

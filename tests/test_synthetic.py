@@ -5,8 +5,9 @@ import filecmp
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-from muse_tf import data
+from muse_tf import artifacts, data, records, synthetic_dataset
 from muse_tf.metrics import auc
 from pipelines import synthetic, taobao_mm
 from tests.pipeline_helpers import TABLES, as_rows, read_samples, reference_split
@@ -152,3 +153,36 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         synthetic.main(["--output", str(tmp_path), "--items", "3"])
     assert exit_info.value.code == 2
+
+
+def _records(path):
+    """Each record of a shard as {feature: list of values}, in file order."""
+    out = []
+    for raw in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION):
+        example = tf.train.Example.FromString(raw.numpy())
+        out.append({k: list(v.int64_list.value) for k, v in example.features.feature.items()})
+    return out
+
+
+def test_direct_dataset_equals_the_converted_parquet_form(tmp_path):
+    # The embedded default dataset skips Parquet; the conversion of the Parquet form is its reference.
+    synthetic.generate(SMALL, str(tmp_path / "parquet"))
+    shards = synthetic_dataset.SHARDS_PER_SPLIT
+    taobao_mm.convert(str(tmp_path / "parquet"), str(tmp_path / "converted"),
+                      history_cap=SMALL.behaviours_per_user, shards={"train": shards, "test": shards},
+                      workers=1)
+    direct = str(tmp_path / "direct")
+    synthetic_dataset.write_dataset(SMALL, direct)
+    converted = str(tmp_path / "converted")
+    for name, ids in artifacts.load_vocabularies(converted).items():
+        np.testing.assert_array_equal(artifacts.load_vocabulary(direct, name), ids, err_msg=name)
+    np.testing.assert_array_equal(artifacts.load_multimodal_table(direct),
+                                  artifacts.load_multimodal_table(converted))
+    for split in ("train", "test"):
+        expected, written = data.split_files(converted, split), data.split_files(direct, split)
+        assert [p.replace(converted, direct) for p in expected] == written
+        for reference, path in zip(expected, written):
+            records = _records(path)
+            assert records and records == _records(reference)
+        assert artifacts.split_samples(artifacts.load_manifest(direct), split) == (
+            artifacts.split_samples(artifacts.load_manifest(converted), split))

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, data, evaluate, metrics
-from muse_tf.train import load_trained_model
+from muse_tf import artifacts, data, evaluate, metrics, train
+from muse_tf.config import ExperimentConfig, TrainConfig
+from muse_tf.runs import RunDir, build_model, load_trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY = 48
@@ -47,8 +48,13 @@ def dataset(tmp_path_factory):
 
 
 def _history_losses(model_dir):
-    with open(os.path.join(model_dir, "history.csv")) as f:
+    with open(RunDir(str(model_dir)).history) as f:
         return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def _metrics(model_dir):
+    with open(RunDir(str(model_dir)).metrics) as f:
+        return json.load(f)
 
 
 def test_default_command_runs_end_to_end(tmp_path):
@@ -56,9 +62,9 @@ def test_default_command_runs_end_to_end(tmp_path):
                 "--set", "train.epochs=1", *TINY], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_dir = tmp_path / "muse"
-    result = json.loads((model_dir / "metrics.json").read_text())
+    result = _metrics(model_dir)
     assert result["optimizer_iterations"] == result["expected_iterations"] > 0
-    assert (model_dir / "eval_buckets.png").stat().st_size > 0
+    assert Path(RunDir(str(model_dir)).eval_plot).stat().st_size > 0
     assert 0.0 <= result["eval"]["auc"] <= 1.0
     assert Path(result["export"], "saved_model.pb").exists()
     assert str(model_dir) in proc.stdout
@@ -79,7 +85,7 @@ def test_default_command_runs_end_to_end(tmp_path):
     assert again["gauc"] == pytest.approx(result["eval"]["gauc"], abs=1e-6)
     assert sum(row["examples"] for row in again["by_history_length"]) == again["examples"]
     assert sum(row["examples"] for row in again["by_item_popularity"]) == again["examples"]
-    assert (tmp_path / "eval" / "eval_buckets.png").exists()
+    assert Path(RunDir(str(tmp_path / "eval")).eval_plot).exists()
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
@@ -143,13 +149,13 @@ def test_two_workers_train_together(dataset, tmp_path):
     failures = [f"worker {i}: {err[-2000:]}" for i, (p, (_, err)) in enumerate(zip(procs, outputs))
                 if p.returncode != 0]
     assert not failures, "\n".join(failures)
-    result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    result = _metrics(tmp_path / "run")
     assert result["replicas"] == 2
     assert result["optimizer_iterations"] == result["expected_iterations"] == 4
 
 
 def _backup_exists(model_dir):
-    return any("checkpoint" in files for _, _, files in os.walk(model_dir / "backup"))
+    return RunDir(str(model_dir)).has_backup()
 
 
 def test_a_killed_run_resumes_from_its_backup(dataset, tmp_path):
@@ -166,19 +172,86 @@ def test_a_killed_run_resumes_from_its_backup(dataset, tmp_path):
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    # Restarting with another model must not restore the half-trained one into it.
+    other = run([*args, "--set", "model.use_cross=true"], timeout=300)
+    assert other.returncode != 0
+    assert "another config" in other.stderr and "--overwrite" in other.stderr, other.stderr[-2000:]
     proc = run(args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((model_dir / "metrics.json").read_text())
+    result = _metrics(model_dir)
     assert result["optimizer_iterations"] == result["expected_iterations"] == 80
     assert 0 < result["resumed_from_step"] < 80
     assert result["steps_run"] == 80 - result["resumed_from_step"]
 
 
+def _run_args(dataset, model_dir):
+    return ["--data", dataset, "--model-dir", str(model_dir), "--verbose", "0",
+            "--set", "train.steps_per_epoch=3", "--set", "train.backup_every_steps=2", *TINY]
+
+
+def _versions(base):
+    return sorted(os.listdir(base)) if os.path.isdir(base) else []
+
+
+def test_a_finished_run_is_refused_unless_started_over(dataset, tmp_path):
+    model_dir = tmp_path / "run"
+    first = train.main(_run_args(dataset, model_dir))
+    assert first["export"] == os.path.join(RunDir(str(model_dir)).export, "muse", "1")
+    with pytest.raises(SystemExit, match="holds a finished run.*--overwrite"):
+        train.main(_run_args(dataset, model_dir))
+    assert len(_history_losses(model_dir)) == 1  # no second "epoch 0"
+    assert _versions(os.path.join(RunDir(str(model_dir)).export, "muse")) == ["1"]
+    again = train.main([*_run_args(dataset, model_dir), "--set", "model.use_cross=true",
+                        "--overwrite"])
+    assert again["optimizer_iterations"] == again["steps_run"] == 3
+    assert len(_history_losses(model_dir)) == 1
+    assert _versions(os.path.join(RunDir(str(model_dir)).export, "muse")) == ["1"]
+    model, experiment = load_trained_model(str(model_dir))
+    assert experiment.model.use_cross and any("cross" in v.name for v in model.variables)
+
+
+def test_a_failure_after_training_keeps_the_training(dataset, tmp_path, monkeypatch):
+    model_dir = tmp_path / "run"
+    run_dir = RunDir(str(model_dir))
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(train, "export_saved_model", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train.main(_run_args(dataset, model_dir))
+    assert run_dir.has_backup() and not run_dir.is_finished()
+    weights = {p.name: p.read_bytes() for p in Path(run_dir.final).iterdir()}
+    # Another config may not take over the trained model.
+    with pytest.raises(SystemExit, match="another config.*--overwrite"):
+        train.main([*_run_args(dataset, model_dir), "--set", "model.use_cross=true"])
+    monkeypatch.undo()
+    result = train.main(_run_args(dataset, model_dir))
+    # Straight to evaluation and export: no step trained again, the same weights exported.
+    assert result["optimizer_iterations"] == result["steps_run"] == 3
+    assert len(_history_losses(model_dir)) == 1
+    assert {p.name: p.read_bytes() for p in Path(run_dir.final).iterdir()
+            if p.name in weights} == weights
+    assert Path(result["export"], "saved_model.pb").exists()
+    assert run_dir.is_finished() and not os.path.exists(run_dir.backup)
+
+
+def test_a_damaged_test_shard_is_named(dataset, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    shard = data.split_files(str(damaged), "test")[0]
+    content = Path(shard).read_bytes()
+    Path(shard).write_bytes(content[: len(content) // 2])
+    experiment = ExperimentConfig(train=TrainConfig(history_length=HISTORY, eval_batch_size=64))
+    experiment.model.vocab_sizes = artifacts.vocab_sizes(str(damaged))
+    with pytest.raises(ValueError, match=f"{os.path.basename(shard)} is damaged"):
+        evaluate.evaluate_run(build_model(experiment), str(damaged), experiment.train,
+                              str(tmp_path / "eval"))
+
+
 def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
     """A dataset whose training split holds no sample (an older conversion could write one) stops
     with a message before fitting; with no sample to repeat, fit would never return."""
-    from muse_tf import train
-
     empty = tmp_path / "empty"
     shutil.copytree(dataset, empty)
     manifest = json.loads((empty / artifacts.MANIFEST).read_text())

@@ -1,0 +1,276 @@
+"""The run directory: where one training run keeps everything, and how a run's model comes back.
+
+One run directory holds one model. Its layout, owned here and nowhere else::
+
+    config.yaml            the resolved ExperimentConfig (``model:`` and ``train:``)
+    history.csv            per-epoch losses and metrics
+    logs/                  TensorBoard
+    checkpoints/epoch-NN   weights after each epoch
+    backup/                BackupAndRestore state (resume mid-epoch) and ``config.sha256``, the
+                           digest of the config it belongs to; kept until evaluation and export
+                           have succeeded
+    final/weights          the trained weights; ``final/training.json`` records that training
+                           finished (and for which config), so a restart goes straight to
+                           evaluation and export
+    metrics.json           the finished run's summary: written last, it marks the run as done
+    eval_metrics.json, eval_buckets.png
+    export/<name>/<version>/  the SavedModel, unless exported elsewhere
+    workers/<type>-<index>/   a non-chief worker's own history.csv and final/ (multi-worker)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+import yaml
+
+from muse_tf import distribute, features, strict_json
+from muse_tf.config import ExperimentConfig, from_dict, load_yaml
+from muse_tf.models import MuseModel
+
+START_OVER_FLAG = "--overwrite"
+WORKERS = "workers"
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory holds another model, or a finished run, or weights that do not fit."""
+
+
+def config_digest(experiment: ExperimentConfig) -> str:
+    """SHA-256 of the resolved config: two runs with the same digest train the same model."""
+    text = json.dumps(experiment.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RunDir:
+    """The paths of one run directory (``root``), and the files that tie it to one config."""
+
+    def __init__(self, root: str) -> None:
+        self.root = str(root)
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def config(self) -> str:
+        return self._path("config.yaml")
+
+    @property
+    def history(self) -> str:
+        return self._path("history.csv")
+
+    @property
+    def logs(self) -> str:
+        return self._path("logs")
+
+    @property
+    def checkpoints(self) -> str:
+        """The per-epoch weight checkpoints' name pattern (Keras formats ``epoch``)."""
+        return self._path("checkpoints", "epoch-{epoch:02d}")
+
+    @property
+    def backup(self) -> str:
+        return self._path("backup")
+
+    @property
+    def backup_digest(self) -> str:
+        return self._path("backup", "config.sha256")
+
+    @property
+    def final(self) -> str:
+        return self._path("final")
+
+    @property
+    def final_weights(self) -> str:
+        return self._path("final", "weights")
+
+    @property
+    def training_record(self) -> str:
+        return self._path("final", "training.json")
+
+    @property
+    def metrics(self) -> str:
+        return self._path("metrics.json")
+
+    @property
+    def eval_metrics(self) -> str:
+        return self._path("eval_metrics.json")
+
+    @property
+    def eval_plot(self) -> str:
+        return self._path("eval_buckets.png")
+
+    @property
+    def export(self) -> str:
+        return self._path("export")
+
+    def worker(self) -> RunDir:
+        """This process's own directory: the run directory for the chief, else
+        ``workers/<type>-<index>``."""
+        if distribute.is_chief():
+            return self
+        task = distribute.cluster_spec()["task"]
+        return RunDir(self._path(WORKERS, f"{task.get('type')}-{task.get('index', 0)}"))
+
+    # -- one run directory, one model --------------------------------------------------------
+    def has_backup(self) -> bool:
+        """Whether BackupAndRestore left a state to resume from (it writes ``backup/chief/``)."""
+        return os.path.exists(os.path.join(self.backup, "chief", "checkpoint"))
+
+    def is_finished(self) -> bool:
+        return os.path.exists(self.metrics)
+
+    def check_can_start(self, experiment: ExperimentConfig) -> dict | None:
+        """Checks that training ``experiment`` here continues this directory's run, not another's.
+
+        Returns:
+            The training record when training already finished for this config (a failure or a
+            kill came after it), so the caller goes straight to evaluation and export; else None.
+
+        Raises:
+            RunDirectoryError: when the run is finished, or its backup or trained weights belong
+                to another config. The message names ``--overwrite``, which starts over.
+        """
+        restart = f"pass {START_OVER_FLAG} to delete it and start over, or use another --model-dir"
+        if self.is_finished():
+            raise RunDirectoryError(
+                f"{self.root} holds a finished run ({self.metrics}); {restart}."
+            )
+        digest = config_digest(experiment)
+        if os.path.exists(self.training_record):
+            record = _read_json(self.training_record)
+            if record.get("config_sha256") != digest:
+                raise RunDirectoryError(
+                    f"{self.root} holds a model trained with another config (see "
+                    f"{self.config}); {restart}."
+                )
+            return record
+        stored = _read_text(self.backup_digest)
+        if (stored is not None and stored != digest) or (stored is None and self.has_backup()):
+            what = "another config" if stored else "an unknown config (no config.sha256)"
+            raise RunDirectoryError(
+                f"{self.root} holds an unfinished run of {what}, whose backup would be restored "
+                f"into this run's model; {restart}."
+            )
+        return None
+
+    def write_config(self, experiment: ExperimentConfig) -> None:
+        """Writes the resolved config to ``config.yaml``."""
+        os.makedirs(self.root, exist_ok=True)
+        _write_text(self.config, yaml.safe_dump(experiment.to_dict(), sort_keys=False))
+
+    def start(self, experiment: ExperimentConfig) -> None:
+        """Writes ``config.yaml`` and the backup's config digest (chief only)."""
+        self.write_config(experiment)
+        os.makedirs(self.backup, exist_ok=True)
+        _write_text(self.backup_digest, config_digest(experiment))
+
+    def discard_history(self) -> None:
+        """Deletes ``history.csv`` rows of an attempt that never backed up: training starts from
+        step 0 again, so they would reappear as a second "epoch 0"."""
+        if os.path.exists(self.history):
+            os.remove(self.history)
+
+    def record_training(self, experiment: ExperimentConfig, result: dict) -> None:
+        """Marks training as finished for ``experiment`` (after ``final_weights`` are saved)."""
+        _write_json(self.training_record, {"config_sha256": config_digest(experiment), **result})
+
+    def finish(self, result: dict) -> None:
+        """Writes ``metrics.json`` (the run is done) and drops the backup it no longer needs."""
+        _write_json(self.metrics, result)
+        shutil.rmtree(self.backup, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Deletes what a run writes here (and nothing else the directory may hold), to start
+        over."""
+        files = (self.config, self.history, self.metrics, self.eval_metrics, self.eval_plot)
+        for path in files:
+            if os.path.exists(path):
+                os.remove(path)
+        for path in (self.logs, os.path.dirname(self.checkpoints), self.backup, self.final,
+                     self.export, self._path(WORKERS)):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def read_config(self) -> ExperimentConfig:
+        """The run's resolved config, from ``config.yaml``."""
+        if not os.path.exists(self.config):
+            raise FileNotFoundError(f"{self.config} not found: {self.root} is not a training run.")
+        return from_dict(ExperimentConfig, load_yaml(self.config))
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _read_text(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _write_text(path: str, text: str) -> None:
+    """Writes atomically: a kill, or another worker reading meanwhile, sees the old file or the new
+    one, never half of one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, values: dict) -> None:
+    _write_text(path, strict_json.dumps(values, indent=2))
+
+
+def dummy_inputs(rows: int = 1, length: int = 1) -> dict[str, tf.Tensor]:
+    """An all-PAD batch, to create a model's variables."""
+    inputs = {name: tf.zeros([rows], tf.int64) for name in features.SCALAR_FEATURES}
+    inputs.update({name: tf.zeros([rows, length], tf.int64) for name in features.SEQUENCE_FEATURES})
+    return inputs
+
+
+def build_model(experiment: ExperimentConfig, table: np.ndarray | None = None) -> MuseModel:
+    """A MuseModel with its variables created and, when given, the multimodal table loaded."""
+    model = MuseModel(experiment.model)
+    model(dummy_inputs())
+    if table is not None:
+        model.set_multimodal_table(np.asarray(table))
+    return model
+
+
+def load_weights_covering(model: tf.Module, path: str) -> None:
+    """Loads ``path`` into ``model``, refusing weights that leave part of the model unset.
+
+    Raises:
+        RunDirectoryError: naming the model's variables the weights do not hold (they would stay
+            randomly initialised).
+    """
+    floats = [v for v in model.variables if v.dtype.is_floating]
+    for variable in floats:  # NaN marks "not restored": a restored value overwrites it
+        variable.assign(tf.fill(tf.shape(variable), tf.constant(np.nan, variable.dtype)))
+    status = model.load_weights(path)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as err:
+        missing = [v.name for v in floats if bool(tf.reduce_any(tf.math.is_nan(v)))]
+        raise RunDirectoryError(
+            f"The weights {path} do not cover the model; missing: "
+            f"{', '.join(missing) or err}. They were trained with another config than the one "
+            "beside them."
+        ) from None
+    status.expect_partial()  # optimizer slots in the checkpoint are not needed here
+
+
+def load_trained_model(model_dir: str) -> tuple[MuseModel, ExperimentConfig]:
+    """Rebuilds a finished run's model from its ``config.yaml`` and final weights."""
+    run = RunDir(model_dir)
+    experiment = run.read_config()
+    model = build_model(experiment)
+    load_weights_covering(model, run.final_weights)
+    return model, experiment
