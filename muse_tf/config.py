@@ -23,26 +23,34 @@ ATTENTION_CHOICES = ("ta", "sata")
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One row of the paper's comparisons.
+    """One row of the paper's comparisons: which features the tower receives.
+
+    Every variant feeds the tower the official model's input layout (docs/fidelity.md); a feature
+    the variant lacks is a block of zeros, as the official ``din`` method zeroes the lifelong ones.
 
     Attributes:
         gsu: which general search unit picks the top-K behaviours, a name in
-            ``muse_tf.layers.search.SEARCH_UNITS``; None = no lifelong branch (DIN).
-            ``mm``: cosine of frozen multimodal embeddings (MUSE); ``id``: cosine of the learned item
-            ID embedding; ``id_category``: cosine of learned item+category embeddings (SIM-soft);
-            ``category``: most recent behaviours of the target's category (SIM-hard); ``mm_id``: sum
-            of the multimodal and item-ID cosines.
-        attention: ``ta`` (ID target attention), ``sata`` (semantic-aware) or None.
-        simtier: whether SimTier histograms of the multimodal similarities are features.
+            ``muse_tf.layers.search.SEARCH_UNITS``; None = no lifelong branch (its three features
+            are zeros). ``mm``: cosine of frozen multimodal embeddings (MUSE); ``id``: cosine of the
+            learned item ID embedding; ``id_category``: cosine of learned item+category embeddings
+            (SIM-soft); ``category``: most recent behaviours of the target's category (SIM-hard);
+            ``mm_id``: sum of the multimodal and item-ID cosines.
+        attention: attention over the K found: ``ta`` (ID target attention), ``sata``
+            (semantic-aware) or None (zeros).
+        simtier: SimTier of the K found behaviours' multimodal similarities (else zeros).
+        recent_simtier: SimTier of the R most recent behaviours' multimodal similarities (else
+            zeros); part of the official short-term branch, so only ``din_id_only`` lacks it.
     """
 
     gsu: str | None
     attention: str | None
     simtier: bool
+    recent_simtier: bool = True
 
 
 VARIANTS: dict[str, Variant] = {
     "din": Variant(gsu=None, attention=None, simtier=False),
+    "din_id_only": Variant(gsu=None, attention=None, simtier=False, recent_simtier=False),
     "sim_hard": Variant(gsu="category", attention="sata", simtier=True),
     "sim_soft": Variant(gsu="id_category", attention="sata", simtier=True),
     "muse": Variant(gsu="mm", attention="sata", simtier=True),
@@ -64,7 +72,8 @@ class ModelConfig:
 
     Attributes:
         variant: the model, a key of ``VARIANTS``: ``muse``, a baseline (``din``, ``sim_hard``,
-            ``sim_soft``) or an ablation (``ta``, ``simtier``, ``ta_simtier``, ``sata``).
+            ``sim_soft``, as the official code defines them; ``din_id_only``: DIN without the
+            recent SimTier) or an ablation (``ta``, ``simtier``, ``ta_simtier``, ``sata``).
         gsu: overrides the variant's search unit (``mm``, ``id``, ``id_category``, ``category``,
             ``mm_id``; the paper's Table 1/2 studies); None keeps it.
         vocab_sizes: rows of each embedding table, by vocabulary name (``features.VOCABULARIES``),
@@ -149,7 +158,7 @@ class TrainConfig:
     """How to train and evaluate (defaults: the paper's optimiser settings).
 
     Attributes:
-        batch_size: global batch size, split across replicas.
+        batch_size: global batch size, split across replicas (official: 1,000 per device on 8).
         epochs: passes over the training split.
         steps_per_epoch: None = one pass over the training split's samples (from the manifest).
         embedding_learning_rate: Adam learning rate of the embedding tables (paper: 2e-3).
@@ -165,7 +174,7 @@ class TrainConfig:
         log_every_steps: TensorBoard scalar interval.
     """
 
-    batch_size: int = 1000
+    batch_size: int = 8000
     epochs: int = 1
     steps_per_epoch: int | None = None
     embedding_learning_rate: float = 2e-3

@@ -10,6 +10,14 @@ import tf_keras
 IDENTICAL_MARGIN = 1e-5
 
 
+def tier_count(eps: float) -> int:
+    """T = 2/eps + 2, the number of tiers of width ``eps`` (22 for 0.1); 1/eps must be whole."""
+    tiers_per_unit = round(1.0 / eps) if eps > 0 else 0
+    if eps <= 0 or abs(tiers_per_unit * eps - 1.0) > 1e-9:
+        raise ValueError(f"Invalid value for `eps`: {eps}. 1/eps must be a positive integer.")
+    return 2 * tiers_per_unit + 2
+
+
 @tf_keras.utils.register_keras_serializable(package="muse_tf")
 class SimTier(tf_keras.layers.Layer):
     """Summarises K similarities as counts per similarity tier, weighted by learned tier embeddings.
@@ -41,15 +49,12 @@ class SimTier(tf_keras.layers.Layer):
 
     def __init__(self, eps: float = 0.1, dim: int = 1, **kwargs):
         super().__init__(**kwargs)
-        tiers_per_unit = round(1.0 / eps) if eps > 0 else 0
-        if eps <= 0 or abs(tiers_per_unit * eps - 1.0) > 1e-9:
-            raise ValueError(f"Invalid value for `eps`: {eps}. 1/eps must be a positive integer.")
+        self.num_tiers = tier_count(eps)
         if dim <= 0:
             raise ValueError(f"Invalid value for `dim`: {dim}. Expected a positive int.")
         self.eps = eps
         self.dim = dim
-        self.tiers_per_unit = tiers_per_unit
-        self.num_tiers = 2 * tiers_per_unit + 2
+        self.tiers_per_unit = (self.num_tiers - 2) // 2
 
     def build(self, input_shape: tf.TensorShape) -> None:
         self.tier_embeddings = self.add_weight(

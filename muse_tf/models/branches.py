@@ -17,6 +17,7 @@ from muse_tf import features
 from muse_tf.config import ModelConfig
 from muse_tf.layers import MLP, SemanticAwareTargetAttention, SimTier, TargetAttention, gather_history
 from muse_tf.layers.search import SearchInputs, make_search_unit, read_precomputed, unit_dot
+from muse_tf.layers.simtier import tier_count
 
 # The official code gives profile features 3-5 half-width embeddings.
 _HALF_WIDTH_VOCABULARIES = ("profile_3", "profile_4", "profile_5")
@@ -25,6 +26,17 @@ _HALF_WIDTH_VOCABULARIES = ("profile_3", "profile_4", "profile_5")
 def broadcast_rows(x: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
     """Repeats a batch-1 per-user tensor to ``rows`` rows (a no-op when it already has them)."""
     return tf.broadcast_to(x, tf.concat([[rows], tf.shape(x)[1:]], axis=0))
+
+
+def zeros(rows: tf.Tensor, width: int) -> tf.Tensor:
+    """(rows, width) zeros: a tower input the variant does not have (the official code feeds
+    zeros rather than dropping the columns, so the tower's shape and initial scale stay fixed)."""
+    return tf.zeros(tf.stack([rows, width]), tf.float32)
+
+
+def simtier_width(config: ModelConfig) -> int:
+    """Width of one SimTier feature: tiers x tier embedding width."""
+    return tier_count(config.simtier_eps) * config.simtier_dim
 
 
 def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
@@ -66,16 +78,17 @@ class EmbeddingBranch(tf_keras.layers.Layer):
 
 
 class ShortTermBranch(tf_keras.layers.Layer):
-    """DIN target attention over the R most recent behaviours, their mean embedding and, for
-    variants with SimTier, SimTier over their multimodal similarities to the target."""
+    """DIN target attention over the R most recent behaviours, their mean embedding and SimTier
+    over their multimodal similarities to the target (zeros for ``din_id_only``)."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         self.recent_length = config.recent_length
+        self.simtier_width = simtier_width(config)
         self.attention = TargetAttention(config.din_attention_units, name="short_term_attention")
         self.simtier = (
             SimTier(config.simtier_eps, config.simtier_dim, name="recent_simtier")
-            if config.spec.simtier
+            if config.spec.recent_simtier
             else None
         )
 
@@ -83,7 +96,7 @@ class ShortTermBranch(tf_keras.layers.Layer):
         self, target: tf.Tensor, history: SearchInputs, embeddings: EmbeddingBranch,
         training: bool | None = None,
     ) -> list[tf.Tensor]:
-        """target (B, 2D) -> [attention (B, 2D), mean (B, 2D)] (+ [SimTier (B, tiers)])."""
+        """target (B, 2D) -> [attention (B, 2D), mean (B, 2D), SimTier or zeros (B, tiers)]."""
         recent = self.recent_length
         rows = tf.shape(history.target_items)[0]
         recent_mask = broadcast_rows(history.history_mask[:, -recent:], rows)
@@ -101,17 +114,23 @@ class ShortTermBranch(tf_keras.layers.Layer):
             outputs.append(
                 self.simtier(unit_dot(target_unit, recent_unit), recent_mask & recent_has_vector)
             )
+        else:
+            outputs.append(zeros(rows, self.simtier_width))
         return outputs
 
 
 class LifelongBranch(tf_keras.layers.Layer):
     """The search unit named by the variant keeps K of all L behaviours (unless the input pipeline
     already did, ``read_precomputed``); the exact search unit then summarises them: their mean
-    embedding, SA-TA or TA, and SimTier over their multimodal similarities, as the variant says."""
+    embedding, SA-TA or TA, and SimTier over their multimodal similarities, as the variant says;
+    what the variant lacks is zeros. Without a search unit (DIN) all three are zeros, as the
+    official ``din`` zeroes them."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         spec = config.spec
+        self.attention_width = 2 * config.embedding_dim
+        self.simtier_width = simtier_width(config)
         self.search_unit = make_search_unit(spec.gsu, config.top_k, name="gsu")
         self.attention = (
             SemanticAwareTargetAttention(
@@ -135,7 +154,7 @@ class LifelongBranch(tf_keras.layers.Layer):
         model_inputs: Mapping[str, tf.Tensor],
     ) -> list[tf.Tensor]:
         """target (B, 2D); ``model_inputs`` are read for a precomputed search only.
-        -> [mean (B, 2D)] (+ [attention (B, 2D)]) (+ [SimTier (B, tiers)])."""
+        -> [mean (B, 2D), attention or zeros (B, 2D), SimTier or zeros (B, tiers)]."""
         result = read_precomputed(model_inputs, self.search_unit)
         if result is None:
             result = self.search_unit.search(history)
@@ -145,11 +164,16 @@ class LifelongBranch(tf_keras.layers.Layer):
             gather_history(history.history_categories, indices),
         )
         similarity, similarity_valid = self.search_unit.multimodal_similarity(history, result)
+        rows = tf.shape(target)[0]
         outputs = [masked_mean(kept_emb, valid)]
         if self.attention is not None:
             outputs.append(self.attention(target, kept_emb, valid, similarity))
+        else:
+            outputs.append(zeros(rows, self.attention_width))
         if self.simtier is not None:
             outputs.append(self.simtier(similarity, similarity_valid))
+        else:
+            outputs.append(zeros(rows, self.simtier_width))
         return outputs
 
 

@@ -26,6 +26,8 @@ from muse_tf.models.branches import (
     ShortTermBranch,
     Tower,
     broadcast_rows,
+    simtier_width,
+    zeros,
 )
 
 # A batch: (features, labels), or features holding `features.LABEL`.
@@ -62,8 +64,9 @@ def refuse_old_checkpoint(path: str) -> None:
 class MuseModel(tfrs.models.Model):
     """MUSE: a multimodal search over the lifelong history, then SimTier + SA-TA, then a tower.
 
-    The variant (``config.variant``) chooses the search unit and the lifelong features, so the
-    paper's baselines (DIN, SIM-hard, SIM-soft) and ablations are the same class. The model is
+    The variant (``config.variant``) chooses the search unit and the features the tower receives,
+    so the paper's baselines (DIN, SIM-hard, SIM-soft) and ablations are the same class with the
+    same tower input layout; a feature a variant lacks is zeros (docs/fidelity.md). The model is
     its named branches (``muse_tf.models.branches``), wired in ``call``:
 
     * ``embeddings``: the learned ID tables (``embedding_trainable_variables``);
@@ -158,6 +161,8 @@ class MuseModel(tfrs.models.Model):
         parts += self.short_term(target, history, self.embeddings, training=training)
         if self.lifelong is not None:
             parts += self.lifelong(target, history, self.embeddings, inputs)
+        else:  # DIN: the official code zeroes the K-mean, the attention and the SimTier
+            parts.append(zeros(rows, 4 * self.config.embedding_dim + simtier_width(self.config)))
         return self.tower(tf.concat(parts, axis=-1), training=training)
 
     # -- training ----------------------------------------------------------------------------
