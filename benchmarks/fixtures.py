@@ -145,6 +145,16 @@ def rank_request(length: int, candidates: int, seed: int = 0) -> dict[str, np.nd
     return request
 
 
+def rows_request(width: int, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A ``serving_default`` request of known raw IDs: ``rows`` rows, each a full W-long history."""
+    ranked = rank_request(width * rows, rows, seed=seed)
+    request = {name: np.repeat(ranked[name], rows) for name in signatures.USER_FEATURES}
+    request.update({name: ranked[name] for name in signatures.CANDIDATE_FEATURES})
+    request.update({name: ranked[name].reshape(rows, width) for name in features.SEQUENCE_FEATURES})
+    request[signatures.VALID_HISTORY_LENGTH] = np.full(rows, width, np.int64)
+    return request
+
+
 def training_batch(
     vocab_sizes: dict[str, int], batch: int, length: int, seed: int = 0, samples_per_user: int = 8
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:

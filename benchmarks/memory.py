@@ -7,6 +7,8 @@ Cases (each ``python -m benchmarks.memory --child CASE`` in its own subprocess):
 * ``import``: ``import muse_tf, tensorflow`` only: the floor every other case includes;
 * ``serve C=..``: load the exported SavedModel (250,000-item table) and run ``rank`` with
   L = 100,000 and C candidates 5 times (in-process, as the local server and TF Serving would);
+* ``serve rows B=10``: the same for ``serving_default`` with 10 rows of width 100,000, the export's
+  default rows x width limit (1,000,000);
 * ``train <variant>``: MUSE / DIN, batch 1,000, L = 1,000, K = 50: 5 Keras train steps on an
   in-memory batch (in-graph search, and search precomputed by ``muse_tf.data``).
 The local server's own peak RSS, after the whole latency grid, is in serving_latency.json.
@@ -48,6 +50,17 @@ def child(case: str, args: list[str]) -> dict:
         for _ in range(5):
             rank(**request)[signatures.LOGIT].numpy()
         return {"rss_after_setup_mb": setup, "detail": f"rank L={length:,} C={candidates}"}
+    if case == "serve_rows":
+        width, rows, work_dir = int(args[0]), int(args[1]), args[2]
+        base_path = fixtures.export_serving_model(os.path.join(work_dir, "serving_export"))
+        serving_default = tf.saved_model.load(os.path.join(base_path, "1")).signatures[
+            "serving_default"]
+        setup = current_rss_mb()
+        request = {k: tf.constant(v) for k, v in fixtures.rows_request(width, rows).items()}
+        for _ in range(5):
+            serving_default(**request)["logit"].numpy()
+        return {"rss_after_setup_mb": setup,
+                "detail": f"serving_default B={rows} W={width:,} (B x W = {rows * width:,})"}
     if case == "train":
         import tf_keras
 
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     length, batch, train_length = (10_000, 100, 100) if args.quick else (100_000, 1000, 1000)
     cases = [("import", ["import"])]
     cases += [(f"serve C={c}", ["serve", str(length), str(c), args.work_dir]) for c in (100, 500)]
+    cases += [("serve rows B=10", ["serve_rows", str(length), "10", args.work_dir])]
     cases += [(f"train {v} ({how})", ["train", v, str(batch), str(train_length), how])
               for v, how in (("muse", "in-graph"), ("muse", "precomputed"), ("din", "in-graph"))]
     rows = []

@@ -129,14 +129,21 @@ def convert_section(results: list[dict]) -> list[str]:
 
 def load_section(result: dict) -> list[str]:
     request = result.get("request", {})
-    return ["### Load test (local server, loopback, gRPC)", "", _machine(result), "",
+    abuse = request.get("abuse_kinds")
+    abuse_line = (f" Abusive phase: the good clients plus one thread per abuse ({', '.join(abuse)}; "
+                  f"{request.get('stalled_connections')} stalled connections at once), each "
+                  f"repeated until the phase ends; server flags {' '.join(request['server_flags'])}. "
+                  "`server_peak_rss_mb`: the server's resident memory, sampled every 20 ms, peak "
+                  "within the phase." if abuse else "")
+    return ["### Load test (local server, loopback, gRPC and REST)", "", _machine(result), "",
             f"`rank` requests with L = {request.get('L'):,}, C = {request.get('C')}; "
             f"{request.get('distinct_good_requests')} distinct good requests, every response checked "
             f"against in-process scores (tolerance {request.get('tolerance')}); malformed kinds: "
-            f"{', '.join(request.get('malformed_kinds', []))}.", "",
+            f"{', '.join(request.get('malformed_kinds', []))}.{abuse_line}", "",
             common.format_table(_rows(result, "load"), [
-                "phase", "clients", "seconds", "requests", "good", "malformed", "requests_per_s",
-                "good_p50_ms", "good_p99_ms", "errors", "wrong_scores", "malformed_accepted"]), "",
+                "phase", "clients", "seconds", "requests", "good", "malformed", "abusive",
+                "requests_per_s", "good_p50_ms", "good_p99_ms", "errors", "wrong_scores",
+                "malformed_accepted", "abuse_not_refused", "server_peak_rss_mb"]), "",
             f"Zero errors: **{result.get('zero_errors')}**; server alive afterwards: "
             f"{result.get('server_alive_after')}.", ""]
 

@@ -8,6 +8,8 @@ retrieved behaviours, and whether SimTier features are used.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -195,13 +197,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "history_length", "eval_batch_size",
-                     "backup_every_steps", "log_every_steps"):
+                     "backup_every_steps", "log_every_steps", "embedding_learning_rate",
+                     "dense_learning_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
         for name, choices in (("embedding_optimizer", EMBEDDING_OPTIMIZERS),
                               ("dense_optimizer", DENSE_OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"`train.{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
+            raise ValueError(
+                f"`train.steps_per_epoch` must be positive or null, got {self.steps_per_epoch}."
+            )
 
 
 @dataclasses.dataclass
@@ -219,11 +226,66 @@ class ExperimentConfig:
 T = typing.TypeVar("T")
 
 
-def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
-    """Builds dataclass ``cls`` from a mapping, recursing into nested dataclasses.
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(hint: Any) -> str:
+    """A type hint in words, for error messages: ``list[int]`` -> "a list of an integer"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if arg is type(None) else _describe(arg) for arg in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against ``hint`` (ints widen to float; "1e-3", which YAML 1.1 reads as a
+    string, is a float where a float is expected).
 
     Raises:
-        ValueError: naming any key ``cls`` does not have.
+        ValueError: naming ``key``, the expected type and the value.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        try:
+            return _typed(key, value, inner)
+        except ValueError:
+            raise ValueError(f"`{key}` must be {_describe(hint)}, got {value!r}.") from None
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    elif hint in (bool, str) and isinstance(value, hint):
+        return value
+    elif hint is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    elif origin is list and isinstance(value, list | tuple):
+        return [_typed(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value)]
+    elif origin is dict and isinstance(value, Mapping):
+        return {
+            _typed(f"{key} key", name, args[0]): _typed(f"{key}[{name!r}]", item, args[1])
+            for name, item in value.items()
+        }
+    raise ValueError(f"`{key}` must be {_describe(hint)}, got {value!r}.")
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    """Builds dataclass ``cls`` from a mapping, recursing into nested dataclasses.
+
+    Args:
+        prefix: the section's dotted path (``"train."``), for error messages.
+
+    Raises:
+        ValueError: naming any key ``cls`` does not have, or a value of the wrong type.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
@@ -233,9 +295,12 @@ def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            value = from_dict(hint, value)
-        kwargs[name] = value
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"`{prefix}{name}` must be a section (a mapping), got {value!r}.")
+            kwargs[name] = from_dict(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _typed(f"{prefix}{name}", value, hint)
     return cls(**kwargs)
 
 

@@ -8,14 +8,13 @@ grow with history length and be larger for less popular items.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import tf_keras
 
-from muse_tf import data, features, metrics, runs
+from muse_tf import data, features, metrics, runs, strict_json
 from muse_tf.config import TrainConfig
 
 HISTORY_LENGTH_EDGES = (0, 1, 51, 201, 501, 1001)
@@ -112,7 +111,7 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
     output = runs.RunDir(output_dir)
     os.makedirs(output.root, exist_ok=True)
     with open(output.eval_metrics, "w") as f:
-        json.dump(result, f, indent=2)
+        strict_json.dump(result, f, indent=2)
     plot_buckets(breakdowns, output.eval_plot)
     return result
 
@@ -127,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     model, experiment = runs.load_trained_model(args.model_dir)
     result = evaluate_run(model, args.data, experiment.train, args.output or args.model_dir)
-    print(json.dumps({k: result[k] for k in ("auc", "gauc", "examples")}, indent=2))
+    print(strict_json.dumps({k: result[k] for k in ("auc", "gauc", "examples")}, indent=2))
     return result
 
 

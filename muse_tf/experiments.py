@@ -12,13 +12,12 @@ parallel, unordered input one seed's GAUC moved by up to 0.037 between two ident
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from muse_tf import train
+from muse_tf import strict_json, train
 from muse_tf.config import ExperimentConfig, apply_overrides, from_dict, load_yaml
 from muse_tf.synthetic_dataset import ensure_default_dataset
 
@@ -118,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     with open(args.output, "w") as f:
         f.write(report + "\n")
     with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-        json.dump(results, f, indent=2)
+        strict_json.dump(results, f, indent=2)
     print(report)
     return report
 

@@ -23,8 +23,13 @@ Signatures (every input int64 raw IDs as in the Taobao-MM files; unknown IDs sco
     user_id, user_profile_1..5: scalars. history_items, history_categories: (L,), oldest to newest,
     no padding (L may be 0). item_id, item_category, item_attr_213, item_attr_214: (C,).
 
-Outputs of both: ``probability`` and ``logit``, float32, one per row / candidate. W and L are at most
-``max_history_length``; violations (and mismatched lengths) fail with an InvalidArgument error.
+Outputs of both: ``probability`` and ``logit``, float32, one per row / candidate.
+
+Limits, checked in the graph so stock TF Serving enforces them too (violations, and mismatched
+lengths, fail with an InvalidArgument error): W and L are at most ``max_history_length``; C is at
+most ``max_candidates``; B x W is at most ``max_history_values``. The defaults bound one request's
+memory: ``rank`` with C = 5,000 candidates at L = 100,000 took 2.3 GB above the loaded model, and
+``serving_default`` with B x W = 10 x 100,000 took 0.8 GB (``benchmarks.memory``).
 
 ``muse_tf.train`` exports at the end of a run; to export a finished run again (e.g. with another
 ``--max-history-length``)::
@@ -66,6 +71,9 @@ from muse_tf.signatures import (
 
 VERSIONS_FILE = os.path.join("assets.extra", "versions.json")
 
+DEFAULT_MAX_HISTORY_LENGTH = 100_000
+DEFAULT_MAX_CANDIDATES = 5_000
+DEFAULT_MAX_HISTORY_VALUES = 1_000_000
 
 def _same_size(tensors: Mapping[str, tf.Tensor], names: Sequence[str], size: tf.Tensor) -> list:
     """Checks that every input after ``names[0]`` has ``size`` (the size of ``names[0]``) values."""
@@ -96,7 +104,14 @@ class ServingModule(tf.Module):
     serving graph and no Keras metadata.
     """
 
-    def __init__(self, model: MuseModel, vocab_files: Mapping[str, str], max_history_length: int):
+    def __init__(
+        self,
+        model: MuseModel,
+        vocab_files: Mapping[str, str],
+        max_history_length: int,
+        max_candidates: int,
+        max_history_values: int,
+    ):
         super().__init__(name="muse_serving")
         self.model_variables = list(model.variables)
         self.tables = {
@@ -117,13 +132,27 @@ class ServingModule(tf.Module):
                 )
             ]
 
+        def at_most(value: tf.Tensor, limit: int, message: str) -> tf.Operation:
+            # int64, so that rows x width cannot overflow before it is compared.
+            return tf.debugging.assert_less_equal(
+                tf.cast(value, tf.int64), tf.constant(limit, tf.int64), message=message
+            )
+
         @tf.function(input_signature=[serving_default_spec()])
         def serving_default(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             lengths = inputs[VALID_HISTORY_LENGTH]
             items = inputs[features.HISTORY_ITEMS]
             rows = tf.size(lengths, out_type=tf.int32)
             width = tf.shape(items)[1]
-            checks = _same_size(inputs, (VALID_HISTORY_LENGTH, *features.SCALAR_FEATURES), rows)
+            checks = [
+                at_most(
+                    tf.size(items, out_type=tf.int64),
+                    max_history_values,
+                    f"rows x width of `history_items` exceeds max_history_values="
+                    f"{max_history_values}",
+                )
+            ]
+            checks += _same_size(inputs, (VALID_HISTORY_LENGTH, *features.SCALAR_FEATURES), rows)
             checks += length_checks(width) + [
                 tf.debugging.assert_equal(
                     tf.shape(inputs[features.HISTORY_CATEGORIES]),
@@ -154,7 +183,14 @@ class ServingModule(tf.Module):
         def rank(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             length = tf.size(inputs[features.HISTORY_ITEMS], out_type=tf.int32)
             candidates = tf.size(inputs[features.ITEM_ID], out_type=tf.int32)
-            checks = _same_size(inputs, features.SEQUENCE_FEATURES, length)
+            checks = [
+                at_most(
+                    candidates,
+                    max_candidates,
+                    f"more than max_candidates={max_candidates} candidates",
+                )
+            ]
+            checks += _same_size(inputs, features.SEQUENCE_FEATURES, length)
             checks += _same_size(inputs, CANDIDATE_FEATURES, candidates) + length_checks(length)
             with tf.control_dependencies(checks):
                 indices = {name: self._lookup(name, inputs[name]) for name in CANDIDATE_FEATURES}
@@ -234,7 +270,9 @@ def export_saved_model(
     model_name: str,
     version: int | None = None,
     *,
-    max_history_length: int = 100_000,
+    max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    max_history_values: int = DEFAULT_MAX_HISTORY_VALUES,
 ) -> str:
     """Writes ``model`` as ``<export_base>/<model_name>/<version>/`` for TF Serving.
 
@@ -245,14 +283,21 @@ def export_saved_model(
         export_base: the directory TF Serving's ``base_path`` points above.
         model_name: the served model's name.
         version: the version directory; None = one more than the newest existing version.
-        max_history_length: the longest history a request may carry.
+        max_history_length: the longest history a request may carry (W or L).
+        max_candidates: the most candidates (C) one ``rank`` request may score.
+        max_history_values: the largest rows x width (B x W) of a ``serving_default`` request.
 
     Returns:
         The version directory. It appears atomically (renamed into place once complete), so a
         TF Serving instance polling ``export_base`` never loads a half-written version.
     """
-    if max_history_length < 1:
-        raise ValueError(f"Invalid value for `max_history_length`: {max_history_length}.")
+    for name, value in (
+        ("max_history_length", max_history_length),
+        ("max_candidates", max_candidates),
+        ("max_history_values", max_history_values),
+    ):
+        if value < 1:
+            raise ValueError(f"Invalid value for `{name}`: {value}.")
     _check_vocabularies(model.config, vocabularies)
     model_dir = os.path.join(export_base, model_name)
     version = _next_version(model_dir) if version is None else version
@@ -269,7 +314,9 @@ def export_saved_model(
             for name in features.VOCABULARIES:
                 vocab_files[name] = os.path.join(vocab_dir, f"vocab_{name}.txt")
                 vocabulary.write_table_file(vocab_files[name], vocabularies[name])
-            module = ServingModule(model, vocab_files, max_history_length)
+            module = ServingModule(
+                model, vocab_files, max_history_length, max_candidates, max_history_values
+            )
             export_dir = os.path.join(staging, "saved_model")
             tf.saved_model.save(
                 module,
@@ -282,6 +329,38 @@ def export_saved_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final_dir
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """The export's request limits as flags (shared by ``muse_tf.export`` and ``muse_tf.train``)."""
+    parser.add_argument(
+        "--max-history-length",
+        type=int,
+        default=DEFAULT_MAX_HISTORY_LENGTH,
+        help=f"longest history a request may carry ({DEFAULT_MAX_HISTORY_LENGTH})",
+    )
+    parser.add_argument(
+        "--max-candidates",
+        type=int,
+        default=DEFAULT_MAX_CANDIDATES,
+        help=f"most candidates one `rank` request may score ({DEFAULT_MAX_CANDIDATES})",
+    )
+    parser.add_argument(
+        "--max-history-values",
+        type=int,
+        default=DEFAULT_MAX_HISTORY_VALUES,
+        help="largest rows x width of a `serving_default` request's histories "
+        f"({DEFAULT_MAX_HISTORY_VALUES})",
+    )
+
+
+def limits_from_flags(args: argparse.Namespace) -> dict[str, int]:
+    """The keyword arguments of ``export_saved_model`` that ``add_limit_flags`` defines."""
+    return {
+        "max_history_length": args.max_history_length,
+        "max_candidates": args.max_candidates,
+        "max_history_values": args.max_history_values,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -307,12 +386,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument(
         "--version", type=int, help="version directory (default: newest existing + 1)"
     )
-    parser.add_argument(
-        "--max-history-length",
-        type=int,
-        default=100_000,
-        help="longest history a request may carry (100000)",
-    )
+    add_limit_flags(parser)
     args = parser.parse_args(argv)
     model, _ = runs.load_trained_model(args.model_dir)
     data.ensure_filesystems([args.data])
@@ -322,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         args.export_dir,
         args.model_name,
         args.version,
-        max_history_length=args.max_history_length,
+        **limits_from_flags(args),
     )
     print(f"SavedModel: {path}")
     return path

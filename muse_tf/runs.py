@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from muse_tf import distribute, features
+from muse_tf import distribute, features, strict_json
 from muse_tf.config import ExperimentConfig, from_dict, load_yaml
 from muse_tf.models import MuseModel
 
@@ -225,7 +225,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _write_json(path: str, values: dict) -> None:
-    _write_text(path, json.dumps(values, indent=2))
+    _write_text(path, strict_json.dumps(values, indent=2))
 
 
 def dummy_inputs(rows: int = 1, length: int = 1) -> dict[str, tf.Tensor]:

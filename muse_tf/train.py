@@ -28,7 +28,7 @@ import tf_keras
 from muse_tf import artifacts, data, distribute, optimizers, runs, seeding
 from muse_tf.config import VARIANTS, ExperimentConfig, apply_overrides, from_dict, load_yaml
 from muse_tf.evaluate import evaluate_run
-from muse_tf.export import export_saved_model
+from muse_tf.export import add_limit_flags, export_saved_model, limits_from_flags
 from muse_tf.models import MuseModel
 from muse_tf.synthetic_dataset import ensure_default_dataset
 
@@ -58,8 +58,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "reusing it resumes an interrupted run")
     parser.add_argument("--export-dir", help="SavedModel base directory (default: MODEL_DIR/export)")
     parser.add_argument("--model-name", default="muse", help="model name in the serving layout")
-    parser.add_argument("--max-history-length", type=int, default=100_000,
-                        help="longest history the exported model accepts per request")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete MODEL_DIR first and start over (a finished run, or one of "
                         "another config, is refused without it)")
@@ -67,6 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
+    add_limit_flags(parser)  # the exported model's request limits
     return parser.parse_args(argv)
 
 
@@ -159,10 +158,16 @@ def train_dataset(
 
 
 def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
-    """``train.steps_per_epoch``, or one pass: training samples in the manifest // batch size."""
+    """``train.steps_per_epoch``, or one pass: training samples in the manifest // batch size.
+
+    Raises:
+        ValueError: when the training split holds no sample (fitting would wait forever).
+    """
+    samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
+    if samples == 0:
+        raise ValueError(f"{data_dir}: the training split holds no sample; nothing to train on.")
     if experiment.train.steps_per_epoch:
         return experiment.train.steps_per_epoch
-    samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
     return max(1, samples // experiment.train.batch_size)
 
 
@@ -171,9 +176,11 @@ def fit(
     experiment: ExperimentConfig,
     data_dir: str,
     run_dir: runs.RunDir,
+    steps: int,
     verbose: int,
 ) -> dict:
-    """Trains (resuming from the backup, if any) and saves the final weights of every worker.
+    """Trains ``steps`` per epoch (resuming from the backup, if any) and saves the final weights
+    of every worker.
 
     Returns:
         Steps taken and expected, the resume point, training time and replicas.
@@ -182,7 +189,6 @@ def fit(
         model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
         compile_model(model, experiment)
     callbacks = make_callbacks(run_dir, experiment)
-    steps = steps_per_epoch(data_dir, experiment)
     with data.damaged_shards_named(data.split_files(data_dir, "train")):
         model.fit(
             train_dataset(strategy, data_dir, experiment),
@@ -214,7 +220,7 @@ def run(
     *,
     export_dir: str | None = None,
     model_name: str = "muse",
-    max_history_length: int = 100_000,
+    export_limits: dict[str, int] | None = None,
     evaluate: bool = True,
     export: bool = True,
     overwrite: bool = False,
@@ -230,6 +236,8 @@ def run(
             config resumes there; a run whose training finished goes straight to evaluation and
             export.
         export_dir: the SavedModel base directory; None = ``MODEL_DIR/export``.
+        export_limits: ``export_saved_model``'s request limits (``max_history_length``,
+            ``max_candidates``, ``max_history_values``); None = its defaults.
         evaluate, export: run the final evaluation / the export.
         overwrite: delete the run directory first and start over.
         strategy: the tf.distribute strategy; None = ``distribute.make_strategy()``.
@@ -248,6 +256,7 @@ def run(
         experiment,
         model=dataclasses.replace(experiment.model, vocab_sizes=artifacts.vocab_sizes(data_dir)),
     )
+    steps = steps_per_epoch(data_dir, experiment)  # an empty split fails before the run starts
     run_dir = runs.RunDir(model_dir)
     chief = distribute.is_chief()
     if overwrite and chief:
@@ -262,7 +271,7 @@ def run(
             run_dir.start(experiment)
         print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
               f"({strategy.num_replicas_in_sync} replica(s)); run directory {model_dir}")
-        result = fit(strategy, experiment, data_dir, run_dir, verbose)
+        result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
         if chief:
             run_dir.record_training(experiment, result)
     else:
@@ -279,7 +288,7 @@ def run(
     if export:
         result["export"] = export_saved_model(
             model, artifacts.load_vocabularies(data_dir), export_dir or run_dir.export,
-            model_name, max_history_length=max_history_length,
+            model_name, **(export_limits or {}),
         )
     run_dir.finish(result)
     return result
@@ -298,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         result = run(
             experiment, data_dir, model_dir, export_dir=args.export_dir,
-            model_name=args.model_name, max_history_length=args.max_history_length,
+            model_name=args.model_name, export_limits=limits_from_flags(args),
             evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
             verbose=args.verbose, strategy=strategy,
         )

@@ -5,7 +5,10 @@ A table ``T`` (e.g. ``train_samples``) is read from every file matching ``T.parq
 file's schema is checked before any work starts; an unreadable file stops the run with its name.
 
 ID columns come back as int64 NumPy arrays in which a null becomes 0: the release writes 0 for an
-empty field, so 0 and null both mean "missing" and no vocabulary ever holds 0.
+empty field, so 0 and null both mean "missing" and no vocabulary ever holds 0. An unsigned column
+holding a value above the int64 range stops the run naming its file and column. Page checksums are
+verified wherever the writer stored them (Parquet's optional CRC), so a damaged page is named
+instead of decoding to wrong IDs.
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ def open_checked(path: str, table: str, source: BinaryIO | None = None) -> pq.Pa
         InputError: naming the file, and the column when the schema is wrong.
     """
     try:
-        parquet_file = pq.ParquetFile(source if source is not None else path)
+        parquet_file = pq.ParquetFile(
+            source if source is not None else path, page_checksum_verification=True
+        )
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet file ({err}).") from err
     schema = parquet_file.schema_arrow
@@ -114,13 +119,29 @@ def read_batches(
     """
     parquet_file = open_checked(path, table, source)
     try:
-        yield from parquet_file.iter_batches(
+        for batch in parquet_file.iter_batches(
             batch_size=batch_rows(parquet_file),
             row_groups=row_groups,
             columns=list(release.TABLE_COLUMNS[table]),
-        )
+        ):
+            _check_int64_range(path, batch)
+            yield batch
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet data ({err}).") from err
+
+
+def _check_int64_range(path: str, batch: pa.RecordBatch) -> None:
+    """Refuses unsigned IDs that int64 cannot hold (they would otherwise fail the cast, unnamed)."""
+    for column, array in zip(batch.schema.names, batch.columns):
+        nested = pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+        values = pc.list_flatten(array) if nested else array
+        if pa.types.is_uint64(values.type):
+            largest = pc.max(values).as_py()
+            if largest is not None and largest > np.iinfo(np.int64).max:
+                raise InputError(
+                    f"{path}: column {column!r} holds the ID {largest}, above the int64 range "
+                    f"(IDs must be below 2^63)."
+                )
 
 
 def num_row_groups(path: str, table: str) -> int:

@@ -110,6 +110,22 @@ def reduce_vocab(work: str, name: str, partition: int, min_count: int) -> tuple[
     return result, f"{name} partition {partition}: {stats.kept} kept of {stats.distinct}"
 
 
+def allocated_memmap(path: str, dtype: type, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` memmap whose disk blocks are reserved up front.
+
+    Without the reservation a full disk surfaces as SIGBUS on some later write into the mapping,
+    killing the process without a word; with it, it is an OSError naming ``path``.
+    """
+    array = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as err:
+        os.remove(path)  # the mapping goes with ``array``; nothing was written into it
+        raise OSError(err.errno, err.strerror, path) from None
+    return array
+
+
 def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> dict[str, dict]:
     """Stage 3: the item-aligned tables, once the vocabularies exist."""
     marker = os.path.join(work, "items.json")
@@ -117,11 +133,9 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
         return read_json(marker)
     vocabs = artifacts.load_vocabularies(output)
     rows = len(vocabs["item"]) + vocabulary.RESERVED
-    attributes = np.lib.format.open_memmap(
-        os.path.join(work, "item_attributes.npy"), "w+", np.int32, (rows, 3)
-    )
-    multimodal = np.lib.format.open_memmap(
-        os.path.join(output, artifacts.MULTIMODAL_TABLE), "w+", np.int8, (rows, release.EMBEDDING_DIM)
+    attributes = allocated_memmap(os.path.join(work, "item_attributes.npy"), np.int32, (rows, 3))
+    multimodal = allocated_memmap(
+        os.path.join(output, artifacts.MULTIMODAL_TABLE), np.int8, (rows, release.EMBEDDING_DIM)
     )
     result = {
         "item_features": item_tables.build_attribute_table(

@@ -17,7 +17,9 @@ Stages, each streaming and each resumable (a finished task leaves its output und
 5. ``manifest.json``: per shard and split, ``samples_in == samples_written + sum(rejected)``, the
    adjustments, OOV counts and bytes per sample; vocabulary sizes and statistics.
 
-Train and test are both converted; vocabularies come from train only.
+Train and test are both converted; vocabularies come from train only. A conversion that writes no
+training sample fails (nothing could be trained on it), and a full disk stops it with the path it
+was writing (re-running resumes once there is space).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import errno
 import math
 import multiprocessing
 import os
@@ -214,6 +217,7 @@ def convert(
         input_rows=input_rows,
         shards_by_split=shards_by_split,
     )
+    _check_training_samples(input_dir, manifest, work)
     write_json(os.path.join(output, artifacts.MANIFEST), manifest)
     if not keep_work:
         shutil.rmtree(work)
@@ -229,6 +233,28 @@ def print_summary(manifest: dict) -> None:
             f"({summary['rejected']} rejected), {summary['bytes_per_sample']} bytes/sample",
             file=sys.stderr,
         )
+
+
+class EmptyTrainingSplit(pi.InputError):
+    """No training sample survived the conversion; ``manifest`` says where each one went."""
+
+    def __init__(self, message: str, manifest: dict):
+        super().__init__(message)
+        self.manifest = manifest
+
+
+def _check_training_samples(input_dir: str, manifest: dict, work: str) -> None:
+    """Fails a conversion that leaves nothing to train on (no manifest: not a usable dataset)."""
+    train = manifest["splits"]["train"]
+    if train["samples_written"]:
+        return
+    reasons = ", ".join(f"{n} {reason}" for reason, n in train["rejected"].items() if n)
+    raise EmptyTrainingSplit(
+        f"{input_dir}: no training sample was written ({train['samples_in']} in"
+        f"{'; rejected: ' + reasons if reasons else ''}); check that train_samples and "
+        f"train_user_features share user IDs (129_1). Work files kept in {work}.",
+        manifest,
+    )
 
 
 def parse_min_count(values: list[str]) -> dict[str, int]:
@@ -288,6 +314,14 @@ def run_command(
         )
     except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
         parser.exit(2, f"error: {err}\n")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        parser.exit(
+            1,
+            f"error: out of disk space writing {err.filename or args.output} ({err.strerror}); "
+            "free some space and run the same command again to resume.\n",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,16 +1,24 @@
 """TF Serving's gRPC API for one Servable: PredictionService (Predict, GetModelMetadata) and
-ModelService (GetModelStatus), with TF Serving's message size limit (2 GiB), so that requests
-carrying 100K-long histories fit."""
+ModelService (GetModelStatus).
+
+Bounded like ``tensorflow_model_server`` configured with ``--grpc_channel_arguments`` and
+``--grpc_max_threads``: a message size limit (``grpc.max_receive_message_length``) and a fixed pool
+of handler threads. Beyond TF Serving, each input TensorProto is checked before it becomes an
+array: its declared shape must hold at most ``max_tensor_elements`` values and exactly as many
+values as it carries, so a few hundred bytes cannot declare (and make the server allocate) 50M
+elements.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -20,10 +28,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import MAX_GRPC_MESSAGE_BYTES
 from serving.servable import InvalidArgument, Servable, ServingError
 
 logger = logging.getLogger(__name__)
+# The local server's default request size limit. TF Serving accepts up to 2 GiB; 64 MiB holds a
+# rank request with 100K-long histories (1.6 MB) or a serving_default request at the export's
+# default rows x width cap (16 MB) with room to spare, and bounds what one call can make us buffer.
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 def _version(spec: model_pb2.ModelSpec) -> int | None:
@@ -44,7 +55,78 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
         context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
 
 
-def _to_array(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+# Where a TensorProto of each dtype keeps its values when not in ``tensor_content``, and how many
+# entries make one element.
+_VALUE_FIELDS = {
+    types_pb2.DT_HALF: ("half_val", 1),
+    types_pb2.DT_BFLOAT16: ("half_val", 1),
+    types_pb2.DT_FLOAT: ("float_val", 1),
+    types_pb2.DT_DOUBLE: ("double_val", 1),
+    **{dtype: ("int_val", 1) for dtype in (types_pb2.DT_INT8, types_pb2.DT_INT16,
+                                          types_pb2.DT_INT32, types_pb2.DT_UINT8,
+                                          types_pb2.DT_UINT16)},
+    types_pb2.DT_INT64: ("int64_val", 1),
+    types_pb2.DT_UINT32: ("uint32_val", 1),
+    types_pb2.DT_UINT64: ("uint64_val", 1),
+    types_pb2.DT_BOOL: ("bool_val", 1),
+    types_pb2.DT_STRING: ("string_val", 1),
+    types_pb2.DT_COMPLEX64: ("scomplex_val", 2),
+    types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
+}
+_ALL_VALUE_FIELDS = {field for field, _ in _VALUE_FIELDS.values()}
+DEFAULT_MAX_TENSOR_ELEMENTS = 10_000_000
+
+
+def _carried_values(name: str, proto: tensor_pb2.TensorProto) -> int:
+    """How many elements the proto's bytes hold (``tensor_content`` or its dtype's value field)."""
+    if proto.dtype not in _VALUE_FIELDS:
+        raise InvalidArgument(f"Input {name!r} has an unsupported dtype enum {proto.dtype}.")
+    field, per_element = _VALUE_FIELDS[proto.dtype]
+    dtype = tf.dtypes.as_dtype(proto.dtype)
+    others = sorted(f for f in _ALL_VALUE_FIELDS - {field} if len(getattr(proto, f)))
+    if others:
+        raise InvalidArgument(
+            f"Input {name!r} is {dtype.name} but carries values in {', '.join(others)}."
+        )
+    listed = len(getattr(proto, field)) // per_element
+    if not proto.tensor_content:
+        return listed
+    itemsize = np.dtype(dtype.as_numpy_dtype).itemsize if dtype != tf.string else 0
+    if listed or not itemsize or len(proto.tensor_content) % itemsize:
+        raise InvalidArgument(
+            f"Input {name!r}: tensor_content of {len(proto.tensor_content)} bytes is not a whole "
+            f"number of {dtype.name} values (or comes with other value fields)."
+        )
+    return len(proto.tensor_content) // itemsize
+
+
+def tensor_from_proto(
+    name: str, proto: tensor_pb2.TensorProto, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+) -> np.ndarray:
+    """The input as an array, refused before anything is allocated if its declared shape is
+    unknown, negative, larger than ``max_elements`` or disagrees with the values it carries.
+
+    (TensorFlow itself would repeat the last value to fill a larger declared shape; requests that
+    rely on that are refused here.)
+    """
+    if proto.tensor_shape.unknown_rank:
+        raise InvalidArgument(f"Input {name!r} must declare its shape (unknown_rank is set).")
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims):
+        raise InvalidArgument(f"Input {name!r} declares a negative dimension: {dims}.")
+    elements = 1
+    for size in dims:  # Python integers: no overflow, and stops as soon as the cap is passed
+        elements *= size
+        if elements > max_elements:
+            raise InvalidArgument(
+                f"Input {name!r} declares shape {dims}, more than the server's "
+                f"max_tensor_elements={max_elements} values."
+            )
+    carried = _carried_values(name, proto)
+    if carried != elements:
+        raise InvalidArgument(
+            f"Input {name!r} declares shape {dims} ({elements} values) but carries {carried}."
+        )
     try:
         return tf.make_ndarray(proto)
     except Exception as error:  # a malformed TensorProto
@@ -54,8 +136,9 @@ def _to_array(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """TF Serving's ``PredictionService``: Predict and GetModelMetadata (other RPCs: UNIMPLEMENTED)."""
 
-    def __init__(self, servable: Servable):
+    def __init__(self, servable: Servable, max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS):
         self._servable = servable
+        self._max_tensor_elements = max_tensor_elements
 
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
@@ -64,7 +147,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             spec = request.model_spec
             _check_spec(self._servable, spec)
-            inputs = {name: _to_array(name, proto) for name, proto in request.inputs.items()}
+            inputs = {
+                name: tensor_from_proto(name, proto, self._max_tensor_elements)
+                for name, proto in request.inputs.items()
+            }
             outputs = self._servable.predict(inputs, spec.signature_name)
             unknown = sorted(set(request.output_filter) - set(outputs))
             if unknown:
@@ -110,15 +196,45 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return self._servable.status()
 
 
-def make_grpc_server(servable: Servable, host: str, port: int, threads: int = 8) -> grpc.Server:
-    """A (not yet started) gRPC server for ``servable`` on ``host:port``."""
-    options = [
-        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """TF Serving's ``--grpc_channel_arguments``: ``key=value,key=value``; integer values as ints."""
+    arguments = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"gRPC channel argument {item!r} is not of the form key=value.")
+        arguments.append((key, int(value) if value.lstrip("-").isdigit() else value))
+    return arguments
+
+
+def make_grpc_server(
+    servable: Servable,
+    host: str,
+    port: int,
+    threads: int = 8,
+    channel_arguments: Sequence[tuple[str, int | str]] = (),
+    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+) -> grpc.Server:
+    """A (not yet started) gRPC server for ``servable`` on ``host:port``.
+
+    Args:
+        threads: handler threads (``--grpc_max_threads``); further calls queue in gRPC.
+        channel_arguments: gRPC server options; they override the defaults
+            (``grpc.max_receive_message_length`` = ``DEFAULT_MAX_MESSAGE_BYTES``).
+        max_tensor_elements: the most values one input tensor may declare.
+    """
+    options = dict(
+        [
+            ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+        ]
+    )
+    options.update(channel_arguments)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads), options=list(options.items())
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(servable), server
+        PredictionService(servable, max_tensor_elements), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(servable), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 import requests
@@ -26,6 +26,27 @@ def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def raw_http(port: int, raw: bytes, wait_s: float) -> tuple[bytes, bool]:
+    """Sends ``raw`` bytes to 127.0.0.1:``port`` on a new connection, for probing the REST front
+    end with requests no HTTP client would send. Returns what came back, and whether the server
+    closed the connection (False: still open after ``wait_s``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as conn:
+        conn.sendall(raw)
+        received = b""
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+    return received, True
+
+
+def http_statuses(received: bytes) -> list[int]:
+    """The status codes of the HTTP responses in ``received``."""
+    lines = received.split(b"\r\n")
+    return [int(line.split()[1]) for line in lines if line.startswith(b"HTTP/1.")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +95,7 @@ def local_server(
     rest: bool = True,
     log_path: str | None = None,
     ready_timeout_s: float = 180.0,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[LocalServer]:
     """``python -m serving.server`` on 127.0.0.1 with free ports; stopped on exit, whatever happens.
 
@@ -83,6 +105,7 @@ def local_server(
         rest: also serve REST.
         log_path: the server's stdout/stderr (default: beside ``model_base_path``).
         ready_timeout_s: how long to wait for the model to load.
+        extra_args: further ``serving.server`` flags (e.g. its limits).
 
     Yields:
         The ``LocalServer``, once it answers.
@@ -94,7 +117,7 @@ def local_server(
         process = subprocess.Popen(
             [sys.executable, "-m", "serving.server", "--model_name", model_name,
              "--model_base_path", model_base_path, "--port", str(grpc_port),
-             "--rest_api_port", str(rest_port), "--host", "127.0.0.1"],
+             "--rest_api_port", str(rest_port), "--host", "127.0.0.1", *extra_args],
             cwd=_REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         server = LocalServer(grpc_port, rest_port, process, log_path)

@@ -7,6 +7,13 @@ Routes (as ``tensorflow_model_server --rest_api_port``):
                                                   answered with "outputs") or "instances": [{...}]
                                                   (rows, answered with "predictions")
 Errors are ``{"error": "..."}`` with 400 (bad request) or 404 (unknown model, version or route).
+
+Bounds (the first two are ``tensorflow_model_server``'s ``--rest_api_num_threads`` and
+``--rest_api_timeout_in_ms``): at most ``num_threads`` connections are handled at once (more get
+503 and are closed); a connection idle or stalled for ``timeout_s`` is dropped; a body above
+``max_body_bytes`` is refused with 413 before it is read. A body must come with a valid
+``Content-Length`` (400 otherwise); ``Transfer-Encoding`` (chunked) bodies are refused with 411. Every
+refusal that leaves body bytes unread closes the connection, so they are never parsed as a request.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import inspect
 import json
 import logging
 import re
+import socket
+import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,6 +40,12 @@ _ROUTE = re.compile(
 )
 # NumPy kinds of JSON-decoded values each input kind accepts (O = tf.string).
 _JSON_KINDS = {"i": "iu", "u": "iu", "f": "iuf", "b": "b", "O": "U"}
+_CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
+DEFAULT_NUM_THREADS = 16
+DEFAULT_TIMEOUT_S = 30.0
+# JSON is ~2.7x larger than the binary request: a rank request with L = 100,000 and C = 1,000 is
+# 4.3 MB; serving_default at the export's default rows x width cap (1M values) is ~40 MB.
+DEFAULT_MAX_BODY_BYTES = 64 << 20
 logger = logging.getLogger(__name__)
 
 
@@ -40,6 +55,16 @@ _PRINT_DEFAULTS = next(
     for name in ("always_print_fields_with_no_presence", "including_default_value_fields")
     if name in inspect.signature(json_format.MessageToDict).parameters
 )
+
+
+class HttpRefusal(ServingError):
+    """A request refused at the HTTP level (length, encoding, size) with its own status."""
+
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, http_status: int, message: str):
+        super().__init__(message)
+        self.http_status = http_status
 
 
 def _proto_to_json(message: Any) -> dict:
@@ -97,27 +122,53 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle's algorithm the body waits for the
     # client's delayed ACK of the headers (~40 ms on Linux) on every keep-alive request.
     disable_nagle_algorithm = True
-    servable: Servable  # set by make_rest_server
+    # Set by make_rest_server; ``timeout`` is the socket timeout of StreamRequestHandler.
+    servable: Servable
+    max_body_bytes: int
+    timeout: float
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
 
     def _reply(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
+        try:
+            self._send(status, json.dumps(payload).encode())
+        except OSError:  # the client hung up or stopped reading
+            self.close_connection = True
+
+    def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
+    def _refuse(self, status: int, message: str) -> HttpRefusal:
+        """An HTTP-level refusal; the body stays unread, so the connection must close."""
+        self.close_connection = True
+        return HttpRefusal(status, message)
+
     def _read_body(self) -> bytes:
         """Read before anything else: left unread, a body would corrupt the connection's next request."""
+        if "Transfer-Encoding" in self.headers:
+            raise self._refuse(411, "Transfer-Encoding is not supported; send a Content-Length.")
+        lengths = self.headers.get_all("Content-Length") or ["0"]
+        if len(set(lengths)) > 1 or not _CONTENT_LENGTH.match(lengths[0].strip()):
+            raise self._refuse(400, f"Invalid Content-Length header: {', '.join(lengths)!r}.")
+        length = int(lengths[0])
+        if length > self.max_body_bytes:
+            raise self._refuse(
+                413, f"Request body of {length} bytes exceeds the limit of {self.max_body_bytes}."
+            )
         try:
-            length = int(self.headers.get("Content-Length", 0))
-        except ValueError:
-            self.close_connection = True
-            raise InvalidArgument("Invalid Content-Length header.") from None
-        return self.rfile.read(length)
+            body = self.rfile.read(length)
+        except OSError:  # a timeout, or the client hung up
+            body = b""
+        if len(body) != length:  # the client stalled past the timeout or hung up
+            raise self._refuse(408, f"Request body incomplete: {len(body)} of {length} bytes.")
+        return body
 
     def _route(self, method: str) -> None:
         try:
@@ -150,6 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(data)
         except ValueError as error:
             raise InvalidArgument(f"JSON Parse error: {error}") from None
+        except RecursionError:
+            raise InvalidArgument("JSON Parse error: nested too deeply.") from None
         if not isinstance(body, dict):
             raise InvalidArgument("The request body must be a JSON object.")
         signature_name = body.get("signature_name", "")
@@ -176,9 +229,52 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("POST")
 
 
-def make_rest_server(servable: Servable, host: str, port: int) -> ThreadingHTTPServer:
-    """A (not yet serving) HTTP server; call ``serve_forever`` in a thread, ``shutdown`` to stop."""
-    handler = type("Handler", (_Handler,), {"servable": servable})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``num_threads`` at once; the rest get 503 and close."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, num_threads: int):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(num_threads)
+
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": "Too many connections; retry later."}).encode()
+            try:
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+                    + body
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def make_rest_server(
+    servable: Servable,
+    host: str,
+    port: int,
+    num_threads: int = DEFAULT_NUM_THREADS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> ThreadingHTTPServer:
+    """A (not yet serving) HTTP server; call ``serve_forever`` in a thread, ``shutdown`` to stop.
+
+    Args:
+        num_threads: connections handled at once (``--rest_api_num_threads``).
+        timeout_s: socket timeout; idle keep-alive and stalled clients are dropped after it.
+        max_body_bytes: the largest request body accepted (413 above it, before reading).
+    """
+    attributes = {"servable": servable, "timeout": timeout_s, "max_body_bytes": max_body_bytes}
+    handler = type("Handler", (_Handler,), attributes)
+    return _BoundedHTTPServer((host, port), handler, num_threads)

@@ -8,21 +8,46 @@ It serves the newest version directory under ``--model_base_path`` (loaded once,
 the export's warm-up requests first, and binds to loopback unless ``--host`` says otherwise. As in
 TF Serving, ``--rest_api_port 0`` (the default) disables REST. It runs the SavedModel through
 TensorFlow's Python runtime, so it proves the export and the protocols, not TF Serving's speed.
+
+Resource bounds take TF Serving's flags (``--grpc_channel_arguments``, ``--grpc_max_threads``,
+``--rest_api_num_threads``, ``--rest_api_timeout_in_ms``) plus two of its own
+(``--rest_api_max_body_bytes``, ``--max_tensor_elements``); serving/README.md lists the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import threading
 from collections.abc import Sequence
 
-from serving.grpc_service import make_grpc_server
-from serving.rest import make_rest_server
+from serving import grpc_service, rest
 from serving.servable import Servable
 
 logger = logging.getLogger("serving.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What the front ends bound (defaults in serving/README.md).
+
+    Attributes:
+        grpc_channel_arguments: gRPC server options, e.g. ``grpc.max_receive_message_length``.
+        grpc_max_threads: gRPC handler threads.
+        rest_api_num_threads: REST connections handled at once.
+        rest_api_timeout_s: REST socket timeout (idle and stalled clients are dropped).
+        rest_api_max_body_bytes: the largest REST request body.
+        max_tensor_elements: the most values one gRPC input tensor may declare.
+    """
+
+    grpc_channel_arguments: tuple = ()
+    grpc_max_threads: int = 8
+    rest_api_num_threads: int = rest.DEFAULT_NUM_THREADS
+    rest_api_timeout_s: float = rest.DEFAULT_TIMEOUT_S
+    rest_api_max_body_bytes: int = rest.DEFAULT_MAX_BODY_BYTES
+    max_tensor_elements: int = grpc_service.DEFAULT_MAX_TENSOR_ELEMENTS
 
 
 class ModelServer:
@@ -33,14 +58,37 @@ class ModelServer:
         host: the address both front ends bind to.
         port: gRPC port.
         rest_api_port: REST port; 0 disables REST.
+        limits: resource bounds of both front ends (default: ``Limits()``).
     """
 
     def __init__(
-        self, servable: Servable, host: str = "127.0.0.1", port: int = 8500, rest_api_port: int = 0
+        self,
+        servable: Servable,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        rest_api_port: int = 0,
+        limits: Limits | None = None,
     ):
-        self.grpc_server = make_grpc_server(servable, host, port)
+        limits = limits or Limits()
+        self.grpc_server = grpc_service.make_grpc_server(
+            servable,
+            host,
+            port,
+            threads=limits.grpc_max_threads,
+            channel_arguments=limits.grpc_channel_arguments,
+            max_tensor_elements=limits.max_tensor_elements,
+        )
         self.rest_server = (
-            make_rest_server(servable, host, rest_api_port) if rest_api_port else None
+            rest.make_rest_server(
+                servable,
+                host,
+                rest_api_port,
+                num_threads=limits.rest_api_num_threads,
+                timeout_s=limits.rest_api_timeout_s,
+                max_body_bytes=limits.rest_api_max_body_bytes,
+            )
+            if rest_api_port
+            else None
         )
         self._rest_thread = None
 
@@ -57,6 +105,20 @@ class ModelServer:
             self.rest_server.shutdown()
             self.rest_server.server_close()
         self.grpc_server.stop(grace=1.0).wait()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _channel_arguments(text: str) -> tuple:
+    try:
+        return tuple(grpc_service.parse_channel_arguments(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _flag(text: str) -> bool:
@@ -85,6 +147,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=True,
         help="replay assets.extra/tf_serving_warmup_requests before serving",
     )
+    parser.add_argument(
+        "--grpc_channel_arguments",
+        type=_channel_arguments,
+        default=(),
+        help="comma-separated gRPC server options, e.g. grpc.max_receive_message_length=67108864 "
+        f"(default {grpc_service.DEFAULT_MAX_MESSAGE_BYTES}, the receive and send limits)",
+    )
+    parser.add_argument(
+        "--grpc_max_threads", type=_positive, default=8, help="gRPC handler threads (8)"
+    )
+    parser.add_argument(
+        "--rest_api_num_threads",
+        type=_positive,
+        default=rest.DEFAULT_NUM_THREADS,
+        help=f"REST connections handled at once; more get 503 ({rest.DEFAULT_NUM_THREADS})",
+    )
+    parser.add_argument(
+        "--rest_api_timeout_in_ms",
+        type=_positive,
+        default=int(rest.DEFAULT_TIMEOUT_S * 1000),
+        help="REST socket timeout: idle and stalled connections are dropped "
+        f"({int(rest.DEFAULT_TIMEOUT_S * 1000)})",
+    )
+    parser.add_argument(
+        "--rest_api_max_body_bytes",
+        type=_positive,
+        default=rest.DEFAULT_MAX_BODY_BYTES,
+        help=f"largest REST request body; larger ones get 413 ({rest.DEFAULT_MAX_BODY_BYTES})",
+    )
+    parser.add_argument(
+        "--max_tensor_elements",
+        type=_positive,
+        default=grpc_service.DEFAULT_MAX_TENSOR_ELEMENTS,
+        help="most values one gRPC input tensor may declare "
+        f"({grpc_service.DEFAULT_MAX_TENSOR_ELEMENTS})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -92,7 +190,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     logger.info("Loaded %s version %d from %s", servable.name, servable.version, servable.path)
     if args.enable_model_warmup:
         logger.info("Replayed %d warm-up requests", servable.warmup())
-    server = ModelServer(servable, args.host, args.port, args.rest_api_port)
+    limits = Limits(
+        grpc_channel_arguments=args.grpc_channel_arguments,
+        grpc_max_threads=args.grpc_max_threads,
+        rest_api_num_threads=args.rest_api_num_threads,
+        rest_api_timeout_s=args.rest_api_timeout_in_ms / 1000,
+        rest_api_max_body_bytes=args.rest_api_max_body_bytes,
+        max_tensor_elements=args.max_tensor_elements,
+    )
+    server = ModelServer(servable, args.host, args.port, args.rest_api_port, limits)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())

@@ -222,6 +222,13 @@ def test_a_record_with_inconsistent_sample_lists_fails_clearly(tmp_path):
         read_samples([path], 3)
 
 
+def _stdout_of_fresh_python(code: str) -> str:
+    """Runs ``code`` in a new interpreter (filesystem registration is process-wide)."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 def test_remote_schemes_register_through_tensorflow_io_only_when_used():
     if not tf.__version__.startswith("2.16."):
         pytest.skip(f"tensorflow-io works only with TensorFlow 2.16, this is {tf.__version__}")
@@ -234,9 +241,7 @@ def test_remote_schemes_register_through_tensorflow_io_only_when_used():
         "after = set(tf.io.gfile.get_registered_schemes())\n"
         "print(loaded, 's3' in before, sorted({'s3', 'hdfs', 'az', 'gs'} - after))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split("\n")[-2] == "False False []"
+    assert _stdout_of_fresh_python(code).split("\n")[-2] == "False False []"
 
 
 def test_remote_schemes_on_newer_tensorflow_fail_clearly_and_gs_still_works():
@@ -252,9 +257,7 @@ def test_remote_schemes_on_newer_tensorflow_fail_clearly_and_gs_still_works():
         "        print(err)\n"
         "print('tensorflow_io' in sys.modules, 'gs' in tf.io.gfile.get_registered_schemes())\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    *errors, flags = run.stdout.strip().split("\n")
+    *errors, flags = _stdout_of_fresh_python(code).strip().split("\n")
     assert flags == "False True"
     assert len(errors) == 3
     for scheme, error in zip(("s3", "hdfs", "az"), errors):

@@ -260,6 +260,34 @@ def test_versions_are_numbered_and_never_overwritten(case, tmp_path):
         run(tf.saved_model.load(second), signatures.RANK, request)
 
 
+def test_candidates_and_rows_x_width_are_capped_in_the_graph(case, tmp_path):
+    """The caps sit in the SavedModel itself (so stock TF Serving enforces them): a request at a
+    cap is served with the Keras model's scores, one value past it is refused with the cap named."""
+    loaded = tf.saved_model.load(
+        export.export_saved_model(
+            case.model, case.vocabularies, str(tmp_path), "m",
+            max_history_length=40, max_candidates=5, max_history_values=60,
+        )
+    )
+    rng = np.random.default_rng(9)
+    at_cap = sc.rank_request(rng, case, 40, candidates=5)
+    assert_scores(*run(loaded, "rank", at_cap), sc.keras_rank(case, at_cap))
+    rows = sc.rows_request(rng, case, [20, 0, 7], width=20)  # 3 x 20 = 60
+    assert_scores(*run(loaded, "serving_default", rows), sc.keras_rows(case, rows))
+    refused = [
+        ("rank", sc.rank_request(rng, case, 3, candidates=6), "max_candidates=5"),
+        ("rank", sc.rank_request(rng, case, 0, candidates=6), "max_candidates=5"),
+        ("serving_default", sc.rows_request(rng, case, [1] * 61, width=1), "max_history_values=60"),
+        ("serving_default", sc.rows_request(rng, case, [3, 0], width=31), "max_history_values=60"),
+    ]
+    for signature, request, message in refused:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            run(loaded, signature, request)
+    for name, value in (("max_candidates", 0), ("max_history_values", -1)):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            export.export_saved_model(case.model, case.vocabularies, str(tmp_path), "x", **{name: value})
+
+
 def test_vocabularies_must_match_the_model(case, tmp_path):
     cases = [
         ({k: v for k, v in case.vocabularies.items() if k != "attr_214"}, "'attr_214' is missing"),
@@ -375,11 +403,21 @@ def test_cli_exports_a_training_run(case, tmp_path):
             "cli",
             "--version",
             "7",
+            "--max-candidates",
+            "6",
+            "--max-history-values",
+            "600",
         ]
     )
     assert path == str(tmp_path / "out" / "cli" / "7")
-    request = sc.rank_request(np.random.default_rng(7), case, 300, candidates=6)
-    assert_scores(*run(tf.saved_model.load(path), signatures.RANK, request), sc.keras_rank(case, request))
+    loaded = tf.saved_model.load(path)
+    rng = np.random.default_rng(7)
+    request = sc.rank_request(rng, case, 300, candidates=6)
+    assert_scores(*run(loaded, "rank", request), sc.keras_rank(case, request))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_candidates=6"):
+        run(loaded, "rank", sc.rank_request(rng, case, 300, candidates=7))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_history_values=600"):
+        run(loaded, "serving_default", sc.rows_request(rng, case, [300, 1, 0], width=301))
 
 
 @pytest.mark.parametrize("variant", ["din", "sim_hard", "sim_soft"])
@@ -392,3 +430,25 @@ def test_baseline_variants_export_and_match_keras(variant, tmp_path):
     assert_scores(*run(loaded, signatures.RANK, ranked), sc.keras_rank(other, ranked))
     rows = sc.rows_request(rng, other, [200, 17, 0], width=200)
     assert_scores(*run(loaded, signatures.SERVING_DEFAULT, rows), sc.keras_rows(other, rows))
+
+
+@pytest.mark.parametrize(
+    "dims, message",
+    [
+        ([2**32, 2**32, 2**32], "element count overflows for item_id"),  # 2^96 wraps int64
+        ([2**62, 4], "element count overflows for item_id"),
+        ([50_000_000], "declares more values than the file holds for item_id"),
+        ([-3], "bad shape for input item_id"),
+    ],
+)
+def test_c_api_program_refuses_impossible_shapes_with_a_message(
+    c_program, exported, case, tmp_path, dims, message
+):
+    request = sc.rank_request(np.random.default_rng(10), case, 5, candidates=2)
+    path = tmp_path / "requests.txt"
+    write_requests(path, [("rank", {k: v for k, v in request.items() if k != "item_id"})])
+    text = path.read_text().replace(f"request rank {len(request) - 1}", f"request rank {len(request)}")
+    path.write_text(text + " ".join(map(str, ["item_id", len(dims), *dims, 1, 2])) + "\n")
+    result = subprocess.run([c_program, exported, str(path)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]

@@ -1,9 +1,13 @@
 """Conversion of Taobao-MM Parquet (the real demo heads) to vocabularies, tables and shards."""
 
+import errno
+import os
 from collections import Counter
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from muse_tf import artifacts, data, features, vocabulary
@@ -177,9 +181,20 @@ def _expected_adjustments(tables, split, vocabs, history_length):
     return counts
 
 
-def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path):
+def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path, capsys):
+    """No training sample joins, so the conversion fails with the counts (and writes no manifest);
+    the command line says why."""
     tables = demo_tables()
-    manifest = _convert(DEMO_DIR, tmp_path / "out")
+    with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample was written") as err:
+        _convert(DEMO_DIR, tmp_path / "out")
+    manifest = err.value.manifest
+    assert f"{len(tables['train_samples'])} user_without_features" in str(err.value)
+    assert not (tmp_path / "out" / artifacts.MANIFEST).exists()
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(["--input", str(DEMO_DIR), "--output", str(tmp_path / "out"),
+                        "--workers", "1", "--train-shards", "2", "--test-shards", "2"])
+    assert exit_info.value.code == 2
+    assert "no training sample was written" in capsys.readouterr().err
     for split in ("train", "test"):
         summary = manifest["splits"][split]
         _check_balanced(summary)
@@ -187,7 +202,8 @@ def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path):
         assert summary["samples_written"] == 0
         assert summary["rejected"]["user_without_features"] == summary["samples_in"]
         assert summary["user_rows"]["unmatched"] == len(tables[f"{split}_user_features"])
-        assert read_samples(data.split_files(str(tmp_path / "out"), split), 8) == {}
+        shards = [str(tmp_path / "out" / shard["file"]) for shard in summary["shards"]]
+        assert read_samples(shards, 8) == {}
     expected = _expected_vocabularies(tables, item_min_count=1)
     for name, ids in artifacts.load_vocabularies(str(tmp_path / "out")).items():
         np.testing.assert_array_equal(ids, expected[name], err_msg=name)
@@ -303,3 +319,67 @@ def test_command_line_help_and_errors(tmp_path, capsys):
         taobao_mm.main(["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_ids_above_the_int64_range_name_their_file_and_column(tmp_path):
+    tables = _demo_copy(tmp_path)
+    ids = tables["item_features"]["205"].to_numpy().astype(np.uint64) >> np.uint64(1)  # < 2^63
+    ids[3] = 2**63 + 5
+    path = tmp_path / "in" / "item_features.parquet"
+    tables["item_features"].assign(**{"205": ids}).to_parquet(path, index=False)
+    with pytest.raises(InputError, match=r"item_features\.parquet: column '205' holds the ID "
+                       f"{2**63 + 5}"):
+        _convert(tmp_path / "in", tmp_path / "out")
+    ids[3] = 2**63 - 1  # the largest int64: an ordinary ID
+    tables["item_features"].assign(**{"205": ids}).to_parquet(path, index=False)
+    with pytest.raises(taobao_mm.EmptyTrainingSplit):  # gets as far as the demo heads can
+        _convert(tmp_path / "in", tmp_path / "out2")
+
+
+def test_a_damaged_page_is_caught_by_its_checksum_and_named(tmp_path):
+    tables = _demo_copy(tmp_path)
+    path = tmp_path / "in" / "item_features.parquet"
+    table = pa.Table.from_pandas(tables["item_features"], preserve_index=False)
+    pq.write_table(
+        table, path, compression="NONE", use_dictionary=False, write_page_checksum=True
+    )
+    raw = bytearray(path.read_bytes())
+    column = pq.ParquetFile(path).metadata.row_group(0).column(1)  # '206': one plain int64 page
+    raw[column.data_page_offset + column.total_compressed_size - 1] ^= 0x40  # the last value
+    path.write_bytes(bytes(raw))
+    # Unverified, the damage decodes silently into other IDs; that is what the checksum prevents.
+    unverified = pq.ParquetFile(path).read().column("206").to_numpy()
+    assert (unverified != tables["item_features"]["206"].to_numpy()).sum() == 1
+    with pytest.raises(InputError, match=r"item_features\.parquet: unreadable Parquet data"):
+        _convert(tmp_path / "in", tmp_path / "out")
+
+
+def test_a_full_disk_names_the_path_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """The item tables are memory-mapped: their blocks are reserved first, so a full disk is an
+    error naming the file (not SIGBUS on a later write), and the next run picks up from there."""
+    write_tables(tmp_path / "in", _stitched_demo(demo_tables()))
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--workers", "1",
+            "--train-shards", "2", "--test-shards", "2", "--history-cap", str(HISTORY)]
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(args)
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err
+    assert "out of disk space" in message and "run the same command again to resume" in message
+    assert str(tmp_path / "out" / "_work" / "item_attributes.npy") in message
+    monkeypatch.undo()
+    taobao_mm.main(args)
+    log = capsys.readouterr().err
+    assert "[scan" in log and all(
+        "done before" in line for line in log.splitlines() if line.startswith("[scan")
+    )
+    resumed = artifacts.load_manifest(str(tmp_path / "out"))
+    clean = _convert(tmp_path / "in", tmp_path / "clean", history_cap=HISTORY)
+    assert resumed["splits"]["train"]["samples_written"] > 0
+    assert {k: v for k, v in resumed.items() if k != "source"} == {
+        k: v for k, v in clean.items() if k != "source"
+    }

@@ -247,3 +247,19 @@ def test_a_damaged_test_shard_is_named(dataset, tmp_path):
     with pytest.raises(ValueError, match=f"{os.path.basename(shard)} is damaged"):
         evaluate.evaluate_run(build_model(experiment), str(damaged), experiment.train,
                               str(tmp_path / "eval"))
+
+
+def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
+    """A dataset whose training split holds no sample (an older conversion could write one) stops
+    with a message before fitting; with no sample to repeat, fit would never return."""
+    empty = tmp_path / "empty"
+    shutil.copytree(dataset, empty)
+    manifest = json.loads((empty / artifacts.MANIFEST).read_text())
+    manifest["splits"]["train"]["samples_written"] = 0
+    (empty / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    for shard in data.split_files(str(empty), "train"):
+        os.remove(shard)
+    for steps in ([], ["--set", "train.steps_per_epoch=3"]):
+        with pytest.raises(ValueError, match="training split holds no sample"):
+            train.main(["--data", str(empty), "--model-dir", str(tmp_path / "run"), "--verbose",
+                        "0", *TINY, *steps])

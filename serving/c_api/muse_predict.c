@@ -12,6 +12,10 @@
  * For each request, stdout gets "request <signature_name>" and then, per signature output, a line
  *     <output_name> <count> <values...>                                (float32, %.9g)
  *
+ * Bad input ends the program with a message, never with undefined behaviour: element counts are
+ * computed with overflow checks, an input may not declare more values than the rest of the file
+ * can hold (each takes at least two characters), and every allocation is checked.
+ *
  * Build (see serving/README.md):
  *     TF=$(python -c "import os, tensorflow as tf; print(os.path.dirname(tf.__file__))")
  *     gcc -std=c11 -O2 -Wall -I$TF/include muse_predict.c -o muse_predict \
@@ -173,23 +177,42 @@ static void check(TF_Status *status, const char *what) {
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
+static void fail(const char *message, const char *name) {
+  fprintf(stderr, "%s %s\n", message, name);
+  exit(1);
+}
+
+/* The most values the rest of a regular file can hold ("1 " per value); -1 when unknown. */
+static int64_t values_left(FILE *in) {
+  long here = ftell(in);
+  if (here < 0 || fseek(in, 0, SEEK_END) != 0) return -1;
+  long end = ftell(in);
+  if (end < 0 || fseek(in, here, SEEK_SET) != 0) fail("cannot seek in", "the request file");
+  return (int64_t)(end - here) / 2 + 1;
+}
+
 static TF_Tensor *read_int64_tensor(FILE *in, const char *name) {
   int rank;
   int64_t dims[MAX_RANK], count = 1;
-  if (fscanf(in, "%d", &rank) != 1 || rank < 0 || rank > MAX_RANK) goto bad;
+  const int64_t max_count = (int64_t)(SIZE_MAX / sizeof(int64_t)) < INT64_MAX
+                                ? (int64_t)(SIZE_MAX / sizeof(int64_t))
+                                : INT64_MAX;
+  if (fscanf(in, "%d", &rank) != 1 || rank < 0 || rank > MAX_RANK) fail("bad rank for input", name);
   for (int i = 0; i < rank; ++i) {
-    if (fscanf(in, "%" SCNd64, &dims[i]) != 1 || dims[i] < 0) goto bad;
+    if (fscanf(in, "%" SCNd64, &dims[i]) != 1 || dims[i] < 0) fail("bad shape for input", name);
+    if (dims[i] != 0 && count > max_count / dims[i]) fail("element count overflows for", name);
     count *= dims[i];
   }
+  int64_t left = values_left(in);
+  if (left >= 0 && count > left) fail("declares more values than the file holds for", name);
   TF_Tensor *tensor = TF_AllocateTensor(TF_INT64, dims, rank, (size_t)count * sizeof(int64_t));
+  if (tensor == NULL) fail("cannot allocate input", name);
   int64_t *values = (int64_t *)TF_TensorData(tensor);
+  if (values == NULL && count > 0) fail("cannot allocate input", name);
   for (int64_t i = 0; i < count; ++i) {
-    if (fscanf(in, "%" SCNd64, &values[i]) != 1) goto bad;
+    if (fscanf(in, "%" SCNd64, &values[i]) != 1) fail("bad values for input", name);
   }
   return tensor;
-bad:
-  fprintf(stderr, "bad values for input %s\n", name);
-  exit(1);
 }
 
 static void run_request(TF_Session *session, TF_Graph *graph, const TF_Buffer *meta_graph,
@@ -228,6 +251,7 @@ static void run_request(TF_Session *session, TF_Graph *graph, const TF_Buffer *m
   }
 
   TF_Status *status = TF_NewStatus();
+  if (status == NULL) fail("cannot allocate", "a TF_Status");
   TF_SessionRun(session, NULL, feeds, feed_values, num_inputs, fetches, fetch_values,
                 signature.num_outputs, NULL, 0, NULL, status);
   check(status, "TF_SessionRun");
@@ -241,6 +265,7 @@ static void run_request(TF_Session *session, TF_Graph *graph, const TF_Buffer *m
     }
     const float *values = (const float *)TF_TensorData(fetch_values[i]);
     int64_t count = TF_TensorElementCount(fetch_values[i]);
+    if (count < 0 || (count > 0 && values == NULL)) fail("no data in output", signature.outputs[i].alias);
     printf("%s %" PRId64, signature.outputs[i].alias, count);
     for (int64_t j = 0; j < count; ++j) printf(" %.9g", values[j]);
     printf("\n");
@@ -264,6 +289,9 @@ int main(int argc, char **argv) {
   TF_Graph *graph = TF_NewGraph();
   TF_SessionOptions *options = TF_NewSessionOptions();
   TF_Buffer *meta_graph = TF_NewBuffer();
+  if (status == NULL || graph == NULL || options == NULL || meta_graph == NULL) {
+    fail("cannot allocate", "the TensorFlow session objects");
+  }
   const char *tags[] = {"serve"};
   TF_Session *session =
       TF_LoadSessionFromSavedModel(options, NULL, argv[1], tags, 1, graph, meta_graph, status);
