@@ -594,6 +594,7 @@ def finish(
         shards_by_split=shards,
         totals_by_split={s: _split_totals(counters, s, shards[s]) for s in release.SPLITS},
     )
+    taobao_mm.check_training_samples(input_dir, result, work)
     with FileSystems.create(
         f"{output}/{artifacts.MANIFEST}", compression_type=CompressionTypes.UNCOMPRESSED
     ) as f:

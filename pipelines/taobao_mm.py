@@ -217,7 +217,7 @@ def convert(
         input_rows=input_rows,
         shards_by_split=shards_by_split,
     )
-    _check_training_samples(input_dir, manifest, work)
+    check_training_samples(input_dir, manifest, work)
     write_json(os.path.join(output, artifacts.MANIFEST), manifest)
     if not keep_work:
         shutil.rmtree(work)
@@ -243,8 +243,9 @@ class EmptyTrainingSplit(pi.InputError):
         self.manifest = manifest
 
 
-def _check_training_samples(input_dir: str, manifest: dict, work: str) -> None:
-    """Fails a conversion that leaves nothing to train on (no manifest: not a usable dataset)."""
+def check_training_samples(input_dir: str, manifest: dict, work: str) -> None:
+    """Fails a conversion that leaves nothing to train on, before its manifest is written (no
+    manifest: not a usable dataset); both engines call it."""
     train = manifest["splits"]["train"]
     if train["samples_written"]:
         return

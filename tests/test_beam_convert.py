@@ -65,7 +65,8 @@ def _convert_both(input_dir, tmp_path, **options):
     return local, beam
 
 
-def _assert_same_output(tmp_path, local, beam):
+def _assert_same_tables(tmp_path, local, beam):
+    """Same manifest (but for the shard layout), vocabularies and multimodal table."""
     assert _without_layout(beam) == _without_layout(local)
     for name in features.VOCABULARIES:
         np.testing.assert_array_equal(
@@ -77,6 +78,10 @@ def _assert_same_output(tmp_path, local, beam):
         artifacts.load_multimodal_table(str(tmp_path / "beam")),
         artifacts.load_multimodal_table(str(tmp_path / "local")),
     )
+
+
+def _assert_same_output(tmp_path, local, beam):
+    _assert_same_tables(tmp_path, local, beam)
     assert len(beam["splits"]["train"]["shards"]) == 3
     for split in ("train", "test"):
         assert _records(tmp_path / "beam", split) == _records(tmp_path / "local", split)
@@ -114,9 +119,15 @@ def test_synthetic_data_matches_the_local_engine(tmp_path):
         beam_convert.convert(str(tmp_path / "in"), str(tmp_path / "beam"), pipeline_args=DIRECT)
 
 
-def test_real_demo_matches_the_local_engine(tmp_path):
+def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
+    """The demo's table heads do not join, so no training sample survives: both engines refuse it
+    with the same accounting of where every row went."""
     if not DEMO_DIR.is_dir():
         pytest.skip(f"Taobao-MM demo data not found at {DEMO_DIR}.")
-    local, beam = _convert_both(DEMO_DIR, tmp_path, history_cap=HISTORY)
-    assert beam["input_rows"]["scl_embedding_int8_p90"] > 0
-    _assert_same_output(tmp_path, local, beam)
+    with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as local:
+        taobao_mm.convert(str(DEMO_DIR), str(tmp_path / "local"), workers=1, history_cap=HISTORY)
+    with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as beam:
+        beam_convert.convert(str(DEMO_DIR), str(tmp_path / "beam"), history_cap=HISTORY,
+                             pipeline_args=DIRECT)
+    assert beam.value.manifest["input_rows"]["scl_embedding_int8_p90"] > 0
+    _assert_same_tables(tmp_path, local.value.manifest, beam.value.manifest)
