@@ -171,6 +171,18 @@ def _only_the_retrieved_behaviour_moves_the_output(model, x, row, inside, outsid
             np.testing.assert_allclose(after, before, atol=1e-6)
 
 
+def _perfect_multimodal_match(model, table, x, row):
+    """``change(pos)``: behaviour ``pos`` gets the target's multimodal vector, which SA-TA and
+    SimTier see if the search found it, and a learned-embedding search never sees."""
+
+    def change(pos):
+        changed = table.copy()
+        changed[x[features.HISTORY_ITEMS][row, pos]] = table[x[features.ITEM_ID][row]]
+        model.set_multimodal_table(changed)
+
+    return change
+
+
 def test_sim_soft_searches_learned_embeddings_and_reads_multimodal_similarity_of_what_it_found():
     model, table = build("sim_soft")
     widen_embeddings(model)
@@ -178,14 +190,28 @@ def test_sim_soft_searches_learned_embeddings_and_reads_multimodal_similarity_of
     row = 2
     inside, outside = _old_inside_and_outside(_id_cosines(model, x, row, with_category=True))
 
-    def perfect_multimodal_match(pos):
-        # Seen by SA-TA and SimTier if the search found it, never by the search itself.
-        changed = table.copy()
-        changed[x[features.HISTORY_ITEMS][row, pos]] = table[x[features.ITEM_ID][row]]
-        model.set_multimodal_table(changed)
-
     _only_the_retrieved_behaviour_moves_the_output(model, x, row, inside, outside,
-                                                   perfect_multimodal_match)
+                                                   _perfect_multimodal_match(model, table, x, row))
+
+
+def test_sim_soft_search_counts_the_category_embedding_too():
+    """The official SIM-soft scores behaviours by item and category embeddings together: a
+    behaviour that only the joint cosine ranks in the top K is retrieved, one that only the item
+    cosine would rank there is not."""
+    model, table = build("sim_soft")
+    widen_embeddings(model)
+    x = batch()
+    row = 2
+    joint = _id_cosines(model, x, row, with_category=True)
+    item_only = _id_cosines(model, x, row, with_category=False)
+    top_joint = set(np.argsort(-joint, kind="stable")[:K])
+    top_item = set(np.argsort(-item_only, kind="stable")[:K])
+    only_joint = [p for p in range(OLD) if p in top_joint and p not in top_item]
+    only_item = [p for p in range(OLD) if p in top_item and p not in top_joint]
+    assert only_joint and only_item, "the two searches agree on this seed; pick another"
+
+    _only_the_retrieved_behaviour_moves_the_output(model, x, row, only_joint[0], only_item[0],
+                                                   _perfect_multimodal_match(model, table, x, row))
 
 
 def test_muse_searches_multimodal_vectors_not_learned_embeddings():
