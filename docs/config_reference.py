@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -29,17 +30,17 @@ SECTIONS = (("model", ModelConfig), ("train", TrainConfig))
 
 def attribute_docs(cls: type) -> dict[str, str]:
     """``name: text`` entries of the class docstring's ``Attributes:`` section, continuation lines
-    joined."""
-    doc = cls.__doc__ or ""
+    joined. ``inspect.cleandoc`` first: Python 3.13 strips the indentation that older Pythons keep."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
     _, _, section = doc.partition("Attributes:")
     entries: dict[str, str] = {}
     name = None
     for line in section.splitlines():
-        match = re.match(r"^ {8}(\w+): (.*)$", line)
+        match = re.match(r"^ {4}(\w+): (.*)$", line)
         if match:
             name, text = match.groups()
             entries[name] = text.strip()
-        elif name and line.startswith(" " * 12):
+        elif name and line.startswith(" " * 8):
             entries[name] += " " + line.strip()
         elif line.strip():
             name = None
