@@ -33,7 +33,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from benchmarks import common, fixtures
-from muse_tf import export, features, signatures
+from muse_tf import features, limits, signatures
 from serving.client import GrpcClient, PredictionError, RestClient
 from serving.launch import http_statuses, local_server, raw_http
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
                    ] * args.clients
         clients.append(lambda: RestClient("127.0.0.1", server.rest_port, "muse", timeout=30.0))
         channels: list = []
-        every = abuses(server.grpc_port, server.rest_port, pool[0], export.DEFAULT_MAX_CANDIDATES,
+        every = abuses(server.grpc_port, server.rest_port, pool[0], limits.MAX_CANDIDATES,
                        channels)
         stall = every.pop("stalled REST connection")
         every.update({f"stalled REST connection {i + 1}": stall for i in range(args.stalls)})

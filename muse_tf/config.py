@@ -12,6 +12,7 @@ import numbers
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -302,6 +303,14 @@ def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
         else:
             kwargs[name] = _typed(f"{prefix}{name}", value, hint)
     return cls(**kwargs)
+
+
+SYNTHETIC_CONFIG = "synthetic.yaml"  # the embedded default's settings
+
+
+def packaged_config_path(name: str = SYNTHETIC_CONFIG) -> str:
+    """Path of a YAML config shipped in ``muse_tf/configs``."""
+    return str(resources.files("muse_tf.configs").joinpath(name))
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -17,8 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from muse_tf import strict_json, train
-from muse_tf.config import ExperimentConfig, apply_overrides, from_dict, load_yaml
+from muse_tf import strict_json, train, training
+from muse_tf.config import (
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    packaged_config_path,
+)
 from muse_tf.synthetic_dataset import ensure_default_dataset
 
 # (row name, ModelConfig overrides, paper GAUC). Tables 1-3 are the paper's production-5k figures,
@@ -58,7 +64,7 @@ def run_key(overrides: dict) -> str:
 def experiment_config(overrides: dict, seed: int, extra: Sequence[str]) -> ExperimentConfig:
     """The embedded default config with a row's model ``overrides``, ``seed``, a fixed input
     order, and the command line's ``--set`` overrides applied last."""
-    values = load_yaml(train.packaged_config_path())
+    values = load_yaml(packaged_config_path())
     values.setdefault("model", {}).update(overrides)
     values.setdefault("train", {}).update(seed=seed, deterministic=True)
     return from_dict(ExperimentConfig, apply_overrides(values, extra))
@@ -70,7 +76,7 @@ def run_one(overrides: dict, seed: int, data_dir: str, work_dir: str, extra: Seq
     A finished run of the same configuration is trained again (``overwrite``), so re-running the
     experiments always measures the current code."""
     model_dir = os.path.join(work_dir, run_key(overrides), f"seed{seed}")
-    result = train.run(experiment_config(overrides, seed, extra), data_dir, model_dir,
+    result = training.run(experiment_config(overrides, seed, extra), data_dir, model_dir,
                        export=False, overwrite=True, verbose=0)
     return {"auc": result["eval"]["auc"], "gauc": result["eval"]["gauc"]}
 

@@ -54,7 +54,7 @@ import tensorflow as tf
 import tf_keras
 
 import muse_tf
-from muse_tf import artifacts, data, features, runs, vocabulary, warmup
+from muse_tf import artifacts, data, features, limits, runs, vocabulary, warmup
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 from muse_tf.signatures import (
@@ -71,9 +71,6 @@ from muse_tf.signatures import (
 
 VERSIONS_FILE = os.path.join("assets.extra", "versions.json")
 
-DEFAULT_MAX_HISTORY_LENGTH = 100_000
-DEFAULT_MAX_CANDIDATES = 5_000
-DEFAULT_MAX_HISTORY_VALUES = 1_000_000
 
 def _same_size(tensors: Mapping[str, tf.Tensor], names: Sequence[str], size: tf.Tensor) -> list:
     """Checks that every input after ``names[0]`` has ``size`` (the size of ``names[0]``) values."""
@@ -270,9 +267,9 @@ def export_saved_model(
     model_name: str,
     version: int | None = None,
     *,
-    max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH,
-    max_candidates: int = DEFAULT_MAX_CANDIDATES,
-    max_history_values: int = DEFAULT_MAX_HISTORY_VALUES,
+    max_history_length: int = limits.MAX_HISTORY_LENGTH,
+    max_candidates: int = limits.MAX_CANDIDATES,
+    max_history_values: int = limits.MAX_HISTORY_VALUES,
 ) -> str:
     """Writes ``model`` as ``<export_base>/<model_name>/<version>/`` for TF Serving.
 
@@ -331,38 +328,6 @@ def export_saved_model(
     return final_dir
 
 
-def add_limit_flags(parser: argparse.ArgumentParser) -> None:
-    """The export's request limits as flags (shared by ``muse_tf.export`` and ``muse_tf.train``)."""
-    parser.add_argument(
-        "--max-history-length",
-        type=int,
-        default=DEFAULT_MAX_HISTORY_LENGTH,
-        help=f"longest history a request may carry ({DEFAULT_MAX_HISTORY_LENGTH})",
-    )
-    parser.add_argument(
-        "--max-candidates",
-        type=int,
-        default=DEFAULT_MAX_CANDIDATES,
-        help=f"most candidates one `rank` request may score ({DEFAULT_MAX_CANDIDATES})",
-    )
-    parser.add_argument(
-        "--max-history-values",
-        type=int,
-        default=DEFAULT_MAX_HISTORY_VALUES,
-        help="largest rows x width of a `serving_default` request's histories "
-        f"({DEFAULT_MAX_HISTORY_VALUES})",
-    )
-
-
-def limits_from_flags(args: argparse.Namespace) -> dict[str, int]:
-    """The keyword arguments of ``export_saved_model`` that ``add_limit_flags`` defines."""
-    return {
-        "max_history_length": args.max_history_length,
-        "max_candidates": args.max_candidates,
-        "max_history_values": args.max_history_values,
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> str:
     """``python -m muse_tf.export``: exports a finished run; returns the version directory."""
     parser = argparse.ArgumentParser(
@@ -386,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument(
         "--version", type=int, help="version directory (default: newest existing + 1)"
     )
-    add_limit_flags(parser)
+    limits.add_flags(parser)
     args = parser.parse_args(argv)
     model, _ = runs.load_trained_model(args.model_dir)
     data.ensure_filesystems([args.data])
@@ -396,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         args.export_dir,
         args.model_name,
         args.version,
-        **limits_from_flags(args),
+        **limits.from_flags(args),
     )
     print(f"SavedModel: {path}")
     return path

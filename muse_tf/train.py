@@ -4,50 +4,37 @@
 
 With no arguments it runs the embedded default: it writes (once, then reuses) a small planted
 synthetic dataset (``muse_tf.synthetic_dataset``), trains MUSE, evaluates AUC/GAUC and exports a
-SavedModel.
-
-MirroredStrategy runs on every local GPU (else the CPU); with ``TF_CONFIG`` set the run is one worker
-of a MultiWorkerMirroredStrategy cluster. A run killed at any point resumes from its last backup
-(or, once trained, goes straight to evaluation and export) when started again with the same
-``--model-dir`` and config; a finished run or another config's directory is refused unless
-``--overwrite`` is given. In Python: ``run(experiment, data_dir, model_dir)``.
+SavedModel. The job itself is ``muse_tf.training.run``; this module is its command line and loads
+TensorFlow only after the arguments are parsed.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import time
 from collections.abc import Sequence
-from importlib import resources
 
-import tensorflow as tf
-import tf_keras
+from muse_tf import cli, limits
+from muse_tf.config import (
+    VARIANTS,
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    packaged_config_path,
+)
 
-from muse_tf import artifacts, data, distribute, optimizers, runs, seeding
-from muse_tf.config import VARIANTS, ExperimentConfig, apply_overrides, from_dict, load_yaml
-from muse_tf.evaluate import evaluate_run
-from muse_tf.export import add_limit_flags, export_saved_model, limits_from_flags
-from muse_tf.models import MuseModel
-from muse_tf.synthetic_dataset import ensure_default_dataset
-
-DEFAULT_CONFIG = "synthetic.yaml"
 DEFAULT_WORK_DIR = "runs"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def arguments() -> argparse.ArgumentParser:
     """The command line of ``python -m muse_tf.train`` (``--help`` lists every flag)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m muse_tf.train",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = cli.parser("muse_tf.train", __doc__)
     parser.add_argument("--data", help="converted dataset directory (output of pipelines.taobao_mm); "
                         "default: the embedded synthetic dataset, generated once under --work-dir")
     parser.add_argument("--model", choices=sorted(VARIANTS), help="model variant (overrides config)")
     parser.add_argument("--config", help="YAML file with `model:` and `train:` sections; default: "
-                        f"muse_tf/configs/{DEFAULT_CONFIG} without --data, the paper's settings with it")
+                        "muse_tf/configs/synthetic.yaml without --data, the paper's settings with it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 --set model.top_k=20")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
@@ -64,14 +51,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                        help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
-    add_limit_flags(parser)  # the exported model's request limits
-    return parser.parse_args(argv)
-
-
-def packaged_config_path(name: str = DEFAULT_CONFIG) -> str:
-    """Path of a YAML config shipped in ``muse_tf/configs``."""
-    return str(resources.files("muse_tf.configs").joinpath(name))
+                        help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch "
+                        "and TensorFlow's start-up logs")
+    limits.add_flags(parser)  # the exported model's request limits
+    return parser
 
 
 def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
@@ -87,236 +70,35 @@ def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
     return from_dict(ExperimentConfig, apply_overrides(values, args.overrides))
 
 
-def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
-    """The config's optimizers, at its rates: one for the embedding tables, one for the rest."""
-    train = experiment.train
-    model.compile(
-        optimizer=optimizers.dense_optimizer(train.dense_optimizer, train.dense_learning_rate),
-        embedding_optimizer=optimizers.embedding_optimizer(
-            train.embedding_optimizer, train.embedding_learning_rate
-        ),
-    )
-
-
-class ProgressRecord(tf_keras.callbacks.Callback):
-    """Counts the steps this process ran and where it started (after any restore)."""
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        """Runs after BackupAndRestore has restored, so the optimizer step is the resume point."""
-        self.resumed_from_step = int(self.model.optimizer.iterations.numpy())
-        self.steps_run = 0
-        self.started = time.time()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.steps_run += 1
-
-
-def make_callbacks(
-    run_dir: runs.RunDir, experiment: ExperimentConfig
-) -> list[tf_keras.callbacks.Callback]:
-    """BackupAndRestore (resume mid-epoch), a progress record, per-epoch weight checkpoints,
-    TensorBoard and ``history.csv``, all in the run directory. BackupAndRestore comes first, so
-    ProgressRecord sees the restored step; it keeps its backup when training ends, so a failure in
-    evaluation or export does not lose the training (``RunDir.finish`` drops it)."""
-    train = experiment.train
-    return [
-        tf_keras.callbacks.BackupAndRestore(
-            run_dir.backup, save_freq=train.backup_every_steps, delete_checkpoint=False
-        ),
-        ProgressRecord(),
-        tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
-        tf_keras.callbacks.TensorBoard(run_dir.logs, update_freq=train.log_every_steps),
-        tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
-    ]
-
-
-def train_dataset(
-    strategy: tf.distribute.Strategy, data_dir: str, experiment: ExperimentConfig
-) -> tf.distribute.DistributedDataset:
-    """The training split, repeated, as per-replica batches of ``batch_size / replicas``.
-
-    Each input pipeline (one per worker) reads its own subset of the shard files; a partial
-    last batch is dropped, so every replica always gets the same batch shape.
-    """
-    train = experiment.train
-    files = data.split_files(data_dir, "train")
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return data.make_dataset(
-            files,
-            context.get_per_replica_batch_size(train.batch_size),
-            history_length=train.history_length,
-            shuffle=train.shuffle,
-            seed=train.seed,
-            deterministic=train.deterministic,
-            repeat=True,
-            input_context=context,
-            drop_remainder=True,
-        )
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
-    """``train.steps_per_epoch``, or one pass: training samples in the manifest // batch size.
-
-    Raises:
-        ValueError: when the training split holds no sample (fitting would wait forever).
-    """
-    samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
-    if samples == 0:
-        raise ValueError(f"{data_dir}: the training split holds no sample; nothing to train on.")
-    if experiment.train.steps_per_epoch:
-        return experiment.train.steps_per_epoch
-    return max(1, samples // experiment.train.batch_size)
-
-
-def fit(
-    strategy: tf.distribute.Strategy,
-    experiment: ExperimentConfig,
-    data_dir: str,
-    run_dir: runs.RunDir,
-    steps: int,
-    verbose: int,
-) -> dict:
-    """Trains ``steps`` per epoch (resuming from the backup, if any) and saves the final weights
-    of every worker.
-
-    Returns:
-        Steps taken and expected, the resume point, training time and replicas.
-    """
-    with strategy.scope():
-        model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
-        compile_model(model, experiment)
-    callbacks = make_callbacks(run_dir, experiment)
-    with data.damaged_shards_named(data.split_files(data_dir, "train")):
-        model.fit(
-            train_dataset(strategy, data_dir, experiment),
-            epochs=experiment.train.epochs,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-    progress = next(c for c in callbacks if isinstance(c, ProgressRecord))
-    result = {
-        "variant": experiment.model.variant,
-        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
-        "expected_iterations": steps * experiment.train.epochs,
-        "resumed_from_step": progress.resumed_from_step,
-        "steps_run": progress.steps_run,
-        "train_seconds": round(time.time() - progress.started, 1),
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    # Every worker takes part in saving (reading synchronised variables is a collective op);
-    # only the chief's copy is kept.
-    model.save_weights(run_dir.worker().final_weights)
-    return result
-
-
-def run(
-    experiment: ExperimentConfig,
-    data_dir: str,
-    model_dir: str,
-    *,
-    export_dir: str | None = None,
-    model_name: str = "muse",
-    export_limits: dict[str, int] | None = None,
-    evaluate: bool = True,
-    export: bool = True,
-    overwrite: bool = False,
-    verbose: int = 1,
-    strategy: tf.distribute.Strategy | None = None,
-) -> dict:
-    """Trains ``experiment`` on a converted dataset, then (chief only) evaluates and exports it.
-
-    Args:
-        experiment: the config; its ``model.vocab_sizes`` are set from ``data_dir``.
-        data_dir: a converted dataset (``muse_tf.artifacts``).
-        model_dir: the run directory (``muse_tf.runs.RunDir``). An interrupted run of the same
-            config resumes there; a run whose training finished goes straight to evaluation and
-            export.
-        export_dir: the SavedModel base directory; None = ``MODEL_DIR/export``.
-        export_limits: ``export_saved_model``'s request limits (``max_history_length``,
-            ``max_candidates``, ``max_history_values``); None = its defaults.
-        evaluate, export: run the final evaluation / the export.
-        overwrite: delete the run directory first and start over.
-        strategy: the tf.distribute strategy; None = ``distribute.make_strategy()``.
-
-    Returns:
-        What ``metrics.json`` holds: ``fit``'s figures and unless disabled ``eval``
-        (``evaluate.evaluate_run``) and ``export`` (the version directory).
-
-    Raises:
-        runs.RunDirectoryError: when ``model_dir`` holds a finished run or another config's
-            model (and ``overwrite`` is False).
-    """
-    strategy = strategy or distribute.make_strategy()  # before other TensorFlow work
-    data.ensure_filesystems([data_dir])
-    experiment = dataclasses.replace(
-        experiment,
-        model=dataclasses.replace(experiment.model, vocab_sizes=artifacts.vocab_sizes(data_dir)),
-    )
-    steps = steps_per_epoch(data_dir, experiment)  # an empty split fails before the run starts
-    run_dir = runs.RunDir(model_dir)
-    chief = distribute.is_chief()
-    if overwrite and chief:
-        run_dir.clear()
-    trained = None if overwrite else run_dir.check_can_start(experiment)
-    os.makedirs(run_dir.worker().root, exist_ok=True)
-    seeding.set_seed(experiment.train.seed)
-    if trained is None:
-        if not run_dir.has_backup():
-            run_dir.worker().discard_history()
-        if chief:
-            run_dir.start(experiment)
-        print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
-              f"({strategy.num_replicas_in_sync} replica(s)); run directory {model_dir}")
-        result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
-        if chief:
-            run_dir.record_training(experiment, result)
-    else:
-        print(f"Training already finished in {model_dir} ({run_dir.training_record}); "
-              "going straight to evaluation and export")
-        result = {key: value for key, value in trained.items() if key != "config_sha256"}
-    if not chief:
-        return result
-    model, _ = runs.load_trained_model(model_dir)  # a fresh, undistributed model
-    if evaluate:
-        result["eval"] = evaluate_run(model, data_dir, experiment.train, model_dir)
-        print(f"Test AUC {result['eval']['auc']:.4f}  GAUC {result['eval']['gauc']:.4f} "
-              f"over {result['eval']['examples']} samples")
-    if export:
-        result["export"] = export_saved_model(
-            model, artifacts.load_vocabularies(data_dir), export_dir or run_dir.export,
-            model_name, **(export_limits or {}),
-        )
-    run_dir.finish(result)
-    return result
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m muse_tf.train``: ``run`` with the command line's config and data; returns
-    ``run``'s result."""
-    args = parse_args(argv)
+def train(args: argparse.Namespace) -> dict:
+    """``training.run`` with the command line's config and data; returns its result."""
     experiment = build_experiment(args)
+    from muse_tf import distribute, runs, training
+    from muse_tf.synthetic_dataset import ensure_default_dataset
+
     strategy = distribute.make_strategy()  # before other TensorFlow work, as multi-worker needs
     data_dir = args.data or ensure_default_dataset(
         args.work_dir, args.synthetic_users, experiment.train.history_length
     )
     model_dir = args.model_dir or os.path.join(args.work_dir, experiment.model.variant)
     try:
-        result = run(
+        result = training.run(
             experiment, data_dir, model_dir, export_dir=args.export_dir,
-            model_name=args.model_name, export_limits=limits_from_flags(args),
+            model_name=args.model_name, export_limits=limits.from_flags(args),
             evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
             verbose=args.verbose, strategy=strategy,
         )
     except runs.RunDirectoryError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise cli.UsageError(str(err)) from None
     print(f"Run directory: {model_dir} (layout: muse_tf/runs.py)")
     if "export" in result:
         print(f"SavedModel: {result['export']}")
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m muse_tf.train``; returns ``training.run``'s result."""
+    return cli.run(train, arguments(), argv, verbose=lambda args: args.verbose == 2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""What every command line of the project shares: arguments are parsed before TensorFlow loads
+(``--help`` answers at once), TensorFlow's C++ start-up logs stay hidden unless ``--verbose``, and a
+user's mistake ends in one line and exit status 2 instead of a traceback.
+
+A command module imports only the standard library and light ``muse_tf`` modules at its top;
+TensorFlow comes in with the work, after ``quiet_tensorflow``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# TensorFlow's C++ logging threshold while it is quiet: 3 drops INFO, WARNING and ERROR lines such
+# as "Unable to register cuDNN factory", which are harmless on a machine without CUDA.
+QUIET_CPP_LOG_LEVEL = "3"
+
+
+class UsageError(Exception):
+    """A mistake in a command line or its inputs. The message names what is wrong and how to fix
+    it; ``run`` prints it as one line and exits 2."""
+
+
+def parser(module: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` whose usage line shows the command as typed (``python -m MODULE``),
+    described by the first paragraph of the module's docstring."""
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}", description=(doc or "").split("\n\n")[0], **kwargs
+    )
+
+
+def quiet_tensorflow(verbose: bool) -> None:
+    """Hides TensorFlow's C++ start-up logs unless ``verbose``; an explicit
+    ``TF_CPP_MIN_LOG_LEVEL`` in the environment wins. Only effective before TensorFlow loads."""
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_CPP_LOG_LEVEL)
+
+
+def run(
+    command: Callable[[argparse.Namespace], Any],
+    arguments: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    *,
+    verbose: Callable[[argparse.Namespace], bool] = lambda args: bool(getattr(args, "verbose", 0)),
+) -> Any:
+    """Parses ``argv``, quiets TensorFlow unless ``verbose(args)`` (default: a ``--verbose`` flag),
+    runs ``command(args)`` and returns its result; a ``UsageError`` becomes
+    ``PROG: error: MESSAGE`` on stderr and exit status 2."""
+    args = arguments.parse_args(argv)
+    quiet_tensorflow(verbose(args))
+    try:
+        return command(args)
+    except UsageError as error:
+        arguments.exit(2, f"{arguments.prog}: error: {error}\n")
