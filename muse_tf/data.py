@@ -12,7 +12,9 @@ shuffling mixes users (and files), not the samples within a user.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -209,13 +211,19 @@ def make_dataset(
 
 
 def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
-    """Reads every record of every shard; returns records per shard.
+    """Checks every shard's GZIP stream to its end and reads every record; returns records per
+    shard.
+
+    TensorFlow's GZIP reader ends a truncated shard silently when the cut falls on a flush
+    boundary, so the stream is first decompressed with Python's ``gzip``, which requires the
+    end-of-stream marker and checks the CRC.
 
     Raises:
         ValueError: naming the first shard that is damaged or is not a GZIP TFRecord file.
     """
     counts = {}
     for path in resolve_files(files):
+        _check_gzip_stream(path)
         count = 0
         try:
             for _ in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION):
@@ -227,6 +235,34 @@ def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
             ) from err
         counts[path] = count
     return counts
+
+
+def _check_gzip_stream(path: str, chunk_bytes: int = 1 << 20) -> None:
+    """Decompresses ``path`` to its end (in chunks, any filesystem TensorFlow reads)."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
+            while stream.read(chunk_bytes):
+                pass
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"Shard {path} is damaged or not a {records.COMPRESSION} TFRecord file: {err}"
+        ) from err
+
+
+def check_split_read_whole(data_dir: str, split: str, samples_read: int) -> None:
+    """Checks that reading ``split`` gave every sample its manifest counts: a shard truncated on
+    a GZIP flush boundary reads as a clean, shorter file.
+
+    Raises:
+        ValueError: naming the damaged shard, else the shortfall.
+    """
+    expected = artifacts.split_samples(artifacts.load_manifest(data_dir), split)
+    if samples_read != expected:
+        verify_shards(split_files(data_dir, split))
+        raise ValueError(
+            f"{data_dir}: read {samples_read} samples of split {split!r}, its manifest counts "
+            f"{expected}; the shards no longer match their manifest (re-convert or copy them again)."
+        )
 
 
 @contextlib.contextmanager

@@ -91,12 +91,14 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
     ``runs.RunDir``) to ``output_dir``.
 
     Raises:
-        ValueError: naming a damaged test or training shard.
+        ValueError: naming a damaged test or training shard, or a test split shorter than its
+            manifest.
     """
     test_files = data.split_files(data_dir, "test")
     with data.damaged_shards_named(test_files):
         test = data.make_dataset(test_files, train.eval_batch_size, history_length=train.history_length)
         scored = metrics.predict_dataset(model, test)
+    data.check_split_read_whole(data_dir, "test", len(scored["labels"]))
     train_files = data.split_files(data_dir, "train")
     with data.damaged_shards_named(train_files):
         popularity = item_popularity(train_files, model.config.vocab_sizes["item"])

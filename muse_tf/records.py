@@ -74,7 +74,9 @@ def encode_user_records(
         for name in SAMPLE_FEATURES:
             feature[name] = _int64_feature(samples[name][sample_offsets[u] : sample_offsets[u + 1]])
         example = tf.train.Example(features=tf.train.Features(feature=feature))
-        yield example.SerializeToString()
+        # Map order is per process in protobuf 5+: deterministic output keeps shards byte-identical
+        # whichever worker or engine wrote them.
+        yield example.SerializeToString(deterministic=True)
 
 
 def left_pad_recent(ragged: tf.RaggedTensor, length: int) -> tf.Tensor:

@@ -1,6 +1,7 @@
 """The tf.data reader: user records -> per-sample batches in the model's input contract."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -203,13 +204,23 @@ def test_a_converted_directory_on_a_remote_filesystem_is_read(shards):
 
 def test_a_damaged_shard_is_named(shards, tmp_path):
     paths, _ = shards
-    damaged = tmp_path / "damaged.tfrecord.gz"
     content = open(paths[1], "rb").read()
-    damaged.write_bytes(content[: len(content) // 2])
-    with pytest.raises(tf.errors.DataLossError):
-        read_samples([paths[0], str(damaged)], 3)
-    with pytest.raises(ValueError, match="damaged.tfrecord.gz is damaged"):
-        data.verify_shards([paths[0], str(damaged)])
+    # Cuts all through the file. TensorFlow's reader misses some (a cut on a flush boundary reads
+    # as a clean end): verify_shards names every one, and a reader error is turned into the name.
+    reader_errors = 0
+    for cut in np.linspace(10, len(content) - 1, 12).astype(int):
+        damaged = tmp_path / f"damaged-{cut}.tfrecord.gz"
+        damaged.write_bytes(content[:cut])
+        pair = [paths[0], str(damaged)]
+        with pytest.raises(ValueError, match=f"damaged-{cut}.tfrecord.gz is damaged"):
+            data.verify_shards(pair)
+        try:
+            with data.damaged_shards_named(pair):
+                read_samples(pair, 3)
+        except ValueError as err:
+            assert f"damaged-{cut}.tfrecord.gz is damaged" in str(err)
+            reader_errors += 1
+    assert reader_errors > 0
     assert data.verify_shards(paths) == {p: USERS_PER_SHARD for p in paths}
 
 
@@ -263,3 +274,25 @@ def test_remote_schemes_on_newer_tensorflow_fail_clearly_and_gs_still_works():
     for scheme, error in zip(("s3", "hdfs", "az"), errors):
         assert error.startswith(f"Reading ['{scheme}'] paths needs tensorflow-io")
         assert f"only with TensorFlow 2.16, not {tf.__version__}" in error
+
+
+def test_a_split_shorter_than_its_manifest_is_refused(tmp_path):
+    """A shard cut on a GZIP flush boundary reads as a clean, shorter file: the count against the
+    manifest catches it, and names the shard when one is damaged."""
+    from pipelines import synthetic, taobao_mm
+
+    sizes = synthetic.SyntheticConfig(users=30, behaviours_per_user=20, items=200, clusters=4)
+    synthetic.generate(sizes, str(tmp_path / "parquet"))
+    converted = str(tmp_path / "converted")
+    taobao_mm.convert(str(tmp_path / "parquet"), converted, history_cap=20,
+                      shards={"train": 1, "test": 1}, workers=1)
+    files = data.split_files(converted, "test")
+    read = sum(int(labels.shape[0]) for _, labels in data.make_dataset(files, 16, history_length=20))
+    data.check_split_read_whole(converted, "test", read)
+    with pytest.raises(ValueError, match=f"read {read - 1} samples of split 'test'.*counts {read}"):
+        data.check_split_read_whole(converted, "test", read - 1)
+    content = open(files[0], "rb").read()
+    with open(files[0], "wb") as f:
+        f.write(content[: len(content) // 2])
+    with pytest.raises(ValueError, match=f"{os.path.basename(files[0])} is damaged"):
+        data.check_split_read_whole(converted, "test", read // 2)

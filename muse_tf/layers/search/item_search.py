@@ -95,7 +95,8 @@ def cosine_search_items(
       size B x L is masked or reversed (``_shared_history_search``);
     * B histories: each distinct history is scored once (``identical_rows``) and each distinct
       behaviour looked up once (``unit_item_vectors``);
-    * under XLA, which needs static shapes: every position, then ``top_k_valid``.
+    * under XLA, which needs static shapes: every position, then ``top_k_valid``
+      (``_static_search``).
 
     MuseModel and the input pipeline's precomputed search both call this (``CosineGSU.search``).
 
@@ -109,15 +110,31 @@ def cosine_search_items(
     Returns:
         As ``CosineGSU``.
     """
-    target, _ = vectors.unit(target_items)
     history_mask = tf.cast(history_mask, tf.bool)
     if _in_xla():
-        history_unit, has_vector = vectors.unit(history_items)
-        return top_k_valid(unit_dot(target, history_unit), history_mask & has_vector, k)
+        return _static_search(target_items, history_items, history_mask, vectors, k)
+    target, _ = vectors.unit(target_items)
     if history_items.shape[0] == 1:
         return _shared_history_search(target, history_items[0], history_mask[0], vectors, k)
     scores, has_vector = _grouped_unit_dot(target, history_items, vectors)
     return top_k_valid(scores, history_mask & has_vector, k)
+
+
+def _static_search(
+    target_items: tf.Tensor,
+    history_items: tf.Tensor,
+    history_mask: tf.Tensor,
+    vectors: ItemVectors,
+    k: int,
+) -> SearchResult:
+    """Every position scored, for XLA. Raw vectors are multiplied first and the norms applied
+    after: on an int8 table each product and partial sum is an integer below 2^24, exact in
+    float32 whatever order XLA's kernels add them in, so repeats of one item tie exactly and
+    the newest wins (dots of unit vectors came out 1-2 ulps apart by position on TF 2.21)."""
+    dots = unit_dot(vectors.raw(target_items), vectors.raw(history_items))
+    history_inverse_norm = vectors.inverse_norm(history_items)
+    scores = dots * vectors.inverse_norm(target_items)[:, None] * history_inverse_norm
+    return top_k_valid(scores, history_mask & (history_inverse_norm > 0), k)
 
 
 def _shared_history_search(
