@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from muse_tf import (
-    export,
     features,
     runs,
+    saved_model,
     seeding,
     signatures,
     synthetic_dataset,
@@ -118,7 +118,7 @@ def export_serving_model(export_base: str, max_history_length: int = 100_000, se
     vocab = vocabularies(seed=seed)
     config = serving_config(seed)
     model = random_model(config, multimodal_table(config.vocab_sizes["item"], seed), seed)
-    export.export_saved_model(model, vocab, os.path.dirname(base), "muse", 1,
+    saved_model.export_saved_model(model, vocab, os.path.dirname(base), "muse", 1,
                               max_history_length=max_history_length)
     return base
 

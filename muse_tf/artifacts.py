@@ -20,12 +20,45 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import features, vocabulary
+from muse_tf import cli, features, vocabulary
 
 MANIFEST = "manifest.json"
 VOCAB_DIR = "vocab"
 MULTIMODAL_TABLE = "multimodal_table.npy"
 SCHEMA_VERSION = 1
+CONVERT_COMMAND = "python -m pipelines.taobao_mm --input PARQUET_DIR --output DATA_DIR"
+
+
+class DatasetError(cli.UsageError, ValueError):
+    """A directory that cannot be read as a converted dataset; the message says how to make one."""
+
+
+class NotADatasetError(DatasetError, FileNotFoundError):
+    """The directory holds no ``manifest.json``: it is missing, raw Parquet, or something else."""
+
+
+def require_dataset(data_dir: str) -> None:
+    """Checks that ``data_dir`` was written by a conversion (it holds ``manifest.json``).
+
+    Raises:
+        NotADatasetError: naming the directory, what it is instead and the conversion command.
+    """
+    if tf.io.gfile.exists(os.path.join(data_dir, MANIFEST)):
+        return
+    command = CONVERT_COMMAND
+    if not tf.io.gfile.isdir(data_dir):
+        found = "the directory does not exist"
+    elif tf.io.gfile.glob(os.path.join(data_dir, "*.parquet")) or tf.io.gfile.glob(
+        os.path.join(data_dir, "*", "*.parquet")
+    ):
+        found = "it holds raw Parquet, which must be converted first"
+        command = command.replace("PARQUET_DIR", data_dir)
+    else:
+        found = f"no {MANIFEST}"
+    raise NotADatasetError(
+        f"{data_dir} is not a converted dataset ({found}): convert raw Taobao-MM Parquet with "
+        f"`{command}` and pass DATA_DIR."
+    )
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
@@ -41,6 +74,7 @@ def vocab_path(data_dir: str, name: str) -> str:
 
 def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
     """Raw int64 IDs of vocabulary ``name``, in index order (``muse_tf.vocabulary``)."""
+    require_dataset(data_dir)
     path = vocab_path(data_dir, name)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Vocabulary {name!r} not found at {path}; run a pipeline first.")
@@ -71,6 +105,7 @@ def load_multimodal_table(data_dir: str) -> np.ndarray:
     Row i is the vector of item index i (value = trunc(127 v), so scale by 1/127); an all-zero
     row means the item has none. Local files are memory-mapped, not read.
     """
+    require_dataset(data_dir)
     path = os.path.join(data_dir, MULTIMODAL_TABLE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Multimodal table not found at {path}; run a pipeline first.")
@@ -81,18 +116,17 @@ def load_manifest(data_dir: str) -> dict:
     """The conversion's ``manifest.json`` (counts, vocabulary sizes, shards per split).
 
     Raises:
-        FileNotFoundError: when ``data_dir`` is not a converted dataset.
-        ValueError: when it was written by another schema version (re-run the conversion).
+        NotADatasetError: when ``data_dir`` is not a converted dataset.
+        DatasetError: when it was written by another schema version (re-run the conversion).
     """
+    require_dataset(data_dir)
     path = os.path.join(data_dir, MANIFEST)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: {data_dir} is not a converted dataset.")
     with tf.io.gfile.GFile(path) as f:
         manifest = json.load(f)
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
+        raise DatasetError(
             f"{path}: schema_version {manifest.get('schema_version')!r}, this muse_tf reads "
-            f"{SCHEMA_VERSION}. Re-run the conversion."
+            f"{SCHEMA_VERSION}. Re-run the conversion ({CONVERT_COMMAND})."
         )
     return manifest
 

@@ -20,7 +20,13 @@ QUIET_CPP_LOG_LEVEL = "3"
 
 class UsageError(Exception):
     """A mistake in a command line or its inputs. The message names what is wrong and how to fix
-    it; ``run`` prints it as one line and exits 2."""
+    it; ``run`` prints it as one line and exits 2.
+
+    The library's own user-facing errors subclass it together with the built-in exception a library
+    caller expects (``config.ConfigError`` is a ``ValueError``, ``artifacts.NotADatasetError`` a
+    ``FileNotFoundError``, ``runs.RunDirectoryError`` a ``RuntimeError``), so a command needs no
+    mapping of its own and any other exception still shows its traceback.
+    """
 
 
 def parser(module: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
@@ -54,4 +60,9 @@ def run(
     try:
         return command(args)
     except UsageError as error:
-        arguments.exit(2, f"{arguments.prog}: error: {error}\n")
+        arguments.exit(2, f"{arguments.prog}: error: {one_line(str(error))}\n")
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(message.split())

@@ -17,11 +17,16 @@ from typing import Any
 
 import yaml
 
-from muse_tf import features
+from muse_tf import cli, features
 
 ATTENTION_CHOICES = ("ta", "sata")
 EMBEDDING_OPTIMIZERS = ("sparse_adam", "adam")
 DENSE_OPTIMIZERS = ("adam", "adamw")
+
+
+class ConfigError(cli.UsageError, ValueError):
+    """A config value, file or override that cannot be used; the message names the key or file.
+    A ``ValueError`` for library callers, one line and exit 2 on a command line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,28 +117,28 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"Unknown `variant` {self.variant!r}; choose one of {sorted(VARIANTS)}.")
+            raise ConfigError(f"Unknown `variant` {self.variant!r}; choose one of {sorted(VARIANTS)}.")
         if self.gsu is not None:
             # The registry of search units owns the names; imported here, as it needs TensorFlow.
             from muse_tf.layers.search.units import SEARCH_UNITS
 
             if self.gsu not in SEARCH_UNITS:
-                raise ValueError(f"Unknown `gsu` {self.gsu!r}; choose one of {list(SEARCH_UNITS)}.")
+                raise ConfigError(f"Unknown `gsu` {self.gsu!r}; choose one of {list(SEARCH_UNITS)}.")
         missing = set(features.VOCABULARIES) - set(self.vocab_sizes)
         if missing:
-            raise ValueError(f"`vocab_sizes` lacks {sorted(missing)}.")
+            raise ConfigError(f"`vocab_sizes` lacks {sorted(missing)}.")
         for name, size in self.vocab_sizes.items():
             if size < 2:
-                raise ValueError(f"`vocab_sizes[{name!r}]` must be >= 2 (PAD and OOV), got {size}.")
+                raise ConfigError(f"`vocab_sizes[{name!r}]` must be >= 2 (PAD and OOV), got {size}.")
         for name in ("embedding_dim", "multimodal_dim", "top_k", "recent_length", "attention_heads"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
+                raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)}.")
         if self.multimodal_dtype not in ("int8", "float32"):
-            raise ValueError(f"`multimodal_dtype` must be int8 or float32, got {self.multimodal_dtype!r}.")
+            raise ConfigError(f"`multimodal_dtype` must be int8 or float32, got {self.multimodal_dtype!r}.")
         if self.multimodal_dtype == "int8" and self.multimodal_dim % 4:
-            raise ValueError(f"int8 `multimodal_dim` must be a multiple of 4, got {self.multimodal_dim}.")
+            raise ConfigError(f"int8 `multimodal_dim` must be a multiple of 4, got {self.multimodal_dim}.")
         if (2 * self.embedding_dim) % self.attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"`attention_heads` ({self.attention_heads}) must divide 2 * embedding_dim "
                 f"({2 * self.embedding_dim})."
             )
@@ -152,7 +157,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
-        """Builds and validates a config; unknown keys raise ValueError."""
+        """Builds and validates a config; unknown keys raise ConfigError."""
         return from_dict(cls, values)
 
 
@@ -201,13 +206,13 @@ class TrainConfig:
                      "backup_every_steps", "log_every_steps", "embedding_learning_rate",
                      "dense_learning_rate"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
+                raise ConfigError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
         for name, choices in (("embedding_optimizer", EMBEDDING_OPTIMIZERS),
                               ("dense_optimizer", DENSE_OPTIMIZERS)):
             if getattr(self, name) not in choices:
-                raise ValueError(f"`train.{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+                raise ConfigError(f"`train.{name}` must be one of {choices}, got {getattr(self, name)!r}.")
         if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"`train.steps_per_epoch` must be positive or null, got {self.steps_per_epoch}."
             )
 
@@ -247,7 +252,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     string, is a float where a float is expected).
 
     Raises:
-        ValueError: naming ``key``, the expected type and the value.
+        ConfigError: naming ``key``, the expected type and the value.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -257,7 +262,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
         try:
             return _typed(key, value, inner)
         except ValueError:
-            raise ValueError(f"`{key}` must be {_describe(hint)}, got {value!r}.") from None
+            raise ConfigError(f"`{key}` must be {_describe(hint)}, got {value!r}.") from None
     if hint is float and isinstance(value, str):
         try:
             return float(value)
@@ -276,7 +281,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
             _typed(f"{key} key", name, args[0]): _typed(f"{key}[{name!r}]", item, args[1])
             for name, item in value.items()
         }
-    raise ValueError(f"`{key}` must be {_describe(hint)}, got {value!r}.")
+    raise ConfigError(f"`{key}` must be {_describe(hint)}, got {value!r}.")
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
@@ -286,19 +291,19 @@ def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
         prefix: the section's dotted path (``"train."``), for error messages.
 
     Raises:
-        ValueError: naming any key ``cls`` does not have, or a value of the wrong type.
+        ConfigError: naming any key ``cls`` does not have, or a value of the wrong type.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
-        raise ValueError(f"Unknown {cls.__name__} key(s) {sorted(unknown)}; known: {sorted(fields)}.")
+        raise ConfigError(f"Unknown {cls.__name__} key(s) {sorted(unknown)}; known: {sorted(fields)}.")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, Mapping):
-                raise ValueError(f"`{prefix}{name}` must be a section (a mapping), got {value!r}.")
+                raise ConfigError(f"`{prefix}{name}` must be a section (a mapping), got {value!r}.")
             kwargs[name] = from_dict(hint, value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = _typed(f"{prefix}{name}", value, hint)
@@ -314,11 +319,23 @@ def packaged_config_path(name: str = SYNTHETIC_CONFIG) -> str:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    """Reads a YAML mapping; an empty file is an empty mapping."""
-    with open(path) as f:
-        loaded = yaml.safe_load(f) or {}
+    """Reads a YAML mapping; an empty file is an empty mapping.
+
+    Raises:
+        ConfigError: when the file is missing, is not YAML or holds no mapping.
+    """
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Config file {path} not found; pass an existing YAML file with `model:` and `train:` "
+            f"sections (examples: {packaged_config_path()})."
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {path} is not valid YAML: {cli.one_line(str(err))}") from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}.")
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}.")
     return loaded
 
 
@@ -327,12 +344,12 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"Override {item!r} is not of the form key=value.")
+            raise ConfigError(f"Override {item!r} is not of the form key=value.")
         *parents, leaf = key.split(".")
         node = values
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"Override {item!r}: {part!r} is not a section.")
+                raise ConfigError(f"Override {item!r}: {part!r} is not a section.")
         node[leaf] = yaml.safe_load(raw)
     return values

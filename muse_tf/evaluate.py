@@ -3,6 +3,9 @@
 ``python -m muse_tf.evaluate --data DIR --model-dir DIR`` evaluates a trained run; training calls
 ``evaluate_run`` at the end. The breakdowns are the paper's long-tail analysis: MUSE's gains should
 grow with history length and be larger for less popular items.
+
+The module is also the command, so it imports TensorFlow (through ``data``, ``metrics`` and
+``runs``) inside the functions that need it: ``--help`` answers before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tf_keras
 
-from muse_tf import data, features, metrics, runs, strict_json
+from muse_tf import cli, features, strict_json
 from muse_tf.config import TrainConfig
+
+if TYPE_CHECKING:
+    import tf_keras
 
 HISTORY_LENGTH_EDGES = (0, 1, 51, 201, 501, 1001)
 POPULARITY_EDGES = (0, 1, 10, 100, 1000)
@@ -42,6 +48,8 @@ def gauc_by_bucket(
         One dict per bucket (empty ones included): ``bucket`` (its label, ``bucket_labels``) and
         ``metrics.summarize``'s ``auc``, ``gauc``, ``examples``, ``click_rate``.
     """
+    from muse_tf import metrics
+
     bucket = np.searchsorted(np.asarray(edges), values, side="right") - 1
     rows = []
     for index, name in enumerate(bucket_labels(edges)):
@@ -56,6 +64,8 @@ def item_popularity(train_files: Sequence[str], num_items: int, batch_size: int 
 
     Reads the shards with a 1-long history, so it costs a fraction of a training epoch.
     """
+    from muse_tf import data
+
     counts = np.zeros(num_items, np.int64)
     for batch, _ in data.make_dataset(train_files, batch_size, history_length=1):
         counts += np.bincount(batch[features.ITEM_ID].numpy(), minlength=num_items)
@@ -94,6 +104,8 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
         ValueError: naming a damaged test or training shard, or a test split shorter than its
             manifest.
     """
+    from muse_tf import data, metrics, runs
+
     test_files = data.split_files(data_dir, "test")
     with data.damaged_shards_named(test_files):
         test = data.make_dataset(test_files, train.eval_batch_size, history_length=train.history_length)
@@ -118,18 +130,32 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m muse_tf.evaluate``: re-evaluates a finished run; returns ``evaluate_run``'s dict."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="converted dataset directory (pipelines/)")
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m muse_tf.evaluate``."""
+    parser = cli.parser("muse_tf.evaluate", __doc__)
+    parser.add_argument("--data", required=True,
+                        help="converted dataset directory (output of pipelines.taobao_mm)")
     parser.add_argument("--model-dir", required=True,
                         help="a training run's directory (holds config.yaml and final weights)")
     parser.add_argument("--output", help="where to write eval_metrics.json/png (default: model dir)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
+    return parser
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Re-evaluates the run ``args.model_dir`` on ``args.data``; prints AUC, GAUC and examples."""
+    from muse_tf import artifacts, runs
+
+    artifacts.require_dataset(args.data)  # before the model is built
     model, experiment = runs.load_trained_model(args.model_dir)
     result = evaluate_run(model, args.data, experiment.train, args.output or args.model_dir)
     print(strict_json.dumps({k: result[k] for k in ("auc", "gauc", "examples")}, indent=2))
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m muse_tf.evaluate``: re-evaluates a finished run; returns ``evaluate_run``'s dict."""
+    return cli.run(evaluate, arguments(), argv)
 
 
 if __name__ == "__main__":

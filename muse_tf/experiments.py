@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from muse_tf import strict_json, train, training
+from muse_tf import cli, strict_json, train
 from muse_tf.config import (
     ExperimentConfig,
     apply_overrides,
@@ -25,7 +25,6 @@ from muse_tf.config import (
     load_yaml,
     packaged_config_path,
 )
-from muse_tf.synthetic_dataset import ensure_default_dataset
 
 # (row name, ModelConfig overrides, paper GAUC). Tables 1-3 are the paper's production-5k figures,
 # the main comparison its open-source Taobao-MM-1k figures.
@@ -75,6 +74,8 @@ def run_one(overrides: dict, seed: int, data_dir: str, work_dir: str, extra: Seq
 
     A finished run of the same configuration is trained again (``overwrite``), so re-running the
     experiments always measures the current code."""
+    from muse_tf import training  # TensorFlow, after the command line is parsed
+
     model_dir = os.path.join(work_dir, run_key(overrides), f"seed{seed}")
     result = training.run(experiment_config(overrides, seed, extra), data_dir, model_dir,
                        export=False, overwrite=True, verbose=0)
@@ -97,20 +98,27 @@ def markdown(results: dict[str, list[dict]], seeds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    """``python -m muse_tf.experiments``: every configuration x seed; returns the Markdown report."""
-    parser = argparse.ArgumentParser(
-        prog="python -m muse_tf.experiments", description=__doc__.split("\n\n")[0]
-    )
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m muse_tf.experiments``."""
+    parser = cli.parser("muse_tf.experiments", __doc__)
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
     parser.add_argument("--data", help="converted dataset (default: the embedded synthetic one)")
     parser.add_argument("--work-dir", default=os.path.join(train.DEFAULT_WORK_DIR, "experiments"))
     parser.add_argument("--output", default="experiments.md", help="Markdown result file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied to every run, e.g. train.epochs=1")
-    args = parser.parse_args(argv)
-    data_dir = args.data or ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
+    return parser
+
+
+def experiments(args: argparse.Namespace) -> str:
+    """Every configuration x seed; writes and returns the Markdown report."""
     configurations = {run_key(o): o for rows in TABLES.values() for _, o, _ in rows}
+    for overrides in configurations.values():  # a bad --set fails before any training
+        experiment_config(overrides, 0, args.overrides)
+    from muse_tf.synthetic_dataset import ensure_default_dataset
+
+    data_dir = args.data or ensure_default_dataset(train.DEFAULT_WORK_DIR)
     seeds = list(range(args.seeds))
     results: dict[str, list[dict]] = {}
     for index, (key, overrides) in enumerate(configurations.items(), start=1):
@@ -126,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         strict_json.dump(results, f, indent=2)
     print(report)
     return report
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """``python -m muse_tf.experiments``: every configuration x seed; returns the Markdown report."""
+    return cli.run(experiments, arguments(), argv)
 
 
 if __name__ == "__main__":

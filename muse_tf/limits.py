@@ -1,4 +1,4 @@
-"""The request limits an export enforces (``muse_tf.export``) and the flags that set them, apart
+"""The request limits an export enforces (``muse_tf.saved_model``) and the flags that set them, apart
 from the export so that command lines can offer them before TensorFlow loads."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def from_flags(args: argparse.Namespace) -> dict[str, int]:
-    """The keyword arguments of ``export.export_saved_model`` that ``add_flags`` defines."""
+    """The keyword arguments of ``saved_model.export_saved_model`` that ``add_flags`` defines."""
     return {
         "max_history_length": args.max_history_length,
         "max_candidates": args.max_candidates,

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from muse_tf import distribute, features, strict_json
+from muse_tf import cli, distribute, features, strict_json
 from muse_tf.config import ExperimentConfig, from_dict, load_yaml
 from muse_tf.models import MuseModel
 
@@ -37,8 +37,9 @@ START_OVER_FLAG = "--overwrite"
 WORKERS = "workers"
 
 
-class RunDirectoryError(RuntimeError):
-    """The run directory holds another model, or a finished run, or weights that do not fit."""
+class RunDirectoryError(cli.UsageError, RuntimeError):
+    """The run directory holds another model, or a finished run, or weights that do not fit, or
+    no trained model at all."""
 
 
 def config_digest(experiment: ExperimentConfig) -> str:
@@ -125,6 +126,10 @@ class RunDir:
     def is_finished(self) -> bool:
         return os.path.exists(self.metrics)
 
+    def has_final_weights(self) -> bool:
+        """Whether training got as far as saving ``final/weights`` (a TensorFlow checkpoint)."""
+        return os.path.exists(f"{self.final_weights}.index")
+
     def check_can_start(self, experiment: ExperimentConfig) -> dict | None:
         """Checks that training ``experiment`` here continues this directory's run, not another's.
 
@@ -197,9 +202,16 @@ class RunDir:
             shutil.rmtree(path, ignore_errors=True)
 
     def read_config(self) -> ExperimentConfig:
-        """The run's resolved config, from ``config.yaml``."""
+        """The run's resolved config, from ``config.yaml``.
+
+        Raises:
+            RunDirectoryError: when there is none (``root`` is not a training run).
+        """
         if not os.path.exists(self.config):
-            raise FileNotFoundError(f"{self.config} not found: {self.root} is not a training run.")
+            raise RunDirectoryError(
+                f"{self.root} is not a training run (no config.yaml): pass the --model-dir of a "
+                "`python -m muse_tf.train` run."
+            )
         return from_dict(ExperimentConfig, load_yaml(self.config))
 
 
@@ -268,9 +280,19 @@ def load_weights_covering(model: tf.Module, path: str) -> None:
 
 
 def load_trained_model(model_dir: str) -> tuple[MuseModel, ExperimentConfig]:
-    """Rebuilds a finished run's model from its ``config.yaml`` and final weights."""
+    """Rebuilds a finished run's model from its ``config.yaml`` and final weights.
+
+    Raises:
+        RunDirectoryError: when ``model_dir`` is not a run, its training has not finished, or its
+            weights do not cover the model.
+    """
     run = RunDir(model_dir)
     experiment = run.read_config()
+    if not run.has_final_weights():
+        raise RunDirectoryError(
+            f"{run.root} holds no trained model (no final/weights): its training has not "
+            "finished; run `python -m muse_tf.train` with the same --model-dir to resume it."
+        )
     model = build_model(experiment)
     load_weights_covering(model, run.final_weights)
     return model, experiment

@@ -1,19 +1,28 @@
 """The serving contract of an exported muse-tf SavedModel: signature names, input and output keys.
 
-``muse_tf.export`` builds its signatures from these definitions; the serving stand-in, the clients,
+``muse_tf.saved_model`` builds its signatures from these definitions; the serving stand-in, the clients,
 the tests and the benchmarks name signatures and tensors through them, so a renamed key changes in
-one place. Every input is int64 raw IDs as in the Taobao-MM files (``muse_tf.export`` documents the
-shapes and padding of each signature).
+one place. Every input is int64 raw IDs as in the Taobao-MM files (``muse_tf.saved_model``
+documents the shapes and padding of each signature). Command lines read these names before
+TensorFlow loads, so TensorFlow is imported only to build the input specs.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from muse_tf import features
 
-# B independent rows with right-padded histories (B, W) and their valid lengths.
-SERVING_DEFAULT = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# The served model's name wherever none is given: the export's model directory
+# (EXPORT_DIR/NAME/VERSION), the serving stand-in, the clients and serving/models.config.
+DEFAULT_MODEL_NAME = "muse"
+
+# B independent rows with right-padded histories (B, W) and their valid lengths; TensorFlow's
+# tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY, the signature TF Serving runs when none is named.
+SERVING_DEFAULT = "serving_default"
 # One user, one unpadded history (L,) searched once, C candidate items.
 RANK = "rank"
 SIGNATURES = (SERVING_DEFAULT, RANK)
@@ -31,6 +40,8 @@ OUTPUTS = (PROBABILITY, LOGIT)
 
 
 def _spec(shape: list[int | None], name: str) -> tf.TensorSpec:
+    import tensorflow as tf
+
     return tf.TensorSpec(shape, tf.int64, name=name)
 
 

@@ -14,7 +14,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from muse_tf import cli, limits
+from muse_tf import cli, limits, signatures
 from muse_tf.config import (
     VARIANTS,
     ExperimentConfig,
@@ -44,7 +44,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", help="checkpoints, logs, metrics (default: WORK_DIR/VARIANT); "
                         "reusing it resumes an interrupted run")
     parser.add_argument("--export-dir", help="SavedModel base directory (default: MODEL_DIR/export)")
-    parser.add_argument("--model-name", default="muse", help="model name in the serving layout")
+    parser.add_argument("--model-name", default=signatures.DEFAULT_MODEL_NAME,
+                        help="model name in the serving layout")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete MODEL_DIR first and start over (a finished run, or one of "
                         "another config, is refused without it)")
@@ -73,7 +74,7 @@ def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
 def train(args: argparse.Namespace) -> dict:
     """``training.run`` with the command line's config and data; returns its result."""
     experiment = build_experiment(args)
-    from muse_tf import distribute, runs, training
+    from muse_tf import distribute, training
     from muse_tf.synthetic_dataset import ensure_default_dataset
 
     strategy = distribute.make_strategy()  # before other TensorFlow work, as multi-worker needs
@@ -81,15 +82,12 @@ def train(args: argparse.Namespace) -> dict:
         args.work_dir, args.synthetic_users, experiment.train.history_length
     )
     model_dir = args.model_dir or os.path.join(args.work_dir, experiment.model.variant)
-    try:
-        result = training.run(
-            experiment, data_dir, model_dir, export_dir=args.export_dir,
-            model_name=args.model_name, export_limits=limits.from_flags(args),
-            evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
-            verbose=args.verbose, strategy=strategy,
-        )
-    except runs.RunDirectoryError as err:
-        raise cli.UsageError(str(err)) from None
+    result = training.run(
+        experiment, data_dir, model_dir, export_dir=args.export_dir,
+        model_name=args.model_name, export_limits=limits.from_flags(args),
+        evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
+        verbose=args.verbose, strategy=strategy,
+    )
     print(f"Run directory: {model_dir} (layout: muse_tf/runs.py)")
     if "export" in result:
         print(f"SavedModel: {result['export']}")

@@ -17,11 +17,11 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import artifacts, data, distribute, optimizers, runs, seeding
+from muse_tf import artifacts, data, distribute, optimizers, runs, seeding, signatures
 from muse_tf.config import ExperimentConfig
 from muse_tf.evaluate import evaluate_run
-from muse_tf.export import export_saved_model
 from muse_tf.models import MuseModel
+from muse_tf.saved_model import export_saved_model
 
 
 def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
@@ -156,7 +156,7 @@ def run(
     model_dir: str,
     *,
     export_dir: str | None = None,
-    model_name: str = "muse",
+    model_name: str = signatures.DEFAULT_MODEL_NAME,
     export_limits: dict[str, int] | None = None,
     evaluate: bool = True,
     export: bool = True,

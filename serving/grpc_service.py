@@ -28,13 +28,14 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.defaults import (
+    DEFAULT_GRPC_MAX_THREADS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_TENSOR_ELEMENTS,
+)
 from serving.servable import InvalidArgument, Servable, ServingError
 
 logger = logging.getLogger(__name__)
-# The local server's default request size limit. TF Serving accepts up to 2 GiB; 64 MiB holds a
-# rank request with 100K-long histories (1.6 MB) or a serving_default request at the export's
-# default rows x width cap (16 MB) with room to spare, and bounds what one call can make us buffer.
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 def _version(spec: model_pb2.ModelSpec) -> int | None:
@@ -74,7 +75,6 @@ _VALUE_FIELDS = {
     types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
 }
 _ALL_VALUE_FIELDS = {field for field, _ in _VALUE_FIELDS.values()}
-DEFAULT_MAX_TENSOR_ELEMENTS = 10_000_000
 
 
 def _carried_values(name: str, proto: tensor_pb2.TensorProto) -> int:
@@ -211,7 +211,7 @@ def make_grpc_server(
     servable: Servable,
     host: str,
     port: int,
-    threads: int = 8,
+    threads: int = DEFAULT_GRPC_MAX_THREADS,
     channel_arguments: Sequence[tuple[str, int | str]] = (),
     max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
 ) -> grpc.Server:

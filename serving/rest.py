@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
+from serving.defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_NUM_THREADS, DEFAULT_TIMEOUT_S
 from serving.servable import InvalidArgument, NotFound, Servable, ServingError
 
 _ROUTE = re.compile(
@@ -41,11 +42,6 @@ _ROUTE = re.compile(
 # NumPy kinds of JSON-decoded values each input kind accepts (O = tf.string).
 _JSON_KINDS = {"i": "iu", "u": "iu", "f": "iuf", "b": "b", "O": "U"}
 _CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
-DEFAULT_NUM_THREADS = 16
-DEFAULT_TIMEOUT_S = 30.0
-# JSON is ~2.7x larger than the binary request: a rank request with L = 100,000 and C = 1,000 is
-# 4.3 MB; serving_default at the export's default rows x width cap (1M values) is ~40 MB.
-DEFAULT_MAX_BODY_BYTES = 64 << 20
 logger = logging.getLogger(__name__)
 
 

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from muse_tf import signatures, warmup
+from muse_tf import cli, signatures, warmup
 
 
 class ServingError(Exception):
@@ -48,6 +48,10 @@ class NotFound(ServingError):
     http_status = 404
 
 
+class NoVersionError(cli.UsageError, FileNotFoundError):
+    """The base path holds no servable version (missing, empty, or not an export's model dir)."""
+
+
 def latest_version(base_path: str) -> int:
     """The largest numeric sub-directory of ``base_path`` that holds a SavedModel."""
     versions = [
@@ -56,8 +60,10 @@ def latest_version(base_path: str) -> int:
         if entry.isdigit() and os.path.exists(os.path.join(base_path, entry, "saved_model.pb"))
     ]
     if not versions:
-        raise FileNotFoundError(
-            f"No SavedModel version directory (<number>/saved_model.pb) in {base_path}."
+        raise NoVersionError(
+            f"No SavedModel version directory (<number>/saved_model.pb) in {base_path}: pass the "
+            "model directory an export wrote (EXPORT_DIR/NAME of `python -m muse_tf.export` or "
+            "`python -m muse_tf.train`)."
         )
     return max(versions)
 

@@ -1,8 +1,7 @@
 """A local stand-in for ``tensorflow_model_server``, for development and tests where the TF Serving
 binary is unavailable. It takes the same flags and speaks the same REST and gRPC APIs::
 
-    python -m serving.server --model_name muse --model_base_path exports/muse \\
-        --port 8500 --rest_api_port 8501
+    python -m serving.server --model_base_path exports/muse --port 8500 --rest_api_port 8501
 
 It serves the newest version directory under ``--model_base_path`` (loaded once, at start), replays
 the export's warm-up requests first, and binds to loopback unless ``--host`` says otherwise. As in
@@ -12,6 +11,7 @@ TensorFlow's Python runtime, so it proves the export and the protocols, not TF S
 Resource bounds take TF Serving's flags (``--grpc_channel_arguments``, ``--grpc_max_threads``,
 ``--rest_api_num_threads``, ``--rest_api_timeout_in_ms``) plus two of its own
 (``--rest_api_max_body_bytes``, ``--max_tensor_elements``); serving/README.md lists the defaults.
+TensorFlow loads after the flags are parsed.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from serving import grpc_service, rest
-from serving.servable import Servable
+from muse_tf import cli, signatures
+from serving import defaults
+
+if TYPE_CHECKING:
+    from serving.servable import Servable
 
 logger = logging.getLogger("serving.server")
 
@@ -43,11 +47,11 @@ class Limits:
     """
 
     grpc_channel_arguments: tuple = ()
-    grpc_max_threads: int = 8
-    rest_api_num_threads: int = rest.DEFAULT_NUM_THREADS
-    rest_api_timeout_s: float = rest.DEFAULT_TIMEOUT_S
-    rest_api_max_body_bytes: int = rest.DEFAULT_MAX_BODY_BYTES
-    max_tensor_elements: int = grpc_service.DEFAULT_MAX_TENSOR_ELEMENTS
+    grpc_max_threads: int = defaults.DEFAULT_GRPC_MAX_THREADS
+    rest_api_num_threads: int = defaults.DEFAULT_NUM_THREADS
+    rest_api_timeout_s: float = defaults.DEFAULT_TIMEOUT_S
+    rest_api_max_body_bytes: int = defaults.DEFAULT_MAX_BODY_BYTES
+    max_tensor_elements: int = defaults.DEFAULT_MAX_TENSOR_ELEMENTS
 
 
 class ModelServer:
@@ -69,6 +73,8 @@ class ModelServer:
         rest_api_port: int = 0,
         limits: Limits | None = None,
     ):
+        from serving import grpc_service, rest
+
         limits = limits or Limits()
         self.grpc_server = grpc_service.make_grpc_server(
             servable,
@@ -114,29 +120,21 @@ def _positive(text: str) -> int:
     return value
 
 
-def _channel_arguments(text: str) -> tuple:
-    try:
-        return tuple(grpc_service.parse_channel_arguments(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def _flag(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() in ("true", "1")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m serving.server``: load, warm up, serve until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.server",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model_name", default="default", help="the name requests must use")
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m serving.server``: ``tensorflow_model_server``'s flags."""
+    parser = cli.parser("serving.server", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.description = __doc__
+    parser.add_argument("--model_name", default=signatures.DEFAULT_MODEL_NAME,
+                        help=f"the name requests must use ({signatures.DEFAULT_MODEL_NAME})")
     parser.add_argument(
-        "--model_base_path", required=True, help="holds numeric version directories"
+        "--model_base_path", required=True,
+        help="holds numeric version directories (EXPORT_DIR/NAME of muse_tf.export)",
     )
     parser.add_argument("--port", type=int, default=8500, help="gRPC port")
     parser.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST")
@@ -149,49 +147,60 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--grpc_channel_arguments",
-        type=_channel_arguments,
-        default=(),
+        default="",
         help="comma-separated gRPC server options, e.g. grpc.max_receive_message_length=67108864 "
-        f"(default {grpc_service.DEFAULT_MAX_MESSAGE_BYTES}, the receive and send limits)",
+        f"(default {defaults.DEFAULT_MAX_MESSAGE_BYTES}, the receive and send limits)",
     )
     parser.add_argument(
-        "--grpc_max_threads", type=_positive, default=8, help="gRPC handler threads (8)"
+        "--grpc_max_threads", type=_positive, default=defaults.DEFAULT_GRPC_MAX_THREADS,
+        help=f"gRPC handler threads ({defaults.DEFAULT_GRPC_MAX_THREADS})",
     )
     parser.add_argument(
         "--rest_api_num_threads",
         type=_positive,
-        default=rest.DEFAULT_NUM_THREADS,
-        help=f"REST connections handled at once; more get 503 ({rest.DEFAULT_NUM_THREADS})",
+        default=defaults.DEFAULT_NUM_THREADS,
+        help=f"REST connections handled at once; more get 503 ({defaults.DEFAULT_NUM_THREADS})",
     )
     parser.add_argument(
         "--rest_api_timeout_in_ms",
         type=_positive,
-        default=int(rest.DEFAULT_TIMEOUT_S * 1000),
+        default=int(defaults.DEFAULT_TIMEOUT_S * 1000),
         help="REST socket timeout: idle and stalled connections are dropped "
-        f"({int(rest.DEFAULT_TIMEOUT_S * 1000)})",
+        f"({int(defaults.DEFAULT_TIMEOUT_S * 1000)})",
     )
     parser.add_argument(
         "--rest_api_max_body_bytes",
         type=_positive,
-        default=rest.DEFAULT_MAX_BODY_BYTES,
-        help=f"largest REST request body; larger ones get 413 ({rest.DEFAULT_MAX_BODY_BYTES})",
+        default=defaults.DEFAULT_MAX_BODY_BYTES,
+        help=f"largest REST request body; larger ones get 413 ({defaults.DEFAULT_MAX_BODY_BYTES})",
     )
     parser.add_argument(
         "--max_tensor_elements",
         type=_positive,
-        default=grpc_service.DEFAULT_MAX_TENSOR_ELEMENTS,
+        default=defaults.DEFAULT_MAX_TENSOR_ELEMENTS,
         help="most values one gRPC input tensor may declare "
-        f"({grpc_service.DEFAULT_MAX_TENSOR_ELEMENTS})",
+        f"({defaults.DEFAULT_MAX_TENSOR_ELEMENTS})",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
+    return parser
 
+
+def serve(args: argparse.Namespace) -> None:
+    """Loads and warms up the newest version, then serves until SIGINT or SIGTERM."""
+    from serving import grpc_service
+    from serving.servable import Servable
+
+    try:
+        channel_arguments = tuple(grpc_service.parse_channel_arguments(args.grpc_channel_arguments))
+    except ValueError as error:
+        raise cli.UsageError(f"--grpc_channel_arguments: {error}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     servable = Servable(args.model_name, args.model_base_path)
     logger.info("Loaded %s version %d from %s", servable.name, servable.version, servable.path)
     if args.enable_model_warmup:
         logger.info("Replayed %d warm-up requests", servable.warmup())
     limits = Limits(
-        grpc_channel_arguments=args.grpc_channel_arguments,
+        grpc_channel_arguments=channel_arguments,
         grpc_max_threads=args.grpc_max_threads,
         rest_api_num_threads=args.rest_api_num_threads,
         rest_api_timeout_s=args.rest_api_timeout_in_ms / 1000,
@@ -209,6 +218,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     stopping.wait()
     logger.info("Shutting down")
     server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m serving.server``: load, warm up, serve until SIGINT or SIGTERM."""
+    cli.run(serve, arguments(), argv)
 
 
 if __name__ == "__main__":

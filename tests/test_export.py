@@ -16,7 +16,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 import muse_tf
-from muse_tf import artifacts, export, features, signatures, vocabulary
+from muse_tf import artifacts, export, features, saved_model, signatures, vocabulary
 from muse_tf.config import ExperimentConfig
 from muse_tf.runs import RunDir
 from tests import serving_case as sc
@@ -63,7 +63,7 @@ def case():
 
 @pytest.fixture(scope="module")
 def exported(case, tmp_path_factory):
-    return export.export_saved_model(
+    return saved_model.export_saved_model(
         case.model, case.vocabularies, str(tmp_path_factory.mktemp("base")), "muse"
     )
 
@@ -245,15 +245,15 @@ def test_warmup_records_are_prediction_logs_for_both_signatures(exported, case):
 
 def test_versions_are_numbered_and_never_overwritten(case, tmp_path):
     base = str(tmp_path)
-    first = export.export_saved_model(
+    first = saved_model.export_saved_model(
         case.model, case.vocabularies, base, "m", max_history_length=10
     )
-    second = export.export_saved_model(
+    second = saved_model.export_saved_model(
         case.model, case.vocabularies, base, "m", max_history_length=10
     )
     assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
     with pytest.raises(FileExistsError):
-        export.export_saved_model(case.model, case.vocabularies, base, "m", version=2)
+        saved_model.export_saved_model(case.model, case.vocabularies, base, "m", version=2)
     assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2"]  # no staging left behind
     request = sc.rank_request(np.random.default_rng(5), case, 11, candidates=2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_history_length=10"):
@@ -264,7 +264,7 @@ def test_candidates_and_rows_x_width_are_capped_in_the_graph(case, tmp_path):
     """The caps sit in the SavedModel itself (so stock TF Serving enforces them): a request at a
     cap is served with the Keras model's scores, one value past it is refused with the cap named."""
     loaded = tf.saved_model.load(
-        export.export_saved_model(
+        saved_model.export_saved_model(
             case.model, case.vocabularies, str(tmp_path), "m",
             max_history_length=40, max_candidates=5, max_history_values=60,
         )
@@ -285,7 +285,7 @@ def test_candidates_and_rows_x_width_are_capped_in_the_graph(case, tmp_path):
             run(loaded, signature, request)
     for name, value in (("max_candidates", 0), ("max_history_values", -1)):
         with pytest.raises(ValueError, match=f"`{name}`"):
-            export.export_saved_model(case.model, case.vocabularies, str(tmp_path), "x", **{name: value})
+            saved_model.export_saved_model(case.model, case.vocabularies, str(tmp_path), "x", **{name: value})
 
 
 def test_vocabularies_must_match_the_model(case, tmp_path):
@@ -302,7 +302,7 @@ def test_vocabularies_must_match_the_model(case, tmp_path):
     ]
     for vocabularies, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
-            export.export_saved_model(case.model, vocabularies, str(tmp_path), "m")
+            saved_model.export_saved_model(case.model, vocabularies, str(tmp_path), "m")
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +389,7 @@ def test_cli_exports_a_training_run(case, tmp_path):
     run_dir.write_config(ExperimentConfig(model=case.model.config))
     case.model.save_weights(run_dir.final_weights)
     os.makedirs(data_dir / "vocab")
+    (data_dir / artifacts.MANIFEST).write_text(json.dumps({"schema_version": artifacts.SCHEMA_VERSION}))
     for name, ids in case.vocabularies.items():
         np.save(artifacts.vocab_path(str(data_dir), name), ids)
     path = export.main(
@@ -423,7 +424,7 @@ def test_cli_exports_a_training_run(case, tmp_path):
 @pytest.mark.parametrize("variant", ["din", "sim_hard", "sim_soft"])
 def test_baseline_variants_export_and_match_keras(variant, tmp_path):
     other = sc.make_case(seed=2, variant=variant)
-    path = export.export_saved_model(other.model, other.vocabularies, str(tmp_path), variant)
+    path = saved_model.export_saved_model(other.model, other.vocabularies, str(tmp_path), variant)
     loaded = tf.saved_model.load(path)
     rng = np.random.default_rng(8)
     ranked = sc.rank_request(rng, other, 200, candidates=6)

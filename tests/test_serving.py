@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from muse_tf import export, signatures
+from muse_tf import saved_model, signatures
 from serving.client import GrpcClient, PredictionError, RestClient
 from serving.launch import local_server
 from tests import serving_case as sc
@@ -40,7 +40,7 @@ def case():
 def server(case, tmp_path_factory):
     """A server subprocess on a fresh export; yields its (grpc port, rest port)."""
     base = tmp_path_factory.mktemp("exports")
-    export.export_saved_model(case.model, case.vocabularies, str(base), "muse")
+    saved_model.export_saved_model(case.model, case.vocabularies, str(base), "muse")
     with local_server(str(base / "muse"), log_path=str(base / "server.log")) as running:
         yield running.grpc_port, running.rest_port
 

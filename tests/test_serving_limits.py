@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from muse_tf import export, signatures
+from muse_tf import saved_model, signatures
 from serving import grpc_service, rest
 from serving.client import GrpcClient, RestClient
 from serving.launch import free_port, http_statuses, raw_http
@@ -46,7 +46,7 @@ def case():
 @pytest.fixture(scope="module")
 def servable(case, tmp_path_factory):
     base = tmp_path_factory.mktemp("exports")
-    export.export_saved_model(case.model, case.vocabularies, str(base), "muse")
+    saved_model.export_saved_model(case.model, case.vocabularies, str(base), "muse")
     return Servable("muse", str(base / "muse"))
 
 

@@ -1,0 +1,18 @@
+"""The local server's default resource bounds (serving/README.md lists them), apart from the front
+ends that apply them (``serving.rest``, ``serving.grpc_service``) so that ``python -m
+serving.server --help`` shows them before TensorFlow loads."""
+
+# REST connections handled at once; more get 503.
+DEFAULT_NUM_THREADS = 16
+DEFAULT_TIMEOUT_S = 30.0
+# JSON is ~2.7x larger than the binary request: a rank request with L = 100,000 and C = 1,000 is
+# 4.3 MB; serving_default at the export's default rows x width cap (1M values) is ~40 MB.
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+# The local server's default gRPC request size limit. TF Serving accepts up to 2 GiB; 64 MiB holds a
+# rank request with 100K-long histories (1.6 MB) or a serving_default request at the export's
+# default rows x width cap (16 MB) with room to spare, and bounds what one call can make us buffer.
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+# The most values one gRPC input tensor may declare.
+DEFAULT_MAX_TENSOR_ELEMENTS = 10_000_000
+# gRPC handler threads.
+DEFAULT_GRPC_MAX_THREADS = 8
