@@ -62,7 +62,7 @@ class RestClient(_Client):
         self,
         host: str = "127.0.0.1",
         port: int = 8501,
-        model_name: str = "muse",
+        model_name: str = signatures.DEFAULT_MODEL_NAME,
         version: int | None = None,
         timeout: float = 60.0,
     ):
@@ -131,7 +131,7 @@ class GrpcClient(_Client):
         self,
         host: str = "127.0.0.1",
         port: int = 8500,
-        model_name: str = "muse",
+        model_name: str = signatures.DEFAULT_MODEL_NAME,
         version: int | None = None,
         timeout: float = 60.0,
         max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--protocol", choices=("rest", "grpc"), default="grpc")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, help="default: 8500 for gRPC, 8501 for REST")
-    parser.add_argument("--model_name", default="muse")
+    parser.add_argument("--model_name", default=signatures.DEFAULT_MODEL_NAME)
     parser.add_argument("--version", type=int, help="default: the newest version served")
     parser.add_argument("--signature_name", default=signatures.SERVING_DEFAULT)
     parser.add_argument(

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 import grpc
 import requests
 
+from muse_tf import signatures
+
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -91,7 +93,7 @@ def _wait_until_ready(server: LocalServer, model_name: str, timeout_s: float) ->
 @contextlib.contextmanager
 def local_server(
     model_base_path: str,
-    model_name: str = "muse",
+    model_name: str = signatures.DEFAULT_MODEL_NAME,
     rest: bool = True,
     log_path: str | None = None,
     ready_timeout_s: float = 180.0,

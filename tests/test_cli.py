@@ -1,0 +1,163 @@
+"""Every command line: ``--help`` answers before TensorFlow loads, with the command as typed; a
+user's mistake ends in exit status 2 and one line naming the problem and its fix; TensorFlow's
+harmless start-up noise stays hidden at the default verbosity; one default served model name."""
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from muse_tf import artifacts, config, runs, signatures
+from muse_tf.config import ExperimentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ["muse_tf.train", "muse_tf.evaluate", "muse_tf.export", "muse_tf.experiments",
+            "serving.server", "pipelines.synthetic"]
+# What TensorFlow prints on a machine without CUDA or TensorRT, harmless and hidden by default.
+NOISE = ("Unable to register", "cuInit", "cuda_dnn", "TensorRT", "oneDNN", "absl::InitializeLog",
+         "cpu_feature_guard")
+
+# Runs a command's ``--help`` as ``python -m`` does and reports whether TensorFlow was imported.
+HELP_PROBE = """
+import json, runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    code = None
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps({"code": code, "tensorflow": "tensorflow" in sys.modules}), file=sys.stderr)
+"""
+
+
+def _run(args, **kwargs):
+    """``python ARGS`` from the repository root at the default verbosity: the test session's own
+    TF_CPP_MIN_LOG_LEVEL (conftest.py) is not passed on."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env, **kwargs)
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_help_answers_before_tensorflow_loads(module):
+    proc = _run(["-c", HELP_PROBE, module])
+    probe = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert probe == {"code": 0, "tensorflow": False}, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"usage: python -m {module} "), proc.stdout[:200]
+
+
+def _assert_one_line_error(proc, module, *words):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"python -m {module}: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not [noise for noise in NOISE if noise in proc.stderr]
+
+
+@pytest.fixture()
+def fake_dataset(tmp_path):
+    """A directory that passes for a converted dataset until its shards are read."""
+    path = tmp_path / "data"
+    path.mkdir()
+    (path / artifacts.MANIFEST).write_text(json.dumps({"schema_version": artifacts.SCHEMA_VERSION}))
+    return path
+
+
+def test_a_missing_data_directory_is_named_with_the_conversion_command(tmp_path):
+    missing = tmp_path / "converted"
+    proc = _run(["-m", "muse_tf.train", "--data", str(missing), "--model-dir", str(tmp_path / "m")])
+    _assert_one_line_error(proc, "muse_tf.train", f"{missing} is not a converted dataset",
+                           "does not exist", "python -m pipelines.taobao_mm --input")
+    assert not (tmp_path / "m").exists()
+
+
+def test_raw_parquet_passed_as_data_says_to_convert_it(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train_samples.parquet").write_bytes(b"PAR1")
+    proc = _run(["-m", "muse_tf.evaluate", "--data", str(raw), "--model-dir", str(tmp_path)])
+    _assert_one_line_error(proc, "muse_tf.evaluate", "not a converted dataset", "raw Parquet",
+                           f"python -m pipelines.taobao_mm --input {raw} --output")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--config", "absent.yaml"], ["Config file absent.yaml not found", "muse_tf/configs"]),
+    (["--set", "train.batch_size=abc"], ["`train.batch_size` must be an integer", "'abc'"]),
+    (["--set", "train.batchsize=64"], ["Unknown TrainConfig key(s) ['batchsize']"]),
+    (["--set", "batch_size"], ["'batch_size' is not of the form key=value"]),
+])
+def test_config_mistakes_end_in_one_line(argv, words):
+    _assert_one_line_error(_run(["-m", "muse_tf.train", *argv]), "muse_tf.train", *words)
+
+
+def test_evaluate_names_a_directory_that_is_not_a_run(fake_dataset, tmp_path):
+    proc = _run(["-m", "muse_tf.evaluate", "--data", str(fake_dataset),
+                 "--model-dir", str(tmp_path / "nothing")])
+    _assert_one_line_error(proc, "muse_tf.evaluate", "is not a training run", "--model-dir")
+
+
+def test_export_refuses_a_run_whose_training_has_not_finished(fake_dataset, tmp_path):
+    run = runs.RunDir(str(tmp_path / "run"))
+    run.write_config(ExperimentConfig())
+    proc = _run(["-m", "muse_tf.export", "--data", str(fake_dataset), "--model-dir", run.root,
+                 "--export-dir", str(tmp_path / "exports")])
+    _assert_one_line_error(proc, "muse_tf.export", "holds no trained model",
+                           "python -m muse_tf.train", "--model-dir")
+    assert not (tmp_path / "exports").exists()
+
+
+def test_server_names_a_missing_export(tmp_path):
+    proc = _run(["-m", "serving.server", "--model_base_path", str(tmp_path / "exports" / "muse")])
+    _assert_one_line_error(proc, "serving.server", "No SavedModel version directory",
+                           "python -m muse_tf.export")
+
+
+def test_library_callers_get_the_usual_exceptions(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a converted dataset"):
+        artifacts.load_manifest(str(tmp_path))
+    with pytest.raises(ValueError, match="not found"):
+        config.load_yaml(str(tmp_path / "absent.yaml"))
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        config.load_yaml(str(tmp_path / "bad.yaml"))
+    with pytest.raises(RuntimeError, match="is not a training run"):
+        runs.load_trained_model(str(tmp_path))
+
+
+def test_serving_default_is_tensorflows_default_signature():
+    import tensorflow as tf
+
+    assert signatures.SERVING_DEFAULT == tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+
+
+def test_one_default_model_name_everywhere():
+    from muse_tf import export, train
+    from serving import client, launch, server
+
+    def default(function):
+        return inspect.signature(function).parameters["model_name"].default
+
+    defaults = {
+        "python -m muse_tf.train": train.arguments().get_default("model_name"),
+        "python -m muse_tf.export": export.arguments().get_default("model_name"),
+        "python -m serving.server": server.arguments().get_default("model_name"),
+        "training.run": default(training_run()),
+        "RestClient": default(client.RestClient),
+        "GrpcClient": default(client.GrpcClient),
+        "launch.local_server": default(launch.local_server),
+    }
+    assert defaults == dict.fromkeys(defaults, signatures.DEFAULT_MODEL_NAME)
+    served = re.findall(r'name:\s*"([^"]+)"', (ROOT / "serving" / "models.config").read_text())
+    assert served == [signatures.DEFAULT_MODEL_NAME]  # docker-compose serves models.config
+
+
+def training_run():
+    from muse_tf import training
+
+    return training.run
