@@ -9,13 +9,28 @@ TensorFlow comes in with the work, after ``quiet_tensorflow``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 # TensorFlow's C++ logging threshold while it is quiet: 3 drops INFO, WARNING and ERROR lines such
 # as "Unable to register cuDNN factory", which are harmless on a machine without CUDA.
 QUIET_CPP_LOG_LEVEL = "3"
+# Native start-up lines that newer TensorFlow (2.17+) writes through absl before its log level
+# applies, so TF_CPP_MIN_LOG_LEVEL cannot hide them; all harmless on a machine without a GPU.
+HARMLESS_NATIVE_LOGS = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|cudart_stub\.cc.*Could not find cuda drivers"
+    r"|cuda_(fft|dnn|blas)\.cc.*Unable to register"
+    r"|failed call to cuInit"
+    r"|port\.cc.*oneDNN custom operations are on"
+    r"|cpu_feature_guard\.cc|^To enable the following instructions:"
+    r"|TF-TRT Warning: Could not find TensorRT"
+)
 
 
 class UsageError(Exception):
@@ -56,11 +71,41 @@ def run(
     runs ``command(args)`` and returns its result; a ``UsageError`` becomes
     ``PROG: error: MESSAGE`` on stderr and exit status 2."""
     args = arguments.parse_args(argv)
-    quiet_tensorflow(verbose(args))
+    quiet = not verbose(args)
+    quiet_tensorflow(not quiet)
+    with harmless_native_logs_dropped() if quiet else contextlib.nullcontext():
+        try:
+            return command(args)
+        except UsageError as error:
+            message = f"{arguments.prog}: error: {one_line(str(error))}\n"
+    arguments.exit(2, message)
+
+
+@contextlib.contextmanager
+def harmless_native_logs_dropped() -> Iterator[None]:
+    """Forwards this process's stderr (file descriptor 2, where native code writes) line by line,
+    dropping only lines that match ``HARMLESS_NATIVE_LOGS``; everything else passes unchanged."""
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(os.dup(original), "wb", 0) as out:
+            for line in pipe:
+                if not HARMLESS_NATIVE_LOGS.search(line.decode(errors="replace")):
+                    out.write(line)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
     try:
-        return command(args)
-    except UsageError as error:
-        arguments.exit(2, f"{arguments.prog}: error: {one_line(str(error))}\n")
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the forwarder reads to the end
+        os.close(original)
+        forwarder.join(timeout=5)
 
 
 def one_line(message: str) -> str:

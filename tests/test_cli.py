@@ -161,3 +161,35 @@ def training_run():
     from muse_tf import training
 
     return training.run
+
+
+FILTER_PROBE = """
+import argparse, os
+from muse_tf import cli
+
+def command(args):
+    os.write(2, b"W0000 00:00:1.0 1 cuda_dnn.cc:8] Unable to register cuDNN factory: one already is\\n")
+    os.write(2, b"our own warning: keep me\\n")
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+    if args.fail:
+        raise cli.UsageError("a mistake")
+    raise RuntimeError("a bug")
+
+parser = cli.parser("probe", None)
+parser.add_argument("--fail", action="store_true")
+parser.add_argument("--verbose", action="store_true")
+cli.run(command, parser)
+"""
+
+
+@pytest.mark.parametrize("flags, expected_code", [(["--fail"], 2), ([], 1), (["--verbose"], 1)])
+def test_only_known_harmless_native_lines_are_dropped(flags, expected_code):
+    proc = _run(["-c", FILTER_PROBE, *flags])
+    assert proc.returncode == expected_code, proc.stderr
+    assert "our own warning: keep me" in proc.stderr
+    assert ("Unable to register" in proc.stderr) == ("--verbose" in flags)
+    assert ("absl::InitializeLog" in proc.stderr) == ("--verbose" in flags)
+    if "--fail" in flags:
+        assert proc.stderr.strip().splitlines()[-1] == "python -m probe: error: a mistake"
+    else:  # a bug in our code keeps its traceback
+        assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
