@@ -90,9 +90,10 @@ def harmless_native_logs_dropped() -> Iterator[None]:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
+    pipe, out = os.fdopen(read_end, "rb"), os.fdopen(os.dup(original), "wb", 0)
 
     def forward() -> None:
-        with os.fdopen(read_end, "rb") as pipe, os.fdopen(os.dup(original), "wb", 0) as out:
+        with pipe, out:
             for line in pipe:
                 if not HARMLESS_NATIVE_LOGS.search(line.decode(errors="replace")):
                     out.write(line)
