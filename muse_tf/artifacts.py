@@ -74,9 +74,9 @@ def vocab_path(data_dir: str, name: str) -> str:
 
 def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
     """Raw int64 IDs of vocabulary ``name``, in index order (``muse_tf.vocabulary``)."""
-    require_dataset(data_dir)
     path = vocab_path(data_dir, name)
     if not tf.io.gfile.exists(path):
+        require_dataset(data_dir)  # (a conversion reads its vocabularies before its manifest)
         raise FileNotFoundError(f"Vocabulary {name!r} not found at {path}; run a pipeline first.")
     return _load_npy(path)
 
@@ -105,9 +105,9 @@ def load_multimodal_table(data_dir: str) -> np.ndarray:
     Row i is the vector of item index i (value = trunc(127 v), so scale by 1/127); an all-zero
     row means the item has none. Local files are memory-mapped, not read.
     """
-    require_dataset(data_dir)
     path = os.path.join(data_dir, MULTIMODAL_TABLE)
     if not tf.io.gfile.exists(path):
+        require_dataset(data_dir)
         raise FileNotFoundError(f"Multimodal table not found at {path}; run a pipeline first.")
     return _load_npy(path)
 
