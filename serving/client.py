@@ -10,6 +10,8 @@ signature's output dtypes, and raise PredictionError with the server's message o
 
 CLI: ``python -m serving.client --protocol grpc --port 8500 --model_name muse
 --signature_name rank --request request.json`` where request.json holds ``{input name: value}``.
+gRPC, requests and TensorFlow are imported by the clients that use them, so the command parses its
+flags first.
 """
 
 from __future__ import annotations
@@ -21,14 +23,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 import numpy as np
-import requests
-import tensorflow as tf
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from muse_tf import signatures
+from muse_tf import cli, signatures
 from serving import MAX_GRPC_MESSAGE_BYTES
 
 
@@ -66,6 +63,8 @@ class RestClient(_Client):
         version: int | None = None,
         timeout: float = 60.0,
     ):
+        import requests
+
         self._url = f"http://{host}:{port}/v1/models/{model_name}"
         if version is not None:
             self._url += f"/versions/{version}"
@@ -89,6 +88,9 @@ class RestClient(_Client):
 
     def _dtypes(self, signature_name: str) -> dict[str, np.dtype]:
         """Output dtypes of a signature (JSON numbers carry none), from the model's metadata."""
+        import tensorflow as tf
+        from tensorflow.core.framework import types_pb2
+
         if signature_name not in self._output_dtypes:
             served = self.metadata()["metadata"]["signature_def"]["signature_def"]
             if signature_name not in served:
@@ -136,6 +138,9 @@ class GrpcClient(_Client):
         timeout: float = 60.0,
         max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
     ):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -149,6 +154,10 @@ class GrpcClient(_Client):
     ) -> dict[str, np.ndarray]:
         """Sends ``inputs`` as TensorProtos of their NumPy dtypes (pass int64 IDs); returns the
         response's tensors, e.g. ``{"probability": (C,), "logit": (C,)}`` float32."""
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=self._model_name, signature_name=signature_name)
         )
@@ -173,13 +182,10 @@ def _json_input(value: Any) -> np.ndarray:
     return array.astype(np.int64) if array.size == 0 or array.dtype.kind in "iu" else array
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m serving.client``: prints the outputs as JSON; exits non-zero on an error."""
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.client",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m serving.client``."""
+    parser = cli.parser("serving.client", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.description = __doc__
     parser.add_argument("--protocol", choices=("rest", "grpc"), default="grpc")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, help="default: 8500 for gRPC, 8501 for REST")
@@ -189,9 +195,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--request", required=True, help="JSON file of {input name: value}; - for stdin"
     )
-    args = parser.parse_args(argv)
-    with sys.stdin if args.request == "-" else open(args.request) as f:
-        inputs = {name: _json_input(value) for name, value in json.load(f).items()}
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
+    return parser
+
+
+def predict(args: argparse.Namespace) -> None:
+    """Sends ``args.request``; prints the outputs as JSON, or exits 1 with the server's error."""
+    try:
+        with sys.stdin if args.request == "-" else open(args.request) as f:
+            inputs = {name: _json_input(value) for name, value in json.load(f).items()}
+    except FileNotFoundError:
+        raise cli.UsageError(f"--request {args.request}: no such file.") from None
+    except json.JSONDecodeError as error:
+        raise cli.UsageError(f"--request {args.request} is not JSON: {error}") from None
     if args.protocol == "rest":
         client = RestClient(args.host, args.port or 8501, args.model_name, args.version)
     else:
@@ -203,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     json.dump({name: value.tolist() for name, value in outputs.items()}, sys.stdout)
     print()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m serving.client``: prints the outputs as JSON; exits non-zero on an error."""
+    cli.run(predict, arguments(), argv)
 
 
 if __name__ == "__main__":

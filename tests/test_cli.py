@@ -17,7 +17,7 @@ from muse_tf.config import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["muse_tf.train", "muse_tf.evaluate", "muse_tf.export", "muse_tf.experiments",
-            "serving.server", "pipelines.synthetic"]
+            "serving.server", "serving.client", "pipelines.synthetic"]
 # What TensorFlow prints on a machine without CUDA or TensorRT, harmless and hidden by default.
 NOISE = ("Unable to register", "cuInit", "cuda_dnn", "TensorRT", "oneDNN", "absl::InitializeLog",
          "cpu_feature_guard")
@@ -112,6 +112,12 @@ def test_export_refuses_a_run_whose_training_has_not_finished(fake_dataset, tmp_
     assert not (tmp_path / "exports").exists()
 
 
+def test_client_names_a_missing_request_file(tmp_path):
+    proc = _run(["-m", "serving.client", "--request", str(tmp_path / "request.json")])
+    _assert_one_line_error(proc, "serving.client", f"--request {tmp_path / 'request.json'}",
+                           "no such file")
+
+
 def test_server_names_a_missing_export(tmp_path):
     proc = _run(["-m", "serving.server", "--model_base_path", str(tmp_path / "exports" / "muse")])
     _assert_one_line_error(proc, "serving.server", "No SavedModel version directory",
@@ -147,6 +153,7 @@ def test_one_default_model_name_everywhere():
         "python -m muse_tf.train": train.arguments().get_default("model_name"),
         "python -m muse_tf.export": export.arguments().get_default("model_name"),
         "python -m serving.server": server.arguments().get_default("model_name"),
+        "python -m serving.client": client.arguments().get_default("model_name"),
         "training.run": default(training_run()),
         "RestClient": default(client.RestClient),
         "GrpcClient": default(client.GrpcClient),
