@@ -137,7 +137,7 @@ def arguments() -> argparse.ArgumentParser:
                         help="converted dataset directory (output of pipelines.taobao_mm)")
     parser.add_argument("--model-dir", required=True,
                         help="a training run's directory (holds config.yaml and final weights)")
-    parser.add_argument("--output", help="where to write eval_metrics.json/png (default: model dir)")
+    parser.add_argument("--output", help="where to write eval_metrics.json/png (None: the model dir)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     return parser
 

@@ -27,7 +27,7 @@ def arguments() -> argparse.ArgumentParser:
                         help="base directory: writes EXPORT_DIR/NAME/VERSION")
     parser.add_argument("--model-name", default=signatures.DEFAULT_MODEL_NAME,
                         help="model name in the serving layout")
-    parser.add_argument("--version", type=int, help="version directory (default: newest + 1)")
+    parser.add_argument("--version", type=int, help="version directory (None: newest + 1)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     limits.add_flags(parser)
     return parser
