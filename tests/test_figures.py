@@ -58,3 +58,9 @@ def test_serving_latency_replot_from_json_measures_nothing(tmp_path):
                                    "machine": {"nproc": 2, "tensorflow": "2.x", "python": "3.x"}}))
     assert serving_latency.main(["--replot", str(results)]) == {}
     assert (tmp_path / "latency.png").read_bytes()[:8] == PNG
+
+
+def test_readme_diagram_names_the_same_serving_images():
+    mermaid = next(line for line in (ROOT / "README.md").read_text().splitlines() if 'S["TF Serving' in line)
+    for tf, image in load_figures().serving_images():
+        assert f"{image} (TF {tf} exports)" in mermaid, (tf, image, mermaid)
