@@ -112,7 +112,8 @@ def plot_buckets(breakdowns: dict[str, dict[str, list[dict]]], path: str, title:
     import matplotlib.pyplot as plt
 
     widest = max(len(rows) for models in breakdowns.values() for rows in models.values())
-    fig, axes = plt.subplots(1, len(breakdowns), figsize=(max(5.0, 1.25 * widest) * len(breakdowns), 4.4),
+    panel_width = max(6.5, 1.1 * widest + 1.5)  # inches: room for the counts under each bucket
+    fig, axes = plt.subplots(1, len(breakdowns), figsize=(panel_width * len(breakdowns), 4.6),
                              squeeze=False)
     for axis, (panel, models) in zip(axes[0], breakdowns.items()):
         ticks = _bucket_counts(models)
