@@ -85,7 +85,11 @@ def serving_section(result: dict, before: dict | None) -> list[str]:
     lines += ["Linearity (least-squares p50 = a + b L over the L grid):", "",
               common.format_table(result["linearity"], ["path", "C", "ms_per_1k_behaviours",
                                                         "intercept_ms", "max_relative_residual"]), "",
-              f"![latency vs L](results/{result.get('plot', 'serving_latency.png')})", ""]
+              f"![latency vs L](results/{result.get('plot', 'serving_latency.png')})", "",
+              "Colour = C candidates, line style = what is timed; the floor (dotted) is the search's "
+              "unavoidable work (see Definitions). Redraw the picture from the JSON without measuring: "
+              "`python -m benchmarks.serving_latency --replot benchmarks/results/serving_latency.json`.",
+              ""]
     if before:
         old = {(r["L"], r["C"]): r for r in _rows(before, "latency") if r["path"] == "in-process"}
         compared = [{"L": r["L"], "C": r["C"], "before_p50_ms": old[(r["L"], r["C"])]["p50_ms"],

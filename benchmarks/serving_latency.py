@@ -19,6 +19,7 @@ the curve.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -148,50 +149,89 @@ def linearity(rows: list[dict]) -> list[dict]:
     return fits
 
 
-def plot(rows: list[dict], path: str) -> None:
+FLOOR_CAPTION = ("floor = the work no implementation of the search can avoid, timed in the same process "
+                 "on the same int8 table with plain TensorFlow ops:\ngather + de-quantise the L x 128 "
+                 "history vectors, one C x L x 128 matmul, top-K. It leaves out the raw-ID lookups, "
+                 "unit scaling, the ESU and the tower.")
+
+
+def plot(rows: list[dict], path: str, subtitle: str = "") -> None:
     """Left: p50 vs L, log-log (slope 1 = linear), rank in-process / via gRPC and the floor, per C.
-    Right: the in-process p50 on linear axes with its least-squares line."""
+    Right: the in-process p50 on linear axes with its least-squares line. Colour = C, line style =
+    what is timed; one legend beside the panels and the floor defined under them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    from matplotlib.lines import Line2D
 
     counts = sorted({r["C"] for r in rows})
     colours = {c: f"C{i}" for i, c in enumerate(counts)}
-    series = (("rank in-process", "in-process", "p50_ms", "-o"),
-              ("floor", "in-process", "floor_p50_ms", ":s"),
-              ("rank via gRPC", "server grpc", "p50_ms", "--^"))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    series = (("rank, in-process", "in-process", "p50_ms", "-o"),
+              ("rank, via gRPC (local server)", "server grpc", "p50_ms", "--^"),
+              ("floor (defined below)", "in-process", "floor_p50_ms", ":s"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    fits = []
     for count in counts:
-        for label, source, key, style in series:
+        for _, source, key, style in series:
             points = sorted((r["L"], r[key]) for r in rows
                             if r["path"] == source and r["C"] == count and key in r)
             if points:
-                x, y = zip(*points)
-                left.plot(x, y, style, color=colours[count], label=f"{label}, C={count}")
+                left.plot(*zip(*points), style, color=colours[count])
         points = sorted((r["L"], r["p50_ms"]) for r in rows if r["path"] == "in-process" and r["C"] == count)
         if len(points) >= 2:
             x, y = (np.array(v, np.float64) for v in zip(*points))
             slope, intercept = np.polyfit(x, y, 1)
-            right.plot(x, y, "o", color=colours[count], label=f"rank in-process, C={count}")
-            right.plot(x, intercept + slope * x, "-", color=colours[count], alpha=0.5,
-                       label=f"fit: {intercept:.1f} + {1e3 * slope:.2f} ms per 1k")
-    left.set(xscale="log", yscale="log", xlabel="history length L", ylabel="p50 latency (ms)",
-             title="rank vs its floor (log-log: slope 1 = linear)")
-    right.set(xlabel="history length L", ylabel="p50 latency (ms)", title="rank in-process, linear axes")
+            right.plot(x, y, "o", color=colours[count])
+            right.plot(x, intercept + slope * x, "-", color=colours[count], alpha=0.5)
+            fits.append((count, f"C={count}: {intercept:.1f} ms + {1e3 * slope:.2f} ms per 1k behaviours"))
+    left.set(xscale="log", yscale="log", xlabel="history length L (behaviours, log scale)",
+             ylabel="p50 latency (ms, log scale)", title="rank vs its floor (log-log: slope 1 = linear)")
+    right.set(xlabel="history length L (behaviours)", ylabel="p50 latency (ms)",
+              title="rank in-process, linear axes, least-squares lines")
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colours[c], linewidth=6, label=f"C = {c} candidates") for c in counts]
+    handles += [Line2D([], [], color="#444444", linestyle=style[:-1], marker=style[-1], label=label)
+                for label, _, _, style in series]
+    handles += [Line2D([], [], color="none", label="lines on the right, p50 = a + b L:")]
+    handles += [Line2D([], [], color=colours[count], alpha=0.5, label=fit) for count, fit in fits]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.735, 0.55), fontsize=8,
+               frameon=False)
+    fig.text(0.01, 0.01, FLOOR_CAPTION, fontsize=8, color="#333333", ha="left", va="bottom")
+    right.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=9, color="#333333")
+    fig.tight_layout(rect=(0, 0.07, 0.735, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def replot(json_path: str, path: str) -> None:
+    """Redraws the PNG from a saved results file, without measuring anything."""
+    with open(json_path) as f:
+        payload = json.load(f)
+    plot([r for r in payload["results"] if r.get("table", "latency") == "latency"], path,
+         subtitle=conditions(payload["started"], payload["machine"]))
+
+
+def conditions(started: str, machine: dict) -> str:
+    """The figure's subtitle: when and on what the latencies were measured."""
+    return (f"measured {started[:10]} on {machine['nproc']} cores, TensorFlow {machine['tensorflow']}, "
+            f"Python {machine['python']}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = common.base_parser(__doc__.split("\n\n")[0], "serving_latency.json")
     parser.add_argument("--protocols", nargs="*", default=["grpc", "rest"], choices=["grpc", "rest"])
     parser.add_argument("--plot", default=None, help="PNG of latency vs L (default: beside --output)")
+    parser.add_argument("--replot", metavar="JSON", help="only redraw the PNG from this results file "
+                        "(to --plot, default: beside it); measures nothing")
     args = parser.parse_args(argv)
+    if args.replot:
+        replot(args.replot, args.plot or os.path.splitext(args.replot)[0] + ".png")
+        return {}
     lengths, candidates = ((1_000, 3_000, 10_000), (1, 100)) if args.quick else (LENGTHS, CANDIDATES)
     budget_s = 1.5 if args.quick else 6.0
     run = common.Run("serving_latency", args)
@@ -208,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.extra["target"] = {"L": 100_000, "C": 100, "ratio_p50": target["ratio_p50"],
                                "ratio_p99": target["ratio_p99"], "met": target["ratio_p50"] <= 1.5}
     plot_path = args.plot or os.path.splitext(args.output)[0] + ".png"
-    plot(rows, plot_path)
+    plot(rows, plot_path, subtitle=conditions(run.started, run.machine))
     run.extra["plot"] = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(args.output)))
     payload = run.finish(rows, {"latency": COLUMNS})
     print("\nlinearity (p50 = a + b L):")

@@ -2,6 +2,7 @@
 
     python docs/figures.py [--output docs/images/data_flow.png]
 
+The TF Serving versions in it are read from ``serving/docker-compose.yml``, their one owner.
 (The learning-curve and GAUC pictures come from a run of notebooks/muse_quickstart.ipynb; see the
 README.)
 """
@@ -9,6 +10,7 @@ README.)
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "serving" / "docker-compose.yml"
 WIDTH, HEIGHT = 3.3, 1.25  # box size in data units
 COLOURS = {"data": "#dbe9f6", "train": "#e3f1df", "serve": "#fbe5d6"}
 
@@ -38,8 +41,7 @@ BOXES = {
             ["config.yaml, checkpoints, backup", "history.csv, eval_metrics.json"]),
     "export": (0.0, 0.4, "serve", "muse_tf.export: SavedModel",
                ["raw IDs in; vocab assets, int8 table", "serving_default + rank"]),
-    "server": (4.2, 0.4, "serve", "TF Serving 2.16.1",
-               ["(or serving.server locally)", "gRPC :8500, REST :8501"]),
+    "server": (4.2, 0.4, "serve", "TF Serving", ["(or serving.server locally)", "gRPC :8500, REST :8501"]),
     "client": (8.4, 0.4, "serve", "serving.client",
                ["GrpcClient / RestClient", "-> probability, logit"]),
 }
@@ -55,6 +57,27 @@ ARROWS = [
 ]
 
 
+def serving_images(compose: Path = COMPOSE) -> list[tuple[str, str]]:
+    """(TensorFlow that wrote the export, tensorflow/serving image) pairs, default image first, as
+    ``serving/docker-compose.yml`` states them ("TensorFlow 2.16 exports -> 2.16.1 ...")."""
+    text = compose.read_text()
+    default = re.search(r"tensorflow/serving:\$\{TF_SERVING_VERSION:-([\w.]+)\}", text)
+    prose = re.sub(r"\n\s*#\s*", " ", text)  # comment lines joined: a sentence may wrap
+    pairs = re.findall(r"TensorFlow (\d+\.\d+) exports -> (\d+\.\d+\.\d+)", prose)
+    if not default or not pairs or default.group(1) not in {image for _, image in pairs}:
+        raise ValueError(f"{compose}: expected the image 'tensorflow/serving:${{TF_SERVING_VERSION:-X}}' "
+                         "and comments 'TensorFlow A.B exports -> X' naming it.")
+    return sorted(pairs, key=lambda pair: pair[1] != default.group(1))
+
+
+def _boxes() -> dict[str, tuple]:
+    """``BOXES`` with the serving box's title and versions filled in from the compose file."""
+    images = serving_images()
+    x, y, kind, title, lines = BOXES["server"]
+    versions = [f"{image} for TF {tf} exports" for tf, image in images]
+    return {**BOXES, "server": (x, y, kind, title, [*versions, *lines])}
+
+
 def _anchor(name: str, towards: str) -> tuple[float, float]:
     """The point on box ``name``'s edge facing box ``towards``."""
     x, y = BOXES[name][:2]
@@ -67,7 +90,7 @@ def _anchor(name: str, towards: str) -> tuple[float, float]:
 def draw(path: Path) -> None:
     """Renders the diagram to ``path`` (PNG)."""
     fig, axis = plt.subplots(figsize=(11.5, 6.2))
-    for x, y, kind, title, lines in BOXES.values():
+    for x, y, kind, title, lines in _boxes().values():
         axis.add_patch(FancyBboxPatch((x, y), WIDTH, HEIGHT, boxstyle="round,pad=0.06",
                                       facecolor=COLOURS[kind], edgecolor="#444444", linewidth=1.0))
         axis.text(x + WIDTH / 2, y + HEIGHT - 0.25, title, ha="center", va="center",

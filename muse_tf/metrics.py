@@ -70,6 +70,18 @@ def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> flo
     return float(np.sum(aucs * weights) / np.sum(weights))
 
 
+def gauc_users(labels: np.ndarray, groups: np.ndarray) -> int:
+    """How many groups have both a click and a non-click: the ones ``group_auc`` averages over
+    (GAUC is undefined, NaN, when there are none)."""
+    labels, groups = np.asarray(labels).ravel(), np.asarray(groups).ravel()
+    if labels.size == 0:
+        return 0
+    _, group_id = np.unique(groups, return_inverse=True)
+    positives = np.bincount(group_id.ravel(), weights=labels)
+    totals = np.bincount(group_id.ravel())
+    return int(np.count_nonzero((positives > 0) & (positives < totals)))
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Exact ROC AUC of (N,) 0/1 ``labels`` and (N,) ``scores`` (ties count one half); NaN when
     only one class is present."""
@@ -118,7 +130,7 @@ def evaluate_auc_gauc(model: tf_keras.Model, dataset: Iterable) -> dict[str, flo
     """Exact AUC and GAUC of ``model`` over the whole ``dataset`` (not a per-batch average).
 
     Returns:
-        ``auc``, ``gauc``, ``examples`` and ``click_rate`` (see ``summarize``).
+        ``summarize``'s ``auc``, ``gauc``, counts and ``click_rate``.
     """
     scored = predict_dataset(model, dataset)
     return summarize(scored)
@@ -128,12 +140,16 @@ def summarize(scored: dict[str, np.ndarray]) -> dict[str, float]:
     """AUC, GAUC and counts of a ``predict_dataset`` result (or any subset of its rows).
 
     Returns:
-        ``auc`` and ``gauc`` (NaN when undefined), ``examples`` (N) and ``click_rate`` (mean label).
+        ``auc`` and ``gauc`` (NaN when undefined), ``examples`` (N), ``users`` (distinct groups),
+        ``gauc_users`` (the users GAUC averages over: both a click and a non-click) and
+        ``click_rate`` (mean label).
     """
-    labels, logits = scored["labels"], scored["logits"]
+    labels, logits, groups = scored["labels"], scored["logits"], scored["groups"]
     return {
         "auc": auc(labels, logits),
-        "gauc": group_auc(labels, logits, scored["groups"]),
+        "gauc": group_auc(labels, logits, groups),
         "examples": int(len(labels)),
+        "users": int(len(np.unique(groups))),
+        "gauc_users": gauc_users(labels, groups),
         "click_rate": float(labels.mean()) if len(labels) else float("nan"),
     }
