@@ -195,6 +195,9 @@ class TrainConfig:
         early_stopping_patience: stop after this many epochs without a better validation
             ``validation_monitor``, then keep the best epoch's weights (for evaluation and export);
             None = train every epoch and keep the last one's. Needs validation.
+        ps_min_shard_bytes: on a parameter-server cluster, a variable is split row-wise across
+            the parameter servers only if every shard keeps at least this many bytes (the
+            embedding and multimodal tables are; dense weights stay whole).
     """
 
     batch_size: int = 8000
@@ -215,11 +218,12 @@ class TrainConfig:
     validation_split: str | None = None
     validation_monitor: str = "gauc"
     early_stopping_patience: int | None = None
+    ps_min_shard_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "history_length", "eval_batch_size",
                      "backup_every_steps", "log_every_steps", "embedding_learning_rate",
-                     "dense_learning_rate"):
+                     "dense_learning_rate", "ps_min_shard_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
         for name, choices in (("embedding_optimizer", EMBEDDING_OPTIMIZERS),
