@@ -48,10 +48,15 @@ def train_section(result: dict, before: dict | None) -> list[str]:
     e2e = _rows(result, "end-to-end")
     if e2e:
         check = result.get("precomputed_search_output_check", {})
-        lines += ["End to end (`model.fit` on `make_dataset` over the converted synthetic shards, "
-                  "pipeline and step sharing the same cores):", "",
-                  common.format_table(e2e, ["variant", "search", "examples_per_s", "step_p50_ms",
-                                            "steps"]), "",
+        lines += ["End to end (the training job's `fit`, input pipeline and callbacks, one epoch to "
+                  "the end of the converted synthetic data, each case in a fresh process, pipeline "
+                  "and step sharing the same cores; `keras_autograph` converted = tracing as before "
+                  "`muse_tf.tracing`; examples_per_s is the steady state, whole_run from `fit` "
+                  "called to returned, post_last_step_s from the last step's end to `fit` "
+                  "returning):", "",
+                  common.format_table(e2e, ["variant", "search", "keras_autograph", "steps",
+                                            "first_step_s", "step_p50_ms", "examples_per_s",
+                                            "whole_run_examples_per_s", "post_last_step_s"]), "",
                   f"Model output with the precomputed search vs in-graph, one batch of "
                   f"{check.get('batch')}: max |logit difference| = {check.get('max_abs_logit_diff')}.", ""]
     profile = _rows(result, "profile")

@@ -7,15 +7,23 @@ Three parts:
 * **step**: the Keras train step (two Adam optimizers, as ``muse_tf.train``) on one in-memory batch
   shaped like the converted data (8 samples per user share a history), so the input pipeline is
   out of the picture. Examples/s = batch / median step time.
-* **end-to-end**: ``model.fit`` reading the converted synthetic shards through
-  ``muse_tf.data.make_dataset``, MUSE with its search in-graph and precomputed in the pipeline
-  (both on the same 2 cores). The model's outputs on one batch, both ways, are compared.
+* **end-to-end**: the training job's ``fit`` (its strategy, input pipeline, optimizers and
+  callbacks: ``muse_tf.training``) for one epoch to the end of the converted synthetic data, each
+  case in a fresh process: MUSE with its search in-graph, with tf-keras converted by AutoGraph (as
+  before ``muse_tf.tracing``) and not, and with its search precomputed in the pipeline. Reported:
+  the first step (tracing included), steady-state examples/s (median step after it), whole-run
+  examples/s (``fit`` called to returned) and the seconds from the last step's end to ``fit``
+  returning. The model's outputs on one batch, search in-graph and precomputed, are compared.
 * **profile**: the MUSE step taken apart (forward pieces timed as separate functions; the
   ``ref:`` rows time the per-position way the search worked before, for comparison).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -23,13 +31,15 @@ import tensorflow as tf
 import tf_keras
 
 from benchmarks import common, fixtures
-from muse_tf import artifacts, data, features, vocabulary
+from muse_tf import artifacts, data, features, tracing, vocabulary
 from muse_tf.layers import search
 
 VARIANTS = ("din", "sim_soft", "muse")
 STEP_COLUMNS = ["variant", "search", "xla", "batch", "history", "examples_per_s", "step_p50_ms",
                 "step_p90_ms", "steps"]
-E2E_COLUMNS = ["variant", "search", "batch", "history", "examples_per_s", "step_p50_ms", "steps"]
+E2E_COLUMNS = ["variant", "search", "keras_autograph", "batch", "history", "steps", "first_step_s",
+               "step_p50_ms", "examples_per_s", "whole_run_examples_per_s", "post_last_step_s"]
+E2E_CASES = (("in-graph", "converted"), ("in-graph", "unconverted"), ("precomputed", "unconverted"))
 PROFILE_COLUMNS = ["part", "p50_ms", "share_of_step"]
 
 
@@ -103,25 +113,87 @@ def step_rows(sizes: dict, table: np.ndarray, batch: int, length: int, steps: in
     return rows
 
 
-def end_to_end_rows(work_dir: str, users: int, batch: int, length: int, steps: int,
-                    max_seconds: float) -> tuple[list[dict], dict]:
+class PhaseTimer(tf_keras.callbacks.Callback):
+    """Each step's seconds and when the last one ended (``perf_counter``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.step_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.last_step_end = time.perf_counter()
+        self.times.append(self.last_step_end - self.step_start)
+
+
+def convert_keras_again() -> None:
+    """Drops ``muse_tf.tracing``'s rule: tracing as it was before it, for comparison."""
+    from tensorflow.python.autograph.core import config
+
+    config.CONVERSION_RULES = tuple(rule for rule in config.CONVERSION_RULES
+                                    if not rule.matches(tracing.KERAS_PACKAGE))
+
+
+def end_to_end_child(data_dir: str, how: str, keras_autograph: str, batch: int, length: int) -> dict:
+    """One epoch to the end of the training split, as ``muse_tf.training.fit`` runs it."""
+    from muse_tf import distribute, runs, training
+    from muse_tf.config import ExperimentConfig, TrainConfig
+
+    if keras_autograph == "converted":
+        convert_keras_again()
+    sizes = artifacts.vocab_sizes(data_dir)
+    table = artifacts.load_multimodal_table(data_dir)
+    experiment = ExperimentConfig(model=fixtures.paper_config("muse", sizes),
+                                  train=TrainConfig(batch_size=batch, history_length=length,
+                                                    shuffle=True, seed=0))
+    steps = training.steps_per_epoch(data_dir, experiment)
+    strategy = distribute.make_strategy()
+    with strategy.scope():
+        model = fixtures.random_model(experiment.model, table)
+        training.compile_model(model, experiment)
+    if how == "precomputed":
+        files = data.split_files(data_dir, "train")
+        dataset = strategy.distribute_datasets_from_function(lambda context: data.make_dataset(
+            files, context.get_per_replica_batch_size(batch), history_length=length,
+            shuffle=True, seed=0, repeat=True, input_context=context, drop_remainder=True,
+            precompute_gsu=table, top_k=experiment.model.top_k))
+    else:
+        dataset = training.train_dataset(strategy, data_dir, experiment)
+    timer = PhaseTimer()
+    with tempfile.TemporaryDirectory() as model_dir:
+        run_dir = runs.RunDir(model_dir)
+        os.makedirs(run_dir.worker().root, exist_ok=True)
+        started = time.perf_counter()
+        model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
+                  callbacks=[*training.make_callbacks(run_dir, experiment), timer])
+        returned = time.perf_counter()
+    steady = common.summarize(timer.times[1:])
+    return {
+        "table": "end-to-end", "variant": "muse", "search": how,
+        "keras_autograph": keras_autograph, "batch": batch, "history": length, "steps": steps,
+        "first_step_s": round(timer.times[0], 2),
+        "step_p50_ms": steady["p50_ms"],
+        "examples_per_s": round(batch / (steady["p50_ms"] / 1e3), 1),
+        "whole_run_examples_per_s": round(batch * steps / (returned - started), 1),
+        "post_last_step_s": round(returned - timer.last_step_end, 2),
+    }
+
+
+def end_to_end_rows(work_dir: str, users: int, batch: int, length: int) -> tuple[list[dict], dict]:
     data_dir = fixtures.converted_dataset(work_dir, fixtures.DatasetSpec(users, length))
+    rows = []
+    for how, keras_autograph in E2E_CASES:
+        rows.append(common.run_json_subprocess(
+            "benchmarks.train_throughput",
+            ["--child", os.path.abspath(data_dir), how, keras_autograph, str(batch), str(length)],
+            3600))
+        print(rows[-1], flush=True)
+    # Output unchanged: the same model scores one batch with its search in-graph and precomputed.
     sizes = artifacts.vocab_sizes(data_dir)
     table = artifacts.load_multimodal_table(data_dir)
     files = data.split_files(data_dir, "train")
-    top_k = fixtures.paper_config("muse", sizes).top_k
-    rows = []
-    for how in ("in-graph", "precomputed"):
-        dataset = data.make_dataset(files, batch, history_length=length, repeat=True,
-                                    precompute_gsu=table if how == "precomputed" else None,
-                                    top_k=top_k)
-        model = compiled_model("muse", sizes, table, False)
-        row = {"table": "end-to-end", "variant": "muse", "search": how, "batch": batch,
-               "history": length}
-        row.update(fit_throughput(model, dataset, batch, steps, max_seconds))
-        print(row, flush=True)
-        rows.append(row)
-    # Output unchanged: the same model scores one batch with its search in-graph and precomputed.
     x, _ = next(iter(data.make_dataset(files, batch, history_length=length)))
     model = fixtures.random_model(fixtures.paper_config("muse", sizes), table)
     plain = model(x, training=False).numpy()
@@ -175,6 +247,11 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        result = end_to_end_child(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]))
+        print(json.dumps(result))
+        return result
     parser = common.base_parser(__doc__.split("\n\n")[0], "train_throughput.json")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--history", type=int, default=1000)
@@ -198,8 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows += step_rows(sizes, table, args.batch, args.history, args.steps, max_seconds,
                           tuple(args.variants), tuple(mode == "on" for mode in args.xla))
     if "end-to-end" not in args.skip:
-        e2e, equality = end_to_end_rows(args.work_dir, users, args.batch, args.history, args.steps,
-                                        max_seconds)
+        e2e, equality = end_to_end_rows(args.work_dir, users, args.batch, args.history)
         rows += e2e
         run.extra["precomputed_search_output_check"] = equality
         print("precomputed vs in-graph search, model outputs:", equality)

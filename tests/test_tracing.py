@@ -1,0 +1,43 @@
+"""AutoGraph leaves tf-keras unconverted (muse_tf.tracing) and the traced step is unchanged."""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tensorflow.python.autograph.impl import conversion
+
+from muse_tf import seeding, tracing
+from muse_tf.models import MuseModel
+from tests.test_model import make_batch, make_model
+
+
+def test_keras_internals_are_left_unconverted_and_our_layers_are_not():
+    assert tracing.keep_keras_unconverted()  # the installed TensorFlow has the rules table
+    assert tracing.keep_keras_unconverted()  # idempotent
+    assert conversion.is_allowlisted(tf_keras.layers.Layer.__call__)
+    assert conversion.is_allowlisted(tf_keras.Model.train_step)
+    assert conversion.is_allowlisted(tf_keras.metrics.AUC.update_state)
+    assert not conversion.is_allowlisted(MuseModel.call)
+    assert not conversion.is_allowlisted(MuseModel.train_step)
+
+
+def _trained_weights(run_eagerly):
+    seeding.set_seed(0)
+    rng = np.random.default_rng(3)
+    x = make_batch(rng, batch=32, length=12)
+    y = (rng.random(32) < 0.5).astype(np.float32)
+    model, _ = make_model("muse")
+    model.compile(tf_keras.optimizers.Adam(0.01),
+                  embedding_optimizer=tf_keras.optimizers.Adam(0.01), run_eagerly=run_eagerly)
+    history = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=3,
+                        verbose=0)
+    return history.history["loss"], [w.numpy() for w in model.weights]
+
+
+def test_traced_training_matches_eager_execution():
+    """Eager execution runs no AutoGraph at all: the reference for the traced train step."""
+    graph_loss, graph_weights = _trained_weights(run_eagerly=False)
+    eager_loss, eager_weights = _trained_weights(run_eagerly=True)
+    np.testing.assert_allclose(graph_loss, eager_loss, rtol=1e-4)
+    assert len(graph_weights) == len(eager_weights)
+    for graph, eager in zip(graph_weights, eager_weights):
+        np.testing.assert_allclose(graph, eager, rtol=1e-4, atol=1e-5)
