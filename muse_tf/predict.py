@@ -291,34 +291,43 @@ def report(result: dict) -> None:
     print(f"Wrote {result['rows']:,} rows to {result['output']}{note}")
 
 
-def arguments() -> argparse.ArgumentParser:
-    """The command line of ``python -m muse_tf.predict``."""
-    parser = cli.parser("muse_tf.predict", __doc__)
-    parser.add_argument("--data", required=True,
-                        help="converted dataset directory the run was trained on")
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, output and batching flags, shared with ``pipelines.predict``."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="a finished training run's directory")
     source.add_argument("--export", help="a SavedModel version directory (e.g. "
                         "runs/muse/export/muse/1) or the directory of its versions")
     parser.add_argument("--output", required=True, help="predictions file: .parquet or .csv")
-    parser.add_argument("--split", default="test", help="the split of --data to score")
-    parser.add_argument("--batch-size", type=int, help="samples per batch (default: the run's "
-                        "train.eval_batch_size)")
-    parser.add_argument("--history-length", type=int, help="behaviours per sample (default: "
-                        "the run's train.history_length; with --export the dataset's history cap)")
+    parser.add_argument("--batch-size", type=int, help="samples per batch; unset: the run's "
+                        "train.eval_batch_size")
+    parser.add_argument("--history-length", type=int, help="behaviours per sample; unset: the "
+                        "run's train.history_length, with --export the dataset's history cap")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--verbose", action="store_true", help="TensorFlow's start-up logs")
-    return parser
 
 
-def command(args: argparse.Namespace) -> dict:
+def scoring_options(args: argparse.Namespace) -> dict:
+    """``predict``'s keyword arguments from ``add_scoring_arguments``' flags, checked."""
     for name in ("batch_size", "history_length"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
-    result = predict(args.data, args.output, model_dir=args.model_dir, export=args.export,
-                     split=args.split, batch_size=args.batch_size,
-                     history_length=args.history_length, progress=not args.quiet)
+    return {"model_dir": args.model_dir, "export": args.export, "batch_size": args.batch_size,
+            "history_length": args.history_length, "progress": not args.quiet}
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m muse_tf.predict``."""
+    parser = cli.parser("muse_tf.predict", __doc__)
+    parser.add_argument("--data", required=True,
+                        help="converted dataset directory the run was trained on")
+    parser.add_argument("--split", default="test", help="the split of --data to score")
+    add_scoring_arguments(parser)
+    return parser
+
+
+def command(args: argparse.Namespace) -> dict:
+    result = predict(args.data, args.output, split=args.split, **scoring_options(args))
     report(result)
     return result
 

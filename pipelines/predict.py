@@ -118,26 +118,16 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--parquet", required=True, help="directory of raw Taobao-MM Parquet")
     parser.add_argument("--data", required=True,
                         help="the converted dataset the run was trained on (its vocabularies)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model-dir", help="a finished training run's directory")
-    source.add_argument("--export", help="a SavedModel version directory or its versions' "
-                        "directory")
-    parser.add_argument("--output", required=True, help="predictions file: .parquet or .csv")
     parser.add_argument("--split", default="test", help="which tables of --parquet to score")
-    parser.add_argument("--work-dir", help="where the temporary conversion goes (default: the "
-                        "system's temporary directory); deleted at the end")
-    parser.add_argument("--batch-size", type=int, help="samples per batch")
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.add_argument("--verbose", action="store_true", help="TensorFlow's start-up logs")
+    parser.add_argument("--work-dir", help="where the temporary conversion goes (deleted at "
+                        "the end); unset: the system's temporary directory")
+    scoring.add_scoring_arguments(parser)
     return parser
 
 
 def command(args: argparse.Namespace) -> dict:
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise cli.UsageError(f"--batch-size must be positive, got {args.batch_size}.")
     result = predict_parquet(args.parquet, args.data, args.output, split=args.split,
-                             work_dir=args.work_dir, model_dir=args.model_dir, export=args.export,
-                             batch_size=args.batch_size, progress=not args.quiet)
+                             work_dir=args.work_dir, **scoring.scoring_options(args))
     scoring.report(result)
     return result
 
