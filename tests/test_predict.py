@@ -163,15 +163,29 @@ def test_raw_parquet_scores_like_its_conversion(dataset, run_dir, tmp_path, caps
 
 
 def test_demo_parquet_loses_no_sample(dataset, run_dir, tmp_path):  # noqa: F811
+    """The real demo's test tables: their samples' users are not in the demo's user features,
+    so half of them are re-pointed at demo users (scored) and half kept (rejected)."""
     from pipelines import predict as raw_predict
 
     if not DEMO.is_dir():
         pytest.skip(f"the Taobao-MM demo Parquet is absent ({DEMO})")
-    samples_in = pq.read_metadata(DEMO / "test_samples.parquet").num_rows
-    result = raw_predict.main(["--parquet", str(DEMO), "--data", dataset, "--model-dir", run_dir,
+    raw = tmp_path / "demo"
+    shutil.copytree(DEMO, raw)
+    samples = pq.read_table(raw / "test_samples.parquet").to_pandas()
+    users = pq.read_table(raw / "test_user_features.parquet", columns=["129_1"])["129_1"]
+    half = len(samples) // 2
+    samples.loc[: half - 1, "129_1"] = np.resize(users.to_numpy(), half)
+    samples.to_parquet(raw / "test_samples.parquet", index=False)
+
+    result = raw_predict.main(["--parquet", str(raw), "--data", dataset, "--model-dir", run_dir,
                                "--output", str(tmp_path / "demo.csv"), "--quiet"])
-    scored = pcsv.read_csv(tmp_path / "demo.csv").num_rows
-    assert result["samples_in"] == samples_in
-    assert scored == result["rows"] == samples_in - sum(result["rejected"].values())
-    # The synthetic run knows none of the real IDs: every target item is null, none is invented.
-    assert result["unknown_items"] == scored
+    scored = pcsv.read_csv(tmp_path / "demo.csv").to_pydict()
+    assert result["samples_in"] == len(samples)
+    assert result["rows"] == len(scored["logit"]) == half
+    assert {k: v for k, v in result["rejected"].items() if v} == {
+        "user_without_features": len(samples) - half}
+    # Real item IDs the synthetic run's vocabulary lacks come out null, none is invented.
+    known = set(artifacts.load_vocabulary(dataset, "item").tolist())
+    expected = [item if item in known else None for item in samples["205"][:half]]
+    assert sorted(scored["item_id"], key=str) == sorted(expected, key=str)
+    assert sorted(scored["user_id"]) == sorted(samples["129_1"][:half])
