@@ -241,7 +241,8 @@ def predict(
         ``output``, ``rows`` written and ``unknown_items`` (rows whose ``item_id`` is null).
 
     Raises:
-        cli.UsageError: for a missing or inconsistent input, naming it.
+        cli.UsageError: for a missing, damaged or inconsistent input, naming it; no output file
+            is left then.
     """
     if (model_dir is None) == (export is None):
         raise cli.UsageError("give exactly one of --model-dir RUN and --export DIR.")
@@ -272,14 +273,13 @@ def predict(
             for scored in metrics.scored_batches(score, dataset):
                 writer.write(scored)
                 meter.add(len(scored["labels"]))
-    except BaseException:
+        meter.close()
+        data.check_split_read_whole(data_dir, split, writer.rows)
+    except BaseException as err:
         writer.abort()
+        if isinstance(err, ValueError):  # a damaged shard or a split shorter than its manifest
+            raise cli.UsageError(str(err)) from None
         raise
-    meter.close()
-    if writer.rows != total:
-        writer.abort()
-        raise ValueError(f"{data_dir}: {writer.rows} samples read from split {split!r}, but its "
-                         f"manifest counts {total}; the shards do not match the manifest.")
     writer.close()
     return {"output": output, "rows": writer.rows, "unknown_items": writer.unknown_items}
 

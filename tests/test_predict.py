@@ -92,6 +92,20 @@ def test_export_scores_like_the_run_into_csv(dataset, run_dir, tmp_path):  # noq
     np.testing.assert_allclose(export_rows["logit"], run_rows["logit"], atol=1e-4)
 
 
+def test_a_damaged_shard_is_named_and_leaves_no_file(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    shard = Path(damaged, artifacts.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"])
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    output = tmp_path / "scores.parquet"
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--data", str(damaged), "--model-dir", run_dir, "--output", str(output),
+                      "--quiet"])
+    assert exit_info.value.code == 2
+    assert f"{shard.name} is damaged" in capsys.readouterr().err
+    assert not list(tmp_path.glob("scores.parquet*"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--data", ".", "--output", "scores.txt"], "unknown extension '.txt'"),
     (["--data", "no/such/dir", "--output", "scores.csv"], "no/such/dir.* is not a converted"),
