@@ -6,7 +6,7 @@ score count one half, as in the Mann-Whitney statistic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -89,41 +89,56 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return group_auc(labels, scores, np.zeros(len(labels), np.int64))
 
 
+def scored_batches(
+    score: Callable[[dict[str, tf.Tensor]], dict[str, np.ndarray]], dataset: Iterable
+) -> Iterator[dict[str, np.ndarray]]:
+    """Scores a ``(features, label)`` dataset batch by batch, so a caller can stream the results.
+
+    Args:
+        score: maps a batch's features to named (B,) NumPy outputs, ``logits`` among them.
+        dataset: yields ``(features, label (B,))`` with ``user_key`` in the features, as
+            ``muse_tf.data.make_dataset`` does.
+
+    Yields:
+        Per batch, aligned (B,) arrays: ``score``'s outputs, ``labels`` (int64), ``groups`` (the
+        raw ``user_key``), and when the features hold them ``item_id`` (target item index) and
+        ``history_length`` (non-PAD behaviours).
+    """
+    for batch_features, batch_labels in dataset:
+        if features.USER_KEY not in batch_features:
+            raise KeyError(f"GAUC needs the `{features.USER_KEY}` feature in every batch.")
+        columns = dict(score(batch_features))
+        columns["labels"] = np.asarray(batch_labels).astype(np.int64)
+        columns["groups"] = batch_features[features.USER_KEY].numpy()
+        if features.ITEM_ID in batch_features:
+            columns["item_id"] = batch_features[features.ITEM_ID].numpy()
+        if features.HISTORY_ITEMS in batch_features:
+            history = batch_features[features.HISTORY_ITEMS].numpy()
+            columns["history_length"] = (history != features.PAD).sum(axis=1)
+        yield columns
+
+
 def predict_dataset(model: tf_keras.Model, dataset: Iterable) -> dict[str, np.ndarray]:
     """Scores a whole ``(features, label)`` dataset once, in inference mode.
 
     Args:
         model: maps a feature dict to (B,) logits (a ``MuseModel``).
-        dataset: yields ``(features, label (B,))`` with ``user_key`` in the features, as
-            ``muse_tf.data.make_dataset`` does.
+        dataset: as ``scored_batches`` reads it.
 
     Returns:
-        Aligned (N,) arrays over the N samples: ``logits``, ``labels``, ``groups`` (the raw
-        ``user_key``), and for breakdowns ``item_id`` (target item index) and ``history_length``
-        (non-PAD behaviours).
+        ``scored_batches``' columns over the N samples, concatenated: ``logits``, ``labels``,
+        ``groups``, ``item_id``, ``history_length``.
     """
 
     @tf.function
     def step(batch_features: dict[str, tf.Tensor]) -> tf.Tensor:
         return model(batch_features, training=False)
 
-    columns: dict[str, list[np.ndarray]] = {
-        "logits": [], "labels": [], "groups": [], "item_id": [], "history_length": []
-    }
-    for batch_features, batch_labels in dataset:
-        if features.USER_KEY not in batch_features:
-            raise KeyError(f"GAUC needs the `{features.USER_KEY}` feature in every batch.")
-        columns["logits"].append(step(batch_features).numpy())
-        columns["labels"].append(np.asarray(batch_labels))
-        columns["groups"].append(batch_features[features.USER_KEY].numpy())
-        if features.ITEM_ID in batch_features:
-            columns["item_id"].append(batch_features[features.ITEM_ID].numpy())
-        if features.HISTORY_ITEMS in batch_features:
-            history = batch_features[features.HISTORY_ITEMS].numpy()
-            columns["history_length"].append((history != features.PAD).sum(axis=1))
-    scored = {name: np.concatenate(parts) for name, parts in columns.items() if parts}
-    scored["labels"] = scored["labels"].astype(np.int64)
-    return scored
+    parts: dict[str, list[np.ndarray]] = {}
+    for columns in scored_batches(lambda batch: {"logits": step(batch).numpy()}, dataset):
+        for name, values in columns.items():
+            parts.setdefault(name, []).append(values)
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def evaluate_auc_gauc(model: tf_keras.Model, dataset: Iterable) -> dict[str, float]:

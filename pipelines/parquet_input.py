@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -37,10 +37,13 @@ def _local_glob(pattern: str) -> list[str]:
 
 
 def discover_tables(
-    input_dir: str, match: Callable[[str], list[str]] | None = None
+    input_dir: str,
+    match: Callable[[str], list[str]] | None = None,
+    names: Sequence[str] = tuple(release.TABLE_COLUMNS),
 ) -> dict[str, list[str]]:
-    """Files of every Taobao-MM table under ``input_dir``, sorted. ``match`` lists the paths of a
-    glob pattern (default: the local file system; the Beam pipeline passes its file systems').
+    """Files of the Taobao-MM tables ``names`` (default: all) under ``input_dir``, sorted.
+    ``match`` lists the paths of a glob pattern (default: the local file system; the Beam pipeline
+    passes its file systems').
 
     Raises:
         InputError: naming a table with no file.
@@ -50,7 +53,7 @@ def discover_tables(
             raise InputError(f"Input directory {input_dir} does not exist.")
         match = _local_glob
     tables = {}
-    for table in release.TABLE_COLUMNS:
+    for table in names:
         patterns = (f"{table}.parquet", f"{table}[._-]*.parquet", f"{table}/**/*.parquet")
         files = set()
         for pattern in patterns:

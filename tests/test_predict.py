@@ -1,0 +1,205 @@
+"""Scoring files (``python -m muse_tf.predict``): a tiny trained run scores the test split; the
+written file's AUC/GAUC equal the run's evaluation, its raw IDs are the raw test samples', and the
+export scores like the run."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from muse_tf import artifacts, predict, train
+from muse_tf.runs import RunDir
+from tests import reference
+from tests.pipeline_helpers import DEMO_DIR as DEMO
+from tests.test_train import TINY, dataset  # noqa: F401  (the tiny converted dataset fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(dataset, tmp_path_factory):  # noqa: F811
+    """A tiny finished run on ``dataset``: evaluated and exported (export/muse/1)."""
+    model_dir = tmp_path_factory.mktemp("predict") / "run"
+    train.main(["--data", dataset, "--model-dir", str(model_dir), "--verbose", "0",
+                "--set", "train.steps_per_epoch=3", *TINY])
+    return str(model_dir)
+
+
+def _evaluation(model_dir):
+    with open(RunDir(model_dir).metrics) as f:
+        return json.load(f)["eval"]
+
+
+def _raw_test_samples(dataset):  # noqa: F811
+    """(user, item or None when the run's item vocabulary lacks it, label) of every raw test
+    sample, read from the synthetic Parquet the dataset was converted from."""
+    samples = pq.read_table(Path(dataset).parent / "parquet" / "test_samples.parquet").to_pydict()
+    known = set(artifacts.load_vocabulary(dataset, "item").tolist())
+    return sorted((user, item if item in known else None, int(labels[1]))
+                  for user, item, labels in zip(samples["129_1"], samples["205"], samples["label_0"]))
+
+
+def test_scored_file_matches_evaluation_and_raw_ids(dataset, run_dir, tmp_path):  # noqa: F811
+    output = tmp_path / "scores.parquet"
+    result = predict.main(["--data", dataset, "--model-dir", run_dir, "--output", str(output),
+                           "--batch-size", "64"])
+    table = pq.read_table(output).to_pydict()
+    evaluation = _evaluation(run_dir)
+    assert result["rows"] == len(table["logit"]) == evaluation["examples"]
+
+    labels, logits = np.array(table["label"]), np.array(table["logit"])
+    users = np.array(table["user_id"])
+    auc = reference.group_auc_bruteforce(labels, logits, np.zeros_like(users))
+    gauc = reference.group_auc_bruteforce(labels, logits, users)
+    assert auc == pytest.approx(evaluation["auc"], abs=1e-6)
+    assert gauc == pytest.approx(evaluation["gauc"], abs=1e-6)
+    np.testing.assert_allclose(table["probability"], 1 / (1 + np.exp(-logits)), rtol=1e-5)
+
+    # Raw IDs: exactly the raw test samples (the conversion rejected none), unknown items null.
+    assert not any(artifacts.load_manifest(dataset)["splits"]["test"]["rejected"].values())
+    rows = sorted(zip(table["user_id"], table["item_id"], table["label"]),
+                  key=lambda row: (row[0], -1 if row[1] is None else row[1], row[2]))
+    expected = sorted(_raw_test_samples(dataset),
+                      key=lambda row: (row[0], -1 if row[1] is None else row[1], row[2]))
+    assert rows == expected
+    assert result["unknown_items"] == sum(item is None for item in table["item_id"])
+
+    # Streamed: one row group per batch of 64.
+    groups = pq.ParquetFile(output).metadata.num_row_groups
+    assert groups == math.ceil(result["rows"] / 64)
+
+
+def test_export_scores_like_the_run_into_csv(dataset, run_dir, tmp_path):  # noqa: F811
+    by_run = tmp_path / "run.parquet"
+    by_export = tmp_path / "export.csv"
+    predict.main(["--data", dataset, "--model-dir", run_dir, "--output", str(by_run), "--quiet"])
+    # The export's model directory: the newest version is found (export/muse/1).
+    predict.main(["--data", dataset, "--export", str(Path(RunDir(run_dir).export, "muse")),
+                  "--output", str(by_export), "--quiet", "--batch-size", "50"])
+    run_rows = pq.read_table(by_run).to_pydict()
+    export_rows = pcsv.read_csv(by_export).to_pydict()
+    for name in ("user_id", "item_id", "label"):
+        assert export_rows[name] == run_rows[name], name
+    np.testing.assert_allclose(export_rows["probability"], run_rows["probability"], atol=1e-5)
+    np.testing.assert_allclose(export_rows["logit"], run_rows["logit"], atol=1e-4)
+
+
+def test_a_damaged_shard_is_named_and_leaves_no_file(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    shard = Path(damaged, artifacts.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"])
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    output = tmp_path / "scores.parquet"
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--data", str(damaged), "--model-dir", run_dir, "--output", str(output),
+                      "--quiet"])
+    assert exit_info.value.code == 2
+    assert f"{shard.name} is damaged" in capsys.readouterr().err
+    assert not list(tmp_path.glob("scores.parquet*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", ".", "--output", "scores.txt"], "unknown extension '.txt'"),
+    (["--data", "no/such/dir", "--output", "scores.csv"], "no/such/dir.* is not a converted"),
+    (["--data", ".", "--output", "scores.csv", "--batch-size", "0"],
+     "--batch-size must be positive"),
+])
+def test_user_errors_are_one_line(argv, message, tmp_path, capsys):
+    argv = ["--model-dir", str(tmp_path), *argv]
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m muse_tf.predict: error: "), lines
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_help_loads_no_tensorflow():
+    code = ("import sys; from muse_tf import predict; predict.arguments().format_help(); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _with_rejected_samples(parquet_dir, target):
+    """A copy of the raw tables whose test samples gain a malformed label and a user without
+    features (two samples the join must reject, not lose) and a target item no vocabulary holds
+    (scored, with a null item_id)."""
+    import pyarrow as pa
+
+    shutil.copytree(parquet_dir, target)
+    path = Path(target, "test_samples.parquet")
+    samples = pq.read_table(path)
+    first = samples.slice(0, 1).to_pylist()[0]
+    extra = [{**first, "label_0": [1, 1]}, {**first, "129_1": 987_654_321_987},
+             {**first, "205": 987_654_321_987}]
+    pq.write_table(pa.concat_tables([samples, pa.Table.from_pylist(extra, samples.schema)]), path)
+    return samples.num_rows + len(extra), first
+
+
+def test_raw_parquet_scores_like_its_conversion(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "raw"
+    samples_in, first = _with_rejected_samples(Path(dataset).parent / "parquet", raw)
+    converted = tmp_path / "converted.parquet"
+    predict.main(["--data", dataset, "--model-dir", run_dir, "--output", str(converted), "--quiet"])
+    scored = tmp_path / "raw.parquet"
+    work = tmp_path / "work"
+    work.mkdir()
+    result = raw_predict.main(["--parquet", str(raw), "--data", dataset, "--model-dir", run_dir,
+                               "--output", str(scored), "--quiet", "--work-dir", str(work)])
+
+    assert result["samples_in"] == samples_in
+    assert {k: v for k, v in result["rejected"].items() if v} == {
+        "malformed_label": 1, "user_without_features": 1}
+    assert result["rows"] + sum(result["rejected"].values()) == samples_in
+    assert "1 with an item the run does not know" in capsys.readouterr().out
+    expected, actual = pq.read_table(converted).to_pydict(), pq.read_table(scored).to_pydict()
+    # The unknown item's sample: scored, its item_id null; the others as in the conversion.
+    unknown = [i for i, item in enumerate(actual["item_id"]) if item is None]
+    assert result["unknown_items"] == len(unknown) == 1
+    assert actual["user_id"][unknown[0]] == first["129_1"]
+    actual = {name: values[: unknown[0]] + values[unknown[0] + 1 :] for name, values in actual.items()}
+    for name in ("user_id", "item_id", "label"):
+        assert actual[name] == expected[name], name
+    np.testing.assert_allclose(actual["logit"], expected["logit"], atol=1e-6)
+    assert not list(work.iterdir())  # the temporary conversion is gone
+
+
+def test_demo_parquet_loses_no_sample(dataset, run_dir, tmp_path):  # noqa: F811
+    """The real demo's test tables: their samples' users are not in the demo's user features,
+    so half of them are re-pointed at demo users (scored) and half kept (rejected)."""
+    from pipelines import predict as raw_predict
+
+    if not DEMO.is_dir():
+        pytest.skip(f"the Taobao-MM demo Parquet is absent ({DEMO})")
+    raw = tmp_path / "demo"
+    shutil.copytree(DEMO, raw)
+    samples = pq.read_table(raw / "test_samples.parquet").to_pandas()
+    users = pq.read_table(raw / "test_user_features.parquet", columns=["129_1"])["129_1"]
+    half = len(samples) // 2
+    samples.loc[: half - 1, "129_1"] = np.resize(users.to_numpy(), half)
+    samples.to_parquet(raw / "test_samples.parquet", index=False)
+
+    result = raw_predict.main(["--parquet", str(raw), "--data", dataset, "--model-dir", run_dir,
+                               "--output", str(tmp_path / "demo.csv"), "--quiet"])
+    scored = pcsv.read_csv(tmp_path / "demo.csv").to_pydict()
+    assert result["samples_in"] == len(samples)
+    assert result["rows"] == len(scored["logit"]) == half
+    assert {k: v for k, v in result["rejected"].items() if v} == {
+        "user_without_features": len(samples) - half}
+    # Real item IDs the synthetic run's vocabulary lacks come out null, none is invented.
+    known = set(artifacts.load_vocabulary(dataset, "item").tolist())
+    expected = [item if item in known else None for item in samples["205"][:half]]
+    assert sorted(scored["item_id"], key=str) == sorted(expected, key=str)
+    assert sorted(scored["user_id"]) == sorted(samples["129_1"][:half])
