@@ -43,6 +43,29 @@ def lookup(vocabulary: np.ndarray, raw_ids: np.ndarray, *, assume_sorted: bool =
     return _index(pos if order is None else order[pos], found)
 
 
+def raw_ids(vocabulary: np.ndarray, indices: np.ndarray, unknown: int) -> np.ndarray:
+    """The raw IDs of vocabulary ``indices`` (any shape): ``lookup``'s inverse. PAD and OOV no
+    longer say which raw ID they stood for, so they become ``unknown`` (see ``unknown_id``)."""
+    indices = np.asarray(indices, np.int64)
+    if ((indices < 0) | (indices >= table_rows(vocabulary))).any():
+        raise ValueError(
+            f"Indices outside the vocabulary of {len(vocabulary)} IDs (+ {RESERVED} reserved)."
+        )
+    known = indices >= RESERVED
+    out = np.full(indices.shape, unknown, np.int64)
+    out[known] = np.asarray(vocabulary)[indices[known] - RESERVED]
+    return out
+
+
+def unknown_id(vocabulary: np.ndarray) -> int:
+    """An int64 ID that ``vocabulary`` lacks, so that ``lookup`` maps it to OOV: 0 (the empty
+    field of the Taobao-MM files) unless the vocabulary holds it, else the largest free ID below."""
+    ids = np.asarray(vocabulary, np.int64)
+    taken = np.unique(-ids[(ids <= 0) & (ids >= -len(ids))])  # 0, 1, ... for 0, -1, ...
+    free = np.setdiff1d(np.arange(len(taken) + 1), taken)
+    return -int(free[0])
+
+
 def write_table_file(path: str, ids: np.ndarray, chunk: int = 1 << 20) -> None:
     """The text file ``lookup_table`` reads: one decimal ID per line, line p = position p."""
     ids = np.asarray(ids, np.int64)

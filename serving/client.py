@@ -8,8 +8,10 @@ each signature). REST posts the columnar ``{"inputs": ...}`` format to ``/v1/mod
 gRPC calls ``PredictionService.Predict`` with TensorProtos. Both return NumPy arrays of the
 signature's output dtypes, and raise PredictionError with the server's message on failure.
 
-CLI: ``python -m serving.client --protocol grpc --port 8500 --model_name muse
---signature_name rank --request request.json`` where request.json holds ``{input name: value}``.
+CLI: ``python -m serving.client --protocol grpc --port 8500 --model_name muse --request
+request.json`` where request.json is TF Serving's REST body ``{"signature_name": ..., "inputs":
+{input name: value}}`` (``python -m serving.request`` writes one) or just ``{input name: value}``;
+``--wait SECONDS`` first waits for a server that is still starting to have the model AVAILABLE.
 gRPC, requests and TensorFlow are imported by the clients that use them, so the command parses its
 flags first.
 """
@@ -20,6 +22,7 @@ import abc
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,6 +47,31 @@ class _Client(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def available_version(self) -> int | None:
+        """The newest AVAILABLE version of the model, or None; PredictionError when the server
+        does not answer or does not know the model."""
+
+    def wait_until_available(self, timeout_s: float, interval_s: float = 0.5) -> int:
+        """Polls the model's status until a version is AVAILABLE (a starting server refuses
+        connections, then loads and warms up the model); returns that version.
+
+        Raises:
+            PredictionError: none is AVAILABLE after ``timeout_s``; names the last answer.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                version = self.available_version()
+                if version is not None:
+                    return version
+                reason = "no version is AVAILABLE yet"
+            except PredictionError as error:
+                reason = str(error)
+            if time.monotonic() >= deadline:
+                raise PredictionError(f"the model is not available after {timeout_s:g} s: {reason}")
+            time.sleep(interval_s)
 
     @abc.abstractmethod
     def predict(
@@ -81,6 +109,21 @@ class RestClient(_Client):
         if response.status_code != 200:
             raise PredictionError(f"HTTP {response.status_code}: {payload.get('error', payload)}")
         return payload
+
+    def available_version(self) -> int | None:
+        """From ``GET /v1/models/NAME[/versions/N]`` (the model's status)."""
+        import requests
+
+        try:
+            status = self._call("GET", self._url)
+        except requests.ConnectionError:
+            raise PredictionError(f"no answer from {self._url}") from None
+        versions = [
+            int(version["version"])
+            for version in status.get("model_version_status", [])
+            if version.get("state") == "AVAILABLE"
+        ]
+        return max(versions, default=None)
 
     def metadata(self) -> dict:
         """``GET .../metadata``: the model spec and its SignatureDefs, as JSON."""
@@ -139,7 +182,7 @@ class GrpcClient(_Client):
         max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
     ):
         import grpc
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -147,7 +190,26 @@ class GrpcClient(_Client):
         ]
         self._channel = grpc.insecure_channel(f"{host}:{port}", options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._model_name, self._version, self._timeout = model_name, version, timeout
+
+    def available_version(self) -> int | None:
+        """From ``ModelService.GetModelStatus``."""
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest(
+            model_spec=model_pb2.ModelSpec(name=self._model_name)
+        )
+        if self._version is not None:
+            request.model_spec.version.value = self._version
+        try:
+            response = self._models.GetModelStatus(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise PredictionError(f"{error.code().name}: {error.details()}") from None
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        versions = [s.version for s in response.model_version_status if s.state == available]
+        return max(versions, default=None)
 
     def predict(
         self, inputs: Mapping[str, Any], signature_name: str = signatures.SERVING_DEFAULT
@@ -182,6 +244,17 @@ def _json_input(value: Any) -> np.ndarray:
     return array.astype(np.int64) if array.size == 0 or array.dtype.kind in "iu" else array
 
 
+def read_request(source: Any) -> tuple[str | None, dict[str, np.ndarray]]:
+    """A request file: TF Serving's REST body ``{"signature_name": ..., "inputs": {...}}`` (what
+    ``serving.request`` writes) or bare ``{input name: value}``. Returns the body's signature name
+    (None when it has none) and the inputs."""
+    body = json.load(source)
+    signature_name = None
+    if isinstance(body.get("inputs"), dict):
+        signature_name, body = body.get("signature_name"), body["inputs"]
+    return signature_name, {name: _json_input(value) for name, value in body.items()}
+
+
 def arguments() -> argparse.ArgumentParser:
     """The command line of ``python -m serving.client``."""
     parser = cli.parser("serving.client", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,9 +264,21 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="default: 8500 for gRPC, 8501 for REST")
     parser.add_argument("--model_name", default=signatures.DEFAULT_MODEL_NAME)
     parser.add_argument("--version", type=int, help="default: the newest version served")
-    parser.add_argument("--signature_name", default=signatures.SERVING_DEFAULT)
     parser.add_argument(
-        "--request", required=True, help="JSON file of {input name: value}; - for stdin"
+        "--signature_name", help="default: the request's signature_name, else serving_default"
+    )
+    parser.add_argument(
+        "--request",
+        help='JSON file: {"signature_name": ..., "inputs": {input name: value}} or '
+        "{input name: value}; - for stdin. Required unless --wait is given alone",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for the model to be AVAILABLE (a server still starting); "
+        "without --request, only wait",
     )
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     return parser
@@ -201,20 +286,30 @@ def arguments() -> argparse.ArgumentParser:
 
 def predict(args: argparse.Namespace) -> None:
     """Sends ``args.request``; prints the outputs as JSON, or exits 1 with the server's error."""
-    try:
-        with sys.stdin if args.request == "-" else open(args.request) as f:
-            inputs = {name: _json_input(value) for name, value in json.load(f).items()}
-    except FileNotFoundError:
-        raise cli.UsageError(f"--request {args.request}: no such file.") from None
-    except json.JSONDecodeError as error:
-        raise cli.UsageError(f"--request {args.request} is not JSON: {error}") from None
+    if args.request is None and not args.wait:
+        raise cli.UsageError("--request is required (or --wait alone, to wait for the model)")
+    signature_name, inputs = None, {}
+    if args.request is not None:
+        try:
+            with sys.stdin if args.request == "-" else open(args.request) as f:
+                signature_name, inputs = read_request(f)
+        except FileNotFoundError:
+            raise cli.UsageError(f"--request {args.request}: no such file.") from None
+        except json.JSONDecodeError as error:
+            raise cli.UsageError(f"--request {args.request} is not JSON: {error}") from None
+    signature_name = args.signature_name or signature_name or signatures.SERVING_DEFAULT
     if args.protocol == "rest":
         client = RestClient(args.host, args.port or 8501, args.model_name, args.version)
     else:
         client = GrpcClient(args.host, args.port or 8500, args.model_name, args.version)
     try:
         with client:
-            outputs = client.predict(inputs, args.signature_name)
+            if args.wait:
+                version = client.wait_until_available(args.wait)
+                if args.request is None:
+                    print(f"model {args.model_name} version {version} is AVAILABLE")
+                    return
+            outputs = client.predict(inputs, signature_name)
     except PredictionError as error:
         sys.exit(f"error: {error}")
     json.dump({name: value.tolist() for name, value in outputs.items()}, sys.stdout)

@@ -4,7 +4,8 @@ binary is unavailable. It takes the same flags and speaks the same REST and gRPC
     python -m serving.server --model_base_path exports/muse --port 8500 --rest_api_port 8501
 
 It serves the newest version directory under ``--model_base_path`` (loaded once, at start), replays
-the export's warm-up requests first, and binds to loopback unless ``--host`` says otherwise. As in
+the export's warm-up requests first, prints ``ready: gRPC HOST:PORT, REST HOST:PORT, model NAME
+version N`` when it accepts requests, and binds to loopback unless ``--host`` says otherwise. As in
 TF Serving, ``--rest_api_port 0`` (the default) disables REST. It runs the SavedModel through
 TensorFlow's Python runtime, so it proves the export and the protocols, not TF Serving's speed.
 
@@ -215,6 +216,10 @@ def serve(args: argparse.Namespace) -> None:
     logger.info("Running gRPC ModelServer at %s:%d", args.host, args.port)
     if args.rest_api_port:
         logger.info("Exporting HTTP/REST API at %s:%d", args.host, args.rest_api_port)
+    rest_address = f"{args.host}:{args.rest_api_port}" if args.rest_api_port else "off"
+    # One line on stdout once the model is loaded, warmed up and both front ends accept requests.
+    print(f"ready: gRPC {args.host}:{args.port}, REST {rest_address}, "
+          f"model {servable.name} version {servable.version}", flush=True)
     stopping.wait()
     logger.info("Shutting down")
     server.stop()

@@ -2,6 +2,7 @@
 ``serving.client`` over REST and gRPC; scores equal the Keras model's; bad requests get clear errors
 and never disturb the next request; the deployment configs parse."""
 
+import io
 import json
 import os
 import re
@@ -23,8 +24,8 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from muse_tf import saved_model, signatures
-from serving.client import GrpcClient, PredictionError, RestClient
-from serving.launch import local_server
+from serving.client import GrpcClient, PredictionError, RestClient, read_request
+from serving.launch import free_port, local_server
 from tests import serving_case as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,6 +246,32 @@ def test_client_cli(server, case, tmp_path):
         name: np.asarray(value, np.float32) for name, value in json.loads(result.stdout).items()
     }
     assert_scores(outputs, sc.keras_rank(case, ranked))
+
+
+def test_clients_wait_for_the_model_and_time_out_clearly(server):
+    grpc_port, rest_port = server
+    with RestClient(port=rest_port) as rest, GrpcClient(port=grpc_port) as grpc_client:
+        assert rest.wait_until_available(30) == grpc_client.wait_until_available(30) == 1
+    nobody = free_port()
+    for client in (RestClient(port=nobody, timeout=2), GrpcClient(port=nobody, timeout=2)):
+        with client, pytest.raises(PredictionError, match="not available after 1 s"):
+            client.wait_until_available(1, interval_s=0.2)
+    with RestClient(port=rest_port, model_name="other") as wrong:
+        with pytest.raises(PredictionError, match="not available after 0.5 s: HTTP 404"):
+            wrong.wait_until_available(0.5, interval_s=0.2)
+
+
+def test_request_files_are_the_rest_body_or_bare_inputs():
+    inputs = {"user_id": 7, "history_items": [], "item_id": [1, 2]}
+    for text, signature_name in [
+        (json.dumps({"signature_name": "rank", "inputs": inputs}), "rank"),
+        (json.dumps(inputs), None),
+    ]:
+        name, read = read_request(io.StringIO(text))
+        assert name == signature_name
+        assert {k: (v.dtype, v.tolist()) for k, v in read.items()} == {
+            k: (np.int64, v) for k, v in inputs.items()
+        }
 
 
 def test_deployment_configs_parse():

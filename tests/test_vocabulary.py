@@ -51,3 +51,24 @@ def test_graph_table_follows_the_rule(ids_and_queries, tmp_path):
     table = vocabulary.lookup_table(path)
     out = vocabulary.lookup_in_graph(table, tf.constant(queries, tf.int64)).numpy()
     np.testing.assert_array_equal(out, reference(ids, queries))
+
+
+@pytest.mark.parametrize(
+    "ids, expected", [([5, 9, 7], 0), ([0, 3], -1), ([0, -1, -3, 4], -2), ([-2, 0, -1], -3)]
+)
+def test_unknown_id_is_free_and_looks_up_as_oov(ids, expected):
+    ids = np.array(ids, np.int64)
+    unknown = vocabulary.unknown_id(ids)
+    assert unknown == expected  # 0 when free, else the largest free ID below
+    assert vocabulary.lookup(ids, [unknown])[0] == features.OOV
+
+
+def test_raw_ids_invert_the_lookup(ids_and_queries):
+    ids, queries = ids_and_queries
+    indices = vocabulary.lookup(ids, queries)
+    raw = vocabulary.raw_ids(ids, indices, unknown=vocabulary.unknown_id(ids))
+    known = np.isin(queries, ids)
+    np.testing.assert_array_equal(raw[known], np.asarray(queries)[known])
+    np.testing.assert_array_equal(vocabulary.lookup(ids, raw), indices)  # OOV stays OOV
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        vocabulary.raw_ids(ids, [len(ids) + 2], unknown=0)
