@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, export, features, seeding, signatures, synthetic
+from muse_tf import artifacts, features, saved_model, seeding, signatures, synthetic
 from muse_tf.config import ModelConfig
 from muse_tf.hashing import partition_of
 from muse_tf.models import MuseModel
@@ -159,7 +159,7 @@ def served(dataset, tmp_path_factory):
     for table in model.embedding_trainable_variables:
         table.assign(rng.normal(0.0, 0.5, table.shape))
     base = str(tmp_path_factory.mktemp("export"))
-    export.export_saved_model(model, case.vocabularies, base, "muse")
+    saved_model.export_saved_model(model, case.vocabularies, base, "muse")
     return Servable("muse", f"{base}/muse"), case
 
 
