@@ -1,4 +1,4 @@
-"""The README's deployment walkthrough runs as written.
+"""The README's walkthrough (scoring files, then deploying with TF Serving) runs as written.
 
 Every shell block marked ``<!-- walkthrough -->`` in README.md runs, in README order, in ONE bash
 process with ``set -euo pipefail``, as a reader pastes them into one shell at the repository root
@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from muse_tf import features
@@ -69,7 +70,7 @@ def test_walkthrough_blocks_are_found():
     markers = re.findall(f"^{re.escape(MARKER)}$", readme, re.MULTILINE)
     assert len(blocks) == len(markers), "a marker not followed by a ```bash block"
     text = "".join(block for _, block in blocks)
-    for step in ("source .venv/bin/activate", "serving.server", "serving.request",
+    for step in ("muse_tf.predict", "source .venv/bin/activate", "serving.server", "serving.request",
                  "serving.client --protocol rest", "serving.client --protocol grpc", "kill"):
         assert step in text, step
     for path in QUICK_START_PATHS.values():
@@ -93,6 +94,9 @@ def after_quick_start(tmp_path_factory):
     bin_dir = os.path.dirname(sys.executable)
     activate.write_text(f'export VIRTUAL_ENV="{os.path.dirname(bin_dir)}"\n'
                         f'export PATH="{bin_dir}:$PATH"\n')
+    python = activate.parent / "python"  # for blocks that call .venv/bin/python
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     return root
 
 
@@ -129,6 +133,13 @@ def test_the_walkthrough_runs_verbatim_after_the_quick_start(after_quick_start):
         f"{output[-4000:]}\nserver log:\n{log.read_text()[-2000:] if log.exists() else '-'}"
     )
     assert len(started) == len(blocks)
+
+    # The scored files: one row per test sample (the manifest's count), the same scores either way.
+    manifest = json.loads((after_quick_start / QUICK_START_PATHS["dataset"] / "manifest.json").read_text())
+    scored = pd.read_parquet(after_quick_start / "runs" / "muse" / "predictions.parquet")
+    exported = pd.read_csv(after_quick_start / "runs" / "muse" / "predictions.csv")
+    assert len(scored) == len(exported) == manifest["splits"]["test"]["samples_written"]
+    np.testing.assert_allclose(scored["probability"], exported["probability"], rtol=1e-4, atol=1e-6)
 
     request = json.loads((after_quick_start / "runs" / "request.json").read_text())
     candidates = len(request["inputs"][features.ITEM_ID])
