@@ -306,6 +306,7 @@ def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
 
 
 SYNTHETIC_CONFIG = "synthetic.yaml"  # the embedded default's settings
+TAOBAO_MM_CONFIG = "taobao_mm.yaml"  # the paper's settings, the default for real data (--data)
 
 
 def packaged_config_path(name: str = SYNTHETIC_CONFIG) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from muse_tf import cli, limits
 from muse_tf.config import (
+    SYNTHETIC_CONFIG,
+    TAOBAO_MM_CONFIG,
     VARIANTS,
     ExperimentConfig,
     apply_overrides,
@@ -34,7 +36,8 @@ def arguments() -> argparse.ArgumentParser:
                         "default: the embedded synthetic dataset, generated once under --work-dir")
     parser.add_argument("--model", choices=sorted(VARIANTS), help="model variant (overrides config)")
     parser.add_argument("--config", help="YAML file with `model:` and `train:` sections; default: "
-                        "muse_tf/configs/synthetic.yaml without --data, the paper's settings with it")
+                        f"muse_tf/configs/{SYNTHETIC_CONFIG} without --data, the paper's settings "
+                        f"(muse_tf/configs/{TAOBAO_MM_CONFIG}) with it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 --set model.top_k=20")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
@@ -58,13 +61,12 @@ def arguments() -> argparse.ArgumentParser:
 
 
 def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
-    """Config file (or default) + ``--model`` + ``--set`` overrides, validated."""
+    """Config file (default: the embedded synthetic run's, or with ``--data`` the paper's settings)
+    + ``--model`` + ``--set`` overrides, validated."""
     if args.config:
         values = load_yaml(args.config)
-    elif args.data is None:
-        values = load_yaml(packaged_config_path())
     else:
-        values = {}
+        values = load_yaml(packaged_config_path(TAOBAO_MM_CONFIG if args.data else SYNTHETIC_CONFIG))
     if args.model:
         values.setdefault("model", {})["variant"] = args.model
     return from_dict(ExperimentConfig, apply_overrides(values, args.overrides))
