@@ -21,6 +21,7 @@ from muse_tf import features
 
 ATTENTION_CHOICES = ("ta", "sata")
 EMBEDDING_OPTIMIZERS = ("sparse_adam", "adam")
+VALIDATION_MONITORS = ("gauc", "auc")
 DENSE_OPTIMIZERS = ("adam", "adamw")
 
 
@@ -179,6 +180,16 @@ class TrainConfig:
         eval_batch_size: batch size for evaluation.
         backup_every_steps: BackupAndRestore interval, so a killed run resumes mid-epoch.
         log_every_steps: TensorBoard scalar interval.
+        validation_fraction: share of the training users held out (chosen by a stable hash of the
+            raw user ID, never trained on) and scored after every epoch: ``val_loss``, ``val_auc``
+            and exact ``val_gauc`` in ``history.csv`` and TensorBoard. 0 = no validation.
+        validation_split: a split of the converted dataset's manifest to score after every epoch
+            instead (choosing epochs by ``test`` makes the final test figures optimistic); None =
+            none.
+        validation_monitor: what early stopping and the best epoch go by: ``gauc`` or ``auc``.
+        early_stopping_patience: stop after this many epochs without a better validation
+            ``validation_monitor``, then keep the best epoch's weights (for evaluation and export);
+            None = train every epoch and keep the last one's. Needs validation.
     """
 
     batch_size: int = 8000
@@ -195,6 +206,10 @@ class TrainConfig:
     eval_batch_size: int = 1000
     backup_every_steps: int = 100
     log_every_steps: int = 50
+    validation_fraction: float = 0.0
+    validation_split: str | None = None
+    validation_monitor: str = "gauc"
+    early_stopping_patience: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "history_length", "eval_batch_size",
@@ -210,6 +225,27 @@ class TrainConfig:
             raise ValueError(
                 f"`train.steps_per_epoch` must be positive or null, got {self.steps_per_epoch}."
             )
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(
+                f"`train.validation_fraction` must be in [0, 1), got {self.validation_fraction}."
+            )
+        if self.validation_fraction and self.validation_split:
+            raise ValueError("Set `train.validation_fraction` or `train.validation_split`, not both.")
+        if self.validation_monitor not in VALIDATION_MONITORS:
+            raise ValueError(f"`train.validation_monitor` must be one of {VALIDATION_MONITORS}, "
+                             f"got {self.validation_monitor!r}.")
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience <= 0:
+                raise ValueError(f"`train.early_stopping_patience` must be positive or null, "
+                                 f"got {self.early_stopping_patience}.")
+            if not self.validates:
+                raise ValueError("`train.early_stopping_patience` needs validation: set "
+                                 "`train.validation_fraction` or `train.validation_split`.")
+
+    @property
+    def validates(self) -> bool:
+        """Whether the model is scored on held-out data after every epoch."""
+        return bool(self.validation_fraction or self.validation_split)
 
 
 @dataclasses.dataclass

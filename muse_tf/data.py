@@ -15,7 +15,7 @@ import contextlib
 import gzip
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -123,6 +123,7 @@ def make_dataset(
     drop_remainder: bool = False,
     precompute_gsu: np.ndarray | None = None,
     top_k: int | None = None,
+    users: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(features, label)`` from converted shards.
 
@@ -147,6 +148,9 @@ def make_dataset(
             learned embeddings (SIM-soft). Serving is unaffected: the export searches in-graph.
         top_k: K of the precomputed search: the model's ``top_k`` (required with
             ``precompute_gsu``).
+        users: keeps only the users it selects: maps (U,) raw user IDs (``user_key``) to (U,)
+            bool, applied to whole user records before they are expanded to samples
+            (``muse_tf.validation`` holds users out this way); None keeps every user.
 
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
@@ -189,6 +193,12 @@ def make_dataset(
     if shuffle:
         dataset = dataset.shuffle(SHUFFLE_BUFFER_RECORDS, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(max(1, batch_size // SAMPLES_PER_RECORD_HINT))
+    if users is not None:
+        dataset = dataset.map(
+            lambda block: tf.boolean_mask(block, users(records.user_keys(block))),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
     dataset = dataset.map(
         lambda block: records.parse_user_records(block, history_length),
         num_parallel_calls=tf.data.AUTOTUNE,

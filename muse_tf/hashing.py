@@ -6,7 +6,12 @@ synthetic or re-indexed inputs may be small consecutive integers, so IDs are mix
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 _SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
 _MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -20,6 +25,19 @@ def mix64(values: np.ndarray) -> np.ndarray:
     z ^= z >> _SHIFTS[1]
     z *= _MULTIPLIERS[1]
     z ^= z >> _SHIFTS[2]
+    return z
+
+
+def mix64_graph(values: tf.Tensor) -> tf.Tensor:
+    """``mix64`` as TensorFlow ops: (N,) int64 tf.Tensor -> (N,) uint64, for input pipelines that
+    run where no Python does (tf.data workers of a remote cluster)."""
+    import tensorflow as tf  # here: the NumPy functions serve pipelines that load no TensorFlow
+
+    z = tf.bitcast(tf.cast(values, tf.int64), tf.uint64)
+    for shift, multiplier in zip(_SHIFTS, (*_MULTIPLIERS, None)):
+        z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(shift, tf.uint64)))
+        if multiplier is not None:
+            z = z * tf.constant(multiplier, tf.uint64)
     return z
 
 

@@ -79,6 +79,12 @@ def encode_user_records(
         yield example.SerializeToString(deterministic=True)
 
 
+def user_keys(serialized: tf.Tensor) -> tf.Tensor:
+    """(U,) serialized user records -> their (U,) raw user IDs, parsing nothing else."""
+    spec = {features.USER_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    return tf.io.parse_example(serialized, spec)[features.USER_KEY]
+
+
 def left_pad_recent(ragged: tf.RaggedTensor, length: int) -> tf.Tensor:
     """(N, None) -> (N, length): the last ``length`` values of each row, left-padded with PAD."""
     starts = ragged.row_starts()

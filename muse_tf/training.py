@@ -17,7 +17,7 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import artifacts, data, distribute, optimizers, runs, seeding
+from muse_tf import artifacts, data, distribute, optimizers, runs, seeding, validation
 from muse_tf.config import ExperimentConfig
 from muse_tf.evaluate import evaluate_run
 from muse_tf.export import export_saved_model
@@ -49,18 +49,21 @@ class ProgressRecord(tf_keras.callbacks.Callback):
 
 
 def make_callbacks(
-    run_dir: runs.RunDir, experiment: ExperimentConfig
+    run_dir: runs.RunDir, experiment: ExperimentConfig, data_dir: str
 ) -> list[tf_keras.callbacks.Callback]:
-    """BackupAndRestore (resume mid-epoch), a progress record, per-epoch weight checkpoints,
-    TensorBoard and ``history.csv``, all in the run directory. BackupAndRestore comes first, so
-    ProgressRecord sees the restored step; it keeps its backup when training ends, so a failure in
-    evaluation or export does not lose the training (``RunDir.finish`` drops it)."""
+    """BackupAndRestore (resume mid-epoch), a progress record, validation if configured,
+    per-epoch weight checkpoints, TensorBoard and ``history.csv``, all in the run directory.
+    BackupAndRestore comes first, so ProgressRecord sees the restored step; it keeps its backup
+    when training ends, so a failure in evaluation or export does not lose the training
+    (``RunDir.finish`` drops it). Validation adds its metrics to the logs before they are
+    recorded."""
     train = experiment.train
     return [
         tf_keras.callbacks.BackupAndRestore(
             run_dir.backup, save_freq=train.backup_every_steps, delete_checkpoint=False
         ),
         ProgressRecord(),
+        *validation.make_callbacks(data_dir, train, run_dir),
         tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
         tf_keras.callbacks.TensorBoard(run_dir.logs, update_freq=train.log_every_steps),
         tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
@@ -89,13 +92,15 @@ def train_dataset(
             repeat=True,
             input_context=context,
             drop_remainder=True,
+            users=validation.training_users(train),
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
-    """``train.steps_per_epoch``, or one pass: training samples in the manifest // batch size.
+    """``train.steps_per_epoch``, or one pass: training samples in the manifest (less the
+    held-out share, ``train.validation_fraction``) // batch size.
 
     Raises:
         ValueError: when the training split holds no sample (fitting would wait forever).
@@ -105,7 +110,8 @@ def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
         raise ValueError(f"{data_dir}: the training split holds no sample; nothing to train on.")
     if experiment.train.steps_per_epoch:
         return experiment.train.steps_per_epoch
-    return max(1, samples // experiment.train.batch_size)
+    trained = samples * (1.0 - experiment.train.validation_fraction)
+    return max(1, int(trained) // experiment.train.batch_size)
 
 
 def fit(
@@ -125,7 +131,7 @@ def fit(
     with strategy.scope():
         model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
         compile_model(model, experiment)
-    callbacks = make_callbacks(run_dir, experiment)
+    callbacks = make_callbacks(run_dir, experiment, data_dir)
     with data.damaged_shards_named(data.split_files(data_dir, "train")):
         model.fit(
             train_dataset(strategy, data_dir, experiment),
