@@ -60,11 +60,12 @@ def validation_files(data_dir: str, train: TrainConfig) -> list[str]:
 
 
 def validation_dataset(data_dir: str, train: TrainConfig) -> tf.data.Dataset:
-    """The held-out samples in a fixed order, at ``eval_batch_size``."""
+    """The held-out samples at ``eval_batch_size``, in a fixed order: the sums behind the metrics
+    are then bitwise the same on every worker, which must all take the same stopping decision."""
     users = user_filter(train.validation_fraction, True) if train.validation_fraction else None
     return data.make_dataset(
         validation_files(data_dir, train), train.eval_batch_size,
-        history_length=train.history_length, users=users,
+        history_length=train.history_length, deterministic=True, users=users,
     )
 
 

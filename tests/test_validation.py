@@ -13,17 +13,12 @@ import tf_keras
 from muse_tf import data, hashing, metrics, train, training, validation
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.runs import RunDir, load_trained_model
-from tests import reference
+from tests import reference, test_train
 
-HISTORY = 32
+dataset = test_train.dataset  # the tiny converted dataset (a module-scoped fixture)
+HISTORY = test_train.HISTORY
+TINY = [*test_train.TINY, "--verbose", "0", "--no-export", "--no-eval"]
 FRACTION = 0.3
-TINY = [
-    "--set", "model.embedding_dim=8", "--set", "model.mlp_units=[16]", "--set", "model.top_k=8",
-    "--set", "model.recent_length=8", "--set", "model.din_attention_units=[8]",
-    "--set", "train.batch_size=32", "--set", f"train.history_length={HISTORY}",
-    "--set", "train.eval_batch_size=64", "--set", "train.log_every_steps=5", "--verbose", "0",
-    "--no-export", "--no-eval",
-]
 MASK64 = (1 << 64) - 1
 
 
@@ -41,18 +36,6 @@ def expected_held_out(user_keys, fraction):
     salt = int(validation.HOLDOUT_SALT)
     return {int(k) for k in user_keys
             if (splitmix64_finaliser((int(k) & MASK64) ^ salt) >> 11) < fraction * 2**53}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from pipelines import synthetic, taobao_mm
-
-    root = tmp_path_factory.mktemp("data")
-    sizes = synthetic.SyntheticConfig(users=80, behaviours_per_user=HISTORY, items=600, clusters=8)
-    synthetic.generate(sizes, str(root / "parquet"))
-    taobao_mm.convert(str(root / "parquet"), str(root / "tfrecord"), history_cap=HISTORY,
-                      shards={"train": 2, "test": 1}, workers=1)
-    return str(root / "tfrecord")
 
 
 def _user_keys(batches):
