@@ -179,6 +179,9 @@ class TrainConfig:
         eval_batch_size: batch size for evaluation.
         backup_every_steps: BackupAndRestore interval, so a killed run resumes mid-epoch.
         log_every_steps: TensorBoard scalar interval.
+        ps_min_shard_bytes: on a parameter-server cluster, a variable is split row-wise across
+            the parameter servers only if every shard keeps at least this many bytes (the
+            embedding and multimodal tables are; dense weights stay whole).
     """
 
     batch_size: int = 8000
@@ -195,11 +198,12 @@ class TrainConfig:
     eval_batch_size: int = 1000
     backup_every_steps: int = 100
     log_every_steps: int = 50
+    ps_min_shard_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "history_length", "eval_batch_size",
                      "backup_every_steps", "log_every_steps", "embedding_learning_rate",
-                     "dense_learning_rate"):
+                     "dense_learning_rate", "ps_min_shard_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
         for name, choices in (("embedding_optimizer", EMBEDDING_OPTIMIZERS),

@@ -1,4 +1,11 @@
-"""Choosing the tf.distribute strategy, and which worker speaks for the cluster."""
+"""Choosing the tf.distribute strategy, and which process of a cluster does what.
+
+Without ``TF_CONFIG``: MirroredStrategy on the local devices. With a ``TF_CONFIG`` whose cluster
+names ``ps`` tasks: a parameter-server cluster, in which the ``chief`` runs the Keras program and
+every ``worker`` and ``ps`` task only serves (``serve``); variables live on the parameter servers
+and the large ones (the embedding tables, the frozen multimodal table) are split row-wise across
+them. Any other ``TF_CONFIG``: MultiWorkerMirroredStrategy, every worker running the program.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,12 @@ import json
 import os
 
 import tensorflow as tf
+
+from muse_tf.config import TrainConfig
+
+# The embedding and multimodal tables are hundreds of MB, the dense weights a few hundred KB at
+# most: splitting those would only add a concatenation to every step that reads them.
+DEFAULT_MIN_SHARD_BYTES = TrainConfig.ps_min_shard_bytes
 
 
 def cluster_spec() -> dict | None:
@@ -22,14 +35,85 @@ def cluster_spec() -> dict | None:
     return spec
 
 
-def make_strategy() -> tf.distribute.Strategy:
-    """MultiWorkerMirroredStrategy under ``TF_CONFIG``, else MirroredStrategy on local devices.
+def has_parameter_servers() -> bool:
+    """True when ``TF_CONFIG`` describes a parameter-server cluster (it names ``ps`` tasks).
 
-    MirroredStrategy uses every local GPU, or the CPU when there is none.
+    Raises:
+        ValueError: when such a cluster has no ``chief`` task (its coordinator).
     """
+    spec = cluster_spec()
+    if spec is None or not spec["cluster"].get("ps"):
+        return False
+    if len(spec["cluster"].get("chief", [])) != 1:
+        raise ValueError("TF_CONFIG names `ps` tasks but not exactly one `chief` task: a "
+                         "parameter-server cluster needs one chief, which runs the training program.")
+    return True
+
+
+def serves_only() -> bool:
+    """True for the ``worker`` and ``ps`` tasks of a parameter-server cluster: they run a server
+    (``serve``) and never the training program, nor touch the run directory."""
+    return has_parameter_servers() and cluster_spec()["task"].get("type") in ("worker", "ps")
+
+
+def serve() -> None:
+    """Starts this task's ``tf.distribute.Server`` and blocks forever, executing what the chief
+    sends; the cluster manager (or the test) stops the process when training is over."""
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    # A worker whose peers restart should retry, not fail its caller's functions at once.
+    os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    server = tf.distribute.Server(
+        resolver.cluster_spec(),
+        job_name=resolver.task_type,
+        task_index=resolver.task_id,
+        protocol=resolver.rpc_layer or "grpc",
+        start=True,
+    )
+    server.join()
+
+
+def table_partitioner(
+    parameter_servers: int, min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES
+) -> tf.distribute.experimental.partitioners.Partitioner:
+    """Splits a variable along its rows into at most one shard per parameter server, each of at
+    least ``min_shard_bytes``; smaller variables stay whole (on one parameter server)."""
+    return tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=min_shard_bytes, max_shards=parameter_servers
+    )
+
+
+def make_strategy(min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES) -> tf.distribute.Strategy:
+    """ParameterServerStrategy when ``TF_CONFIG`` names ``ps`` tasks (variables over
+    ``table_partitioner(min_shard_bytes)``), MultiWorkerMirroredStrategy under any other
+    ``TF_CONFIG``, else MirroredStrategy on local devices (every GPU, or the CPU when there is none).
+    """
+    if has_parameter_servers():
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        partitioner = table_partitioner(resolver.cluster_spec().num_tasks("ps"), min_shard_bytes)
+        return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     if cluster_spec() is not None:
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.MirroredStrategy()
+
+
+def is_parameter_server(strategy: tf.distribute.Strategy) -> bool:
+    """True for ParameterServerStrategy, whose ``fit`` has its own constraints (``training``)."""
+    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+
+def shard_placement(variables: list[tf.Variable]) -> dict[str, list[dict]]:
+    """The sharded variables among ``variables`` (Keras lists each shard as a variable): name ->
+    one ``{"device", "rows"}`` per shard, in row order. A run records it (``metrics.json``) so
+    that how the tables were split is on file."""
+    placement = {}
+    for variable in variables:
+        container = getattr(variable, "_sharded_container", None)
+        if container is None:
+            continue
+        shards = container().variables
+        name = shards[0].name.replace("/part_0", "")  # the shards are named NAME/part_i
+        placement[name] = [{"device": shard.device, "rows": int(shard.shape[0])} for shard in shards]
+    return placement
 
 
 def is_chief() -> bool:
@@ -41,4 +125,3 @@ def is_chief() -> bool:
     if task.get("type") == "chief":
         return True
     return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in spec["cluster"]
-

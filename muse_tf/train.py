@@ -73,10 +73,17 @@ def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
 def train(args: argparse.Namespace) -> dict:
     """``training.run`` with the command line's config and data; returns its result."""
     experiment = build_experiment(args)
-    from muse_tf import distribute, runs, training
+    from muse_tf import distribute
+
+    if distribute.serves_only():  # a parameter-server cluster's worker or ps: never returns
+        print(f"Serving as a {distribute.cluster_spec()['task']['type']} task of a parameter-server "
+              "cluster; the chief runs the training", flush=True)
+        distribute.serve()
+    from muse_tf import runs, training
     from muse_tf.synthetic_dataset import ensure_default_dataset
 
-    strategy = distribute.make_strategy()  # before other TensorFlow work, as multi-worker needs
+    # Before other TensorFlow work, as multi-worker needs.
+    strategy = distribute.make_strategy(experiment.train.ps_min_shard_bytes)
     data_dir = args.data or ensure_default_dataset(
         args.work_dir, args.synthetic_users, experiment.train.history_length
     )

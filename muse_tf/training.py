@@ -2,10 +2,11 @@
 converted dataset, evaluates it and exports it. ``run(experiment, data_dir, model_dir)``.
 
 MirroredStrategy runs on every local GPU (else the CPU); with ``TF_CONFIG`` set the run is one worker
-of a MultiWorkerMirroredStrategy cluster. A run killed at any point resumes from its last backup
-(or, once trained, goes straight to evaluation and export) when started again with the same
-``--model-dir`` and config; a finished run or another config's directory is refused unless
-``overwrite`` is given.
+of a MultiWorkerMirroredStrategy cluster, or the chief of a parameter-server cluster (the tables
+sharded over the parameter servers, ``distribute.make_strategy``). A run killed at any point
+resumes from its last backup (or, once trained, goes straight to evaluation and export) when
+started again with the same ``--model-dir`` and config; a finished run or another config's
+directory is refused unless ``overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
 
 
 class ProgressRecord(tf_keras.callbacks.Callback):
-    """Counts the steps this process ran and where it started (after any restore)."""
+    """Records where this process started (after any restore) and how many steps it ran.
+
+    Both come from the optimizer's step counter, not from batch hooks: ParameterServerStrategy
+    allows no batch-level callback, and its steps run asynchronously on the workers.
+    """
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Runs after BackupAndRestore has restored, so the optimizer step is the resume point."""
@@ -44,39 +49,49 @@ class ProgressRecord(tf_keras.callbacks.Callback):
         self.steps_run = 0
         self.started = time.time()
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.steps_run += 1
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.steps_run = int(self.model.optimizer.iterations.numpy()) - self.resumed_from_step
 
 
 def make_callbacks(
-    run_dir: runs.RunDir, experiment: ExperimentConfig
+    run_dir: runs.RunDir, experiment: ExperimentConfig, epoch_level: bool = False
 ) -> list[tf_keras.callbacks.Callback]:
     """BackupAndRestore (resume mid-epoch), a progress record, per-epoch weight checkpoints,
     TensorBoard and ``history.csv``, all in the run directory. BackupAndRestore comes first, so
     ProgressRecord sees the restored step; it keeps its backup when training ends, so a failure in
-    evaluation or export does not lose the training (``RunDir.finish`` drops it)."""
+    evaluation or export does not lose the training (``RunDir.finish`` drops it).
+
+    ``epoch_level`` (ParameterServerStrategy, which allows no batch-level callback): backups and
+    TensorBoard scalars once per epoch instead of every so many steps."""
     train = experiment.train
     return [
         tf_keras.callbacks.BackupAndRestore(
-            run_dir.backup, save_freq=train.backup_every_steps, delete_checkpoint=False
+            run_dir.backup,
+            save_freq="epoch" if epoch_level else train.backup_every_steps,
+            delete_checkpoint=False,
         ),
         ProgressRecord(),
         tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
-        tf_keras.callbacks.TensorBoard(run_dir.logs, update_freq=train.log_every_steps),
+        tf_keras.callbacks.TensorBoard(
+            run_dir.logs, update_freq="epoch" if epoch_level else train.log_every_steps
+        ),
         tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
     ]
 
 
 def train_dataset(
     strategy: tf.distribute.Strategy, data_dir: str, experiment: ExperimentConfig
-) -> tf.distribute.DistributedDataset:
+) -> tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator:
     """The training split, repeated, as per-replica batches of ``batch_size / replicas``.
 
     Each input pipeline (one per worker) reads its own subset of the shard files; a partial
-    last batch is dropped, so every replica always gets the same batch shape.
+    last batch is dropped, so every replica always gets the same batch shape. Under
+    ParameterServerStrategy see ``parameter_server_dataset``.
     """
     train = experiment.train
     files = data.split_files(data_dir, "train")
+    if distribute.is_parameter_server(strategy):
+        return parameter_server_dataset(files, experiment)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return data.make_dataset(
@@ -92,6 +107,35 @@ def train_dataset(
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def parameter_server_dataset(
+    files: list[str], experiment: ExperimentConfig
+) -> tf_keras.utils.experimental.DatasetCreator:
+    """The training input of a parameter-server cluster: every worker builds it and takes batches
+    of ``batch_size`` (each step is one worker's).
+
+    TensorFlow traces the dataset function once for all workers and gives each the same single
+    input pipeline, so the shards cannot be split among them; instead every worker reads the whole
+    split shuffled in its own order, whatever ``train.shuffle`` says (else all workers would train
+    on the same batches): the trace drops the global seed, so its shuffles draw their seeds on each
+    worker when it builds the dataset.
+    """
+    train = experiment.train
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        if not tf.executing_eagerly():  # in the trace: unseeds this graph only, not the process
+            tf.random.set_seed(None)
+        return data.make_dataset(
+            files,
+            context.get_per_replica_batch_size(train.batch_size),
+            history_length=train.history_length,
+            shuffle=True,
+            repeat=True,
+            drop_remainder=True,
+        )
+
+    return tf_keras.utils.experimental.DatasetCreator(dataset_fn)
 
 
 def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
@@ -125,14 +169,16 @@ def fit(
     with strategy.scope():
         model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
         compile_model(model, experiment)
-    callbacks = make_callbacks(run_dir, experiment)
+    parameter_server = distribute.is_parameter_server(strategy)
+    callbacks = make_callbacks(run_dir, experiment, epoch_level=parameter_server)
     with data.damaged_shards_named(data.split_files(data_dir, "train")):
         model.fit(
             train_dataset(strategy, data_dir, experiment),
             epochs=experiment.train.epochs,
             steps_per_epoch=steps,
             callbacks=callbacks,
-            verbose=verbose,
+            # A progress bar would fetch every step's metrics from the workers; PS refuses it.
+            verbose=2 if parameter_server and verbose else verbose,
         )
     progress = next(c for c in callbacks if isinstance(c, ProgressRecord))
     result = {
@@ -144,6 +190,8 @@ def fit(
         "train_seconds": round(time.time() - progress.started, 1),
         "replicas": strategy.num_replicas_in_sync,
     }
+    if parameter_server:
+        result["sharded_variables"] = distribute.shard_placement(model.variables)
     # Every worker takes part in saving (reading synchronised variables is a collective op);
     # only the chief's copy is kept.
     model.save_weights(run_dir.worker().final_weights)
@@ -187,7 +235,11 @@ def run(
         runs.RunDirectoryError: when ``model_dir`` holds a finished run or another config's
             model (and ``overwrite`` is False).
     """
-    strategy = strategy or distribute.make_strategy()  # before other TensorFlow work
+    if distribute.serves_only():
+        raise RuntimeError("This process is a `worker` or `ps` task of a parameter-server cluster "
+                           "(TF_CONFIG): it runs distribute.serve(); only the `chief` trains.")
+    # Before other TensorFlow work.
+    strategy = strategy or distribute.make_strategy(experiment.train.ps_min_shard_bytes)
     data.ensure_filesystems([data_dir])
     experiment = dataclasses.replace(
         experiment,
