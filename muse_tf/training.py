@@ -225,7 +225,7 @@ def run(
             ``max_candidates``, ``max_history_values``); None = its defaults.
         evaluate, export: run the final evaluation / the export.
         overwrite: delete the run directory first and start over.
-        strategy: the tf.distribute strategy; None = ``distribute.make_strategy()``.
+        strategy: the tf.distribute strategy; None = ``distribute.make_strategy(train.ps_min_shard_bytes)``.
 
     Returns:
         What ``metrics.json`` holds: ``fit``'s figures and unless disabled ``eval``

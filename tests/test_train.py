@@ -98,8 +98,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from muse_tf import distribute, train
     data, out, tiny = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     strategies = {
-        "single": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
-        "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+        "single": lambda *_: tf.distribute.MirroredStrategy(["/cpu:0"]),
+        "mirrored": lambda *_: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
     }
     for name, make in strategies.items():
         distribute.make_strategy = make
