@@ -114,14 +114,14 @@ def export_scorer(
     export_dir: str, vocabularies: Mapping[str, np.ndarray], max_values: int | None = None
 ) -> Scorer:
     """A batch scorer through an export's ``serving_default`` signature: the records' indices
-    become raw IDs again (PAD and OOV become 0, an ID no vocabulary holds, so the export looks
-    them up as OOV) and histories are right-padded with their lengths, as a client sends them.
-    Calls are split so that rows x width stays within ``max_values`` (the export's default
-    ``limits.MAX_HISTORY_VALUES``)."""
+    become raw IDs again (PAD and OOV become an ID the vocabulary lacks,
+    ``vocabulary.unknown_id``, so the export looks them up as OOV) and histories are right-padded
+    with their lengths, as a client sends them. Calls are split so that rows x width stays
+    within ``max_values`` (the export's default ``limits.MAX_HISTORY_VALUES``)."""
     import numpy as np
     import tensorflow as tf
 
-    from muse_tf import features, limits, signatures
+    from muse_tf import features, limits, signatures, vocabulary
 
     max_values = max_values or limits.MAX_HISTORY_VALUES
     signature = tf.saved_model.load(export_dir).signatures[signatures.SERVING_DEFAULT]
@@ -131,9 +131,13 @@ def export_scorer(
         return {"logits": outputs[signatures.LOGIT].numpy(),
                 "probability": outputs[signatures.PROBABILITY].numpy()}
 
+    unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
+
     def score(batch: Batch) -> dict[str, np.ndarray]:
-        inputs = {name: raw_ids(vocabularies[features.VOCABULARY[name]], batch[name].numpy(), 0)
-                  for name in features.MODEL_FEATURES}
+        inputs = {}
+        for name in features.MODEL_FEATURES:
+            table = features.VOCABULARY[name]
+            inputs[name] = vocabulary.raw_ids(vocabularies[table], batch[name].numpy(), unknown[table])
         items = batch[features.HISTORY_ITEMS].numpy()
         lengths = (items != features.PAD).sum(axis=1)
         width = items.shape[1]
@@ -148,20 +152,6 @@ def export_scorer(
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     return score
-
-
-def raw_ids(vocabulary: np.ndarray, indices: np.ndarray, unknown: int) -> np.ndarray:
-    """Raw IDs of vocabulary ``indices`` (``muse_tf.vocabulary``'s rule inverted); PAD and OOV,
-    which stand for no particular ID, become ``unknown``."""
-    import numpy as np
-
-    from muse_tf.vocabulary import RESERVED
-
-    indices = np.asarray(indices, np.int64)
-    known = indices >= RESERVED
-    positions = np.where(known, indices - RESERVED, 0)
-    ids = np.asarray(vocabulary)[positions] if len(vocabulary) else np.zeros_like(indices)
-    return np.where(known, ids, unknown)
 
 
 class PredictionWriter:
@@ -193,10 +183,10 @@ class PredictionWriter:
         import numpy as np
         import pyarrow as pa
 
-        from muse_tf.vocabulary import RESERVED
+        from muse_tf import vocabulary
 
-        unknown = scored["item_id"] < RESERVED
-        items = raw_ids(self.item_vocabulary, scored["item_id"], 0)
+        unknown = scored["item_id"] < vocabulary.RESERVED
+        items = vocabulary.raw_ids(self.item_vocabulary, scored["item_id"], 0)
         columns = [
             pa.array(scored["groups"], pa.int64()),
             pa.array(items, pa.int64(), mask=unknown),

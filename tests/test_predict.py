@@ -4,7 +4,6 @@ export scores like the run."""
 
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from muse_tf import artifacts, predict, train
 from muse_tf.runs import RunDir
 from tests import reference
+from tests.cli_helpers import assert_usage_error
 from tests.pipeline_helpers import DEMO_DIR as DEMO
 from tests.test_train import TINY, dataset  # noqa: F401  (the tiny converted dataset fixture)
 
@@ -113,13 +113,8 @@ def test_a_damaged_shard_is_named_and_leaves_no_file(dataset, run_dir, tmp_path,
      "--batch-size must be positive"),
 ])
 def test_user_errors_are_one_line(argv, message, tmp_path, capsys):
-    argv = ["--model-dir", str(tmp_path), *argv]
-    with pytest.raises(SystemExit) as exit_info:
-        predict.main(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m muse_tf.predict: error: "), lines
-    assert re.search(message, lines[0]), lines[0]
+    assert_usage_error(capsys, predict.main, "muse_tf.predict", message,
+                       ["--model-dir", str(tmp_path), *argv])
 
 
 def test_help_loads_no_tensorflow():

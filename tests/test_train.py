@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -19,6 +18,7 @@ import pytest
 from muse_tf import artifacts, data, evaluate, metrics, train, training
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.runs import RunDir, build_model, load_trained_model
+from tests.cli_helpers import assert_usage_error
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY = 48
@@ -190,17 +190,6 @@ def _run_args(dataset, model_dir):
             "--set", "train.steps_per_epoch=3", "--set", "train.backup_every_steps=2", *TINY]
 
 
-def _assert_usage_error(capsys, pattern, argv):
-    """The command refuses with exit status 2 and one line naming the problem."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m muse_tf.train: error: "), lines
-    assert re.search(pattern, lines[0]), lines[0]
-
-
 def _versions(base):
     return sorted(os.listdir(base)) if os.path.isdir(base) else []
 
@@ -209,7 +198,8 @@ def test_a_finished_run_is_refused_unless_started_over(dataset, tmp_path, capsys
     model_dir = tmp_path / "run"
     first = train.main(_run_args(dataset, model_dir))
     assert first["export"] == os.path.join(RunDir(str(model_dir)).export, "muse", "1")
-    _assert_usage_error(capsys, "holds a finished run.*--overwrite", _run_args(dataset, model_dir))
+    assert_usage_error(capsys, train.main, "muse_tf.train", "holds a finished run.*--overwrite",
+                       _run_args(dataset, model_dir))
     assert len(_history_losses(model_dir)) == 1  # no second "epoch 0"
     assert _versions(os.path.join(RunDir(str(model_dir)).export, "muse")) == ["1"]
     again = train.main([*_run_args(dataset, model_dir), "--set", "model.use_cross=true",
@@ -234,8 +224,8 @@ def test_a_failure_after_training_keeps_the_training(dataset, tmp_path, monkeypa
     assert run_dir.has_backup() and not run_dir.is_finished()
     weights = {p.name: p.read_bytes() for p in Path(run_dir.final).iterdir()}
     # Another config may not take over the trained model.
-    _assert_usage_error(capsys, "another config.*--overwrite",
-                        [*_run_args(dataset, model_dir), "--set", "model.use_cross=true"])
+    assert_usage_error(capsys, train.main, "muse_tf.train", "another config.*--overwrite",
+                       [*_run_args(dataset, model_dir), "--set", "model.use_cross=true"])
     monkeypatch.undo()
     result = train.main(_run_args(dataset, model_dir))
     # Straight to evaluation and export: no step trained again, the same weights exported.
