@@ -37,7 +37,8 @@ def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
 
 
 class ProgressRecord(tf_keras.callbacks.Callback):
-    """Records where this process started (after any restore) and how many steps it ran.
+    """Records where this process started (after any restore), how many steps it ran and when
+    training ended (before Keras tears ``fit`` down).
 
     Both come from the optimizer's step counter, not from batch hooks: ParameterServerStrategy
     allows no batch-level callback, and its steps run asynchronously on the workers.
@@ -51,6 +52,7 @@ class ProgressRecord(tf_keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.steps_run = int(self.model.optimizer.iterations.numpy()) - self.resumed_from_step
+        self.ended = time.time()
 
 
 def make_callbacks(
@@ -194,7 +196,9 @@ def fit(
         "expected_iterations": steps * experiment.train.epochs,
         "resumed_from_step": progress.resumed_from_step,
         "steps_run": progress.steps_run,
-        "train_seconds": round(time.time() - progress.started, 1),
+        "train_seconds": round(progress.ended - progress.started, 1),
+        # Keras's exit from fit after the last callback (intermittently seconds: issue 16).
+        "fit_teardown_seconds": round(time.time() - progress.ended, 1),
         "replicas": strategy.num_replicas_in_sync,
     }
     if parameter_server:
