@@ -217,9 +217,10 @@ def serve(args: argparse.Namespace) -> None:
     if args.rest_api_port:
         logger.info("Exporting HTTP/REST API at %s:%d", args.host, args.rest_api_port)
     rest_address = f"{args.host}:{args.rest_api_port}" if args.rest_api_port else "off"
-    # One line on stdout once the model is loaded, warmed up and both front ends accept requests.
+    # One line on stdout once the model is loaded, warmed up and both front ends accept requests,
+    # in one write: with stderr in the same file, print's separate newline could land after a log line.
     print(f"ready: gRPC {args.host}:{args.port}, REST {rest_address}, "
-          f"model {servable.name} version {servable.version}", flush=True)
+          f"model {servable.name} version {servable.version}\n", end="", flush=True)
     stopping.wait()
     logger.info("Shutting down")
     server.stop()
