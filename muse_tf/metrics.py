@@ -118,6 +118,32 @@ def scored_batches(
         yield columns
 
 
+def model_scorer(model: tf_keras.Model) -> Callable[[dict[str, tf.Tensor]], dict[str, np.ndarray]]:
+    """The model in inference mode as one traced function, a ``score`` for ``scored_batches``:
+    features -> (B,) ``logits`` and ``probability``. Build it once per model and reuse it: each
+    new one traces the model again."""
+
+    @tf.function
+    def step(batch_features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = model(batch_features, training=False)
+        return logits, tf.sigmoid(logits)
+
+    def score(batch_features: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+        logits, probability = step(batch_features)
+        return {"logits": logits.numpy(), "probability": probability.numpy()}
+
+    return score
+
+
+def concatenate(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``scored_batches``' columns over the whole dataset, each concatenated."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for columns in batches:
+        for name, values in columns.items():
+            parts.setdefault(name, []).append(values)
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
 def predict_dataset(model: tf_keras.Model, dataset: Iterable) -> dict[str, np.ndarray]:
     """Scores a whole ``(features, label)`` dataset once, in inference mode.
 
@@ -126,19 +152,10 @@ def predict_dataset(model: tf_keras.Model, dataset: Iterable) -> dict[str, np.nd
         dataset: as ``scored_batches`` reads it.
 
     Returns:
-        ``scored_batches``' columns over the N samples, concatenated: ``logits``, ``labels``,
-        ``groups``, ``item_id``, ``history_length``.
+        ``scored_batches``' columns over the N samples, concatenated: ``logits``,
+        ``probability``, ``labels``, ``groups``, ``item_id``, ``history_length``.
     """
-
-    @tf.function
-    def step(batch_features: dict[str, tf.Tensor]) -> tf.Tensor:
-        return model(batch_features, training=False)
-
-    parts: dict[str, list[np.ndarray]] = {}
-    for columns in scored_batches(lambda batch: {"logits": step(batch).numpy()}, dataset):
-        for name, values in columns.items():
-            parts.setdefault(name, []).append(values)
-    return {name: np.concatenate(values) for name, values in parts.items()}
+    return concatenate(scored_batches(model_scorer(model), dataset))
 
 
 def evaluate_auc_gauc(model: tf_keras.Model, dataset: Iterable) -> dict[str, float]:

@@ -92,22 +92,10 @@ class Progress:
 def run_scorer(model_dir: str) -> Scorer:
     """A batch scorer with the run's Keras model (``runs.load_trained_model``), in inference
     mode: features -> ``logits`` and ``probability``."""
-    import tensorflow as tf
-
-    from muse_tf import runs
+    from muse_tf import metrics, runs
 
     model, _ = runs.load_trained_model(model_dir)
-
-    @tf.function
-    def step(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
-        logits = model(batch, training=False)
-        return logits, tf.sigmoid(logits)
-
-    def score(batch: Batch) -> dict[str, np.ndarray]:
-        logits, probability = step(batch)
-        return {"logits": logits.numpy(), "probability": probability.numpy()}
-
-    return score
+    return metrics.model_scorer(model)
 
 
 def export_scorer(
