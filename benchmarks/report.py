@@ -157,6 +157,16 @@ def load_section(result: dict) -> list[str]:
             f"{result.get('server_alive_after')}.", ""]
 
 
+def iterator_section(result: dict) -> list[str]:
+    from benchmarks.iterator_release import COLUMNS
+
+    seconds = result.get("setting", {}).get("seconds_before_delete")
+    return ["### Deleting a tf.data iterator: the caller's wait", "", _machine(result), "",
+            f"Each repeat iterates an autotuned pipeline for {seconds} s at one element per 10 ms, "
+            "then deletes its iterator (cases interleaved).", "",
+            common.format_table(result["results"], COLUMNS), ""]
+
+
 def render(results_dir: str) -> str:
     lines: list[str] = []
     train = _load(results_dir, "train_throughput")
@@ -178,6 +188,9 @@ def render(results_dir: str) -> str:
     load = _load(results_dir, "load_test")
     if load:
         lines += load_section(load)
+    releases = _load(results_dir, "iterator_release")
+    if releases:
+        lines += iterator_section(releases)
     return "\n".join(lines).rstrip() + "\n"
 
 

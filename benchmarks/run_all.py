@@ -2,9 +2,9 @@
 
     python -m benchmarks.run_all [--quick] [--results-dir benchmarks/results] [--wait-quiet 1800]
 
-Order: training, vocabulary scaling, serving latency, memory, data, load test (about 20 minutes at
-full size on 2 cores, plus the vocabulary sizes; about 3 minutes with --quick). Stops at the first
-benchmark that fails.
+Order: training, vocabulary scaling, serving latency, memory, data, load test, iterator release
+(about 30 minutes at full size on 2 cores, plus the vocabulary sizes; about 3 minutes with
+--quick). Stops at the first benchmark that fails.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from benchmarks import common
 
 BENCHMARKS = ("train_throughput", "vocabulary_scaling", "serving_latency", "memory", "data_throughput",
-              "load_test")
+              "load_test", "iterator_release")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,10 +65,12 @@ def item_popularity(train_files: Sequence[str], num_items: int, batch_size: int 
 
     Reads the shards with a 1-long history, so it costs a fraction of a training epoch.
     """
-    from muse_tf import data
+    from muse_tf import data, iterator_release
 
     counts = np.zeros(num_items, np.int64)
-    for batch, _ in data.make_dataset(train_files, batch_size, history_length=1):
+    for batch, _ in iterator_release.elements(
+        data.make_dataset(train_files, batch_size, history_length=1)
+    ):
         counts += np.bincount(batch[features.ITEM_ID].numpy(), minlength=num_items)
     return counts
 

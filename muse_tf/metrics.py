@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import features
+from muse_tf import features, iterator_release
 
 
 def _group_rank_sums(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray):
@@ -104,7 +104,7 @@ def scored_batches(
         raw ``user_key``), and when the features hold them ``item_id`` (target item index) and
         ``history_length`` (non-PAD behaviours).
     """
-    for batch_features, batch_labels in dataset:
+    for batch_features, batch_labels in iterator_release.elements(dataset):
         if features.USER_KEY not in batch_features:
             raise KeyError(f"GAUC needs the `{features.USER_KEY}` feature in every batch.")
         columns = dict(score(batch_features))

@@ -18,7 +18,17 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import artifacts, data, distribute, optimizers, runs, seeding, signatures, validation
+from muse_tf import (
+    artifacts,
+    data,
+    distribute,
+    iterator_release,
+    optimizers,
+    runs,
+    seeding,
+    signatures,
+    validation,
+)
 from muse_tf.config import ExperimentConfig
 from muse_tf.evaluate import evaluate_run
 from muse_tf.models import MuseModel
@@ -161,6 +171,23 @@ def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
     return max(1, int(trained) // experiment.train.batch_size)
 
 
+def keras_fit(
+    model: tf_keras.Model,
+    inputs: tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator,
+    **fit_args,
+) -> tf_keras.callbacks.History:
+    """``model.fit(inputs, **fit_args)``, except that the input iterators ``fit`` makes are deleted
+    in the background after it returns, not as it returns: their deletion can block for up to a
+    minute (``muse_tf.iterator_release``)."""
+    if not isinstance(inputs, tf.distribute.DistributedDataset):
+        return model.fit(inputs, **fit_args)
+    kept = iterator_release.KeptIterators(inputs)
+    try:
+        return model.fit(kept, **fit_args)
+    finally:
+        kept.release()
+
+
 def fit(
     strategy: tf.distribute.Strategy,
     experiment: ExperimentConfig,
@@ -181,7 +208,8 @@ def fit(
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
     with data.damaged_shards_named(data.split_files(data_dir, "train")):
-        model.fit(
+        keras_fit(
+            model,
             train_dataset(strategy, data_dir, experiment),
             epochs=experiment.train.epochs,
             steps_per_epoch=steps,
@@ -197,7 +225,7 @@ def fit(
         "resumed_from_step": progress.resumed_from_step,
         "steps_run": progress.steps_run,
         "train_seconds": round(progress.ended - progress.started, 1),
-        # Keras's exit from fit after the last callback (intermittently seconds: issue 16).
+        # Keras's exit from fit after the last callback.
         "fit_teardown_seconds": round(time.time() - progress.ended, 1),
         "replicas": strategy.num_replicas_in_sync,
     }
