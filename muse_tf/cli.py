@@ -21,7 +21,9 @@ from typing import Any
 # as "Unable to register cuDNN factory", which are harmless on a machine without CUDA.
 QUIET_CPP_LOG_LEVEL = "3"
 # Native start-up lines that newer TensorFlow (2.17+) writes through absl before its log level
-# applies, so TF_CPP_MIN_LOG_LEVEL cannot hide them; all harmless on a machine without a GPU.
+# applies, so TF_CPP_MIN_LOG_LEVEL cannot hide them; all harmless on a machine without a GPU. Also
+# Apache Beam's import-time warning that the GCP client (apitools) is absent, which only BigQuery
+# needs (pipelines.beam_convert).
 HARMLESS_NATIVE_LOGS = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called"
     r"|cudart_stub\.cc.*Could not find cuda drivers"
@@ -30,6 +32,7 @@ HARMLESS_NATIVE_LOGS = re.compile(
     r"|port\.cc.*oneDNN custom operations are on"
     r"|cpu_feature_guard\.cc|^To enable the following instructions:"
     r"|TF-TRT Warning: Could not find TensorRT"
+    r"|apitools not found, and bigquery client libraries are not available"
 )
 
 
@@ -66,11 +69,18 @@ def run(
     argv: Sequence[str] | None = None,
     *,
     verbose: Callable[[argparse.Namespace], bool] = lambda args: bool(getattr(args, "verbose", 0)),
+    forward_unknown: bool = False,
 ) -> Any:
     """Parses ``argv``, quiets TensorFlow unless ``verbose(args)`` (default: a ``--verbose`` flag),
     runs ``command(args)`` and returns its result; a ``UsageError`` becomes
-    ``PROG: error: MESSAGE`` on stderr and exit status 2."""
-    args = arguments.parse_args(argv)
+    ``PROG: error: MESSAGE`` on stderr and exit status 2. With ``forward_unknown``, options the
+    parser does not know are no error but ``args.unknown_options``, for a command that passes them
+    on (Beam's pipeline options)."""
+    if forward_unknown:
+        args, unknown = arguments.parse_known_args(argv)
+        args.unknown_options = unknown
+    else:
+        args = arguments.parse_args(argv)
     quiet = not verbose(args)
     quiet_tensorflow(not quiet)
     with harmless_native_logs_dropped() if quiet else contextlib.nullcontext():

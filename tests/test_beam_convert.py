@@ -16,8 +16,8 @@ from tests.pipeline_helpers import (
 )
 from tests.test_taobao_mm import HISTORY, _stitched_demo
 
-beam_convert = pytest.importorskip(
-    "pipelines.beam_convert", reason="apache-beam is not installed (pip install -e '.[beam]')"
+beam_pipeline = pytest.importorskip(
+    "pipelines.beam_pipeline", reason="apache-beam is not installed (pip install -e '.[beam]')"
 )
 
 DIRECT = ("--runner", "DirectRunner", "--direct_num_workers", "1")
@@ -55,7 +55,7 @@ def _convert_both(input_dir, tmp_path, **options):
         shards={"train": 2, "test": 2},
         **options,
     )
-    beam = beam_convert.convert(
+    beam = beam_pipeline.convert(
         str(input_dir),
         str(tmp_path / "beam"),
         shards={"train": 3, "test": 1},
@@ -116,7 +116,7 @@ def test_synthetic_data_matches_the_local_engine(tmp_path):
     assert beam["vocabularies"]["item"]["kept_by_scl"] > 0
     _assert_same_output(tmp_path, local, beam)
     with pytest.raises(FileExistsError, match="already holds a converted dataset"):
-        beam_convert.convert(str(tmp_path / "in"), str(tmp_path / "beam"), pipeline_args=DIRECT)
+        beam_pipeline.convert(str(tmp_path / "in"), str(tmp_path / "beam"), pipeline_args=DIRECT)
 
 
 def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
@@ -127,7 +127,7 @@ def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
     with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as local:
         taobao_mm.convert(str(DEMO_DIR), str(tmp_path / "local"), workers=1, history_cap=HISTORY)
     with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as beam:
-        beam_convert.convert(str(DEMO_DIR), str(tmp_path / "beam"), history_cap=HISTORY,
+        beam_pipeline.convert(str(DEMO_DIR), str(tmp_path / "beam"), history_cap=HISTORY,
                              pipeline_args=DIRECT)
     assert beam.value.manifest["input_rows"]["scl_embedding_int8_p90"] > 0
     _assert_same_tables(tmp_path, local.value.manifest, beam.value.manifest)
