@@ -34,6 +34,8 @@ HARMLESS_NATIVE_LOGS = re.compile(
     r"|TF-TRT Warning: Could not find TensorRT"
     r"|apitools not found, and bigquery client libraries are not available"
 )
+# Written into the filtered stderr when the filter ends: whatever precedes it has been forwarded.
+_END_MARK = b"\0muse_tf.cli: end of the filtered stderr\0\n"
 
 
 class UsageError(Exception):
@@ -94,29 +96,38 @@ def run(
 @contextlib.contextmanager
 def harmless_native_logs_dropped() -> Iterator[None]:
     """Forwards this process's stderr (file descriptor 2, where native code writes) line by line,
-    dropping only lines that match ``HARMLESS_NATIVE_LOGS``; everything else passes unchanged."""
+    dropping only lines that match ``HARMLESS_NATIVE_LOGS``; everything else passes unchanged.
+
+    On exit it waits until what was written so far has passed, not until the pipe closes: a child
+    process that inherited stderr (multiprocessing's resource tracker, started by a process pool)
+    keeps it open until this process ends; the forwarder goes on serving it meanwhile."""
     sys.stderr.flush()
     original = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
-    os.close(write_end)
     pipe, out = os.fdopen(read_end, "rb"), os.fdopen(os.dup(original), "wb", 0)
+    passed = threading.Event()
 
     def forward() -> None:
         with pipe, out:
             for line in pipe:
-                if not HARMLESS_NATIVE_LOGS.search(line.decode(errors="replace")):
+                if line.endswith(_END_MARK):  # after a child's unfinished line, if any
+                    line = line[: -len(_END_MARK)]
+                    passed.set()
+                if line and not HARMLESS_NATIVE_LOGS.search(line.decode(errors="replace")):
                     out.write(line)
+        passed.set()
 
-    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
-    forwarder.start()
+    threading.Thread(target=forward, name="stderr-filter", daemon=True).start()
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(original, 2)  # closes the pipe's last write end: the forwarder reads to the end
+        os.dup2(original, 2)
         os.close(original)
-        forwarder.join(timeout=5)
+        os.write(write_end, _END_MARK)  # behind everything written to the pipe so far
+        os.close(write_end)
+        passed.wait(timeout=5)
 
 
 def one_line(message: str) -> str:

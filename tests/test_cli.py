@@ -217,3 +217,29 @@ def test_only_known_harmless_native_lines_are_dropped(flags, expected_code):
         assert proc.stderr.strip().splitlines()[-1] == "python -m probe: error: a mistake"
     else:  # a bug in our code keeps its traceback
         assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
+
+
+
+CHILD_PROBE = """
+import subprocess, sys
+from muse_tf import cli
+
+def command(args):  # the child has our stderr, as a process pool's resource tracker does
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(3); "
+                              "print('the child ends', file=sys.stderr)"])
+    print("written before the end", file=sys.stderr)
+    return child
+
+child = cli.run(command, cli.parser("probe", None), [])
+print("the command returned", file=sys.stderr, flush=True)
+child.wait()
+"""
+
+
+def test_the_filter_ends_without_waiting_for_children_that_hold_stderr():
+    """A process pool's resource tracker keeps stderr open until the command's process ends: the
+    filter lets through what was written, then returns instead of waiting for the pipe to close."""
+    proc = _run(["-c", CHILD_PROBE])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[:2] == ["written before the end", "the command returned"], lines
