@@ -21,7 +21,9 @@ from typing import Any
 # as "Unable to register cuDNN factory", which are harmless on a machine without CUDA.
 QUIET_CPP_LOG_LEVEL = "3"
 # Native start-up lines that newer TensorFlow (2.17+) writes through absl before its log level
-# applies, so TF_CPP_MIN_LOG_LEVEL cannot hide them; all harmless on a machine without a GPU.
+# applies, so TF_CPP_MIN_LOG_LEVEL cannot hide them; all harmless on a machine without a GPU. Also
+# Apache Beam's import-time warning that the GCP client (apitools) is absent, which only BigQuery
+# needs (pipelines.beam_convert).
 HARMLESS_NATIVE_LOGS = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called"
     r"|cudart_stub\.cc.*Could not find cuda drivers"
@@ -30,7 +32,10 @@ HARMLESS_NATIVE_LOGS = re.compile(
     r"|port\.cc.*oneDNN custom operations are on"
     r"|cpu_feature_guard\.cc|^To enable the following instructions:"
     r"|TF-TRT Warning: Could not find TensorRT"
+    r"|apitools not found, and bigquery client libraries are not available"
 )
+# Written into the filtered stderr when the filter ends: whatever precedes it has been forwarded.
+_END_MARK = b"\0muse_tf.cli: end of the filtered stderr\0\n"
 
 
 class UsageError(Exception):
@@ -66,11 +71,18 @@ def run(
     argv: Sequence[str] | None = None,
     *,
     verbose: Callable[[argparse.Namespace], bool] = lambda args: bool(getattr(args, "verbose", 0)),
+    forward_unknown: bool = False,
 ) -> Any:
     """Parses ``argv``, quiets TensorFlow unless ``verbose(args)`` (default: a ``--verbose`` flag),
     runs ``command(args)`` and returns its result; a ``UsageError`` becomes
-    ``PROG: error: MESSAGE`` on stderr and exit status 2."""
-    args = arguments.parse_args(argv)
+    ``PROG: error: MESSAGE`` on stderr and exit status 2. With ``forward_unknown``, options the
+    parser does not know are no error but ``args.unknown_options``, for a command that passes them
+    on (Beam's pipeline options)."""
+    if forward_unknown:
+        args, unknown = arguments.parse_known_args(argv)
+        args.unknown_options = unknown
+    else:
+        args = arguments.parse_args(argv)
     quiet = not verbose(args)
     quiet_tensorflow(not quiet)
     with harmless_native_logs_dropped() if quiet else contextlib.nullcontext():
@@ -84,29 +96,38 @@ def run(
 @contextlib.contextmanager
 def harmless_native_logs_dropped() -> Iterator[None]:
     """Forwards this process's stderr (file descriptor 2, where native code writes) line by line,
-    dropping only lines that match ``HARMLESS_NATIVE_LOGS``; everything else passes unchanged."""
+    dropping only lines that match ``HARMLESS_NATIVE_LOGS``; everything else passes unchanged.
+
+    On exit it waits until what was written so far has passed, not until the pipe closes: a child
+    process that inherited stderr (multiprocessing's resource tracker, started by a process pool)
+    keeps it open until this process ends; the forwarder goes on serving it meanwhile."""
     sys.stderr.flush()
     original = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
-    os.close(write_end)
     pipe, out = os.fdopen(read_end, "rb"), os.fdopen(os.dup(original), "wb", 0)
+    passed = threading.Event()
 
     def forward() -> None:
         with pipe, out:
             for line in pipe:
-                if not HARMLESS_NATIVE_LOGS.search(line.decode(errors="replace")):
+                if line.endswith(_END_MARK):  # after a child's unfinished line, if any
+                    line = line[: -len(_END_MARK)]
+                    passed.set()
+                if line and not HARMLESS_NATIVE_LOGS.search(line.decode(errors="replace")):
                     out.write(line)
+        passed.set()
 
-    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
-    forwarder.start()
+    threading.Thread(target=forward, name="stderr-filter", daemon=True).start()
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(original, 2)  # closes the pipe's last write end: the forwarder reads to the end
+        os.dup2(original, 2)
         os.close(original)
-        forwarder.join(timeout=5)
+        os.write(write_end, _END_MARK)  # behind everything written to the pipe so far
+        os.close(write_end)
+        passed.wait(timeout=5)
 
 
 def one_line(message: str) -> str:

@@ -1,4 +1,4 @@
-"""Vocabularies in value ranges for ``pipelines.beam_convert``: dense indices without a global
+"""Vocabularies in value ranges for ``pipelines.beam_pipeline``: dense indices without a global
 sort, and lookups as a join, so no worker holds a whole vocabulary.
 
 A vocabulary's kept IDs are split by the top ``BUCKET_BITS`` of their order-preserving uint64

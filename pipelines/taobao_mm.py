@@ -20,6 +20,10 @@ Stages, each streaming and each resumable (a finished task leaves its output und
 Train and test are both converted; vocabularies come from train only. A conversion that writes no
 training sample fails (nothing could be trained on it), and a full disk stops it with the path it
 was writing (re-running resumes once there is space).
+
+The command parses its arguments and checks ``--input`` before TensorFlow loads: the stages (which
+import it through ``muse_tf.vocabulary`` and ``muse_tf.artifacts``) are imported by the functions
+that run them, so ``convert`` stays importable from here at no cost.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from muse_tf import artifacts, features
-from pipelines import manifest as manifest_lib
+from muse_tf import cli, features
 from pipelines import parquet_input as pi
-from pipelines import stages, vocab
 from pipelines import taobao_mm_schema as release
-from pipelines.stages import Options, read_json, write_json
+
+if TYPE_CHECKING:
+    from pipelines.stages import Options
 
 WORK_DIR = "_work"
 SHARD_INPUT_BYTES = 256 << 20  # of compressed samples + user features per output shard
@@ -95,6 +100,8 @@ def resolve_options(
             f"Unknown vocabularies {sorted(unknown)} in min-count; known: "
             f"{list(features.VOCABULARIES)}."
         )
+    from pipelines import stages, vocab
+
     resolved_shards = {}
     for split in release.SPLITS:
         split_bytes = _input_bytes(tables, (release.SAMPLES_TABLE[split], release.USER_TABLE[split]), size)
@@ -103,7 +110,7 @@ def resolve_options(
             raise ValueError(f"Shards for {split!r} must be positive, got {count}.")
         resolved_shards[split] = count
     train_bytes = _input_bytes(tables, tuple(vocab.COUNTED_COLUMNS) + (release.SCL_EMBEDDINGS,), size)
-    return Options(
+    return stages.Options(
         history_cap=history_cap,
         min_count={name: min_count.get(name, 1) for name in features.VOCABULARIES},
         shards=resolved_shards,
@@ -113,6 +120,9 @@ def resolve_options(
 
 def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
     """Creates the output and work directories; refuses to mix runs with different parameters."""
+    from muse_tf import artifacts
+    from pipelines import stages
+
     work = os.path.join(output, WORK_DIR)
     if overwrite:
         for name in (WORK_DIR, *release.SPLITS, artifacts.VOCAB_DIR):
@@ -123,7 +133,7 @@ def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
     if os.path.exists(os.path.join(output, artifacts.MANIFEST)):
         raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
     params_path = os.path.join(work, "params.json")
-    if os.path.exists(params_path) and read_json(params_path) != params:
+    if os.path.exists(params_path) and stages.read_json(params_path) != params:
         raise FileExistsError(
             f"{output} holds an unfinished conversion of other inputs or options; pass "
             "--overwrite or choose another --output."
@@ -132,13 +142,16 @@ def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
         os.makedirs(os.path.join(work, name), exist_ok=True)
     for name in (*release.SPLITS, artifacts.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
-    write_json(params_path, params)
+    stages.write_json(params_path, params)
     return work
 
 
 def _build_vocabularies(
     executor: concurrent.futures.Executor | None, output: str, work: str, options: Options
 ) -> dict[str, dict]:
+    from muse_tf import artifacts
+    from pipelines import stages, vocab
+
     tasks = [
         (work, name, p, options.min_count[name])
         for name in features.VOCABULARIES
@@ -172,7 +185,11 @@ def convert(
     overwrite: bool = False,
 ) -> dict:
     """Converts ``input_dir`` into ``output``; returns the manifest (also written to disk)."""
-    tables = pi.discover_tables(input_dir)
+    tables = pi.discover_tables(input_dir)  # a wrong --input is named before TensorFlow loads
+    from muse_tf import artifacts
+    from pipelines import manifest as manifest_lib
+    from pipelines import stages
+
     tasks = stages.scan_tasks(tables)
     options = resolve_options(tables, history_cap, min_count or {}, shards or {})
     inputs = {
@@ -218,7 +235,7 @@ def convert(
         shards_by_split=shards_by_split,
     )
     check_training_samples(input_dir, manifest, work)
-    write_json(os.path.join(output, artifacts.MANIFEST), manifest)
+    stages.write_json(os.path.join(output, artifacts.MANIFEST), manifest)
     if not keep_work:
         shutil.rmtree(work)
     print_summary(manifest)
@@ -271,27 +288,22 @@ def parse_min_count(values: list[str]) -> dict[str, int]:
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that decide the output, shared by this command and ``pipelines.beam_convert``."""
-    parser.add_argument("--input", required=True, help="directory holding the Parquet tables")
+    """The options shared by this command and ``pipelines.beam_convert``: those that decide the
+    output, and ``--verbose``."""
+    parser.add_argument("--input", required=True,
+                        help="directory holding the Taobao-MM Parquet tables")
     parser.add_argument("--output", required=True, help="dataset directory to write")
-    parser.add_argument(
-        "--history-cap",
-        type=int,
-        default=1000,
-        help="history behaviours kept per user (the most recent); default 1000",
-    )
-    parser.add_argument(
-        "--min-count",
-        action="append",
-        default=[],
-        metavar="[NAME=]N",
-        help="keep IDs seen at least N times in train (all vocabularies, or NAME "
-        "only; repeatable). Items with an SCL vector are always kept. Default 1.",
-    )
-    parser.add_argument("--train-shards", type=int, help="output shards (default: by input size)")
-    parser.add_argument("--test-shards", type=int, help="output shards (default: by input size)")
+    parser.add_argument("--history-cap", type=int, default=1000,
+                        help="history behaviours kept per user (the most recent)")
+    parser.add_argument("--min-count", action="append", metavar="[NAME=]N",
+                        help="keep IDs seen at least N times in train (all vocabularies, or NAME "
+                        "only; repeatable; unset: 1). Items with an SCL vector are always kept.")
+    parser.add_argument("--train-shards", type=int, help="output shards; unset: by input size")
+    parser.add_argument("--test-shards", type=int, help="output shards; unset: by input size")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's (and Beam's) start-up logs")
 
 
 def run_command(
@@ -299,43 +311,47 @@ def run_command(
     args: argparse.Namespace,
     convert_fn: Callable[..., dict],
     **extra: object,
-) -> None:
-    """Calls ``convert_fn`` with the options of ``add_conversion_arguments`` (and ``extra``);
-    input errors exit with status 2 and a one-line message."""
+) -> dict:
+    """Calls ``convert_fn`` with the options of ``add_conversion_arguments`` (and ``extra``) and
+    returns its manifest. An input error is a ``cli.UsageError`` (one line, exit status 2); a full
+    disk exits with status 1, naming the path."""
     try:
-        convert_fn(
+        return convert_fn(
             args.input,
             args.output,
             history_cap=args.history_cap,
-            min_count=parse_min_count(args.min_count),
+            min_count=parse_min_count(args.min_count or []),
             shards={"train": args.train_shards, "test": args.test_shards},
             keep_work=args.keep_work,
             overwrite=args.overwrite,
             **extra,
         )
     except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
-        parser.exit(2, f"error: {err}\n")
+        raise cli.UsageError(str(err)) from None
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
         parser.exit(
             1,
-            f"error: out of disk space writing {err.filename or args.output} ({err.strerror}); "
-            "free some space and run the same command again to resume.\n",
+            f"{parser.prog}: error: out of disk space writing {err.filename or args.output} "
+            f"({err.strerror}); free some space and run the same command again to resume.\n",
         )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.taobao_mm``; input errors exit with status 2 and a one-line message."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.taobao_mm",
-        description="Convert Taobao-MM Parquet files into TFRecord shards, vocabularies, the "
-        "multimodal table and manifest.json.",
-    )
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m pipelines.taobao_mm``."""
+    parser = cli.parser("pipelines.taobao_mm", __doc__)
     add_conversion_arguments(parser)
-    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
-    args = parser.parse_args(argv)
-    run_command(parser, args, convert, workers=args.workers)
+    parser.add_argument("--workers", type=int, help="processes; unset: all cores")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m pipelines.taobao_mm``; returns the manifest."""
+    parser = arguments()
+    return cli.run(
+        lambda args: run_command(parser, args, convert, workers=args.workers), parser, argv
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from muse_tf import artifacts, data, features
-from pipelines import synthetic, taobao_mm
+from pipelines import beam_convert, synthetic, taobao_mm
 from tests.pipeline_helpers import (
     DEMO_DIR,
     as_rows,
@@ -16,8 +16,8 @@ from tests.pipeline_helpers import (
 )
 from tests.test_taobao_mm import HISTORY, _stitched_demo
 
-beam_convert = pytest.importorskip(
-    "pipelines.beam_convert", reason="apache-beam is not installed (pip install -e '.[beam]')"
+beam_pipeline = pytest.importorskip(
+    "pipelines.beam_pipeline", reason="apache-beam is not installed (pip install -e '.[beam]')"
 )
 
 DIRECT = ("--runner", "DirectRunner", "--direct_num_workers", "1")
@@ -47,21 +47,22 @@ def _without_layout(manifest):
     return {**{k: v for k, v in manifest.items() if k != "source"}, "splits": splits}
 
 
-def _convert_both(input_dir, tmp_path, **options):
+def _convert_both(input_dir, tmp_path, history_cap, item_min_count):
+    """The local engine from Python, the Beam one through its command line (Beam's own options
+    mixed with the conversion's)."""
     local = taobao_mm.convert(
         str(input_dir),
         str(tmp_path / "local"),
         workers=1,
         shards={"train": 2, "test": 2},
-        **options,
+        history_cap=history_cap,
+        min_count={"item": item_min_count},
     )
-    beam = beam_convert.convert(
-        str(input_dir),
-        str(tmp_path / "beam"),
-        shards={"train": 3, "test": 1},
-        pipeline_args=DIRECT,
-        **options,
-    )
+    beam = beam_convert.main([
+        "--input", str(input_dir), "--output", str(tmp_path / "beam"), DIRECT[0], DIRECT[1],
+        "--train-shards", "3", "--test-shards", "1", "--history-cap", str(history_cap),
+        *DIRECT[2:], "--min-count", f"item={item_min_count}",
+    ])
     return local, beam
 
 
@@ -91,9 +92,7 @@ def test_stitched_demo_follows_every_rule_and_matches_the_local_engine(tmp_path)
     """Every reject reason, adjustment and first-row-wins case, against the row-by-row reference."""
     tables = _stitched_demo(demo_tables())
     write_tables(tmp_path / "in", tables)
-    local, beam = _convert_both(
-        tmp_path / "in", tmp_path, history_cap=HISTORY, min_count={"item": 2}
-    )
+    local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=HISTORY, item_min_count=2)
     for split in ("train", "test"):
         expected_rows, rejected = reference_split(tables, str(tmp_path / "beam"), split, HISTORY)
         read = read_samples(data.split_files(str(tmp_path / "beam"), split), HISTORY)
@@ -111,12 +110,24 @@ def test_synthetic_data_matches_the_local_engine(tmp_path):
         users=120, behaviours_per_user=80, items=1500, clusters=8, short_history_fraction=0.2, seed=5
     )
     synthetic.generate(config, str(tmp_path / "in"))
-    local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, min_count={"item": 2})
+    local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, item_min_count=2)
     assert beam["splits"]["train"]["samples_written"] > 500
     assert beam["vocabularies"]["item"]["kept_by_scl"] > 0
     _assert_same_output(tmp_path, local, beam)
     with pytest.raises(FileExistsError, match="already holds a converted dataset"):
-        beam_convert.convert(str(tmp_path / "in"), str(tmp_path / "beam"), pipeline_args=DIRECT)
+        beam_pipeline.convert(str(tmp_path / "in"), str(tmp_path / "beam"), pipeline_args=DIRECT)
+
+
+def test_the_command_hands_unknown_options_to_beam(tmp_path, capsys):
+    synthetic.generate(synthetic.SyntheticConfig(users=20, behaviours_per_user=10, items=50,
+                                                 clusters=2, seed=1), str(tmp_path / "in"))
+    with pytest.raises(SystemExit) as stop:
+        beam_convert.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                           "--runner", "NoSuchRunner"])
+    assert stop.value.code == 2  # Beam's own refusal of the runner, as a one-line usage error
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("python -m pipelines.beam_convert: error: ")
+    assert "pipeline runner: NoSuchRunner" in line  # Beam's words: the option reached Beam
 
 
 def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
@@ -127,7 +138,7 @@ def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
     with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as local:
         taobao_mm.convert(str(DEMO_DIR), str(tmp_path / "local"), workers=1, history_cap=HISTORY)
     with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as beam:
-        beam_convert.convert(str(DEMO_DIR), str(tmp_path / "beam"), history_cap=HISTORY,
+        beam_pipeline.convert(str(DEMO_DIR), str(tmp_path / "beam"), history_cap=HISTORY,
                              pipeline_args=DIRECT)
     assert beam.value.manifest["input_rows"]["scl_embedding_int8_p90"] > 0
     _assert_same_tables(tmp_path, local.value.manifest, beam.value.manifest)

@@ -17,12 +17,14 @@ from muse_tf.config import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["muse_tf.train", "muse_tf.evaluate", "muse_tf.export", "muse_tf.experiments",
-            "serving.server", "serving.client", "pipelines.synthetic"]
+            "serving.server", "serving.client", "pipelines.synthetic", "pipelines.taobao_mm",
+            "pipelines.beam_convert"]
 # What TensorFlow prints on a machine without CUDA or TensorRT, harmless and hidden by default.
 NOISE = ("Unable to register", "cuInit", "cuda_dnn", "TensorRT", "oneDNN", "absl::InitializeLog",
          "cpu_feature_guard")
 
-# Runs a command's ``--help`` as ``python -m`` does and reports whether TensorFlow was imported.
+# Runs a command's ``--help`` as ``python -m`` does and reports whether TensorFlow (or Beam, as slow
+# to import) was imported.
 HELP_PROBE = """
 import json, runpy, sys
 sys.argv = [sys.argv[1], "--help"]
@@ -31,7 +33,8 @@ try:
     code = None
 except SystemExit as stop:
     code = stop.code
-print(json.dumps({"code": code, "tensorflow": "tensorflow" in sys.modules}), file=sys.stderr)
+print(json.dumps({"code": code, "tensorflow": "tensorflow" in sys.modules,
+                  "beam": "apache_beam" in sys.modules}), file=sys.stderr)
 """
 
 
@@ -47,7 +50,7 @@ def _run(args, **kwargs):
 def test_help_answers_before_tensorflow_loads(module):
     proc = _run(["-c", HELP_PROBE, module])
     probe = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert probe == {"code": 0, "tensorflow": False}, proc.stderr[-2000:]
+    assert probe == {"code": 0, "tensorflow": False, "beam": False}, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"usage: python -m {module} "), proc.stdout[:200]
 
 
@@ -94,6 +97,20 @@ def test_raw_parquet_passed_as_data_says_to_convert_it(tmp_path):
 ])
 def test_config_mistakes_end_in_one_line(argv, words):
     _assert_one_line_error(_run(["-m", "muse_tf.train", *argv]), "muse_tf.train", *words)
+
+
+@pytest.mark.parametrize("module", ["pipelines.taobao_mm", "pipelines.beam_convert"])
+def test_a_conversion_names_an_input_that_is_missing_or_not_the_release(module, tmp_path):
+    if module == "pipelines.beam_convert":
+        pytest.importorskip("apache_beam", reason="apache-beam is not installed (the beam extra)")
+    missing, converted = tmp_path / "absent", tmp_path / "converted"
+    converted.mkdir()
+    (converted / artifacts.MANIFEST).write_text("{}")  # a converted dataset passed as --input
+    for given, words in [(missing, ["Input directory", "does not exist"]),
+                         (converted, ["no Parquet file for table 'train_samples'"])]:
+        proc = _run(["-m", module, "--input", str(given), "--output", str(tmp_path / "out")])
+        _assert_one_line_error(proc, module, str(given), *words)
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_names_a_directory_that_is_not_a_run(fake_dataset, tmp_path):
@@ -200,3 +217,29 @@ def test_only_known_harmless_native_lines_are_dropped(flags, expected_code):
         assert proc.stderr.strip().splitlines()[-1] == "python -m probe: error: a mistake"
     else:  # a bug in our code keeps its traceback
         assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
+
+
+
+CHILD_PROBE = """
+import subprocess, sys
+from muse_tf import cli
+
+def command(args):  # the child has our stderr, as a process pool's resource tracker does
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(3); "
+                              "print('the child ends', file=sys.stderr)"])
+    print("written before the end", file=sys.stderr)
+    return child
+
+child = cli.run(command, cli.parser("probe", None), [])
+print("the command returned", file=sys.stderr, flush=True)
+child.wait()
+"""
+
+
+def test_the_filter_ends_without_waiting_for_children_that_hold_stderr():
+    """A process pool's resource tracker keeps stderr open until the command's process ends: the
+    filter lets through what was written, then returns instead of waiting for the pipe to close."""
+    proc = _run(["-c", CHILD_PROBE])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[:2] == ["written before the end", "the command returned"], lines
