@@ -167,7 +167,7 @@ def end_to_end_child(data_dir: str, how: str, keras_autograph: str, batch: int, 
         os.makedirs(run_dir.worker().root, exist_ok=True)
         started = time.perf_counter()
         training.keras_fit(model, dataset, epochs=1, steps_per_epoch=steps, verbose=0,
-                           callbacks=[*training.make_callbacks(run_dir, experiment), timer])
+                           callbacks=[*training.make_callbacks(run_dir, experiment, data_dir), timer])
         returned = time.perf_counter()
     steady = common.summarize(timer.times[1:])
     return {
