@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import iterator_release
+from muse_tf import iterator_release, seeding
 
 
 def _join_release_threads():
@@ -62,7 +62,7 @@ class _WatchedKept(iterator_release.KeptIterators):
 
 
 def _regression(strategy, inputs):
-    tf_keras.utils.set_random_seed(3)
+    seeding.set_seed(3)
     with strategy.scope():
         model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(4,))])
         model.compile(tf_keras.optimizers.SGD(0.05), "mse")
