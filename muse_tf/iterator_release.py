@@ -57,9 +57,6 @@ class KeptIterators(tf.distribute.DistributedDataset):
     def element_spec(self) -> Any:
         return self._dataset.element_spec
 
-    def reduce(self, initial_state: Any, reduce_func: Any) -> Any:
-        return self._dataset.reduce(initial_state, reduce_func)
-
     def release(self) -> threading.Thread:
         """Deletes the iterators made so far on a background thread (returned)."""
         held, self._held = self._held, []

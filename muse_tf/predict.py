@@ -239,7 +239,7 @@ def predict(
         else:
             train = TrainConfig(history_length=manifest["history_cap"])
             score = export_scorer(resolve_export(export), vocabularies)
-    except (FileNotFoundError, ValueError, runs.RunDirectoryError) as err:
+    except (FileNotFoundError, ValueError) as err:  # runs.RunDirectoryError is a UsageError
         raise cli.UsageError(str(err)) from None
     dataset = data.make_dataset(files, batch_size or train.eval_batch_size,
                                 history_length=history_length or train.history_length,

@@ -86,14 +86,15 @@ class Validation(tf_keras.callbacks.Callback):
         super().__init__()
         self.files = validation_files(data_dir, train)
         self.dataset = validation_dataset(data_dir, train)
-        self.score = None  # metrics.model_scorer(self.model), once the model is set
         self.describe = (f"split {train.validation_split!r}" if train.validation_split else
                          f"the {train.validation_fraction} of training users held out")
 
+    def set_model(self, model: tf_keras.Model) -> None:
+        super().set_model(model)
+        self.score = metrics.model_scorer(model)  # traced at the first epoch's end, not at each
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         started = time.time()
-        if self.score is None:  # traced once, not once per epoch
-            self.score = metrics.model_scorer(self.model)
         with data.damaged_shards_named(self.files):
             scored = metrics.concatenate(metrics.scored_batches(self.score, self.dataset))
         if not scored.get("labels", np.zeros(0)).size:

@@ -26,13 +26,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from muse_tf import cli, features
+from muse_tf import cli, features, signatures
 
 DEFAULT_RANDOM_CANDIDATES = 20
 # Random candidates come from the split's items; reading stops once the user is found and this many
 # times the requested number of distinct items are known (the whole split when it holds fewer).
 POOL_FACTOR = 50
-CANDIDATE_FEATURES = (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)
 
 
 @dataclasses.dataclass
@@ -99,16 +98,15 @@ def read_user(
     first = 0 if user is None else int(hashing.partition_of(np.array([user]), len(files))[0])
     found, pool = None, {}
     for path, record in _records(files, first):
-        items = np.stack([record[name] for name in CANDIDATE_FEATURES], axis=1)
+        items = np.stack([record[name] for name in signatures.CANDIDATE_FEATURES], axis=1)
         pool.update({int(row[0]): row for row in items if row[0] > features.OOV})
         key = int(record[features.USER_KEY][0])
         if found is None and len(record[features.LABEL]) and user in (None, key):
             found = UserRecord(
                 key=key,
-                user={name: int(record[name][0]) for name in (features.USER_ID,
-                                                                *features.USER_PROFILE)},
+                user={name: int(record[name][0]) for name in signatures.USER_FEATURES},
                 history={name: record[name] for name in features.SEQUENCE_FEATURES},
-                candidates={name: record[name] for name in CANDIDATE_FEATURES},
+                candidates={name: record[name] for name in signatures.CANDIDATE_FEATURES},
                 labels=record[features.LABEL],
                 shard=path,
             )
@@ -118,8 +116,10 @@ def read_user(
         who = "any user" if user is None else f"user {user}"
         raise cli.UsageError(f"the {split!r} split of {data_dir} has no sample of {who}; "
                              "pick a user with --user, or another --split.")
-    rows = np.array([pool[item] for item in sorted(pool)], np.int64).reshape(-1, 4)
-    return found, {name: rows[:, i] for i, name in enumerate(CANDIDATE_FEATURES)}
+    rows = np.array([pool[item] for item in sorted(pool)], np.int64).reshape(
+        -1, len(signatures.CANDIDATE_FEATURES)
+    )
+    return found, {name: rows[:, i] for i, name in enumerate(signatures.CANDIDATE_FEATURES)}
 
 
 def random_candidates(
@@ -147,7 +147,7 @@ def rank_inputs(
         inputs[name] = int(raw(name, np.array(record.user[name])))
     for name, indices in record.history.items():
         inputs[name] = raw(name, indices).tolist()
-    for name in CANDIDATE_FEATURES:
+    for name in signatures.CANDIDATE_FEATURES:
         indices = np.concatenate([record.candidates[name], candidates[name]])
         inputs[name] = raw(name, indices).tolist()
     return inputs
@@ -156,8 +156,6 @@ def rank_inputs(
 def serving_default_inputs(rank: dict[str, int | list[int]]) -> dict[str, list]:
     """The same scoring as ``serving_default`` rows: one row per candidate, each with the user's
     features and history (right-padded rows of width max(L, 1) and their ``history_length``)."""
-    from muse_tf import signatures
-
     rows = len(rank[features.ITEM_ID])
     length = len(rank[features.HISTORY_ITEMS])
     inputs: dict[str, list] = {}
@@ -174,7 +172,7 @@ def serving_default_inputs(rank: dict[str, int | list[int]]) -> dict[str, list]:
 
 def build_request(args: argparse.Namespace) -> tuple[dict, str]:
     """The request body for the command line's user and a summary of what it holds."""
-    from muse_tf import artifacts, signatures
+    from muse_tf import artifacts
 
     if args.signature not in signatures.SIGNATURES:
         raise cli.UsageError(f"--signature {args.signature!r}: use one of {signatures.SIGNATURES}.")
