@@ -1,6 +1,7 @@
 """The Beam pipeline (DirectRunner) against the rules' reference and the local engine's output."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -8,6 +9,7 @@ from muse_tf import artifacts, data, features
 from pipelines import beam_convert, synthetic, taobao_mm
 from tests.pipeline_helpers import (
     DEMO_DIR,
+    TABLES,
     as_rows,
     demo_tables,
     read_samples,
@@ -105,12 +107,38 @@ def test_stitched_demo_follows_every_rule_and_matches_the_local_engine(tmp_path)
     _assert_same_output(tmp_path, local, beam)
 
 
-def test_synthetic_data_matches_the_local_engine(tmp_path):
+def _with_malformed_histories(directory):
+    """Synthetic tables in which a few users' category histories are longer or shorter than their
+    item histories (rows the join must reject alone, among well-formed rows of the same batch)."""
+    tables = {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLES}
+    for split, rows in (("train", {3: 3, 40: -2, 41: 1}), ("test", {5: -5})):
+        users = tables[f"{split}_user_features"]
+        for row, change in rows.items():
+            categories = list(users.at[row, "151_2_180"])
+            users.at[row, "151_2_180"] = (
+                categories + categories[:change] if change > 0 else categories[:change]
+            )
+    write_tables(directory, tables)
+    return tables
+
+
+def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_local_engine(
+    tmp_path,
+):
     config = synthetic.SyntheticConfig(
         users=120, behaviours_per_user=80, items=1500, clusters=8, short_history_fraction=0.2, seed=5
     )
     synthetic.generate(config, str(tmp_path / "in"))
+    tables = _with_malformed_histories(tmp_path / "in")
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, item_min_count=2)
+    for split in ("train", "test"):
+        expected_rows, rejected = reference_split(tables, str(tmp_path / "local"), split, 60)
+        read = read_samples(data.split_files(str(tmp_path / "local"), split), 60)
+        assert as_rows(read) == sorted(expected_rows)
+        assert rejected["malformed_history"] > 0
+        assert local["splits"][split]["rejected"] == {
+            r: rejected[r] for r in local["splits"][split]["rejected"]
+        }
     assert beam["splits"]["train"]["samples_written"] > 500
     assert beam["vocabularies"]["item"]["kept_by_scl"] > 0
     _assert_same_output(tmp_path, local, beam)
