@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -45,7 +44,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from muse_tf import artifacts, features, vocabulary
-from pipelines import beam_lookups, item_tables, join, manifest, taobao_mm, vocab
+from pipelines import beam_lookups, item_tables, join, manifest, output_dir, taobao_mm, vocab
 from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
 from pipelines.stages import Options
@@ -53,7 +52,6 @@ from pipelines.stages import Options
 NAMESPACE = "muse_tf.convert"
 USERS_PER_BATCH = 256
 POSITION_BITS = 40  # input position = file index << 40 | row in file
-WORK_DIR = "_beam_work"
 _FORCED_SOURCE = {source: target for target, source in vocab.FORCED.items()}
 
 
@@ -576,13 +574,13 @@ def finish(
             k: counters.get(f"multimodal/{k}", 0) for k in item_tables.multimodal_counts()
         },
     }
-    shards = {}
-    for split in release.SPLITS:
-        matched = FileSystems.match([f"{output}/{split}/part-*.tfrecord.gz"])[0].metadata_list
-        shards[split] = [
-            {"file": f"{split}/{os.path.basename(m.path)}", "bytes": m.size_in_bytes}
-            for m in sorted(matched, key=lambda m: m.path)
+    shards = {
+        split: [
+            {"file": name, "bytes": _size(f"{output}/{name}")}
+            for name in (artifacts.shard_name(split, k, n) for k in range(n))
         ]
+        for split, n in options.shards.items()
+    }
     result = manifest.build(
         source=input_dir,
         history_cap=options.history_cap,
@@ -608,21 +606,6 @@ def _size(path: str) -> int:
     return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
 
 
-def _prepare_output(output: str, overwrite: bool) -> str:
-    """Refuses an output that holds a conversion unless ``overwrite``, which clears it first."""
-    if FileSystems.exists(f"{output}/{artifacts.MANIFEST}") and not overwrite:
-        raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
-    if overwrite:
-        for name in (WORK_DIR, *release.SPLITS, artifacts.VOCAB_DIR):
-            stale = _match(f"{output}/{name}/**")
-            if stale:
-                FileSystems.delete(stale)
-        for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
-            if FileSystems.exists(f"{output}/{name}"):
-                FileSystems.delete([f"{output}/{name}"])
-    return f"{output}/{WORK_DIR}"
-
-
 def convert(
     input_dir: str,
     output: str,
@@ -640,13 +623,17 @@ def convert(
     options = taobao_mm.resolve_options(
         tables, history_cap, min_count or {}, shards or {}, size=_size
     )
-    work = _prepare_output(output, overwrite)
-    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
-    build_pipeline(pipeline, tables, options, output, work)
-    result = pipeline.run()
-    result.wait_until_finish()
-    summary = finish(_counters(result), input_dir, output, work, tables, options)
-    if not keep_work:
-        FileSystems.delete([work])
+    inputs = {t: [[path, _size(path)] for path in paths] for t, paths in tables.items()}
+    params = {**dataclasses.asdict(options), "inputs": inputs}
+    with output_dir.claimed(
+        output, output_dir.BEAM_WORK, params, overwrite=overwrite, resumable=False
+    ) as work:
+        pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+        build_pipeline(pipeline, tables, options, output, work)
+        result = pipeline.run()
+        result.wait_until_finish()
+        summary = finish(_counters(result), input_dir, output, work, tables, options)
+        if not keep_work:
+            FileSystems.delete([work])
     taobao_mm.print_summary(summary)
     return summary

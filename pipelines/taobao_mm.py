@@ -47,7 +47,6 @@ from pipelines import taobao_mm_schema as release
 if TYPE_CHECKING:
     from pipelines.stages import Options
 
-WORK_DIR = "_work"
 SHARD_INPUT_BYTES = 256 << 20  # of compressed samples + user features per output shard
 PARTITION_INPUT_BYTES = 256 << 20  # of compressed train input per count partition
 
@@ -118,32 +117,14 @@ def resolve_options(
     )
 
 
-def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
-    """Creates the output and work directories; refuses to mix runs with different parameters."""
+def _prepare_work(output: str, work: str) -> None:
+    """The work and output directories the stages write into."""
     from muse_tf import artifacts
-    from pipelines import stages
 
-    work = os.path.join(output, WORK_DIR)
-    if overwrite:
-        for name in (WORK_DIR, *release.SPLITS, artifacts.VOCAB_DIR):
-            shutil.rmtree(os.path.join(output, name), ignore_errors=True)
-        for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
-            if os.path.exists(os.path.join(output, name)):
-                os.remove(os.path.join(output, name))
-    if os.path.exists(os.path.join(output, artifacts.MANIFEST)):
-        raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
-    params_path = os.path.join(work, "params.json")
-    if os.path.exists(params_path) and stages.read_json(params_path) != params:
-        raise FileExistsError(
-            f"{output} holds an unfinished conversion of other inputs or options; pass "
-            "--overwrite or choose another --output."
-        )
     for name in ("scan", "vocab_parts", "shards"):
         os.makedirs(os.path.join(work, name), exist_ok=True)
     for name in (*release.SPLITS, artifacts.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
-    stages.write_json(params_path, params)
-    return work
 
 
 def _build_vocabularies(
@@ -186,9 +167,7 @@ def convert(
 ) -> dict:
     """Converts ``input_dir`` into ``output``; returns the manifest (also written to disk)."""
     tables = pi.discover_tables(input_dir)  # a wrong --input is named before TensorFlow loads
-    from muse_tf import artifacts
-    from pipelines import manifest as manifest_lib
-    from pipelines import stages
+    from pipelines import output_dir, stages
 
     tasks = stages.scan_tasks(tables)
     options = resolve_options(tables, history_cap, min_count or {}, shards or {})
@@ -197,7 +176,31 @@ def convert(
         for t, paths in tables.items()
     }
     params = {**dataclasses.asdict(options), "inputs": inputs}
-    work = _prepare_output(output, params, overwrite)
+    with output_dir.claimed(
+        output, output_dir.LOCAL_WORK, params, overwrite=overwrite, resumable=True
+    ) as work:
+        _prepare_work(output, work)
+        manifest = _convert_claimed(input_dir, output, work, tables, tasks, options, workers)
+        if not keep_work:
+            shutil.rmtree(work)
+    print_summary(manifest)
+    return manifest
+
+
+def _convert_claimed(
+    input_dir: str,
+    output: str,
+    work: str,
+    tables: dict[str, list[str]],
+    tasks: list,
+    options: Options,
+    workers: int | None,
+) -> dict:
+    """The stages and the manifest, once ``output`` is this conversion's."""
+    from muse_tf import artifacts
+    from pipelines import manifest as manifest_lib
+    from pipelines import stages
+
     workers = workers or os.cpu_count() or 1
     executor = None
     if workers > 1:
@@ -236,9 +239,6 @@ def convert(
     )
     check_training_samples(input_dir, manifest, work)
     stages.write_json(os.path.join(output, artifacts.MANIFEST), manifest)
-    if not keep_work:
-        shutil.rmtree(work)
-    print_summary(manifest)
     return manifest
 
 

@@ -14,6 +14,7 @@ from tests.pipeline_helpers import (
     demo_tables,
     read_samples,
     reference_split,
+    tiny_synthetic,
     write_tables,
 )
 from tests.test_taobao_mm import HISTORY, _stitched_demo
@@ -147,8 +148,7 @@ def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_l
 
 
 def test_the_command_hands_unknown_options_to_beam(tmp_path, capsys):
-    synthetic.generate(synthetic.SyntheticConfig(users=20, behaviours_per_user=10, items=50,
-                                                 clusters=2, seed=1), str(tmp_path / "in"))
+    tiny_synthetic(tmp_path / "in")
     with pytest.raises(SystemExit) as stop:
         beam_convert.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                            "--runner", "NoSuchRunner"])
@@ -156,6 +156,34 @@ def test_the_command_hands_unknown_options_to_beam(tmp_path, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("python -m pipelines.beam_convert: error: ")
     assert "pipeline runner: NoSuchRunner" in line  # Beam's words: the option reached Beam
+
+
+def test_a_killed_runs_leftovers_are_refused_or_cleared(tmp_path, capsys):
+    """A killed Beam run's shards never join another run's manifest: with other options its
+    leftovers are refused before the pipeline runs; with the same options they are cleared and the
+    run redone (Beam cannot resume)."""
+    tiny_synthetic(tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), *DIRECT, "--test-shards", "1"]
+    first = beam_convert.main([*args, "--train-shards", "3", "--keep-work"])
+    (out / artifacts.MANIFEST).unlink()  # killed before the end, with a temporary file left
+    (out / "train" / "beam-temp-part-0" / "junk").parent.mkdir()
+    (out / "train" / "beam-temp-part-0" / "junk").write_bytes(b"")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        beam_convert.main([*args, "--train-shards", "2"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{out} holds an unfinished conversion of other inputs or options" in line
+    again = beam_convert.main([*args, "--train-shards", "3"])
+    assert f"{out}: clearing the unfinished conversion" in capsys.readouterr().err
+    assert _without_layout(again) == _without_layout(first)
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE, artifacts.VOCAB_DIR, "train", "test"]
+    )
 
 
 def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
