@@ -29,7 +29,9 @@ Shape (each step scales with the data, nothing whole is held by one worker; "joi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,10 +46,18 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from muse_tf import artifacts, features, vocabulary
-from pipelines import beam_lookups, item_tables, join, manifest, output_dir, taobao_mm, vocab
+from pipelines import (
+    beam_lookups,
+    item_tables,
+    join,
+    manifest,
+    output_dir,
+    stages,
+    taobao_mm,
+    vocab,
+)
 from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
-from pipelines.stages import Options
 
 NAMESPACE = "muse_tf.convert"
 USERS_PER_BATCH = 256
@@ -423,7 +433,7 @@ def _convert_split(
 def build_pipeline(
     pipeline: beam.Pipeline,
     tables: dict[str, list[str]],
-    options: Options,
+    options: stages.Options,
     output: str,
     work: str,
 ) -> None:
@@ -498,7 +508,9 @@ def _concat_ranges(
         "fortran_order": False,
         "shape": (rows, *row_shape),
     }
-    with FileSystems.create(out_path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with stages.naming(out_path), FileSystems.create(
+        out_path, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
         np.lib.format.write_array_header_1_0(f, header)
         f.write(np.zeros((reserved, *row_shape), dtype).tobytes())
         for part in parts:
@@ -541,7 +553,7 @@ def finish(
     output: str,
     work: str,
     tables: dict[str, list[str]],
-    options: Options,
+    options: stages.Options,
 ) -> dict:
     """Assembles the vocabularies and the multimodal table from their ranges and writes the
     manifest from the counters (it refuses counts that do not balance)."""
@@ -591,10 +603,12 @@ def finish(
         totals_by_split={s: _split_totals(counters, s, shards[s]) for s in release.SPLITS},
     )
     taobao_mm.check_training_samples(input_dir, result, work)
-    with FileSystems.create(
-        f"{output}/{artifacts.MANIFEST}", compression_type=CompressionTypes.UNCOMPRESSED
+    path = f"{output}/{artifacts.MANIFEST}"  # complete or absent, as stages.write_json writes
+    with stages.naming(path), FileSystems.create(
+        f"{path}.tmp", compression_type=CompressionTypes.UNCOMPRESSED
     ) as f:
         f.write(json.dumps(result, indent=1).encode())
+    FileSystems.rename([f"{path}.tmp"], [path])
     return result
 
 
@@ -604,6 +618,24 @@ def _match(pattern: str) -> list[str]:
 
 def _size(path: str) -> int:
     return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
+def refuse_unknown_options(pipeline_args: Sequence[str]) -> None:
+    """Refuses an argument that no Beam options class knows: Beam itself only logs and drops it,
+    so a mistyped ``--runer DirectRunner`` would run on the default runner.
+
+    Raises:
+        ValueError: naming the first unknown option (and the closest known one, if any).
+    """
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions(list(pipeline_args)).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(list(pipeline_args))
+    if not unknown:
+        return
+    name = next((arg for arg in unknown if arg.startswith("-")), unknown[0]).split("=", 1)[0]
+    close = difflib.get_close_matches(name, list(parsers[0]._option_string_actions), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"{name}: neither an option of this command nor a Beam pipeline option{hint}.")
 
 
 def convert(
@@ -619,6 +651,8 @@ def convert(
 ) -> dict:
     """Runs the conversion on the runner ``pipeline_args`` choose; returns the manifest."""
     input_dir, output = input_dir.rstrip("/"), output.rstrip("/")
+    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+    refuse_unknown_options(pipeline_args)  # once the runner's own options classes are loaded
     tables = pi.discover_tables(input_dir, _match if "://" in input_dir else None)
     options = taobao_mm.resolve_options(
         tables, history_cap, min_count or {}, shards or {}, size=_size
@@ -628,7 +662,6 @@ def convert(
     with output_dir.claimed(
         output, output_dir.BEAM_WORK, params, overwrite=overwrite, resumable=False
     ) as work:
-        pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
         build_pipeline(pipeline, tables, options, output, work)
         result = pipeline.run()
         result.wait_until_finish()

@@ -31,7 +31,15 @@ LOCK = "convert.lock"
 PARAMS = "params.json"
 LOCAL_WORK, BEAM_WORK = "_work", "_beam_work"  # the engines' work directories
 WORK_DIRS = (LOCAL_WORK, BEAM_WORK)
-DATASET = (*release.SPLITS, artifacts.VOCAB_DIR, artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE)
+# What a conversion writes into its output besides its work directory (a killed or failed manifest
+# write leaves the temporary name).
+DATASET = (
+    *release.SPLITS,
+    artifacts.VOCAB_DIR,
+    artifacts.MANIFEST,
+    f"{artifacts.MANIFEST}.tmp",
+    artifacts.MULTIMODAL_TABLE,
+)
 _OTHERS = "pass --overwrite to clear it or choose another --output"
 
 

@@ -313,8 +313,8 @@ def run_command(
     **extra: object,
 ) -> dict:
     """Calls ``convert_fn`` with the options of ``add_conversion_arguments`` (and ``extra``) and
-    returns its manifest. An input error is a ``cli.UsageError`` (one line, exit status 2); a full
-    disk exits with status 1, naming the path."""
+    returns its manifest. An input error is a ``cli.UsageError`` (one line, exit status 2); an OSError
+    (a full disk, a read-only output) exits with status 1, naming the file."""
     try:
         return convert_fn(
             args.input,
@@ -329,12 +329,15 @@ def run_command(
     except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
         raise cli.UsageError(str(err)) from None
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise
+        path = err.filename or args.output
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            problem = f"out of disk space writing {path} ({err.strerror}); free some space"
+        else:
+            problem = f"{path}: {err.strerror or err}; fix that"
         parser.exit(
             1,
-            f"{parser.prog}: error: out of disk space writing {err.filename or args.output} "
-            f"({err.strerror}); free some space and run the same command again to resume.\n",
+            f"{parser.prog}: error: {cli.one_line(problem)} and run the same command again "
+            "to resume.\n",
         )
 
 

@@ -1,5 +1,8 @@
 """The Beam pipeline (DirectRunner) against the rules' reference and the local engine's output."""
 
+import errno
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,32 +161,72 @@ def test_the_command_hands_unknown_options_to_beam(tmp_path, capsys):
     assert "pipeline runner: NoSuchRunner" in line  # Beam's words: the option reached Beam
 
 
-def test_a_killed_runs_leftovers_are_refused_or_cleared(tmp_path, capsys):
-    """A killed Beam run's shards never join another run's manifest: with other options its
-    leftovers are refused before the pipeline runs; with the same options they are cleared and the
-    run redone (Beam cannot resume)."""
+class _FullDisk:
+    """A file whose writes fail as on a full disk (no file name, as a buffered write's)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.f.close()
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_an_unfinished_runs_leftovers_are_refused_or_cleared(tmp_path, monkeypatch, capsys):
+    """A Beam run stopped by a full disk writing its manifest (named) leaves its shards, like a
+    killed run; they never join another run's manifest: with other options they are refused before
+    the pipeline runs, with the same options cleared and the run redone (Beam cannot resume)."""
     tiny_synthetic(tmp_path / "in")
     out = tmp_path / "out"
-    args = ["--input", str(tmp_path / "in"), "--output", str(out), *DIRECT, "--test-shards", "1"]
-    first = beam_convert.main([*args, "--train-shards", "3", "--keep-work"])
-    (out / artifacts.MANIFEST).unlink()  # killed before the end, with a temporary file left
-    (out / "train" / "beam-temp-part-0" / "junk").parent.mkdir()
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), *DIRECT, "--test-shards", "1",
+            "--train-shards", "3"]
+    create = beam_pipeline.FileSystems.create
+    monkeypatch.setattr(beam_pipeline.FileSystems, "create", lambda path, *a, **kw: (
+        _FullDisk if path.endswith(f"{artifacts.MANIFEST}.tmp") else lambda f: f)(create(path, *a, **kw)))
+    with pytest.raises(SystemExit) as stop:
+        beam_convert.main(args)
+    assert stop.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"out of disk space writing {out / artifacts.MANIFEST} (No space left" in line
+    monkeypatch.undo()
+    (out / "train" / "beam-temp-part-0").mkdir()  # what a killed WriteToTFRecord leaves
     (out / "train" / "beam-temp-part-0" / "junk").write_bytes(b"")
-    capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         beam_convert.main([*args, "--train-shards", "2"])
     assert stop.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{out} holds an unfinished conversion of other inputs or options" in line
-    again = beam_convert.main([*args, "--train-shards", "3"])
+    beam_convert.main(args)
     assert f"{out}: clearing the unfinished conversion" in capsys.readouterr().err
-    assert _without_layout(again) == _without_layout(first)
     assert sorted(p.name for p in (out / "train").iterdir()) == [
         f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
     ]
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE, artifacts.VOCAB_DIR, "train", "test"]
     )
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE, artifacts.VOCAB_DIR, "train", "test"]
+    )
+
+
+def test_a_mistyped_beam_option_is_refused_naming_it(tmp_path, capsys):
+    tiny_synthetic(tmp_path / "in")
+    with pytest.raises(SystemExit) as stop:
+        beam_convert.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                           "--runer", "DirectRunner"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == ("python -m pipelines.beam_convert: error: --runer: neither an option of this "
+                    "command nor a Beam pipeline option (did you mean --runner?).")
+    assert not (tmp_path / "out").exists()
 
 
 def test_real_demo_is_refused_alike_by_both_engines(tmp_path):

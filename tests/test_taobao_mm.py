@@ -438,3 +438,49 @@ def test_a_second_writer_is_refused_by_the_lock_and_a_dead_holders_lock_is_repla
     assert f"{lock}: removing the lock of pid {dead}, which no longer runs" in capsys.readouterr().err
     assert manifest["splits"]["train"]["samples_written"] > 0
     assert not lock.exists()
+
+
+def _tiny_args(tmp_path):
+    tiny_synthetic(tmp_path / "in")
+    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--workers", "1",
+            "--train-shards", "2", "--test-shards", "1", "--history-cap", "8"]
+
+
+def test_a_full_disk_while_writing_a_shard_names_the_shard(tmp_path, monkeypatch, capsys):
+    """TensorFlow's own write error (here from /dev/full, which answers every write with ENOSPC)
+    becomes the one line naming the shard; the next run resumes."""
+    import tensorflow as tf
+
+    args = _tiny_args(tmp_path)
+    real = tf.io.TFRecordWriter
+    monkeypatch.setattr(tf.io, "TFRecordWriter", lambda path, options: real("/dev/full", options))
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(args)
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    shard = tmp_path / "out" / artifacts.shard_name("train", 0, 2)
+    assert line == (f"python -m pipelines.taobao_mm: error: out of disk space writing {shard} (No "
+                    "space left on device); free some space and run the same command again to "
+                    "resume.")
+    monkeypatch.undo()
+    assert taobao_mm.main(args)["splits"]["train"]["samples_written"] > 0
+
+
+def test_a_failed_manifest_write_names_the_manifest(tmp_path, monkeypatch, capsys):
+    """A buffered write fails without a file name; the line names the manifest all the same."""
+    args = _tiny_args(tmp_path)
+    real = json.dump
+
+    def read_only(value, f, **kwargs):
+        if f.name.endswith(f"{artifacts.MANIFEST}.tmp"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(value, f, **kwargs)
+
+    monkeypatch.setattr(json, "dump", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(args)
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"python -m pipelines.taobao_mm: error: {tmp_path / 'out' / artifacts.MANIFEST}"
+                    f": {os.strerror(errno.EROFS)}; fix that and run the same command again to "
+                    "resume.")
