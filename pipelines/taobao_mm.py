@@ -12,14 +12,15 @@ Stages, each streaming and each resumable (a finished task leaves its output und
    (``buckets.BucketSpill``).
 2. vocab: reduce each (vocabulary, partition) in parallel, then write ``vocab/<name>.npy``.
 3. items: one pass over item_features and one over the SCL table fill the item-aligned tables.
-4. shards: join each bucket (``join.join_shard``, which holds the data rules) and write
+4. shards: join each bucket (``join.ShardJoin``, which holds the data rules) and write
    ``<split>/part-<k>-of-<n>.tfrecord.gz``, in parallel.
 5. ``manifest.json``: per shard and split, ``samples_in == samples_written + sum(rejected)``, the
    adjustments, OOV counts and bytes per sample; vocabulary sizes and statistics.
 
-Train and test are both converted; vocabularies come from train only. A conversion that writes no
-training sample fails (nothing could be trained on it), and a full disk stops it with the path it
-was writing (re-running resumes once there is space).
+The output directory is this conversion's alone while it runs (``pipelines.output_dir``: a lock,
+and other runs' leftovers refused). Train and test are both converted; vocabularies come from train
+only. A conversion that writes no training sample fails (nothing could be trained on it), and a
+full disk stops it with the path it was writing (re-running resumes once there is space).
 
 The command parses its arguments and checks ``--input`` before TensorFlow loads: the stages (which
 import it through ``muse_tf.vocabulary`` and ``muse_tf.artifacts``) are imported by the functions
