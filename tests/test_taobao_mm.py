@@ -446,14 +446,27 @@ def _tiny_args(tmp_path):
             "--train-shards", "2", "--test-shards", "1", "--history-cap", "8"]
 
 
+class _FullDiskWriter:
+    """A TFRecordWriter on a full disk: TensorFlow reports ENOSPC as ResourceExhaustedError."""
+
+    def __init__(self, path, options):
+        self.path = path
+
+    def write(self, record):
+        import tensorflow as tf
+
+        raise tf.errors.ResourceExhaustedError(None, None, f"{self.path}; No space left on device")
+
+    def close(self):
+        pass
+
+
 def test_a_full_disk_while_writing_a_shard_names_the_shard(tmp_path, monkeypatch, capsys):
-    """TensorFlow's own write error (here from /dev/full, which answers every write with ENOSPC)
-    becomes the one line naming the shard; the next run resumes."""
+    """TensorFlow's own write error becomes the one line naming the shard; the next run resumes."""
     import tensorflow as tf
 
     args = _tiny_args(tmp_path)
-    real = tf.io.TFRecordWriter
-    monkeypatch.setattr(tf.io, "TFRecordWriter", lambda path, options: real("/dev/full", options))
+    monkeypatch.setattr(tf.io, "TFRecordWriter", _FullDiskWriter)
     with pytest.raises(SystemExit) as exit_info:
         taobao_mm.main(args)
     assert exit_info.value.code == 1
