@@ -5,9 +5,11 @@ vocabularies, multimodal table, user records and manifest counts), on any Beam r
         [--min-count N] [--min-count item=N ...] [--train-shards N] [--test-shards N]
         [Beam pipeline options: --runner, --direct_num_workers, --temp_location, --project, ...]
 
-Options this command does not know are Beam pipeline options (DirectRunner by default). Input and
-output may be any Beam file system (local, ``gs://``, ...). This module is the command line: it
-parses the arguments before Beam and TensorFlow load; the pipeline is ``pipelines.beam_pipeline``.
+Options this command does not know are Beam pipeline options (DirectRunner by default); one that
+Beam does not know either is refused. The output directory is claimed as ``pipelines.output_dir``
+says. Input and output may be any Beam file system (local, ``gs://``, ...). This module is the
+command line: it parses the arguments before Beam and TensorFlow load; the pipeline is
+``pipelines.beam_pipeline``.
 """
 
 from __future__ import annotations

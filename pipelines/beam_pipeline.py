@@ -29,10 +29,11 @@ Shape (each step scales with the data, nothing whole is held by one worker; "joi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -45,15 +46,22 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from muse_tf import artifacts, features, vocabulary
-from pipelines import beam_lookups, item_tables, join, manifest, taobao_mm, vocab
+from pipelines import (
+    beam_lookups,
+    item_tables,
+    join,
+    manifest,
+    output_dir,
+    stages,
+    taobao_mm,
+    vocab,
+)
 from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
-from pipelines.stages import Options
 
 NAMESPACE = "muse_tf.convert"
 USERS_PER_BATCH = 256
 POSITION_BITS = 40  # input position = file index << 40 | row in file
-WORK_DIR = "_beam_work"
 _FORCED_SOURCE = {source: target for target, source in vocab.FORCED.items()}
 
 
@@ -425,7 +433,7 @@ def _convert_split(
 def build_pipeline(
     pipeline: beam.Pipeline,
     tables: dict[str, list[str]],
-    options: Options,
+    options: stages.Options,
     output: str,
     work: str,
 ) -> None:
@@ -500,7 +508,9 @@ def _concat_ranges(
         "fortran_order": False,
         "shape": (rows, *row_shape),
     }
-    with FileSystems.create(out_path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with stages.naming(out_path), FileSystems.create(
+        out_path, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
         np.lib.format.write_array_header_1_0(f, header)
         f.write(np.zeros((reserved, *row_shape), dtype).tobytes())
         for part in parts:
@@ -543,7 +553,7 @@ def finish(
     output: str,
     work: str,
     tables: dict[str, list[str]],
-    options: Options,
+    options: stages.Options,
 ) -> dict:
     """Assembles the vocabularies and the multimodal table from their ranges and writes the
     manifest from the counters (it refuses counts that do not balance)."""
@@ -576,13 +586,13 @@ def finish(
             k: counters.get(f"multimodal/{k}", 0) for k in item_tables.multimodal_counts()
         },
     }
-    shards = {}
-    for split in release.SPLITS:
-        matched = FileSystems.match([f"{output}/{split}/part-*.tfrecord.gz"])[0].metadata_list
-        shards[split] = [
-            {"file": f"{split}/{os.path.basename(m.path)}", "bytes": m.size_in_bytes}
-            for m in sorted(matched, key=lambda m: m.path)
+    shards = {
+        split: [
+            {"file": name, "bytes": _size(f"{output}/{name}")}
+            for name in (artifacts.shard_name(split, k, n) for k in range(n))
         ]
+        for split, n in options.shards.items()
+    }
     result = manifest.build(
         source=input_dir,
         history_cap=options.history_cap,
@@ -593,10 +603,12 @@ def finish(
         totals_by_split={s: _split_totals(counters, s, shards[s]) for s in release.SPLITS},
     )
     taobao_mm.check_training_samples(input_dir, result, work)
-    with FileSystems.create(
-        f"{output}/{artifacts.MANIFEST}", compression_type=CompressionTypes.UNCOMPRESSED
+    path = f"{output}/{artifacts.MANIFEST}"  # complete or absent, as stages.write_json writes
+    with stages.naming(path), FileSystems.create(
+        f"{path}.tmp", compression_type=CompressionTypes.UNCOMPRESSED
     ) as f:
         f.write(json.dumps(result, indent=1).encode())
+    FileSystems.rename([f"{path}.tmp"], [path])
     return result
 
 
@@ -608,19 +620,22 @@ def _size(path: str) -> int:
     return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
 
 
-def _prepare_output(output: str, overwrite: bool) -> str:
-    """Refuses an output that holds a conversion unless ``overwrite``, which clears it first."""
-    if FileSystems.exists(f"{output}/{artifacts.MANIFEST}") and not overwrite:
-        raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
-    if overwrite:
-        for name in (WORK_DIR, *release.SPLITS, artifacts.VOCAB_DIR):
-            stale = _match(f"{output}/{name}/**")
-            if stale:
-                FileSystems.delete(stale)
-        for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
-            if FileSystems.exists(f"{output}/{name}"):
-                FileSystems.delete([f"{output}/{name}"])
-    return f"{output}/{WORK_DIR}"
+def refuse_unknown_options(pipeline_args: Sequence[str]) -> None:
+    """Refuses an argument that no Beam options class knows: Beam itself only logs and drops it,
+    so a mistyped ``--runer DirectRunner`` would run on the default runner.
+
+    Raises:
+        ValueError: naming the first unknown option (and the closest known one, if any).
+    """
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions(list(pipeline_args)).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(list(pipeline_args))
+    if not unknown:
+        return
+    name = next((arg for arg in unknown if arg.startswith("-")), unknown[0]).split("=", 1)[0]
+    close = difflib.get_close_matches(name, list(parsers[0]._option_string_actions), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"{name}: neither an option of this command nor a Beam pipeline option{hint}.")
 
 
 def convert(
@@ -636,17 +651,22 @@ def convert(
 ) -> dict:
     """Runs the conversion on the runner ``pipeline_args`` choose; returns the manifest."""
     input_dir, output = input_dir.rstrip("/"), output.rstrip("/")
+    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+    refuse_unknown_options(pipeline_args)  # once the runner's own options classes are loaded
     tables = pi.discover_tables(input_dir, _match if "://" in input_dir else None)
     options = taobao_mm.resolve_options(
         tables, history_cap, min_count or {}, shards or {}, size=_size
     )
-    work = _prepare_output(output, overwrite)
-    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
-    build_pipeline(pipeline, tables, options, output, work)
-    result = pipeline.run()
-    result.wait_until_finish()
-    summary = finish(_counters(result), input_dir, output, work, tables, options)
-    if not keep_work:
-        FileSystems.delete([work])
+    inputs = {t: [[path, _size(path)] for path in paths] for t, paths in tables.items()}
+    params = {**dataclasses.asdict(options), "inputs": inputs}
+    with output_dir.claimed(
+        output, output_dir.BEAM_WORK, params, overwrite=overwrite, resumable=False
+    ) as work:
+        build_pipeline(pipeline, tables, options, output, work)
+        result = pipeline.run()
+        result.wait_until_finish()
+        summary = finish(_counters(result), input_dir, output, work, tables, options)
+        if not keep_work:
+            FileSystems.delete([work])
     taobao_mm.print_summary(summary)
     return summary

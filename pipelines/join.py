@@ -206,9 +206,9 @@ class ShardJoin:
         self._reason[samples] = _WRITTEN
         self.counts["user_rows"].update({"written": len(rows), "unmatched": int(np.sum(~written))})
 
-        offsets = pi.row_offsets(item_lengths)
-        history_items, lengths = pi.take_rows(items, offsets, rows)
-        history_categories, _ = pi.take_rows(categories, offsets, rows)
+        # Each list by its own offsets: a malformed row elsewhere in the batch shifts no other row.
+        history_items, lengths = pi.take_rows(items, pi.row_offsets(item_lengths), rows)
+        history_categories, _ = pi.take_rows(categories, pi.row_offsets(category_lengths), rows)
         history_items, history_categories, kept_lengths, full_lengths, dropped = _clean_history(
             history_items, history_categories, lengths, self.history_cap
         )

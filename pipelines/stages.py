@@ -7,9 +7,11 @@ results are plain data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -41,10 +43,22 @@ class ScanTask:
     tag: str
 
 
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Makes an OSError of the block name ``path`` when it names no file: a buffered write that
+    fails on a full disk does not, and the command's one-line error says which file it was."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), path) from err
+
+
 def write_json(path: str, value: dict) -> None:
     """Writes through a temporary name, so a task's result marker is complete or absent."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with naming(path), open(tmp, "w") as f:
         json.dump(value, f, indent=1)
     os.replace(tmp, path)
 

@@ -12,14 +12,15 @@ Stages, each streaming and each resumable (a finished task leaves its output und
    (``buckets.BucketSpill``).
 2. vocab: reduce each (vocabulary, partition) in parallel, then write ``vocab/<name>.npy``.
 3. items: one pass over item_features and one over the SCL table fill the item-aligned tables.
-4. shards: join each bucket (``join.join_shard``, which holds the data rules) and write
+4. shards: join each bucket (``join.ShardJoin``, which holds the data rules) and write
    ``<split>/part-<k>-of-<n>.tfrecord.gz``, in parallel.
 5. ``manifest.json``: per shard and split, ``samples_in == samples_written + sum(rejected)``, the
    adjustments, OOV counts and bytes per sample; vocabulary sizes and statistics.
 
-Train and test are both converted; vocabularies come from train only. A conversion that writes no
-training sample fails (nothing could be trained on it), and a full disk stops it with the path it
-was writing (re-running resumes once there is space).
+The output directory is this conversion's alone while it runs (``pipelines.output_dir``: a lock,
+and other runs' leftovers refused). Train and test are both converted; vocabularies come from train
+only. A conversion that writes no training sample fails (nothing could be trained on it), and a
+full disk stops it with the path it was writing (re-running resumes once there is space).
 
 The command parses its arguments and checks ``--input`` before TensorFlow loads: the stages (which
 import it through ``muse_tf.vocabulary`` and ``muse_tf.artifacts``) are imported by the functions
@@ -47,7 +48,6 @@ from pipelines import taobao_mm_schema as release
 if TYPE_CHECKING:
     from pipelines.stages import Options
 
-WORK_DIR = "_work"
 SHARD_INPUT_BYTES = 256 << 20  # of compressed samples + user features per output shard
 PARTITION_INPUT_BYTES = 256 << 20  # of compressed train input per count partition
 
@@ -118,32 +118,14 @@ def resolve_options(
     )
 
 
-def _prepare_output(output: str, params: dict, overwrite: bool) -> str:
-    """Creates the output and work directories; refuses to mix runs with different parameters."""
+def _prepare_work(output: str, work: str) -> None:
+    """The work and output directories the stages write into."""
     from muse_tf import artifacts
-    from pipelines import stages
 
-    work = os.path.join(output, WORK_DIR)
-    if overwrite:
-        for name in (WORK_DIR, *release.SPLITS, artifacts.VOCAB_DIR):
-            shutil.rmtree(os.path.join(output, name), ignore_errors=True)
-        for name in (artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE):
-            if os.path.exists(os.path.join(output, name)):
-                os.remove(os.path.join(output, name))
-    if os.path.exists(os.path.join(output, artifacts.MANIFEST)):
-        raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
-    params_path = os.path.join(work, "params.json")
-    if os.path.exists(params_path) and stages.read_json(params_path) != params:
-        raise FileExistsError(
-            f"{output} holds an unfinished conversion of other inputs or options; pass "
-            "--overwrite or choose another --output."
-        )
     for name in ("scan", "vocab_parts", "shards"):
         os.makedirs(os.path.join(work, name), exist_ok=True)
     for name in (*release.SPLITS, artifacts.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
-    stages.write_json(params_path, params)
-    return work
 
 
 def _build_vocabularies(
@@ -186,9 +168,7 @@ def convert(
 ) -> dict:
     """Converts ``input_dir`` into ``output``; returns the manifest (also written to disk)."""
     tables = pi.discover_tables(input_dir)  # a wrong --input is named before TensorFlow loads
-    from muse_tf import artifacts
-    from pipelines import manifest as manifest_lib
-    from pipelines import stages
+    from pipelines import output_dir, stages
 
     tasks = stages.scan_tasks(tables)
     options = resolve_options(tables, history_cap, min_count or {}, shards or {})
@@ -197,7 +177,31 @@ def convert(
         for t, paths in tables.items()
     }
     params = {**dataclasses.asdict(options), "inputs": inputs}
-    work = _prepare_output(output, params, overwrite)
+    with output_dir.claimed(
+        output, output_dir.LOCAL_WORK, params, overwrite=overwrite, resumable=True
+    ) as work:
+        _prepare_work(output, work)
+        manifest = _convert_claimed(input_dir, output, work, tables, tasks, options, workers)
+        if not keep_work:
+            shutil.rmtree(work)
+    print_summary(manifest)
+    return manifest
+
+
+def _convert_claimed(
+    input_dir: str,
+    output: str,
+    work: str,
+    tables: dict[str, list[str]],
+    tasks: list,
+    options: Options,
+    workers: int | None,
+) -> dict:
+    """The stages and the manifest, once ``output`` is this conversion's."""
+    from muse_tf import artifacts
+    from pipelines import manifest as manifest_lib
+    from pipelines import stages
+
     workers = workers or os.cpu_count() or 1
     executor = None
     if workers > 1:
@@ -236,9 +240,6 @@ def convert(
     )
     check_training_samples(input_dir, manifest, work)
     stages.write_json(os.path.join(output, artifacts.MANIFEST), manifest)
-    if not keep_work:
-        shutil.rmtree(work)
-    print_summary(manifest)
     return manifest
 
 
@@ -313,8 +314,8 @@ def run_command(
     **extra: object,
 ) -> dict:
     """Calls ``convert_fn`` with the options of ``add_conversion_arguments`` (and ``extra``) and
-    returns its manifest. An input error is a ``cli.UsageError`` (one line, exit status 2); a full
-    disk exits with status 1, naming the path."""
+    returns its manifest. An input error is a ``cli.UsageError`` (one line, exit status 2); an OSError
+    (a full disk, a read-only output) exits with status 1, naming the file."""
     try:
         return convert_fn(
             args.input,
@@ -329,12 +330,15 @@ def run_command(
     except (pi.InputError, FileExistsError, ValueError, argparse.ArgumentTypeError) as err:
         raise cli.UsageError(str(err)) from None
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise
+        path = err.filename or args.output
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            problem = f"out of disk space writing {path} ({err.strerror}); free some space"
+        else:
+            problem = f"{path}: {err.strerror or err}; fix that"
         parser.exit(
             1,
-            f"{parser.prog}: error: out of disk space writing {err.filename or args.output} "
-            f"({err.strerror}); free some space and run the same command again to resume.\n",
+            f"{parser.prog}: error: {cli.one_line(problem)} and run the same command again "
+            "to resume.\n",
         )
 
 

@@ -5,6 +5,7 @@ The file appears under its final name only when complete.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 
@@ -24,7 +25,8 @@ def encode(users: UserRecords) -> Iterator[bytes]:
 class ShardWriter:
     """Appends user records to one shard; the file gets its final name only when closed cleanly.
 
-    Use as a context manager; ``size`` is the file's bytes once closed.
+    Use as a context manager; ``size`` is the file's bytes once closed. A failed write (a full
+    disk) is an OSError naming the shard.
     """
 
     def __init__(self, path: str) -> None:
@@ -40,14 +42,27 @@ class ShardWriter:
         Raises:
             ValueError: when ``users`` lacks a feature of the record schema.
         """
-        for record in encode(users):
-            self._writer.write(record)
+        try:
+            for record in encode(users):
+                self._writer.write(record)
+        except tf.errors.OpError as err:
+            raise self._os_error(err) from None
+
+    def _os_error(self, err: tf.errors.OpError) -> OSError:
+        """TensorFlow's write error as an OSError naming the shard (TensorFlow reports a full disk,
+        ENOSPC or EDQUOT, as ResourceExhaustedError)."""
+        code = errno.ENOSPC if isinstance(err, tf.errors.ResourceExhaustedError) else errno.EIO
+        return OSError(code, err.message.rsplit("; ", 1)[-1], self.path)
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type: type | None, *_: object) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except tf.errors.OpError as err:
+            if exc_type is None:  # else the block's own error propagates
+                raise self._os_error(err) from None
         if exc_type is None:
             os.replace(self._tmp, self.path)
             self.size = os.path.getsize(self.path)

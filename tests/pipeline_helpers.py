@@ -33,6 +33,14 @@ def write_tables(directory, tables):
         frame.to_parquet(directory / f"{name}.parquet", index=False)
 
 
+def tiny_synthetic(directory):
+    """20 synthetic users with 10 behaviours each, as Parquet in ``directory`` (fast to convert)."""
+    from pipelines import synthetic
+
+    config = synthetic.SyntheticConfig(users=20, behaviours_per_user=10, items=50, clusters=2, seed=1)
+    synthetic.generate(config, str(directory))
+
+
 def read_samples(files, history_length):
     """Every sample of ``files`` as a dict of NumPy arrays (features and ``label``)."""
     dataset = data.make_dataset(files, 256, history_length=history_length, deterministic=True)

@@ -1,6 +1,10 @@
 """The Beam pipeline (DirectRunner) against the rules' reference and the local engine's output."""
 
+import errno
+import os
+
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -8,10 +12,12 @@ from muse_tf import artifacts, data, features
 from pipelines import beam_convert, synthetic, taobao_mm
 from tests.pipeline_helpers import (
     DEMO_DIR,
+    TABLES,
     as_rows,
     demo_tables,
     read_samples,
     reference_split,
+    tiny_synthetic,
     write_tables,
 )
 from tests.test_taobao_mm import HISTORY, _stitched_demo
@@ -105,12 +111,38 @@ def test_stitched_demo_follows_every_rule_and_matches_the_local_engine(tmp_path)
     _assert_same_output(tmp_path, local, beam)
 
 
-def test_synthetic_data_matches_the_local_engine(tmp_path):
+def _with_malformed_histories(directory):
+    """Synthetic tables in which a few users' category histories are longer or shorter than their
+    item histories (rows the join must reject alone, among well-formed rows of the same batch)."""
+    tables = {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLES}
+    for split, rows in (("train", {3: 3, 40: -2, 41: 1}), ("test", {5: -5})):
+        users = tables[f"{split}_user_features"]
+        for row, change in rows.items():
+            categories = list(users.at[row, "151_2_180"])
+            users.at[row, "151_2_180"] = (
+                categories + categories[:change] if change > 0 else categories[:change]
+            )
+    write_tables(directory, tables)
+    return tables
+
+
+def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_local_engine(
+    tmp_path,
+):
     config = synthetic.SyntheticConfig(
         users=120, behaviours_per_user=80, items=1500, clusters=8, short_history_fraction=0.2, seed=5
     )
     synthetic.generate(config, str(tmp_path / "in"))
+    tables = _with_malformed_histories(tmp_path / "in")
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, item_min_count=2)
+    for split in ("train", "test"):
+        expected_rows, rejected = reference_split(tables, str(tmp_path / "local"), split, 60)
+        read = read_samples(data.split_files(str(tmp_path / "local"), split), 60)
+        assert as_rows(read) == sorted(expected_rows)
+        assert rejected["malformed_history"] > 0
+        assert local["splits"][split]["rejected"] == {
+            r: rejected[r] for r in local["splits"][split]["rejected"]
+        }
     assert beam["splits"]["train"]["samples_written"] > 500
     assert beam["vocabularies"]["item"]["kept_by_scl"] > 0
     _assert_same_output(tmp_path, local, beam)
@@ -119,8 +151,7 @@ def test_synthetic_data_matches_the_local_engine(tmp_path):
 
 
 def test_the_command_hands_unknown_options_to_beam(tmp_path, capsys):
-    synthetic.generate(synthetic.SyntheticConfig(users=20, behaviours_per_user=10, items=50,
-                                                 clusters=2, seed=1), str(tmp_path / "in"))
+    tiny_synthetic(tmp_path / "in")
     with pytest.raises(SystemExit) as stop:
         beam_convert.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                            "--runner", "NoSuchRunner"])
@@ -128,6 +159,74 @@ def test_the_command_hands_unknown_options_to_beam(tmp_path, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("python -m pipelines.beam_convert: error: ")
     assert "pipeline runner: NoSuchRunner" in line  # Beam's words: the option reached Beam
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk (no file name, as a buffered write's)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.f.close()
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_an_unfinished_runs_leftovers_are_refused_or_cleared(tmp_path, monkeypatch, capsys):
+    """A Beam run stopped by a full disk writing its manifest (named) leaves its shards, like a
+    killed run; they never join another run's manifest: with other options they are refused before
+    the pipeline runs, with the same options cleared and the run redone (Beam cannot resume)."""
+    tiny_synthetic(tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), *DIRECT, "--test-shards", "1",
+            "--train-shards", "3"]
+    create = beam_pipeline.FileSystems.create
+    monkeypatch.setattr(beam_pipeline.FileSystems, "create", lambda path, *a, **kw: (
+        _FullDisk if path.endswith(f"{artifacts.MANIFEST}.tmp") else lambda f: f)(create(path, *a, **kw)))
+    with pytest.raises(SystemExit) as stop:
+        beam_convert.main(args)
+    assert stop.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"out of disk space writing {out / artifacts.MANIFEST} (No space left" in line
+    monkeypatch.undo()
+    (out / "train" / "beam-temp-part-0").mkdir()  # what a killed WriteToTFRecord leaves
+    (out / "train" / "beam-temp-part-0" / "junk").write_bytes(b"")
+    with pytest.raises(SystemExit) as stop:
+        beam_convert.main([*args, "--train-shards", "2"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{out} holds an unfinished conversion of other inputs or options" in line
+    beam_convert.main(args)
+    assert f"{out}: clearing the unfinished conversion" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE, artifacts.VOCAB_DIR, "train", "test"]
+    )
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE, artifacts.VOCAB_DIR, "train", "test"]
+    )
+
+
+def test_a_mistyped_beam_option_is_refused_naming_it(tmp_path, capsys):
+    tiny_synthetic(tmp_path / "in")
+    with pytest.raises(SystemExit) as stop:
+        beam_convert.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                           "--runer", "DirectRunner"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == ("python -m pipelines.beam_convert: error: --runer: neither an option of this "
+                    "command nor a Beam pipeline option (did you mean --runner?).")
+    assert not (tmp_path / "out").exists()
 
 
 def test_real_demo_is_refused_alike_by_both_engines(tmp_path):

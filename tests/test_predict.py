@@ -128,7 +128,10 @@ def test_help_loads_no_tensorflow():
 def _with_rejected_samples(parquet_dir, target):
     """A copy of the raw tables whose test samples gain a malformed label and a user without
     features (two samples the join must reject, not lose) and a target item no vocabulary holds
-    (scored, with a null item_id)."""
+    (scored, with a null item_id), and whose first test user (not the first sample's) gets three
+    categories more than items (its samples rejected, every other user scored as before).
+
+    Returns the samples in, the first sample and the malformed user."""
     import pyarrow as pa
 
     shutil.copytree(parquet_dir, target)
@@ -138,14 +141,19 @@ def _with_rejected_samples(parquet_dir, target):
     extra = [{**first, "label_0": [1, 1]}, {**first, "129_1": 987_654_321_987},
              {**first, "205": 987_654_321_987}]
     pq.write_table(pa.concat_tables([samples, pa.Table.from_pylist(extra, samples.schema)]), path)
-    return samples.num_rows + len(extra), first
+    users_path = Path(target, "test_user_features.parquet")
+    users = pq.read_table(users_path).to_pylist()
+    row = next(r for r in users if r["129_1"] != first["129_1"])
+    row["151_2_180"] = row["151_2_180"] + [1, 2, 3]
+    pq.write_table(pa.Table.from_pylist(users, pq.read_schema(users_path)), users_path)
+    return samples.num_rows + len(extra), first, row["129_1"]
 
 
 def test_raw_parquet_scores_like_its_conversion(dataset, run_dir, tmp_path, capsys):  # noqa: F811
     from pipelines import predict as raw_predict
 
     raw = tmp_path / "raw"
-    samples_in, first = _with_rejected_samples(Path(dataset).parent / "parquet", raw)
+    samples_in, first, malformed = _with_rejected_samples(Path(dataset).parent / "parquet", raw)
     converted = tmp_path / "converted.parquet"
     predict.main(["--data", dataset, "--model-dir", run_dir, "--output", str(converted), "--quiet"])
     scored = tmp_path / "raw.parquet"
@@ -154,12 +162,17 @@ def test_raw_parquet_scores_like_its_conversion(dataset, run_dir, tmp_path, caps
     result = raw_predict.main(["--parquet", str(raw), "--data", dataset, "--model-dir", run_dir,
                                "--output", str(scored), "--quiet", "--work-dir", str(work)])
 
+    expected = pq.read_table(converted).to_pydict()
+    malformed_rows = [u == malformed for u in expected["user_id"]]
+    assert any(malformed_rows)
+    expected = {name: [v for v, bad in zip(values, malformed_rows) if not bad]
+                for name, values in expected.items()}
     assert result["samples_in"] == samples_in
     assert {k: v for k, v in result["rejected"].items() if v} == {
-        "malformed_label": 1, "user_without_features": 1}
+        "malformed_label": 1, "user_without_features": 1, "malformed_history": sum(malformed_rows)}
     assert result["rows"] + sum(result["rejected"].values()) == samples_in
     assert "1 with an item the run does not know" in capsys.readouterr().out
-    expected, actual = pq.read_table(converted).to_pydict(), pq.read_table(scored).to_pydict()
+    actual = pq.read_table(scored).to_pydict()
     # The unknown item's sample: scored, its item_id null; the others as in the conversion.
     unknown = [i for i, item in enumerate(actual["item_id"]) if item is None]
     assert result["unknown_items"] == len(unknown) == 1

@@ -1,7 +1,11 @@
 """Conversion of Taobao-MM Parquet (the real demo heads) to vocabularies, tables and shards."""
 
 import errno
+import json
 import os
+import socket
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -11,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from muse_tf import artifacts, data, features, vocabulary
-from pipelines import parquet_input, taobao_mm
+from pipelines import output_dir, parquet_input, taobao_mm
 from pipelines.parquet_input import InputError
 from tests.pipeline_helpers import (
     DEMO_DIR,
@@ -20,6 +24,7 @@ from tests.pipeline_helpers import (
     index_maps,
     read_samples,
     reference_split,
+    tiny_synthetic,
     write_tables,
 )
 
@@ -383,3 +388,112 @@ def test_a_full_disk_names_the_path_and_a_rerun_resumes(tmp_path, monkeypatch, c
     assert {k: v for k, v in resumed.items() if k != "source"} == {
         k: v for k, v in clean.items() if k != "source"
     }
+
+
+def test_files_of_another_conversion_are_refused_and_overwrite_lists_only_its_own(tmp_path):
+    """A killed conversion's shards (another shard count, another engine) never join a manifest."""
+    tiny_synthetic(tmp_path / "in")
+    out = tmp_path / "out"
+    stale = out / "train" / "part-00004-of-00005.tfrecord.gz"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a shard of a killed run")
+    with pytest.raises(FileExistsError, match=f"{out} holds {stale}, which no unfinished"):
+        _convert(tmp_path / "in", out, history_cap=8)
+    (out / output_dir.BEAM_WORK).mkdir()
+    with pytest.raises(FileExistsError, match="unfinished conversion of the other engine"):
+        _convert(tmp_path / "in", out, history_cap=8)
+    manifest = _convert(tmp_path / "in", out, history_cap=8, overwrite=True)
+    listed = sorted(s["file"] for split in manifest["splits"].values() for s in split["shards"])
+    assert listed == [f"{split}/part-0000{k}-of-00002.tfrecord.gz"
+                      for split in ("test", "train") for k in (0, 1)]
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/part-*")) == listed
+    assert not (out / output_dir.BEAM_WORK).exists() and not (out / output_dir.LOCK).exists()
+
+
+def _lock_of(output, pid, host):
+    output.mkdir(parents=True, exist_ok=True)
+    (output / output_dir.LOCK).write_text(json.dumps({"pid": pid, "host": host}))
+
+
+def test_a_second_writer_is_refused_by_the_lock_and_a_dead_holders_lock_is_replaced(
+    tmp_path, capsys
+):
+    tiny_synthetic(tmp_path / "in")
+    out, lock = tmp_path / "out", tmp_path / "out" / output_dir.LOCK
+    _lock_of(out, os.getppid(), socket.gethostname())  # a live process on this host
+    with pytest.raises(output_dir.OutputLocked, match=f"{lock} held by pid {os.getppid()} on host "
+                       f"{socket.gethostname()}"):
+        _convert(tmp_path / "in", out, history_cap=8)
+    _lock_of(out, 1, "elsewhere")  # another host's: not guessed about
+    with pytest.raises(output_dir.OutputLocked, match=f"delete {lock} if no conversion is running"):
+        _convert(tmp_path / "in", out, history_cap=8)
+    assert not (out / "_work").exists()  # refused before anything was written
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead = int(finished.stdout)
+    _lock_of(out, dead, socket.gethostname())  # a killed run's
+    capsys.readouterr()
+    manifest = _convert(tmp_path / "in", out, history_cap=8)
+    assert f"{lock}: removing the lock of pid {dead}, which no longer runs" in capsys.readouterr().err
+    assert manifest["splits"]["train"]["samples_written"] > 0
+    assert not lock.exists()
+
+
+def _tiny_args(tmp_path):
+    tiny_synthetic(tmp_path / "in")
+    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--workers", "1",
+            "--train-shards", "2", "--test-shards", "1", "--history-cap", "8"]
+
+
+class _FullDiskWriter:
+    """A TFRecordWriter on a full disk: TensorFlow reports ENOSPC as ResourceExhaustedError."""
+
+    def __init__(self, path, options):
+        self.path = path
+
+    def write(self, record):
+        import tensorflow as tf
+
+        raise tf.errors.ResourceExhaustedError(None, None, f"{self.path}; No space left on device")
+
+    def close(self):
+        pass
+
+
+def test_a_full_disk_while_writing_a_shard_names_the_shard(tmp_path, monkeypatch, capsys):
+    """TensorFlow's own write error becomes the one line naming the shard; the next run resumes."""
+    import tensorflow as tf
+
+    args = _tiny_args(tmp_path)
+    monkeypatch.setattr(tf.io, "TFRecordWriter", _FullDiskWriter)
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(args)
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    shard = tmp_path / "out" / artifacts.shard_name("train", 0, 2)
+    assert line == (f"python -m pipelines.taobao_mm: error: out of disk space writing {shard} (No "
+                    "space left on device); free some space and run the same command again to "
+                    "resume.")
+    monkeypatch.undo()
+    assert taobao_mm.main(args)["splits"]["train"]["samples_written"] > 0
+
+
+def test_a_failed_manifest_write_names_the_manifest(tmp_path, monkeypatch, capsys):
+    """A buffered write fails without a file name; the line names the manifest all the same."""
+    args = _tiny_args(tmp_path)
+    real = json.dump
+
+    def read_only(value, f, **kwargs):
+        if f.name.endswith(f"{artifacts.MANIFEST}.tmp"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(value, f, **kwargs)
+
+    monkeypatch.setattr(json, "dump", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        taobao_mm.main(args)
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"python -m pipelines.taobao_mm: error: {tmp_path / 'out' / artifacts.MANIFEST}"
+                    f": {os.strerror(errno.EROFS)}; fix that and run the same command again to "
+                    "resume.")
