@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from muse_tf import cli, features, signatures
+from muse_tf import cli, features, signatures, strict_json
 
 DEFAULT_RANDOM_CANDIDATES = 20
 # Random candidates come from the split's items; reading stops once the user is found and this many
@@ -46,13 +46,23 @@ class UserRecord:
     shard: str
 
 
+def int64(text: str) -> int:
+    """A raw ID: an integer of int64's range, as every ID of the records."""
+    value = int(text)
+    if not strict_json.INT64_MIN <= value <= strict_json.INT64_MAX:
+        raise argparse.ArgumentTypeError(
+            f"user IDs are int64, in {strict_json.INT64_RANGE}; got {text}"
+        )
+    return value
+
+
 def arguments() -> argparse.ArgumentParser:
     """The command line of ``python -m serving.request``."""
     parser = cli.parser("serving.request", __doc__)
     parser.add_argument("--data", required=True,
                         help="converted dataset directory (the run's --data, e.g. the quick start's "
                         "runs/data/synthetic-u2000-l1000-s0)")
-    parser.add_argument("--user", type=int,
+    parser.add_argument("--user", type=int64,
                         help="raw user ID; default: the first user of the split (printed)")
     parser.add_argument("--split", default="test", help="split whose record and samples are used")
     parser.add_argument("--signature", default="rank",

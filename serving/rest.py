@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
+from muse_tf import strict_json
 from serving.defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_NUM_THREADS, DEFAULT_TIMEOUT_S
 from serving.servable import InvalidArgument, NotFound, Servable, ServingError
 
@@ -70,11 +71,12 @@ def _proto_to_json(message: Any) -> dict:
 
 
 def json_to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
-    """A JSON value as a NumPy array of the input's dtype; refuses values of another type."""
+    """A JSON value as a NumPy array of the input's dtype; refuses values of another type, and
+    booleans or integers NumPy would silently convert (``strict_json.array``)."""
     try:
-        array = np.asarray(value)
-    except ValueError as error:  # ragged lists
-        raise InvalidArgument(f"Input {name!r} is not a rectangular array: {error}") from None
+        array = strict_json.array(f"Input {name!r}", value)
+    except ValueError as error:
+        raise InvalidArgument(str(error)) from None
     target = np.dtype(spec.dtype.as_numpy_dtype)
     if array.size and array.dtype.kind not in _JSON_KINDS.get(target.kind, target.kind):
         raise InvalidArgument(

@@ -142,6 +142,17 @@ def test_user_errors_are_one_line_exit_2(dataset, tmp_path, capsys):
     assert "is not a converted dataset" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("user", [str(2**63), str(-(2**63) - 1), str(2**64)])
+def test_a_user_id_outside_int64_is_one_line_naming_the_flag_and_the_range(dataset, tmp_path,
+                                                                          capsys, user):
+    with pytest.raises(SystemExit) as exit_info:
+        build(dataset, tmp_path, "--user", user)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == (f"python -m serving.request: error: argument --user: user IDs "
+                                    f"are int64, in [-2^63, 2^63 - 1]; got {user}")
+
+
 @pytest.fixture(scope="module")
 def served(dataset, tmp_path_factory):
     """An export of a small MUSE model with trained-size random embeddings, on the dataset's

@@ -258,6 +258,29 @@ def test_rest_deeply_nested_json_is_a_bad_request(server, good, where, depth):
     assert_good_request_served(server, good)
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("item_id", lambda ids: [ids[0], True, *ids[2:]], "holds true or false among numbers"),
+    ("user_id", lambda _: 2**63, "holds 9223372036854775808, outside the int64 range"),
+    ("item_id", lambda ids: [2**63, *ids[1:]], "holds 9223372036854775808, outside the int64"),
+    ("history_items", lambda ids: [-(2**63) - 1, *ids[1:]], "holds -9223372036854775809, outside"),
+])
+def test_rest_refuses_booleans_and_ids_outside_int64_naming_the_input(server, good, name, value,
+                                                                      message):
+    """NumPy reads true as 1, and ids beyond int64 as uint64, float64 or objects: a 400 naming the
+    input and the range, never a silent 1, a rounded ID or a 500."""
+    _, rest_port = server
+    inputs = {k: np.asarray(v).tolist() for k, v in good[0].items()}
+    inputs[name] = value(inputs[name])
+    body = json.dumps({"signature_name": "rank", "inputs": inputs}).encode()
+    received, _ = exchange(rest_port, PREDICT + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                           % len(body) + body)
+    assert http_statuses(received) == [400], received[-300:]
+    error = json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error.startswith(f"Input {name!r} {message}"), error
+    if "int64" in message:
+        assert "[-2^63, 2^63 - 1]" in error
+
+
 # --- fuzzing ------------------------------------------------------------------------------------
 
 _DTYPES = [types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE,
@@ -323,6 +346,16 @@ def test_fuzz_json_values_are_refused_or_exact_int64(value):
         return
     assert array.dtype == np.int64
     assert np.array_equal(array, np.asarray(value, dtype=object).astype(np.int64))
+    leaves = list(_leaves(value))
+    assert all(type(leaf) is int for leaf in leaves), value  # no true or false read as 1 or 0
+
+
+def _leaves(value):
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 @FUZZ
