@@ -6,6 +6,7 @@ scores. Property-based (hypothesis) fuzzing of both decoders closes the file."""
 import json
 import re
 import socket
+import threading
 import time
 
 import grpc
@@ -19,8 +20,8 @@ from tensorflow_serving.apis import predict_pb2
 
 from muse_tf import saved_model, signatures
 from serving import grpc_service, rest
-from serving.client import GrpcClient, RestClient
-from serving.launch import free_port, http_statuses, raw_http
+from serving.client import GrpcClient, PredictionError, RestClient
+from serving.launch import free_port, http_statuses, raw_http, trickle_http
 from serving.servable import InvalidArgument, Servable
 from serving.server import Limits, ModelServer
 from tests import serving_case as sc
@@ -30,6 +31,7 @@ LIMITS = Limits(
     grpc_max_threads=4,
     rest_api_num_threads=3,
     rest_api_timeout_s=1.0,
+    rest_api_request_timeout_s=2.0,
     rest_api_max_body_bytes=64 << 10,
     max_tensor_elements=4_000,
 )
@@ -239,6 +241,43 @@ def test_rest_handles_a_bounded_number_of_connections(server, good):
             conn.close()
     time.sleep(0.3)
     assert_good_request_served(server, good)
+
+
+def test_rest_requests_trickling_past_their_deadline_are_dropped_and_good_ones_answered(server,
+                                                                                      good):
+    """A byte every 0.4 s never trips the 1 s per-read timeout; the 2 s request deadline frees
+    the slots of as many trickling clients as there are slots, so a good request is answered
+    while they would still be trickling (8 s)."""
+    grpc_port, rest_port = server
+    outcomes = []
+
+    def trickle():
+        outcomes.append(trickle_http(rest_port, PREDICT * 10, interval_s=0.4, max_s=8.0))
+
+    tricklers = [threading.Thread(target=trickle) for _ in range(LIMITS.rest_api_num_threads)]
+    for thread in tricklers:
+        thread.start()
+    time.sleep(0.5)
+    started, refused = time.monotonic(), []
+    try:
+        while time.monotonic() - started < 8.0:
+            try:
+                assert_good_request_served((grpc_port, rest_port), good)
+                break
+            except PredictionError as error:
+                refused.append(str(error))
+                time.sleep(0.2)
+        answered_after = time.monotonic() - started
+    finally:
+        for thread in tricklers:
+            thread.join()
+    assert refused and refused[0].startswith("HTTP 503"), refused  # the tricklers held every slot
+    assert answered_after < 2.0 + 1.5, (answered_after, refused[-1:])
+    assert len(outcomes) == len(tricklers)
+    for received, closed_after in outcomes:
+        assert closed_after is not None and closed_after < 2.0 + 1.0, outcomes
+        assert http_statuses(received) == [408], received
+        assert b"not received within 2 s" in received
 
 
 @pytest.mark.parametrize("where, depth", [("body", 20_000), ("item_id", 5_000), ("item_id", 40)])
