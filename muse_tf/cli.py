@@ -49,6 +49,34 @@ class UsageError(Exception):
     """
 
 
+class WriteError(UsageError, OSError):
+    """A file that could not be written (a full disk, no permission), named; an ``OSError`` for
+    library callers, one line and exit 2 on a command line."""
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """``OSError``, and once TensorFlow is loaded its errors for a full disk or a refused
+    permission (its writes raise no ``OSError``)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return (OSError,)
+    return OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turns a failure to write ``path`` (a full disk, no permission) into a ``WriteError`` that
+    names the file: a write's own OSError names none (``[Errno 28] No space left on device``)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except _write_errors() as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+        written = getattr(error, "filename", None) or path
+        raise WriteError(f"Could not write {written}: {one_line(reason)}") from error
+
+
 def parser(module: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` whose usage line shows the command as typed (``python -m MODULE``),
     described by the first paragraph of the module's docstring."""
