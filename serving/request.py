@@ -76,19 +76,24 @@ def arguments() -> argparse.ArgumentParser:
 
 
 def _records(files: Sequence[str], first: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """(shard, {feature: values}) of every record, starting with shard ``first``."""
+    """(shard, {feature: values}) of every record, starting with shard ``first``.
+
+    Raises:
+        ValueError: naming a damaged shard (``data.damaged_shards_named``).
+    """
     import tensorflow as tf
 
-    from muse_tf import records
+    from muse_tf import data, records
 
-    for path in [*files[first:], *files[:first]]:
-        dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
-        for serialized in dataset.as_numpy_iterator():
-            feature = tf.train.Example.FromString(serialized).features.feature
-            yield path, {
-                name: np.array(feature[name].int64_list.value, np.int64)
-                for name in records.RECORD_FEATURES
-            }
+    with data.damaged_shards_named(files):
+        for path in [*files[first:], *files[:first]]:
+            dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
+            for serialized in dataset.as_numpy_iterator():
+                feature = tf.train.Example.FromString(serialized).features.feature
+                yield path, {
+                    name: np.array(feature[name].int64_list.value, np.int64)
+                    for name in records.RECORD_FEATURES
+                }
 
 
 def read_user(
