@@ -375,7 +375,7 @@ def load_yaml(path: str) -> dict[str, Any]:
     """Reads a YAML mapping; an empty file is an empty mapping.
 
     Raises:
-        ConfigError: when the file is missing, is not YAML or holds no mapping.
+        ConfigError: when the file is missing or unreadable, is not YAML or holds no mapping.
     """
     try:
         with open(path) as f:
@@ -385,7 +385,9 @@ def load_yaml(path: str) -> dict[str, Any]:
             f"Config file {path} not found; pass an existing YAML file with `model:` and `train:` "
             f"sections (examples: {packaged_config_path()})."
         ) from None
-    except yaml.YAMLError as err:
+    except OSError as err:  # a directory, an unreadable file
+        raise ConfigError(f"Config file {path} cannot be read: {err.strerror}.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"Config file {path} is not valid YAML: {cli.one_line(str(err))}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}.")

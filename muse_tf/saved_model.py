@@ -295,7 +295,8 @@ def export_saved_model(
     final_dir = os.path.join(model_dir, str(version))
     if os.path.exists(final_dir):
         raise FileExistsError(f"{final_dir} already exists; choose another version.")
-    os.makedirs(model_dir, exist_ok=True)
+    with cli.writing(model_dir):  # e.g. a file in the way
+        os.makedirs(model_dir, exist_ok=True)
     model(runs.dummy_inputs(), training=False)  # creates any weight not built yet
 
     with cli.writing(final_dir):  # a full disk: one line naming the export

@@ -223,7 +223,7 @@ def write(args: argparse.Namespace) -> dict:
     if args.output == "-":
         print(text)
     else:
-        with open(args.output, "w") as f:
+        with cli.writing(args.output), open(args.output, "w") as f:
             f.write(text + "\n")
     print(summary, file=sys.stderr)
     if args.output != "-":

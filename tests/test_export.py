@@ -275,6 +275,13 @@ def test_a_full_disk_during_export_names_the_version_and_leaves_none(case, tmp_p
     assert os.listdir(tmp_path / "m") == []  # no staging left behind
 
 
+def test_an_export_directory_blocked_by_a_file_is_named(case, tmp_path):
+    (tmp_path / "exports").write_text("")
+    with pytest.raises(cli.WriteError,
+                       match=re.escape(f"Could not write {tmp_path / 'exports' / 'm'}: Not a dir")):
+        saved_model.export_saved_model(case.model, case.vocabularies, str(tmp_path / "exports"), "m")
+
+
 def test_candidates_and_rows_x_width_are_capped_in_the_graph(case, tmp_path):
     """The caps sit in the SavedModel itself (so stock TF Serving enforces them): a request at a
     cap is served with the Keras model's scores, one value past it is refused with the cap named."""

@@ -131,3 +131,23 @@ def test_validation_settings_that_cannot_work_end_the_command_in_one_line(overri
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("python -m muse_tf.train: error: ") and message in err, err
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("directory", "cannot be read: Is a directory."),
+    ("latin-1", "is not valid YAML: 'utf-8' codec can't decode byte 0xe9"),
+])
+def test_a_config_file_that_cannot_be_read_as_text_ends_the_command_in_one_line(kind, words,
+                                                                                 tmp_path, capsys):
+    from muse_tf import train
+
+    path = tmp_path / "config.yaml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes("model: {variant: 'caf\u00e9'}\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", str(path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"python -m muse_tf.train: error: Config file {path} {words}"), err

@@ -166,6 +166,14 @@ def test_a_damaged_shard_is_one_line_naming_it(dataset, tmp_path, capsys):
     assert f"Shard {shard} is damaged" in err, err
 
 
+def test_an_output_that_is_a_directory_is_one_line_naming_it(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        request_cli.main(["--data", dataset, "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"error: Could not write {tmp_path}: Is a directory" in err, err
+
+
 @pytest.fixture(scope="module")
 def served(dataset, tmp_path_factory):
     """An export of a small MUSE model with trained-size random embeddings, on the dataset's
