@@ -44,7 +44,8 @@ class UsageError(Exception):
 
     The library's own user-facing errors subclass it together with the built-in exception a library
     caller expects (``config.ConfigError`` is a ``ValueError``, ``artifacts.NotADatasetError`` a
-    ``FileNotFoundError``, ``runs.RunDirectoryError`` a ``RuntimeError``), so a command needs no
+    ``FileNotFoundError``, ``runs.RunDirectoryError`` a ``RuntimeError``, ``WriteError`` an
+    ``OSError``), so a command needs no
     mapping of its own and any other exception still shows its traceback.
     """
 
