@@ -254,14 +254,14 @@ class TrainConfig:
             raise ConfigError("Set `train.validation_fraction` or `train.validation_split`, not both.")
         if self.validation_monitor not in VALIDATION_MONITORS:
             raise ConfigError(f"`train.validation_monitor` must be one of {VALIDATION_MONITORS}, "
-                             f"got {self.validation_monitor!r}.")
+                              f"got {self.validation_monitor!r}.")
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience <= 0:
                 raise ConfigError(f"`train.early_stopping_patience` must be positive or null, "
-                                 f"got {self.early_stopping_patience}.")
+                                  f"got {self.early_stopping_patience}.")
             if not self.validates:
                 raise ConfigError("`train.early_stopping_patience` needs validation: set "
-                                 "`train.validation_fraction` or `train.validation_split`.")
+                                  "`train.validation_fraction` or `train.validation_split`.")
 
     @property
     def validates(self) -> bool:
