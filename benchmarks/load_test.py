@@ -14,8 +14,10 @@ answered counts as an error, and so does a good request that fails or scores dif
 The abusive phase adds one thread per abuse, each repeating it until the phase ends: a gRPC shape
 bomb (a 16-byte tensor declaring 50M values), an oversize candidate list (C = 50,000, over the
 export's cap), an oversize REST body (Content-Length 1 GiB, refused before it is sent), a chunked
-body smuggling a second request, and ``--stalls`` stalled REST connections (a body that never
-arrives, dropped by the server's timeout). Each must get its refusal. The server's resident memory
+body smuggling a second request, ``--stalls`` stalled REST connections (a body that never
+arrives, dropped by the server's per-read timeout) and ``--trickles`` slow-loris REST connections
+(headers sent one byte every 2 s, which never trips the per-read timeout: 408 at the server's
+per-request deadline). Each must get its refusal. The server's resident memory
 is sampled every 20 ms; each phase reports its peak. The target: zero errors.
 """
 
@@ -35,13 +37,15 @@ from tensorflow_serving.apis import predict_pb2
 from benchmarks import common, fixtures
 from muse_tf import features, limits, signatures
 from serving.client import GrpcClient, PredictionError, RestClient
-from serving.launch import http_statuses, local_server, raw_http
+from serving.launch import http_statuses, local_server, raw_http, trickle_http
 
-COLUMNS = ["phase", "clients", "seconds", "requests", "good", "malformed", "abusive",
+COLUMNS = ["phase", "clients", "seconds", "requests", "good", "good_rest", "malformed", "abusive",
            "requests_per_s", "good_p50_ms", "good_p99_ms", "errors", "wrong_scores",
            "malformed_accepted", "abuse_not_refused", "server_peak_rss_mb"]
 TOLERANCE = 1e-5
 REST_TIMEOUT_MS = 5000  # the server's --rest_api_timeout_in_ms here, so stalls cycle in a phase
+REST_REQUEST_TIMEOUT_MS = 8000  # its --rest_api_request_timeout_in_ms, so trickles cycle too
+TRICKLE_INTERVAL_S = 2.0  # between the bytes of a trickling client, within the per-read timeout
 
 
 def malformed_requests(good: dict[str, np.ndarray]) -> list[tuple[str, dict]]:
@@ -65,8 +69,9 @@ class Phase:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.latencies: list[float] = []
-        self.counts = {"requests": 0, "good": 0, "malformed": 0, "abusive": 0, "errors": 0,
-                       "wrong_scores": 0, "malformed_accepted": 0, "abuse_not_refused": 0}
+        self.counts = {"requests": 0, "good": 0, "good_rest": 0, "malformed": 0, "abusive": 0,
+                       "errors": 0, "wrong_scores": 0, "malformed_accepted": 0,
+                       "abuse_not_refused": 0}
         self.abuse: dict[str, int] = {}
         self.examples: list[str] = []
 
@@ -138,6 +143,8 @@ def good_loop(make_client: Callable, pool: list, expected: list, bad: list, shar
                 continue
             latency = time.perf_counter() - start
             phase.record("good", latency)
+            if isinstance(client, RestClient):
+                phase.record("good_rest")
             logit = outputs[signatures.LOGIT]
             if logit.shape != expected[index].shape or np.abs(logit - expected[index]).max() > TOLERANCE:
                 phase.record("wrong_scores", example=f"request {index}")
@@ -205,9 +212,18 @@ def abuses(grpc_port: int, rest_port: int, good: dict, candidates_cap: int,
         ok = codes == [408] and closed and waited < REST_TIMEOUT_MS / 1000 + 5
         return None if ok else f"{codes} closed={closed} after {waited:.1f} s"
 
+    def trickling_connection() -> str | None:
+        received, closed_after = trickle_http(rest_port, predict * 20, TRICKLE_INTERVAL_S,
+                                              REST_REQUEST_TIMEOUT_MS / 1000 + 30)
+        codes = http_statuses(received)
+        ok = codes == [408] and closed_after is not None and (
+            closed_after < REST_REQUEST_TIMEOUT_MS / 1000 + TRICKLE_INTERVAL_S + 3)
+        return None if ok else f"{codes} closed after {closed_after} s"
+
     return {"grpc shape bomb": shape_bomb, "oversize candidate list": oversize_candidates,
             "oversize REST body": oversize_body, "chunked smuggling": chunked_smuggling,
-            "stalled REST connection": stalled_connection}
+            "stalled REST connection": stalled_connection,
+            "trickling REST connection": trickling_connection}
 
 
 def abuse_loop(name: str, abuse: Callable, deadline: float, phase: Phase) -> None:
@@ -239,7 +255,7 @@ def run_phase(clients: list[Callable], abusers: dict[str, Callable], pool: list,
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=seconds + REST_TIMEOUT_MS / 1000 + 90)
+        thread.join(timeout=seconds + REST_REQUEST_TIMEOUT_MS / 1000 + 90)
     elapsed = time.perf_counter() - start
     timing = common.summarize(phase.latencies) if phase.latencies else {}
     row = {"table": "load", "phase": name, "clients": len(clients), "seconds": round(elapsed, 1),
@@ -262,6 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidates", type=int, default=100, help="C of the good requests")
     parser.add_argument("--stalls", type=int, default=4,
                         help="stalled REST connections held at once in the abusive phase")
+    parser.add_argument("--trickles", type=int, default=6,
+                        help="trickling (slow-loris) REST connections held at once in the abusive "
+                        "phase; with the stalls, the other abusers and the REST client they stay "
+                        "below the server's 16 connection slots, so that every other REST abuse "
+                        "gets its own refusal rather than 503")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = min(args.seconds, 5.0)
@@ -271,7 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     rank = tf.saved_model.load(os.path.join(base_path, "1")).signatures[signatures.RANK]
     expected = [rank(**{k: tf.constant(v) for k, v in r.items()})[signatures.LOGIT].numpy() for r in pool]
     bad = malformed_requests(pool[0])
-    server_flags = ["--rest_api_timeout_in_ms", str(REST_TIMEOUT_MS)]
+    server_flags = ["--rest_api_timeout_in_ms", str(REST_TIMEOUT_MS),
+                    "--rest_api_request_timeout_in_ms", str(REST_REQUEST_TIMEOUT_MS)]
     rows = []
     with local_server(base_path, rest=True, extra_args=server_flags) as server:
         clients = [lambda: GrpcClient("127.0.0.1", server.grpc_port, "muse", timeout=30.0)
@@ -282,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
                        channels)
         stall = every.pop("stalled REST connection")
         every.update({f"stalled REST connection {i + 1}": stall for i in range(args.stalls)})
+        trickle = every.pop("trickling REST connection")
+        every.update({f"trickling REST connection {i + 1}": trickle for i in range(args.trickles)})
         sampler = RssSampler(server.process.pid)
         phases = ((0.0, {}, "good only"), (args.malformed, {}, f"{args.malformed:.0%} malformed"),
                   (0.0, every, "good + abusers"))
@@ -296,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
                             "distinct_good_requests": len(pool), "grpc_clients": args.clients,
                             "rest_clients": 1, "malformed_kinds": [name for name, _ in bad],
                             "abuse_kinds": sorted({k.rstrip(" 0123456789") for k in every}),
-                            "stalled_connections": args.stalls, "server_flags": server_flags,
+                            "stalled_connections": args.stalls,
+                            "trickling_connections": args.trickles, "server_flags": server_flags,
                             "tolerance": TOLERANCE}
     run.extra["zero_errors"] = all(
         r["errors"] == 0 and r["wrong_scores"] == 0 and r["malformed_accepted"] == 0

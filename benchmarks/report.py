@@ -140,7 +140,10 @@ def load_section(result: dict) -> list[str]:
     request = result.get("request", {})
     abuse = request.get("abuse_kinds")
     abuse_line = (f" Abusive phase: the good clients plus one thread per abuse ({', '.join(abuse)}; "
-                  f"{request.get('stalled_connections')} stalled connections at once), each "
+                  f"{request.get('stalled_connections')} stalled connections"
+                  + (f" and {request['trickling_connections']} trickling ones"
+                     if "trickling_connections" in request else "")
+                  + " at once), each "
                   f"repeated until the phase ends; server flags {' '.join(request['server_flags'])}. "
                   "`server_peak_rss_mb`: the server's resident memory, sampled every 20 ms, peak "
                   "within the phase." if abuse else "")

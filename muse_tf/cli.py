@@ -44,9 +44,38 @@ class UsageError(Exception):
 
     The library's own user-facing errors subclass it together with the built-in exception a library
     caller expects (``config.ConfigError`` is a ``ValueError``, ``artifacts.NotADatasetError`` a
-    ``FileNotFoundError``, ``runs.RunDirectoryError`` a ``RuntimeError``), so a command needs no
+    ``FileNotFoundError``, ``runs.RunDirectoryError`` a ``RuntimeError``, ``WriteError`` an
+    ``OSError``), so a command needs no
     mapping of its own and any other exception still shows its traceback.
     """
+
+
+class WriteError(UsageError, OSError):
+    """A file that could not be written (a full disk, no permission), named; an ``OSError`` for
+    library callers, one line and exit 2 on a command line."""
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """``OSError``, and once TensorFlow is loaded its errors for a full disk or a refused
+    permission (its writes raise no ``OSError``)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return (OSError,)
+    return OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turns a failure to write ``path`` (a full disk, no permission) into a ``WriteError`` that
+    names the file: a write's own OSError names none (``[Errno 28] No space left on device``)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except _write_errors() as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+        written = getattr(error, "filename", None) or path
+        raise WriteError(f"Could not write {written}: {one_line(reason)}") from error
 
 
 def parser(module: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ retrieved behaviours, and whether SimTier features are used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -71,6 +72,15 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def _refuse_non_finite(config: Any, prefix: str) -> None:
+    """NaN passes every ``<= 0`` check (a NaN learning rate trains a run of NaN losses), so every
+    float field is checked for NaN and infinity first; ``prefix`` is the section's key prefix."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"`{prefix}{field.name}` must be a finite number, got {value}.")
+
+
 def _default_vocab_sizes() -> dict[str, int]:
     return {name: 1000 for name in features.VOCABULARIES}
 
@@ -117,6 +127,7 @@ class ModelConfig:
     use_cross: bool = False
 
     def __post_init__(self) -> None:
+        _refuse_non_finite(self, "")
         if self.variant not in VARIANTS:
             raise ConfigError(f"Unknown `variant` {self.variant!r}; choose one of {sorted(VARIANTS)}.")
         if self.gsu is not None:
@@ -221,6 +232,7 @@ class TrainConfig:
     ps_min_shard_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
+        _refuse_non_finite(self, "train.")
         for name in ("batch_size", "epochs", "history_length", "eval_batch_size",
                      "backup_every_steps", "log_every_steps", "embedding_learning_rate",
                      "dense_learning_rate", "ps_min_shard_bytes"):
@@ -235,21 +247,21 @@ class TrainConfig:
                 f"`train.steps_per_epoch` must be positive or null, got {self.steps_per_epoch}."
             )
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"`train.validation_fraction` must be in [0, 1), got {self.validation_fraction}."
             )
         if self.validation_fraction and self.validation_split:
-            raise ValueError("Set `train.validation_fraction` or `train.validation_split`, not both.")
+            raise ConfigError("Set `train.validation_fraction` or `train.validation_split`, not both.")
         if self.validation_monitor not in VALIDATION_MONITORS:
-            raise ValueError(f"`train.validation_monitor` must be one of {VALIDATION_MONITORS}, "
-                             f"got {self.validation_monitor!r}.")
+            raise ConfigError(f"`train.validation_monitor` must be one of {VALIDATION_MONITORS}, "
+                              f"got {self.validation_monitor!r}.")
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience <= 0:
-                raise ValueError(f"`train.early_stopping_patience` must be positive or null, "
-                                 f"got {self.early_stopping_patience}.")
+                raise ConfigError(f"`train.early_stopping_patience` must be positive or null, "
+                                  f"got {self.early_stopping_patience}.")
             if not self.validates:
-                raise ValueError("`train.early_stopping_patience` needs validation: set "
-                                 "`train.validation_fraction` or `train.validation_split`.")
+                raise ConfigError("`train.early_stopping_patience` needs validation: set "
+                                  "`train.validation_fraction` or `train.validation_split`.")
 
     @property
     def validates(self) -> bool:
@@ -363,7 +375,7 @@ def load_yaml(path: str) -> dict[str, Any]:
     """Reads a YAML mapping; an empty file is an empty mapping.
 
     Raises:
-        ConfigError: when the file is missing, is not YAML or holds no mapping.
+        ConfigError: when the file is missing or unreadable, is not YAML or holds no mapping.
     """
     try:
         with open(path) as f:
@@ -373,7 +385,9 @@ def load_yaml(path: str) -> dict[str, Any]:
             f"Config file {path} not found; pass an existing YAML file with `model:` and `train:` "
             f"sections (examples: {packaged_config_path()})."
         ) from None
-    except yaml.YAMLError as err:
+    except OSError as err:  # a directory, an unreadable file
+        raise ConfigError(f"Config file {path} cannot be read: {err.strerror}.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"Config file {path} is not valid YAML: {cli.one_line(str(err))}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}.")

@@ -177,11 +177,12 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
               "by_item_popularity": by_popularity}
     output = runs.RunDir(output_dir)
     os.makedirs(output.root, exist_ok=True)
-    with open(output.eval_metrics, "w") as f:
+    with cli.writing(output.eval_metrics), open(output.eval_metrics, "w") as f:
         strict_json.dump(result, f, indent=2)
     name = model.config.variant
-    plot_buckets({"history length (behaviours)": {name: by_length},
-                  "target-item training impressions": {name: by_popularity}}, output.eval_plot)
+    with cli.writing(output.eval_plot):
+        plot_buckets({"history length (behaviours)": {name: by_length},
+                      "target-item training impressions": {name: by_popularity}}, output.eval_plot)
     return result
 
 

@@ -15,6 +15,7 @@ Raw Taobao-MM Parquet is scored by ``pipelines.predict``, which converts it firs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -155,15 +156,16 @@ class PredictionWriter:
                                  ("label", pa.int64()), ("probability", pa.float32()),
                                  ("logit", pa.float32())])
         self.tmp = f"{path}.tmp"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if self.format == "parquet":
-            import pyarrow.parquet as pq
+        with cli.writing(path):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
 
-            self.writer = pq.ParquetWriter(self.tmp, self.schema)
-        else:
-            import pyarrow.csv as pcsv
+                self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            else:
+                import pyarrow.csv as pcsv
 
-            self.writer = pcsv.CSVWriter(self.tmp, self.schema)
+                self.writer = pcsv.CSVWriter(self.tmp, self.schema)
         self.rows = self.unknown_items = 0
 
     def write(self, scored: Mapping[str, np.ndarray]) -> None:
@@ -182,17 +184,26 @@ class PredictionWriter:
             pa.array(np.asarray(scored["probability"], np.float32).ravel(), pa.float32()),
             pa.array(np.asarray(scored["logits"], np.float32).ravel(), pa.float32()),
         ]
-        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        with cli.writing(self.path):
+            self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
         self.rows += len(items)
         self.unknown_items += int(unknown.sum())
 
     def close(self) -> None:
-        self.writer.close()
-        os.replace(self.tmp, self.path)
+        try:
+            with cli.writing(self.path):
+                self.writer.close()
+                os.replace(self.tmp, self.path)
+        except cli.WriteError:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        self.writer.close()
-        os.remove(self.tmp)
+        """Removes the partial output; a writer that cannot flush (a full disk) is no matter then."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.tmp)
 
 
 def predict(

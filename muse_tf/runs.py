@@ -229,11 +229,12 @@ def _read_text(path: str) -> str | None:
 
 def _write_text(path: str, text: str) -> None:
     """Writes atomically: a kill, or another worker reading meanwhile, sees the old file or the new
-    one, never half of one."""
+    one, never half of one. A full disk is a ``cli.WriteError`` naming ``path``."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with cli.writing(path):
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
 
 
 def _write_json(path: str, values: dict) -> None:
@@ -260,13 +261,19 @@ def load_weights_covering(model: tf.Module, path: str) -> None:
     """Loads ``path`` into ``model``, refusing weights that leave part of the model unset.
 
     Raises:
-        RunDirectoryError: naming the model's variables the weights do not hold (they would stay
-            randomly initialised).
+        RunDirectoryError: naming the weights when they cannot be read, or the model's variables
+            they do not hold (which would stay randomly initialised).
     """
     floats = [v for v in model.variables if v.dtype.is_floating]
     for variable in floats:  # NaN marks "not restored": a restored value overwrites it
         variable.assign(tf.fill(tf.shape(variable), tf.constant(np.nan, variable.dtype)))
-    status = model.load_weights(path)
+    try:
+        status = model.load_weights(path)
+    except (IndexError, tf.errors.OpError) as err:  # IndexError: a truncated data file
+        raise RunDirectoryError(
+            f"The weights {path} (.index and .data-* files) are damaged or truncated: "
+            f"{getattr(err, 'message', None) or err}. Train the run again or restore them."
+        ) from None
     try:
         status.assert_existing_objects_matched()
     except AssertionError as err:

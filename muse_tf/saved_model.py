@@ -48,7 +48,7 @@ import tensorflow as tf
 import tf_keras
 
 import muse_tf
-from muse_tf import features, limits, runs, vocabulary, warmup
+from muse_tf import cli, features, limits, runs, vocabulary, warmup
 from muse_tf.config import ModelConfig
 from muse_tf.models import MuseModel
 from muse_tf.signatures import (
@@ -295,28 +295,30 @@ def export_saved_model(
     final_dir = os.path.join(model_dir, str(version))
     if os.path.exists(final_dir):
         raise FileExistsError(f"{final_dir} already exists; choose another version.")
-    os.makedirs(model_dir, exist_ok=True)
+    with cli.writing(model_dir):  # e.g. a file in the way
+        os.makedirs(model_dir, exist_ok=True)
     model(runs.dummy_inputs(), training=False)  # creates any weight not built yet
 
-    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
-    try:
-        vocab_files = {}
-        with tempfile.TemporaryDirectory() as vocab_dir:
-            for name in features.VOCABULARIES:
-                vocab_files[name] = os.path.join(vocab_dir, f"vocab_{name}.txt")
-                vocabulary.write_table_file(vocab_files[name], vocabularies[name])
-            module = ServingModule(
-                model, vocab_files, max_history_length, max_candidates, max_history_values
-            )
-            export_dir = os.path.join(staging, "saved_model")
-            tf.saved_model.save(
-                module,
-                export_dir,
-                signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
-            )
-        warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
-        _write_versions(export_dir)
-        os.rename(export_dir, final_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with cli.writing(final_dir):  # a full disk: one line naming the export
+        staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
+        try:
+            vocab_files = {}
+            with tempfile.TemporaryDirectory() as vocab_dir:
+                for name in features.VOCABULARIES:
+                    vocab_files[name] = os.path.join(vocab_dir, f"vocab_{name}.txt")
+                    vocabulary.write_table_file(vocab_files[name], vocabularies[name])
+                module = ServingModule(
+                    model, vocab_files, max_history_length, max_candidates, max_history_values
+                )
+                export_dir = os.path.join(staging, "saved_model")
+                tf.saved_model.save(
+                    module,
+                    export_dir,
+                    signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
+                )
+            warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
+            _write_versions(export_dir)
+            os.rename(export_dir, final_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return final_dir

@@ -20,6 +20,7 @@ import tf_keras
 
 from muse_tf import (
     artifacts,
+    cli,
     data,
     distribute,
     iterator_release,
@@ -233,7 +234,8 @@ def fit(
         result["sharded_variables"] = distribute.shard_placement(model.variables)
     # Every worker takes part in saving (reading synchronised variables is a collective op);
     # only the chief's copy is kept.
-    model.save_weights(run_dir.worker().final_weights)
+    with cli.writing(run_dir.worker().final_weights):
+        model.save_weights(run_dir.worker().final_weights)
     return result
 
 

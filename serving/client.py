@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from muse_tf import cli, signatures
+from muse_tf import cli, signatures, strict_json
 from serving import MAX_GRPC_MESSAGE_BYTES
 
 
@@ -238,21 +238,30 @@ class GrpcClient(_Client):
         self._channel.close()
 
 
-def _json_input(value: Any) -> np.ndarray:
-    """JSON integers (and empty lists, which carry no type) as int64, the type of muse-tf's IDs."""
-    array = np.asarray(value)
-    return array.astype(np.int64) if array.size == 0 or array.dtype.kind in "iu" else array
+def _json_input(name: str, value: Any) -> np.ndarray:
+    """JSON integers (and empty lists, which carry no type) as int64, the type of muse-tf's IDs;
+    booleans among them and integers outside int64 are refused (``strict_json.array``)."""
+    array = strict_json.array(f"input {name!r}", value)
+    return array.astype(np.int64) if array.size == 0 else array
 
 
 def read_request(source: Any) -> tuple[str | None, dict[str, np.ndarray]]:
     """A request file: TF Serving's REST body ``{"signature_name": ..., "inputs": {...}}`` (what
     ``serving.request`` writes) or bare ``{input name: value}``. Returns the body's signature name
-    (None when it has none) and the inputs."""
+    (None when it has none) and the inputs.
+
+    Raises:
+        ValueError: the file is not JSON, not an object, or an input is not an array of one type.
+    """
     body = json.load(source)
+    if not isinstance(body, dict):
+        raise ValueError(f"holds a JSON {type(body).__name__}, not an object of inputs.")
     signature_name = None
     if isinstance(body.get("inputs"), dict):
         signature_name, body = body.get("signature_name"), body["inputs"]
-    return signature_name, {name: _json_input(value) for name, value in body.items()}
+        if not isinstance(signature_name, str | None):
+            raise ValueError(f'"signature_name" must be a string, got {signature_name!r}.')
+    return signature_name, {name: _json_input(name, value) for name, value in body.items()}
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -295,8 +304,12 @@ def predict(args: argparse.Namespace) -> None:
                 signature_name, inputs = read_request(f)
         except FileNotFoundError:
             raise cli.UsageError(f"--request {args.request}: no such file.") from None
-        except json.JSONDecodeError as error:
+        except OSError as error:  # a directory, an unreadable file
+            raise cli.UsageError(f"--request {args.request}: {error.strerror}.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise cli.UsageError(f"--request {args.request} is not JSON: {error}") from None
+        except ValueError as error:
+            raise cli.UsageError(f"--request {args.request}: {error}") from None
     signature_name = args.signature_name or signature_name or signatures.SERVING_DEFAULT
     if args.protocol == "rest":
         client = RestClient(args.host, args.port or 8501, args.model_name, args.version)

@@ -5,6 +5,10 @@ serving.server --help`` shows them before TensorFlow loads."""
 # REST connections handled at once; more get 503.
 DEFAULT_NUM_THREADS = 16
 DEFAULT_TIMEOUT_S = 30.0
+# The time one REST request's headers and body have to arrive: a client trickling a byte every few
+# seconds never trips the per-read timeout above, and would hold its connection slot for ever.
+# 60 s carries the largest default body (64 MiB) at ~9 Mbit/s.
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
 # JSON is ~2.7x larger than the binary request: a rank request with L = 100,000 and C = 1,000 is
 # 4.3 MB; serving_default at the export's default rows x width cap (1M values) is ~40 MB.
 DEFAULT_MAX_BODY_BYTES = 64 << 20

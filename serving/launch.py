@@ -45,6 +45,29 @@ def raw_http(port: int, raw: bytes, wait_s: float) -> tuple[bytes, bool]:
     return received, True
 
 
+def trickle_http(port: int, raw: bytes, interval_s: float, max_s: float) -> tuple[bytes, float | None]:
+    """Sends ``raw`` to 127.0.0.1:``port`` one byte every ``interval_s`` (a slow-loris client: it
+    never stalls for long) until the server answers or closes, or ``max_s`` has passed. Returns
+    what came back, and the seconds until the server closed the connection (None: still open)."""
+    started, received = time.monotonic(), b""
+    with socket.create_connection(("127.0.0.1", port), timeout=interval_s) as conn:
+        for byte in raw[: int(max_s / interval_s)]:
+            try:
+                conn.sendall(bytes([byte]))
+                chunk = conn.recv(65536)  # the pause before the next byte, unless answered
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                break
+            while chunk:
+                received += chunk
+                chunk = conn.recv(65536)
+            break
+        else:
+            return received, None
+    return received, time.monotonic() - started
+
+
 def http_statuses(received: bytes) -> list[int]:
     """The status codes of the HTTP responses in ``received``."""
     lines = received.split(b"\r\n")

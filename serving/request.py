@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from muse_tf import cli, features, signatures
+from muse_tf import cli, features, signatures, strict_json
 
 DEFAULT_RANDOM_CANDIDATES = 20
 # Random candidates come from the split's items; reading stops once the user is found and this many
@@ -46,13 +46,23 @@ class UserRecord:
     shard: str
 
 
+def int64(text: str) -> int:
+    """A raw ID: an integer of int64's range, as every ID of the records."""
+    value = int(text)
+    if not strict_json.INT64_MIN <= value <= strict_json.INT64_MAX:
+        raise argparse.ArgumentTypeError(
+            f"user IDs are int64, in {strict_json.INT64_RANGE}; got {text}"
+        )
+    return value
+
+
 def arguments() -> argparse.ArgumentParser:
     """The command line of ``python -m serving.request``."""
     parser = cli.parser("serving.request", __doc__)
     parser.add_argument("--data", required=True,
                         help="converted dataset directory (the run's --data, e.g. the quick start's "
                         "runs/data/synthetic-u2000-l1000-s0)")
-    parser.add_argument("--user", type=int,
+    parser.add_argument("--user", type=int64,
                         help="raw user ID; default: the first user of the split (printed)")
     parser.add_argument("--split", default="test", help="split whose record and samples are used")
     parser.add_argument("--signature", default="rank",
@@ -66,19 +76,24 @@ def arguments() -> argparse.ArgumentParser:
 
 
 def _records(files: Sequence[str], first: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """(shard, {feature: values}) of every record, starting with shard ``first``."""
+    """(shard, {feature: values}) of every record, starting with shard ``first``.
+
+    Raises:
+        ValueError: naming a damaged shard (``data.damaged_shards_named``).
+    """
     import tensorflow as tf
 
-    from muse_tf import records
+    from muse_tf import data, records
 
-    for path in [*files[first:], *files[:first]]:
-        dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
-        for serialized in dataset.as_numpy_iterator():
-            feature = tf.train.Example.FromString(serialized).features.feature
-            yield path, {
-                name: np.array(feature[name].int64_list.value, np.int64)
-                for name in records.RECORD_FEATURES
-            }
+    with data.damaged_shards_named(files):
+        for path in [*files[first:], *files[:first]]:
+            dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
+            for serialized in dataset.as_numpy_iterator():
+                feature = tf.train.Example.FromString(serialized).features.feature
+                yield path, {
+                    name: np.array(feature[name].int64_list.value, np.int64)
+                    for name in records.RECORD_FEATURES
+                }
 
 
 def read_user(
@@ -208,7 +223,7 @@ def write(args: argparse.Namespace) -> dict:
     if args.output == "-":
         print(text)
     else:
-        with open(args.output, "w") as f:
+        with cli.writing(args.output), open(args.output, "w") as f:
             f.write(text + "\n")
     print(summary, file=sys.stderr)
     if args.output != "-":

@@ -10,21 +10,27 @@ Errors are ``{"error": "..."}`` with 400 (bad request) or 404 (unknown model, ve
 
 Bounds (the first two are ``tensorflow_model_server``'s ``--rest_api_num_threads`` and
 ``--rest_api_timeout_in_ms``): at most ``num_threads`` connections are handled at once (more get
-503 and are closed); a connection idle or stalled for ``timeout_s`` is dropped; a body above
-``max_body_bytes`` is refused with 413 before it is read. A body must come with a valid
-``Content-Length`` (400 otherwise); ``Transfer-Encoding`` (chunked) bodies are refused with 411. Every
-refusal that leaves body bytes unread closes the connection, so they are never parsed as a request.
+503 and are closed); a connection idle or stalled for ``timeout_s`` is dropped; a request whose
+headers and body have not all arrived ``request_timeout_s`` after the server began waiting for it
+gets 408 and is closed (a client trickling a byte at a time never stalls, yet must not hold a
+connection slot for long); a body above ``max_body_bytes`` is refused with 413 before it is read.
+A body must come with a valid ``Content-Length`` (400 otherwise); ``Transfer-Encoding`` (chunked)
+bodies are refused with 411. Every refusal that leaves body bytes unread closes the connection, so
+they are never parsed as a request.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,7 +38,13 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
-from serving.defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_NUM_THREADS, DEFAULT_TIMEOUT_S
+from muse_tf import strict_json
+from serving.defaults import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_NUM_THREADS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+)
 from serving.servable import InvalidArgument, NotFound, Servable, ServingError
 
 _ROUTE = re.compile(
@@ -63,6 +75,53 @@ class HttpRefusal(ServingError):
         self.http_status = http_status
 
 
+class _DeadlinePassed(OSError):
+    """A request's headers and body did not all arrive within the request timeout."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads: each waits at most ``timeout`` (an idle or stalled client), and those
+    of one request all end by its deadline (a client trickling a byte at a time never stalls)."""
+
+    def __init__(self, connection: socket.socket, timeout: float):
+        self._connection, self._timeout = connection, timeout
+        self._deadline = float("inf")  # set by start_request
+        self.received = 0  # bytes of the current request read from the connection
+
+    def readable(self) -> bool:
+        return True
+
+    def start_request(self, request_timeout: float) -> None:
+        """Starts the deadline of the next request."""
+        self._deadline, self.received = time.monotonic() + request_timeout, 0
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed("request deadline passed")
+        self._connection.settimeout(min(self._timeout, left))
+        try:
+            count = self._connection.recv_into(buffer)
+        except TimeoutError:
+            if time.monotonic() >= self._deadline:
+                raise _DeadlinePassed("request deadline passed") from None
+            raise
+        finally:  # writes keep the per-operation timeout
+            self._connection.settimeout(self._timeout)
+        self.received += count
+        return count
+
+
+def _closing_response(status: HTTPStatus, message: str) -> bytes:
+    """A whole JSON error response that closes the connection, for refusals made before a request
+    line is parsed (``BaseHTTPRequestHandler``'s replies need one)."""
+    body = json.dumps({"error": message}).encode()
+    return (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 def _proto_to_json(message: Any) -> dict:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, **{_PRINT_DEFAULTS: True}
@@ -70,11 +129,12 @@ def _proto_to_json(message: Any) -> dict:
 
 
 def json_to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
-    """A JSON value as a NumPy array of the input's dtype; refuses values of another type."""
+    """A JSON value as a NumPy array of the input's dtype; refuses values of another type, and
+    booleans or integers NumPy would silently convert (``strict_json.array``)."""
     try:
-        array = np.asarray(value)
-    except ValueError as error:  # ragged lists
-        raise InvalidArgument(f"Input {name!r} is not a rectangular array: {error}") from None
+        array = strict_json.array(f"Input {name!r}", value)
+    except ValueError as error:
+        raise InvalidArgument(str(error)) from None
     target = np.dtype(spec.dtype.as_numpy_dtype)
     if array.size and array.dtype.kind not in _JSON_KINDS.get(target.kind, target.kind):
         raise InvalidArgument(
@@ -122,9 +182,32 @@ class _Handler(BaseHTTPRequestHandler):
     servable: Servable
     max_body_bytes: int
     timeout: float
+    request_timeout: float
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own reader; reads go through the deadline instead
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        """One request, whose headers and body must arrive within ``request_timeout``; past it
+        the client gets 408 (nothing if it sent nothing: an idle keep-alive connection) and the
+        connection closes, freeing its slot."""
+        self._reader.start_request(self.request_timeout)
+        try:
+            super().handle_one_request()
+        except _DeadlinePassed:
+            self.close_connection = True
+            if self._reader.received:
+                message = f"Request headers not received within {self.request_timeout:g} s."
+                try:
+                    self.wfile.write(_closing_response(HTTPStatus.REQUEST_TIMEOUT, message))
+                except OSError:
+                    pass
 
     def _reply(self, status: int, payload: dict) -> None:
         try:
@@ -160,6 +243,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
         try:
             body = self.rfile.read(length)
+        except _DeadlinePassed:
+            raise self._refuse(
+                408, f"Request body not received within {self.request_timeout:g} s."
+            ) from None
         except OSError:  # a timeout, or the client hung up
             body = b""
         if len(body) != length:  # the client stalled past the timeout or hung up
@@ -236,13 +323,10 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request: socket.socket, client_address: tuple) -> None:
         if not self._slots.acquire(blocking=False):
-            body = json.dumps({"error": "Too many connections; retry later."}).encode()
             try:
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
-                    + body
-                )
+                request.sendall(_closing_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections; retry later."
+                ))
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -263,6 +347,7 @@ def make_rest_server(
     num_threads: int = DEFAULT_NUM_THREADS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
 ) -> ThreadingHTTPServer:
     """A (not yet serving) HTTP server; call ``serve_forever`` in a thread, ``shutdown`` to stop.
 
@@ -270,7 +355,10 @@ def make_rest_server(
         num_threads: connections handled at once (``--rest_api_num_threads``).
         timeout_s: socket timeout; idle keep-alive and stalled clients are dropped after it.
         max_body_bytes: the largest request body accepted (413 above it, before reading).
+        request_timeout_s: the time a request's headers and body have to arrive, from when the
+            server begins waiting for it (408 and closed after it).
     """
-    attributes = {"servable": servable, "timeout": timeout_s, "max_body_bytes": max_body_bytes}
+    attributes = {"servable": servable, "timeout": timeout_s, "max_body_bytes": max_body_bytes,
+                  "request_timeout": request_timeout_s}
     handler = type("Handler", (_Handler,), attributes)
     return _BoundedHTTPServer((host, port), handler, num_threads)

@@ -10,8 +10,9 @@ TF Serving, ``--rest_api_port 0`` (the default) disables REST. It runs the Saved
 TensorFlow's Python runtime, so it proves the export and the protocols, not TF Serving's speed.
 
 Resource bounds take TF Serving's flags (``--grpc_channel_arguments``, ``--grpc_max_threads``,
-``--rest_api_num_threads``, ``--rest_api_timeout_in_ms``) plus two of its own
-(``--rest_api_max_body_bytes``, ``--max_tensor_elements``); serving/README.md lists the defaults.
+``--rest_api_num_threads``, ``--rest_api_timeout_in_ms``) plus three of its own
+(``--rest_api_request_timeout_in_ms``, ``--rest_api_max_body_bytes``, ``--max_tensor_elements``);
+serving/README.md lists the defaults.
 TensorFlow loads after the flags are parsed.
 """
 
@@ -43,6 +44,7 @@ class Limits:
         grpc_max_threads: gRPC handler threads.
         rest_api_num_threads: REST connections handled at once.
         rest_api_timeout_s: REST socket timeout (idle and stalled clients are dropped).
+        rest_api_request_timeout_s: the time a REST request's headers and body have to arrive.
         rest_api_max_body_bytes: the largest REST request body.
         max_tensor_elements: the most values one gRPC input tensor may declare.
     """
@@ -51,6 +53,7 @@ class Limits:
     grpc_max_threads: int = defaults.DEFAULT_GRPC_MAX_THREADS
     rest_api_num_threads: int = defaults.DEFAULT_NUM_THREADS
     rest_api_timeout_s: float = defaults.DEFAULT_TIMEOUT_S
+    rest_api_request_timeout_s: float = defaults.DEFAULT_REQUEST_TIMEOUT_S
     rest_api_max_body_bytes: int = defaults.DEFAULT_MAX_BODY_BYTES
     max_tensor_elements: int = defaults.DEFAULT_MAX_TENSOR_ELEMENTS
 
@@ -93,6 +96,7 @@ class ModelServer:
                 num_threads=limits.rest_api_num_threads,
                 timeout_s=limits.rest_api_timeout_s,
                 max_body_bytes=limits.rest_api_max_body_bytes,
+                request_timeout_s=limits.rest_api_request_timeout_s,
             )
             if rest_api_port
             else None
@@ -170,6 +174,13 @@ def arguments() -> argparse.ArgumentParser:
         f"({int(defaults.DEFAULT_TIMEOUT_S * 1000)})",
     )
     parser.add_argument(
+        "--rest_api_request_timeout_in_ms",
+        type=_positive,
+        default=int(defaults.DEFAULT_REQUEST_TIMEOUT_S * 1000),
+        help="time a REST request's headers and body have to arrive, however steadily they "
+        f"trickle; later ones get 408 ({int(defaults.DEFAULT_REQUEST_TIMEOUT_S * 1000)})",
+    )
+    parser.add_argument(
         "--rest_api_max_body_bytes",
         type=_positive,
         default=defaults.DEFAULT_MAX_BODY_BYTES,
@@ -205,6 +216,7 @@ def serve(args: argparse.Namespace) -> None:
         grpc_max_threads=args.grpc_max_threads,
         rest_api_num_threads=args.rest_api_num_threads,
         rest_api_timeout_s=args.rest_api_timeout_in_ms / 1000,
+        rest_api_request_timeout_s=args.rest_api_request_timeout_in_ms / 1000,
         rest_api_max_body_bytes=args.rest_api_max_body_bytes,
         max_tensor_elements=args.max_tensor_elements,
     )

@@ -16,7 +16,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 import muse_tf
-from muse_tf import artifacts, export, features, saved_model, signatures, vocabulary
+from muse_tf import artifacts, cli, export, features, saved_model, signatures, vocabulary
 from muse_tf.config import ExperimentConfig
 from muse_tf.runs import RunDir
 from tests import serving_case as sc
@@ -258,6 +258,28 @@ def test_versions_are_numbered_and_never_overwritten(case, tmp_path):
     request = sc.rank_request(np.random.default_rng(5), case, 11, candidates=2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_history_length=10"):
         run(tf.saved_model.load(second), signatures.RANK, request)
+
+
+def test_a_full_disk_during_export_names_the_version_and_leaves_none(case, tmp_path, monkeypatch):
+    def save_on_a_full_disk(obj, export_dir, **kwargs):  # TensorFlow's error for ENOSPC
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{export_dir}/variables/variables.data-00000-of-00001.tempstate123; "
+            "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", save_on_a_full_disk)
+    with pytest.raises(cli.WriteError) as error:
+        saved_model.export_saved_model(case.model, case.vocabularies, str(tmp_path), "m")
+    message = str(error.value)
+    assert message.startswith(f"Could not write {tmp_path / 'm' / '1'}: "), message
+    assert message.endswith("; No space left on device") and "\n" not in message
+    assert os.listdir(tmp_path / "m") == []  # no staging left behind
+
+
+def test_an_export_directory_blocked_by_a_file_is_named(case, tmp_path):
+    (tmp_path / "exports").write_text("")
+    with pytest.raises(cli.WriteError,
+                       match=re.escape(f"Could not write {tmp_path / 'exports' / 'm'}: Not a dir")):
+        saved_model.export_saved_model(case.model, case.vocabularies, str(tmp_path / "exports"), "m")
 
 
 def test_candidates_and_rows_x_width_are_capped_in_the_graph(case, tmp_path):

@@ -84,3 +84,70 @@ def test_overrides_of_the_right_type_are_taken_as_given():
     assert train.embedding_learning_rate == 3.0 and isinstance(train.embedding_learning_rate, float)
     assert train.steps_per_epoch is None
     assert model.use_cross is True and model.mlp_units == [8, 4]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.embedding_learning_rate=nan", "train.embedding_learning_rate"),  # a string to float
+        ("train.dense_learning_rate=.nan", "train.dense_learning_rate"),  # YAML's NaN
+        ("train.dense_learning_rate=.inf", "train.dense_learning_rate"),
+        ("train.embedding_learning_rate=1e999", "train.embedding_learning_rate"),  # overflows to inf
+        ("train.validation_fraction=-.inf", "train.validation_fraction"),
+        ("model.simtier_eps=.nan", "simtier_eps"),
+    ],
+)
+def test_non_finite_float_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(config.ConfigError, match=re.escape(f"`{key}` must be a finite number")):
+        config.from_dict(config.ExperimentConfig, config.apply_overrides({}, [override]))
+
+
+def test_non_finite_floats_are_refused_when_configs_are_built_directly():
+    with pytest.raises(config.ConfigError, match="`train.dense_learning_rate` must be a finite"):
+        config.TrainConfig(dense_learning_rate=float("nan"))
+    with pytest.raises(config.ConfigError, match="`simtier_eps` must be a finite"):
+        config.ModelConfig(simtier_eps=float("inf"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.validation_fraction=2"], "`train.validation_fraction` must be in [0, 1)"),
+        (["train.validation_fraction=0.1", "train.validation_split=test"],
+         "Set `train.validation_fraction` or `train.validation_split`, not both."),
+        (["train.validation_monitor=loss"], "`train.validation_monitor` must be one of"),
+        (["train.early_stopping_patience=0"], "`train.early_stopping_patience` must be positive"),
+        (["train.early_stopping_patience=2"], "`train.early_stopping_patience` needs validation"),
+    ],
+)
+def test_validation_settings_that_cannot_work_end_the_command_in_one_line(overrides, message,
+                                                                          capsys):
+    """Config mistakes are ``ConfigError``s, which a command line prints as one line, exit 2."""
+    from muse_tf import train
+
+    argv = [arg for override in overrides for arg in ("--set", override)]
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("python -m muse_tf.train: error: ") and message in err, err
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("directory", "cannot be read: Is a directory."),
+    ("latin-1", "is not valid YAML: 'utf-8' codec can't decode byte 0xe9"),
+])
+def test_a_config_file_that_cannot_be_read_as_text_ends_the_command_in_one_line(kind, words,
+                                                                                 tmp_path, capsys):
+    from muse_tf import train
+
+    path = tmp_path / "config.yaml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes("model: {variant: 'caf\u00e9'}\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", str(path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"python -m muse_tf.train: error: Config file {path} {words}"), err

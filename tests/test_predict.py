@@ -2,8 +2,10 @@
 written file's AUC/GAUC equal the run's evaluation, its raw IDs are the raw test samples', and the
 export scores like the run."""
 
+import errno
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -14,10 +16,10 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from muse_tf import artifacts, predict, train
+from muse_tf import artifacts, evaluate, predict, train
 from muse_tf.runs import RunDir
 from tests import reference
-from tests.cli_helpers import assert_usage_error
+from tests.cli_helpers import assert_usage_error, full_disk_open
 from tests.pipeline_helpers import DEMO_DIR as DEMO
 from tests.test_train import TINY, dataset  # noqa: F401  (the tiny converted dataset fixture)
 
@@ -104,6 +106,41 @@ def test_a_damaged_shard_is_named_and_leaves_no_file(dataset, run_dir, tmp_path,
     assert exit_info.value.code == 2
     assert f"{shard.name} is damaged" in capsys.readouterr().err
     assert not list(tmp_path.glob("scores.parquet*"))
+
+
+class _FullDiskParquetWriter:
+    """pyarrow's writer on a full disk: it creates the file, then its OSError names no file."""
+
+    def __init__(self, path, schema):
+        open(path, "wb").close()
+
+    def write_table(self, table):
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space "
+                                    "left on device")
+
+    def close(self):
+        pass
+
+
+def test_a_full_disk_while_scoring_names_the_output_and_leaves_no_file(
+        dataset, run_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(pq, "ParquetWriter", _FullDiskParquetWriter)
+    output = tmp_path / "scores.parquet"
+    assert_usage_error(capsys, predict.main, "muse_tf.predict",
+                       re.escape(f"Could not write {output}: Error writing bytes to file"),
+                       ["--data", dataset, "--model-dir", run_dir, "--output", str(output),
+                        "--quiet"])
+    assert not list(tmp_path.glob("scores.parquet*"))
+
+
+def test_a_full_disk_while_writing_the_evaluation_names_the_file(
+        dataset, run_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(evaluate, "open", full_disk_open, raising=False)
+    written = RunDir(str(tmp_path / "eval")).eval_metrics
+    assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate",
+                       re.escape(f"Could not write {written}: No space left on device"),
+                       ["--data", dataset, "--model-dir", run_dir, "--output",
+                        str(tmp_path / "eval")])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,6 +3,7 @@ user's real history and samples as raw IDs, and an export scores its candidates 
 scores the same raw IDs looked up by NumPy."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -140,6 +141,37 @@ def test_user_errors_are_one_line_exit_2(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         build(str(tmp_path / "nowhere"), tmp_path)
     assert "is not a converted dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("user", [str(2**63), str(-(2**63) - 1), str(2**64)])
+def test_a_user_id_outside_int64_is_one_line_naming_the_flag_and_the_range(dataset, tmp_path,
+                                                                          capsys, user):
+    with pytest.raises(SystemExit) as exit_info:
+        build(dataset, tmp_path, "--user", user)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == (f"python -m serving.request: error: argument --user: user IDs "
+                                    f"are int64, in [-2^63, 2^63 - 1]; got {user}")
+
+
+def test_a_damaged_shard_is_one_line_naming_it(dataset, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    shard = damaged / artifacts.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(SystemExit) as exit_info:
+        build(str(damaged), tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"Shard {shard} is damaged" in err, err
+
+
+def test_an_output_that_is_a_directory_is_one_line_naming_it(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        request_cli.main(["--data", dataset, "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"error: Could not write {tmp_path}: Is a directory" in err, err
 
 
 @pytest.fixture(scope="module")

@@ -274,6 +274,39 @@ def test_request_files_are_the_rest_body_or_bare_inputs():
         }
 
 
+@pytest.mark.parametrize("content, words", [
+    ('{"inputs": {"user_id": 7, "item_id": [1, true, 3]}}',
+     ["input 'item_id' holds true or false among numbers"]),
+    ('{"inputs": {"user_id": 9223372036854775808, "item_id": [1]}}',
+     ["input 'user_id' holds 9223372036854775808, outside the int64 range [-2^63, 2^63 - 1]"]),
+    ('{"user_id": 7, "item_id": [-9223372036854775809, 1]}',
+     ["input 'item_id' holds -9223372036854775809, outside the int64 range"]),
+    ('{"item_id": [1, null]}', ["input 'item_id' holds null"]),
+    ('[{"user_id": 7}]', ["holds a JSON list, not an object of inputs"]),
+    ('{"signature_name": 5, "inputs": {"user_id": 7}}', ['"signature_name" must be a string']),
+    (b"\xff\xfe{}", ["is not JSON"]),
+    (None, ["Is a directory"]),
+])
+def test_request_files_that_cannot_be_sent_exactly_end_in_one_line(tmp_path, capsys, content,
+                                                                   words):
+    """Booleans among IDs (NumPy reads true as 1), IDs outside int64 (NumPy wraps or rounds them),
+    and files that are not a JSON object of inputs are refused before anything is sent."""
+    from serving import client as client_cli
+
+    path = tmp_path / "request.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(SystemExit) as stop:
+        client_cli.main(["--request", str(path), "--port", str(free_port())])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"python -m serving.client: error: --request {path}"), err
+    for word in words:
+        assert word in err, err
+
+
 def test_deployment_configs_parse():
     with open(os.path.join(SERVING, "models.config")) as f:
         config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())

@@ -6,6 +6,7 @@ scores. Property-based (hypothesis) fuzzing of both decoders closes the file."""
 import json
 import re
 import socket
+import threading
 import time
 
 import grpc
@@ -19,8 +20,8 @@ from tensorflow_serving.apis import predict_pb2
 
 from muse_tf import saved_model, signatures
 from serving import grpc_service, rest
-from serving.client import GrpcClient, RestClient
-from serving.launch import free_port, http_statuses, raw_http
+from serving.client import GrpcClient, PredictionError, RestClient
+from serving.launch import free_port, http_statuses, raw_http, trickle_http
 from serving.servable import InvalidArgument, Servable
 from serving.server import Limits, ModelServer
 from tests import serving_case as sc
@@ -30,6 +31,7 @@ LIMITS = Limits(
     grpc_max_threads=4,
     rest_api_num_threads=3,
     rest_api_timeout_s=1.0,
+    rest_api_request_timeout_s=2.0,
     rest_api_max_body_bytes=64 << 10,
     max_tensor_elements=4_000,
 )
@@ -241,6 +243,43 @@ def test_rest_handles_a_bounded_number_of_connections(server, good):
     assert_good_request_served(server, good)
 
 
+def test_rest_requests_trickling_past_their_deadline_are_dropped_and_good_ones_answered(server,
+                                                                                      good):
+    """A byte every 0.4 s never trips the 1 s per-read timeout; the 2 s request deadline frees
+    the slots of as many trickling clients as there are slots, so a good request is answered
+    while they would still be trickling (8 s)."""
+    grpc_port, rest_port = server
+    outcomes = []
+
+    def trickle():
+        outcomes.append(trickle_http(rest_port, PREDICT * 10, interval_s=0.4, max_s=8.0))
+
+    tricklers = [threading.Thread(target=trickle) for _ in range(LIMITS.rest_api_num_threads)]
+    for thread in tricklers:
+        thread.start()
+    time.sleep(0.5)
+    started, refused = time.monotonic(), []
+    try:
+        while time.monotonic() - started < 8.0:
+            try:
+                assert_good_request_served((grpc_port, rest_port), good)
+                break
+            except PredictionError as error:
+                refused.append(str(error))
+                time.sleep(0.2)
+        answered_after = time.monotonic() - started
+    finally:
+        for thread in tricklers:
+            thread.join()
+    assert refused and refused[0].startswith("HTTP 503"), refused  # the tricklers held every slot
+    assert answered_after < 2.0 + 1.5, (answered_after, refused[-1:])
+    assert len(outcomes) == len(tricklers)
+    for received, closed_after in outcomes:
+        assert closed_after is not None and closed_after < 2.0 + 1.0, outcomes
+        assert http_statuses(received) == [408], received
+        assert b"not received within 2 s" in received
+
+
 @pytest.mark.parametrize("where, depth", [("body", 20_000), ("item_id", 5_000), ("item_id", 40)])
 def test_rest_deeply_nested_json_is_a_bad_request(server, good, where, depth):
     """Deeper than the JSON parser's recursion (the first two) or NumPy's 32 dimensions."""
@@ -256,6 +295,29 @@ def test_rest_deeply_nested_json_is_a_bad_request(server, good, where, depth):
                            % len(body) + body)
     assert http_statuses(received) == [400], received[-300:]
     assert_good_request_served(server, good)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("item_id", lambda ids: [ids[0], True, *ids[2:]], "holds true or false among numbers"),
+    ("user_id", lambda _: 2**63, "holds 9223372036854775808, outside the int64 range"),
+    ("item_id", lambda ids: [2**63, *ids[1:]], "holds 9223372036854775808, outside the int64"),
+    ("history_items", lambda ids: [-(2**63) - 1, *ids[1:]], "holds -9223372036854775809, outside"),
+])
+def test_rest_refuses_booleans_and_ids_outside_int64_naming_the_input(server, good, name, value,
+                                                                      message):
+    """NumPy reads true as 1, and ids beyond int64 as uint64, float64 or objects: a 400 naming the
+    input and the range, never a silent 1, a rounded ID or a 500."""
+    _, rest_port = server
+    inputs = {k: np.asarray(v).tolist() for k, v in good[0].items()}
+    inputs[name] = value(inputs[name])
+    body = json.dumps({"signature_name": "rank", "inputs": inputs}).encode()
+    received, _ = exchange(rest_port, PREDICT + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                           % len(body) + body)
+    assert http_statuses(received) == [400], received[-300:]
+    error = json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error.startswith(f"Input {name!r} {message}"), error
+    if "int64" in message:
+        assert "[-2^63, 2^63 - 1]" in error
 
 
 # --- fuzzing ------------------------------------------------------------------------------------
@@ -323,6 +385,16 @@ def test_fuzz_json_values_are_refused_or_exact_int64(value):
         return
     assert array.dtype == np.int64
     assert np.array_equal(array, np.asarray(value, dtype=object).astype(np.int64))
+    leaves = list(_leaves(value))
+    assert all(type(leaf) is int for leaf in leaves), value  # no true or false read as 1 or 0
+
+
+def _leaves(value):
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 @FUZZ

@@ -1,10 +1,13 @@
-"""Strict JSON outputs: undefined metrics are null, and what is written parses without NaN."""
+"""Strict JSON: undefined metrics are written as null, so outputs parse without NaN; JSON values are
+read as arrays only when NumPy would not silently convert them."""
 
 import io
 import json
 import math
+import re
 
 import numpy as np
+import pytest
 
 from muse_tf import strict_json
 
@@ -37,3 +40,32 @@ def test_non_finite_floats_become_null_everywhere():
     assert "NaN" in json.dumps(value)  # what the standard library would have written
     assert math.isnan(value["gauc"])  # the caller's value is left as it was
 
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([[1, -2], [3, 4]], np.array([[1, -2], [3, 4]], np.int64)),
+    ([-(2**63), 2**63 - 1], np.array([-(2**63), 2**63 - 1], np.int64)),  # the int64 bounds
+    (7, np.int64(7)),
+    ([1.5, 2], np.array([1.5, 2.0])),
+    ([True, False], np.array([True, False])),
+    (["a", "b"], np.array(["a", "b"])),
+])
+def test_json_arrays_of_one_type_are_read_exactly(value, expected):
+    array = strict_json.array("x", value)
+    assert array.dtype == expected.dtype and array.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("value, message", [
+    ([1, True, 3], "holds true or false among numbers"),  # NumPy: [1, 1, 3]
+    ([[1, 2], [False, 3]], "holds true or false among numbers"),
+    ([1.5, True], "holds true or false among numbers"),
+    (2**63, "holds 9223372036854775808, outside the int64 range [-2^63, 2^63 - 1]"),  # uint64
+    ([2**63, 1], "holds 9223372036854775808, outside"),  # NumPy: float64, rounded
+    ([-(2**63) - 1, 0], "holds -9223372036854775809, outside"),  # NumPy: objects
+    ([[2**70]], "holds 1180591620717411303424, outside"),
+    ([1, None], "holds null or an object"),
+    ([1, [2]], "is not a rectangular array"),
+])
+def test_json_values_numpy_would_silently_convert_are_refused_naming_the_field(value, message):
+    with pytest.raises(ValueError, match=re.escape(f"Input 'item_id' {message}")):
+        strict_json.array("Input 'item_id'", value)
