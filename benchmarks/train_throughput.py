@@ -148,11 +148,12 @@ def end_to_end_child(data_dir: str, how: str, keras_autograph: str, batch: int, 
     experiment = ExperimentConfig(model=fixtures.paper_config("muse", sizes),
                                   train=TrainConfig(batch_size=batch, history_length=length,
                                                     shuffle=True, seed=0))
-    steps = training.steps_per_epoch(data_dir, experiment)
     strategy = distribute.make_strategy()
+    steps = training.steps_per_epoch(experiment.train, training.training_samples(data_dir, experiment.train),
+                                     experiment.train.global_batch_size(strategy.num_replicas_in_sync))
     with strategy.scope():
         model = fixtures.random_model(experiment.model, table)
-        training.compile_model(model, experiment)
+        training.compile_model(model, experiment, steps)
     if how == "precomputed":
         files = data.split_files(data_dir, "train")
         dataset = strategy.distribute_datasets_from_function(lambda context: data.make_dataset(

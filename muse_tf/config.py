@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ ATTENTION_CHOICES = ("ta", "sata")
 EMBEDDING_OPTIMIZERS = ("sparse_adam", "adam")
 VALIDATION_MONITORS = ("gauc", "auc")
 DENSE_OPTIMIZERS = ("adam", "adamw")
+LEARNING_RATE_SCHEDULES = ("constant", "warmup_cosine")
 
 
 class ConfigError(cli.UsageError, ValueError):
@@ -178,7 +180,10 @@ class TrainConfig:
     """How to train and evaluate (defaults: the paper's optimiser settings).
 
     Attributes:
-        batch_size: global batch size, split across replicas (official: 1,000 per device on 8).
+        batch_size: global batch size, split across replicas; None = ``per_replica_batch_size``
+            on every replica, as the official code's DDP run (1,000 per device).
+        per_replica_batch_size: samples per replica and step when ``batch_size`` is None
+            (official: 1,000 per device, so 1,000 on one device and 8,000 on 8).
         epochs: passes over the training split.
         steps_per_epoch: None = one pass over the training split's samples (from the manifest).
         embedding_optimizer: ``sparse_adam`` (only the rows a batch looks up are updated, as the
@@ -187,6 +192,10 @@ class TrainConfig:
             README) or ``adam`` for every other weight.
         embedding_learning_rate: learning rate of the embedding tables (paper: 2e-3).
         dense_learning_rate: learning rate of every other weight (paper: 2e-4).
+        learning_rate_schedule: ``constant`` (the official code's) or ``warmup_cosine``: both
+            rates rise linearly from 0 over the first ``warmup_fraction`` of the run's steps, then
+            fall to 0 along a cosine by its last step.
+        warmup_fraction: share of the run's optimizer steps spent warming up (``warmup_cosine``).
         history_length: L, behaviours per sample fed to the model (the most recent kept); the
             converted shards hold at most the conversion's ``--history-cap``.
         shuffle: shuffle the shard files and user records each epoch (a user's samples stay
@@ -209,15 +218,20 @@ class TrainConfig:
         ps_min_shard_bytes: on a parameter-server cluster, a variable is split row-wise across
             the parameter servers only if every shard keeps at least this many bytes (the
             embedding and multimodal tables are; dense weights stay whole).
+        warn_below_steps: before training, say so when a pass over the data makes fewer optimizer
+            steps than this (a model learns little from a few steps); 0 = never.
     """
 
-    batch_size: int = 8000
+    batch_size: int | None = None
+    per_replica_batch_size: int = 1000
     epochs: int = 1
     steps_per_epoch: int | None = None
     embedding_optimizer: str = "sparse_adam"
     dense_optimizer: str = "adamw"
     embedding_learning_rate: float = 2e-3
     dense_learning_rate: float = 2e-4
+    learning_rate_schedule: str = "constant"
+    warmup_fraction: float = 0.1
     history_length: int = 1000
     shuffle: bool = False
     seed: int = 0
@@ -230,22 +244,27 @@ class TrainConfig:
     validation_monitor: str = "gauc"
     early_stopping_patience: int | None = None
     ps_min_shard_bytes: int = 1 << 20
+    warn_below_steps: int = 50
 
     def __post_init__(self) -> None:
         _refuse_non_finite(self, "train.")
-        for name in ("batch_size", "epochs", "history_length", "eval_batch_size",
+        for name in ("per_replica_batch_size", "epochs", "history_length", "eval_batch_size",
                      "backup_every_steps", "log_every_steps", "embedding_learning_rate",
                      "dense_learning_rate", "ps_min_shard_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
         for name, choices in (("embedding_optimizer", EMBEDDING_OPTIMIZERS),
-                              ("dense_optimizer", DENSE_OPTIMIZERS)):
+                              ("dense_optimizer", DENSE_OPTIMIZERS),
+                              ("learning_rate_schedule", LEARNING_RATE_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"`train.{name}` must be one of {choices}, got {getattr(self, name)!r}.")
-        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
-            raise ConfigError(
-                f"`train.steps_per_epoch` must be positive or null, got {self.steps_per_epoch}."
-            )
+        for name in ("batch_size", "steps_per_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"`train.{name}` must be positive or null, got {getattr(self, name)}.")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"`train.warmup_fraction` must be in [0, 1), got {self.warmup_fraction}.")
+        if self.warn_below_steps < 0:
+            raise ConfigError(f"`train.warn_below_steps` must be >= 0, got {self.warn_below_steps}.")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(
                 f"`train.validation_fraction` must be in [0, 1), got {self.validation_fraction}."
@@ -262,6 +281,11 @@ class TrainConfig:
             if not self.validates:
                 raise ConfigError("`train.early_stopping_patience` needs validation: set "
                                   "`train.validation_fraction` or `train.validation_split`.")
+
+    def global_batch_size(self, replicas: int) -> int:
+        """Samples per optimizer step over all ``replicas``: ``batch_size`` if set, else
+        ``per_replica_batch_size`` on each (the official code's 1,000 per device)."""
+        return self.batch_size or self.per_replica_batch_size * replicas
 
     @property
     def validates(self) -> bool:
@@ -364,6 +388,7 @@ def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
 
 SYNTHETIC_CONFIG = "synthetic.yaml"  # the embedded default's settings
 TAOBAO_MM_CONFIG = "taobao_mm.yaml"  # the paper's settings, the default for real data (--data)
+TAOBAO_MM_TUNED_CONFIG = "taobao_mm_tuned.yaml"  # measured better than the paper's (docs/experiments.md)
 
 
 def packaged_config_path(name: str = SYNTHETIC_CONFIG) -> str:
@@ -371,19 +396,28 @@ def packaged_config_path(name: str = SYNTHETIC_CONFIG) -> str:
     return str(resources.files("muse_tf.configs").joinpath(name))
 
 
+def presets() -> list[str]:
+    """The names of the packaged configs (``--config NAME``)."""
+    return sorted(entry.name[:-len(".yaml")] for entry in resources.files("muse_tf.configs").iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
 def load_yaml(path: str) -> dict[str, Any]:
-    """Reads a YAML mapping; an empty file is an empty mapping.
+    """Reads a YAML mapping from a file, or from the packaged preset of that name (``presets``)
+    when no such file exists; an empty file is an empty mapping.
 
     Raises:
         ConfigError: when the file is missing or unreadable, is not YAML or holds no mapping.
     """
+    if not os.path.exists(path) and path in presets():
+        path = packaged_config_path(f"{path}.yaml")
     try:
         with open(path) as f:
             loaded = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(
             f"Config file {path} not found; pass an existing YAML file with `model:` and `train:` "
-            f"sections (examples: {packaged_config_path()})."
+            f"sections or the name of a packaged preset ({', '.join(presets())})."
         ) from None
     except OSError as err:  # a directory, an unreadable file
         raise ConfigError(f"Config file {path} cannot be read: {err.strerror}.") from None

@@ -60,24 +60,30 @@ def run_key(overrides: dict) -> str:
     return "-".join(f"{value}" for _, value in sorted(overrides.items()))
 
 
-def experiment_config(overrides: dict, seed: int, extra: Sequence[str]) -> ExperimentConfig:
-    """The embedded default config with a row's model ``overrides``, ``seed``, a fixed input
-    order, and the command line's ``--set`` overrides applied last."""
-    values = load_yaml(packaged_config_path())
+def experiment_config(
+    overrides: dict, seed: int, extra: Sequence[str], config_path: str | None = None
+) -> ExperimentConfig:
+    """The config file (default: the embedded default's) with a row's model ``overrides``,
+    ``seed``, a fixed input order, and the command line's ``--set`` overrides applied last."""
+    values = load_yaml(config_path or packaged_config_path())
     values.setdefault("model", {}).update(overrides)
     values.setdefault("train", {}).update(seed=seed, deterministic=True)
     return from_dict(ExperimentConfig, apply_overrides(values, extra))
 
 
-def run_one(overrides: dict, seed: int, data_dir: str, work_dir: str, extra: Sequence[str]) -> dict:
-    """Trains and evaluates one configuration with one seed; returns its test metrics.
+def run_one(
+    overrides: dict, seed: int, data_dir: str, work_dir: str, extra: Sequence[str],
+    config_path: str | None = None,
+) -> dict:
+    """Trains and evaluates one configuration with one seed (``experiment_config``); returns its
+    test metrics.
 
     A finished run of the same configuration is trained again (``overwrite``), so re-running the
     experiments always measures the current code."""
     from muse_tf import training  # TensorFlow, after the command line is parsed
 
     model_dir = os.path.join(work_dir, run_key(overrides), f"seed{seed}")
-    result = training.run(experiment_config(overrides, seed, extra), data_dir, model_dir,
+    result = training.run(experiment_config(overrides, seed, extra, config_path), data_dir, model_dir,
                        export=False, overwrite=True, verbose=0)
     return {"auc": result["eval"]["auc"], "gauc": result["eval"]["gauc"]}
 

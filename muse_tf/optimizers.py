@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from muse_tf.config import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS
+from muse_tf.config import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, LEARNING_RATE_SCHEDULES
 
 # torch.optim defaults, which the official code keeps.
 TORCH_EPSILON = 1e-8
@@ -104,7 +104,24 @@ class SparseAdam(tf_keras.optimizers.Optimizer):
         return config
 
 
-def dense_optimizer(name: str, learning_rate: float) -> tf_keras.optimizers.Optimizer:
+LearningRate = float | tf_keras.optimizers.schedules.LearningRateSchedule
+
+
+def learning_rate(peak: float, schedule: str, total_steps: int, warmup_fraction: float) -> LearningRate:
+    """``peak`` at every step (``constant``), or ``warmup_cosine``: linear from 0 to ``peak`` over
+    the first ``warmup_fraction`` of ``total_steps``, then a cosine decay to 0 at the last step.
+    Both follow the optimizer's own step counter, so a resumed run continues the schedule."""
+    if schedule == "constant":
+        return peak
+    if schedule == "warmup_cosine":
+        warmup = int(warmup_fraction * total_steps)
+        return tf_keras.optimizers.schedules.CosineDecay(
+            0.0, max(1, total_steps - warmup), warmup_target=peak, warmup_steps=warmup
+        )
+    raise ValueError(f"Unknown learning rate schedule {schedule!r}; choose one of {LEARNING_RATE_SCHEDULES}.")
+
+
+def dense_optimizer(name: str, learning_rate: LearningRate) -> tf_keras.optimizers.Optimizer:
     """The optimizer of every weight but the embedding tables, by name.
 
     ``adamw`` is the official code's: torch's AdamW defaults (decoupled weight decay 0.01,
@@ -119,7 +136,7 @@ def dense_optimizer(name: str, learning_rate: float) -> tf_keras.optimizers.Opti
     raise ValueError(f"Unknown dense optimizer {name!r}; choose one of {DENSE_OPTIMIZERS}.")
 
 
-def embedding_optimizer(name: str, learning_rate: float) -> tf_keras.optimizers.Optimizer:
+def embedding_optimizer(name: str, learning_rate: LearningRate) -> tf_keras.optimizers.Optimizer:
     """The optimizer of the embedding tables, by name: ``sparse_adam`` (``SparseAdam``) or
     ``adam`` (tf-keras Adam, which updates every row of a table at every step)."""
     if name == "sparse_adam":

@@ -35,7 +35,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="converted dataset directory (output of pipelines.taobao_mm); "
                         "default: the embedded synthetic dataset, generated once under --work-dir")
     parser.add_argument("--model", choices=sorted(VARIANTS), help="model variant (overrides config)")
-    parser.add_argument("--config", help="YAML file with `model:` and `train:` sections; default: "
+    parser.add_argument("--config", help="YAML file with `model:` and `train:` sections, or a packaged "
+                        "preset's name (synthetic, taobao_mm, taobao_mm_tuned); default: "
                         f"muse_tf/configs/{SYNTHETIC_CONFIG} without --data, the paper's settings "
                         f"(muse_tf/configs/{TAOBAO_MM_CONFIG}) with it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

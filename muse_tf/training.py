@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 
 import tensorflow as tf
@@ -30,19 +31,25 @@ from muse_tf import (
     signatures,
     validation,
 )
-from muse_tf.config import ExperimentConfig
+from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.evaluate import evaluate_run
 from muse_tf.models import MuseModel
 from muse_tf.saved_model import export_saved_model
 
 
-def compile_model(model: MuseModel, experiment: ExperimentConfig) -> None:
-    """The config's optimizers, at its rates: one for the embedding tables, one for the rest."""
+def compile_model(model: MuseModel, experiment: ExperimentConfig, total_steps: int) -> None:
+    """The config's optimizers, at its rates and schedule over the run's ``total_steps``: one for
+    the embedding tables, one for the rest."""
     train = experiment.train
+
+    def rate(peak: float) -> optimizers.LearningRate:
+        return optimizers.learning_rate(peak, train.learning_rate_schedule, total_steps,
+                                        train.warmup_fraction)
+
     model.compile(
-        optimizer=optimizers.dense_optimizer(train.dense_optimizer, train.dense_learning_rate),
+        optimizer=optimizers.dense_optimizer(train.dense_optimizer, rate(train.dense_learning_rate)),
         embedding_optimizer=optimizers.embedding_optimizer(
-            train.embedding_optimizer, train.embedding_learning_rate
+            train.embedding_optimizer, rate(train.embedding_learning_rate)
         ),
     )
 
@@ -98,7 +105,8 @@ def make_callbacks(
 def train_dataset(
     strategy: tf.distribute.Strategy, data_dir: str, experiment: ExperimentConfig
 ) -> tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator:
-    """The training split, repeated, as per-replica batches of ``batch_size / replicas``.
+    """The training split, repeated, as per-replica batches of the global batch
+    (``TrainConfig.global_batch_size``) / replicas.
 
     Each input pipeline (one per worker) reads its own subset of the shard files; a partial
     last batch is dropped, so every replica always gets the same batch shape. Under
@@ -106,13 +114,14 @@ def train_dataset(
     """
     train = experiment.train
     files = data.split_files(data_dir, "train")
+    global_batch = train.global_batch_size(strategy.num_replicas_in_sync)
     if distribute.is_parameter_server(strategy):
-        return parameter_server_dataset(files, experiment)
+        return parameter_server_dataset(files, experiment, global_batch)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return data.make_dataset(
             files,
-            context.get_per_replica_batch_size(train.batch_size),
+            context.get_per_replica_batch_size(global_batch),
             history_length=train.history_length,
             shuffle=train.shuffle,
             seed=train.seed,
@@ -127,10 +136,10 @@ def train_dataset(
 
 
 def parameter_server_dataset(
-    files: list[str], experiment: ExperimentConfig
+    files: list[str], experiment: ExperimentConfig, global_batch: int
 ) -> tf_keras.utils.experimental.DatasetCreator:
     """The training input of a parameter-server cluster: every worker builds it and takes batches
-    of ``batch_size`` (each step is one worker's).
+    of ``global_batch`` (each step is one worker's).
 
     TensorFlow traces the dataset function once for all workers and gives each the same single
     input pipeline, so the shards cannot be split among them; instead every worker reads the whole
@@ -145,7 +154,7 @@ def parameter_server_dataset(
             tf.random.set_seed(None)
         return data.make_dataset(
             files,
-            context.get_per_replica_batch_size(train.batch_size),
+            context.get_per_replica_batch_size(global_batch),
             history_length=train.history_length,
             shuffle=True,
             repeat=True,
@@ -156,9 +165,9 @@ def parameter_server_dataset(
     return tf_keras.utils.experimental.DatasetCreator(dataset_fn)
 
 
-def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
-    """``train.steps_per_epoch``, or one pass: training samples in the manifest (less the
-    held-out share, ``train.validation_fraction``) // batch size.
+def training_samples(data_dir: str, train: TrainConfig) -> int:
+    """Samples a pass trains on: the manifest's training split less the held-out share
+    (``train.validation_fraction``).
 
     Raises:
         ValueError: when the training split holds no sample (fitting would wait forever).
@@ -166,10 +175,32 @@ def steps_per_epoch(data_dir: str, experiment: ExperimentConfig) -> int:
     samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
     if samples == 0:
         raise ValueError(f"{data_dir}: the training split holds no sample; nothing to train on.")
-    if experiment.train.steps_per_epoch:
-        return experiment.train.steps_per_epoch
-    trained = samples * (1.0 - experiment.train.validation_fraction)
-    return max(1, int(trained) // experiment.train.batch_size)
+    return int(samples * (1.0 - train.validation_fraction))
+
+
+def steps_per_epoch(train: TrainConfig, samples: int, global_batch: int) -> int:
+    """``train.steps_per_epoch``, or one pass over ``samples`` at ``global_batch``."""
+    return train.steps_per_epoch or max(1, samples // global_batch)
+
+
+def too_few_steps(train: TrainConfig, samples: int, global_batch: int) -> str | None:
+    """Why a run planned from the data will learn little, or None: a pass makes fewer than
+    ``train.warn_below_steps`` optimizer steps, or the split is smaller than one global batch
+    (its one step repeats samples). Silent when ``train.steps_per_epoch`` is set by hand."""
+    if train.steps_per_epoch or not train.warn_below_steps:
+        return None
+    steps = steps_per_epoch(train, samples, global_batch)
+    fix = ("lower `train.per_replica_batch_size` (or set a smaller global `train.batch_size`) "
+           "or raise `train.epochs`; --set train.warn_below_steps=0 silences this")
+    if samples < global_batch:
+        return (f"Warning: the training split has {samples:,} samples, fewer than one global batch "
+                f"of {global_batch:,}: each step repeats samples; {fix}.")
+    if steps * train.epochs < train.warn_below_steps:
+        return (f"Warning: {samples:,} training samples at a global batch of {global_batch:,} make "
+                f"{steps:,} optimizer step(s) per epoch, {steps * train.epochs:,} in all (fewer than "
+                f"`train.warn_below_steps` = {train.warn_below_steps}): the model will learn little; "
+                f"{fix}.")
+    return None
 
 
 def keras_fit(
@@ -205,7 +236,7 @@ def fit(
     """
     with strategy.scope():
         model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
-        compile_model(model, experiment)
+        compile_model(model, experiment, steps * experiment.train.epochs)
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
     with data.damaged_shards_named(data.split_files(data_dir, "train")):
@@ -286,7 +317,9 @@ def run(
         experiment,
         model=dataclasses.replace(experiment.model, vocab_sizes=artifacts.vocab_sizes(data_dir)),
     )
-    steps = steps_per_epoch(data_dir, experiment)  # an empty split fails before the run starts
+    samples = training_samples(data_dir, experiment.train)  # an empty split fails before the run
+    global_batch = experiment.train.global_batch_size(strategy.num_replicas_in_sync)
+    steps = steps_per_epoch(experiment.train, samples, global_batch)
     run_dir = runs.RunDir(model_dir)
     chief = distribute.is_chief()
     if overwrite and chief:
@@ -300,7 +333,11 @@ def run(
         if chief:
             run_dir.start(experiment)
         print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
-              f"({strategy.num_replicas_in_sync} replica(s)); run directory {model_dir}")
+              f"({strategy.num_replicas_in_sync} replica(s), global batch {global_batch:,}, "
+              f"{steps:,} steps per epoch); run directory {model_dir}")
+        warning = too_few_steps(experiment.train, samples, global_batch)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
         if chief:
             run_dir.record_training(experiment, result)

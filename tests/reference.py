@@ -143,7 +143,8 @@ def group_auc_bruteforce(labels, scores, groups):
 
 class SparseAdam:
     """torch.optim.SparseAdam in float64: per step, repeated indices summed (torch's ``coalesce``),
-    then only those rows' moments and values updated; a step counter per table."""
+    then only those rows' moments and values updated; a step counter per table. ``lr`` is a number
+    or a function of the number of steps taken before this one (a schedule)."""
 
     def __init__(self, table, lr, beta_1=0.9, beta_2=0.999, eps=1e-8):
         self.table = np.array(table, np.float64)
@@ -164,5 +165,19 @@ class SparseAdam:
         self.v[rows] += v_update
         numer = m_update + old_m
         denom = np.sqrt(v_update + old_v) + self.eps
-        step_size = self.lr * np.sqrt(1 - self.beta_2**self.step) / (1 - self.beta_1**self.step)
+        lr = self.lr(self.step - 1) if callable(self.lr) else self.lr
+        step_size = lr * np.sqrt(1 - self.beta_2**self.step) / (1 - self.beta_1**self.step)
         self.table[rows] += -step_size * numer / denom
+
+
+def warmup_cosine(peak, total_steps, warmup_fraction):
+    """The learning rate after ``t`` steps: linear from 0 to ``peak`` over the first
+    ``warmup_fraction`` of ``total_steps``, then half a cosine period down to 0 at the last."""
+    warmup = int(warmup_fraction * total_steps)
+
+    def rate(t):
+        if t < warmup:
+            return peak * t / warmup
+        return peak * 0.5 * (1 + np.cos(np.pi * (t - warmup) / (total_steps - warmup)))
+
+    return rate

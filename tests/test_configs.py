@@ -8,6 +8,8 @@ import pytest
 from muse_tf import train
 from muse_tf.config import (
     TAOBAO_MM_CONFIG,
+    TAOBAO_MM_TUNED_CONFIG,
+    ConfigError,
     ExperimentConfig,
     from_dict,
     load_yaml,
@@ -32,7 +34,7 @@ OFFICIAL = {
         "simtier_dim": 1,  # model/muse.py:27 dim_list=[1, 1]
     },
     "train": {
-        "batch_size": 1000 * OFFICIAL_GPUS,  # config/muse.json:9 "batch_size": 1000 (per GPU)
+        "per_replica_batch_size": 1000,  # config/muse.json:9 "batch_size": 1000 (per GPU, DDP)
         "epochs": 1,  # config/muse.json:10
         "embedding_optimizer": "sparse_adam",  # main.py:124 optim.SparseAdam
         "dense_optimizer": "adamw",  # main.py:123 optim.AdamW
@@ -86,4 +88,30 @@ def test_real_data_without_a_config_trains_with_the_paper_settings(argv, expecte
 def test_the_embedded_default_keeps_the_synthetic_settings():
     experiment = train.build_experiment(train.arguments().parse_args([]))
     synthetic = load_yaml(packaged_config_path())
-    assert experiment.train.batch_size == synthetic["train"]["batch_size"] != OFFICIAL["train"]["batch_size"]
+    assert experiment.train.batch_size == synthetic["train"]["batch_size"]
+    assert experiment.train.global_batch_size(1) != OFFICIAL["train"]["per_replica_batch_size"]
+
+
+def test_the_tuned_preset_is_the_official_one_with_ten_times_the_rates(taobao_mm):
+    """Measured against the official preset with the same model (docs/experiments.md#presets):
+    only the two learning rates differ, each ten times the official."""
+    tuned = load_yaml(packaged_config_path(TAOBAO_MM_TUNED_CONFIG))
+    assert tuned["model"] == OFFICIAL["model"]
+    rates = ("embedding_learning_rate", "dense_learning_rate")
+    assert {key: value for key, value in tuned["train"].items() if key not in rates} == {
+        key: value for key, value in OFFICIAL["train"].items() if key not in rates}
+    for rate in rates:
+        assert tuned["train"][rate] == pytest.approx(10 * OFFICIAL["train"][rate])
+
+
+@pytest.mark.parametrize("name", ["taobao_mm", "taobao_mm_tuned", "synthetic"])
+def test_config_takes_a_packaged_presets_name(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    experiment = train.build_experiment(train.arguments().parse_args(["--config", name]))
+    assert experiment == from_dict(ExperimentConfig, load_yaml(packaged_config_path(f"{name}.yaml")))
+
+
+def test_an_unknown_config_lists_the_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="synthetic, taobao_mm, taobao_mm_tuned"):
+        train.build_experiment(train.arguments().parse_args(["--config", "taobao_mm_tunde"]))

@@ -13,8 +13,9 @@ import tf_keras
 
 from muse_tf import seeding
 from muse_tf.config import VARIANTS
-from muse_tf.optimizers import SparseAdam, dense_optimizer
+from muse_tf.optimizers import SparseAdam, dense_optimizer, learning_rate
 from tests.reference import SparseAdam as ReferenceSparseAdam
+from tests.reference import warmup_cosine
 from tests.test_model import make_batch, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,27 @@ def test_sparse_adam_is_torch_sparse_adam(graph):
     np.testing.assert_array_equal(table.numpy()[untouched], _initial_table().astype(np.float32)[untouched])
     # Row 1 is present only at the second step: dense Adam would keep moving it after that.
     np.testing.assert_array_equal(table.numpy()[1], row_1_after_its_last_step)
+
+
+def test_sparse_adam_follows_the_warmup_cosine_schedule():
+    """Each step uses the scheduled rate of its step number: 0 at the first (the table stays, the
+    moments move), the peak after the warm-up, then down a cosine."""
+    total, warmup_fraction = len(STEPS), 0.4
+    schedule = learning_rate(LR, "warmup_cosine", total, warmup_fraction)
+    reference_rate = warmup_cosine(LR, total, warmup_fraction)
+    np.testing.assert_allclose([float(schedule(t)) for t in range(total)],
+                               [reference_rate(t) for t in range(total)], rtol=1e-6, atol=1e-9)
+    assert learning_rate(LR, "constant", total, warmup_fraction) == LR
+    table = tf.Variable(_initial_table(), dtype=tf.float32)
+    optimizer = SparseAdam(schedule)
+    reference = ReferenceSparseAdam(_initial_table(), reference_rate)
+    for indices, values in _gradients():
+        optimizer.apply_gradients([(tf.IndexedSlices(tf.constant(values, tf.float32),
+                                                     tf.constant(indices, tf.int64),
+                                                     tf.constant([ROWS, WIDTH])), table)])
+        reference.apply(indices, values)
+        np.testing.assert_allclose(table.numpy(), reference.table, rtol=1e-5, atol=1e-6)
+    assert reference.table[0, 0] != _initial_table()[0, 0]
 
 
 def test_dense_gradients_are_refused_by_name():

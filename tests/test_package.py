@@ -51,10 +51,12 @@ def test_yaml_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.batch_size=abc", "`train.batch_size` must be an integer, got 'abc'"),
-        ("train.batch_size=2.5", "`train.batch_size` must be an integer, got 2.5"),
+        ("train.batch_size=abc", "`train.batch_size` must be an integer or null, got 'abc'"),
+        ("train.batch_size=2.5", "`train.batch_size` must be an integer or null, got 2.5"),
+        ("train.per_replica_batch_size=0", "`train.per_replica_batch_size` must be positive, got 0"),
+        ("train.warn_below_steps=-1", "`train.warn_below_steps` must be >= 0, got -1"),
         ("train.epochs=true", "`train.epochs` must be an integer, got True"),
-        ("train.batch_size=-8", "`train.batch_size` must be positive, got -8"),
+        ("train.batch_size=-8", "`train.batch_size` must be positive or null, got -8"),
         ("train.eval_batch_size=0", "`train.eval_batch_size` must be positive"),
         ("train.dense_learning_rate=-1e-3", "`train.dense_learning_rate` must be positive"),
         ("train.embedding_learning_rate=0", "`train.embedding_learning_rate` must be positive"),

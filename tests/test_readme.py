@@ -88,7 +88,7 @@ def test_readme_yaml_example_is_a_valid_config():
     readme = (ROOT / "README.md").read_text()
     example = _section(readme, "Example (`--config my.yaml`", "```\n\n").split("```yaml\n", 1)[1]
     experiment = from_dict(ExperimentConfig, yaml.safe_load(example))
-    assert experiment.model.top_k == 100 and experiment.train.batch_size == 8000
+    assert experiment.model.top_k == 100 and experiment.train.global_batch_size(2) == 2000
 
 
 def test_readme_pictures_exist_and_are_small():

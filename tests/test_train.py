@@ -122,6 +122,68 @@ def test_mirrored_strategy_on_two_devices_matches_single_device(dataset, tmp_pat
     assert single[-1] < single[0]
 
 
+GLOBAL_BATCH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import muse_tf
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from muse_tf import features, training
+    from muse_tf.config import ExperimentConfig, TrainConfig
+    per_replica = {}
+    for devices in (["/cpu:0"], ["/cpu:0", "/cpu:1"]):
+        strategy = tf.distribute.MirroredStrategy(devices)
+        experiment = ExperimentConfig(train=TrainConfig(history_length=4))  # the default batch
+        inputs, _ = next(iter(training.train_dataset(strategy, sys.argv[1], experiment)))
+        ids = strategy.experimental_local_results(inputs[features.ITEM_ID])
+        per_replica[len(devices)] = [int(t.shape[0]) for t in ids]
+    print(json.dumps(per_replica))
+""")
+
+
+def test_the_default_batch_is_1000_per_replica(dataset):
+    """The official code's DDP batch: 1,000 samples on each device, so 1,000 on one replica and
+    2,000 on two (the dataset repeats to fill a batch larger than its split)."""
+    assert TrainConfig().batch_size is None
+    proc = run(["-c", GLOBAL_BATCH_SCRIPT, dataset], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"1": [1000], "2": [1000, 1000]}
+    # A global batch, when set, is split across the replicas instead.
+    assert TrainConfig(batch_size=256).global_batch_size(2) == 256
+    assert TrainConfig(per_replica_batch_size=64).global_batch_size(3) == 192
+
+
+def test_too_few_steps_are_named_before_training(dataset, tmp_path):
+    """A split smaller than one global batch, or a run of few steps, is said in one line with the
+    numbers; setting the threshold to 0 silences it."""
+    samples = artifacts.split_samples(artifacts.load_manifest(dataset), "train")
+    proc = run(["-m", "muse_tf.train", "--data", dataset, "--model-dir", str(tmp_path / "run"),
+                "--no-eval", "--no-export", "--verbose", "0", *TINY,
+                "--set", "train.batch_size=null"], timeout=600)  # the default 1,000 per replica
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (warning,) = [line for line in proc.stderr.splitlines() if line.startswith("Warning:")]
+    assert f"has {samples:,} samples, fewer than one global batch of 1,000" in warning
+    assert "train.warn_below_steps=0" in warning
+    train_config = TrainConfig(batch_size=32)
+    steps = samples // 32
+    assert steps < train_config.warn_below_steps
+    few = training.too_few_steps(train_config, samples, 32)
+    assert f"make {steps:,} optimizer step(s) per epoch, {steps:,} in all" in few
+    assert training.too_few_steps(TrainConfig(batch_size=32, warn_below_steps=0), samples, 32) is None
+    assert training.too_few_steps(TrainConfig(batch_size=32, steps_per_epoch=3), samples, 32) is None
+
+
+def test_the_embedded_default_run_plans_enough_steps():
+    """The default command (2,000 synthetic users, the synthetic config) is not warned about: its
+    expected training samples (users x samples per user x train share, less 5%) make enough steps."""
+    from muse_tf.synthetic import SyntheticConfig
+
+    sizes = SyntheticConfig()
+    samples = int(0.95 * sizes.users * sizes.samples_per_user * (1 - sizes.test_fraction))
+    default = train.build_experiment(train.arguments().parse_args([])).train
+    assert training.too_few_steps(default, samples, default.global_batch_size(1)) is None
+
+
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
