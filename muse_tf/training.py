@@ -190,8 +190,9 @@ def too_few_steps(train: TrainConfig, samples: int, global_batch: int) -> str | 
     if train.steps_per_epoch or not train.warn_below_steps:
         return None
     steps = steps_per_epoch(train, samples, global_batch)
-    fix = ("lower `train.per_replica_batch_size` (or set a smaller global `train.batch_size`) "
-           "or raise `train.epochs`; --set train.warn_below_steps=0 silences this")
+    fix = ("lower `train.per_replica_batch_size` (or set a smaller global `train.batch_size`), "
+           "raise `train.epochs`, or train with the preset `taobao_mm_tuned` (higher rates, measured "
+           "better on small data); --set train.warn_below_steps=0 silences this")
     if samples < global_batch:
         return (f"Warning: the training split has {samples:,} samples, fewer than one global batch "
                 f"of {global_batch:,}: each step repeats samples; {fix}.")
