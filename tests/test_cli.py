@@ -90,7 +90,7 @@ def test_raw_parquet_passed_as_data_says_to_convert_it(tmp_path):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--config", "absent.yaml"], ["Config file absent.yaml not found", "muse_tf/configs"]),
+    (["--config", "absent.yaml"], ["Config file absent.yaml not found", "taobao_mm_tuned"]),
     (["--set", "train.batch_size=abc"], ["`train.batch_size` must be an integer", "'abc'"]),
     (["--set", "train.batchsize=64"], ["Unknown TrainConfig key(s) ['batchsize']"]),
     (["--set", "batch_size"], ["'batch_size' is not of the form key=value"]),
