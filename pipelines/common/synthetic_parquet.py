@@ -1,29 +1,24 @@
-"""Synthetic Taobao-MM data with a planted truth, in the release's Parquet schema.
+"""The planted synthetic world (``muse_tf.synthetic``) as Parquet in the release's schema, written
+in chunks of users so memory is bounded (the command line is ``python -m pipelines.synthetic``).
 
-    python -m pipelines.synthetic --output DIR [--users N] [--behaviours-per-user L] [--seed S]
-
-The output (the six tables, one Parquet file each, as in the demo) goes through
-``python -m pipelines.taobao_mm`` like the real data. The same options give the same bytes. The
-planted world itself (items, users, clicks, and why MUSE should beat DIN on it) is
-``muse_tf.synthetic``; this module writes it as Parquet, in chunks of users, so memory is bounded.
+The output (the six tables, one Parquet file each, as in the demo) goes through either engine like
+the real data. The same config gives the same bytes.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from muse_tf.synthetic import Catalogue, SyntheticConfig, user_chunks
-from pipelines import parquet_input as pi
-from pipelines import taobao_mm_schema as release
+from pipelines.common import parquet_input as pi
+from pipelines.common import taobao_mm_schema as release
 
 ITEM_ROW_GROUP = 65_536
 _ID = pa.int64()
@@ -119,33 +114,3 @@ def generate(config: SyntheticConfig, output: str) -> dict[str, int]:
     with open(os.path.join(output, "synthetic.json"), "w") as f:
         json.dump({"config": dataclasses.asdict(config), "rows": counts}, f, indent=1)
     return counts
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipelines.synthetic``: one flag per ``SyntheticConfig`` field."""
-    defaults = SyntheticConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.synthetic",
-        description="Write synthetic Taobao-MM Parquet tables with a planted click model "
-        "(see the module docstring).",
-    )
-    parser.add_argument("--output", required=True, help="directory for the Parquet files")
-    for field in dataclasses.fields(SyntheticConfig):
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            type=type(getattr(defaults, field.name)),
-            default=getattr(defaults, field.name),
-            help=f"default {getattr(defaults, field.name)}",
-        )
-    args = vars(parser.parse_args(argv))
-    output = args.pop("output")
-    try:
-        config = SyntheticConfig(**args)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    counts = generate(config, output)
-    print(f"wrote {counts} to {output}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,29 +1,23 @@
-"""Score raw Taobao-MM Parquet with a trained run: the pipeline's join rules, the run's vocabularies.
+"""Scores raw Taobao-MM Parquet with a trained run (``python -m pipelines.predict``): the local
+engine converts the split with the run's vocabularies, then ``muse_tf.predict`` scores it.
 
-    python -m pipelines.predict --parquet DIR --data CONVERTED (--model-dir RUN | --export DIR)
-        --output FILE.parquet|.csv [--split test] [--work-dir DIR]
-
-The split's samples and user features, item_features and the SCL table of ``--parquet`` are
-converted as ``pipelines.taobao_mm`` converts them (the same stages and rules: ``pipelines.join``),
-except that the vocabularies are copied from ``--data``, the dataset the run was trained on: new
-vocabularies would give the IDs other indices, and so other embedding rows. Every sample is then
-scored (``muse_tf.predict``) or rejected for one of the reasons of ``pipelines.join``; the command
-prints both counts. Only ``DIR``'s tables of the scored split are needed (e.g. the demo's test
-tables).
+The split's samples and user features, item_features and the SCL table are converted as
+``pipelines.local.driver`` converts them (the same stages and rules: ``pipelines.common.join``),
+except that the vocabularies are copied from the dataset the run was trained on: new vocabularies
+would give the IDs other indices, and so other embedding rows. Every sample is then scored or
+rejected for one of the reasons of ``pipelines.common.join``; both counts are printed.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
 
 from muse_tf import cli
 from muse_tf import predict as scoring
-from pipelines import taobao_mm_schema as release
+from pipelines.common import taobao_mm_schema as release
 
 
 def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split: str) -> dict:
@@ -36,16 +30,19 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
         RuntimeError: when the split's counts do not balance (a record was lost).
     """
     from muse_tf import artifacts, features  # TensorFlow loads here, after parsing
-    from pipelines import manifest as manifest_lib
-    from pipelines import parquet_input as pi
-    from pipelines import stages
+    from pipelines.common import manifest as manifest_lib
+    from pipelines.common import parquet_input as pi
+    from pipelines.common.options import ConversionOptions
+    from pipelines.local import stages
 
     source = artifacts.load_manifest(data_dir)
     names = (release.SAMPLES_TABLE[split], release.USER_TABLE[split], release.ITEM_FEATURES,
              release.SCL_EMBEDDINGS)
     tables = pi.discover_tables(input_dir, names=names)
     shards = len(source["splits"].get(split, {}).get("shards", ())) or 1
-    options = stages.Options(history_cap=source["history_cap"], shards={split: shards})
+    options = ConversionOptions(
+        input_dir, output, history_cap=source["history_cap"], shards={split: shards}, partitions=1
+    )
     work = os.path.join(output, "_work")
     for path in (os.path.join(work, "scan"), os.path.join(work, "shards"),
                  os.path.join(output, split), os.path.join(output, artifacts.VOCAB_DIR)):
@@ -92,7 +89,7 @@ def predict_parquet(
     if split not in release.SPLITS:
         raise cli.UsageError(f"--split {split!r}: the release's splits are {list(release.SPLITS)}.")
     scoring.output_format(output)
-    from pipelines.parquet_input import InputError
+    from pipelines.common.parquet_input import InputError
 
     with tempfile.TemporaryDirectory(prefix="muse-predict-", dir=work_dir) as converted:
         try:
@@ -103,39 +100,10 @@ def predict_parquet(
         rejected = {reason: n for reason, n in counts["rejected"].items() if n}
         reasons = ", ".join(f"{n:,} {reason}" for reason, n in rejected.items()) or "none"
         print(f"{split}: {counts['samples_in']:,} samples in, {counts['samples_written']:,} to "
-              f"score, {sum(rejected.values()):,} rejected ({reasons}; rules: pipelines/join.py)",
+              f"score, {sum(rejected.values()):,} rejected ({reasons}; rules: pipelines/common/join.py)",
               file=sys.stderr)
         result = scoring.predict(converted, output, split=split, **scoring_options)
     if counts["samples_in"] != result["rows"] + sum(rejected.values()):
         raise RuntimeError(f"{parquet_dir}: {counts['samples_in']} samples in, {result['rows']} "
                            f"scored and {sum(rejected.values())} rejected do not add up.")
     return {**result, "samples_in": counts["samples_in"], "rejected": counts["rejected"]}
-
-
-def arguments() -> argparse.ArgumentParser:
-    """The command line of ``python -m pipelines.predict``."""
-    parser = cli.parser("pipelines.predict", __doc__)
-    parser.add_argument("--parquet", required=True, help="directory of raw Taobao-MM Parquet")
-    parser.add_argument("--data", required=True,
-                        help="the converted dataset the run was trained on (its vocabularies)")
-    parser.add_argument("--split", default="test", help="which tables of --parquet to score")
-    parser.add_argument("--work-dir", help="where the temporary conversion goes (deleted at "
-                        "the end); unset: the system's temporary directory")
-    scoring.add_scoring_arguments(parser)
-    return parser
-
-
-def command(args: argparse.Namespace) -> dict:
-    result = predict_parquet(args.parquet, args.data, args.output, split=args.split,
-                             work_dir=args.work_dir, **scoring.scoring_options(args))
-    scoring.report(result)
-    return result
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m pipelines.predict``; returns ``predict_parquet``'s result."""
-    return cli.run(command, arguments(), argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,50 @@
+"""Score raw Taobao-MM Parquet with a trained run: the pipeline's join rules, the run's vocabularies.
+
+    python -m pipelines.predict --parquet DIR --data CONVERTED (--model-dir RUN | --export DIR)
+        --output FILE.parquet|.csv [--split test] [--work-dir DIR]
+
+The split's samples and user features, item_features and the SCL table of ``--parquet`` are
+converted as ``pipelines.taobao_mm`` converts them (the same stages and rules:
+``pipelines.common.join``), except that the vocabularies are copied from ``--data``, the dataset the
+run was trained on. Every sample is then scored (``muse_tf.predict``) or rejected for one of the
+reasons of ``pipelines.common.join``; the command prints both counts. Only ``DIR``'s tables of the
+scored split are needed (e.g. the demo's test tables). The job is ``pipelines.local.raw_scoring``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from muse_tf import cli
+from muse_tf import predict as scoring
+from pipelines.local import raw_scoring
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line of ``python -m pipelines.predict``."""
+    parser = cli.parser("pipelines.predict", __doc__)
+    parser.add_argument("--parquet", required=True, help="directory of raw Taobao-MM Parquet")
+    parser.add_argument("--data", required=True,
+                        help="the converted dataset the run was trained on (its vocabularies)")
+    parser.add_argument("--split", default="test", help="which tables of --parquet to score")
+    parser.add_argument("--work-dir", help="where the temporary conversion goes (deleted at "
+                        "the end); unset: the system's temporary directory")
+    scoring.add_scoring_arguments(parser)
+    return parser
+
+
+def command(args: argparse.Namespace) -> dict:
+    result = raw_scoring.predict_parquet(args.parquet, args.data, args.output, split=args.split,
+                                         work_dir=args.work_dir, **scoring.scoring_options(args))
+    scoring.report(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m pipelines.predict``; returns ``raw_scoring.predict_parquet``'s result."""
+    return cli.run(command, arguments(), argv)
+
+
+if __name__ == "__main__":
+    main()
