@@ -9,7 +9,7 @@ that process and all its descendants every 0.2 s (the local engine and Beam's mu
 run workers), so ``peak_rss_mb`` is the whole tree's peak. Rows/s counts the input rows of all six
 tables; ``samples_per_s`` the samples written. Engines (all on every core of this machine):
 
-* ``local``: ``taobao_mm.convert`` with one worker process per core;
+* ``local``: ``python -m pipelines.taobao_mm`` with one worker process per core;
 * ``beam in_memory``: DirectRunner, one process (``--direct_running_mode in_memory``);
 * ``beam multi_processing``: DirectRunner, one worker process per core.
 
@@ -30,7 +30,8 @@ import time
 import pyarrow.parquet as pq
 
 from benchmarks import common
-from pipelines import synthetic
+from muse_tf.synthetic import SyntheticConfig
+from pipelines.common import synthetic_parquet
 
 COLUMNS = ["users", "engine", "input_rows", "samples", "seconds", "rows_per_s", "samples_per_s",
            "peak_rss_mb", "time_vs_local", "memory_vs_local"]
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     for users in users_list:
         parquet = os.path.join(args.work_dir, f"convert-u{users}-l{HISTORY}-parquet")
         if not os.path.exists(os.path.join(parquet, "synthetic.json")):
-            synthetic.generate(synthetic.SyntheticConfig(users=users, behaviours_per_user=HISTORY),
-                               parquet)
+            synthetic_parquet.generate(SyntheticConfig(users=users, behaviours_per_user=HISTORY),
+                                       parquet)
         input_rows = sum(pq.ParquetFile(p).metadata.num_rows
                          for p in glob.glob(os.path.join(parquet, "*.parquet")))
         local = None

@@ -11,7 +11,7 @@ conversion pipeline's rows/second and bytes per sample.
     rebatch to 1,000), the model's input as training reads it;
   - ``make_dataset + precompute_gsu``: the same with MUSE's search added by the pipeline.
   Records (users) and samples per second, each pass timed after one warm-up pass.
-* **convert**: ``pipelines.taobao_mm.convert`` of freshly generated synthetic Parquet (all cores):
+* **convert**: ``pipelines.local.driver.convert`` of freshly generated synthetic Parquet (all cores):
   input rows/second, samples/second and the manifest's bytes per sample.
 """
 
@@ -27,7 +27,10 @@ import tensorflow as tf
 
 from benchmarks import common, fixtures
 from muse_tf import artifacts, data, records, synthetic_dataset
-from pipelines import synthetic, taobao_mm
+from muse_tf.synthetic import SyntheticConfig
+from pipelines.common import synthetic_parquet
+from pipelines.common.options import ConversionOptions
+from pipelines.local import driver
 
 READ_COLUMNS = ["input", "records_per_s", "samples_per_s", "MB_per_s", "seconds", "records",
                 "samples"]
@@ -96,14 +99,15 @@ def convert_rows(work_dir: str, users: int, history: int) -> list[dict]:
     parquet = os.path.join(work_dir, f"convert-u{users}-l{history}-parquet")
     output = os.path.join(work_dir, f"convert-u{users}-l{history}-out")
     if not os.path.exists(os.path.join(parquet, "synthetic.json")):
-        synthetic.generate(synthetic.SyntheticConfig(users=users, behaviours_per_user=history), parquet)
+        synthetic_parquet.generate(SyntheticConfig(users=users, behaviours_per_user=history), parquet)
     input_rows = sum(pq.ParquetFile(os.path.join(parquet, name)).metadata.num_rows
                      for name in sorted(os.listdir(parquet)) if name.endswith(".parquet"))
     shutil.rmtree(output, ignore_errors=True)
     workers = os.cpu_count() or 1
     start = time.perf_counter()
-    manifest = taobao_mm.convert(parquet, output, history_cap=history, overwrite=True,
-                                 workers=workers)
+    manifest = driver.convert(
+        ConversionOptions(parquet, output, history_cap=history, overwrite=True), workers=workers
+    )
     seconds = time.perf_counter() - start
     samples = sum(manifest["splits"][s]["samples_written"] for s in manifest["splits"])
     row = {"table": "convert", "users": users, "history": history, "input_rows": input_rows,

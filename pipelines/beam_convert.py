@@ -6,10 +6,10 @@ vocabularies, multimodal table, user records and manifest counts), on any Beam r
         [Beam pipeline options: --runner, --direct_num_workers, --temp_location, --project, ...]
 
 Options this command does not know are Beam pipeline options (DirectRunner by default); one that
-Beam does not know either is refused. The output directory is claimed as ``pipelines.output_dir``
-says. Input and output may be any Beam file system (local, ``gs://``, ...). This module is the
-command line: it parses the arguments before Beam and TensorFlow load; the pipeline is
-``pipelines.beam_pipeline``.
+Beam does not know either is refused. The output directory is claimed as
+``pipelines.common.output_dir`` says. Input and output may be any Beam file system (local,
+``gs://``, ...). This module is the command line: it parses the arguments before Beam and
+TensorFlow load; the engine is ``pipelines.beam`` (run by ``pipelines.beam.launcher``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import argparse
 from collections.abc import Sequence
 
 from muse_tf import cli
-from pipelines import taobao_mm
+from pipelines.common import command, options
 
 
 def arguments() -> argparse.ArgumentParser:
     """The command line of ``python -m pipelines.beam_convert`` (without Beam's own options)."""
     parser = cli.parser("pipelines.beam_convert", __doc__)
-    taobao_mm.add_conversion_arguments(parser)
+    options.add_arguments(parser)
     return parser
 
 
@@ -32,14 +32,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """``python -m pipelines.beam_convert``; unknown options go to Beam. Returns the manifest."""
     parser = arguments()
 
-    def command(args: argparse.Namespace) -> dict:
-        from pipelines import beam_pipeline  # Beam and TensorFlow load here, after parsing
+    def convert(args: argparse.Namespace) -> dict:
+        from pipelines.beam import launcher  # Beam and TensorFlow load here, after parsing
 
-        return taobao_mm.run_command(
-            parser, args, beam_pipeline.convert, pipeline_args=args.unknown_options
-        )
+        return command.run(parser, args, launcher.convert, pipeline_args=args.unknown_options)
 
-    return cli.run(command, parser, argv, forward_unknown=True)
+    return cli.run(convert, parser, argv, forward_unknown=True)
 
 
 if __name__ == "__main__":

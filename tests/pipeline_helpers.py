@@ -35,10 +35,11 @@ def write_tables(directory, tables):
 
 def tiny_synthetic(directory):
     """20 synthetic users with 10 behaviours each, as Parquet in ``directory`` (fast to convert)."""
-    from pipelines import synthetic
+    from muse_tf.synthetic import SyntheticConfig
+    from pipelines.common import synthetic_parquet
 
-    config = synthetic.SyntheticConfig(users=20, behaviours_per_user=10, items=50, clusters=2, seed=1)
-    synthetic.generate(config, str(directory))
+    config = SyntheticConfig(users=20, behaviours_per_user=10, items=50, clusters=2, seed=1)
+    synthetic_parquet.generate(config, str(directory))
 
 
 def read_samples(files, history_length):

@@ -9,7 +9,12 @@ import pytest
 import tensorflow as tf
 
 from muse_tf import artifacts, data, features
-from pipelines import beam_convert, synthetic, taobao_mm
+from muse_tf.synthetic import SyntheticConfig
+from pipelines import beam_convert
+from pipelines.common import synthetic_parquet
+from pipelines.common.options import ConversionOptions
+from pipelines.common.summary import EmptyTrainingSplit
+from pipelines.local import driver
 from tests.pipeline_helpers import (
     DEMO_DIR,
     TABLES,
@@ -22,8 +27,8 @@ from tests.pipeline_helpers import (
 )
 from tests.test_taobao_mm import HISTORY, _stitched_demo
 
-beam_pipeline = pytest.importorskip(
-    "pipelines.beam_pipeline", reason="apache-beam is not installed (pip install -e '.[beam]')"
+launcher = pytest.importorskip(
+    "pipelines.beam.launcher", reason="apache-beam is not installed (pip install -e '.[beam]')"
 )
 
 DIRECT = ("--runner", "DirectRunner", "--direct_num_workers", "1")
@@ -56,13 +61,15 @@ def _without_layout(manifest):
 def _convert_both(input_dir, tmp_path, history_cap, item_min_count):
     """The local engine from Python, the Beam one through its command line (Beam's own options
     mixed with the conversion's)."""
-    local = taobao_mm.convert(
-        str(input_dir),
-        str(tmp_path / "local"),
+    local = driver.convert(
+        ConversionOptions(
+            str(input_dir),
+            str(tmp_path / "local"),
+            shards={"train": 2, "test": 2},
+            history_cap=history_cap,
+            min_count={"item": item_min_count},
+        ),
         workers=1,
-        shards={"train": 2, "test": 2},
-        history_cap=history_cap,
-        min_count={"item": item_min_count},
     )
     beam = beam_convert.main([
         "--input", str(input_dir), "--output", str(tmp_path / "beam"), DIRECT[0], DIRECT[1],
@@ -129,10 +136,10 @@ def _with_malformed_histories(directory):
 def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_local_engine(
     tmp_path,
 ):
-    config = synthetic.SyntheticConfig(
+    config = SyntheticConfig(
         users=120, behaviours_per_user=80, items=1500, clusters=8, short_history_fraction=0.2, seed=5
     )
-    synthetic.generate(config, str(tmp_path / "in"))
+    synthetic_parquet.generate(config, str(tmp_path / "in"))
     tables = _with_malformed_histories(tmp_path / "in")
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, item_min_count=2)
     for split in ("train", "test"):
@@ -147,7 +154,8 @@ def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_l
     assert beam["vocabularies"]["item"]["kept_by_scl"] > 0
     _assert_same_output(tmp_path, local, beam)
     with pytest.raises(FileExistsError, match="already holds a converted dataset"):
-        beam_pipeline.convert(str(tmp_path / "in"), str(tmp_path / "beam"), pipeline_args=DIRECT)
+        launcher.convert(ConversionOptions(str(tmp_path / "in"), str(tmp_path / "beam")),
+                         pipeline_args=DIRECT)
 
 
 def test_the_command_hands_unknown_options_to_beam(tmp_path, capsys):
@@ -185,8 +193,8 @@ def test_an_unfinished_runs_leftovers_are_refused_or_cleared(tmp_path, monkeypat
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), *DIRECT, "--test-shards", "1",
             "--train-shards", "3"]
-    create = beam_pipeline.FileSystems.create
-    monkeypatch.setattr(beam_pipeline.FileSystems, "create", lambda path, *a, **kw: (
+    create = launcher.FileSystems.create
+    monkeypatch.setattr(launcher.FileSystems, "create", lambda path, *a, **kw: (
         _FullDisk if path.endswith(f"{artifacts.MANIFEST}.tmp") else lambda f: f)(create(path, *a, **kw)))
     with pytest.raises(SystemExit) as stop:
         beam_convert.main(args)
@@ -234,10 +242,11 @@ def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
     with the same accounting of where every row went."""
     if not DEMO_DIR.is_dir():
         pytest.skip(f"Taobao-MM demo data not found at {DEMO_DIR}.")
-    with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as local:
-        taobao_mm.convert(str(DEMO_DIR), str(tmp_path / "local"), workers=1, history_cap=HISTORY)
-    with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample") as beam:
-        beam_pipeline.convert(str(DEMO_DIR), str(tmp_path / "beam"), history_cap=HISTORY,
-                             pipeline_args=DIRECT)
+    with pytest.raises(EmptyTrainingSplit, match="no training sample") as local:
+        driver.convert(ConversionOptions(str(DEMO_DIR), str(tmp_path / "local"),
+                                         history_cap=HISTORY), workers=1)
+    with pytest.raises(EmptyTrainingSplit, match="no training sample") as beam:
+        launcher.convert(ConversionOptions(str(DEMO_DIR), str(tmp_path / "beam"),
+                                           history_cap=HISTORY), pipeline_args=DIRECT)
     assert beam.value.manifest["input_rows"]["scl_embedding_int8_p90"] > 0
     _assert_same_tables(tmp_path, local.value.manifest, beam.value.manifest)

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from muse_tf import artifacts, data, features
-from pipelines.join import UserRecords
-from pipelines.tfrecord_writer import ShardWriter
+from pipelines.common.join import UserRecords
+from pipelines.common.tfrecord_writer import ShardWriter
 from tests.pipeline_helpers import as_rows, read_samples
 
 USERS_PER_SHARD = 12
@@ -279,13 +279,16 @@ def test_remote_schemes_on_newer_tensorflow_fail_clearly_and_gs_still_works():
 def test_a_split_shorter_than_its_manifest_is_refused(tmp_path):
     """A shard cut on a GZIP flush boundary reads as a clean, shorter file: the count against the
     manifest catches it, and names the shard when one is damaged."""
-    from pipelines import synthetic, taobao_mm
+    from muse_tf.synthetic import SyntheticConfig
+    from pipelines.common import synthetic_parquet
+    from pipelines.common.options import ConversionOptions
+    from pipelines.local import driver
 
-    sizes = synthetic.SyntheticConfig(users=30, behaviours_per_user=20, items=200, clusters=4)
-    synthetic.generate(sizes, str(tmp_path / "parquet"))
+    sizes = SyntheticConfig(users=30, behaviours_per_user=20, items=200, clusters=4)
+    synthetic_parquet.generate(sizes, str(tmp_path / "parquet"))
     converted = str(tmp_path / "converted")
-    taobao_mm.convert(str(tmp_path / "parquet"), converted, history_cap=20,
-                      shards={"train": 1, "test": 1}, workers=1)
+    driver.convert(ConversionOptions(str(tmp_path / "parquet"), converted, history_cap=20,
+                                     shards={"train": 1, "test": 1}), workers=1)
     files = data.split_files(converted, "test")
     read = sum(int(labels.shape[0]) for _, labels in data.make_dataset(files, 16, history_length=20))
     data.check_split_read_whole(converted, "test", read)

@@ -11,8 +11,8 @@ from muse_tf import data, features, seeding
 from muse_tf.config import ModelConfig
 from muse_tf.layers import MultimodalTable, search
 from muse_tf.models import MuseModel
-from pipelines.join import UserRecords
-from pipelines.tfrecord_writer import ShardWriter
+from pipelines.common.join import UserRecords
+from pipelines.common.tfrecord_writer import ShardWriter
 from tests import reference
 
 VOCAB = 80

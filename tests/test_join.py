@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from muse_tf import features, vocabulary
-from pipelines import join
-from pipelines import taobao_mm_schema as release
+from pipelines.common import join
+from pipelines.common import taobao_mm_schema as release
 
 HISTORY_CAP = 5
 KNOWN = np.arange(1, 16, dtype=np.int64)  # IDs 1..15 are in every vocabulary; 16..20 are OOV

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from pipelines import taobao_mm_schema as release
+from pipelines.common import taobao_mm_schema as release
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Input: the Taobao-MM columns read"

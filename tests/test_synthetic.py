@@ -9,16 +9,20 @@ import tensorflow as tf
 
 from muse_tf import artifacts, data, records, synthetic_dataset
 from muse_tf.metrics import auc
-from pipelines import synthetic, taobao_mm
+from muse_tf.synthetic import SyntheticConfig
+from pipelines import synthetic
+from pipelines.common import synthetic_parquet
+from pipelines.common.options import ConversionOptions
+from pipelines.local import driver
 from tests.pipeline_helpers import TABLES, as_rows, read_samples, reference_split
 
-SMALL = synthetic.SyntheticConfig(users=40, behaviours_per_user=60, items=400, clusters=10, seed=3)
+SMALL = SyntheticConfig(users=40, behaviours_per_user=60, items=400, clusters=10, seed=3)
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     """A dataset big enough for the statistical checks (about 2,400 samples)."""
-    config = synthetic.SyntheticConfig(
+    config = SyntheticConfig(
         users=300,
         behaviours_per_user=200,
         samples_per_user=8,
@@ -28,16 +32,16 @@ def generated(tmp_path_factory):
         seed=7,
     )
     directory = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate(config, str(directory))
+    synthetic_parquet.generate(config, str(directory))
     tables = {name: pd.read_parquet(directory / f"{name}.parquet") for name in TABLES}
     return config, tables
 
 
 def test_same_seed_same_bytes_and_another_seed_differs(tmp_path):
-    synthetic.generate(SMALL, str(tmp_path / "a"))
-    synthetic.generate(SMALL, str(tmp_path / "b"))
-    other = synthetic.SyntheticConfig(**{**SMALL.__dict__, "seed": 4})
-    synthetic.generate(other, str(tmp_path / "c"))
+    synthetic_parquet.generate(SMALL, str(tmp_path / "a"))
+    synthetic_parquet.generate(SMALL, str(tmp_path / "b"))
+    other = SyntheticConfig(**{**SMALL.__dict__, "seed": 4})
+    synthetic_parquet.generate(other, str(tmp_path / "c"))
     names = [f"{name}.parquet" for name in TABLES]
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", names, shallow=False)
     assert match == names and not mismatch and not errors
@@ -110,13 +114,15 @@ def test_planted_signal_beats_chance_and_needs_the_whole_history(generated):
 
 
 def test_conversion_in_parallel_writes_the_same_bytes_and_the_source_values(tmp_path):
-    synthetic.generate(SMALL, str(tmp_path / "in"))
+    synthetic_parquet.generate(SMALL, str(tmp_path / "in"))
     for workers in (1, 2):
-        taobao_mm.convert(
-            str(tmp_path / "in"),
-            str(tmp_path / f"out{workers}"),
-            history_cap=50,
-            shards={"train": 3, "test": 2},
+        driver.convert(
+            ConversionOptions(
+                str(tmp_path / "in"),
+                str(tmp_path / f"out{workers}"),
+                history_cap=50,
+                shards={"train": 3, "test": 2},
+            ),
             workers=workers,
         )
     comparison = filecmp.dircmp(tmp_path / "out1", tmp_path / "out2")
@@ -166,11 +172,12 @@ def _records(path):
 
 def test_direct_dataset_equals_the_converted_parquet_form(tmp_path):
     # The embedded default dataset skips Parquet; the conversion of the Parquet form is its reference.
-    synthetic.generate(SMALL, str(tmp_path / "parquet"))
+    synthetic_parquet.generate(SMALL, str(tmp_path / "parquet"))
     shards = synthetic_dataset.SHARDS_PER_SPLIT
-    taobao_mm.convert(str(tmp_path / "parquet"), str(tmp_path / "converted"),
-                      history_cap=SMALL.behaviours_per_user, shards={"train": shards, "test": shards},
-                      workers=1)
+    options = ConversionOptions(str(tmp_path / "parquet"), str(tmp_path / "converted"),
+                                history_cap=SMALL.behaviours_per_user,
+                                shards={"train": shards, "test": shards})
+    driver.convert(options, workers=1)
     direct = str(tmp_path / "direct")
     synthetic_dataset.write_dataset(SMALL, direct)
     converted = str(tmp_path / "converted")

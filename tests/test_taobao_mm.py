@@ -15,8 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from muse_tf import artifacts, data, features, vocabulary
-from pipelines import output_dir, parquet_input, taobao_mm
-from pipelines.parquet_input import InputError
+from pipelines import taobao_mm
+from pipelines.common import output_dir, parquet_input
+from pipelines.common.options import ConversionOptions
+from pipelines.common.parquet_input import InputError
+from pipelines.common.summary import EmptyTrainingSplit
+from pipelines.local import driver
 from tests.pipeline_helpers import (
     DEMO_DIR,
     as_rows,
@@ -33,7 +37,7 @@ HISTORY = 500
 
 def _convert(input_dir, output, **kwargs):
     kwargs.setdefault("shards", {"train": 2, "test": 2})
-    return taobao_mm.convert(str(input_dir), str(output), workers=1, **kwargs)
+    return driver.convert(ConversionOptions(str(input_dir), str(output), **kwargs), workers=1)
 
 
 def _check_balanced(split):
@@ -190,7 +194,7 @@ def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path, capsys):
     """No training sample joins, so the conversion fails with the counts (and writes no manifest);
     the command line says why."""
     tables = demo_tables()
-    with pytest.raises(taobao_mm.EmptyTrainingSplit, match="no training sample was written") as err:
+    with pytest.raises(EmptyTrainingSplit, match="no training sample was written") as err:
         _convert(DEMO_DIR, tmp_path / "out")
     manifest = err.value.manifest
     assert f"{len(tables['train_samples'])} user_without_features" in str(err.value)
@@ -337,7 +341,7 @@ def test_ids_above_the_int64_range_name_their_file_and_column(tmp_path):
         _convert(tmp_path / "in", tmp_path / "out")
     ids[3] = 2**63 - 1  # the largest int64: an ordinary ID
     tables["item_features"].assign(**{"205": ids}).to_parquet(path, index=False)
-    with pytest.raises(taobao_mm.EmptyTrainingSplit):  # gets as far as the demo heads can
+    with pytest.raises(EmptyTrainingSplit):  # gets as far as the demo heads can
         _convert(tmp_path / "in", tmp_path / "out2")
 
 

@@ -38,13 +38,17 @@ def run(args, timeout=300, env=None, **kwargs):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A tiny converted synthetic dataset with two training shards."""
-    from pipelines import synthetic, taobao_mm
+    from muse_tf.synthetic import SyntheticConfig
+    from pipelines.common import synthetic_parquet
+    from pipelines.common.options import ConversionOptions
+    from pipelines.local import driver
 
     root = tmp_path_factory.mktemp("data")
-    sizes = synthetic.SyntheticConfig(users=80, behaviours_per_user=HISTORY, items=600, clusters=8)
-    synthetic.generate(sizes, str(root / "parquet"))
-    taobao_mm.convert(str(root / "parquet"), str(root / "tfrecord"), history_cap=HISTORY,
-                      shards={"train": 2, "test": 1}, workers=1)
+    sizes = SyntheticConfig(users=80, behaviours_per_user=HISTORY, items=600, clusters=8)
+    synthetic_parquet.generate(sizes, str(root / "parquet"))
+    driver.convert(ConversionOptions(str(root / "parquet"), str(root / "tfrecord"),
+                                     history_cap=HISTORY, shards={"train": 2, "test": 1}),
+                   workers=1)
     return str(root / "tfrecord")
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from muse_tf import artifacts
-from pipelines import taobao_mm_schema as release
+from pipelines.common import taobao_mm_schema as release
 
 LOCK = "convert.lock"
 PARAMS = "params.json"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from muse_tf import records
-from pipelines.join import UserRecords
+from pipelines.common.join import UserRecords
 
 
 def encode(users: UserRecords) -> Iterator[bytes]:

@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 
 from muse_tf import features, vocabulary
-from pipelines import parquet_input as pi
-from pipelines import taobao_mm_schema as release
+from pipelines.common import parquet_input as pi
+from pipelines.common import taobao_mm_schema as release
 
 REJECT_REASONS = ("missing_id", "malformed_label", "user_without_features", "malformed_history")
 ADJUSTMENTS = (
@@ -58,7 +58,7 @@ USER_ROW_COUNTS = ("in", "written", "unmatched", "duplicate", "missing_id")
 class Lookups:
     """What the rules look up: vocabulary indices of raw IDs, and the target item's attributes and
     whether it has a multimodal vector. ``TableLookups`` answers from the finished tables (the
-    local engine); ``pipelines.beam_pipeline`` answers from the IDs it fetched for a batch."""
+    local engine); ``pipelines.beam.lookups`` answers from the IDs it fetched for a batch."""
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
         """Raw IDs of ``feature`` -> vocabulary indices of the same shape (OOV when unknown)."""

@@ -1,11 +1,11 @@
-"""Vocabularies in value ranges for ``pipelines.beam_pipeline``: dense indices without a global
-sort, and lookups as a join, so no worker holds a whole vocabulary.
+"""Vocabularies in value ranges for the Beam engine: dense indices without a global sort, and
+lookups as a join, so no worker holds a whole vocabulary (step 3 of ``pipelines.beam.pipeline``).
 
 A vocabulary's kept IDs are split by the top ``BUCKET_BITS`` of their order-preserving uint64
 image, so every ID of range b is below every ID of range b + 1. A range that knows how many kept
 IDs lie in lower ranges (its ``offset``) gives each of its IDs the index it has in the whole sorted
-vocabulary (position + 2, ``pipelines.vocab``'s rule). Raw IDs are looked up by joining them with
-their range (``fetch``), never through a side input holding a vocabulary.
+vocabulary (position + 2, ``pipelines.common.vocab``'s rule). Raw IDs are looked up by joining
+them with their range (``fetch``), never through a side input holding a vocabulary.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from muse_tf import features, vocabulary
 from muse_tf.hashing import order_by_partition
-from pipelines import join
+from pipelines.common import join
 
 BUCKET_BITS = 8  # 256 ranges per vocabulary: ~140k of the release's 35.4M items per range
 _SIGN = np.uint64(1 << 63)

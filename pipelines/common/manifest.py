@@ -8,7 +8,7 @@ conversion that lost a record stops instead of writing a manifest.
 from __future__ import annotations
 
 from muse_tf import artifacts
-from pipelines import taobao_mm_schema as release
+from pipelines.common import taobao_mm_schema as release
 
 
 def _sum_counts(shards: list[dict]) -> dict:

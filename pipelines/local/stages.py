@@ -1,4 +1,4 @@
-"""The resumable units of work of a Taobao-MM conversion (see ``pipelines.taobao_mm``).
+"""The resumable units of work of the local engine (see ``pipelines.local.driver``).
 
 Each task returns (result, progress message) and leaves its result under the work directory, so a
 re-run with the same inputs and options skips it. Tasks run in worker processes: arguments and
@@ -7,30 +7,21 @@ results are plain data.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
 
 import numpy as np
 
 from muse_tf import artifacts, features, vocabulary
-from pipelines import buckets, item_tables, join, vocab
-from pipelines import parquet_input as pi
-from pipelines import taobao_mm_schema as release
+from pipelines.common import item_tables, join, vocab
+from pipelines.common import parquet_input as pi
+from pipelines.common import taobao_mm_schema as release
+from pipelines.common.options import ConversionOptions
+from pipelines.common.write_errors import naming
+from pipelines.local import buckets
 
 ROW_GROUPS_PER_TASK = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """Conversion options (all of them are part of what makes a work directory reusable)."""
-
-    history_cap: int = 1000
-    min_count: dict[str, int] = dataclasses.field(default_factory=dict)
-    shards: dict[str, int] = dataclasses.field(default_factory=dict)
-    partitions: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,18 +32,6 @@ class ScanTask:
     path: str
     row_groups: list[int]
     tag: str
-
-
-@contextlib.contextmanager
-def naming(path: str) -> Iterator[None]:
-    """Makes an OSError of the block name ``path`` when it names no file: a buffered write that
-    fails on a full disk does not, and the command's one-line error says which file it was."""
-    try:
-        yield
-    except OSError as err:
-        if err.filename is not None:
-            raise
-        raise OSError(err.errno, err.strerror or str(err), path) from err
 
 
 def write_json(path: str, value: dict) -> None:
@@ -84,7 +63,7 @@ def scan_tasks(tables: dict[str, list[str]]) -> list[ScanTask]:
     return tasks
 
 
-def scan_file(work: str, task: ScanTask, options: Options) -> tuple[dict, str]:
+def scan_file(work: str, task: ScanTask, options: ConversionOptions) -> tuple[dict, str]:
     """Stage 1 for one slice of one file: ID counts (train tables) and user buckets."""
     marker = os.path.join(work, "scan", f"{task.tag}.json")
     label = f"{os.path.basename(task.path)} row groups {task.row_groups[0]}-{task.row_groups[-1]}"
@@ -180,10 +159,10 @@ def load_lookups(output: str, work: str) -> join.TableLookups:
 
 
 def convert_shard(
-    output: str, work: str, split: str, shard: int, options: Options
+    output: str, work: str, split: str, shard: int, options: ConversionOptions
 ) -> tuple[dict, str]:
     """Stage 4 for one bucket: join, apply the rules, write the shard; its counts."""
-    from pipelines import tfrecord_writer  # TensorFlow is loaded only by the processes that write
+    from pipelines.common import tfrecord_writer  # TensorFlow is loaded only by the processes that write
 
     name = artifacts.shard_name(split, shard, options.shards[split])
     marker = os.path.join(work, "shards", f"{split}-{shard:05d}.json")

@@ -30,8 +30,8 @@ import pyarrow as pa
 
 from muse_tf import features, vocabulary
 from muse_tf.hashing import order_by_partition, partition_of
-from pipelines import parquet_input as pi
-from pipelines import taobao_mm_schema as release
+from pipelines.common import parquet_input as pi
+from pipelines.common import taobao_mm_schema as release
 
 # Train-split columns counted into each vocabulary (table -> columns).
 COUNTED_COLUMNS = {

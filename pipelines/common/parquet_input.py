@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import taobao_mm_schema as release
+from pipelines.common import taobao_mm_schema as release
 
 BATCH_BYTES = 16 << 20  # decoded bytes per record batch
 

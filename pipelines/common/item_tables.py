@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from muse_tf import features, vocabulary
-from pipelines import parquet_input as pi
-from pipelines import taobao_mm_schema as release
+from pipelines.common import parquet_input as pi
+from pipelines.common import taobao_mm_schema as release
 
 ATTRIBUTE_COLUMNS = (release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS)
 ATTRIBUTE_FEATURES = tuple(release.COLUMN_FEATURE[column] for column in ATTRIBUTE_COLUMNS)

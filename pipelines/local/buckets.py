@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from muse_tf.hashing import order_by_partition, partition_of
-from pipelines import parquet_input as pi
-from pipelines import taobao_mm_schema as release
+from pipelines.common import parquet_input as pi
+from pipelines.common import taobao_mm_schema as release
 
 SAMPLES = "samples"
 USERS = "users"
