@@ -13,6 +13,7 @@ Layout of a converted dataset directory::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -92,6 +93,17 @@ def _load_npy(path: str) -> np.ndarray:
 def load_vocabularies(data_dir: str) -> dict[str, np.ndarray]:
     """Every vocabulary of ``features.VOCABULARIES``: name -> (V - 2,) int64 raw IDs in index order."""
     return {name: load_vocabulary(data_dir, name) for name in features.VOCABULARIES}
+
+
+def vocabularies_digest(data_dir: str) -> str:
+    """SHA-256 of every vocabulary's IDs in index order: two datasets with the same digest give
+    every ID the same index, and so the same embedding row (what a run records of its data)."""
+    digest = hashlib.sha256()
+    for name, ids in load_vocabularies(data_dir).items():
+        ids = np.ascontiguousarray(ids, "<i8")
+        digest.update(f"{name}:{len(ids)}\n".encode())
+        digest.update(memoryview(ids).cast("B"))
+    return digest.hexdigest()
 
 
 def vocab_sizes(data_dir: str) -> dict[str, int]:

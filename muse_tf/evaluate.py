@@ -203,8 +203,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     from muse_tf import artifacts, runs
 
     artifacts.require_dataset(args.data)  # before the model is built
-    model, experiment = runs.load_trained_model(args.model_dir)
-    result = evaluate_run(model, args.data, experiment.train, args.output or args.model_dir)
+    with runs.working_in_trained_run(args.model_dir, args.data) as (model, experiment):
+        result = evaluate_run(model, args.data, experiment.train, args.output or args.model_dir)
     print(strict_json.dumps({k: result[k] for k in ("auc", "gauc", "examples")}, indent=2))
     return result
 

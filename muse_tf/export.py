@@ -3,8 +3,9 @@
 
     python -m muse_tf.export --model-dir runs/muse --data DATA_DIR --export-dir exports
 
-It restores the run's model (``config.yaml`` + ``final/weights``), reads the vocabularies of the
-converted dataset it was trained on and writes ``EXPORT_DIR/NAME/VERSION`` (the export itself, its
+It restores the run's model (``config.yaml`` + ``final/weights``, refused if the config was edited
+since training), reads the vocabularies of the converted dataset it was trained on (refused if
+``--data`` is another dataset) and writes ``EXPORT_DIR/NAME/VERSION`` (the export itself, its
 signatures and limits: ``muse_tf.saved_model``). TensorFlow loads after the arguments are parsed.
 """
 
@@ -39,11 +40,11 @@ def export(args: argparse.Namespace) -> str:
 
     data.ensure_filesystems([args.data])
     artifacts.require_dataset(args.data)  # before the model is built
-    model, _ = runs.load_trained_model(args.model_dir)
-    path = saved_model.export_saved_model(
-        model, artifacts.load_vocabularies(args.data), args.export_dir, args.model_name,
-        args.version, **limits.from_flags(args),
-    )
+    with runs.working_in_trained_run(args.model_dir, args.data) as (model, _):
+        path = saved_model.export_saved_model(
+            model, artifacts.load_vocabularies(args.data), args.export_dir, args.model_name,
+            args.version, **limits.from_flags(args),
+        )
     print(f"SavedModel: {path}")
     return path
 

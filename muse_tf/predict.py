@@ -90,15 +90,6 @@ class Progress:
               file=self.stream, flush=True)
 
 
-def run_scorer(model_dir: str) -> Scorer:
-    """A batch scorer with the run's Keras model (``runs.load_trained_model``), in inference
-    mode: features -> ``logits`` and ``probability``."""
-    from muse_tf import metrics, runs
-
-    model, _ = runs.load_trained_model(model_dir)
-    return metrics.model_scorer(model)
-
-
 def export_scorer(
     export_dir: str, vocabularies: Mapping[str, np.ndarray], max_values: int | None = None
 ) -> Scorer:
@@ -244,9 +235,10 @@ def predict(
         total = artifacts.split_samples(manifest, split)
         files = data.split_files(data_dir, split)
         vocabularies = artifacts.load_vocabularies(data_dir)
-        if model_dir is not None:
-            train = runs.RunDir(model_dir).read_config().train
-            score = run_scorer(model_dir)
+        if model_dir is not None:  # the run's model, if --data is the run's dataset
+            model, experiment = runs.load_trained_model(model_dir, data_dir)
+            train = experiment.train
+            score = metrics.model_scorer(model)
         else:
             train = TrainConfig(history_length=manifest["history_cap"])
             score = export_scorer(resolve_export(export), vocabularies)

@@ -55,6 +55,10 @@ def arguments() -> argparse.ArgumentParser:
                         "another config, is refused without it)")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    parser.add_argument("--cluster-timeout", type=float, metavar="SECONDS",
+                        help="on a parameter-server cluster, how long the chief waits for the other "
+                        "tasks of TF_CONFIG to start before it names the missing ones and stops; "
+                        "unset: muse_tf.distribute.DEFAULT_CLUSTER_TIMEOUT (5 minutes)")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch "
                         "and TensorFlow's start-up logs")
@@ -87,7 +91,7 @@ def train(args: argparse.Namespace) -> dict:
     from muse_tf.synthetic_dataset import ensure_default_dataset
 
     # Before other TensorFlow work, as multi-worker needs.
-    strategy = distribute.make_strategy(experiment.train.ps_min_shard_bytes)
+    strategy = distribute.make_strategy(experiment.train.ps_min_shard_bytes, args.cluster_timeout)
     data_dir = args.data or ensure_default_dataset(
         args.work_dir, args.synthetic_users, experiment.train.history_length
     )

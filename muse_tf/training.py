@@ -5,8 +5,9 @@ MirroredStrategy runs on every local GPU (else the CPU); with ``TF_CONFIG`` set 
 of a MultiWorkerMirroredStrategy cluster, or the chief of a parameter-server cluster (the tables
 sharded over the parameter servers, ``distribute.make_strategy``). A run killed at any point
 resumes from its last backup (or, once trained, goes straight to evaluation and export) when
-started again with the same ``--model-dir`` and config; a finished run or another config's
-directory is refused unless ``overwrite`` is given.
+started again with the same ``--model-dir``, config and dataset; a finished run or another
+config's directory is refused unless ``overwrite`` is given, and so is a directory another process
+works in (``muse_tf.run_lock``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from muse_tf import (
     signatures,
     validation,
 )
+from muse_tf.backup import EpochBackup
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.evaluate import evaluate_run
 from muse_tf.models import MuseModel
@@ -76,22 +78,19 @@ class ProgressRecord(tf_keras.callbacks.Callback):
 def make_callbacks(
     run_dir: runs.RunDir, experiment: ExperimentConfig, data_dir: str, epoch_level: bool = False
 ) -> list[tf_keras.callbacks.Callback]:
-    """BackupAndRestore (resume mid-epoch), a progress record, validation if configured,
-    per-epoch weight checkpoints, TensorBoard and ``history.csv``, all in the run directory.
-    BackupAndRestore comes first, so ProgressRecord sees the restored step; it keeps its backup
-    when training ends, so a failure in evaluation or export does not lose the training
-    (``RunDir.finish`` drops it). Validation adds its metrics to the logs before they are
-    recorded.
+    """The backup (resume mid-epoch), a progress record, validation if configured, per-epoch
+    weight checkpoints, TensorBoard and ``history.csv``, all in the run directory. The backup
+    comes first, so ProgressRecord sees the restored step, and backs each epoch up as finished
+    last, once the others have ended it (``muse_tf.backup``); it keeps its backup when training
+    ends, so a failure in evaluation or export does not lose the training (``RunDir.finish``
+    drops it). Validation adds its metrics to the logs before they are recorded.
 
     ``epoch_level`` (ParameterServerStrategy, which allows no batch-level callback): backups and
     TensorBoard scalars once per epoch instead of every so many steps."""
     train = experiment.train
+    backup = EpochBackup(run_dir.backup, "epoch" if epoch_level else train.backup_every_steps)
     return [
-        tf_keras.callbacks.BackupAndRestore(
-            run_dir.backup,
-            save_freq="epoch" if epoch_level else train.backup_every_steps,
-            delete_checkpoint=False,
-        ),
+        backup,
         ProgressRecord(),
         *validation.make_callbacks(data_dir, train, run_dir),
         tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
@@ -99,6 +98,7 @@ def make_callbacks(
             run_dir.logs, update_freq="epoch" if epoch_level else train.log_every_steps
         ),
         tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
+        backup.finished,
     ]
 
 
@@ -304,8 +304,11 @@ def run(
         (``evaluate.evaluate_run``) and ``export`` (the version directory).
 
     Raises:
-        runs.RunDirectoryError: when ``model_dir`` holds a finished run or another config's
-            model (and ``overwrite`` is False).
+        runs.RunDirectoryError: when ``model_dir`` holds a finished run or the model of another
+            config or dataset (and ``overwrite`` is False).
+        run_lock.RunBusyError: when another process works in ``model_dir``.
+        config.ConfigError: when the validation settings leave training or validation without
+            a sample.
     """
     if distribute.serves_only():
         raise RuntimeError("This process is a `worker` or `ps` task of a parameter-server cluster "
@@ -317,39 +320,77 @@ def run(
         experiment,
         model=dataclasses.replace(experiment.model, vocab_sizes=artifacts.vocab_sizes(data_dir)),
     )
-    samples = training_samples(data_dir, experiment.train)  # an empty split fails before the run
+    # An empty split, a hold-out that leaves no sample or a missing validation split fails
+    # before the run starts.
+    samples = training_samples(data_dir, experiment.train)
+    validation.check_samples(data_dir, experiment.train)
     global_batch = experiment.train.global_batch_size(strategy.num_replicas_in_sync)
-    steps = steps_per_epoch(experiment.train, samples, global_batch)
     run_dir = runs.RunDir(model_dir)
+    chief = distribute.is_chief()
+    with run_dir.worker().hold():  # the chief's is the run directory's, a worker's its own
+        result = _train_or_resume(strategy, experiment, data_dir, run_dir, samples, global_batch,
+                                  overwrite, verbose)
+        if chief:
+            _evaluate_and_export(experiment, data_dir, run_dir, result, evaluate, export,
+                                 export_dir, model_name, export_limits)
+    return result
+
+
+def _train_or_resume(
+    strategy: tf.distribute.Strategy,
+    experiment: ExperimentConfig,
+    data_dir: str,
+    run_dir: runs.RunDir,
+    samples: int,
+    global_batch: int,
+    overwrite: bool,
+    verbose: int,
+) -> dict:
+    """Trains (resuming a backup) one pass of ``samples`` per epoch, unless the config sets the
+    steps, or returns the record of a training that already finished."""
     chief = distribute.is_chief()
     if overwrite and chief:
         run_dir.clear()
-    trained = None if overwrite else run_dir.check_can_start(experiment)
+    trained = None if overwrite else run_dir.check_can_start(experiment, data_dir)
     os.makedirs(run_dir.worker().root, exist_ok=True)
     seeding.set_seed(experiment.train.seed)
-    if trained is None:
-        if not run_dir.has_backup():
-            run_dir.worker().discard_history()
-        if chief:
-            run_dir.start(experiment)
-        print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
-              f"({strategy.num_replicas_in_sync} replica(s), global batch {global_batch:,}, "
-              f"{steps:,} steps per epoch); run directory {model_dir}")
-        warning = too_few_steps(experiment.train, samples, global_batch)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
-        result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
-        if chief:
-            run_dir.record_training(experiment, result)
-    else:
-        print(f"Training already finished in {model_dir} ({run_dir.training_record}); "
+    if trained is not None:
+        print(f"Training already finished in {run_dir.root} ({run_dir.training_record}); "
               "going straight to evaluation and export")
-        result = {key: value for key, value in trained.items() if key != "config_sha256"}
-    if not chief:
-        return result
-    model, _ = runs.load_trained_model(model_dir)  # a fresh, undistributed model
+        return {key: value for key, value in trained.items() if key != "config_sha256"}
+    if not run_dir.has_backup():
+        run_dir.worker().discard_attempt()
+    if chief:
+        run_dir.start(experiment, data_dir)
+    steps = steps_per_epoch(experiment.train, samples, global_batch)
+    print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
+          f"({strategy.num_replicas_in_sync} replica(s), global batch {global_batch:,}, "
+          f"{steps:,} steps per epoch); run directory {run_dir.root}")
+    warning = too_few_steps(experiment.train, samples, global_batch)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
+    if chief:
+        run_dir.record_training(experiment, result)
+    return result
+
+
+def _evaluate_and_export(
+    experiment: ExperimentConfig,
+    data_dir: str,
+    run_dir: runs.RunDir,
+    result: dict,
+    evaluate: bool,
+    export: bool,
+    export_dir: str | None,
+    model_name: str,
+    export_limits: dict[str, int] | None,
+) -> None:
+    """The chief's evaluation and export of the trained run, added to ``result``; then the run
+    is finished (``metrics.json``)."""
+    model, _ = runs.load_trained_model(run_dir.root)  # a fresh, undistributed model
     if evaluate:
-        result["eval"] = evaluate_run(model, data_dir, experiment.train, model_dir)
+        result["eval"] = evaluate_run(model, data_dir, experiment.train, run_dir.root)
         print(f"Test AUC {result['eval']['auc']:.4f}  GAUC {result['eval']['gauc']:.4f} "
               f"over {result['eval']['examples']} samples")
     if export:
@@ -358,4 +399,3 @@ def run(
             model_name, **(export_limits or {}),
         )
     run_dir.finish(result)
-    return result

@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import data, hashing, metrics, runs
-from muse_tf.config import TrainConfig
+from muse_tf import data, hashing, iterator_release, metrics, runs
+from muse_tf.config import ConfigError, TrainConfig
 
 HOLDOUT_SALT = np.uint64(0x6A09E667F3BCC909)  # XORed into the user ID before mixing
 _MANTISSA_SHIFT = np.uint64(11)  # keep the top 53 bits: exactly representable as a float64
@@ -67,6 +67,46 @@ def validation_dataset(data_dir: str, train: TrainConfig) -> tf.data.Dataset:
         validation_files(data_dir, train), train.eval_batch_size,
         history_length=train.history_length, deterministic=True, users=users,
     )
+
+
+def check_samples(data_dir: str, train: TrainConfig) -> None:
+    """Refuses, before a run starts, validation settings that leave training or validation
+    without a sample: the repeated training stream would wait forever for one, and validation
+    would fail only after the first epoch. Reads each stream to its first sample (the whole split
+    only when there is none).
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if not train.validates:
+        return
+    try:
+        files = validation_files(data_dir, train)
+    except ValueError as err:
+        raise ConfigError(f"`train.validation_split`: {err}") from None
+    if train.validation_split:
+        if not _has_sample(files, None):
+            raise ConfigError(f"`train.validation_split`: the split {train.validation_split!r} "
+                              f"of {data_dir} holds no sample.")
+        return
+    setting = f"`train.validation_fraction` {train.validation_fraction}"
+    if not _has_sample(files, training_users(train)):
+        raise ConfigError(f"{setting} holds out every user of {data_dir}'s training split, "
+                          "leaving none to train on; lower it.")
+    if not _has_sample(files, user_filter(train.validation_fraction, True)):
+        raise ConfigError(f"{setting} holds out no user of {data_dir}'s training split, "
+                          "leaving validation without a sample; raise it.")
+
+
+def _has_sample(files: list[str], users: Callable[[tf.Tensor], tf.Tensor] | None) -> bool:
+    batches = iterator_release.elements(
+        data.make_dataset(files, 1, history_length=1, users=users)
+    )
+    try:
+        with data.damaged_shards_named(files):
+            return next(batches, None) is not None
+    finally:
+        batches.close()
 
 
 def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:

@@ -4,15 +4,18 @@ parameter servers; the result evaluates and exports like any other run."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, data, signatures
+from muse_tf import artifacts, data, signatures, train
 from muse_tf.runs import RunDir, build_model, load_trained_model
 from tests import serving_case as sc
+from tests.cli_helpers import assert_usage_error
 from tests.test_train import (  # noqa: F401  (dataset is a fixture)
     ROOT,
     TINY,
@@ -157,3 +160,23 @@ def test_the_export_scores_like_the_trained_model(cluster_run, dataset):  # noqa
     reference = sc.keras_rank(case, request)
     assert np.ptp(reference) > 1e-4, reference  # the candidates' scores differ
     np.testing.assert_allclose(outputs[signatures.LOGIT].numpy(), reference, rtol=0, atol=1e-5)
+
+
+def test_a_chief_names_a_missing_task_after_a_bounded_wait(monkeypatch, capsys):
+    """Without the wait, TensorFlow's chief waits for the missing parameter server forever."""
+    listening = socket.socket()
+    listening.bind(("localhost", 0))
+    listening.listen()
+    try:
+        ports = [listening.getsockname()[1], *_free_ports(2)]
+        cluster = {"worker": [f"localhost:{ports[0]}"], "ps": [f"localhost:{ports[1]}"],
+                   "chief": [f"localhost:{ports[2]}"]}
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                    "task": {"type": "chief", "index": 0}}))
+        started = time.monotonic()
+        assert_usage_error(capsys, train.main, "muse_tf.train",
+                           rf"no answer from ps:0 \(localhost:{ports[1]}\) within 1 s",
+                           ["--data", "unused", "--cluster-timeout", "1"])
+        assert time.monotonic() - started < 30
+    finally:
+        listening.close()

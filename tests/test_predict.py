@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from muse_tf import artifacts, evaluate, predict, train
 from muse_tf.runs import RunDir
@@ -152,6 +153,37 @@ def test_a_full_disk_while_writing_the_evaluation_names_the_file(
 def test_user_errors_are_one_line(argv, message, tmp_path, capsys):
     assert_usage_error(capsys, predict.main, "muse_tf.predict", message,
                        ["--model-dir", str(tmp_path), *argv])
+
+
+def test_another_dataset_is_refused_naming_both_directories(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    """Vocabularies of the same sizes (scores from the wrong embedding rows) or larger (indices
+    beyond the tables) are refused alike, before anything is scored."""
+    for name, grow in (("same-sizes", False), ("larger", True)):
+        other = tmp_path / name
+        shutil.copytree(dataset, other)
+        users = np.array(artifacts.load_vocabulary(str(other), "user"))
+        users = np.r_[users, users[-1] + 1] if grow else np.r_[users[:-1], users[-1] + 1]
+        np.save(artifacts.vocab_path(str(other), "user"), users)
+        message = rf"--data {other} is not the dataset {run_dir} was trained on \({dataset}\)"
+        output = tmp_path / "scores.parquet"
+        assert_usage_error(capsys, predict.main, "muse_tf.predict", message,
+                           ["--data", str(other), "--model-dir", run_dir, "--output", str(output)])
+        assert not list(tmp_path.glob("scores.parquet*"))
+    assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate", message,
+                       ["--data", str(other), "--model-dir", run_dir, "--output", str(tmp_path)])
+
+
+def test_an_edited_config_is_refused_though_the_weights_fit(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    edited = tmp_path / "run"
+    shutil.copytree(run_dir, edited)
+    config = RunDir(str(edited)).config
+    values = yaml.safe_load(Path(config).read_text())
+    values["model"]["top_k"] = 3
+    Path(config).write_text(yaml.safe_dump(values))
+    assert_usage_error(capsys, predict.main, "muse_tf.predict",
+                       f"{config} is not the config .* edited since; restore it",
+                       ["--data", dataset, "--model-dir", str(edited), "--output",
+                        str(tmp_path / "scores.csv")])
 
 
 def test_help_loads_no_tensorflow():

@@ -326,3 +326,51 @@ def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
         with pytest.raises(ValueError, match="training split holds no sample"):
             train.main(["--data", str(empty), "--model-dir", str(tmp_path / "run"), "--verbose",
                         "0", *TINY, *steps])
+
+
+def test_a_second_training_in_a_busy_run_is_refused_naming_the_holder(dataset, tmp_path, capsys):
+    run_dir = RunDir(str(tmp_path / "run"))
+    with run_dir.hold():  # as the first training does
+        assert_usage_error(capsys, train.main, "muse_tf.train",
+                           rf"{run_dir.root} is in use by pid {os.getpid()} on "
+                           rf"{socket.gethostname()}, running `.*pytest.*` since \d{{4}}-",
+                           _run_args(dataset, run_dir.root))
+    assert os.listdir(run_dir.root) == ["lock"]  # the second wrote nothing
+
+
+def test_a_start_that_failed_does_not_block_the_corrected_command(dataset, tmp_path, monkeypatch):
+    model_dir = tmp_path / "run"
+
+    def failing(*args, **kwargs):
+        raise ValueError("a mistake found once the run had started")
+
+    monkeypatch.setattr(training, "keras_fit", failing)
+    with pytest.raises(ValueError, match="once the run had started"):
+        train.main([*_run_args(dataset, model_dir), "--set", "model.use_cross=true", "--no-export"])
+    monkeypatch.undo()
+    result = train.main([*_run_args(dataset, model_dir), "--no-export"])
+    assert result["optimizer_iterations"] == result["steps_run"] == 3
+    assert len(_history_losses(model_dir)) == 1
+    _, experiment = load_trained_model(str(model_dir))
+    assert not experiment.model.use_cross
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.validation_split=valid", r"`train.validation_split`: .*no split 'valid'"),
+    ("train.validation_fraction=1e-9", r"`train.validation_fraction` 1e-09 holds out no user"),
+])
+def test_validation_without_a_sample_is_refused_before_the_run_starts(
+    dataset, tmp_path, capsys, setting, message
+):
+    assert_usage_error(capsys, train.main, "muse_tf.train", message,
+                       [*_run_args(dataset, tmp_path / "run"), "--set", setting])
+    assert not os.path.exists(RunDir(str(tmp_path / "run")).config)
+
+
+def test_a_hold_out_of_every_user_is_refused_not_waited_on(dataset, tmp_path):
+    """With no training user left, the repeated training stream would wait forever for a sample."""
+    proc = run(["-m", "muse_tf.train", *_run_args(dataset, tmp_path / "run"),
+                "--set", "train.validation_fraction=0.9999"], timeout=180)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "`train.validation_fraction` 0.9999 holds out every user" in lines[0]

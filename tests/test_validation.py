@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras
 
 from muse_tf import data, hashing, metrics, train, training, validation
+from muse_tf.backup import EpochBackup
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.runs import RunDir, load_trained_model
 from tests import reference, test_train
@@ -181,6 +182,61 @@ def test_per_epoch_validation_metrics_and_early_stopping_end_to_end(dataset, tmp
     tags = [value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
             for value in event.summary.value]
     assert tags.count("epoch_gauc") == len(rows)
+
+
+def test_a_run_killed_after_an_epochs_last_step_validates_that_epoch_on_resume(
+    dataset, tmp_path, monkeypatch
+):
+    model_dir = str(tmp_path / "run")
+    args = ["--data", dataset, "--model-dir", model_dir, *TINY, "--set", "train.epochs=2",
+            "--set", f"train.validation_fraction={FRACTION}", "--set", "train.steps_per_epoch=4",
+            "--set", "train.backup_every_steps=2", "--set", "train.early_stopping_patience=1"]
+
+    def killed(self, epoch, logs=None):  # after the first epoch's last step, a backup step
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(validation.Validation, "on_epoch_end", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.main(args)
+    monkeypatch.undo()
+    result = train.main(args)
+    assert result["resumed_from_step"] == 2  # the backup within the epoch, not its last step
+    rows = _history(model_dir)
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+    assert all(float(row["val_gauc"]) > 0 for row in rows), rows
+
+
+class _Ended(tf_keras.callbacks.Callback):
+    """Records the epochs whose end it saw; fails at the end of ``fail_at``."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        self.fail_at, self.ended = fail_at, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.fail_at:
+            raise RuntimeError("killed")
+        self.ended.append(epoch)
+
+
+@pytest.mark.parametrize("save_freq", ["epoch", 2])
+def test_an_epoch_is_backed_up_as_done_only_after_every_callback_ended_it(tmp_path, save_freq):
+    """Killed at its end (in validation, say) after its last step, the epoch runs its end again on
+    resume; Keras's BackupAndRestore would resume at the next epoch."""
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer=tf_keras.optimizers.SGD(0.1), loss="mse")
+    x, y = np.random.default_rng(0).normal(size=(32, 2)), np.ones((32, 1))
+
+    def fit(ended):
+        backup = EpochBackup(str(tmp_path / "backup"), save_freq)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                  callbacks=[backup, ended, backup.finished])
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(_Ended(fail_at=0))
+    resumed = _Ended()
+    fit(resumed)
+    assert resumed.ended == [0, 1]
 
 
 def test_validation_needs_a_sample_and_a_valid_config(dataset, tmp_path):
