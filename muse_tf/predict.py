@@ -7,7 +7,8 @@ One row per sample, in the split's order: ``user_id`` (raw), ``item_id`` (raw; n
 item is out of the run's vocabulary, as the records keep only its OOV index), ``label``,
 ``probability`` and ``logit``. The split is streamed batch by batch (each batch one Parquet row
 group), so memory does not grow with the split. A run scores with its Keras model (as
-``muse_tf.evaluate`` does, so AUC/GAUC over the written file equal the evaluation's); an export
+``muse_tf.evaluate`` does, so AUC/GAUC over the written file equal the evaluation's), and only
+with the dataset it was trained on and the config it was trained with (``muse_tf.runs``); an export
 scores through its ``serving_default`` signature, fed the raw IDs the records' indices stand for.
 Raw Taobao-MM Parquet is scored by ``pipelines.predict``, which converts it first.
 """
