@@ -35,7 +35,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from benchmarks import common, fixtures
-from muse_tf import features, limits, signatures
+from muse_tf.contract import features, limits, signatures
 from serving.client import GrpcClient, PredictionError, RestClient
 from serving.launch import http_statuses, local_server, raw_http, trickle_http
 

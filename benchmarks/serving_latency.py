@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common, fixtures
-from muse_tf import features, signatures, vocabulary
+from muse_tf.contract import features, signatures, vocabulary
 from serving.client import GrpcClient, RestClient
 from serving.launch import local_server
 

@@ -25,7 +25,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import artifacts, data, experiments, features, metrics, runs, synthetic_dataset, train
+from muse_tf import experiments, train
+from muse_tf.contract import dataset_dir, features
+from muse_tf.data import reader, synthetic_dataset
+from muse_tf.jobs import metrics, runs
 from muse_tf.layers import MLP
 from muse_tf.layers import mlp as mlp_module
 from muse_tf.layers.multimodal import inverse_norms
@@ -61,7 +64,7 @@ def evaluation_study(experiments_dir: str, data_dir: str, variants: Sequence[str
                 print(f"skipped {model_dir}: no finished run there", flush=True)
                 continue
             model, experiment = runs.load_trained_model(model_dir)
-            test = data.make_dataset(data.split_files(data_dir, "test"), OFFICIAL_BATCH,
+            test = reader.make_dataset(reader.split_files(data_dir, "test"), OFFICIAL_BATCH,
                                      history_length=experiment.train.history_length,
                                      deterministic=True)
             scored = metrics.predict_dataset(model, test)
@@ -98,13 +101,13 @@ def tied_pair_share(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
 
 def data_study(data_dir: str, top_k: int = 50, recent: int = 50, length: int = 1000) -> dict:
     """Shares of the test split's samples and behaviours in each case where the codes differ."""
-    has_vector = inverse_norms(artifacts.load_multimodal_table(data_dir)) > 0
+    has_vector = inverse_norms(dataset_dir.load_multimodal_table(data_dir)) > 0
     totals: dict[str, float] = {}
 
     def add(name: str, value: float) -> None:
         totals[name] = totals.get(name, 0.0) + float(value)
 
-    for batch, _ in data.make_dataset(data.split_files(data_dir, "test"), 1000,
+    for batch, _ in reader.make_dataset(reader.split_files(data_dir, "test"), 1000,
                                       history_length=length, deterministic=True):
         items = batch[features.HISTORY_ITEMS].numpy()
         categories = batch[features.HISTORY_CATEGORIES].numpy()

@@ -16,7 +16,8 @@ import os
 import numpy as np
 
 import muse_tf  # noqa: F401  (selects the Keras 2 API first)
-from muse_tf import experiments, synthetic_dataset, train
+from muse_tf import experiments, train
+from muse_tf.data import synthetic_dataset
 
 MAIN = "Main comparison (paper: Taobao-MM 1k)"
 # (embedding optimizer, dense optimizer): the official code's, today's dense with the lazy tables,

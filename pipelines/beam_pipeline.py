@@ -45,7 +45,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from muse_tf import artifacts, features, vocabulary
+from muse_tf.contract import dataset_dir, features, vocabulary
 from pipelines import (
     beam_lookups,
     item_tables,
@@ -560,7 +560,7 @@ def finish(
     vocabularies = {}
     for name in features.VOCABULARIES:
         size = _concat_ranges(
-            _ranges(work, "vocab", name), artifacts.vocab_path(output, name), np.int64, (), 0
+            _ranges(work, "vocab", name), dataset_dir.vocab_path(output, name), np.int64, (), 0
         )
         stats = {
             field.name: counters.get(f"vocab/{name}/{field.name}", 0)
@@ -573,7 +573,7 @@ def finish(
         }
     _concat_ranges(
         _ranges(work, "multimodal", "item"),
-        f"{output}/{artifacts.MULTIMODAL_TABLE}",
+        f"{output}/{dataset_dir.MULTIMODAL_TABLE}",
         np.int8,
         (release.EMBEDDING_DIM,),
         vocabulary.RESERVED,
@@ -589,7 +589,7 @@ def finish(
     shards = {
         split: [
             {"file": name, "bytes": _size(f"{output}/{name}")}
-            for name in (artifacts.shard_name(split, k, n) for k in range(n))
+            for name in (dataset_dir.shard_name(split, k, n) for k in range(n))
         ]
         for split, n in options.shards.items()
     }
@@ -603,7 +603,7 @@ def finish(
         totals_by_split={s: _split_totals(counters, s, shards[s]) for s in release.SPLITS},
     )
     taobao_mm.check_training_samples(input_dir, result, work)
-    path = f"{output}/{artifacts.MANIFEST}"  # complete or absent, as stages.write_json writes
+    path = f"{output}/{dataset_dir.MANIFEST}"  # complete or absent, as stages.write_json writes
     with stages.naming(path), FileSystems.create(
         f"{path}.tmp", compression_type=CompressionTypes.UNCOMPRESSED
     ) as f:

@@ -7,7 +7,7 @@ conversion that lost a record stops instead of writing a manifest.
 
 from __future__ import annotations
 
-from muse_tf import artifacts
+from muse_tf.contract import dataset_dir
 from pipelines import taobao_mm_schema as release
 
 
@@ -64,7 +64,7 @@ def build(
         RuntimeError: when a split's counts do not balance.
     """
     return {
-        "schema_version": artifacts.SCHEMA_VERSION,
+        "schema_version": dataset_dir.SCHEMA_VERSION,
         "source": source,
         "history_cap": history_cap,
         "vocab_sizes": {name: v["size"] for name, v in vocabularies.items()},

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 
 from muse_tf import cli
-from muse_tf import predict as scoring
+from muse_tf.jobs import prediction as scoring
 from pipelines import taobao_mm_schema as release
 
 
@@ -35,12 +35,12 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
         pi.InputError: naming a missing or malformed table.
         RuntimeError: when the split's counts do not balance (a record was lost).
     """
-    from muse_tf import artifacts, features  # TensorFlow loads here, after parsing
+    from muse_tf.contract import dataset_dir, features  # TensorFlow loads here, after parsing
     from pipelines import manifest as manifest_lib
     from pipelines import parquet_input as pi
     from pipelines import stages
 
-    source = artifacts.load_manifest(data_dir)
+    source = dataset_dir.load_manifest(data_dir)
     names = (release.SAMPLES_TABLE[split], release.USER_TABLE[split], release.ITEM_FEATURES,
              release.SCL_EMBEDDINGS)
     tables = pi.discover_tables(input_dir, names=names)
@@ -48,10 +48,10 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
     options = stages.Options(history_cap=source["history_cap"], shards={split: shards})
     work = os.path.join(output, "_work")
     for path in (os.path.join(work, "scan"), os.path.join(work, "shards"),
-                 os.path.join(output, split), os.path.join(output, artifacts.VOCAB_DIR)):
+                 os.path.join(output, split), os.path.join(output, dataset_dir.VOCAB_DIR)):
         os.makedirs(path, exist_ok=True)
     for name in features.VOCABULARIES:
-        shutil.copyfile(artifacts.vocab_path(data_dir, name), artifacts.vocab_path(output, name))
+        shutil.copyfile(dataset_dir.vocab_path(data_dir, name), dataset_dir.vocab_path(output, name))
 
     scanned = [stages.scan_file(work, task, options)[0] for task in stages.scan_tasks(tables)]
     item_summary = stages.build_item_tables(output, work, tables)
@@ -67,7 +67,7 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
         input_rows=input_rows,
         shards_by_split={split: results},
     )
-    stages.write_json(os.path.join(output, artifacts.MANIFEST), manifest)
+    stages.write_json(os.path.join(output, dataset_dir.MANIFEST), manifest)
     shutil.rmtree(work)
     return manifest
 
@@ -82,11 +82,11 @@ def predict_parquet(
     **scoring_options,
 ) -> dict:
     """Converts ``split`` of ``parquet_dir`` with ``data_dir``'s vocabularies (in a temporary
-    directory under ``work_dir``) and scores it into ``output`` (``muse_tf.predict.predict``,
+    directory under ``work_dir``) and scores it into ``output`` (``muse_tf.jobs.prediction.predict``,
     which takes ``scoring_options``: ``model_dir`` or ``export``, ``batch_size``, ...).
 
     Returns:
-        ``muse_tf.predict.predict``'s result plus ``samples_in`` and ``rejected`` (by reason);
+        ``muse_tf.jobs.prediction.predict``'s result plus ``samples_in`` and ``rejected`` (by reason);
         ``samples_in == rows + sum(rejected)``.
     """
     if split not in release.SPLITS:

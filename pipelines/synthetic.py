@@ -5,7 +5,7 @@
 The output (the six tables, one Parquet file each, as in the demo) goes through
 ``python -m pipelines.taobao_mm`` like the real data. The same options give the same bytes. The
 planted world itself (items, users, clicks, and why MUSE should beat DIN on it) is
-``muse_tf.synthetic``; this module writes it as Parquet, in chunks of users, so memory is bounded.
+``muse_tf.data.synthetic``; this module writes it as Parquet, in chunks of users, so memory is bounded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from muse_tf.synthetic import Catalogue, SyntheticConfig, user_chunks
+from muse_tf.data.synthetic import Catalogue, SyntheticConfig, user_chunks
 from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
 

@@ -1,5 +1,5 @@
 """Converts Taobao-MM Parquet (the release, its demo heads, or pipelines.synthetic output) into a
-dataset directory (layout: ``muse_tf.artifacts``; shard format: ``muse_tf.data``).
+dataset directory (layout: ``muse_tf.contract.dataset_dir``; shard format: ``muse_tf.data.reader``).
 
     python -m pipelines.taobao_mm --input DIR --output DIR [--history-cap 1000]
         [--min-count N] [--min-count item=N ...] [--train-shards N] [--test-shards N] [--workers N]
@@ -23,8 +23,8 @@ only. A conversion that writes no training sample fails (nothing could be traine
 full disk stops it with the path it was writing (re-running resumes once there is space).
 
 The command parses its arguments and checks ``--input`` before TensorFlow loads: the stages (which
-import it through ``muse_tf.vocabulary`` and ``muse_tf.artifacts``) are imported by the functions
-that run them, so ``convert`` stays importable from here at no cost.
+import it through ``muse_tf.contract.vocabulary`` and ``muse_tf.contract.dataset_dir``) are imported
+by the functions that run them, so ``convert`` stays importable from here at no cost.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from muse_tf import cli, features
+from muse_tf import cli
+from muse_tf.contract import features
 from pipelines import parquet_input as pi
 from pipelines import taobao_mm_schema as release
 
@@ -120,18 +121,18 @@ def resolve_options(
 
 def _prepare_work(output: str, work: str) -> None:
     """The work and output directories the stages write into."""
-    from muse_tf import artifacts
+    from muse_tf.contract import dataset_dir
 
     for name in ("scan", "vocab_parts", "shards"):
         os.makedirs(os.path.join(work, name), exist_ok=True)
-    for name in (*release.SPLITS, artifacts.VOCAB_DIR):
+    for name in (*release.SPLITS, dataset_dir.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
 
 
 def _build_vocabularies(
     executor: concurrent.futures.Executor | None, output: str, work: str, options: Options
 ) -> dict[str, dict]:
-    from muse_tf import artifacts
+    from muse_tf.contract import dataset_dir
     from pipelines import stages, vocab
 
     tasks = [
@@ -146,7 +147,7 @@ def _build_vocabularies(
         stats = vocab.VocabStats()
         for part in parts:
             stats.add(vocab.VocabStats(**{k: v for k, v in part.items() if k != "path"}))
-        size = vocab.assemble([p["path"] for p in parts], artifacts.vocab_path(output, name))
+        size = vocab.assemble([p["path"] for p in parts], dataset_dir.vocab_path(output, name))
         summary[name] = {
             "size": size,
             "min_count": options.min_count[name],
@@ -198,7 +199,7 @@ def _convert_claimed(
     workers: int | None,
 ) -> dict:
     """The stages and the manifest, once ``output`` is this conversion's."""
-    from muse_tf import artifacts
+    from muse_tf.contract import dataset_dir
     from pipelines import manifest as manifest_lib
     from pipelines import stages
 
@@ -239,7 +240,7 @@ def _convert_claimed(
         shards_by_split=shards_by_split,
     )
     check_training_samples(input_dir, manifest, work)
-    stages.write_json(os.path.join(output, artifacts.MANIFEST), manifest)
+    stages.write_json(os.path.join(output, dataset_dir.MANIFEST), manifest)
     return manifest
 
 

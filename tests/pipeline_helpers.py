@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muse_tf import artifacts, data, features, vocabulary
+from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.data import reader
 
 DEMO_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_mm_demo"
 TABLES = (
@@ -43,7 +44,7 @@ def tiny_synthetic(directory):
 
 def read_samples(files, history_length):
     """Every sample of ``files`` as a dict of NumPy arrays (features and ``label``)."""
-    dataset = data.make_dataset(files, 256, history_length=history_length, deterministic=True)
+    dataset = reader.make_dataset(files, 256, history_length=history_length, deterministic=True)
     batches = [(f, y) for f, y in dataset.as_numpy_iterator()]
     if not batches:
         return {}
@@ -69,7 +70,7 @@ def index_maps(data_dir):
     """Each vocabulary as {raw ID: index} by the contract: index = position + 2."""
     return {
         name: {raw: position + vocabulary.RESERVED for position, raw in enumerate(ids.tolist())}
-        for name, ids in artifacts.load_vocabularies(data_dir).items()
+        for name, ids in dataset_dir.load_vocabularies(data_dir).items()
     }
 
 

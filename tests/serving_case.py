@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 
-from muse_tf import artifacts, features, runs, seeding, signatures, vocabulary
 from muse_tf.config import ExperimentConfig, ModelConfig
+from muse_tf.contract import dataset_dir, features, signatures, vocabulary
+from muse_tf.jobs import runs, seeding
 from muse_tf.models import MuseModel
 
 SIZES = {
@@ -171,11 +172,11 @@ def sigmoid(logits):
 
 def write_dataset(path, vocabularies):
     """A directory that passes for a converted dataset as far as its manifest and vocabularies go."""
-    os.makedirs(os.path.join(path, artifacts.VOCAB_DIR))
-    with open(os.path.join(path, artifacts.MANIFEST), "w") as f:
-        json.dump({"schema_version": artifacts.SCHEMA_VERSION}, f)
+    os.makedirs(os.path.join(path, dataset_dir.VOCAB_DIR))
+    with open(os.path.join(path, dataset_dir.MANIFEST), "w") as f:
+        json.dump({"schema_version": dataset_dir.SCHEMA_VERSION}, f)
     for name, ids in vocabularies.items():
-        np.save(artifacts.vocab_path(str(path), name), ids)
+        np.save(dataset_dir.vocab_path(str(path), name), ids)
     return str(path)
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from muse_tf import artifacts, config, runs, signatures
+from muse_tf import config
 from muse_tf.config import ExperimentConfig
+from muse_tf.contract import dataset_dir, signatures
+from muse_tf.jobs import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["muse_tf.train", "muse_tf.evaluate", "muse_tf.export", "muse_tf.experiments",
@@ -68,7 +70,7 @@ def fake_dataset(tmp_path):
     """A directory that passes for a converted dataset until its shards are read."""
     path = tmp_path / "data"
     path.mkdir()
-    (path / artifacts.MANIFEST).write_text(json.dumps({"schema_version": artifacts.SCHEMA_VERSION}))
+    (path / dataset_dir.MANIFEST).write_text(json.dumps({"schema_version": dataset_dir.SCHEMA_VERSION}))
     return path
 
 
@@ -105,7 +107,7 @@ def test_a_conversion_names_an_input_that_is_missing_or_not_the_release(module, 
         pytest.importorskip("apache_beam", reason="apache-beam is not installed (the beam extra)")
     missing, converted = tmp_path / "absent", tmp_path / "converted"
     converted.mkdir()
-    (converted / artifacts.MANIFEST).write_text("{}")  # a converted dataset passed as --input
+    (converted / dataset_dir.MANIFEST).write_text("{}")  # a converted dataset passed as --input
     for given, words in [(missing, ["Input directory", "does not exist"]),
                          (converted, ["no Parquet file for table 'train_samples'"])]:
         proc = _run(["-m", module, "--input", str(given), "--output", str(tmp_path / "out")])
@@ -143,7 +145,7 @@ def test_server_names_a_missing_export(tmp_path):
 
 def test_library_callers_get_the_usual_exceptions(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a converted dataset"):
-        artifacts.load_manifest(str(tmp_path))
+        dataset_dir.load_manifest(str(tmp_path))
     with pytest.raises(ValueError, match="not found"):
         config.load_yaml(str(tmp_path / "absent.yaml"))
     (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
@@ -182,7 +184,7 @@ def test_one_default_model_name_everywhere():
 
 
 def training_run():
-    from muse_tf import training
+    from muse_tf.jobs import training
 
     return training.run
 

@@ -86,7 +86,7 @@ def test_undefined_bucket_is_nan_with_its_counts_and_thin_bucket_keeps_its_value
 
 
 def test_undefined_bucket_is_null_in_the_json(tmp_path):
-    from muse_tf import strict_json
+    from muse_tf.contract import strict_json
 
     scored, values = two_models_with_an_undefined_and_a_thin_bucket()
     rows = json.loads(strict_json.dumps(gauc_by_bucket(scored, values, (0, 1, 10))))

@@ -16,7 +16,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 import muse_tf
-from muse_tf import cli, export, features, saved_model, signatures, vocabulary
+from muse_tf import cli, export
+from muse_tf.contract import features, signatures, vocabulary
+from muse_tf.jobs import saved_model
 from tests import serving_case as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +36,7 @@ SCALARS = [
 ]
 HISTORIES = ["history_items", "history_categories"]
 # The wire contract as clients outside Python (curl, the C API) type it: an independent reference
-# for muse_tf.signatures, so these stay literal.
+# for muse_tf.contract.signatures, so these stay literal.
 OUTPUTS = {"probability": ("DT_FLOAT", [-1]), "logit": ("DT_FLOAT", [-1])}
 EXPECTED_SIGNATURES = {
     "serving_default": (

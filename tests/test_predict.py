@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from muse_tf import artifacts, evaluate, predict, train
-from muse_tf.runs import RunDir
+from muse_tf import evaluate, predict, train
+from muse_tf.contract import dataset_dir
+from muse_tf.jobs.runs import RunDir
 from tests import reference
 from tests.cli_helpers import assert_usage_error, full_disk_open
 from tests.pipeline_helpers import DEMO_DIR as DEMO
@@ -45,7 +46,7 @@ def _raw_test_samples(dataset):  # noqa: F811
     """(user, item or None when the run's item vocabulary lacks it, label) of every raw test
     sample, read from the synthetic Parquet the dataset was converted from."""
     samples = pq.read_table(Path(dataset).parent / "parquet" / "test_samples.parquet").to_pydict()
-    known = set(artifacts.load_vocabulary(dataset, "item").tolist())
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
     return sorted((user, item if item in known else None, int(labels[1]))
                   for user, item, labels in zip(samples["129_1"], samples["205"], samples["label_0"]))
 
@@ -67,7 +68,7 @@ def test_scored_file_matches_evaluation_and_raw_ids(dataset, run_dir, tmp_path):
     np.testing.assert_allclose(table["probability"], 1 / (1 + np.exp(-logits)), rtol=1e-5)
 
     # Raw IDs: exactly the raw test samples (the conversion rejected none), unknown items null.
-    assert not any(artifacts.load_manifest(dataset)["splits"]["test"]["rejected"].values())
+    assert not any(dataset_dir.load_manifest(dataset)["splits"]["test"]["rejected"].values())
     rows = sorted(zip(table["user_id"], table["item_id"], table["label"]),
                   key=lambda row: (row[0], -1 if row[1] is None else row[1], row[2]))
     expected = sorted(_raw_test_samples(dataset),
@@ -98,7 +99,7 @@ def test_export_scores_like_the_run_into_csv(dataset, run_dir, tmp_path):  # noq
 def test_a_damaged_shard_is_named_and_leaves_no_file(dataset, run_dir, tmp_path, capsys):  # noqa: F811
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)
-    shard = Path(damaged, artifacts.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"])
+    shard = Path(damaged, dataset_dir.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"])
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     output = tmp_path / "scores.parquet"
     with pytest.raises(SystemExit) as exit_info:
@@ -161,9 +162,9 @@ def test_another_dataset_is_refused_naming_both_directories(dataset, run_dir, tm
     for name, grow in (("same-sizes", False), ("larger", True)):
         other = tmp_path / name
         shutil.copytree(dataset, other)
-        users = np.array(artifacts.load_vocabulary(str(other), "user"))
+        users = np.array(dataset_dir.load_vocabulary(str(other), "user"))
         users = np.r_[users, users[-1] + 1] if grow else np.r_[users[:-1], users[-1] + 1]
-        np.save(artifacts.vocab_path(str(other), "user"), users)
+        np.save(dataset_dir.vocab_path(str(other), "user"), users)
         message = rf"--data {other} is not the dataset {run_dir} was trained on \({dataset}\)"
         output = tmp_path / "scores.parquet"
         assert_usage_error(capsys, predict.main, "muse_tf.predict", message,
@@ -276,7 +277,7 @@ def test_demo_parquet_loses_no_sample(dataset, run_dir, tmp_path):  # noqa: F811
     assert {k: v for k, v in result["rejected"].items() if v} == {
         "user_without_features": len(samples) - half}
     # Real item IDs the synthetic run's vocabulary lacks come out null, none is invented.
-    known = set(artifacts.load_vocabulary(dataset, "item").tolist())
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
     expected = [item if item in known else None for item in samples["205"][:half]]
     assert sorted(scored["item_id"], key=str) == sorted(expected, key=str)
     assert sorted(scored["user_id"]) == sorted(samples["129_1"][:half])

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
-from muse_tf import cli, evaluate, export, run_lock, runs
+from muse_tf import cli, evaluate, export
 from muse_tf.config import ExperimentConfig
+from muse_tf.contract import lock
+from muse_tf.jobs import runs
 from tests import serving_case as sc
 from tests.cli_helpers import assert_usage_error, full_disk_open
 
@@ -185,11 +187,11 @@ def test_a_lock_of_a_live_process_or_of_another_host_is_not_taken_over(tmp_path)
     run = runs.RunDir(str(tmp_path / "run"))
     # A record without a flock (as on a filesystem without flock): its process decides.
     _write_holder(run, pid=os.getppid())
-    with pytest.raises(run_lock.RunBusyError, match=f"pid {os.getppid()} on "):
+    with pytest.raises(lock.RunBusyError, match=f"pid {os.getppid()} on "):
         with run.hold():
             pass
     _write_holder(run, host="elsewhere.example")
-    with pytest.raises(run_lock.RunBusyError,
+    with pytest.raises(lock.RunBusyError,
                        match=f"on elsewhere.example.*If that process is gone, delete {run.lock}"):
         with run.hold():
             pass

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import features
 from muse_tf.config import VARIANTS, ModelConfig
+from muse_tf.contract import features
 from muse_tf.layers import (
     CategoryGSU,
     CosineGSU,

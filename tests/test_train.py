@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, data, evaluate, metrics, train, training
+from muse_tf import evaluate, train
 from muse_tf.config import ExperimentConfig, TrainConfig
-from muse_tf.runs import RunDir, build_model, load_trained_model
+from muse_tf.contract import dataset_dir
+from muse_tf.data import reader
+from muse_tf.jobs import metrics, training
+from muse_tf.jobs.runs import RunDir, build_model, load_trained_model
 from tests.cli_helpers import assert_usage_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,11 +76,11 @@ def test_default_command_runs_end_to_end(tmp_path):
     model, experiment = load_trained_model(str(model_dir))
     data_dir = next((tmp_path / "data").glob("synthetic-*[0-9]"))
 
-    test = data.make_dataset(data.split_files(str(data_dir), "test"), 64,
+    test = reader.make_dataset(reader.split_files(str(data_dir), "test"), 64,
                              history_length=experiment.train.history_length)
     scored = metrics.predict_dataset(model, test)
-    assert result["eval"]["examples"] == artifacts.split_samples(
-        artifacts.load_manifest(str(data_dir)), "test")
+    assert result["eval"]["examples"] == dataset_dir.split_samples(
+        dataset_dir.load_manifest(str(data_dir)), "test")
     np.testing.assert_allclose(metrics.group_auc(scored["labels"], scored["logits"], scored["groups"]),
                                result["eval"]["gauc"], atol=1e-6)
     # `python -m muse_tf.evaluate` on the finished run reports the same figures and breakdowns.
@@ -95,7 +98,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from muse_tf import distribute, train
+    from muse_tf import train
+    from muse_tf.jobs import distribute
     data, out, tiny = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     strategies = {
         "single": lambda *_: tf.distribute.MirroredStrategy(["/cpu:0"]),
@@ -128,7 +132,8 @@ GLOBAL_BATCH_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from muse_tf import features, training
+    from muse_tf.contract import features
+    from muse_tf.jobs import training
     from muse_tf.config import ExperimentConfig, TrainConfig
     per_replica = {}
     for devices in (["/cpu:0"], ["/cpu:0", "/cpu:1"]):
@@ -156,7 +161,7 @@ def test_the_default_batch_is_1000_per_replica(dataset):
 def test_too_few_steps_are_named_before_training(dataset, tmp_path):
     """A split smaller than one global batch, or a run of few steps, is said in one line with the
     numbers; setting the threshold to 0 silences it."""
-    samples = artifacts.split_samples(artifacts.load_manifest(dataset), "train")
+    samples = dataset_dir.split_samples(dataset_dir.load_manifest(dataset), "train")
     proc = run(["-m", "muse_tf.train", "--data", dataset, "--model-dir", str(tmp_path / "run"),
                 "--no-eval", "--no-export", "--verbose", "0", *TINY,
                 "--set", "train.batch_size=null"], timeout=600)  # the default 1,000 per replica
@@ -176,7 +181,7 @@ def test_too_few_steps_are_named_before_training(dataset, tmp_path):
 def test_the_embedded_default_run_plans_enough_steps():
     """The default command (2,000 synthetic users, the synthetic config) is not warned about: its
     expected training samples (users x samples per user x train share, less 5%) make enough steps."""
-    from muse_tf.synthetic import SyntheticConfig
+    from muse_tf.data.synthetic import SyntheticConfig
 
     sizes = SyntheticConfig()
     samples = int(0.95 * sizes.users * sizes.samples_per_user * (1 - sizes.test_fraction))
@@ -302,11 +307,11 @@ def test_a_failure_after_training_keeps_the_training(dataset, tmp_path, monkeypa
 def test_a_damaged_test_shard_is_named(dataset, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)
-    shard = data.split_files(str(damaged), "test")[0]
+    shard = reader.split_files(str(damaged), "test")[0]
     content = Path(shard).read_bytes()
     Path(shard).write_bytes(content[: len(content) // 2])
     experiment = ExperimentConfig(train=TrainConfig(history_length=HISTORY, eval_batch_size=64))
-    experiment.model.vocab_sizes = artifacts.vocab_sizes(str(damaged))
+    experiment.model.vocab_sizes = dataset_dir.vocab_sizes(str(damaged))
     with pytest.raises(ValueError, match=f"{os.path.basename(shard)} is damaged"):
         evaluate.evaluate_run(build_model(experiment), str(damaged), experiment.train,
                               str(tmp_path / "eval"))
@@ -317,10 +322,10 @@ def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
     with a message before fitting; with no sample to repeat, fit would never return."""
     empty = tmp_path / "empty"
     shutil.copytree(dataset, empty)
-    manifest = json.loads((empty / artifacts.MANIFEST).read_text())
+    manifest = json.loads((empty / dataset_dir.MANIFEST).read_text())
     manifest["splits"]["train"]["samples_written"] = 0
-    (empty / artifacts.MANIFEST).write_text(json.dumps(manifest))
-    for shard in data.split_files(str(empty), "train"):
+    (empty / dataset_dir.MANIFEST).write_text(json.dumps(manifest))
+    for shard in reader.split_files(str(empty), "train"):
         os.remove(shard)
     for steps in ([], ["--set", "train.steps_per_epoch=3"]):
         with pytest.raises(ValueError, match="training split holds no sample"):

@@ -10,10 +10,13 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import data, hashing, metrics, train, training, validation
-from muse_tf.backup import EpochBackup
+from muse_tf import train
 from muse_tf.config import ExperimentConfig, TrainConfig
-from muse_tf.runs import RunDir, load_trained_model
+from muse_tf.contract import hashing
+from muse_tf.data import reader
+from muse_tf.jobs import metrics, training, validation
+from muse_tf.jobs.backup import EpochBackup
+from muse_tf.jobs.runs import RunDir, load_trained_model
 from tests import reference, test_train
 
 dataset = test_train.dataset  # the tiny converted dataset (a module-scoped fixture)
@@ -58,8 +61,8 @@ def test_held_out_users_follow_the_reference_hash():
 def test_training_stream_excludes_exactly_the_held_out_users(dataset):
     experiment = ExperimentConfig(train=TrainConfig(
         batch_size=16, history_length=HISTORY, eval_batch_size=64, validation_fraction=FRACTION))
-    files = data.split_files(dataset, "train")
-    every = _user_keys(data.make_dataset(files, 64, history_length=HISTORY))
+    files = reader.split_files(dataset, "train")
+    every = _user_keys(reader.make_dataset(files, 64, history_length=HISTORY))
     held = expected_held_out(np.unique(every), FRACTION)
     assert 0 < len(held) < len(np.unique(every))
     # Two passes of the (repeated) training stream, exactly as fit reads it.
@@ -70,7 +73,7 @@ def test_training_stream_excludes_exactly_the_held_out_users(dataset):
     validated = _user_keys(validation.validation_dataset(dataset, experiment.train))
     assert set(validated.tolist()) == held
     # No sample lost or duplicated: held-out + trained samples = all samples.
-    kept = _user_keys(data.make_dataset(files, 64, history_length=HISTORY,
+    kept = _user_keys(reader.make_dataset(files, 64, history_length=HISTORY,
                                         users=validation.training_users(experiment.train)))
     assert len(kept) + len(validated) == len(every)
 
@@ -123,9 +126,9 @@ def _history(model_dir):
 
 def _score_held_out(model, dataset_dir, experiment):
     """The held-out samples scored by ``model``, re-selected with the reference hash."""
-    files = data.split_files(dataset_dir, "train")
+    files = reader.split_files(dataset_dir, "train")
     scored = metrics.predict_dataset(
-        model, data.make_dataset(files, 64, history_length=experiment.train.history_length))
+        model, reader.make_dataset(files, 64, history_length=experiment.train.history_length))
     held = np.isin(scored["groups"], list(expected_held_out(np.unique(scored["groups"]), FRACTION)))
     return {name: column[held] for name, column in scored.items()}
 

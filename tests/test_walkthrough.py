@@ -10,7 +10,7 @@ What stands in for the quick start, and why that is honest:
 * The quick start is ``python -m muse_tf.train`` (README "Quick start"). Its paths depend only on
   ``--work-dir`` (default ``runs``), the variant (``runs/muse``), the model name (the export
   ``runs/muse/export/muse/1``) and, for the dataset, the synthetic user count, the history length
-  and the seed (``muse_tf.synthetic_dataset.ensure_default_dataset``:
+  and the seed (``muse_tf.data.synthetic_dataset.ensure_default_dataset``:
   ``runs/data/synthetic-u2000-l1000-s0``). The fixture runs that same command in a temporary
   directory with overrides that change none of these: two training steps of a smaller tower,
   ``--no-eval``. So the dataset is the quick start's own (same generator, same options, ~7 s of
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muse_tf import features
+from muse_tf.contract import features
 from serving.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """tf.data input: converted TFRecord shards -> ``(features, label)`` batches of the model contract.
 
-Shards hold one record per user (schema, encoding and parsing: ``muse_tf.records``).
+Shards hold one record per user (schema, encoding and parsing: ``muse_tf.contract.records``).
 
 Reading parses batches of records with one vectorised ``parse_example``, expands them to samples
 in memory (each sample gathers its user's row), left-pads or truncates the history to the requested
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, records
+from muse_tf.contract import dataset_dir, records
 
 # Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
 _NATIVE_SCHEMES = ("gs",)
@@ -99,7 +99,7 @@ def split_files(data_dir: str, split: str) -> list[str]:
         FileNotFoundError: naming a listed shard that is missing.
     """
     ensure_filesystems([data_dir])
-    manifest = artifacts.load_manifest(data_dir)
+    manifest = dataset_dir.load_manifest(data_dir)
     splits = manifest["splits"]
     if split not in splits:
         raise ValueError(f"{data_dir}: no split {split!r}; the manifest lists {sorted(splits)}.")
@@ -150,7 +150,7 @@ def make_dataset(
             ``precompute_gsu``).
         users: keeps only the users it selects: maps (U,) raw user IDs (``user_key``) to (U,)
             bool, applied to whole user records before they are expanded to samples
-            (``muse_tf.validation`` holds users out this way); None keeps every user.
+            (``muse_tf.jobs.validation`` holds users out this way); None keeps every user.
 
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
@@ -266,7 +266,7 @@ def check_split_read_whole(data_dir: str, split: str, samples_read: int) -> None
     Raises:
         ValueError: naming the damaged shard, else the shortfall.
     """
-    expected = artifacts.split_samples(artifacts.load_manifest(data_dir), split)
+    expected = dataset_dir.split_samples(dataset_dir.load_manifest(data_dir), split)
     if samples_read != expected:
         verify_shards(split_files(data_dir, split))
         raise ValueError(

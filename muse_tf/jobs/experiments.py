@@ -1,13 +1,5 @@
-"""Reproduce the shape of the paper's tables on the planted synthetic dataset.
-
-    python -m muse_tf.experiments [--seeds 3] [--data DIR] [--output experiments.md]
-
-Trains every distinct configuration the tables need once per seed, evaluates exact GAUC/AUC on the
-test split and writes a Markdown table (mean and standard deviation over seeds) next to the paper's
-figures, plus the raw results as JSON. Runs read their input in a fixed order
-(``train.deterministic``), so a configuration and seed give the same figures every time; with a
-parallel, unordered input one seed's GAUC moved by up to 0.037 between two identical runs.
-"""
+"""The paper's tables reproduced in shape (the job of ``python -m muse_tf.experiments``): every
+configuration a table needs, trained once per seed and evaluated, reported as Markdown."""
 
 from __future__ import annotations
 
@@ -17,14 +9,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from muse_tf import cli, strict_json, train
 from muse_tf.config import (
+    DEFAULT_WORK_DIR,
     ExperimentConfig,
     apply_overrides,
     from_dict,
     load_yaml,
     packaged_config_path,
 )
+from muse_tf.contract import strict_json
 
 # (row name, ModelConfig overrides, paper GAUC). Tables 1-3 are the paper's production-5k figures,
 # the main comparison its open-source Taobao-MM-1k figures.
@@ -80,7 +73,7 @@ def run_one(
 
     A finished run of the same configuration is trained again (``overwrite``), so re-running the
     experiments always measures the current code."""
-    from muse_tf import training  # TensorFlow, after the command line is parsed
+    from muse_tf.jobs import training  # TensorFlow, after the command line is parsed
 
     model_dir = os.path.join(work_dir, run_key(overrides), f"seed{seed}")
     result = training.run(experiment_config(overrides, seed, extra, config_path), data_dir, model_dir,
@@ -104,27 +97,14 @@ def markdown(results: dict[str, list[dict]], seeds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def arguments() -> argparse.ArgumentParser:
-    """The command line of ``python -m muse_tf.experiments``."""
-    parser = cli.parser("muse_tf.experiments", __doc__)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
-    parser.add_argument("--data", help="converted dataset (default: the embedded synthetic one)")
-    parser.add_argument("--work-dir", default=os.path.join(train.DEFAULT_WORK_DIR, "experiments"))
-    parser.add_argument("--output", default="experiments.md", help="Markdown result file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override applied to every run, e.g. train.epochs=1")
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
-    return parser
-
-
 def experiments(args: argparse.Namespace) -> str:
     """Every configuration x seed; writes and returns the Markdown report."""
     configurations = {run_key(o): o for rows in TABLES.values() for _, o, _ in rows}
     for overrides in configurations.values():  # a bad --set fails before any training
         experiment_config(overrides, 0, args.overrides)
-    from muse_tf.synthetic_dataset import ensure_default_dataset
+    from muse_tf.data.synthetic_dataset import ensure_default_dataset
 
-    data_dir = args.data or ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    data_dir = args.data or ensure_default_dataset(DEFAULT_WORK_DIR)
     seeds = list(range(args.seeds))
     results: dict[str, list[dict]] = {}
     for index, (key, overrides) in enumerate(configurations.items(), start=1):
@@ -140,12 +120,3 @@ def experiments(args: argparse.Namespace) -> str:
         strict_json.dump(results, f, indent=2)
     print(report)
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> str:
-    """``python -m muse_tf.experiments``: every configuration x seed; returns the Markdown report."""
-    return cli.run(experiments, arguments(), argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,17 +1,7 @@
-"""Score a converted dataset split into a Parquet or CSV file, with a trained run or an export.
-
-    python -m muse_tf.predict --data DIR (--model-dir RUN | --export DIR) --output FILE.parquet|.csv
-        [--split test] [--batch-size N] [--history-length L]
-
-One row per sample, in the split's order: ``user_id`` (raw), ``item_id`` (raw; null when the target
-item is out of the run's vocabulary, as the records keep only its OOV index), ``label``,
-``probability`` and ``logit``. The split is streamed batch by batch (each batch one Parquet row
-group), so memory does not grow with the split. A run scores with its Keras model (as
-``muse_tf.evaluate`` does, so AUC/GAUC over the written file equal the evaluation's), and only
-with the dataset it was trained on and the config it was trained with (``muse_tf.runs``); an export
-scores through its ``serving_default`` signature, fed the raw IDs the records' indices stand for.
-Raw Taobao-MM Parquet is scored by ``pipelines.predict``, which converts it first.
-"""
+"""The job of ``python -m muse_tf.predict`` (and of ``pipelines.predict``): a converted split scored
+into a Parquet or CSV file, streamed batch by batch, with a run's Keras model or an export (scorers:
+``muse_tf.jobs.scoring``). TensorFlow loads inside ``predict``, so a command's ``--help`` does not
+load it."""
 
 from __future__ import annotations
 
@@ -20,17 +10,13 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from muse_tf import cli
 
 if TYPE_CHECKING:  # loaded with the work, not for --help
     import numpy as np
-    import tensorflow as tf
-
-Batch = Mapping[str, "tf.Tensor"]
-Scorer = Callable[[Batch], dict[str, "np.ndarray"]]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
@@ -91,50 +77,6 @@ class Progress:
               file=self.stream, flush=True)
 
 
-def export_scorer(
-    export_dir: str, vocabularies: Mapping[str, np.ndarray], max_values: int | None = None
-) -> Scorer:
-    """A batch scorer through an export's ``serving_default`` signature: the records' indices
-    become raw IDs again (PAD and OOV become an ID the vocabulary lacks,
-    ``vocabulary.unknown_id``, so the export looks them up as OOV) and histories are right-padded
-    with their lengths, as a client sends them. Calls are split so that rows x width stays
-    within ``max_values`` (the export's default ``limits.MAX_HISTORY_VALUES``)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from muse_tf import features, limits, signatures, vocabulary
-
-    max_values = max_values or limits.MAX_HISTORY_VALUES
-    signature = tf.saved_model.load(export_dir).signatures[signatures.SERVING_DEFAULT]
-
-    def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
-        return {"logits": outputs[signatures.LOGIT].numpy(),
-                "probability": outputs[signatures.PROBABILITY].numpy()}
-
-    unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
-
-    def score(batch: Batch) -> dict[str, np.ndarray]:
-        inputs = {}
-        for name in features.MODEL_FEATURES:
-            table = features.VOCABULARY[name]
-            inputs[name] = vocabulary.raw_ids(vocabularies[table], batch[name].numpy(), unknown[table])
-        items = batch[features.HISTORY_ITEMS].numpy()
-        lengths = (items != features.PAD).sum(axis=1)
-        width = items.shape[1]
-        # Left-padded rows -> right-padded: row r shifts left by its padding, width - lengths[r].
-        shift = (np.arange(width)[None, :] + (width - lengths)[:, None]) % width
-        for name in features.SEQUENCE_FEATURES:
-            inputs[name] = np.take_along_axis(inputs[name], shift, axis=1)
-        inputs[signatures.VALID_HISTORY_LENGTH] = lengths.astype(np.int64)
-        rows = max(1, max_values // max(width, 1))
-        parts = [call({name: value[start : start + rows] for name, value in inputs.items()})
-                 for start in range(0, len(lengths), rows)]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-    return score
-
-
 class PredictionWriter:
     """Writes scored batches as Parquet row groups or CSV rows, under a temporary name until
     ``close`` (a failed run leaves no file that looks complete)."""
@@ -161,11 +103,11 @@ class PredictionWriter:
         self.rows = self.unknown_items = 0
 
     def write(self, scored: Mapping[str, np.ndarray]) -> None:
-        """One batch of ``metrics.scored_batches``' columns."""
+        """One batch of ``scoring.scored_batches``' columns."""
         import numpy as np
         import pyarrow as pa
 
-        from muse_tf import vocabulary
+        from muse_tf.contract import vocabulary
 
         unknown = scored["item_id"] < vocabulary.RESERVED
         items = vocabulary.raw_ids(self.item_vocabulary, scored["item_id"], 0)
@@ -228,35 +170,37 @@ def predict(
     if (model_dir is None) == (export is None):
         raise cli.UsageError("give exactly one of --model-dir RUN and --export DIR.")
     output_format(output)
-    from muse_tf import artifacts, data, metrics, runs
     from muse_tf.config import TrainConfig
+    from muse_tf.contract import dataset_dir
+    from muse_tf.data import reader
+    from muse_tf.jobs import runs, scoring
 
     try:
-        manifest = artifacts.load_manifest(data_dir)
-        total = artifacts.split_samples(manifest, split)
-        files = data.split_files(data_dir, split)
-        vocabularies = artifacts.load_vocabularies(data_dir)
+        manifest = dataset_dir.load_manifest(data_dir)
+        total = dataset_dir.split_samples(manifest, split)
+        files = reader.split_files(data_dir, split)
+        vocabularies = dataset_dir.load_vocabularies(data_dir)
         if model_dir is not None:  # the run's model, if --data is the run's dataset
             model, experiment = runs.load_trained_model(model_dir, data_dir)
             train = experiment.train
-            score = metrics.model_scorer(model)
+            score = scoring.model_scorer(model)
         else:
             train = TrainConfig(history_length=manifest["history_cap"])
-            score = export_scorer(resolve_export(export), vocabularies)
+            score = scoring.export_scorer(resolve_export(export), vocabularies)
     except (FileNotFoundError, ValueError) as err:  # runs.RunDirectoryError is a UsageError
         raise cli.UsageError(str(err)) from None
-    dataset = data.make_dataset(files, batch_size or train.eval_batch_size,
+    dataset = reader.make_dataset(files, batch_size or train.eval_batch_size,
                                 history_length=history_length or train.history_length,
                                 deterministic=True)
     writer = PredictionWriter(output, vocabularies["item"])
     meter = Progress(total, enabled=progress)
     try:
-        with data.damaged_shards_named(files):
-            for scored in metrics.scored_batches(score, dataset):
+        with reader.damaged_shards_named(files):
+            for scored in scoring.scored_batches(score, dataset):
                 writer.write(scored)
                 meter.add(len(scored["labels"]))
         meter.close()
-        data.check_split_read_whole(data_dir, split, writer.rows)
+        reader.check_split_read_whole(data_dir, split, writer.rows)
     except BaseException as err:
         writer.abort()
         if isinstance(err, ValueError):  # a damaged shard or a split shorter than its manifest
@@ -264,6 +208,13 @@ def predict(
         raise
     writer.close()
     return {"output": output, "rows": writer.rows, "unknown_items": writer.unknown_items}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The job of ``python -m muse_tf.predict``: ``predict`` with the command's flags, reported."""
+    result = predict(args.data, args.output, split=args.split, **scoring_options(args))
+    report(result)
+    return result
 
 
 def report(result: dict) -> None:
@@ -296,28 +247,3 @@ def scoring_options(args: argparse.Namespace) -> dict:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
     return {"model_dir": args.model_dir, "export": args.export, "batch_size": args.batch_size,
             "history_length": args.history_length, "progress": not args.quiet}
-
-
-def arguments() -> argparse.ArgumentParser:
-    """The command line of ``python -m muse_tf.predict``."""
-    parser = cli.parser("muse_tf.predict", __doc__)
-    parser.add_argument("--data", required=True,
-                        help="converted dataset directory the run was trained on")
-    parser.add_argument("--split", default="test", help="the split of --data to score")
-    add_scoring_arguments(parser)
-    return parser
-
-
-def command(args: argparse.Namespace) -> dict:
-    result = predict(args.data, args.output, split=args.split, **scoring_options(args))
-    report(result)
-    return result
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m muse_tf.predict``; returns ``predict``'s result."""
-    return cli.run(command, arguments(), argv)
-
-
-if __name__ == "__main__":
-    main()

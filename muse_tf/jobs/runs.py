@@ -5,7 +5,7 @@ One run directory holds one model. Its layout, owned here and nowhere else::
     lock                   names the process working here (``run_lock``): one at a time
     config.yaml            the resolved ExperimentConfig (``model:`` and ``train:``)
     dataset.json           the converted dataset it trains on: its path and the digest of its
-                           vocabularies (``artifacts.vocabularies_digest``), which decide what the
+                           vocabularies (``dataset_dir.vocabularies_digest``), which decide what the
                            embedding rows mean; scoring with another dataset is refused
     history.csv            per-epoch losses and metrics
     logs/                  TensorBoard
@@ -38,8 +38,10 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from muse_tf import artifacts, cli, distribute, features, run_lock, strict_json
+from muse_tf import cli
 from muse_tf.config import ExperimentConfig, from_dict, load_yaml
+from muse_tf.contract import dataset_dir, features, lock, strict_json
+from muse_tf.jobs import distribute
 from muse_tf.models import MuseModel
 
 START_OVER_FLAG = "--overwrite"
@@ -197,7 +199,7 @@ class RunDir:
                 f"muse_tf.train --data DATA --model-dir {self.root} {START_OVER_FLAG}`."
             )
         recorded = _read_json(self.dataset_record)
-        if artifacts.vocabularies_digest(data_dir) != recorded["vocabularies_sha256"]:
+        if dataset_dir.vocabularies_digest(data_dir) != recorded["vocabularies_sha256"]:
             raise RunDirectoryError(
                 f"--data {data_dir} is not the dataset {self.root} was trained on "
                 f"({recorded['data']}): their vocabularies differ, so the same IDs would select "
@@ -214,7 +216,7 @@ class RunDir:
         self.write_config(experiment)
         _write_json(self.dataset_record, {
             "data": data_dir if "://" in data_dir else os.path.abspath(data_dir),
-            "vocabularies_sha256": artifacts.vocabularies_digest(data_dir),
+            "vocabularies_sha256": dataset_dir.vocabularies_digest(data_dir),
         })
         os.makedirs(self.backup, exist_ok=True)
         _write_text(self.backup_digest, config_digest(experiment))
@@ -230,12 +232,12 @@ class RunDir:
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        """Holds this directory's ``lock`` for the ``with`` block (``run_lock.hold``).
+        """Holds this directory's ``lock`` for the ``with`` block (``lock.hold``).
 
         Raises:
-            run_lock.RunBusyError: naming the process that works here.
+            lock.RunBusyError: naming the process that works here.
         """
-        with run_lock.hold(self.lock, self.root):
+        with lock.hold(self.lock, self.root):
             yield
 
     def record_training(self, experiment: ExperimentConfig, result: dict) -> None:
@@ -386,7 +388,7 @@ def working_in_trained_run(
     (evaluation, export), holding the run's lock (``RunDir.hold``) for the ``with`` block.
 
     Raises:
-        RunDirectoryError, run_lock.RunBusyError: as ``load_trained_model`` and ``RunDir.hold``.
+        RunDirectoryError, lock.RunBusyError: as ``load_trained_model`` and ``RunDir.hold``.
     """
     run = RunDir(model_dir)
     run.read_config()  # a directory that is not a run gets no lock file

@@ -7,7 +7,7 @@ sharded over the parameter servers, ``distribute.make_strategy``). A run killed 
 resumes from its last backup (or, once trained, goes straight to evaluation and export) when
 started again with the same ``--model-dir``, config and dataset; a finished run or another
 config's directory is refused unless ``overwrite`` is given, and so is a directory another process
-works in (``muse_tf.run_lock``).
+works in (``muse_tf.contract.lock``).
 """
 
 from __future__ import annotations
@@ -20,23 +20,15 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import (
-    artifacts,
-    cli,
-    data,
-    distribute,
-    iterator_release,
-    optimizers,
-    runs,
-    seeding,
-    signatures,
-    validation,
-)
-from muse_tf.backup import EpochBackup
+from muse_tf import cli
 from muse_tf.config import ExperimentConfig, TrainConfig
-from muse_tf.evaluate import evaluate_run
-from muse_tf.models import MuseModel
-from muse_tf.saved_model import export_saved_model
+from muse_tf.contract import dataset_dir, signatures
+from muse_tf.data import iterator_release, reader
+from muse_tf.jobs import distribute, runs, seeding, validation
+from muse_tf.jobs.backup import EpochBackup
+from muse_tf.jobs.evaluation import evaluate_run
+from muse_tf.jobs.saved_model import export_saved_model
+from muse_tf.models import MuseModel, optimizers
 
 
 def compile_model(model: MuseModel, experiment: ExperimentConfig, total_steps: int) -> None:
@@ -81,7 +73,7 @@ def make_callbacks(
     """The backup (resume mid-epoch), a progress record, validation if configured, per-epoch
     weight checkpoints, TensorBoard and ``history.csv``, all in the run directory. The backup
     comes first, so ProgressRecord sees the restored step, and backs each epoch up as finished
-    last, once the others have ended it (``muse_tf.backup``); it keeps its backup when training
+    last, once the others have ended it (``muse_tf.jobs.backup``); it keeps its backup when training
     ends, so a failure in evaluation or export does not lose the training (``RunDir.finish``
     drops it). Validation adds its metrics to the logs before they are recorded.
 
@@ -113,13 +105,13 @@ def train_dataset(
     ParameterServerStrategy see ``parameter_server_dataset``.
     """
     train = experiment.train
-    files = data.split_files(data_dir, "train")
+    files = reader.split_files(data_dir, "train")
     global_batch = train.global_batch_size(strategy.num_replicas_in_sync)
     if distribute.is_parameter_server(strategy):
         return parameter_server_dataset(files, experiment, global_batch)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return data.make_dataset(
+        return reader.make_dataset(
             files,
             context.get_per_replica_batch_size(global_batch),
             history_length=train.history_length,
@@ -152,7 +144,7 @@ def parameter_server_dataset(
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         if not tf.executing_eagerly():  # in the trace: unseeds this graph only, not the process
             tf.random.set_seed(None)
-        return data.make_dataset(
+        return reader.make_dataset(
             files,
             context.get_per_replica_batch_size(global_batch),
             history_length=train.history_length,
@@ -172,7 +164,7 @@ def training_samples(data_dir: str, train: TrainConfig) -> int:
     Raises:
         ValueError: when the training split holds no sample (fitting would wait forever).
     """
-    samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
+    samples = dataset_dir.split_samples(dataset_dir.load_manifest(data_dir), "train")
     if samples == 0:
         raise ValueError(f"{data_dir}: the training split holds no sample; nothing to train on.")
     return int(samples * (1.0 - train.validation_fraction))
@@ -210,7 +202,7 @@ def keras_fit(
 ) -> tf_keras.callbacks.History:
     """``model.fit(inputs, **fit_args)``, except that the input iterators ``fit`` makes are deleted
     in the background after it returns, not as it returns: their deletion can block for up to a
-    minute (``muse_tf.iterator_release``)."""
+    minute (``muse_tf.data.iterator_release``)."""
     if not isinstance(inputs, tf.distribute.DistributedDataset):
         return model.fit(inputs, **fit_args)
     kept = iterator_release.KeptIterators(inputs)
@@ -235,11 +227,11 @@ def fit(
         Steps taken and expected, the resume point, training time and replicas.
     """
     with strategy.scope():
-        model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
+        model = runs.build_model(experiment, dataset_dir.load_multimodal_table(data_dir))
         compile_model(model, experiment, steps * experiment.train.epochs)
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
-    with data.damaged_shards_named(data.split_files(data_dir, "train")):
+    with reader.damaged_shards_named(reader.split_files(data_dir, "train")):
         keras_fit(
             model,
             train_dataset(strategy, data_dir, experiment),
@@ -288,8 +280,8 @@ def run(
 
     Args:
         experiment: the config; its ``model.vocab_sizes`` are set from ``data_dir``.
-        data_dir: a converted dataset (``muse_tf.artifacts``).
-        model_dir: the run directory (``muse_tf.runs.RunDir``). An interrupted run of the same
+        data_dir: a converted dataset (``muse_tf.contract.dataset_dir``).
+        model_dir: the run directory (``muse_tf.jobs.runs.RunDir``). An interrupted run of the same
             config resumes there; a run whose training finished goes straight to evaluation and
             export.
         export_dir: the SavedModel base directory; None = ``MODEL_DIR/export``.
@@ -301,7 +293,7 @@ def run(
 
     Returns:
         What ``metrics.json`` holds: ``fit``'s figures and unless disabled ``eval``
-        (``evaluate.evaluate_run``) and ``export`` (the version directory).
+        (``evaluation.evaluate_run``) and ``export`` (the version directory).
 
     Raises:
         runs.RunDirectoryError: when ``model_dir`` holds a finished run or the model of another
@@ -315,10 +307,10 @@ def run(
                            "(TF_CONFIG): it runs distribute.serve(); only the `chief` trains.")
     # Before other TensorFlow work.
     strategy = strategy or distribute.make_strategy(experiment.train.ps_min_shard_bytes)
-    data.ensure_filesystems([data_dir])
+    reader.ensure_filesystems([data_dir])
     experiment = dataclasses.replace(
         experiment,
-        model=dataclasses.replace(experiment.model, vocab_sizes=artifacts.vocab_sizes(data_dir)),
+        model=dataclasses.replace(experiment.model, vocab_sizes=dataset_dir.vocab_sizes(data_dir)),
     )
     # An empty split, a hold-out that leaves no sample or a missing validation split fails
     # before the run starts.
@@ -395,7 +387,7 @@ def _evaluate_and_export(
               f"over {result['eval']['examples']} samples")
     if export:
         result["export"] = export_saved_model(
-            model, artifacts.load_vocabularies(data_dir), export_dir or run_dir.export,
+            model, dataset_dir.load_vocabularies(data_dir), export_dir or run_dir.export,
             model_name, **(export_limits or {}),
         )
     run_dir.finish(result)

@@ -5,7 +5,6 @@ they share; ``item_search``: the multimodal search from item indices on its fast
 ``precomputed``: that search done by the input pipeline.
 """
 
-from muse_tf.layers.search.item_search import cosine_search_items, identical_rows, unit_item_vectors
 from muse_tf.layers.search.precomputed import (
     GSU_INDICES,
     GSU_SCORES,
@@ -13,15 +12,6 @@ from muse_tf.layers.search.precomputed import (
     PRECOMPUTED_GSU,
     gsu_precompute,
     read_precomputed,
-)
-from muse_tf.layers.search.topk import (
-    INVALID_SCORE,
-    SearchResult,
-    cosine_similarity,
-    gather_history,
-    has_embedding,
-    top_k_valid,
-    unit_dot,
 )
 from muse_tf.layers.search.units import (
     SEARCH_UNITS,
@@ -34,6 +24,16 @@ from muse_tf.layers.search.units import (
     SearchInputs,
     SearchUnit,
     make_search_unit,
+)
+from muse_tf.ops.item_search import cosine_search_items, identical_rows, unit_item_vectors
+from muse_tf.ops.topk import (
+    INVALID_SCORE,
+    SearchResult,
+    cosine_similarity,
+    gather_history,
+    has_embedding,
+    top_k_valid,
+    unit_dot,
 )
 
 __all__ = [

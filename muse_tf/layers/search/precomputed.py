@@ -1,7 +1,7 @@
 """MUSE's multimodal search done in the input pipeline instead of inside every training step.
 
 ``CosineGSU`` has no learned weights: its top-K depends only on the sample and the frozen table, so
-``gsu_precompute`` can add it to a batch ahead of the model (``muse_tf.data.make_dataset(...,
+``gsu_precompute`` can add it to a batch ahead of the model (``muse_tf.data.reader.make_dataset(...,
 precompute_gsu=table)``), on the host and overlapping the step. A model whose unit is a
 ``CosineGSU`` then reads it (``read_precomputed``) and skips the search over all L behaviours;
 without these inputs (e.g. when serving) it searches in-graph. Both run ``CosineGSU.search``.
@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import features
+from muse_tf.contract import features
 from muse_tf.layers.multimodal import MultimodalTable
-from muse_tf.layers.search.topk import SearchResult
 from muse_tf.layers.search.units import CosineGSU, SearchInputs, SearchUnit
+from muse_tf.ops.topk import SearchResult
 
 # The optional model inputs, one SearchResult per sample: indices (B, K) int32, scores (B, K)
 # float32, valid (B, K) bool.

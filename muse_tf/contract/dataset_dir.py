@@ -4,10 +4,10 @@ Layout of a converted dataset directory::
 
     manifest.json                 counts, schema version, vocabulary sizes (see pipelines/)
     vocab/<name>.npy              int64 raw IDs of vocabulary <name>, ascending; position -> index
-                                  by muse_tf.vocabulary (index = position + 2; 0 = PAD, 1 = OOV)
+                                  by muse_tf.contract.vocabulary (index = position + 2; 0 = PAD, 1 = OOV)
     multimodal_table.npy          int8 (vocab_size("item"), 128): row i = SCL vector of item index i,
                                   all zero where the item has none (and for PAD/OOV)
-    train/part-*.tfrecord.gz      GZIP TFRecord shards (format: muse_tf.data)
+    train/part-*.tfrecord.gz      GZIP TFRecord shards (format: muse_tf.data.reader)
     test/part-*.tfrecord.gz
 """
 
@@ -21,7 +21,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import cli, features, vocabulary
+from muse_tf import cli
+from muse_tf.contract import features, vocabulary
 
 MANIFEST = "manifest.json"
 VOCAB_DIR = "vocab"
@@ -74,7 +75,7 @@ def vocab_path(data_dir: str, name: str) -> str:
 
 
 def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
-    """Raw int64 IDs of vocabulary ``name``, in index order (``muse_tf.vocabulary``)."""
+    """Raw int64 IDs of vocabulary ``name``, in index order (``muse_tf.contract.vocabulary``)."""
     path = vocab_path(data_dir, name)
     if not tf.io.gfile.exists(path):
         require_dataset(data_dir)  # (a conversion reads its vocabularies before its manifest)
