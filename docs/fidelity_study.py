@@ -25,14 +25,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import experiments, train
+from muse_tf.config import DEFAULT_WORK_DIR
 from muse_tf.contract import dataset_dir, features
 from muse_tf.data import reader, synthetic_dataset
-from muse_tf.jobs import metrics, runs
+from muse_tf.jobs import experiments, metrics, runs, scoring
 from muse_tf.layers import MLP
 from muse_tf.layers import mlp as mlp_module
-from muse_tf.layers.multimodal import inverse_norms
 from muse_tf.models import branches as branches_module
+from muse_tf.ops.item_vectors import inverse_norms
 
 OFFICIAL_BATCH = 1000  # per device in the official configs
 
@@ -67,7 +67,7 @@ def evaluation_study(experiments_dir: str, data_dir: str, variants: Sequence[str
             test = reader.make_dataset(reader.split_files(data_dir, "test"), OFFICIAL_BATCH,
                                      history_length=experiment.train.history_length,
                                      deterministic=True)
-            scored = metrics.predict_dataset(model, test)
+            scored = scoring.predict_dataset(model, test)
             labels, logits, users = scored["labels"], scored["logits"], scored["groups"]
             full = len(labels) // OFFICIAL_BATCH * OFFICIAL_BATCH
             # The official grouping (user within batch, full batches only) with ties counted half:
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--output", default="docs/fidelity_study.json",
                         help="JSON file; parts not run keep their figures from an earlier run")
     args = parser.parse_args(argv)
-    data_dir = args.data or synthetic_dataset.ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    data_dir = args.data or synthetic_dataset.ensure_default_dataset(DEFAULT_WORK_DIR)
     seeds = list(range(args.seeds))
     report: dict = {}
     if os.path.exists(args.output):

@@ -11,8 +11,9 @@ from muse_tf.config import ModelConfig
 from muse_tf.contract import features
 from muse_tf.data import reader
 from muse_tf.jobs import seeding
-from muse_tf.layers import MultimodalTable, search
+from muse_tf.layers import search
 from muse_tf.models import MuseModel
+from muse_tf.ops import item_vectors
 from pipelines.join import UserRecords
 from pipelines.tfrecord_writer import ShardWriter
 from tests import reference
@@ -156,7 +157,7 @@ def test_model_refuses_a_precomputed_search_it_cannot_use():
 
 
 def _vectors(table):
-    return MultimodalTable.constant_vectors(table)
+    return item_vectors.constant_vectors(table)
 
 
 @pytest.mark.parametrize("jit", [False, True])

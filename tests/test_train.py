@@ -19,7 +19,7 @@ from muse_tf import evaluate, train
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.contract import dataset_dir
 from muse_tf.data import reader
-from muse_tf.jobs import metrics, training
+from muse_tf.jobs import evaluation, metrics, scoring, training
 from muse_tf.jobs.runs import RunDir, build_model, load_trained_model
 from tests.cli_helpers import assert_usage_error
 
@@ -78,7 +78,7 @@ def test_default_command_runs_end_to_end(tmp_path):
 
     test = reader.make_dataset(reader.split_files(str(data_dir), "test"), 64,
                              history_length=experiment.train.history_length)
-    scored = metrics.predict_dataset(model, test)
+    scored = scoring.predict_dataset(model, test)
     assert result["eval"]["examples"] == dataset_dir.split_samples(
         dataset_dir.load_manifest(str(data_dir)), "test")
     np.testing.assert_allclose(metrics.group_auc(scored["labels"], scored["logits"], scored["groups"]),
@@ -313,7 +313,7 @@ def test_a_damaged_test_shard_is_named(dataset, tmp_path):
     experiment = ExperimentConfig(train=TrainConfig(history_length=HISTORY, eval_batch_size=64))
     experiment.model.vocab_sizes = dataset_dir.vocab_sizes(str(damaged))
     with pytest.raises(ValueError, match=f"{os.path.basename(shard)} is damaged"):
-        evaluate.evaluate_run(build_model(experiment), str(damaged), experiment.train,
+        evaluation.evaluate_run(build_model(experiment), str(damaged), experiment.train,
                               str(tmp_path / "eval"))
 
 

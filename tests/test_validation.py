@@ -14,7 +14,7 @@ from muse_tf import train
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.contract import hashing
 from muse_tf.data import reader
-from muse_tf.jobs import metrics, training, validation
+from muse_tf.jobs import scoring, training, validation
 from muse_tf.jobs.backup import EpochBackup
 from muse_tf.jobs.runs import RunDir, load_trained_model
 from tests import reference, test_train
@@ -127,7 +127,7 @@ def _history(model_dir):
 def _score_held_out(model, dataset_dir, experiment):
     """The held-out samples scored by ``model``, re-selected with the reference hash."""
     files = reader.split_files(dataset_dir, "train")
-    scored = metrics.predict_dataset(
+    scored = scoring.predict_dataset(
         model, reader.make_dataset(files, 64, history_length=experiment.train.history_length))
     held = np.isin(scored["groups"], list(expected_held_out(np.unique(scored["groups"]), FRACTION)))
     return {name: column[held] for name, column in scored.items()}

@@ -206,8 +206,8 @@ def make_dataset(
     )
     dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
     if precompute_gsu is not None:
-        # Imported here: the conversion pipelines import this module and need no Keras layers.
-        from muse_tf.layers.search import gsu_precompute
+        # Imported here: the conversion pipelines import this module and need no search.
+        from muse_tf.ops.precompute import gsu_precompute
 
         add_search = gsu_precompute(precompute_gsu, top_k)
         dataset = dataset.map(

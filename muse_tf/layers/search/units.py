@@ -22,8 +22,8 @@ import tensorflow as tf
 import tf_keras
 
 from muse_tf.contract import features
-from muse_tf.layers.multimodal import ItemVectors
 from muse_tf.ops.item_search import cosine_search_items
+from muse_tf.ops.item_vectors import ItemVectors
 from muse_tf.ops.topk import (
     SearchResult,
     cosine_similarity,
