@@ -45,7 +45,7 @@ def timed_pass(dataset: tf.data.Dataset, count: Callable) -> tuple[float, int]:
 
 
 def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dict]:
-    files = reader.split_files(data_dir, "train") + reader.split_files(data_dir, "test")
+    files = dataset_dir.split_files(data_dir, "train") + dataset_dir.split_files(data_dir, "test")
     manifest = dataset_dir.load_manifest(data_dir)
     samples = sum(dataset_dir.split_samples(manifest, s) for s in ("train", "test"))
     disk_mb = sum(os.path.getsize(f) for f in files) / 2**20

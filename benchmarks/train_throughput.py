@@ -157,7 +157,7 @@ def end_to_end_child(data_dir: str, how: str, keras_autograph: str, batch: int, 
         model = fixtures.random_model(experiment.model, table)
         training.compile_model(model, experiment, steps)
     if how == "precomputed":
-        files = reader.split_files(data_dir, "train")
+        files = dataset_dir.split_files(data_dir, "train")
         dataset = strategy.distribute_datasets_from_function(lambda context: reader.make_dataset(
             files, context.get_per_replica_batch_size(batch), history_length=length,
             shuffle=True, seed=0, repeat=True, input_context=context, drop_remainder=True,
@@ -196,7 +196,7 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int) -> tuple
     # Output unchanged: the same model scores one batch with its search in-graph and precomputed.
     sizes = dataset_dir.vocab_sizes(data_dir)
     table = dataset_dir.load_multimodal_table(data_dir)
-    files = reader.split_files(data_dir, "train")
+    files = dataset_dir.split_files(data_dir, "train")
     x, _ = next(iter(reader.make_dataset(files, batch, history_length=length)))
     model = fixtures.random_model(fixtures.paper_config("muse", sizes), table)
     plain = model(x, training=False).numpy()

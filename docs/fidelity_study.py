@@ -64,7 +64,7 @@ def evaluation_study(experiments_dir: str, data_dir: str, variants: Sequence[str
                 print(f"skipped {model_dir}: no finished run there", flush=True)
                 continue
             model, experiment = runs.load_trained_model(model_dir)
-            test = reader.make_dataset(reader.split_files(data_dir, "test"), OFFICIAL_BATCH,
+            test = reader.make_dataset(dataset_dir.split_files(data_dir, "test"), OFFICIAL_BATCH,
                                      history_length=experiment.train.history_length,
                                      deterministic=True)
             scored = scoring.predict_dataset(model, test)
@@ -107,7 +107,7 @@ def data_study(data_dir: str, top_k: int = 50, recent: int = 50, length: int = 1
     def add(name: str, value: float) -> None:
         totals[name] = totals.get(name, 0.0) + float(value)
 
-    for batch, _ in reader.make_dataset(reader.split_files(data_dir, "test"), 1000,
+    for batch, _ in reader.make_dataset(dataset_dir.split_files(data_dir, "test"), 1000,
                                       history_length=length, deterministic=True):
         items = batch[features.HISTORY_ITEMS].numpy()
         categories = batch[features.HISTORY_CATEGORIES].numpy()

@@ -38,10 +38,9 @@ def arguments() -> argparse.ArgumentParser:
 def export(args: argparse.Namespace) -> str:
     """Exports the run ``args.model_dir``; prints and returns the version directory."""
     from muse_tf.contract import dataset_dir
-    from muse_tf.data import reader
     from muse_tf.jobs import runs, saved_model
 
-    reader.ensure_filesystems([args.data])
+    dataset_dir.ensure_filesystems([args.data])
     dataset_dir.require_dataset(args.data)  # before the model is built
     with runs.working_in_trained_run(args.model_dir, args.data) as (model, _):
         path = saved_model.export_saved_model(

@@ -80,14 +80,13 @@ def _records(files: Sequence[str], first: int) -> Iterator[tuple[str, dict[str, 
     """(shard, {feature: values}) of every record, starting with shard ``first``.
 
     Raises:
-        ValueError: naming a damaged shard (``reader.damaged_shards_named``).
+        ValueError: naming a damaged shard (``dataset_dir.damaged_shards_named``).
     """
     import tensorflow as tf
 
-    from muse_tf.contract import records
-    from muse_tf.data import reader
+    from muse_tf.contract import dataset_dir, records
 
-    with reader.damaged_shards_named(files):
+    with dataset_dir.damaged_shards_named(files):
         for path in [*files[first:], *files[:first]]:
             dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
             for serialized in dataset.as_numpy_iterator():
@@ -109,10 +108,9 @@ def read_user(
     Raises:
         cli.UsageError: the split has no sample of ``user`` (or no sample at all).
     """
-    from muse_tf.contract import hashing
-    from muse_tf.data import reader
+    from muse_tf.contract import dataset_dir, hashing
 
-    files = reader.split_files(data_dir, split)
+    files = dataset_dir.split_files(data_dir, split)
     first = 0 if user is None else int(hashing.partition_of(np.array([user]), len(files))[0])
     found, pool = None, {}
     for path, record in _records(files, first):

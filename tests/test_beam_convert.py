@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, features
-from muse_tf.data import reader
 from pipelines import beam_convert, synthetic, taobao_mm
 from tests.pipeline_helpers import (
     DEMO_DIR,
@@ -102,7 +101,7 @@ def test_stitched_demo_follows_every_rule_and_matches_the_local_engine(tmp_path)
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=HISTORY, item_min_count=2)
     for split in ("train", "test"):
         expected_rows, rejected = reference_split(tables, str(tmp_path / "beam"), split, HISTORY)
-        read = read_samples(reader.split_files(str(tmp_path / "beam"), split), HISTORY)
+        read = read_samples(dataset_dir.split_files(str(tmp_path / "beam"), split), HISTORY)
         assert as_rows(read) == sorted(expected_rows)
         summary = beam["splits"][split]
         assert summary["rejected"] == {r: rejected[r] for r in summary["rejected"]}
@@ -138,7 +137,7 @@ def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_l
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, item_min_count=2)
     for split in ("train", "test"):
         expected_rows, rejected = reference_split(tables, str(tmp_path / "local"), split, 60)
-        read = read_samples(reader.split_files(str(tmp_path / "local"), split), 60)
+        read = read_samples(dataset_dir.split_files(str(tmp_path / "local"), split), 60)
         assert as_rows(read) == sorted(expected_rows)
         assert rejected["malformed_history"] > 0
         assert local["splits"][split]["rejected"] == {

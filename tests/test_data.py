@@ -154,7 +154,7 @@ def test_input_context_splits_the_shards_across_workers(shards):
 def test_glob_patterns_and_missing_files(shards, tmp_path):
     paths, _ = shards
     pattern = paths[0].replace("part-00000", "part-*")
-    assert reader.resolve_files(pattern) == paths
+    assert dataset_dir.resolve_files(pattern) == paths
     with pytest.raises(FileNotFoundError, match="No shard matches"):
         reader.make_dataset(str(tmp_path / "*.gz"), 8, history_length=3)
     with pytest.raises(FileNotFoundError, match="absent.tfrecord.gz"):
@@ -182,12 +182,12 @@ def _converted_directory(root, paths):
 def test_split_files_follows_the_manifest(shards, tmp_path):
     paths, _ = shards
     names = _converted_directory(str(tmp_path), paths)
-    assert reader.split_files(str(tmp_path), "train") == [str(tmp_path / n) for n in names]
+    assert dataset_dir.split_files(str(tmp_path), "train") == [str(tmp_path / n) for n in names]
     with pytest.raises(ValueError, match="no split 'test'"):
-        reader.split_files(str(tmp_path), "test")
+        dataset_dir.split_files(str(tmp_path), "test")
     (tmp_path / names[1]).unlink()
     with pytest.raises(FileNotFoundError, match="listed in the manifest but missing"):
-        reader.split_files(str(tmp_path), "train")
+        dataset_dir.split_files(str(tmp_path), "train")
 
 
 def test_a_converted_directory_on_a_remote_filesystem_is_read(shards):
@@ -195,12 +195,12 @@ def test_a_converted_directory_on_a_remote_filesystem_is_read(shards):
     paths, _ = shards
     root = "ram://muse_tf_test_split_files"
     names = _converted_directory(root, paths)
-    files = reader.split_files(root, "train")
+    files = dataset_dir.split_files(root, "train")
     assert files == [f"{root}/{n}" for n in names]
     assert as_rows(read_samples(files, 6)) == as_rows(read_samples(paths, 6))
     tf.io.gfile.remove(files[1])
     with pytest.raises(FileNotFoundError, match="listed in the manifest but missing"):
-        reader.split_files(root, "train")
+        dataset_dir.split_files(root, "train")
 
 
 def test_a_damaged_shard_is_named(shards, tmp_path):
@@ -214,15 +214,15 @@ def test_a_damaged_shard_is_named(shards, tmp_path):
         damaged.write_bytes(content[:cut])
         pair = [paths[0], str(damaged)]
         with pytest.raises(ValueError, match=f"damaged-{cut}.tfrecord.gz is damaged"):
-            reader.verify_shards(pair)
+            dataset_dir.verify_shards(pair)
         try:
-            with reader.damaged_shards_named(pair):
+            with dataset_dir.damaged_shards_named(pair):
                 read_samples(pair, 3)
         except ValueError as err:
             assert f"damaged-{cut}.tfrecord.gz is damaged" in str(err)
             reader_errors += 1
     assert reader_errors > 0
-    assert reader.verify_shards(paths) == {p: USERS_PER_SHARD for p in paths}
+    assert dataset_dir.verify_shards(paths) == {p: USERS_PER_SHARD for p in paths}
 
 
 def test_a_record_with_inconsistent_sample_lists_fails_clearly(tmp_path):
@@ -287,13 +287,13 @@ def test_a_split_shorter_than_its_manifest_is_refused(tmp_path):
     converted = str(tmp_path / "converted")
     taobao_mm.convert(str(tmp_path / "parquet"), converted, history_cap=20,
                       shards={"train": 1, "test": 1}, workers=1)
-    files = reader.split_files(converted, "test")
+    files = dataset_dir.split_files(converted, "test")
     read = sum(int(labels.shape[0]) for _, labels in reader.make_dataset(files, 16, history_length=20))
-    reader.check_split_read_whole(converted, "test", read)
+    dataset_dir.check_split_read_whole(converted, "test", read)
     with pytest.raises(ValueError, match=f"read {read - 1} samples of split 'test'.*counts {read}"):
-        reader.check_split_read_whole(converted, "test", read - 1)
+        dataset_dir.check_split_read_whole(converted, "test", read - 1)
     content = open(files[0], "rb").read()
     with open(files[0], "wb") as f:
         f.write(content[: len(content) // 2])
     with pytest.raises(ValueError, match=f"{os.path.basename(files[0])} is damaged"):
-        reader.check_split_read_whole(converted, "test", read // 2)
+        dataset_dir.check_split_read_whole(converted, "test", read // 2)

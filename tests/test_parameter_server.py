@@ -118,7 +118,7 @@ def test_the_loss_falls(cluster_run, dataset):  # noqa: F811
     # directory, predicts the training split better than a fresh model of the same config.
     trained, experiment = load_trained_model(str(model_dir))
     fresh = build_model(experiment)
-    train = reader.make_dataset(reader.split_files(dataset, "train"), 256,
+    train = reader.make_dataset(dataset_dir.split_files(dataset, "train"), 256,
                               history_length=experiment.train.history_length)
     labels, trained_logits, fresh_logits = [], [], []
     for batch, label in train:

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, records
-from muse_tf.data import reader, synthetic_dataset
+from muse_tf.data import synthetic_dataset
 from muse_tf.jobs.metrics import auc
 from pipelines import synthetic, taobao_mm
 from tests.pipeline_helpers import TABLES, as_rows, read_samples, reference_split
@@ -126,7 +126,7 @@ def test_conversion_in_parallel_writes_the_same_bytes_and_the_source_values(tmp_
         assert not sub.diff_files and not sub.left_only and not sub.right_only
     tables = {name: pd.read_parquet(tmp_path / "in" / f"{name}.parquet") for name in TABLES}
     expected, rejected = reference_split(tables, str(tmp_path / "out1"), "train", 50)
-    read = read_samples(reader.split_files(str(tmp_path / "out1"), "train"), 50)
+    read = read_samples(dataset_dir.split_files(str(tmp_path / "out1"), "train"), 50)
     assert as_rows(read) == sorted(expected) and not rejected
 
 
@@ -180,7 +180,7 @@ def test_direct_dataset_equals_the_converted_parquet_form(tmp_path):
     np.testing.assert_array_equal(dataset_dir.load_multimodal_table(direct),
                                   dataset_dir.load_multimodal_table(converted))
     for split in ("train", "test"):
-        expected, written = reader.split_files(converted, split), reader.split_files(direct, split)
+        expected, written = dataset_dir.split_files(converted, split), dataset_dir.split_files(direct, split)
         assert [p.replace(converted, direct) for p in expected] == written
         for reference, path in zip(expected, written):
             records = _records(path)

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from muse_tf.contract import dataset_dir, features, vocabulary
-from muse_tf.data import reader
 from pipelines import output_dir, parquet_input, taobao_mm
 from pipelines.parquet_input import InputError
 from tests.pipeline_helpers import (
@@ -241,7 +240,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
         summary = manifest["splits"][split]
         _check_balanced(summary)
         expected_rows, rejected = reference_split(tables, str(out), split, HISTORY)
-        read = read_samples(reader.split_files(str(out), split), HISTORY)
+        read = read_samples(dataset_dir.split_files(str(out), split), HISTORY)
         assert as_rows(read) == sorted(expected_rows)
         assert summary["rejected"] == {r: rejected[r] for r in summary["rejected"]}
         expected_adjusted = _expected_adjustments(tables, split, maps, HISTORY)

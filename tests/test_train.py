@@ -76,7 +76,7 @@ def test_default_command_runs_end_to_end(tmp_path):
     model, experiment = load_trained_model(str(model_dir))
     data_dir = next((tmp_path / "data").glob("synthetic-*[0-9]"))
 
-    test = reader.make_dataset(reader.split_files(str(data_dir), "test"), 64,
+    test = reader.make_dataset(dataset_dir.split_files(str(data_dir), "test"), 64,
                              history_length=experiment.train.history_length)
     scored = scoring.predict_dataset(model, test)
     assert result["eval"]["examples"] == dataset_dir.split_samples(
@@ -307,7 +307,7 @@ def test_a_failure_after_training_keeps_the_training(dataset, tmp_path, monkeypa
 def test_a_damaged_test_shard_is_named(dataset, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)
-    shard = reader.split_files(str(damaged), "test")[0]
+    shard = dataset_dir.split_files(str(damaged), "test")[0]
     content = Path(shard).read_bytes()
     Path(shard).write_bytes(content[: len(content) // 2])
     experiment = ExperimentConfig(train=TrainConfig(history_length=HISTORY, eval_batch_size=64))
@@ -325,7 +325,7 @@ def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
     manifest = json.loads((empty / dataset_dir.MANIFEST).read_text())
     manifest["splits"]["train"]["samples_written"] = 0
     (empty / dataset_dir.MANIFEST).write_text(json.dumps(manifest))
-    for shard in reader.split_files(str(empty), "train"):
+    for shard in dataset_dir.split_files(str(empty), "train"):
         os.remove(shard)
     for steps in ([], ["--set", "train.steps_per_epoch=3"]):
         with pytest.raises(ValueError, match="training split holds no sample"):

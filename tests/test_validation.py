@@ -12,7 +12,7 @@ import tf_keras
 
 from muse_tf import train
 from muse_tf.config import ExperimentConfig, TrainConfig
-from muse_tf.contract import hashing
+from muse_tf.contract import dataset_dir, hashing
 from muse_tf.data import reader
 from muse_tf.jobs import scoring, training, validation
 from muse_tf.jobs.backup import EpochBackup
@@ -61,7 +61,7 @@ def test_held_out_users_follow_the_reference_hash():
 def test_training_stream_excludes_exactly_the_held_out_users(dataset):
     experiment = ExperimentConfig(train=TrainConfig(
         batch_size=16, history_length=HISTORY, eval_batch_size=64, validation_fraction=FRACTION))
-    files = reader.split_files(dataset, "train")
+    files = dataset_dir.split_files(dataset, "train")
     every = _user_keys(reader.make_dataset(files, 64, history_length=HISTORY))
     held = expected_held_out(np.unique(every), FRACTION)
     assert 0 < len(held) < len(np.unique(every))
@@ -126,7 +126,7 @@ def _history(model_dir):
 
 def _score_held_out(model, dataset_dir, experiment):
     """The held-out samples scored by ``model``, re-selected with the reference hash."""
-    files = reader.split_files(dataset_dir, "train")
+    files = dataset_dir.split_files(dataset_dir, "train")
     scored = scoring.predict_dataset(
         model, reader.make_dataset(files, 64, history_length=experiment.train.history_length))
     held = np.isin(scored["groups"], list(expected_held_out(np.unique(scored["groups"]), FRACTION)))

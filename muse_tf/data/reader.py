@@ -11,103 +11,18 @@ shuffling mixes users (and files), not the samples within a user.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import os
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, records
 
-# Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
-_NATIVE_SCHEMES = ("gs",)
-_TFIO_SCHEMES = ("s3", "hdfs", "az")
-# tensorflow-io's last release (0.37.1) is built against TensorFlow 2.16: on any other TensorFlow
-# its native filesystem plugins do not load, so it is not even imported there.
-_TFIO_TENSORFLOW = "2.16"
 # Record-level shuffle buffer (user records of a few KB at L = 1,000: at most ~10 MB).
 SHUFFLE_BUFFER_RECORDS = 1024
 # Records per vectorised parse: Taobao-MM has ~11 samples per user, so a parsed block of
 # batch_size / 8 records yields a little more than one output batch.
 SAMPLES_PER_RECORD_HINT = 8
-
-
-def ensure_filesystems(paths: Sequence[str]) -> None:
-    """Registers the filesystems ``paths`` need; tensorflow-io is imported only for its schemes.
-
-    Raises:
-        ValueError: for a scheme neither TensorFlow nor tensorflow-io reads.
-        ImportError: when an s3/hdfs/az path is used without tensorflow-io installed, or with a
-            TensorFlow other than 2.16.
-    """
-    schemes = {path.split("://", 1)[0] for path in paths if "://" in path}
-    missing = schemes - set(tf.io.gfile.get_registered_schemes())
-    if not missing:
-        return
-    unknown = missing - set(_TFIO_SCHEMES) - set(_NATIVE_SCHEMES)
-    if unknown:
-        raise ValueError(
-            f"Unsupported path scheme(s) {sorted(unknown)}: use local paths, gs:// or, with "
-            f"tensorflow-io, {', '.join(s + '://' for s in _TFIO_SCHEMES)}."
-        )
-    if not tf.__version__.startswith(_TFIO_TENSORFLOW + "."):
-        raise ImportError(
-            f"Reading {sorted(missing)} paths needs tensorflow-io, which works only with TensorFlow "
-            f"{_TFIO_TENSORFLOW}, not {tf.__version__}. Use the legacy set (Python 3.11: "
-            "pip install -c requirements/constraints.txt 'muse-tf[io]'), or copy the data to a "
-            "local or gs:// path."
-        )
-    try:
-        import tensorflow_io  # noqa: F401  (registers s3, hdfs, az, ... on import)
-    except ImportError as err:
-        raise ImportError(
-            f"Reading {sorted(missing)} paths needs tensorflow-io: pip install 'muse-tf[io]'."
-        ) from err
-
-
-def resolve_files(files: str | Sequence[str]) -> list[str]:
-    """A glob pattern (sorted matches) or an explicit list of shard paths, local or remote.
-
-    Raises:
-        FileNotFoundError: naming the pattern that matched nothing or the local file that is absent.
-    """
-    if isinstance(files, str):
-        ensure_filesystems([files])
-        paths = sorted(tf.io.gfile.glob(files))
-        if not paths:
-            raise FileNotFoundError(f"No shard matches {files!r}.")
-        return paths
-    paths = [os.fspath(path) for path in files]
-    if not paths:
-        raise ValueError("`files` is an empty list.")
-    ensure_filesystems(paths)
-    for path in paths:
-        if "://" not in path and not os.path.exists(path):
-            raise FileNotFoundError(f"Shard {path} does not exist.")
-    return paths
-
-
-def split_files(data_dir: str, split: str) -> list[str]:
-    """The shards of ``split`` listed by a converted directory's manifest, in order; the directory
-    may be local or remote (``gs://``, or with tensorflow-io ``s3://``, ``hdfs://``, ``az://``).
-
-    Raises:
-        ValueError: for a split the manifest does not have.
-        FileNotFoundError: naming a listed shard that is missing.
-    """
-    ensure_filesystems([data_dir])
-    manifest = dataset_dir.load_manifest(data_dir)
-    splits = manifest["splits"]
-    if split not in splits:
-        raise ValueError(f"{data_dir}: no split {split!r}; the manifest lists {sorted(splits)}.")
-    paths = [os.path.join(data_dir, shard["file"]) for shard in splits[split]["shards"]]
-    for path in paths:
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"Shard {path} is listed in the manifest but missing.")
-    return paths
 
 
 def make_dataset(
@@ -169,7 +84,7 @@ def make_dataset(
         raise ValueError("`precompute_gsu` needs `top_k`, the model's (ModelConfig.top_k).")
     if shuffle and deterministic and seed is None:
         raise ValueError("Deterministic shuffling needs a `seed`.")
-    paths = resolve_files(files)
+    paths = dataset_dir.resolve_files(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         pipelines = input_context.num_input_pipelines
         if len(paths) < pipelines:
@@ -218,69 +133,3 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = deterministic
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
-    """Checks every shard's GZIP stream to its end and reads every record; returns records per
-    shard.
-
-    TensorFlow's GZIP reader ends a truncated shard silently when the cut falls on a flush
-    boundary, so the stream is first decompressed with Python's ``gzip``, which requires the
-    end-of-stream marker and checks the CRC.
-
-    Raises:
-        ValueError: naming the first shard that is damaged or is not a GZIP TFRecord file.
-    """
-    counts = {}
-    for path in resolve_files(files):
-        _check_gzip_stream(path)
-        count = 0
-        try:
-            for _ in tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION):
-                count += 1
-        except tf.errors.OpError as err:
-            raise ValueError(
-                f"Shard {path} is damaged or not a {records.COMPRESSION} TFRecord file "
-                f"(after {count} records): {err.message}"
-            ) from err
-        counts[path] = count
-    return counts
-
-
-def _check_gzip_stream(path: str, chunk_bytes: int = 1 << 20) -> None:
-    """Decompresses ``path`` to its end (in chunks, any filesystem TensorFlow reads)."""
-    try:
-        with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
-            while stream.read(chunk_bytes):
-                pass
-    except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(
-            f"Shard {path} is damaged or not a {records.COMPRESSION} TFRecord file: {err}"
-        ) from err
-
-
-def check_split_read_whole(data_dir: str, split: str, samples_read: int) -> None:
-    """Checks that reading ``split`` gave every sample its manifest counts: a shard truncated on
-    a GZIP flush boundary reads as a clean, shorter file.
-
-    Raises:
-        ValueError: naming the damaged shard, else the shortfall.
-    """
-    expected = dataset_dir.split_samples(dataset_dir.load_manifest(data_dir), split)
-    if samples_read != expected:
-        verify_shards(split_files(data_dir, split))
-        raise ValueError(
-            f"{data_dir}: read {samples_read} samples of split {split!r}, its manifest counts "
-            f"{expected}; the shards no longer match their manifest (re-convert or copy them again)."
-        )
-
-
-@contextlib.contextmanager
-def damaged_shards_named(files: str | Sequence[str]) -> Iterator[None]:
-    """Turns a bare DataLossError raised while reading ``files`` into ``verify_shards``'s
-    ValueError naming the damaged shard (re-raises the original if every shard reads)."""
-    try:
-        yield
-    except tf.errors.DataLossError:
-        verify_shards(files)
-        raise

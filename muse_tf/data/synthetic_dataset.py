@@ -157,17 +157,7 @@ def _write_split(
                 writer.write(record)
         shards.append({"file": name, "samples_in": len(samples), "samples_written": len(samples),
                        "users_written": len(users), "bytes": os.path.getsize(path)})
-    written = sum(s["samples_written"] for s in shards)
-    total_bytes = sum(s["bytes"] for s in shards)
-    return {
-        "samples_in": written,
-        "samples_written": written,
-        "users_written": sum(s["users_written"] for s in shards),
-        "rejected": {},
-        "bytes": total_bytes,
-        "bytes_per_sample": round(total_bytes / written, 1) if written else None,
-        "shards": shards,
-    }
+    return dataset_dir.split_summary(shards, {**dataset_dir.sum_counts(shards), "rejected": {}})
 
 
 def write_dataset(config: SyntheticConfig, output: str) -> dict:
@@ -188,16 +178,15 @@ def write_dataset(config: SyntheticConfig, output: str) -> dict:
         np.save(dataset_dir.vocab_path(staging, name), ids)
     attributes, multimodal = _item_tables(catalogue, vocabs)
     np.save(os.path.join(staging, dataset_dir.MULTIMODAL_TABLE), multimodal)
-    manifest = {
-        "schema_version": dataset_dir.SCHEMA_VERSION,
-        "source": f"muse_tf.data.synthetic_dataset {json.dumps(dataclasses.asdict(config))}",
-        "history_cap": config.behaviours_per_user,
-        "vocab_sizes": {name: len(ids) + vocabulary.RESERVED for name, ids in vocabs.items()},
-        "splits": {
+    manifest = dataset_dir.build_manifest(
+        source=f"muse_tf.data.synthetic_dataset {json.dumps(dataclasses.asdict(config))}",
+        history_cap=config.behaviours_per_user,
+        vocab_sizes={name: len(ids) + vocabulary.RESERVED for name, ids in vocabs.items()},
+        splits={
             name: _write_split(staging, name, split, catalogue, vocabs, attributes)
             for name, split in splits.items()
         },
-    }
+    )
     with open(os.path.join(staging, dataset_dir.MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     os.rename(staging, output)

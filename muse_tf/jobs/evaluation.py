@@ -127,16 +127,17 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
         ValueError: naming a damaged test or training shard, or a test split shorter than its
             manifest.
     """
+    from muse_tf.contract import dataset_dir
     from muse_tf.data import reader
     from muse_tf.jobs import runs, scoring
 
-    test_files = reader.split_files(data_dir, "test")
-    with reader.damaged_shards_named(test_files):
+    test_files = dataset_dir.split_files(data_dir, "test")
+    with dataset_dir.damaged_shards_named(test_files):
         test = reader.make_dataset(test_files, train.eval_batch_size, history_length=train.history_length)
         scored = scoring.predict_dataset(model, test)
-    reader.check_split_read_whole(data_dir, "test", len(scored["labels"]))
-    train_files = reader.split_files(data_dir, "train")
-    with reader.damaged_shards_named(train_files):
+    dataset_dir.check_split_read_whole(data_dir, "test", len(scored["labels"]))
+    train_files = dataset_dir.split_files(data_dir, "train")
+    with dataset_dir.damaged_shards_named(train_files):
         popularity = item_popularity(train_files, model.config.vocab_sizes["item"])
     by_length = metrics.gauc_by_bucket(scored, scored["history_length"], metrics.HISTORY_LENGTH_EDGES)
     by_popularity = metrics.gauc_by_bucket(

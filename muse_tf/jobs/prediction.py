@@ -178,7 +178,7 @@ def predict(
     try:
         manifest = dataset_dir.load_manifest(data_dir)
         total = dataset_dir.split_samples(manifest, split)
-        files = reader.split_files(data_dir, split)
+        files = dataset_dir.split_files(data_dir, split)
         vocabularies = dataset_dir.load_vocabularies(data_dir)
         if model_dir is not None:  # the run's model, if --data is the run's dataset
             model, experiment = runs.load_trained_model(model_dir, data_dir)
@@ -195,12 +195,12 @@ def predict(
     writer = PredictionWriter(output, vocabularies["item"])
     meter = Progress(total, enabled=progress)
     try:
-        with reader.damaged_shards_named(files):
+        with dataset_dir.damaged_shards_named(files):
             for scored in scoring.scored_batches(score, dataset):
                 writer.write(scored)
                 meter.add(len(scored["labels"]))
         meter.close()
-        reader.check_split_read_whole(data_dir, split, writer.rows)
+        dataset_dir.check_split_read_whole(data_dir, split, writer.rows)
     except BaseException as err:
         writer.abort()
         if isinstance(err, ValueError):  # a damaged shard or a split shorter than its manifest

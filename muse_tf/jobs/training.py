@@ -105,7 +105,7 @@ def train_dataset(
     ParameterServerStrategy see ``parameter_server_dataset``.
     """
     train = experiment.train
-    files = reader.split_files(data_dir, "train")
+    files = dataset_dir.split_files(data_dir, "train")
     global_batch = train.global_batch_size(strategy.num_replicas_in_sync)
     if distribute.is_parameter_server(strategy):
         return parameter_server_dataset(files, experiment, global_batch)
@@ -231,7 +231,7 @@ def fit(
         compile_model(model, experiment, steps * experiment.train.epochs)
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
-    with reader.damaged_shards_named(reader.split_files(data_dir, "train")):
+    with dataset_dir.damaged_shards_named(dataset_dir.split_files(data_dir, "train")):
         keras_fit(
             model,
             train_dataset(strategy, data_dir, experiment),
@@ -307,7 +307,7 @@ def run(
                            "(TF_CONFIG): it runs distribute.serve(); only the `chief` trains.")
     # Before other TensorFlow work.
     strategy = strategy or distribute.make_strategy(experiment.train.ps_min_shard_bytes)
-    reader.ensure_filesystems([data_dir])
+    dataset_dir.ensure_filesystems([data_dir])
     experiment = dataclasses.replace(
         experiment,
         model=dataclasses.replace(experiment.model, vocab_sizes=dataset_dir.vocab_sizes(data_dir)),

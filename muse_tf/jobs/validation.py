@@ -26,7 +26,7 @@ import tensorflow as tf
 import tf_keras
 
 from muse_tf.config import ConfigError, TrainConfig
-from muse_tf.contract import hashing
+from muse_tf.contract import dataset_dir, hashing
 from muse_tf.data import iterator_release, reader
 from muse_tf.jobs import metrics, runs, scoring
 
@@ -58,7 +58,7 @@ def training_users(train: TrainConfig) -> Callable[[tf.Tensor], tf.Tensor] | Non
 
 def validation_files(data_dir: str, train: TrainConfig) -> list[str]:
     """The shards validation reads: ``validation_split``'s, or the training split's."""
-    return reader.split_files(data_dir, train.validation_split or "train")
+    return dataset_dir.split_files(data_dir, train.validation_split or "train")
 
 
 def validation_dataset(data_dir: str, train: TrainConfig) -> tf.data.Dataset:
@@ -105,7 +105,7 @@ def _has_sample(files: list[str], users: Callable[[tf.Tensor], tf.Tensor] | None
         reader.make_dataset(files, 1, history_length=1, users=users)
     )
     try:
-        with reader.damaged_shards_named(files):
+        with dataset_dir.damaged_shards_named(files):
             return next(batches, None) is not None
     finally:
         batches.close()
@@ -137,7 +137,7 @@ class Validation(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         started = time.time()
-        with reader.damaged_shards_named(self.files):
+        with dataset_dir.damaged_shards_named(self.files):
             scored = scoring.concatenate(scoring.scored_batches(self.score, self.dataset))
         if not scored.get("labels", np.zeros(0)).size:
             raise ValueError(f"Validation on {self.describe} found no sample; raise "
