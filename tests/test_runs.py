@@ -187,11 +187,11 @@ def test_a_lock_of_a_live_process_or_of_another_host_is_not_taken_over(tmp_path)
     run = runs.RunDir(str(tmp_path / "run"))
     # A record without a flock (as on a filesystem without flock): its process decides.
     _write_holder(run, pid=os.getppid())
-    with pytest.raises(lock.RunBusyError, match=f"pid {os.getppid()} on "):
+    with pytest.raises(lock.BusyError, match=f"pid {os.getppid()} on "):
         with run.hold():
             pass
     _write_holder(run, host="elsewhere.example")
-    with pytest.raises(lock.RunBusyError,
+    with pytest.raises(lock.BusyError,
                        match=f"on elsewhere.example.*If that process is gone, delete {run.lock}"):
         with run.hold():
             pass

@@ -1,8 +1,9 @@
-"""One process at a time in a run directory: its ``lock`` file names the process working there.
+"""One process at a time in a directory: a lock file names the process working there.
 
-Training, evaluation and export hold the lock of the run directory they work in while they run
-(``RunDir.hold``); a second such command is refused with one line naming the holder: pid, host,
-command and start time. The holder keeps an exclusive ``flock`` on the file, which the kernel
+Any package may use it (``hold(path, what, advice)``): training, evaluation and export hold the lock
+of the run directory they work in while they run (``RunDir.hold``); a second such command is refused
+with one line naming the holder: pid, host, command and start time, and what to do instead.
+The holder keeps an exclusive ``flock`` on the file, which the kernel
 releases when the process dies however it ends; the file's content only names the holder and is
 emptied on a normal exit. A content left by a process that is gone (same host, no such process, or
 another process under its pid) is stale: the next command takes the lock over and says so. A lock
@@ -26,8 +27,8 @@ from collections.abc import Iterator
 from muse_tf import cli
 
 
-class RunBusyError(cli.UsageError, RuntimeError):
-    """Another process holds the run directory's lock."""
+class BusyError(cli.UsageError, RuntimeError):
+    """Another process holds the directory's lock."""
 
 
 def _process_identity(pid: int) -> str | None:
@@ -83,20 +84,24 @@ def _read(fd: int) -> dict | None:
 
 
 @contextlib.contextmanager
-def hold(path: str, what: str, command: str | None = None) -> Iterator[None]:
+def hold(
+    path: str, what: str, advice: str = "wait for it to end", command: str | None = None
+) -> Iterator[None]:
     """Holds the lock file ``path`` (created if needed) for the ``with`` block.
 
     Args:
         what: the directory it guards, for the messages.
+        advice: what the refused user can do instead, ending the refusal's line (e.g. "wait for
+            it to end, or use another --model-dir").
         command: the command to name in the record; default this process's command line.
 
     Raises:
-        RunBusyError: when a running process (or one on another host) holds it.
+        BusyError: when a running process (or one on another host) holds it.
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(fd, path, what)
+        _acquire(fd, path, what, advice)
     except BaseException:
         os.close(fd)
         raise
@@ -111,9 +116,9 @@ def hold(path: str, what: str, command: str | None = None) -> Iterator[None]:
         os.close(fd)  # leaves its record behind; closing releases the flock
 
 
-def _acquire(fd: int, path: str, what: str) -> None:
+def _acquire(fd: int, path: str, what: str, advice: str) -> None:
     busy = f"{what} is in use by "
-    then = "; wait for it to end, or use another --model-dir."
+    then = f"; {advice}."
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -122,14 +127,14 @@ def _acquire(fd: int, path: str, what: str) -> None:
             if holder is not None:
                 break
             time.sleep(0.05)
-        raise RunBusyError(f"{busy}{describe(holder or {})}{then}") from None
+        raise BusyError(f"{busy}{describe(holder or {})}{then}") from None
     except OSError:
         pass  # a filesystem without flock: the record below decides alone
     holder = _read(fd)
     if holder is None:
         return
     if holder.get("host") != socket.gethostname():
-        raise RunBusyError(f"{busy}{describe(holder)}{then} If that process is gone, delete {path}.")
+        raise BusyError(f"{busy}{describe(holder)}{then} If that process is gone, delete {path}.")
     if _is_running(holder):
-        raise RunBusyError(f"{busy}{describe(holder)}{then}")
+        raise BusyError(f"{busy}{describe(holder)}{then}")
     print(f"Taking over the stale lock {path}: {describe(holder)} is gone.", flush=True)

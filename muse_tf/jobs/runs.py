@@ -2,7 +2,7 @@
 
 One run directory holds one model. Its layout, owned here and nowhere else::
 
-    lock                   names the process working here (``run_lock``): one at a time
+    lock                   names the process working here (``muse_tf.contract.lock``): one at a time
     config.yaml            the resolved ExperimentConfig (``model:`` and ``train:``)
     dataset.json           the converted dataset it trains on: its path and the digest of its
                            vocabularies (``dataset_dir.vocabularies_digest``), which decide what the
@@ -235,9 +235,9 @@ class RunDir:
         """Holds this directory's ``lock`` for the ``with`` block (``lock.hold``).
 
         Raises:
-            lock.RunBusyError: naming the process that works here.
+            lock.BusyError: naming the process that works here.
         """
-        with lock.hold(self.lock, self.root):
+        with lock.hold(self.lock, self.root, "wait for it to end, or use another --model-dir"):
             yield
 
     def record_training(self, experiment: ExperimentConfig, result: dict) -> None:
@@ -388,7 +388,7 @@ def working_in_trained_run(
     (evaluation, export), holding the run's lock (``RunDir.hold``) for the ``with`` block.
 
     Raises:
-        RunDirectoryError, lock.RunBusyError: as ``load_trained_model`` and ``RunDir.hold``.
+        RunDirectoryError, lock.BusyError: as ``load_trained_model`` and ``RunDir.hold``.
     """
     run = RunDir(model_dir)
     run.read_config()  # a directory that is not a run gets no lock file

@@ -298,7 +298,7 @@ def run(
     Raises:
         runs.RunDirectoryError: when ``model_dir`` holds a finished run or the model of another
             config or dataset (and ``overwrite`` is False).
-        run_lock.RunBusyError: when another process works in ``model_dir``.
+        lock.BusyError: when another process works in ``model_dir``.
         config.ConfigError: when the validation settings leave training or validation without
             a sample.
     """
