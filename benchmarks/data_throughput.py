@@ -119,7 +119,7 @@ def convert_rows(work_dir: str, users: int, history: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "data_throughput.json")
+    parser = common.base_parser("benchmarks.data_throughput", __doc__, "data_throughput.json")
     args = parser.parse_args(argv)
     users, convert_users = (300, 300) if args.quick else (2000, 6000)
     history = 1000

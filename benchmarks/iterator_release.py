@@ -81,7 +81,7 @@ def measure(repeats: int, seconds: float) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "iterator_release.json")
+    parser = common.base_parser("benchmarks.iterator_release", __doc__, "iterator_release.json")
     parser.add_argument("--repeats", type=int, default=None, help="per case (default 20; quick 3)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="iteration before each deletion (default 8; quick 2)")

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["peak_rss_mb"] = common.peak_rss_mb()
         print(json.dumps(result))
         return result
-    parser = common.base_parser(__doc__.split("\n\n")[0], "memory.json")
+    parser = common.base_parser("benchmarks.memory", __doc__, "memory.json")
     args = parser.parse_args(argv)
     run = common.Run("memory", args)
     length, batch, train_length = (10_000, 100, 100) if args.quick else (100_000, 1000, 1000)

@@ -198,7 +198,8 @@ def render(results_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", default=common.RESULTS_DIR)
     parser.add_argument("--write", action="store_true", help="update benchmarks/README.md in place")
     args = parser.parse_args(argv)

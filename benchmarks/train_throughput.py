@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = end_to_end_child(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]))
         print(json.dumps(result))
         return result
-    parser = common.base_parser(__doc__.split("\n\n")[0], "train_throughput.json")
+    parser = common.base_parser("benchmarks.train_throughput", __doc__, "train_throughput.json")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per configuration")

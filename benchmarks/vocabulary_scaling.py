@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["peak_rss_mb"] = common.peak_rss_mb()
         print(json.dumps(result))
         return result
-    parser = common.base_parser(__doc__.split("\n\n")[0], "vocabulary_scaling.json")
+    parser = common.base_parser("benchmarks.vocabulary_scaling", __doc__, "vocabulary_scaling.json")
     parser.add_argument("--sizes", nargs="*", type=int, default=list(SIZES), help="item rows")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     args = parser.parse_args(argv)
