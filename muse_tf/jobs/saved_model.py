@@ -271,7 +271,7 @@ def export_saved_model(
 
     Args:
         model: a MuseModel with its weights and multimodal table loaded.
-        vocabularies: raw int64 IDs per vocabulary name (``artifacts.load_vocabularies``), in index
+        vocabularies: raw int64 IDs per vocabulary name (``dataset_dir.load_vocabularies``), in index
             order; each must match ``model.config.vocab_sizes``.
         export_base: the directory TF Serving's ``base_path`` points above.
         model_name: the served model's name.
