@@ -19,6 +19,7 @@ import yaml
 
 from muse_tf import evaluate, predict, train
 from muse_tf.contract import dataset_dir
+from muse_tf.jobs import evaluation
 from muse_tf.jobs.runs import RunDir
 from tests import reference
 from tests.cli_helpers import assert_usage_error, full_disk_open
@@ -137,7 +138,7 @@ def test_a_full_disk_while_scoring_names_the_output_and_leaves_no_file(
 
 def test_a_full_disk_while_writing_the_evaluation_names_the_file(
         dataset, run_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(evaluate, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(evaluation, "open", full_disk_open, raising=False)
     written = RunDir(str(tmp_path / "eval")).eval_metrics
     assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate",
                        re.escape(f"Could not write {written}: No space left on device"),

@@ -124,9 +124,9 @@ def _history(model_dir):
         return list(csv.DictReader(f))
 
 
-def _score_held_out(model, dataset_dir, experiment):
+def _score_held_out(model, data_dir, experiment):
     """The held-out samples scored by ``model``, re-selected with the reference hash."""
-    files = dataset_dir.split_files(dataset_dir, "train")
+    files = dataset_dir.split_files(data_dir, "train")
     scored = scoring.predict_dataset(
         model, reader.make_dataset(files, 64, history_length=experiment.train.history_length))
     held = np.isin(scored["groups"], list(expected_held_out(np.unique(scored["groups"]), FRACTION)))
