@@ -183,8 +183,11 @@ def machine_line(machine: dict[str, Any]) -> str:
             f"load average {machine['load_average_1m']}")
 
 
-def base_parser(description: str, default_output: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def base_parser(module: str, doc: str | None, default_output: str) -> argparse.ArgumentParser:
+    """The flags every benchmark shares; the usage line shows ``python -m MODULE``, the description
+    is the first paragraph of ``doc``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
+                                     description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run (seconds)")
     parser.add_argument("--output", default=os.path.join(RESULTS_DIR, default_output),
                         help="JSON results file")

@@ -30,7 +30,7 @@ import time
 import pyarrow.parquet as pq
 
 from benchmarks import common
-from muse_tf.synthetic import SyntheticConfig
+from muse_tf.data.synthetic import SyntheticConfig
 from pipelines.common import synthetic_parquet
 
 COLUMNS = ["users", "engine", "input_rows", "samples", "seconds", "rows_per_s", "samples_per_s",
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     if argv[:1] == ["--child"]:
         print(json.dumps(child(argv[1], argv[2], argv[3], argv[4:])))
         return {}
-    parser = common.base_parser(__doc__.split("\n\n")[0], "convert_engines.json")
+    parser = common.base_parser("benchmarks.convert_engines", __doc__, "convert_engines.json")
     parser.add_argument("--users", type=int, nargs="+", default=[2000, 20000])
     args = parser.parse_args(argv)
     users_list = [200] if args.quick else args.users

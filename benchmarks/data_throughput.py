@@ -7,7 +7,7 @@ conversion pipeline's rows/second and bytes per sample.
   tf.data (``Dataset.reduce``) so no Python runs per element:
   - ``bare TFRecord read``: ``TFRecordDataset`` (GZIP) records, batched, nothing parsed: the floor;
   - ``bare read + parse``: the same plus the vectorised ``parse_example`` of the user records;
-  - ``make_dataset``: ``muse_tf.data.make_dataset`` (parse, expand users to samples, left-pad,
+  - ``make_dataset``: ``muse_tf.data.reader.make_dataset`` (parse, expand users to samples, left-pad,
     rebatch to 1,000), the model's input as training reads it;
   - ``make_dataset + precompute_gsu``: the same with MUSE's search added by the pipeline.
   Records (users) and samples per second, each pass timed after one warm-up pass.
@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from benchmarks import common, fixtures
-from muse_tf import artifacts, data, records, synthetic_dataset
-from muse_tf.synthetic import SyntheticConfig
+from muse_tf.contract import dataset_dir, records
+from muse_tf.data import reader, synthetic_dataset
+from muse_tf.data.synthetic import SyntheticConfig
 from pipelines.common import synthetic_parquet
 from pipelines.common.options import ConversionOptions
 from pipelines.local import driver
@@ -47,13 +48,13 @@ def timed_pass(dataset: tf.data.Dataset, count: Callable) -> tuple[float, int]:
 
 
 def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dict]:
-    files = data.split_files(data_dir, "train") + data.split_files(data_dir, "test")
-    manifest = artifacts.load_manifest(data_dir)
-    samples = sum(artifacts.split_samples(manifest, s) for s in ("train", "test"))
+    files = dataset_dir.split_files(data_dir, "train") + dataset_dir.split_files(data_dir, "test")
+    manifest = dataset_dir.load_manifest(data_dir)
+    samples = sum(dataset_dir.split_samples(manifest, s) for s in ("train", "test"))
     disk_mb = sum(os.path.getsize(f) for f in files) / 2**20
-    table = artifacts.load_multimodal_table(data_dir)
-    sizes = artifacts.vocab_sizes(data_dir)
-    records_per_block = max(1, batch // data.SAMPLES_PER_RECORD_HINT)
+    table = dataset_dir.load_multimodal_table(data_dir)
+    sizes = dataset_dir.vocab_sizes(data_dir)
+    records_per_block = max(1, batch // reader.SAMPLES_PER_RECORD_HINT)
 
     def bare() -> tf.data.Dataset:
         return tf.data.TFRecordDataset(files, compression_type=records.COMPRESSION,
@@ -64,7 +65,7 @@ def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dic
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def model_input(precompute: bool) -> tf.data.Dataset:
-        return data.make_dataset(files, batch, history_length=history,
+        return reader.make_dataset(files, batch, history_length=history,
                                  precompute_gsu=table if precompute else None,
                                  top_k=fixtures.paper_config("muse", sizes).top_k)
 
@@ -122,7 +123,7 @@ def convert_rows(work_dir: str, users: int, history: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "data_throughput.json")
+    parser = common.base_parser("benchmarks.data_throughput", __doc__, "data_throughput.json")
     args = parser.parse_args(argv)
     users, convert_users = (300, 300) if args.quick else (2000, 6000)
     history = 1000

@@ -15,16 +15,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import (
-    features,
-    runs,
-    saved_model,
-    seeding,
-    signatures,
-    synthetic_dataset,
-    vocabulary,
-)
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
+from muse_tf.contract import features, signatures, vocabulary
+from muse_tf.data import synthetic_dataset
+from muse_tf.jobs import runs, saved_model, seeding
 from muse_tf.models import MuseModel
 
 # Vocabulary sizes (raw IDs, without PAD/OOV) of the serving model: enough items for a 100,000-long

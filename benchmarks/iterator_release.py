@@ -1,5 +1,5 @@
 """Iterator release: how long deleting a tf.data iterator keeps its caller waiting, with tf.data's
-autotuning on and off, and with ``muse_tf.iterator_release`` taking the deletion off the caller.
+autotuning on and off, and with ``muse_tf.data.iterator_release`` taking the deletion off the caller.
 
     python -m benchmarks.iterator_release [--quick] [--repeats N] [--seconds S]
 
@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common
-from muse_tf import iterator_release
+from muse_tf.data import iterator_release
 
 COLUMNS = ["case", "repeats", "caller_p50_s", "caller_max_s", "caller_waits_over_1s",
            "caller_mean_s", "caller_mean_vs_autotune_on", "release_thread_max_s"]
@@ -81,7 +81,7 @@ def measure(repeats: int, seconds: float) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "iterator_release.json")
+    parser = common.base_parser("benchmarks.iterator_release", __doc__, "iterator_release.json")
     parser.add_argument("--repeats", type=int, default=None, help="per case (default 20; quick 3)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="iteration before each deletion (default 8; quick 2)")

@@ -35,7 +35,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from benchmarks import common, fixtures
-from muse_tf import features, limits, signatures
+from muse_tf.contract import features, limits, signatures
 from serving.client import GrpcClient, PredictionError, RestClient
 from serving.launch import http_statuses, local_server, raw_http, trickle_http
 
@@ -270,7 +270,7 @@ def run_phase(clients: list[Callable], abusers: dict[str, Callable], pool: list,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "load_test.json")
+    parser = common.base_parser("benchmarks.load_test", __doc__, "load_test.json")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0, help="per phase")
     parser.add_argument("--malformed", type=float, default=0.1, help="share in the second phase")

@@ -10,7 +10,7 @@ Cases (each ``python -m benchmarks.memory --child CASE`` in its own subprocess):
 * ``serve rows B=10``: the same for ``serving_default`` with 10 rows of width 100,000, the export's
   default rows x width limit (1,000,000);
 * ``train <variant>``: MUSE / DIN, batch 1,000, L = 1,000, K = 50: 5 Keras train steps on an
-  in-memory batch (in-graph search, and search precomputed by ``muse_tf.data``).
+  in-memory batch (in-graph search, and search precomputed by ``muse_tf.data.reader``).
 The local server's own peak RSS, after the whole latency grid, is in serving_latency.json.
 """
 
@@ -37,7 +37,7 @@ def child(case: str, args: list[str]) -> dict:
     import tensorflow as tf
 
     from benchmarks import fixtures
-    from muse_tf import signatures
+    from muse_tf.contract import signatures
 
     if case == "import":
         return {"rss_after_setup_mb": current_rss_mb()}
@@ -64,7 +64,7 @@ def child(case: str, args: list[str]) -> dict:
     if case == "train":
         import tf_keras
 
-        from muse_tf import vocabulary
+        from muse_tf.contract import vocabulary
         from muse_tf.layers import search
 
         variant, batch, length, how = args[0], int(args[1]), int(args[2]), args[3]
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["peak_rss_mb"] = common.peak_rss_mb()
         print(json.dumps(result))
         return result
-    parser = common.base_parser(__doc__.split("\n\n")[0], "memory.json")
+    parser = common.base_parser("benchmarks.memory", __doc__, "memory.json")
     args = parser.parse_args(argv)
     run = common.Run("memory", args)
     length, batch, train_length = (10_000, 100, 100) if args.quick else (100_000, 1000, 1000)

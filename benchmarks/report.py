@@ -51,7 +51,7 @@ def train_section(result: dict, before: dict | None) -> list[str]:
         lines += ["End to end (the training job's `fit`, input pipeline and callbacks, one epoch to "
                   "the end of the converted synthetic data, each case in a fresh process, pipeline "
                   "and step sharing the same cores; `keras_autograph` converted = tracing as before "
-                  "`muse_tf.tracing`; examples_per_s is the steady state, whole_run from `fit` "
+                  "`muse_tf.models.tracing`; examples_per_s is the steady state, whole_run from `fit` "
                   "called to returned, post_last_step_s from the last step's end to `fit` "
                   "returning):", "",
                   common.format_table(e2e, ["variant", "search", "keras_autograph", "steps",
@@ -198,7 +198,8 @@ def render(results_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", default=common.RESULTS_DIR)
     parser.add_argument("--write", action="store_true", help="update benchmarks/README.md in place")
     args = parser.parse_args(argv)

@@ -21,7 +21,8 @@ BENCHMARKS = ("train_throughput", "vocabulary_scaling", "serving_latency", "memo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results-dir", default=common.RESULTS_DIR)
     parser.add_argument("--wait-quiet", type=float, default=1800.0,

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common, fixtures
-from muse_tf import features, signatures, vocabulary
+from muse_tf.contract import features, signatures, vocabulary
 from serving.client import GrpcClient, RestClient
 from serving.launch import local_server
 
@@ -223,7 +223,7 @@ def conditions(started: str, machine: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "serving_latency.json")
+    parser = common.base_parser("benchmarks.serving_latency", __doc__, "serving_latency.json")
     parser.add_argument("--protocols", nargs="*", default=["grpc", "rest"], choices=["grpc", "rest"])
     parser.add_argument("--plot", default=None, help="PNG of latency vs L (default: beside --output)")
     parser.add_argument("--replot", metavar="JSON", help="only redraw the PNG from this results file "

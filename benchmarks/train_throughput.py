@@ -8,9 +8,9 @@ Three parts:
   shaped like the converted data (8 samples per user share a history), so the input pipeline is
   out of the picture. Examples/s = batch / median step time.
 * **end-to-end**: the training job's ``fit`` (its strategy, input pipeline, optimizers and
-  callbacks: ``muse_tf.training``) for one epoch to the end of the converted synthetic data, each
+  callbacks: ``muse_tf.jobs.training``) for one epoch to the end of the converted synthetic data, each
   case in a fresh process: MUSE with its search in-graph, with tf-keras converted by AutoGraph (as
-  before ``muse_tf.tracing``) and not, and with its search precomputed in the pipeline. Reported:
+  before ``muse_tf.models.tracing``) and not, and with its search precomputed in the pipeline. Reported:
   the first step (tracing included), steady-state examples/s (median step after it), whole-run
   examples/s (``fit`` called to returned) and the seconds from the last step's end to ``fit``
   returning. The model's outputs on one batch, search in-graph and precomputed, are compared.
@@ -31,8 +31,10 @@ import tensorflow as tf
 import tf_keras
 
 from benchmarks import common, fixtures
-from muse_tf import artifacts, data, features, tracing, vocabulary
+from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.data import reader
 from muse_tf.layers import search
+from muse_tf.models import tracing
 
 VARIANTS = ("din", "sim_soft", "muse")
 STEP_COLUMNS = ["variant", "search", "xla", "batch", "history", "examples_per_s", "step_p50_ms",
@@ -129,7 +131,7 @@ class PhaseTimer(tf_keras.callbacks.Callback):
 
 
 def convert_keras_again() -> None:
-    """Drops ``muse_tf.tracing``'s rule: tracing as it was before it, for comparison."""
+    """Drops ``muse_tf.models.tracing``'s rule: tracing as it was before it, for comparison."""
     from tensorflow.python.autograph.core import config
 
     config.CONVERSION_RULES = tuple(rule for rule in config.CONVERSION_RULES
@@ -137,14 +139,14 @@ def convert_keras_again() -> None:
 
 
 def end_to_end_child(data_dir: str, how: str, keras_autograph: str, batch: int, length: int) -> dict:
-    """One epoch to the end of the training split, as ``muse_tf.training.fit`` runs it."""
-    from muse_tf import distribute, runs, training
+    """One epoch to the end of the training split, as ``muse_tf.jobs.training.fit`` runs it."""
     from muse_tf.config import ExperimentConfig, TrainConfig
+    from muse_tf.jobs import distribute, runs, training
 
     if keras_autograph == "converted":
         convert_keras_again()
-    sizes = artifacts.vocab_sizes(data_dir)
-    table = artifacts.load_multimodal_table(data_dir)
+    sizes = dataset_dir.vocab_sizes(data_dir)
+    table = dataset_dir.load_multimodal_table(data_dir)
     experiment = ExperimentConfig(model=fixtures.paper_config("muse", sizes),
                                   train=TrainConfig(batch_size=batch, history_length=length,
                                                     shuffle=True, seed=0))
@@ -155,8 +157,8 @@ def end_to_end_child(data_dir: str, how: str, keras_autograph: str, batch: int, 
         model = fixtures.random_model(experiment.model, table)
         training.compile_model(model, experiment, steps)
     if how == "precomputed":
-        files = data.split_files(data_dir, "train")
-        dataset = strategy.distribute_datasets_from_function(lambda context: data.make_dataset(
+        files = dataset_dir.split_files(data_dir, "train")
+        dataset = strategy.distribute_datasets_from_function(lambda context: reader.make_dataset(
             files, context.get_per_replica_batch_size(batch), history_length=length,
             shuffle=True, seed=0, repeat=True, input_context=context, drop_remainder=True,
             precompute_gsu=table, top_k=experiment.model.top_k))
@@ -192,10 +194,10 @@ def end_to_end_rows(work_dir: str, users: int, batch: int, length: int) -> tuple
             3600))
         print(rows[-1], flush=True)
     # Output unchanged: the same model scores one batch with its search in-graph and precomputed.
-    sizes = artifacts.vocab_sizes(data_dir)
-    table = artifacts.load_multimodal_table(data_dir)
-    files = data.split_files(data_dir, "train")
-    x, _ = next(iter(data.make_dataset(files, batch, history_length=length)))
+    sizes = dataset_dir.vocab_sizes(data_dir)
+    table = dataset_dir.load_multimodal_table(data_dir)
+    files = dataset_dir.split_files(data_dir, "train")
+    x, _ = next(iter(reader.make_dataset(files, batch, history_length=length)))
     model = fixtures.random_model(fixtures.paper_config("muse", sizes), table)
     plain = model(x, training=False).numpy()
     with_search = model(search.gsu_precompute(table, model.config.top_k)(x), training=False).numpy()
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = end_to_end_child(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]))
         print(json.dumps(result))
         return result
-    parser = common.base_parser(__doc__.split("\n\n")[0], "train_throughput.json")
+    parser = common.base_parser("benchmarks.train_throughput", __doc__, "train_throughput.json")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per configuration")

@@ -36,10 +36,10 @@ def child(items: int, optimizer: str, batch: int, length: int, steps: int) -> di
     import muse_tf  # noqa: F401
     from benchmarks import fixtures
     from benchmarks.train_throughput import StepTimer
-    from muse_tf import artifacts, optimizers
-    from muse_tf.models import MuseModel
+    from muse_tf.contract import dataset_dir
+    from muse_tf.models import MuseModel, optimizers
 
-    small = {name: len(ids) + artifacts.RESERVED
+    small = {name: len(ids) + dataset_dir.RESERVED
              for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
     x, y = fixtures.training_batch(small, batch, length)  # IDs of the 20,000-item vocabulary only
     items = max(items, small["item"])  # at least the batch's vocabulary (20,000 + PAD and OOV)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["peak_rss_mb"] = common.peak_rss_mb()
         print(json.dumps(result))
         return result
-    parser = common.base_parser(__doc__.split("\n\n")[0], "vocabulary_scaling.json")
+    parser = common.base_parser("benchmarks.vocabulary_scaling", __doc__, "vocabulary_scaling.json")
     parser.add_argument("--sizes", nargs="*", type=int, default=list(SIZES), help="item rows")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     args = parser.parse_args(argv)

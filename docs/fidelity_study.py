@@ -25,11 +25,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import artifacts, data, experiments, features, metrics, runs, synthetic_dataset, train
+from muse_tf.config import DEFAULT_WORK_DIR
+from muse_tf.contract import dataset_dir, features
+from muse_tf.data import reader, synthetic_dataset
+from muse_tf.jobs import experiments, metrics, runs, scoring
 from muse_tf.layers import MLP
 from muse_tf.layers import mlp as mlp_module
-from muse_tf.layers.multimodal import inverse_norms
 from muse_tf.models import branches as branches_module
+from muse_tf.ops.item_vectors import inverse_norms
 
 OFFICIAL_BATCH = 1000  # per device in the official configs
 
@@ -61,10 +64,10 @@ def evaluation_study(experiments_dir: str, data_dir: str, variants: Sequence[str
                 print(f"skipped {model_dir}: no finished run there", flush=True)
                 continue
             model, experiment = runs.load_trained_model(model_dir)
-            test = data.make_dataset(data.split_files(data_dir, "test"), OFFICIAL_BATCH,
+            test = reader.make_dataset(dataset_dir.split_files(data_dir, "test"), OFFICIAL_BATCH,
                                      history_length=experiment.train.history_length,
                                      deterministic=True)
-            scored = metrics.predict_dataset(model, test)
+            scored = scoring.predict_dataset(model, test)
             labels, logits, users = scored["labels"], scored["logits"], scored["groups"]
             full = len(labels) // OFFICIAL_BATCH * OFFICIAL_BATCH
             # The official grouping (user within batch, full batches only) with ties counted half:
@@ -98,13 +101,13 @@ def tied_pair_share(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
 
 def data_study(data_dir: str, top_k: int = 50, recent: int = 50, length: int = 1000) -> dict:
     """Shares of the test split's samples and behaviours in each case where the codes differ."""
-    has_vector = inverse_norms(artifacts.load_multimodal_table(data_dir)) > 0
+    has_vector = inverse_norms(dataset_dir.load_multimodal_table(data_dir)) > 0
     totals: dict[str, float] = {}
 
     def add(name: str, value: float) -> None:
         totals[name] = totals.get(name, 0.0) + float(value)
 
-    for batch, _ in data.make_dataset(data.split_files(data_dir, "test"), 1000,
+    for batch, _ in reader.make_dataset(dataset_dir.split_files(data_dir, "test"), 1000,
                                       history_length=length, deterministic=True):
         items = batch[features.HISTORY_ITEMS].numpy()
         categories = batch[features.HISTORY_CATEGORIES].numpy()
@@ -219,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--output", default="docs/fidelity_study.json",
                         help="JSON file; parts not run keep their figures from an earlier run")
     args = parser.parse_args(argv)
-    data_dir = args.data or synthetic_dataset.ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    data_dir = args.data or synthetic_dataset.ensure_default_dataset(DEFAULT_WORK_DIR)
     seeds = list(range(args.seeds))
     report: dict = {}
     if os.path.exists(args.output):

@@ -33,7 +33,7 @@ BOXES = {
     "converted": (8.4, 6.0, "data", "converted dataset",
                   ["train|test/part-*.tfrecord.gz", "vocab/*.npy, multimodal_table.npy,",
                    "manifest.json"]),
-    "input": (0.0, 3.2, "train", "muse_tf.data.make_dataset",
+    "input": (0.0, 3.2, "train", "muse_tf.data.reader.make_dataset",
               ["tf.data: one record per user", "-> (features (B,)/(B, L), label)"]),
     "model": (4.2, 3.2, "train", "MuseModel + model.fit",
               ["GSU top-K -> SimTier + SA-TA -> tower", "Mirrored / MultiWorkerMirrored"]),

@@ -16,7 +16,9 @@ import os
 import numpy as np
 
 import muse_tf  # noqa: F401  (selects the Keras 2 API first)
-from muse_tf import experiments, synthetic_dataset, train
+from muse_tf.config import DEFAULT_WORK_DIR
+from muse_tf.data import synthetic_dataset
+from muse_tf.jobs import experiments
 
 MAIN = "Main comparison (paper: Taobao-MM 1k)"
 # (embedding optimizer, dense optimizer): the official code's, today's dense with the lazy tables,
@@ -29,10 +31,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=[name for name, _, _ in experiments.TABLES[MAIN]])
     parser.add_argument("--pairs", nargs="*", default=[f"{e}+{d}" for e, d in PAIRS])
-    parser.add_argument("--work-dir", default=os.path.join(train.DEFAULT_WORK_DIR, "optimizer_pairs"))
+    parser.add_argument("--work-dir", default=os.path.join(DEFAULT_WORK_DIR, "optimizer_pairs"))
     parser.add_argument("--output", default=os.path.join("docs", "optimizer_pairs.json"))
     args = parser.parse_args()
-    data_dir = synthetic_dataset.ensure_default_dataset(train.DEFAULT_WORK_DIR)
+    data_dir = synthetic_dataset.ensure_default_dataset(DEFAULT_WORK_DIR)
     runs, summary = [], {}
     for pair in args.pairs:
         embedding, dense = pair.split("+")

@@ -20,8 +20,8 @@ import os
 import numpy as np
 
 import muse_tf  # noqa: F401  (selects the Keras 2 API first)
-from muse_tf import experiments, train
-from muse_tf.config import TAOBAO_MM_CONFIG, TAOBAO_MM_TUNED_CONFIG, packaged_config_path
+from muse_tf.config import DEFAULT_WORK_DIR, TAOBAO_MM_CONFIG, TAOBAO_MM_TUNED_CONFIG, packaged_config_path
+from muse_tf.jobs import experiments
 
 MAIN = "Main comparison (paper: Taobao-MM 1k)"
 LR_X3 = ["train.embedding_learning_rate=0.006", "train.dense_learning_rate=0.0006"]
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=["DIN", "SIM-hard", "SIM-soft", "MUSE"])
     parser.add_argument("--options", nargs="*", default=list(OPTIONS), choices=list(OPTIONS))
-    parser.add_argument("--work-dir", default=os.path.join(train.DEFAULT_WORK_DIR, "presets_study"))
+    parser.add_argument("--work-dir", default=os.path.join(DEFAULT_WORK_DIR, "presets_study"))
     parser.add_argument("--output", default=os.path.join("docs", "presets_study.json"))
     args = parser.parse_args()
     rows = {name: overrides for name, overrides, _ in experiments.TABLES[MAIN]}

@@ -43,7 +43,7 @@ class UsageError(Exception):
     it; ``run`` prints it as one line and exits 2.
 
     The library's own user-facing errors subclass it together with the built-in exception a library
-    caller expects (``config.ConfigError`` is a ``ValueError``, ``artifacts.NotADatasetError`` a
+    caller expects (``config.ConfigError`` is a ``ValueError``, ``dataset_dir.NotADatasetError`` a
     ``FileNotFoundError``, ``runs.RunDirectoryError`` a ``RuntimeError``, ``WriteError`` an
     ``OSError``), so a command needs no
     mapping of its own and any other exception still shows its traceback.

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from muse_tf import cli, features
+from muse_tf import cli
+from muse_tf.contract import features
 
 ATTENTION_CHOICES = ("ta", "sata")
 EMBEDDING_OPTIMIZERS = ("sparse_adam", "adam")
@@ -386,6 +387,7 @@ def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+DEFAULT_WORK_DIR = "runs"  # where the commands put the default dataset and runs (--work-dir)
 SYNTHETIC_CONFIG = "synthetic.yaml"  # the embedded default's settings
 TAOBAO_MM_CONFIG = "taobao_mm.yaml"  # the paper's settings, the default for real data (--data)
 TAOBAO_MM_TUNED_CONFIG = "taobao_mm_tuned.yaml"  # measured better than the paper's (docs/experiments.md)

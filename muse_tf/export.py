@@ -3,9 +3,10 @@
 
     python -m muse_tf.export --model-dir runs/muse --data DATA_DIR --export-dir exports
 
-It restores the run's model (``config.yaml`` + ``final/weights``), reads the vocabularies of the
-converted dataset it was trained on and writes ``EXPORT_DIR/NAME/VERSION`` (the export itself, its
-signatures and limits: ``muse_tf.saved_model``). TensorFlow loads after the arguments are parsed.
+It restores the run's model (``config.yaml`` + ``final/weights``, refused if the config was edited
+since training), reads the vocabularies of the converted dataset it was trained on (refused if
+``--data`` is another dataset) and writes ``EXPORT_DIR/NAME/VERSION`` (the export itself, its
+signatures and limits: ``muse_tf.jobs.saved_model``). TensorFlow loads after the arguments are parsed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from muse_tf import cli, limits, signatures
+from muse_tf import cli
+from muse_tf.contract import limits, signatures
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -35,15 +37,16 @@ def arguments() -> argparse.ArgumentParser:
 
 def export(args: argparse.Namespace) -> str:
     """Exports the run ``args.model_dir``; prints and returns the version directory."""
-    from muse_tf import artifacts, data, runs, saved_model
+    from muse_tf.contract import dataset_dir
+    from muse_tf.jobs import runs, saved_model
 
-    data.ensure_filesystems([args.data])
-    artifacts.require_dataset(args.data)  # before the model is built
-    model, _ = runs.load_trained_model(args.model_dir)
-    path = saved_model.export_saved_model(
-        model, artifacts.load_vocabularies(args.data), args.export_dir, args.model_name,
-        args.version, **limits.from_flags(args),
-    )
+    dataset_dir.ensure_filesystems([args.data])
+    dataset_dir.require_dataset(args.data)  # before the model is built
+    with runs.working_in_trained_run(args.model_dir, args.data) as (model, _):
+        path = saved_model.export_saved_model(
+            model, dataset_dir.load_vocabularies(args.data), args.export_dir, args.model_name,
+            args.version, **limits.from_flags(args),
+        )
     print(f"SavedModel: {path}")
     return path
 

@@ -3,8 +3,8 @@
     python -m muse_tf.train --data DIR --model VARIANT --export-dir DIR [--config FILE] [--set k=v]
 
 With no arguments it runs the embedded default: it writes (once, then reuses) a small planted
-synthetic dataset (``muse_tf.synthetic_dataset``), trains MUSE, evaluates AUC/GAUC and exports a
-SavedModel. The job itself is ``muse_tf.training.run``; this module is its command line and loads
+synthetic dataset (``muse_tf.data.synthetic_dataset``), trains MUSE, evaluates AUC/GAUC and exports a
+SavedModel. The job itself is ``muse_tf.jobs.training.run``; this module is its command line and loads
 TensorFlow only after the arguments are parsed.
 """
 
@@ -14,8 +14,9 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from muse_tf import cli, limits, signatures
+from muse_tf import cli
 from muse_tf.config import (
+    DEFAULT_WORK_DIR,
     SYNTHETIC_CONFIG,
     TAOBAO_MM_CONFIG,
     VARIANTS,
@@ -25,8 +26,7 @@ from muse_tf.config import (
     load_yaml,
     packaged_config_path,
 )
-
-DEFAULT_WORK_DIR = "runs"
+from muse_tf.contract import limits, signatures
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -55,6 +55,10 @@ def arguments() -> argparse.ArgumentParser:
                         "another config, is refused without it)")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    parser.add_argument("--cluster-timeout", type=float, metavar="SECONDS",
+                        help="on a parameter-server cluster, how long the chief waits for the other "
+                        "tasks of TF_CONFIG to start before it names the missing ones and stops; "
+                        "unset: muse_tf.jobs.distribute.DEFAULT_CLUSTER_TIMEOUT (5 minutes)")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch "
                         "and TensorFlow's start-up logs")
@@ -77,17 +81,17 @@ def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
 def train(args: argparse.Namespace) -> dict:
     """``training.run`` with the command line's config and data; returns its result."""
     experiment = build_experiment(args)
-    from muse_tf import distribute
+    from muse_tf.jobs import distribute
 
     if distribute.serves_only():  # a parameter-server cluster's worker or ps: never returns
         print(f"Serving as a {distribute.cluster_spec()['task']['type']} task of a parameter-server "
               "cluster; the chief runs the training", flush=True)
         distribute.serve()
-    from muse_tf import training
-    from muse_tf.synthetic_dataset import ensure_default_dataset
+    from muse_tf.data.synthetic_dataset import ensure_default_dataset
+    from muse_tf.jobs import training
 
     # Before other TensorFlow work, as multi-worker needs.
-    strategy = distribute.make_strategy(experiment.train.ps_min_shard_bytes)
+    strategy = distribute.make_strategy(experiment.train.ps_min_shard_bytes, args.cluster_timeout)
     data_dir = args.data or ensure_default_dataset(
         args.work_dir, args.synthetic_users, experiment.train.history_length
     )
@@ -98,7 +102,7 @@ def train(args: argparse.Namespace) -> dict:
         evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
         verbose=args.verbose, strategy=strategy,
     )
-    print(f"Run directory: {model_dir} (layout: muse_tf/runs.py)")
+    print(f"Run directory: {model_dir} (layout: muse_tf/jobs/runs.py)")
     if "export" in result:
         print(f"SavedModel: {result['export']}")
     return result

@@ -6,7 +6,7 @@
 The split's samples and user features, item_features and the SCL table of ``--parquet`` are
 converted as ``pipelines.taobao_mm`` converts them (the same stages and rules:
 ``pipelines.common.join``), except that the vocabularies are copied from ``--data``, the dataset the
-run was trained on. Every sample is then scored (``muse_tf.predict``) or rejected for one of the
+run was trained on. Every sample is then scored (``muse_tf.jobs.prediction``) or rejected for one of the
 reasons of ``pipelines.common.join``; the command prints both counts. Only ``DIR``'s tables of the
 scored split are needed (e.g. the demo's test tables). The job is ``pipelines.local.raw_scoring``.
 """
@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 from muse_tf import cli
-from muse_tf import predict as scoring
+from muse_tf.jobs import prediction as scoring
 from pipelines.local import raw_scoring
 
 

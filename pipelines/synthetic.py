@@ -5,7 +5,7 @@
 The output (the six tables, one Parquet file each, as in the demo) goes through
 ``python -m pipelines.taobao_mm`` like the real data. The same options give the same bytes. The
 planted world itself (items, users, clicks, and why MUSE should beat DIN on it) is
-``muse_tf.synthetic``; ``pipelines.common.synthetic_parquet`` writes it as Parquet, in chunks of
+``muse_tf.data.synthetic``; ``pipelines.common.synthetic_parquet`` writes it as Parquet, in chunks of
 users, so memory is bounded.
 """
 
@@ -16,7 +16,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from muse_tf.synthetic import SyntheticConfig
+from muse_tf.data.synthetic import SyntheticConfig
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,5 +1,5 @@
 """Converts Taobao-MM Parquet (the release, its demo heads, or pipelines.synthetic output) into a
-dataset directory (layout: ``muse_tf.artifacts``; shard format: ``muse_tf.data``).
+dataset directory (layout: ``muse_tf.contract.dataset_dir``; shard format: ``muse_tf.contract.records``).
 
     python -m pipelines.taobao_mm --input DIR --output DIR [--history-cap 1000]
         [--min-count N] [--min-count item=N ...] [--train-shards N] [--test-shards N] [--workers N]

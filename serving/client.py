@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from muse_tf import cli, signatures, strict_json
+from muse_tf import cli
+from muse_tf.contract import signatures, strict_json
 from serving import MAX_GRPC_MESSAGE_BYTES
 
 

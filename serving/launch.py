@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 import requests
 
-from muse_tf import signatures
+from muse_tf.contract import signatures
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

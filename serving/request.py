@@ -9,7 +9,7 @@ The output is TF Serving's REST body, ``{"signature_name": ..., "inputs": {...}}
 
 The dataset's records hold vocabulary indices; its vocabularies map them back to raw IDs. An ID
 the vocabulary lacked was stored as OOV and cannot be recovered: it is sent as an ID the
-vocabulary does not hold (``muse_tf.vocabulary.unknown_id``), which the export maps to OOV again,
+vocabulary does not hold (``muse_tf.contract.vocabulary.unknown_id``), which the export maps to OOV again,
 so the model sees the input it was evaluated on. The candidates are the user's own samples in the
 split (``--split``, default test; their labels are printed), then ``--random-candidates`` other
 items drawn with ``--seed`` from the items of the split's samples (which carry the category and
@@ -26,7 +26,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from muse_tf import cli, features, signatures, strict_json
+from muse_tf import cli
+from muse_tf.contract import features, signatures, strict_json
 
 DEFAULT_RANDOM_CANDIDATES = 20
 # Random candidates come from the split's items; reading stops once the user is found and this many
@@ -36,7 +37,7 @@ POOL_FACTOR = 50
 
 @dataclasses.dataclass
 class UserRecord:
-    """One user's record of a split, as vocabulary indices (``muse_tf.records``)."""
+    """One user's record of a split, as vocabulary indices (``muse_tf.contract.records``)."""
 
     key: int  # the raw user ID
     user: dict[str, int]  # user_id, user_profile_1..5
@@ -79,13 +80,13 @@ def _records(files: Sequence[str], first: int) -> Iterator[tuple[str, dict[str, 
     """(shard, {feature: values}) of every record, starting with shard ``first``.
 
     Raises:
-        ValueError: naming a damaged shard (``data.damaged_shards_named``).
+        ValueError: naming a damaged shard (``dataset_dir.damaged_shards_named``).
     """
     import tensorflow as tf
 
-    from muse_tf import data, records
+    from muse_tf.contract import dataset_dir, records
 
-    with data.damaged_shards_named(files):
+    with dataset_dir.damaged_shards_named(files):
         for path in [*files[first:], *files[:first]]:
             dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
             for serialized in dataset.as_numpy_iterator():
@@ -107,9 +108,9 @@ def read_user(
     Raises:
         cli.UsageError: the split has no sample of ``user`` (or no sample at all).
     """
-    from muse_tf import data, hashing
+    from muse_tf.contract import dataset_dir, hashing
 
-    files = data.split_files(data_dir, split)
+    files = dataset_dir.split_files(data_dir, split)
     first = 0 if user is None else int(hashing.partition_of(np.array([user]), len(files))[0])
     found, pool = None, {}
     for path, record in _records(files, first):
@@ -151,7 +152,7 @@ def rank_inputs(
 ) -> dict[str, int | list[int]]:
     """The ``rank`` signature's inputs as raw IDs: the user's scalars and history, then the
     user's own candidates followed by ``candidates``."""
-    from muse_tf import vocabulary
+    from muse_tf.contract import vocabulary
 
     def raw(name: str, indices: np.ndarray) -> np.ndarray:
         ids = vocabularies[features.VOCABULARY[name]]
@@ -187,7 +188,7 @@ def serving_default_inputs(rank: dict[str, int | list[int]]) -> dict[str, list]:
 
 def build_request(args: argparse.Namespace) -> tuple[dict, str]:
     """The request body for the command line's user and a summary of what it holds."""
-    from muse_tf import artifacts
+    from muse_tf.contract import dataset_dir
 
     if args.signature not in signatures.SIGNATURES:
         raise cli.UsageError(f"--signature {args.signature!r}: use one of {signatures.SIGNATURES}.")
@@ -196,7 +197,7 @@ def build_request(args: argparse.Namespace) -> tuple[dict, str]:
     try:
         record, pool = read_user(args.data, args.split, args.user,
                                  POOL_FACTOR * args.random_candidates)
-        vocabularies = artifacts.load_vocabularies(args.data)
+        vocabularies = dataset_dir.load_vocabularies(args.data)
     except (FileNotFoundError, ValueError) as error:
         raise cli.UsageError(f"--data {args.data}: {error}") from None
     extra = random_candidates(pool, record.candidates[features.ITEM_ID], args.random_candidates,

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
-from muse_tf import strict_json
+from muse_tf.contract import strict_json
 from serving.defaults import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_NUM_THREADS,

@@ -24,7 +24,8 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from muse_tf import cli, signatures, warmup
+from muse_tf import cli
+from muse_tf.contract import signatures, warmup
 
 
 class ServingError(Exception):

@@ -26,7 +26,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from muse_tf import cli, signatures
+from muse_tf import cli
+from muse_tf.contract import signatures
 from serving import defaults
 
 if TYPE_CHECKING:

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muse_tf import artifacts, data, features, vocabulary
+from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.data import reader
 
 DEMO_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_mm_demo"
 TABLES = (
@@ -35,7 +36,7 @@ def write_tables(directory, tables):
 
 def tiny_synthetic(directory):
     """20 synthetic users with 10 behaviours each, as Parquet in ``directory`` (fast to convert)."""
-    from muse_tf.synthetic import SyntheticConfig
+    from muse_tf.data.synthetic import SyntheticConfig
     from pipelines.common import synthetic_parquet
 
     config = SyntheticConfig(users=20, behaviours_per_user=10, items=50, clusters=2, seed=1)
@@ -44,7 +45,7 @@ def tiny_synthetic(directory):
 
 def read_samples(files, history_length):
     """Every sample of ``files`` as a dict of NumPy arrays (features and ``label``)."""
-    dataset = data.make_dataset(files, 256, history_length=history_length, deterministic=True)
+    dataset = reader.make_dataset(files, 256, history_length=history_length, deterministic=True)
     batches = [(f, y) for f, y in dataset.as_numpy_iterator()]
     if not batches:
         return {}
@@ -70,7 +71,7 @@ def index_maps(data_dir):
     """Each vocabulary as {raw ID: index} by the contract: index = position + 2."""
     return {
         name: {raw: position + vocabulary.RESERVED for position, raw in enumerate(ids.tolist())}
-        for name, ids in artifacts.load_vocabularies(data_dir).items()
+        for name, ids in dataset_dir.load_vocabularies(data_dir).items()
     }
 
 

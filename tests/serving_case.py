@@ -3,11 +3,14 @@ raw-ID requests for both signatures, and reference scores from the Keras model f
 looked up by NumPy (``vocabulary.lookup``), independent of the exported graph."""
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
-from muse_tf import features, seeding, signatures, vocabulary
-from muse_tf.config import ModelConfig
+from muse_tf.config import ExperimentConfig, ModelConfig
+from muse_tf.contract import dataset_dir, features, signatures, vocabulary
+from muse_tf.jobs import runs, seeding
 from muse_tf.models import MuseModel
 
 SIZES = {
@@ -165,3 +168,24 @@ def keras_rank(case, request):
 
 def sigmoid(logits):
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+
+
+def write_dataset(path, vocabularies):
+    """A directory that passes for a converted dataset as far as its manifest and vocabularies go."""
+    os.makedirs(os.path.join(path, dataset_dir.VOCAB_DIR))
+    with open(os.path.join(path, dataset_dir.MANIFEST), "w") as f:
+        json.dump({"schema_version": dataset_dir.SCHEMA_VERSION}, f)
+    for name, ids in vocabularies.items():
+        np.save(dataset_dir.vocab_path(str(path), name), ids)
+    return str(path)
+
+
+def write_finished_run(root, case, data_dir, model_config=None):
+    """A run directory as training leaves it once trained on ``data_dir``: config, dataset
+    record, ``case.model``'s weights as final weights, and the training record."""
+    run = runs.RunDir(str(root))
+    experiment = ExperimentConfig(model=model_config or case.model.config)
+    run.start(experiment, data_dir)
+    case.model.save_weights(run.final_weights)
+    run.record_training(experiment, {})
+    return run

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from muse_tf import artifacts, data, features
-from muse_tf.synthetic import SyntheticConfig
+from muse_tf.contract import dataset_dir, features
+from muse_tf.data.synthetic import SyntheticConfig
 from pipelines import beam_convert
 from pipelines.common import synthetic_parquet
 from pipelines.common.options import ConversionOptions
@@ -38,7 +38,7 @@ SHARD_LAYOUT = ("shards", "bytes", "bytes_per_sample")
 
 def _records(data_dir, split):
     """Every user record of a split as {user_key: {feature: values}}, read with TensorFlow alone."""
-    manifest = artifacts.load_manifest(str(data_dir))
+    manifest = dataset_dir.load_manifest(str(data_dir))
     files = [str(data_dir / s["file"]) for s in manifest["splits"][split]["shards"]]
     records = {}
     for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
@@ -84,13 +84,13 @@ def _assert_same_tables(tmp_path, local, beam):
     assert _without_layout(beam) == _without_layout(local)
     for name in features.VOCABULARIES:
         np.testing.assert_array_equal(
-            artifacts.load_vocabulary(str(tmp_path / "beam"), name),
-            artifacts.load_vocabulary(str(tmp_path / "local"), name),
+            dataset_dir.load_vocabulary(str(tmp_path / "beam"), name),
+            dataset_dir.load_vocabulary(str(tmp_path / "local"), name),
             err_msg=name,
         )
     np.testing.assert_array_equal(
-        artifacts.load_multimodal_table(str(tmp_path / "beam")),
-        artifacts.load_multimodal_table(str(tmp_path / "local")),
+        dataset_dir.load_multimodal_table(str(tmp_path / "beam")),
+        dataset_dir.load_multimodal_table(str(tmp_path / "local")),
     )
 
 
@@ -108,7 +108,7 @@ def test_stitched_demo_follows_every_rule_and_matches_the_local_engine(tmp_path)
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=HISTORY, item_min_count=2)
     for split in ("train", "test"):
         expected_rows, rejected = reference_split(tables, str(tmp_path / "beam"), split, HISTORY)
-        read = read_samples(data.split_files(str(tmp_path / "beam"), split), HISTORY)
+        read = read_samples(dataset_dir.split_files(str(tmp_path / "beam"), split), HISTORY)
         assert as_rows(read) == sorted(expected_rows)
         summary = beam["splits"][split]
         assert summary["rejected"] == {r: rejected[r] for r in summary["rejected"]}
@@ -144,7 +144,7 @@ def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_l
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, item_min_count=2)
     for split in ("train", "test"):
         expected_rows, rejected = reference_split(tables, str(tmp_path / "local"), split, 60)
-        read = read_samples(data.split_files(str(tmp_path / "local"), split), 60)
+        read = read_samples(dataset_dir.split_files(str(tmp_path / "local"), split), 60)
         assert as_rows(read) == sorted(expected_rows)
         assert rejected["malformed_history"] > 0
         assert local["splits"][split]["rejected"] == {
@@ -195,12 +195,12 @@ def test_an_unfinished_runs_leftovers_are_refused_or_cleared(tmp_path, monkeypat
             "--train-shards", "3"]
     create = launcher.FileSystems.create
     monkeypatch.setattr(launcher.FileSystems, "create", lambda path, *a, **kw: (
-        _FullDisk if path.endswith(f"{artifacts.MANIFEST}.tmp") else lambda f: f)(create(path, *a, **kw)))
+        _FullDisk if path.endswith(f"{dataset_dir.MANIFEST}.tmp") else lambda f: f)(create(path, *a, **kw)))
     with pytest.raises(SystemExit) as stop:
         beam_convert.main(args)
     assert stop.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"out of disk space writing {out / artifacts.MANIFEST} (No space left" in line
+    assert f"out of disk space writing {out / dataset_dir.MANIFEST} (No space left" in line
     monkeypatch.undo()
     (out / "train" / "beam-temp-part-0").mkdir()  # what a killed WriteToTFRecord leaves
     (out / "train" / "beam-temp-part-0" / "junk").write_bytes(b"")
@@ -215,13 +215,13 @@ def test_an_unfinished_runs_leftovers_are_refused_or_cleared(tmp_path, monkeypat
         f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
     ]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE, artifacts.VOCAB_DIR, "train", "test"]
+        [dataset_dir.MANIFEST, dataset_dir.MULTIMODAL_TABLE, dataset_dir.VOCAB_DIR, "train", "test"]
     )
     assert sorted(p.name for p in (out / "train").iterdir()) == [
         f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
     ]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [artifacts.MANIFEST, artifacts.MULTIMODAL_TABLE, artifacts.VOCAB_DIR, "train", "test"]
+        [dataset_dir.MANIFEST, dataset_dir.MULTIMODAL_TABLE, dataset_dir.VOCAB_DIR, "train", "test"]
     )
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from muse_tf import artifacts, data, features
+from muse_tf.contract import dataset_dir, features
+from muse_tf.data import reader
 from pipelines.common.join import UserRecords
 from pipelines.common.tfrecord_writer import ShardWriter
 from tests.pipeline_helpers import as_rows, read_samples
@@ -100,9 +101,9 @@ def test_one_shard_keeps_record_and_sample_order(shards):
 def test_batches_have_the_requested_size_and_a_static_history_length(shards):
     paths, _ = shards
     total = sum(len(r.samples[features.ITEM_ID]) for r in shards[1])
-    sizes = [len(y) for _, y in data.make_dataset(paths, 16, history_length=5)]
+    sizes = [len(y) for _, y in reader.make_dataset(paths, 16, history_length=5)]
     assert sum(sizes) == total and all(s == 16 for s in sizes[:-1])
-    dataset = data.make_dataset(paths, 16, history_length=5, drop_remainder=True)
+    dataset = reader.make_dataset(paths, 16, history_length=5, drop_remainder=True)
     features_spec, label_spec = dataset.element_spec
     assert features_spec[features.HISTORY_ITEMS].shape.as_list() == [16, 5]
     assert features_spec[features.ITEM_ID].dtype == tf.int64
@@ -118,19 +119,19 @@ def test_seeded_shuffle_is_reproducible_and_covers_every_sample(shards):
     paths, _ = shards
 
     def make(seed):
-        return data.make_dataset(
+        return reader.make_dataset(
             paths, 8, history_length=3, shuffle=True, seed=seed, deterministic=True
         )
 
-    plain = _item_order(data.make_dataset(paths, 8, history_length=3, deterministic=True))
+    plain = _item_order(reader.make_dataset(paths, 8, history_length=3, deterministic=True))
     first, again, other = _item_order(make(1)), _item_order(make(1)), _item_order(make(2))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, plain) and not np.array_equal(first, other)
     assert sorted(first) == sorted(plain)
-    repeated = data.make_dataset(paths, 8, history_length=3, repeat=True).take(40)
+    repeated = reader.make_dataset(paths, 8, history_length=3, repeat=True).take(40)
     assert len(_item_order(repeated)) == 320
     with pytest.raises(ValueError, match="needs a `seed`"):
-        data.make_dataset(paths, 8, history_length=3, shuffle=True, deterministic=True)
+        reader.make_dataset(paths, 8, history_length=3, shuffle=True, deterministic=True)
 
 
 def test_input_context_splits_the_shards_across_workers(shards):
@@ -139,27 +140,27 @@ def test_input_context_splits_the_shards_across_workers(shards):
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
         parts.append(
-            _item_order(data.make_dataset(paths, 8, history_length=3, input_context=context))
+            _item_order(reader.make_dataset(paths, 8, history_length=3, input_context=context))
         )
     assert not set(parts[0]) & set(parts[1])
     assert sorted(np.concatenate(parts)) == sorted(
-        _item_order(data.make_dataset(paths, 8, history_length=3))
+        _item_order(reader.make_dataset(paths, 8, history_length=3))
     )
     context = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=0)
     with pytest.raises(ValueError, match="3 shard"):
-        data.make_dataset(paths, 8, history_length=3, input_context=context)
+        reader.make_dataset(paths, 8, history_length=3, input_context=context)
 
 
 def test_glob_patterns_and_missing_files(shards, tmp_path):
     paths, _ = shards
     pattern = paths[0].replace("part-00000", "part-*")
-    assert data.resolve_files(pattern) == paths
+    assert dataset_dir.resolve_files(pattern) == paths
     with pytest.raises(FileNotFoundError, match="No shard matches"):
-        data.make_dataset(str(tmp_path / "*.gz"), 8, history_length=3)
+        reader.make_dataset(str(tmp_path / "*.gz"), 8, history_length=3)
     with pytest.raises(FileNotFoundError, match="absent.tfrecord.gz"):
-        data.make_dataset([paths[0], str(tmp_path / "absent.tfrecord.gz")], 8, history_length=3)
+        reader.make_dataset([paths[0], str(tmp_path / "absent.tfrecord.gz")], 8, history_length=3)
     with pytest.raises(ValueError, match="Unsupported path scheme"):
-        data.make_dataset(["ftp://host/a.tfrecord.gz"], 8, history_length=3)
+        reader.make_dataset(["ftp://host/a.tfrecord.gz"], 8, history_length=3)
 
 
 def _converted_directory(root, paths):
@@ -170,10 +171,10 @@ def _converted_directory(root, paths):
     for path, name in zip(paths, names):
         tf.io.gfile.copy(path, f"{root}/{name}", overwrite=True)
     manifest = {
-        "schema_version": artifacts.SCHEMA_VERSION,
+        "schema_version": dataset_dir.SCHEMA_VERSION,
         "splits": {"train": {"shards": [{"file": n} for n in names]}},
     }
-    with tf.io.gfile.GFile(f"{root}/{artifacts.MANIFEST}", "w") as f:
+    with tf.io.gfile.GFile(f"{root}/{dataset_dir.MANIFEST}", "w") as f:
         f.write(json.dumps(manifest))
     return names
 
@@ -181,12 +182,12 @@ def _converted_directory(root, paths):
 def test_split_files_follows_the_manifest(shards, tmp_path):
     paths, _ = shards
     names = _converted_directory(str(tmp_path), paths)
-    assert data.split_files(str(tmp_path), "train") == [str(tmp_path / n) for n in names]
+    assert dataset_dir.split_files(str(tmp_path), "train") == [str(tmp_path / n) for n in names]
     with pytest.raises(ValueError, match="no split 'test'"):
-        data.split_files(str(tmp_path), "test")
+        dataset_dir.split_files(str(tmp_path), "test")
     (tmp_path / names[1]).unlink()
     with pytest.raises(FileNotFoundError, match="listed in the manifest but missing"):
-        data.split_files(str(tmp_path), "train")
+        dataset_dir.split_files(str(tmp_path), "train")
 
 
 def test_a_converted_directory_on_a_remote_filesystem_is_read(shards):
@@ -194,12 +195,12 @@ def test_a_converted_directory_on_a_remote_filesystem_is_read(shards):
     paths, _ = shards
     root = "ram://muse_tf_test_split_files"
     names = _converted_directory(root, paths)
-    files = data.split_files(root, "train")
+    files = dataset_dir.split_files(root, "train")
     assert files == [f"{root}/{n}" for n in names]
     assert as_rows(read_samples(files, 6)) == as_rows(read_samples(paths, 6))
     tf.io.gfile.remove(files[1])
     with pytest.raises(FileNotFoundError, match="listed in the manifest but missing"):
-        data.split_files(root, "train")
+        dataset_dir.split_files(root, "train")
 
 
 def test_a_damaged_shard_is_named(shards, tmp_path):
@@ -213,15 +214,15 @@ def test_a_damaged_shard_is_named(shards, tmp_path):
         damaged.write_bytes(content[:cut])
         pair = [paths[0], str(damaged)]
         with pytest.raises(ValueError, match=f"damaged-{cut}.tfrecord.gz is damaged"):
-            data.verify_shards(pair)
+            dataset_dir.verify_shards(pair)
         try:
-            with data.damaged_shards_named(pair):
+            with dataset_dir.damaged_shards_named(pair):
                 read_samples(pair, 3)
         except ValueError as err:
             assert f"damaged-{cut}.tfrecord.gz is damaged" in str(err)
             reader_errors += 1
     assert reader_errors > 0
-    assert data.verify_shards(paths) == {p: USERS_PER_SHARD for p in paths}
+    assert dataset_dir.verify_shards(paths) == {p: USERS_PER_SHARD for p in paths}
 
 
 def test_a_record_with_inconsistent_sample_lists_fails_clearly(tmp_path):
@@ -279,7 +280,7 @@ def test_remote_schemes_on_newer_tensorflow_fail_clearly_and_gs_still_works():
 def test_a_split_shorter_than_its_manifest_is_refused(tmp_path):
     """A shard cut on a GZIP flush boundary reads as a clean, shorter file: the count against the
     manifest catches it, and names the shard when one is damaged."""
-    from muse_tf.synthetic import SyntheticConfig
+    from muse_tf.data.synthetic import SyntheticConfig
     from pipelines.common import synthetic_parquet
     from pipelines.common.options import ConversionOptions
     from pipelines.local import driver
@@ -289,13 +290,13 @@ def test_a_split_shorter_than_its_manifest_is_refused(tmp_path):
     converted = str(tmp_path / "converted")
     driver.convert(ConversionOptions(str(tmp_path / "parquet"), converted, history_cap=20,
                                      shards={"train": 1, "test": 1}), workers=1)
-    files = data.split_files(converted, "test")
-    read = sum(int(labels.shape[0]) for _, labels in data.make_dataset(files, 16, history_length=20))
-    data.check_split_read_whole(converted, "test", read)
+    files = dataset_dir.split_files(converted, "test")
+    read = sum(int(labels.shape[0]) for _, labels in reader.make_dataset(files, 16, history_length=20))
+    dataset_dir.check_split_read_whole(converted, "test", read)
     with pytest.raises(ValueError, match=f"read {read - 1} samples of split 'test'.*counts {read}"):
-        data.check_split_read_whole(converted, "test", read - 1)
+        dataset_dir.check_split_read_whole(converted, "test", read - 1)
     content = open(files[0], "rb").read()
     with open(files[0], "wb") as f:
         f.write(content[: len(content) // 2])
     with pytest.raises(ValueError, match=f"{os.path.basename(files[0])} is damaged"):
-        data.check_split_read_whole(converted, "test", read // 2)
+        dataset_dir.check_split_read_whole(converted, "test", read // 2)

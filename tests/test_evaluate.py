@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from muse_tf import evaluate
-from muse_tf.evaluate import HISTORY_LENGTH_EDGES, bucket_labels, gauc_by_bucket, plot_buckets
+from muse_tf.jobs import evaluation
+from muse_tf.jobs.evaluation import plot_buckets
+from muse_tf.jobs.metrics import HISTORY_LENGTH_EDGES, bucket_labels, gauc_by_bucket
 from tests import reference
 
 
@@ -81,17 +82,17 @@ def test_undefined_bucket_is_nan_with_its_counts_and_thin_bucket_keeps_its_value
         scored["labels"][sel], scored["logits"][sel], scored["groups"][sel]))
     assert wide["gauc_users"] == 30
     # What the plot draws: n/a for the undefined bucket and for the one resting on 2 users.
-    plotted = [evaluate.plotted_gauc(row) for row in rows]
+    plotted = [evaluation.plotted_gauc(row) for row in rows]
     assert np.isnan(plotted[0]) and np.isnan(plotted[1]) and plotted[2] == wide["gauc"]
 
 
 def test_undefined_bucket_is_null_in_the_json(tmp_path):
-    from muse_tf import strict_json
+    from muse_tf.contract import strict_json
 
     scored, values = two_models_with_an_undefined_and_a_thin_bucket()
     rows = json.loads(strict_json.dumps(gauc_by_bucket(scored, values, (0, 1, 10))))
     assert rows[0]["gauc"] is None and rows[0]["examples"] == 5 and rows[0]["gauc_users"] == 0
-    assert np.isnan(evaluate.plotted_gauc(rows[0]))  # rows read back from JSON plot too
+    assert np.isnan(evaluation.plotted_gauc(rows[0]))  # rows read back from JSON plot too
 
 
 def test_plot_buckets_writes_two_models_with_na_buckets(tmp_path):

@@ -16,9 +16,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 import muse_tf
-from muse_tf import artifacts, cli, export, features, saved_model, signatures, vocabulary
-from muse_tf.config import ExperimentConfig
-from muse_tf.runs import RunDir
+from muse_tf import cli, export
+from muse_tf.contract import features, signatures, vocabulary
+from muse_tf.jobs import saved_model
 from tests import serving_case as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ SCALARS = [
 ]
 HISTORIES = ["history_items", "history_categories"]
 # The wire contract as clients outside Python (curl, the C API) type it: an independent reference
-# for muse_tf.signatures, so these stay literal.
+# for muse_tf.contract.signatures, so these stay literal.
 OUTPUTS = {"probability": ("DT_FLOAT", [-1]), "logit": ("DT_FLOAT", [-1])}
 EXPECTED_SIGNATURES = {
     "serving_default": (
@@ -407,13 +407,8 @@ def test_c_api_program_scores_equal_keras(c_program, exported, case, tmp_path):
 
 
 def test_cli_exports_a_training_run(case, tmp_path):
-    run_dir, data_dir = RunDir(str(tmp_path / "run")), tmp_path / "data"
-    run_dir.write_config(ExperimentConfig(model=case.model.config))
-    case.model.save_weights(run_dir.final_weights)
-    os.makedirs(data_dir / "vocab")
-    (data_dir / artifacts.MANIFEST).write_text(json.dumps({"schema_version": artifacts.SCHEMA_VERSION}))
-    for name, ids in case.vocabularies.items():
-        np.save(artifacts.vocab_path(str(data_dir), name), ids)
+    data_dir = sc.write_dataset(tmp_path / "data", case.vocabularies)
+    run_dir = sc.write_finished_run(tmp_path / "run", case, data_dir)
     path = export.main(
         [
             "--model-dir",

@@ -7,10 +7,13 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import data, features, seeding
 from muse_tf.config import ModelConfig
-from muse_tf.layers import MultimodalTable, search
+from muse_tf.contract import features
+from muse_tf.data import reader
+from muse_tf.jobs import seeding
+from muse_tf.layers import search
 from muse_tf.models import MuseModel
+from muse_tf.ops import item_vectors
 from pipelines.common.join import UserRecords
 from pipelines.common.tfrecord_writer import ShardWriter
 from tests import reference
@@ -129,8 +132,8 @@ def test_make_dataset_adds_the_search_and_the_model_agrees(tmp_path):
     table = make_table(4)
     model = make_model(table)
     files = _write_shards(tmp_path, np.random.default_rng(7))
-    plain = list(data.make_dataset(files, 8, history_length=25, deterministic=True))
-    searched = list(data.make_dataset(files, 8, history_length=25, deterministic=True,
+    plain = list(reader.make_dataset(files, 8, history_length=25, deterministic=True))
+    searched = list(reader.make_dataset(files, 8, history_length=25, deterministic=True,
                                       precompute_gsu=table, top_k=6))
     assert len(plain) == len(searched) > 1
     for (x, y), (xs, ys) in zip(plain, searched):
@@ -154,7 +157,7 @@ def test_model_refuses_a_precomputed_search_it_cannot_use():
 
 
 def _vectors(table):
-    return MultimodalTable.constant_vectors(table)
+    return item_vectors.constant_vectors(table)
 
 
 @pytest.mark.parametrize("jit", [False, True])

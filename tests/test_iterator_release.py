@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import iterator_release, seeding
+from muse_tf.data import iterator_release
+from muse_tf.jobs import seeding
 
 
 def _join_release_threads():

@@ -6,7 +6,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from muse_tf import features, vocabulary
+from muse_tf.contract import features, vocabulary
 from pipelines.common import join
 from pipelines.common import taobao_mm_schema as release
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from muse_tf import features
-from muse_tf.metrics import auc, evaluate_auc_gauc, group_auc
+from muse_tf.contract import features
+from muse_tf.jobs.metrics import auc, group_auc
+from muse_tf.jobs.scoring import evaluate_auc_gauc
 from tests import reference
 
 

@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import features, seeding
 from muse_tf.config import VARIANTS, ModelConfig
+from muse_tf.contract import features
+from muse_tf.jobs import seeding
 from muse_tf.models import MuseModel
 from muse_tf.models.muse import refuse_old_checkpoint
 

@@ -6,7 +6,8 @@ import tensorflow as tf
 import tf_keras
 
 from muse_tf.layers import MultimodalTable
-from muse_tf.layers.multimodal import inverse_norms
+from muse_tf.ops import item_vectors
+from muse_tf.ops.item_vectors import inverse_norms
 
 
 def _item_table(rng, items=60, dim=32, no_vector=(0, 1, 5, 6)):
@@ -35,7 +36,7 @@ def test_layer_and_constant_vectors_are_the_unit_rows(storage):
     layer = MultimodalTable(60, 32, storage)
     layer.set_table(given)
     idx = tf.constant([[2, 5], [0, 59]])
-    for vectors in (layer.vectors, MultimodalTable.constant_vectors(given)):
+    for vectors in (layer.vectors, item_vectors.constant_vectors(given)):
         unit, has_vector = vectors.unit(idx)
         np.testing.assert_allclose(unit.numpy(), _unit_rows(table, idx.numpy()), rtol=0, atol=1e-7)
         np.testing.assert_array_equal(has_vector.numpy(), [[True, False], [False, True]])

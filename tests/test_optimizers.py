@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import seeding
 from muse_tf.config import VARIANTS
-from muse_tf.optimizers import SparseAdam, dense_optimizer, learning_rate
+from muse_tf.jobs import seeding
+from muse_tf.models.optimizers import SparseAdam, dense_optimizer, learning_rate
 from tests.reference import SparseAdam as ReferenceSparseAdam
 from tests.reference import warmup_cosine
 from tests.test_model import make_batch, make_model
@@ -118,7 +118,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from muse_tf.optimizers import SparseAdam
+    from muse_tf.models.optimizers import SparseAdam
     table0, lr, steps = json.loads(sys.argv[1])
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():

@@ -4,15 +4,20 @@ parameter servers; the result evaluates and exports like any other run."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, data, signatures
-from muse_tf.runs import RunDir, build_model, load_trained_model
+from muse_tf import train
+from muse_tf.contract import dataset_dir, signatures
+from muse_tf.data import reader
+from muse_tf.jobs.runs import RunDir, build_model, load_trained_model
 from tests import serving_case as sc
+from tests.cli_helpers import assert_usage_error
 from tests.test_train import (  # noqa: F401  (dataset is a fixture)
     ROOT,
     TINY,
@@ -87,7 +92,7 @@ def test_workers_and_parameter_servers_only_serve(cluster_run):
 def test_tables_are_sharded_over_both_parameter_servers(cluster_run, dataset):  # noqa: F811
     model_dir, _ = cluster_run
     placement = _metrics(model_dir)["sharded_variables"]
-    vocab_sizes = artifacts.vocab_sizes(dataset)
+    vocab_sizes = dataset_dir.vocab_sizes(dataset)
     tables = {
         "muse_model/item_embedding/embeddings:0": vocab_sizes["item"],
         "muse_model/user_embedding/embeddings:0": vocab_sizes["user"],
@@ -113,7 +118,7 @@ def test_the_loss_falls(cluster_run, dataset):  # noqa: F811
     # directory, predicts the training split better than a fresh model of the same config.
     trained, experiment = load_trained_model(str(model_dir))
     fresh = build_model(experiment)
-    train = data.make_dataset(data.split_files(dataset, "train"), 256,
+    train = reader.make_dataset(dataset_dir.split_files(dataset, "train"), 256,
                               history_length=experiment.train.history_length)
     labels, trained_logits, fresh_logits = [], [], []
     for batch, label in train:
@@ -148,7 +153,7 @@ def test_the_export_scores_like_the_trained_model(cluster_run, dataset):  # noqa
     assert export_dir.startswith(RunDir(str(model_dir)).export)
     loaded = tf.saved_model.load(export_dir)
     model, _ = load_trained_model(str(model_dir))
-    vocabularies = artifacts.load_vocabularies(dataset)
+    vocabularies = dataset_dir.load_vocabularies(dataset)
     case = sc.Case(model, vocabularies, item_category=None)
     request = sc.rank_request(np.random.default_rng(0), vocabularies, 30, candidates=5)
     outputs = loaded.signatures[signatures.RANK](
@@ -157,3 +162,23 @@ def test_the_export_scores_like_the_trained_model(cluster_run, dataset):  # noqa
     reference = sc.keras_rank(case, request)
     assert np.ptp(reference) > 1e-4, reference  # the candidates' scores differ
     np.testing.assert_allclose(outputs[signatures.LOGIT].numpy(), reference, rtol=0, atol=1e-5)
+
+
+def test_a_chief_names_a_missing_task_after_a_bounded_wait(monkeypatch, capsys):
+    """Without the wait, TensorFlow's chief waits for the missing parameter server forever."""
+    listening = socket.socket()
+    listening.bind(("localhost", 0))
+    listening.listen()
+    try:
+        ports = [listening.getsockname()[1], *_free_ports(2)]
+        cluster = {"worker": [f"localhost:{ports[0]}"], "ps": [f"localhost:{ports[1]}"],
+                   "chief": [f"localhost:{ports[2]}"]}
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                    "task": {"type": "chief", "index": 0}}))
+        started = time.monotonic()
+        assert_usage_error(capsys, train.main, "muse_tf.train",
+                           rf"no answer from ps:0 \(localhost:{ports[1]}\) within 1 s",
+                           ["--data", "unused", "--cluster-timeout", "1"])
+        assert time.monotonic() - started < 30
+    finally:
+        listening.close()

@@ -15,9 +15,12 @@ import numpy as np
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from muse_tf import artifacts, evaluate, predict, train
-from muse_tf.runs import RunDir
+from muse_tf import evaluate, predict, train
+from muse_tf.contract import dataset_dir
+from muse_tf.jobs import evaluation
+from muse_tf.jobs.runs import RunDir
 from tests import reference
 from tests.cli_helpers import assert_usage_error, full_disk_open
 from tests.pipeline_helpers import DEMO_DIR as DEMO
@@ -44,7 +47,7 @@ def _raw_test_samples(dataset):  # noqa: F811
     """(user, item or None when the run's item vocabulary lacks it, label) of every raw test
     sample, read from the synthetic Parquet the dataset was converted from."""
     samples = pq.read_table(Path(dataset).parent / "parquet" / "test_samples.parquet").to_pydict()
-    known = set(artifacts.load_vocabulary(dataset, "item").tolist())
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
     return sorted((user, item if item in known else None, int(labels[1]))
                   for user, item, labels in zip(samples["129_1"], samples["205"], samples["label_0"]))
 
@@ -66,7 +69,7 @@ def test_scored_file_matches_evaluation_and_raw_ids(dataset, run_dir, tmp_path):
     np.testing.assert_allclose(table["probability"], 1 / (1 + np.exp(-logits)), rtol=1e-5)
 
     # Raw IDs: exactly the raw test samples (the conversion rejected none), unknown items null.
-    assert not any(artifacts.load_manifest(dataset)["splits"]["test"]["rejected"].values())
+    assert not any(dataset_dir.load_manifest(dataset)["splits"]["test"]["rejected"].values())
     rows = sorted(zip(table["user_id"], table["item_id"], table["label"]),
                   key=lambda row: (row[0], -1 if row[1] is None else row[1], row[2]))
     expected = sorted(_raw_test_samples(dataset),
@@ -97,7 +100,7 @@ def test_export_scores_like_the_run_into_csv(dataset, run_dir, tmp_path):  # noq
 def test_a_damaged_shard_is_named_and_leaves_no_file(dataset, run_dir, tmp_path, capsys):  # noqa: F811
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)
-    shard = Path(damaged, artifacts.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"])
+    shard = Path(damaged, dataset_dir.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"])
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     output = tmp_path / "scores.parquet"
     with pytest.raises(SystemExit) as exit_info:
@@ -135,7 +138,7 @@ def test_a_full_disk_while_scoring_names_the_output_and_leaves_no_file(
 
 def test_a_full_disk_while_writing_the_evaluation_names_the_file(
         dataset, run_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(evaluate, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(evaluation, "open", full_disk_open, raising=False)
     written = RunDir(str(tmp_path / "eval")).eval_metrics
     assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate",
                        re.escape(f"Could not write {written}: No space left on device"),
@@ -152,6 +155,37 @@ def test_a_full_disk_while_writing_the_evaluation_names_the_file(
 def test_user_errors_are_one_line(argv, message, tmp_path, capsys):
     assert_usage_error(capsys, predict.main, "muse_tf.predict", message,
                        ["--model-dir", str(tmp_path), *argv])
+
+
+def test_another_dataset_is_refused_naming_both_directories(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    """Vocabularies of the same sizes (scores from the wrong embedding rows) or larger (indices
+    beyond the tables) are refused alike, before anything is scored."""
+    for name, grow in (("same-sizes", False), ("larger", True)):
+        other = tmp_path / name
+        shutil.copytree(dataset, other)
+        users = np.array(dataset_dir.load_vocabulary(str(other), "user"))
+        users = np.r_[users, users[-1] + 1] if grow else np.r_[users[:-1], users[-1] + 1]
+        np.save(dataset_dir.vocab_path(str(other), "user"), users)
+        message = rf"--data {other} is not the dataset {run_dir} was trained on \({dataset}\)"
+        output = tmp_path / "scores.parquet"
+        assert_usage_error(capsys, predict.main, "muse_tf.predict", message,
+                           ["--data", str(other), "--model-dir", run_dir, "--output", str(output)])
+        assert not list(tmp_path.glob("scores.parquet*"))
+    assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate", message,
+                       ["--data", str(other), "--model-dir", run_dir, "--output", str(tmp_path)])
+
+
+def test_an_edited_config_is_refused_though_the_weights_fit(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    edited = tmp_path / "run"
+    shutil.copytree(run_dir, edited)
+    config = RunDir(str(edited)).config
+    values = yaml.safe_load(Path(config).read_text())
+    values["model"]["top_k"] = 3
+    Path(config).write_text(yaml.safe_dump(values))
+    assert_usage_error(capsys, predict.main, "muse_tf.predict",
+                       f"{config} is not the config .* edited since; restore it",
+                       ["--data", dataset, "--model-dir", str(edited), "--output",
+                        str(tmp_path / "scores.csv")])
 
 
 def test_help_loads_no_tensorflow():
@@ -244,7 +278,7 @@ def test_demo_parquet_loses_no_sample(dataset, run_dir, tmp_path):  # noqa: F811
     assert {k: v for k, v in result["rejected"].items() if v} == {
         "user_without_features": len(samples) - half}
     # Real item IDs the synthetic run's vocabulary lacks come out null, none is invented.
-    known = set(artifacts.load_vocabulary(dataset, "item").tolist())
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
     expected = [item if item in known else None for item in samples["205"][:half]]
     assert sorted(scored["item_id"], key=str) == sorted(expected, key=str)
     assert sorted(scored["user_id"]) == sorted(samples["129_1"][:half])

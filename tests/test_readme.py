@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from muse_tf import features
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig, from_dict
+from muse_tf.contract import features
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,11 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, features, saved_model, seeding, signatures, synthetic
 from muse_tf.config import ModelConfig
-from muse_tf.hashing import partition_of
+from muse_tf.contract import dataset_dir, features, signatures
+from muse_tf.contract.hashing import partition_of
+from muse_tf.data import synthetic
+from muse_tf.data.synthetic_dataset import write_dataset
+from muse_tf.jobs import saved_model, seeding
 from muse_tf.models import MuseModel
-from muse_tf.synthetic_dataset import write_dataset
 from serving import request as request_cli
 from serving.servable import Servable
 from tests import serving_case as sc
@@ -79,7 +81,7 @@ def test_rank_request_holds_the_users_history_and_test_items_as_raw_ids(
     dataset, world, tmp_path, capsys
 ):
     catalogue, users = world
-    vocabularies = artifacts.load_vocabularies(dataset)
+    vocabularies = dataset_dir.load_vocabularies(dataset)
     # The user with the most history IDs outside the vocabulary, so their handling is exercised.
     user = max(users, key=lambda u: np.isin(catalogue.ids[users[u]["history"]],
                                             vocabularies["item"], invert=True).sum())
@@ -157,7 +159,7 @@ def test_a_user_id_outside_int64_is_one_line_naming_the_flag_and_the_range(datas
 def test_a_damaged_shard_is_one_line_naming_it(dataset, tmp_path, capsys):
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)
-    shard = damaged / artifacts.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"]
+    shard = damaged / dataset_dir.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(SystemExit) as exit_info:
         build(str(damaged), tmp_path)
@@ -179,11 +181,11 @@ def served(dataset, tmp_path_factory):
     """An export of a small MUSE model with trained-size random embeddings, on the dataset's
     vocabularies and multimodal table; its reference is the Keras model on NumPy indices."""
     seeding.set_seed(0)
-    vocabularies = artifacts.load_vocabularies(dataset)
-    config = ModelConfig(vocab_sizes=artifacts.vocab_sizes(dataset), embedding_dim=8, top_k=8,
+    vocabularies = dataset_dir.load_vocabularies(dataset)
+    config = ModelConfig(vocab_sizes=dataset_dir.vocab_sizes(dataset), embedding_dim=8, top_k=8,
                          recent_length=10, mlp_units=[16], din_attention_units=[8])
     model = MuseModel(config)
-    model.set_multimodal_table(np.asarray(artifacts.load_multimodal_table(dataset)))
+    model.set_multimodal_table(np.asarray(dataset_dir.load_multimodal_table(dataset)))
     case = sc.Case(model, {name: np.asarray(ids) for name, ids in vocabularies.items()}, None)
     rng = np.random.default_rng(0)
     rows = sc.rows_request(rng, case.vocabularies, [3, 0], 4)

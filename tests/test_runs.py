@@ -1,16 +1,23 @@
-"""The run directory: a finished run's model comes back whole, or is refused naming what is missing."""
+"""The run directory: a finished run's model comes back whole, or is refused naming what is missing;
+one process at a time works in it; it is scored only with its own config and dataset."""
 
 import dataclasses
 import glob
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import yaml
 
-from muse_tf import artifacts, cli, export, runs
+from muse_tf import cli, evaluate, export
 from muse_tf.config import ExperimentConfig
+from muse_tf.contract import lock
+from muse_tf.jobs import runs
 from tests import serving_case as sc
 from tests.cli_helpers import assert_usage_error, full_disk_open
 
@@ -20,11 +27,21 @@ def case():
     return sc.make_case(seed=3)
 
 
+@pytest.fixture()
+def data_dir(case, tmp_path):
+    return sc.write_dataset(tmp_path / "data", case.vocabularies)
+
+
 def _finished_run(tmp_path, case, model_config):
-    run = runs.RunDir(str(tmp_path / "run"))
-    run.write_config(ExperimentConfig(model=model_config))
-    case.model.save_weights(run.final_weights)
-    return run
+    data = sc.write_dataset(tmp_path / "run-data", case.vocabularies)
+    return sc.write_finished_run(tmp_path / "run", case, data, model_config)
+
+
+def _fake_backup(run):
+    """What BackupAndRestore leaves once it has saved: the run has trained something."""
+    os.makedirs(os.path.join(run.backup, "chief"), exist_ok=True)
+    with open(os.path.join(run.backup, "chief", "checkpoint"), "w") as f:
+        f.write("model_checkpoint_path: \"ckpt-1\"\n")
 
 
 def test_a_finished_run_rebuilds_its_model(case, tmp_path):
@@ -64,9 +81,7 @@ def test_a_command_loading_truncated_weights_ends_in_one_line_naming_them(case, 
     (path,) = glob.glob(f"{run.final_weights}.data-*")
     with open(path, "r+b") as f:
         f.truncate(100)
-    data = tmp_path / "data"  # passes for a converted dataset: the weights are read first
-    data.mkdir()
-    (data / artifacts.MANIFEST).write_text(json.dumps({"schema_version": artifacts.SCHEMA_VERSION}))
+    data = json.loads(open(run.dataset_record).read())["data"]  # the run's own dataset
     assert_usage_error(capsys, export.main, "muse_tf.export",
                        re.escape(f"The weights {run.final_weights} ") + ".* Read less bytes",
                        ["--data", str(data), "--model-dir", run.root,
@@ -82,25 +97,145 @@ def test_a_full_disk_while_writing_a_run_file_names_it(tmp_path, monkeypatch):
     assert isinstance(error.value, OSError)  # for library callers, as before
 
 
-def test_an_unfinished_run_of_another_config_is_refused(tmp_path):
+def test_an_unfinished_run_of_another_config_is_refused(data_dir, tmp_path):
     run = runs.RunDir(str(tmp_path / "run"))
     first = ExperimentConfig()
-    assert run.check_can_start(first) is None  # an empty directory
-    run.start(first)
-    assert run.check_can_start(ExperimentConfig()) is None  # the same config continues
+    assert run.check_can_start(first, data_dir) is None  # an empty directory
+    run.start(first, data_dir)
+    _fake_backup(run)
+    assert run.check_can_start(ExperimentConfig(), data_dir) is None  # the same config continues
     other = ExperimentConfig()
     other.model.use_cross = True
     with pytest.raises(runs.RunDirectoryError, match="unfinished run of another config.*--overwrite"):
-        run.check_can_start(other)
+        run.check_can_start(other, data_dir)
 
 
-def test_starting_over_deletes_the_run_and_nothing_else(tmp_path):
+def test_a_start_that_never_backed_up_does_not_block_another_config(data_dir, tmp_path):
+    """A start that failed before its first backup (e.g. on a config error) trained nothing: the
+    corrected command may start afresh."""
     run = runs.RunDir(str(tmp_path / "run"))
-    run.start(ExperimentConfig())
+    run.start(ExperimentConfig(), data_dir)
+    other = ExperimentConfig()
+    other.model.use_cross = True
+    assert run.check_can_start(other, data_dir) is None
+
+
+def test_resuming_on_another_dataset_is_refused(case, data_dir, tmp_path):
+    run = runs.RunDir(str(tmp_path / "run"))
+    run.start(ExperimentConfig(), data_dir)
+    _fake_backup(run)
+    other = sc.write_dataset(tmp_path / "other", {**case.vocabularies,
+                                                  "user": case.vocabularies["user"][::-1]})
+    with pytest.raises(runs.RunDirectoryError, match=f"--data {other} is not the dataset"):
+        run.check_can_start(ExperimentConfig(), other)
+
+
+def test_starting_over_deletes_the_run_and_nothing_else(data_dir, tmp_path):
+    run = runs.RunDir(str(tmp_path / "run"))
+    run.start(ExperimentConfig(), data_dir)
     run.finish({"steps_run": 1})
     (tmp_path / "run" / "notes.txt").write_text("kept")
     with pytest.raises(runs.RunDirectoryError, match="finished run.*--overwrite"):
-        run.check_can_start(ExperimentConfig())
+        run.check_can_start(ExperimentConfig(), data_dir)
     run.clear()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
-    assert run.check_can_start(ExperimentConfig()) is None
+    assert run.check_can_start(ExperimentConfig(), data_dir) is None
+
+
+# -- one process at a time -------------------------------------------------------------------
+
+def _export_argv(run, data_dir, tmp_path):
+    return ["--model-dir", run.root, "--data", data_dir, "--export-dir", str(tmp_path / "out")]
+
+
+def test_evaluation_and_export_of_a_busy_run_are_refused_naming_the_holder(case, tmp_path, capsys):
+    run = _finished_run(tmp_path, case, case.model.config)
+    data = json.loads(open(run.dataset_record).read())["data"]
+    holder = rf"pid {os.getpid()} on {socket.gethostname()}, running `.*pytest.*` since \d{{4}}-"
+    with run.hold():
+        assert_usage_error(capsys, export.main, "muse_tf.export", f"{run.root} is in use by {holder}",
+                           _export_argv(run, data, tmp_path))
+        assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate", f"is in use by {holder}",
+                           ["--model-dir", run.root, "--data", data])
+    assert not (tmp_path / "out").exists()
+    assert os.path.getsize(run.lock) == 0  # released: nobody holds it
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_holder(run, **holder):
+    os.makedirs(run.root, exist_ok=True)
+    with open(run.lock, "w") as f:
+        json.dump({"pid": _dead_pid(), "host": socket.gethostname(), "command": "python -m x",
+                   "started": "2026-01-01T00:00:00+00:00", **holder}, f)
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    run = runs.RunDir(str(tmp_path / "run"))
+    _write_holder(run)
+    with run.hold():
+        assert json.loads(open(run.lock).read())["pid"] == os.getpid()
+    assert "Taking over the stale lock" in capsys.readouterr().out
+    assert os.path.getsize(run.lock) == 0
+
+
+def test_a_lock_of_a_live_process_or_of_another_host_is_not_taken_over(tmp_path):
+    run = runs.RunDir(str(tmp_path / "run"))
+    # A record without a flock (as on a filesystem without flock): its process decides.
+    _write_holder(run, pid=os.getppid())
+    with pytest.raises(lock.BusyError, match=f"pid {os.getppid()} on "):
+        with run.hold():
+            pass
+    _write_holder(run, host="elsewhere.example")
+    with pytest.raises(lock.BusyError,
+                       match=f"on elsewhere.example.*If that process is gone, delete {run.lock}"):
+        with run.hold():
+            pass
+
+
+def test_a_worker_holds_its_own_lock_beside_the_chiefs(tmp_path, monkeypatch):
+    run = runs.RunDir(str(tmp_path / "run"))
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    with run.hold():  # worker 0, the chief
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                    "task": {"type": "worker", "index": 1}}))
+        worker = run.worker()
+        assert worker.lock == str(tmp_path / "run" / "workers" / "worker-1" / "lock")
+        with worker.hold():
+            pass
+
+
+# -- scored only with its own config and dataset ----------------------------------------------
+
+def test_an_edited_config_is_refused_though_the_weights_fit(case, tmp_path, capsys):
+    run = _finished_run(tmp_path, case, case.model.config)
+    values = yaml.safe_load(open(run.config))
+    values["model"]["top_k"] = 3  # the same variables: the weights would load
+    with open(run.config, "w") as f:
+        yaml.safe_dump(values, f)
+    with pytest.raises(runs.RunDirectoryError, match=f"{run.config} is not the config .* edited"):
+        runs.load_trained_model(run.root)
+    data = json.loads(open(run.dataset_record).read())["data"]
+    assert_usage_error(capsys, export.main, "muse_tf.export",
+                       f"{run.config} is not the config.*restore it", _export_argv(run, data, tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_another_dataset_of_the_same_sizes_is_refused_naming_both(case, tmp_path, capsys):
+    run = _finished_run(tmp_path, case, case.model.config)
+    trained_on = json.loads(open(run.dataset_record).read())["data"]
+    runs.load_trained_model(run.root, trained_on)  # its own dataset
+    shifted = {**case.vocabularies, "item": case.vocabularies["item"] + 1}  # the same sizes
+    other = sc.write_dataset(tmp_path / "other", shifted)
+    message = f"--data {other} is not the dataset {run.root} was trained on \\({trained_on}\\)"
+    with pytest.raises(runs.RunDirectoryError, match=message):
+        runs.load_trained_model(run.root, other)
+    assert_usage_error(capsys, export.main, "muse_tf.export", message,
+                       _export_argv(run, other, tmp_path))
+    os.remove(run.dataset_record)  # a run of an older muse_tf
+    with pytest.raises(runs.RunDirectoryError, match="does not record the dataset.*--overwrite"):
+        runs.load_trained_model(run.root, trained_on)

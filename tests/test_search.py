@@ -5,18 +5,18 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import features
 from muse_tf.config import VARIANTS, ModelConfig
+from muse_tf.contract import features
 from muse_tf.layers import (
     CategoryGSU,
     CosineGSU,
     EmbeddingGSU,
-    MultimodalTable,
     SearchInputs,
     SearchUnit,
     gather_history,
     search,
 )
+from muse_tf.ops import item_vectors
 from tests import reference
 from tests.reference import assert_search_matches
 
@@ -98,7 +98,7 @@ def test_cosine_search_items_matches_bruteforce(strategy, length, k):
     vector, repeated items (exact ties), targets without a vector and L < K."""
     rng = np.random.default_rng(length * 10 + k)
     table = _item_table(rng)
-    vectors = MultimodalTable.constant_vectors(table)
+    vectors = item_vectors.constant_vectors(table)
     targets = rng.integers(1, 60, 6)
     targets[:2] = [5, 1]  # no vector: every cosine is 0
     if strategy == "shared":
@@ -232,7 +232,7 @@ def test_every_unit_searches_model_indices_like_its_numpy_definition(gsu, shared
     mask = h_items != 0
     inputs = SearchInputs(
         target_items=tf.constant(t_items), history_items=tf.constant(h_items),
-        history_mask=tf.constant(mask), multimodal=MultimodalTable.constant_vectors(table),
+        history_mask=tf.constant(mask), multimodal=item_vectors.constant_vectors(table),
         target_categories=tf.constant(t_cats), history_categories=tf.constant(h_cats),
         embeddings=tables,
     )

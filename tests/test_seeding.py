@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import seeding
+from muse_tf.jobs import seeding
 
 
 def _draws():

@@ -23,7 +23,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from muse_tf import saved_model, signatures
+from muse_tf.contract import signatures
+from muse_tf.jobs import saved_model
 from serving.client import GrpcClient, PredictionError, RestClient, read_request
 from serving.launch import free_port, local_server
 from tests import serving_case as sc

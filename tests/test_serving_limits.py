@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from muse_tf import saved_model, signatures
+from muse_tf.contract import signatures
+from muse_tf.jobs import saved_model
 from serving import grpc_service, rest
 from serving.client import GrpcClient, PredictionError, RestClient
 from serving.launch import free_port, http_statuses, raw_http, trickle_http

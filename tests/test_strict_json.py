@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from muse_tf import strict_json
+from muse_tf.contract import strict_json
 
 
 def _strict_load(text):

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from muse_tf import artifacts, data, records, synthetic_dataset
-from muse_tf.metrics import auc
-from muse_tf.synthetic import SyntheticConfig
+from muse_tf.contract import dataset_dir, records
+from muse_tf.data import synthetic_dataset
+from muse_tf.data.synthetic import SyntheticConfig
+from muse_tf.jobs.metrics import auc
 from pipelines import synthetic
 from pipelines.common import synthetic_parquet
 from pipelines.common.options import ConversionOptions
@@ -131,7 +132,7 @@ def test_conversion_in_parallel_writes_the_same_bytes_and_the_source_values(tmp_
         assert not sub.diff_files and not sub.left_only and not sub.right_only
     tables = {name: pd.read_parquet(tmp_path / "in" / f"{name}.parquet") for name in TABLES}
     expected, rejected = reference_split(tables, str(tmp_path / "out1"), "train", 50)
-    read = read_samples(data.split_files(str(tmp_path / "out1"), "train"), 50)
+    read = read_samples(dataset_dir.split_files(str(tmp_path / "out1"), "train"), 50)
     assert as_rows(read) == sorted(expected) and not rejected
 
 
@@ -181,15 +182,15 @@ def test_direct_dataset_equals_the_converted_parquet_form(tmp_path):
     direct = str(tmp_path / "direct")
     synthetic_dataset.write_dataset(SMALL, direct)
     converted = str(tmp_path / "converted")
-    for name, ids in artifacts.load_vocabularies(converted).items():
-        np.testing.assert_array_equal(artifacts.load_vocabulary(direct, name), ids, err_msg=name)
-    np.testing.assert_array_equal(artifacts.load_multimodal_table(direct),
-                                  artifacts.load_multimodal_table(converted))
+    for name, ids in dataset_dir.load_vocabularies(converted).items():
+        np.testing.assert_array_equal(dataset_dir.load_vocabulary(direct, name), ids, err_msg=name)
+    np.testing.assert_array_equal(dataset_dir.load_multimodal_table(direct),
+                                  dataset_dir.load_multimodal_table(converted))
     for split in ("train", "test"):
-        expected, written = data.split_files(converted, split), data.split_files(direct, split)
+        expected, written = dataset_dir.split_files(converted, split), dataset_dir.split_files(direct, split)
         assert [p.replace(converted, direct) for p in expected] == written
         for reference, path in zip(expected, written):
             records = _records(path)
             assert records and records == _records(reference)
-        assert artifacts.split_samples(artifacts.load_manifest(direct), split) == (
-            artifacts.split_samples(artifacts.load_manifest(converted), split))
+        assert dataset_dir.split_samples(dataset_dir.load_manifest(direct), split) == (
+            dataset_dir.split_samples(dataset_dir.load_manifest(converted), split))

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from muse_tf import artifacts, data, features, vocabulary
+from muse_tf.contract import dataset_dir, features, vocabulary
 from pipelines import taobao_mm
 from pipelines.common import output_dir, parquet_input
 from pipelines.common.options import ConversionOptions
@@ -198,7 +198,7 @@ def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path, capsys):
         _convert(DEMO_DIR, tmp_path / "out")
     manifest = err.value.manifest
     assert f"{len(tables['train_samples'])} user_without_features" in str(err.value)
-    assert not (tmp_path / "out" / artifacts.MANIFEST).exists()
+    assert not (tmp_path / "out" / dataset_dir.MANIFEST).exists()
     with pytest.raises(SystemExit) as exit_info:
         taobao_mm.main(["--input", str(DEMO_DIR), "--output", str(tmp_path / "out"),
                         "--workers", "1", "--train-shards", "2", "--test-shards", "2"])
@@ -214,10 +214,10 @@ def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path, capsys):
         shards = [str(tmp_path / "out" / shard["file"]) for shard in summary["shards"]]
         assert read_samples(shards, 8) == {}
     expected = _expected_vocabularies(tables, item_min_count=1)
-    for name, ids in artifacts.load_vocabularies(str(tmp_path / "out")).items():
+    for name, ids in dataset_dir.load_vocabularies(str(tmp_path / "out")).items():
         np.testing.assert_array_equal(ids, expected[name], err_msg=name)
         assert manifest["vocab_sizes"][name] == len(expected[name]) + 2
-    table = artifacts.load_multimodal_table(str(tmp_path / "out"))
+    table = dataset_dir.load_multimodal_table(str(tmp_path / "out"))
     scl = tables["scl_embedding_int8_p90"]
     rows = vocabulary.lookup(expected["item"], scl["205"].to_numpy())
     np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
@@ -235,7 +235,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
     out = tmp_path / "out"
     manifest = _convert(tmp_path / "in", out, history_cap=HISTORY, min_count={"item": 2})
 
-    vocabs = artifacts.load_vocabularies(str(out))
+    vocabs = dataset_dir.load_vocabularies(str(out))
     expected_vocabs = _expected_vocabularies(tables, item_min_count=2)
     for name in features.VOCABULARIES:
         np.testing.assert_array_equal(vocabs[name], expected_vocabs[name], err_msg=name)
@@ -244,7 +244,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
         summary = manifest["splits"][split]
         _check_balanced(summary)
         expected_rows, rejected = reference_split(tables, str(out), split, HISTORY)
-        read = read_samples(data.split_files(str(out), split), HISTORY)
+        read = read_samples(dataset_dir.split_files(str(out), split), HISTORY)
         assert as_rows(read) == sorted(expected_rows)
         assert summary["rejected"] == {r: rejected[r] for r in summary["rejected"]}
         expected_adjusted = _expected_adjustments(tables, split, maps, HISTORY)
@@ -261,7 +261,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
     assert manifest["item_features"]["missing_id"] == 1
     assert manifest["multimodal"]["duplicate"] == 1
     assert manifest["multimodal"]["malformed"] == 1
-    table = artifacts.load_multimodal_table(str(out))
+    table = dataset_dir.load_multimodal_table(str(out))
     scl = tables["scl_embedding_int8_p90"].iloc[:10]
     rows = vocabulary.lookup(vocabs["item"], scl["205"].to_numpy())
     np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
@@ -275,7 +275,7 @@ def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
     shard = out / first["splits"]["train"]["shards"][1]["file"]
     original = shard.read_bytes()
     shard.unlink()
-    (out / artifacts.MANIFEST).unlink()
+    (out / dataset_dir.MANIFEST).unlink()
     capsys.readouterr()
     second = _convert(tmp_path / "in", out, history_cap=HISTORY, keep_work=True)
     log = capsys.readouterr().err
@@ -283,7 +283,7 @@ def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
     assert second == first
     redone = [line for line in log.splitlines() if "[shards" in line and "done before" not in line]
     assert len(redone) == 1 and first["splits"]["train"]["shards"][1]["file"] in redone[0]
-    (out / artifacts.MANIFEST).unlink()
+    (out / dataset_dir.MANIFEST).unlink()
     with pytest.raises(FileExistsError, match="other inputs or options"):
         _convert(tmp_path / "in", out, history_cap=HISTORY + 1)
     _convert(tmp_path / "in", out, history_cap=HISTORY)
@@ -386,7 +386,7 @@ def test_a_full_disk_names_the_path_and_a_rerun_resumes(tmp_path, monkeypatch, c
     assert "[scan" in log and all(
         "done before" in line for line in log.splitlines() if line.startswith("[scan")
     )
-    resumed = artifacts.load_manifest(str(tmp_path / "out"))
+    resumed = dataset_dir.load_manifest(str(tmp_path / "out"))
     clean = _convert(tmp_path / "in", tmp_path / "clean", history_cap=HISTORY)
     assert resumed["splits"]["train"]["samples_written"] > 0
     assert {k: v for k, v in resumed.items() if k != "source"} == {
@@ -475,7 +475,7 @@ def test_a_full_disk_while_writing_a_shard_names_the_shard(tmp_path, monkeypatch
         taobao_mm.main(args)
     assert exit_info.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    shard = tmp_path / "out" / artifacts.shard_name("train", 0, 2)
+    shard = tmp_path / "out" / dataset_dir.shard_name("train", 0, 2)
     assert line == (f"python -m pipelines.taobao_mm: error: out of disk space writing {shard} (No "
                     "space left on device); free some space and run the same command again to "
                     "resume.")
@@ -489,7 +489,7 @@ def test_a_failed_manifest_write_names_the_manifest(tmp_path, monkeypatch, capsy
     real = json.dump
 
     def read_only(value, f, **kwargs):
-        if f.name.endswith(f"{artifacts.MANIFEST}.tmp"):
+        if f.name.endswith(f"{dataset_dir.MANIFEST}.tmp"):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         return real(value, f, **kwargs)
 
@@ -498,6 +498,6 @@ def test_a_failed_manifest_write_names_the_manifest(tmp_path, monkeypatch, capsy
         taobao_mm.main(args)
     assert exit_info.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == (f"python -m pipelines.taobao_mm: error: {tmp_path / 'out' / artifacts.MANIFEST}"
+    assert line == (f"python -m pipelines.taobao_mm: error: {tmp_path / 'out' / dataset_dir.MANIFEST}"
                     f": {os.strerror(errno.EROFS)}; fix that and run the same command again to "
                     "resume.")

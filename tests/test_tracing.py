@@ -1,12 +1,12 @@
-"""AutoGraph leaves tf-keras unconverted (muse_tf.tracing) and the traced step is unchanged."""
+"""AutoGraph leaves tf-keras unconverted (muse_tf.models.tracing) and the traced step is unchanged."""
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 from tensorflow.python.autograph.impl import conversion
 
-from muse_tf import seeding, tracing
-from muse_tf.models import MuseModel
+from muse_tf.jobs import seeding
+from muse_tf.models import MuseModel, tracing
 from tests.test_model import make_batch, make_model
 
 

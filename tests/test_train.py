@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muse_tf import artifacts, data, evaluate, metrics, train, training
+from muse_tf import evaluate, train
 from muse_tf.config import ExperimentConfig, TrainConfig
-from muse_tf.runs import RunDir, build_model, load_trained_model
+from muse_tf.contract import dataset_dir
+from muse_tf.data import reader
+from muse_tf.jobs import evaluation, metrics, scoring, training
+from muse_tf.jobs.runs import RunDir, build_model, load_trained_model
 from tests.cli_helpers import assert_usage_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +41,7 @@ def run(args, timeout=300, env=None, **kwargs):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A tiny converted synthetic dataset with two training shards."""
-    from muse_tf.synthetic import SyntheticConfig
+    from muse_tf.data.synthetic import SyntheticConfig
     from pipelines.common import synthetic_parquet
     from pipelines.common.options import ConversionOptions
     from pipelines.local import driver
@@ -77,11 +80,11 @@ def test_default_command_runs_end_to_end(tmp_path):
     model, experiment = load_trained_model(str(model_dir))
     data_dir = next((tmp_path / "data").glob("synthetic-*[0-9]"))
 
-    test = data.make_dataset(data.split_files(str(data_dir), "test"), 64,
+    test = reader.make_dataset(dataset_dir.split_files(str(data_dir), "test"), 64,
                              history_length=experiment.train.history_length)
-    scored = metrics.predict_dataset(model, test)
-    assert result["eval"]["examples"] == artifacts.split_samples(
-        artifacts.load_manifest(str(data_dir)), "test")
+    scored = scoring.predict_dataset(model, test)
+    assert result["eval"]["examples"] == dataset_dir.split_samples(
+        dataset_dir.load_manifest(str(data_dir)), "test")
     np.testing.assert_allclose(metrics.group_auc(scored["labels"], scored["logits"], scored["groups"]),
                                result["eval"]["gauc"], atol=1e-6)
     # `python -m muse_tf.evaluate` on the finished run reports the same figures and breakdowns.
@@ -99,7 +102,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from muse_tf import distribute, train
+    from muse_tf import train
+    from muse_tf.jobs import distribute
     data, out, tiny = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     strategies = {
         "single": lambda *_: tf.distribute.MirroredStrategy(["/cpu:0"]),
@@ -132,7 +136,8 @@ GLOBAL_BATCH_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from muse_tf import features, training
+    from muse_tf.contract import features
+    from muse_tf.jobs import training
     from muse_tf.config import ExperimentConfig, TrainConfig
     per_replica = {}
     for devices in (["/cpu:0"], ["/cpu:0", "/cpu:1"]):
@@ -160,7 +165,7 @@ def test_the_default_batch_is_1000_per_replica(dataset):
 def test_too_few_steps_are_named_before_training(dataset, tmp_path):
     """A split smaller than one global batch, or a run of few steps, is said in one line with the
     numbers; setting the threshold to 0 silences it."""
-    samples = artifacts.split_samples(artifacts.load_manifest(dataset), "train")
+    samples = dataset_dir.split_samples(dataset_dir.load_manifest(dataset), "train")
     proc = run(["-m", "muse_tf.train", "--data", dataset, "--model-dir", str(tmp_path / "run"),
                 "--no-eval", "--no-export", "--verbose", "0", *TINY,
                 "--set", "train.batch_size=null"], timeout=600)  # the default 1,000 per replica
@@ -180,7 +185,7 @@ def test_too_few_steps_are_named_before_training(dataset, tmp_path):
 def test_the_embedded_default_run_plans_enough_steps():
     """The default command (2,000 synthetic users, the synthetic config) is not warned about: its
     expected training samples (users x samples per user x train share, less 5%) make enough steps."""
-    from muse_tf.synthetic import SyntheticConfig
+    from muse_tf.data.synthetic import SyntheticConfig
 
     sizes = SyntheticConfig()
     samples = int(0.95 * sizes.users * sizes.samples_per_user * (1 - sizes.test_fraction))
@@ -306,13 +311,13 @@ def test_a_failure_after_training_keeps_the_training(dataset, tmp_path, monkeypa
 def test_a_damaged_test_shard_is_named(dataset, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)
-    shard = data.split_files(str(damaged), "test")[0]
+    shard = dataset_dir.split_files(str(damaged), "test")[0]
     content = Path(shard).read_bytes()
     Path(shard).write_bytes(content[: len(content) // 2])
     experiment = ExperimentConfig(train=TrainConfig(history_length=HISTORY, eval_batch_size=64))
-    experiment.model.vocab_sizes = artifacts.vocab_sizes(str(damaged))
+    experiment.model.vocab_sizes = dataset_dir.vocab_sizes(str(damaged))
     with pytest.raises(ValueError, match=f"{os.path.basename(shard)} is damaged"):
-        evaluate.evaluate_run(build_model(experiment), str(damaged), experiment.train,
+        evaluation.evaluate_run(build_model(experiment), str(damaged), experiment.train,
                               str(tmp_path / "eval"))
 
 
@@ -321,12 +326,60 @@ def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
     with a message before fitting; with no sample to repeat, fit would never return."""
     empty = tmp_path / "empty"
     shutil.copytree(dataset, empty)
-    manifest = json.loads((empty / artifacts.MANIFEST).read_text())
+    manifest = json.loads((empty / dataset_dir.MANIFEST).read_text())
     manifest["splits"]["train"]["samples_written"] = 0
-    (empty / artifacts.MANIFEST).write_text(json.dumps(manifest))
-    for shard in data.split_files(str(empty), "train"):
+    (empty / dataset_dir.MANIFEST).write_text(json.dumps(manifest))
+    for shard in dataset_dir.split_files(str(empty), "train"):
         os.remove(shard)
     for steps in ([], ["--set", "train.steps_per_epoch=3"]):
         with pytest.raises(ValueError, match="training split holds no sample"):
             train.main(["--data", str(empty), "--model-dir", str(tmp_path / "run"), "--verbose",
                         "0", *TINY, *steps])
+
+
+def test_a_second_training_in_a_busy_run_is_refused_naming_the_holder(dataset, tmp_path, capsys):
+    run_dir = RunDir(str(tmp_path / "run"))
+    with run_dir.hold():  # as the first training does
+        assert_usage_error(capsys, train.main, "muse_tf.train",
+                           rf"{run_dir.root} is in use by pid {os.getpid()} on "
+                           rf"{socket.gethostname()}, running `.*pytest.*` since \d{{4}}-",
+                           _run_args(dataset, run_dir.root))
+    assert os.listdir(run_dir.root) == ["lock"]  # the second wrote nothing
+
+
+def test_a_start_that_failed_does_not_block_the_corrected_command(dataset, tmp_path, monkeypatch):
+    model_dir = tmp_path / "run"
+
+    def failing(*args, **kwargs):
+        raise ValueError("a mistake found once the run had started")
+
+    monkeypatch.setattr(training, "keras_fit", failing)
+    with pytest.raises(ValueError, match="once the run had started"):
+        train.main([*_run_args(dataset, model_dir), "--set", "model.use_cross=true", "--no-export"])
+    monkeypatch.undo()
+    result = train.main([*_run_args(dataset, model_dir), "--no-export"])
+    assert result["optimizer_iterations"] == result["steps_run"] == 3
+    assert len(_history_losses(model_dir)) == 1
+    _, experiment = load_trained_model(str(model_dir))
+    assert not experiment.model.use_cross
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.validation_split=valid", r"`train.validation_split`: .*no split 'valid'"),
+    ("train.validation_fraction=1e-9", r"`train.validation_fraction` 1e-09 holds out no user"),
+])
+def test_validation_without_a_sample_is_refused_before_the_run_starts(
+    dataset, tmp_path, capsys, setting, message
+):
+    assert_usage_error(capsys, train.main, "muse_tf.train", message,
+                       [*_run_args(dataset, tmp_path / "run"), "--set", setting])
+    assert not os.path.exists(RunDir(str(tmp_path / "run")).config)
+
+
+def test_a_hold_out_of_every_user_is_refused_not_waited_on(dataset, tmp_path):
+    """With no training user left, the repeated training stream would wait forever for a sample."""
+    proc = run(["-m", "muse_tf.train", *_run_args(dataset, tmp_path / "run"),
+                "--set", "train.validation_fraction=0.9999"], timeout=180)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "`train.validation_fraction` 0.9999 holds out every user" in lines[0]

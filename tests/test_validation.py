@@ -10,9 +10,13 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import data, hashing, metrics, train, training, validation
+from muse_tf import train
 from muse_tf.config import ExperimentConfig, TrainConfig
-from muse_tf.runs import RunDir, load_trained_model
+from muse_tf.contract import dataset_dir, hashing
+from muse_tf.data import reader
+from muse_tf.jobs import scoring, training, validation
+from muse_tf.jobs.backup import EpochBackup
+from muse_tf.jobs.runs import RunDir, load_trained_model
 from tests import reference, test_train
 
 dataset = test_train.dataset  # the tiny converted dataset (a module-scoped fixture)
@@ -57,8 +61,8 @@ def test_held_out_users_follow_the_reference_hash():
 def test_training_stream_excludes_exactly_the_held_out_users(dataset):
     experiment = ExperimentConfig(train=TrainConfig(
         batch_size=16, history_length=HISTORY, eval_batch_size=64, validation_fraction=FRACTION))
-    files = data.split_files(dataset, "train")
-    every = _user_keys(data.make_dataset(files, 64, history_length=HISTORY))
+    files = dataset_dir.split_files(dataset, "train")
+    every = _user_keys(reader.make_dataset(files, 64, history_length=HISTORY))
     held = expected_held_out(np.unique(every), FRACTION)
     assert 0 < len(held) < len(np.unique(every))
     # Two passes of the (repeated) training stream, exactly as fit reads it.
@@ -69,7 +73,7 @@ def test_training_stream_excludes_exactly_the_held_out_users(dataset):
     validated = _user_keys(validation.validation_dataset(dataset, experiment.train))
     assert set(validated.tolist()) == held
     # No sample lost or duplicated: held-out + trained samples = all samples.
-    kept = _user_keys(data.make_dataset(files, 64, history_length=HISTORY,
+    kept = _user_keys(reader.make_dataset(files, 64, history_length=HISTORY,
                                         users=validation.training_users(experiment.train)))
     assert len(kept) + len(validated) == len(every)
 
@@ -120,11 +124,11 @@ def _history(model_dir):
         return list(csv.DictReader(f))
 
 
-def _score_held_out(model, dataset_dir, experiment):
+def _score_held_out(model, data_dir, experiment):
     """The held-out samples scored by ``model``, re-selected with the reference hash."""
-    files = data.split_files(dataset_dir, "train")
-    scored = metrics.predict_dataset(
-        model, data.make_dataset(files, 64, history_length=experiment.train.history_length))
+    files = dataset_dir.split_files(data_dir, "train")
+    scored = scoring.predict_dataset(
+        model, reader.make_dataset(files, 64, history_length=experiment.train.history_length))
     held = np.isin(scored["groups"], list(expected_held_out(np.unique(scored["groups"]), FRACTION)))
     return {name: column[held] for name, column in scored.items()}
 
@@ -181,6 +185,61 @@ def test_per_epoch_validation_metrics_and_early_stopping_end_to_end(dataset, tmp
     tags = [value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
             for value in event.summary.value]
     assert tags.count("epoch_gauc") == len(rows)
+
+
+def test_a_run_killed_after_an_epochs_last_step_validates_that_epoch_on_resume(
+    dataset, tmp_path, monkeypatch
+):
+    model_dir = str(tmp_path / "run")
+    args = ["--data", dataset, "--model-dir", model_dir, *TINY, "--set", "train.epochs=2",
+            "--set", f"train.validation_fraction={FRACTION}", "--set", "train.steps_per_epoch=4",
+            "--set", "train.backup_every_steps=2", "--set", "train.early_stopping_patience=1"]
+
+    def killed(self, epoch, logs=None):  # after the first epoch's last step, a backup step
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(validation.Validation, "on_epoch_end", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.main(args)
+    monkeypatch.undo()
+    result = train.main(args)
+    assert result["resumed_from_step"] == 2  # the backup within the epoch, not its last step
+    rows = _history(model_dir)
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+    assert all(float(row["val_gauc"]) > 0 for row in rows), rows
+
+
+class _Ended(tf_keras.callbacks.Callback):
+    """Records the epochs whose end it saw; fails at the end of ``fail_at``."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        self.fail_at, self.ended = fail_at, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.fail_at:
+            raise RuntimeError("killed")
+        self.ended.append(epoch)
+
+
+@pytest.mark.parametrize("save_freq", ["epoch", 2])
+def test_an_epoch_is_backed_up_as_done_only_after_every_callback_ended_it(tmp_path, save_freq):
+    """Killed at its end (in validation, say) after its last step, the epoch runs its end again on
+    resume; Keras's BackupAndRestore would resume at the next epoch."""
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer=tf_keras.optimizers.SGD(0.1), loss="mse")
+    x, y = np.random.default_rng(0).normal(size=(32, 2)), np.ones((32, 1))
+
+    def fit(ended):
+        backup = EpochBackup(str(tmp_path / "backup"), save_freq)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+                  callbacks=[backup, ended, backup.finished])
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(_Ended(fail_at=0))
+    resumed = _Ended()
+    fit(resumed)
+    assert resumed.ended == [0, 1]
 
 
 def test_validation_needs_a_sample_and_a_valid_config(dataset, tmp_path):

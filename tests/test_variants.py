@@ -13,8 +13,8 @@ matters it is computed here with NumPy from the model's own embedding weights.
 import numpy as np
 import pytest
 
-from muse_tf import features
 from muse_tf.config import VARIANTS, ModelConfig
+from muse_tf.contract import features
 from muse_tf.models import MuseModel
 
 VOCAB, D, K, R, L, ROWS = 400, 8, 6, 5, 30, 3

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from muse_tf import features, vocabulary
+from muse_tf.contract import features, vocabulary
 
 
 def reference(ids, raw_ids):

@@ -10,7 +10,7 @@ What stands in for the quick start, and why that is honest:
 * The quick start is ``python -m muse_tf.train`` (README "Quick start"). Its paths depend only on
   ``--work-dir`` (default ``runs``), the variant (``runs/muse``), the model name (the export
   ``runs/muse/export/muse/1``) and, for the dataset, the synthetic user count, the history length
-  and the seed (``muse_tf.synthetic_dataset.ensure_default_dataset``:
+  and the seed (``muse_tf.data.synthetic_dataset.ensure_default_dataset``:
   ``runs/data/synthetic-u2000-l1000-s0``). The fixture runs that same command in a temporary
   directory with overrides that change none of these: two training steps of a smaller tower,
   ``--no-eval``. So the dataset is the quick start's own (same generator, same options, ~7 s of
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from muse_tf import features
+from muse_tf.contract import features
 from serving.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +153,35 @@ def test_the_walkthrough_runs_verbatim_after_the_quick_start(after_quick_start):
     ready = (f"ready: gRPC 127.0.0.1:{env['GRPC_PORT']}, REST 127.0.0.1:{env['REST_PORT']}, "
              "model muse version 1\n")
     assert ready in log.read_text()
+
+
+# The README's "In Keras / Colab" block, run on the quick start's dataset with these substitutions
+# (README text -> what runs): the same code on two batches of 64 instead of whole splits of 1,000.
+KERAS_BLOCK_SUBSTITUTIONS = {
+    'DATA = "data/converted"': f'DATA = "{QUICK_START_PATHS["dataset"]}"',
+    '"train"), 1000,': '"train"), 64,',
+    '"test"), 1000,': '"test"), 64,',
+    "model.fit(train, epochs=1)": "model.fit(train.take(2), epochs=1, verbose=0)",
+    "evaluate_auc_gauc(model, test)": "evaluate_auc_gauc(model, test.take(2))",
+}
+
+
+def keras_block(readme: str) -> str:
+    """The python block under README's "In Keras / Colab", substitutions applied (each must match)."""
+    block = re.search(r"### In Keras / Colab\n\n```python\n(.*?)```", readme, re.DOTALL).group(1)
+    for written, run in KERAS_BLOCK_SUBSTITUTIONS.items():
+        assert written in block, f"README's Keras block no longer contains {written!r}"
+        block = block.replace(written, run)
+    return block
+
+
+@pytest.mark.slow
+def test_the_keras_block_runs_on_the_quick_start_dataset(after_quick_start):
+    block = keras_block((ROOT / "README.md").read_text())
+    result = subprocess.run([sys.executable, "-c", block], cwd=after_quick_start, capture_output=True,
+                            text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout.strip().splitlines()[-1]
+    summary = eval(printed, {"nan": float("nan")})  # the dict the block prints
+    assert summary["examples"] == 2 * 64
+    assert 0.0 <= summary["auc"] <= 1.0

@@ -3,7 +3,7 @@
 from muse_tf.layers.activation import Dice
 from muse_tf.layers.attention import SemanticAwareTargetAttention, TargetAttention, masked_softmax
 from muse_tf.layers.mlp import MLP
-from muse_tf.layers.multimodal import ItemVectors, MultimodalTable
+from muse_tf.layers.multimodal import MultimodalTable
 from muse_tf.layers.search import (
     INVALID_SCORE,
     SEARCH_UNITS,
@@ -20,6 +20,7 @@ from muse_tf.layers.search import (
     top_k_valid,
 )
 from muse_tf.layers.simtier import SimTier
+from muse_tf.ops.item_vectors import ItemVectors
 
 __all__ = [
     "INVALID_SCORE",

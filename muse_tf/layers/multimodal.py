@@ -1,4 +1,5 @@
-"""The frozen multimodal item table: stored rows, their inverse norms, and unit vectors read from them.
+"""The frozen multimodal item table as a layer: stored rows and their inverse norms (their stored
+form and the unit vectors read from them: ``muse_tf.ops.item_vectors``).
 
 Shapes: V = item vocabulary rows, M = vector width. Row ``i`` is the vector of item index ``i``; an
 all-zero row means the item has no vector.
@@ -10,33 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-STORAGE_CHOICES = ("int8", "float32")
-
-
-def pack_int8(table: np.ndarray) -> np.ndarray:
-    """(V, M) int8 -> (V, M / 4) int32: four values per word, the stored form of an int8 table
-    (1 byte per value, in a dtype that multi-worker collectives can broadcast; they reject int8)."""
-    table = np.ascontiguousarray(table)
-    if table.dtype != np.int8 or table.ndim != 2 or table.shape[1] % 4:
-        raise ValueError(f"Expected a (V, M) int8 table with M divisible by 4, got {table.dtype} "
-                         f"{table.shape}.")
-    return table.view(np.int32)
-
-
-def inverse_norms(table: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """(V, M) vectors -> (V,) float32 1 / ||row||, 0 for an all-zero row (an item without a vector).
-
-    Stored beside a frozen table, it turns a looked-up row into a unit vector with one scaling,
-    and tells whether an item has a vector without reading its row (``ItemVectors``).
-    """
-    table = np.asarray(table)
-    inverse = np.zeros(len(table), np.float32)
-    for start in range(0, len(table), chunk):  # in chunks: a float64 copy of the whole is 8x its size
-        squared = np.square(table[start : start + chunk], dtype=np.float64).sum(axis=1)
-        inverse[start : start + chunk] = np.divide(
-            1.0, np.sqrt(squared), out=np.zeros_like(squared), where=squared > 0
-        )
-    return inverse
+from muse_tf.ops.item_vectors import STORAGE_CHOICES, ItemVectors, stored_form
 
 
 def _assign_rows(variable: tf.Variable, rows: np.ndarray, chunk: int = 1 << 16) -> None:
@@ -47,47 +22,6 @@ def _assign_rows(variable: tf.Variable, rows: np.ndarray, chunk: int = 1 << 16) 
         stop = min(start + chunk, len(rows))
         values = tf.constant(rows[start:stop], variable.dtype)
         variable.scatter_update(tf.IndexedSlices(values, tf.range(start, stop)))
-
-
-class ItemVectors:
-    """A frozen item-vector table read as unit vectors: all that a multimodal cosine needs.
-
-    Scaling a row by its stored inverse norm replaces normalising it after every lookup (a sum of
-    squares and a square root per behaviour), and the int8 de-quantisation scale drops out: a
-    cosine does not depend on it. Built by ``MultimodalTable`` (``vectors`` or
-    ``constant_vectors``), not by hand.
-
-    Rows are looked up on the tables as given (``tf.nn.embedding_lookup``): on a variable that reads
-    only the rows asked for, shard by shard when it is partitioned, never the whole table.
-
-    Args:
-        table: (V, dim) float32, or (V, dim / 4) int32 holding int8 values packed by ``pack_int8``;
-            a tensor or a (possibly sharded) variable.
-        inverse_norm_table: (V,) float32 from ``inverse_norms(table)``, same kind.
-        dim: the vector width.
-    """
-
-    def __init__(self, table: tf.Tensor, inverse_norm_table: tf.Tensor, dim: int):
-        self.table = table
-        self.inverse_norm_table = inverse_norm_table
-        self.dim = dim
-
-    def raw(self, items: tf.Tensor) -> tf.Tensor:
-        """(...) item indices -> (..., dim) float32 stored rows, not normalised."""
-        rows = tf.nn.embedding_lookup(self.table, items)
-        if rows.dtype == tf.float32:
-            return rows
-        quantised = tf.reshape(tf.bitcast(rows, tf.int8), tf.concat([tf.shape(items), [self.dim]], 0))
-        return tf.cast(quantised, tf.float32)
-
-    def inverse_norm(self, items: tf.Tensor) -> tf.Tensor:
-        """(...) item indices -> (...) 1 / ||row||, 0 for an item without a vector."""
-        return tf.nn.embedding_lookup(self.inverse_norm_table, items)
-
-    def unit(self, items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(...) item indices -> unit vectors (..., dim) (zero where none), has-vector (...)."""
-        inverse_norm = self.inverse_norm(items)
-        return self.raw(items) * inverse_norm[..., None], inverse_norm > 0
 
 
 @tf_keras.utils.register_keras_serializable(package="muse_tf")
@@ -123,15 +57,6 @@ class MultimodalTable(tf_keras.layers.Layer):
                 trainable=False,
             )
 
-    @staticmethod
-    def stored_form(table: np.ndarray, storage: str) -> tuple[np.ndarray, np.ndarray]:
-        """(V, M) vectors -> (stored rows, inverse norms), the two weights' values."""
-        table = np.asarray(table)
-        if storage == "int8" and table.dtype != np.int8:
-            raise ValueError(f"multimodal table must be int8, got {table.dtype}.")
-        stored = pack_int8(table) if storage == "int8" else table.astype(np.float32)
-        return stored, inverse_norms(table)
-
     def set_table(self, table: np.ndarray) -> None:
         """Loads the vectors (V, M), one row per item index (all zero for an item without one)."""
         table = np.asarray(table)
@@ -139,7 +64,7 @@ class MultimodalTable(tf_keras.layers.Layer):
             raise ValueError(
                 f"multimodal table has shape {table.shape}, model expects {(self.vocab_size, self.dim)}."
             )
-        stored, inverse = self.stored_form(table, self.storage)
+        stored, inverse = stored_form(table, self.storage)
         _assign_rows(self.inverse_norms, inverse)
         _assign_rows(self.table, stored)
 
@@ -149,14 +74,6 @@ class MultimodalTable(tf_keras.layers.Layer):
         no gradient reaches them): a step reads only the rows it looks up, never a copy of the
         whole table."""
         return ItemVectors(self.table, self.inverse_norms, self.dim)
-
-    @classmethod
-    def constant_vectors(cls, table: np.ndarray) -> ItemVectors:
-        """``vectors`` of a layer holding ``table`` (int8 stored packed, anything else as float32),
-        as constants: for the input pipeline, which must not capture a model's variables."""
-        table = np.asarray(table)
-        stored, inverse = cls.stored_form(table, "int8" if table.dtype == np.int8 else "float32")
-        return ItemVectors(tf.constant(stored), tf.constant(inverse), table.shape[1])
 
     def get_config(self) -> dict:
         return {**super().get_config(), "vocab_size": self.vocab_size, "dim": self.dim,

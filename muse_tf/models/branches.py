@@ -13,8 +13,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
-from muse_tf import features
 from muse_tf.config import ModelConfig
+from muse_tf.contract import features
 from muse_tf.layers import MLP, SemanticAwareTargetAttention, SimTier, TargetAttention, gather_history
 from muse_tf.layers.search import SearchInputs, make_search_unit, read_precomputed, unit_dot
 from muse_tf.layers.simtier import tier_count
@@ -67,7 +67,7 @@ class EmbeddingBranch(tf_keras.layers.Layer):
         }
 
     def lookup(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
-        """Indices of ``feature`` (a ``muse_tf.features`` name) -> (..., width) embeddings."""
+        """Indices of ``feature`` (a ``muse_tf.contract.features`` name) -> (..., width) embeddings."""
         return self.tables[features.VOCABULARY[feature]](indices)
 
     def behaviour(self, items: tf.Tensor, categories: tf.Tensor) -> tf.Tensor:

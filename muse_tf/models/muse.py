@@ -17,8 +17,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
-from muse_tf import features
 from muse_tf.config import ModelConfig
+from muse_tf.contract import features
 from muse_tf.layers import ItemVectors, MultimodalTable, SearchInputs
 from muse_tf.models.branches import (
     EmbeddingBranch,
@@ -29,7 +29,7 @@ from muse_tf.models.branches import (
     simtier_width,
     zeros,
 )
-from muse_tf.optimizers import PAPER_EMBEDDING_LEARNING_RATE, SparseAdam
+from muse_tf.models.optimizers import PAPER_EMBEDDING_LEARNING_RATE, SparseAdam
 
 # A batch: (features, labels), or features holding `features.LABEL`.
 Batch = tuple[Mapping[str, tf.Tensor], tf.Tensor] | Mapping[str, tf.Tensor]
@@ -79,7 +79,7 @@ class MuseModel(tfrs.models.Model):
       (``dense_trainable_variables``).
 
     Call arguments:
-        inputs: dict of ``features.MODEL_FEATURES`` (int indices, see ``muse_tf.features``);
+        inputs: dict of ``features.MODEL_FEATURES`` (int indices, see ``muse_tf.contract.features``);
             scalar features (B,), sequences (B, L) left-padded with PAD; the per-user ones may be
             batch 1. Other keys are ignored.
         training: for Dice's batch normalisation.
@@ -138,7 +138,7 @@ class MuseModel(tfrs.models.Model):
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         missing = [name for name in features.MODEL_FEATURES if name not in inputs]
         if missing:
-            raise KeyError(f"MuseModel inputs lack {missing}; see muse_tf.features.")
+            raise KeyError(f"MuseModel inputs lack {missing}; see muse_tf.contract.features.")
         x = {name: tf.cast(inputs[name], tf.int32) for name in features.MODEL_FEATURES}
         rows = tf.shape(x[features.ITEM_ID])[0]
         history = SearchInputs(

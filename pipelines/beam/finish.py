@@ -10,7 +10,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from muse_tf import artifacts, features, vocabulary
+from muse_tf.contract import dataset_dir, features, vocabulary
 from pipelines.beam import files
 from pipelines.common import item_tables, join, manifest, summary, vocab
 from pipelines.common import taobao_mm_schema as release
@@ -64,7 +64,7 @@ def finish(
     vocabularies = {}
     for name in features.VOCABULARIES:
         size = _concat_ranges(
-            files.ranges(work, "vocab", name), artifacts.vocab_path(output, name), np.int64, (), 0
+            files.ranges(work, "vocab", name), dataset_dir.vocab_path(output, name), np.int64, (), 0
         )
         stats = {
             field.name: counters.get(f"vocab/{name}/{field.name}", 0)
@@ -77,7 +77,7 @@ def finish(
         }
     _concat_ranges(
         files.ranges(work, "multimodal", "item"),
-        f"{output}/{artifacts.MULTIMODAL_TABLE}",
+        f"{output}/{dataset_dir.MULTIMODAL_TABLE}",
         np.int8,
         (release.EMBEDDING_DIM,),
         vocabulary.RESERVED,
@@ -93,7 +93,7 @@ def finish(
     shards = {
         split: [
             {"file": name, "bytes": files.size(f"{output}/{name}")}
-            for name in (artifacts.shard_name(split, k, n) for k in range(n))
+            for name in (dataset_dir.shard_name(split, k, n) for k in range(n))
         ]
         for split, n in options.shards.items()
     }
@@ -107,7 +107,7 @@ def finish(
         totals_by_split={s: _split_totals(counters, s, shards[s]) for s in release.SPLITS},
     )
     summary.check_training_samples(input_dir, result, work)
-    path = f"{output}/{artifacts.MANIFEST}"  # complete or absent, written through a temporary name
+    path = f"{output}/{dataset_dir.MANIFEST}"  # complete or absent, written through a temporary name
     with naming(path), FileSystems.create(
         f"{path}.tmp", compression_type=CompressionTypes.UNCOMPRESSED
     ) as f:

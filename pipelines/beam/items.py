@@ -10,7 +10,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from muse_tf import features, vocabulary
+from muse_tf.contract import features, vocabulary
 from pipelines.beam import files, lookups, metrics, read
 from pipelines.common import item_tables
 from pipelines.common import parquet_input as pi

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
-from muse_tf import features, vocabulary
-from muse_tf.hashing import order_by_partition
+from muse_tf.contract import features, vocabulary
+from muse_tf.contract.hashing import order_by_partition
 from pipelines.common import join
 
 BUCKET_BITS = 8  # 256 ranges per vocabulary: ~140k of the release's 35.4M items per range

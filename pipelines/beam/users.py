@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 
-from muse_tf import features
+from muse_tf.contract import features
 from pipelines.beam import lookups, metrics
 from pipelines.common import join
 from pipelines.common import parquet_input as pi

@@ -39,7 +39,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from muse_tf import features, vocabulary
+from muse_tf.contract import features, vocabulary
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
 

@@ -1,4 +1,5 @@
-"""manifest.json: per-shard counts added into split totals, checked to balance.
+"""manifest.json of a conversion (keys and totals: ``muse_tf.contract.dataset_dir``), its counts
+checked to balance.
 
 For every shard and split, ``samples_in == samples_written + sum(rejected.values())``; a split's
 ``samples_in`` and ``user_rows.in`` must also equal the rows read from its input tables, so a
@@ -7,27 +8,15 @@ conversion that lost a record stops instead of writing a manifest.
 
 from __future__ import annotations
 
-from muse_tf import artifacts
+from muse_tf.contract import dataset_dir
 from pipelines.common import taobao_mm_schema as release
-
-
-def _sum_counts(shards: list[dict]) -> dict:
-    """Adds per-shard counts (numbers and nested dicts of numbers) into split totals."""
-    total: dict = {}
-    for shard in shards:
-        for key, value in shard.items():
-            if isinstance(value, dict):
-                total[key] = {k: total.get(key, {}).get(k, 0) + v for k, v in value.items()}
-            elif isinstance(value, int):
-                total[key] = total.get(key, 0) + value
-    return total
 
 
 def _split_summary(
     split: str, shards: list[dict], input_rows: dict[str, int], total: dict | None
 ) -> dict:
     if total is None:
-        total = _sum_counts(shards)
+        total = dataset_dir.sum_counts(shards)
     accounted = total["samples_written"] + sum(total["rejected"].values())
     expected = {
         "samples_in": input_rows[release.SAMPLES_TABLE[split]],
@@ -39,9 +28,7 @@ def _split_summary(
         or (total["user_rows"]["in"] != expected["user_rows"])
     ):
         raise RuntimeError(f"{split}: counts do not balance ({total}, input rows {expected}).")
-    written = total["samples_written"]
-    bytes_per_sample = round(total["bytes"] / written, 1) if written else None
-    return {**total, "bytes_per_sample": bytes_per_sample, "shards": shards}
+    return dataset_dir.split_summary(shards, total)
 
 
 def build(
@@ -63,16 +50,15 @@ def build(
     Raises:
         RuntimeError: when a split's counts do not balance.
     """
-    return {
-        "schema_version": artifacts.SCHEMA_VERSION,
-        "source": source,
-        "history_cap": history_cap,
-        "vocab_sizes": {name: v["size"] for name, v in vocabularies.items()},
-        "vocabularies": vocabularies,
+    return dataset_dir.build_manifest(
+        source=source,
+        history_cap=history_cap,
+        vocab_sizes={name: v["size"] for name, v in vocabularies.items()},
+        vocabularies=vocabularies,
         **item_tables,
-        "input_rows": input_rows,
-        "splits": {
+        input_rows=input_rows,
+        splits={
             split: _split_summary(split, shards, input_rows, (totals_by_split or {}).get(split))
             for split, shards in shards_by_split.items()
         },
-    }
+    )

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Callable
 
-from muse_tf import features
+from muse_tf.contract import features
 from pipelines.common import taobao_mm_schema as release
 
 SHARD_INPUT_BYTES = 256 << 20  # of compressed samples + user features per output shard

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
-from muse_tf import artifacts
+from muse_tf.contract import dataset_dir
 from pipelines.common import taobao_mm_schema as release
 
 LOCK = "convert.lock"
@@ -35,10 +35,10 @@ WORK_DIRS = (LOCAL_WORK, BEAM_WORK)
 # write leaves the temporary name).
 DATASET = (
     *release.SPLITS,
-    artifacts.VOCAB_DIR,
-    artifacts.MANIFEST,
-    f"{artifacts.MANIFEST}.tmp",
-    artifacts.MULTIMODAL_TABLE,
+    dataset_dir.VOCAB_DIR,
+    dataset_dir.MANIFEST,
+    f"{dataset_dir.MANIFEST}.tmp",
+    dataset_dir.MULTIMODAL_TABLE,
 )
 _OTHERS = "pass --overwrite to clear it or choose another --output"
 
@@ -70,7 +70,7 @@ def claimed(
 def _own(output: str, work_dir: str, params: dict, overwrite: bool, resumable: bool) -> str:
     if overwrite:
         _clear(output)
-    if tf.io.gfile.exists(os.path.join(output, artifacts.MANIFEST)):
+    if tf.io.gfile.exists(os.path.join(output, dataset_dir.MANIFEST)):
         raise FileExistsError(f"{output} already holds a converted dataset; pass --overwrite.")
     work = os.path.join(output, work_dir)
     record = os.path.join(work, PARAMS)

@@ -1,4 +1,4 @@
-"""The planted synthetic world (``muse_tf.synthetic``) as Parquet in the release's schema, written
+"""The planted synthetic world (``muse_tf.data.synthetic``) as Parquet in the release's schema, written
 in chunks of users so memory is bounded (the command line is ``python -m pipelines.synthetic``).
 
 The output (the six tables, one Parquet file each, as in the demo) goes through either engine like
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from muse_tf.synthetic import Catalogue, SyntheticConfig, user_chunks
+from muse_tf.data.synthetic import Catalogue, SyntheticConfig, user_chunks
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
 

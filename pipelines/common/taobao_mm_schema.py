@@ -1,12 +1,12 @@
 """The raw Taobao-MM release: its tables, columns and their types, and which feature each feeds.
 
 Every module of ``pipelines/`` that reads or writes the release's Parquet names its tables and
-columns through here (``muse_tf.features`` holds the model's feature names, not the release's).
+columns through here (``muse_tf.contract.features`` holds the model's feature names, not the release's).
 """
 
 from __future__ import annotations
 
-from muse_tf import features
+from muse_tf.contract import features
 
 MISSING = 0  # the release's "empty field": never a vocabulary ID
 EMBEDDING_DIM = 128  # int8 values per SCL vector

@@ -1,4 +1,4 @@
-"""Writes user records as one GZIP TFRecord shard (schema and encoding: ``muse_tf.records``).
+"""Writes user records as one GZIP TFRecord shard (schema and encoding: ``muse_tf.contract.records``).
 
 The file appears under its final name only when complete.
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
-from muse_tf import records
+from muse_tf.contract import records
 from pipelines.common.join import UserRecords
 
 

@@ -14,7 +14,7 @@ Rules:
 * An ID is kept when its count reaches the vocabulary's min-count. Every item with an SCL vector is
   kept in ``item`` whatever its count, so rare items keep their multimodal vector.
 * 0 (the release's "empty field") is never kept. Kept IDs are sorted ascending, so the ID at
-  position p has index p + 2 (PAD = 0, OOV = 1; ``muse_tf.vocabulary``) and lookups are
+  position p has index p + 2 (PAD = 0, OOV = 1; ``muse_tf.contract.vocabulary``) and lookups are
   binary searches.
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from muse_tf import features, vocabulary
-from muse_tf.hashing import order_by_partition, partition_of
+from muse_tf.contract import features, vocabulary
+from muse_tf.contract.hashing import order_by_partition, partition_of
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from muse_tf.hashing import order_by_partition, partition_of
+from muse_tf.contract.hashing import order_by_partition, partition_of
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
 

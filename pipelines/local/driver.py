@@ -21,7 +21,8 @@ lock, and other runs' leftovers refused). A conversion that writes no training s
 again resumes once there is space).
 
 ``convert`` checks the input before TensorFlow loads: the stages (which import it through
-``muse_tf.vocabulary`` and ``muse_tf.artifacts``) are imported by the functions that run them.
+``muse_tf.contract.vocabulary`` and ``muse_tf.contract.dataset_dir``) are imported by the
+functions that run them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 
-from muse_tf import features
+from muse_tf.contract import features
 from pipelines.common import parquet_input as pi
 from pipelines.common import summary
 from pipelines.common import taobao_mm_schema as release
@@ -68,11 +69,11 @@ def _run(
 
 def _prepare_work(output: str, work: str) -> None:
     """The work and output directories the stages write into."""
-    from muse_tf import artifacts
+    from muse_tf.contract import dataset_dir
 
     for name in ("scan", "vocab_parts", "shards"):
         os.makedirs(os.path.join(work, name), exist_ok=True)
-    for name in (*release.SPLITS, artifacts.VOCAB_DIR):
+    for name in (*release.SPLITS, dataset_dir.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
 
 
@@ -82,7 +83,7 @@ def _build_vocabularies(
     work: str,
     options: ConversionOptions,
 ) -> dict[str, dict]:
-    from muse_tf import artifacts
+    from muse_tf.contract import dataset_dir
     from pipelines.common import vocab
     from pipelines.local import stages
 
@@ -98,7 +99,7 @@ def _build_vocabularies(
         stats = vocab.VocabStats()
         for part in parts:
             stats.add(vocab.VocabStats(**{k: v for k, v in part.items() if k != "path"}))
-        size = vocab.assemble([p["path"] for p in parts], artifacts.vocab_path(output, name))
+        size = vocab.assemble([p["path"] for p in parts], dataset_dir.vocab_path(output, name))
         vocabularies[name] = {
             "size": size,
             "min_count": options.min_count[name],
@@ -143,7 +144,7 @@ def _convert_claimed(
     workers: int | None,
 ) -> dict:
     """The stages and the manifest, once ``output`` is this conversion's."""
-    from muse_tf import artifacts
+    from muse_tf.contract import dataset_dir
     from pipelines.common import manifest as manifest_lib
     from pipelines.local import stages
 
@@ -184,5 +185,5 @@ def _convert_claimed(
         shards_by_split=shards_by_split,
     )
     summary.check_training_samples(input_dir, manifest, work)
-    stages.write_json(os.path.join(output, artifacts.MANIFEST), manifest)
+    stages.write_json(os.path.join(output, dataset_dir.MANIFEST), manifest)
     return manifest

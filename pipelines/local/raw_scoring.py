@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from muse_tf import cli
-from muse_tf import predict as scoring
+from muse_tf.jobs import prediction as scoring
 from pipelines.common import taobao_mm_schema as release
 
 
@@ -29,13 +29,13 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
         pi.InputError: naming a missing or malformed table.
         RuntimeError: when the split's counts do not balance (a record was lost).
     """
-    from muse_tf import artifacts, features  # TensorFlow loads here, after parsing
+    from muse_tf.contract import dataset_dir, features  # TensorFlow loads here, after parsing
     from pipelines.common import manifest as manifest_lib
     from pipelines.common import parquet_input as pi
     from pipelines.common.options import ConversionOptions
     from pipelines.local import stages
 
-    source = artifacts.load_manifest(data_dir)
+    source = dataset_dir.load_manifest(data_dir)
     names = (release.SAMPLES_TABLE[split], release.USER_TABLE[split], release.ITEM_FEATURES,
              release.SCL_EMBEDDINGS)
     tables = pi.discover_tables(input_dir, names=names)
@@ -45,10 +45,10 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
     )
     work = os.path.join(output, "_work")
     for path in (os.path.join(work, "scan"), os.path.join(work, "shards"),
-                 os.path.join(output, split), os.path.join(output, artifacts.VOCAB_DIR)):
+                 os.path.join(output, split), os.path.join(output, dataset_dir.VOCAB_DIR)):
         os.makedirs(path, exist_ok=True)
     for name in features.VOCABULARIES:
-        shutil.copyfile(artifacts.vocab_path(data_dir, name), artifacts.vocab_path(output, name))
+        shutil.copyfile(dataset_dir.vocab_path(data_dir, name), dataset_dir.vocab_path(output, name))
 
     scanned = [stages.scan_file(work, task, options)[0] for task in stages.scan_tasks(tables)]
     item_summary = stages.build_item_tables(output, work, tables)
@@ -64,7 +64,7 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
         input_rows=input_rows,
         shards_by_split={split: results},
     )
-    stages.write_json(os.path.join(output, artifacts.MANIFEST), manifest)
+    stages.write_json(os.path.join(output, dataset_dir.MANIFEST), manifest)
     shutil.rmtree(work)
     return manifest
 

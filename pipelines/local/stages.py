@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from muse_tf import artifacts, features, vocabulary
+from muse_tf.contract import dataset_dir, features, vocabulary
 from pipelines.common import item_tables, join, vocab
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
@@ -124,11 +124,11 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     marker = os.path.join(work, "items.json")
     if os.path.exists(marker):
         return read_json(marker)
-    vocabs = artifacts.load_vocabularies(output)
+    vocabs = dataset_dir.load_vocabularies(output)
     rows = len(vocabs["item"]) + vocabulary.RESERVED
     attributes = allocated_memmap(os.path.join(work, "item_attributes.npy"), np.int32, (rows, 3))
     multimodal = allocated_memmap(
-        os.path.join(output, artifacts.MULTIMODAL_TABLE), np.int8, (rows, release.EMBEDDING_DIM)
+        os.path.join(output, dataset_dir.MULTIMODAL_TABLE), np.int8, (rows, release.EMBEDDING_DIM)
     )
     result = {
         "item_features": item_tables.build_attribute_table(
@@ -148,13 +148,13 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
 def load_lookups(output: str, work: str) -> join.TableLookups:
     """The finished vocabularies and item tables, memory-mapped, for the join (stage 4)."""
     vocabs = {
-        name: np.load(artifacts.vocab_path(output, name), mmap_mode="r")
+        name: np.load(dataset_dir.vocab_path(output, name), mmap_mode="r")
         for name in features.VOCABULARIES
     }
     return join.TableLookups(
         vocabs=vocabs,
         item_attributes=np.load(os.path.join(work, "item_attributes.npy"), mmap_mode="r"),
-        multimodal=artifacts.load_multimodal_table(output),
+        multimodal=dataset_dir.load_multimodal_table(output),
     )
 
 
@@ -164,7 +164,7 @@ def convert_shard(
     """Stage 4 for one bucket: join, apply the rules, write the shard; its counts."""
     from pipelines.common import tfrecord_writer  # TensorFlow is loaded only by the processes that write
 
-    name = artifacts.shard_name(split, shard, options.shards[split])
+    name = dataset_dir.shard_name(split, shard, options.shards[split])
     marker = os.path.join(work, "shards", f"{split}-{shard:05d}.json")
     if os.path.exists(marker) and os.path.exists(os.path.join(output, name)):
         return read_json(marker), f"{name} (done before)"

@@ -1,56 +1,18 @@
-"""MUSE's multimodal search done in the input pipeline instead of inside every training step.
-
-``CosineGSU`` has no learned weights: its top-K depends only on the sample and the frozen table, so
-``gsu_precompute`` can add it to a batch ahead of the model (``muse_tf.data.make_dataset(...,
-precompute_gsu=table)``), on the host and overlapping the step. A model whose unit is a
-``CosineGSU`` then reads it (``read_precomputed``) and skips the search over all L behaviours;
-without these inputs (e.g. when serving) it searches in-graph. Both run ``CosineGSU.search``.
+"""The model's side of MUSE's multimodal search done in the input pipeline
+(``muse_tf.ops.precompute``): a model whose unit is a ``CosineGSU`` reads the precomputed result
+(``read_precomputed``) and skips the search over all L behaviours; without these inputs (e.g. when
+serving) it searches in-graph. Both run ``cosine_search_items`` (``CosineGSU.search``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-import numpy as np
 import tensorflow as tf
 
-from muse_tf import features
-from muse_tf.layers.multimodal import MultimodalTable
-from muse_tf.layers.search.topk import SearchResult
-from muse_tf.layers.search.units import CosineGSU, SearchInputs, SearchUnit
-
-# The optional model inputs, one SearchResult per sample: indices (B, K) int32, scores (B, K)
-# float32, valid (B, K) bool.
-GSU_INDICES, GSU_SCORES, GSU_VALID = "gsu_indices", "gsu_scores", "gsu_valid"
-PRECOMPUTED_GSU = (GSU_INDICES, GSU_SCORES, GSU_VALID)
-
-Features = dict[str, tf.Tensor]
-
-
-def gsu_precompute(table: np.ndarray, top_k: int) -> Callable[[Features], Features]:
-    """A function adding ``PRECOMPUTED_GSU`` to a batch of model inputs.
-
-    Args:
-        table: the frozen multimodal table (V, M) exactly as given to
-            ``MuseModel.set_multimodal_table`` (int8 or float32).
-        top_k: K; must equal the model's ``top_k``.
-    """
-    vectors = MultimodalTable.constant_vectors(table)
-    unit = CosineGSU(top_k)
-
-    def add_search(batch: Features) -> Features:
-        items = tf.cast(batch[features.HISTORY_ITEMS], tf.int32)
-        result = unit.search(
-            SearchInputs(
-                target_items=tf.cast(batch[features.ITEM_ID], tf.int32),
-                history_items=items,
-                history_mask=tf.not_equal(items, features.PAD),
-                multimodal=vectors,
-            )
-        )
-        return {**batch, **dict(zip(PRECOMPUTED_GSU, result))}
-
-    return add_search
+from muse_tf.layers.search.units import CosineGSU, SearchUnit
+from muse_tf.ops.precompute import PRECOMPUTED_GSU
+from muse_tf.ops.topk import SearchResult
 
 
 def read_precomputed(inputs: Mapping[str, tf.Tensor], unit: SearchUnit) -> SearchResult | None:

@@ -21,10 +21,10 @@ from typing import Protocol
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import features
-from muse_tf.layers.multimodal import ItemVectors
-from muse_tf.layers.search.item_search import cosine_search_items
-from muse_tf.layers.search.topk import (
+from muse_tf.contract import features
+from muse_tf.ops.item_search import cosine_search_items
+from muse_tf.ops.item_vectors import ItemVectors
+from muse_tf.ops.topk import (
     SearchResult,
     cosine_similarity,
     cosine_top_k,
@@ -38,7 +38,7 @@ class EmbeddingLookup(Protocol):
     """Where learned ID embeddings come from (``MuseModel.embeddings``)."""
 
     def lookup(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
-        """Indices of ``feature`` (a ``muse_tf.features`` name) -> their embeddings."""
+        """Indices of ``feature`` (a ``muse_tf.contract.features`` name) -> their embeddings."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The request limits an export enforces (``muse_tf.saved_model``) and the flags that set them, apart
+"""The request limits an export enforces (``muse_tf.jobs.saved_model``) and the flags that set them, apart
 from the export so that command lines can offer them before TensorFlow loads."""
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ MirroredStrategy runs on every local GPU (else the CPU); with ``TF_CONFIG`` set 
 of a MultiWorkerMirroredStrategy cluster, or the chief of a parameter-server cluster (the tables
 sharded over the parameter servers, ``distribute.make_strategy``). A run killed at any point
 resumes from its last backup (or, once trained, goes straight to evaluation and export) when
-started again with the same ``--model-dir`` and config; a finished run or another config's
-directory is refused unless ``overwrite`` is given.
+started again with the same ``--model-dir``, config and dataset; a finished run or another
+config's directory is refused unless ``overwrite`` is given, and so is a directory another process
+works in (``muse_tf.contract.lock``).
 """
 
 from __future__ import annotations
@@ -19,22 +20,15 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import (
-    artifacts,
-    cli,
-    data,
-    distribute,
-    iterator_release,
-    optimizers,
-    runs,
-    seeding,
-    signatures,
-    validation,
-)
+from muse_tf import cli
 from muse_tf.config import ExperimentConfig, TrainConfig
-from muse_tf.evaluate import evaluate_run
-from muse_tf.models import MuseModel
-from muse_tf.saved_model import export_saved_model
+from muse_tf.contract import dataset_dir, signatures
+from muse_tf.data import iterator_release, reader
+from muse_tf.jobs import distribute, runs, seeding, validation
+from muse_tf.jobs.backup import EpochBackup
+from muse_tf.jobs.evaluation import evaluate_run
+from muse_tf.jobs.saved_model import export_saved_model
+from muse_tf.models import MuseModel, optimizers
 
 
 def compile_model(model: MuseModel, experiment: ExperimentConfig, total_steps: int) -> None:
@@ -76,22 +70,19 @@ class ProgressRecord(tf_keras.callbacks.Callback):
 def make_callbacks(
     run_dir: runs.RunDir, experiment: ExperimentConfig, data_dir: str, epoch_level: bool = False
 ) -> list[tf_keras.callbacks.Callback]:
-    """BackupAndRestore (resume mid-epoch), a progress record, validation if configured,
-    per-epoch weight checkpoints, TensorBoard and ``history.csv``, all in the run directory.
-    BackupAndRestore comes first, so ProgressRecord sees the restored step; it keeps its backup
-    when training ends, so a failure in evaluation or export does not lose the training
-    (``RunDir.finish`` drops it). Validation adds its metrics to the logs before they are
-    recorded.
+    """The backup (resume mid-epoch), a progress record, validation if configured, per-epoch
+    weight checkpoints, TensorBoard and ``history.csv``, all in the run directory. The backup
+    comes first, so ProgressRecord sees the restored step, and backs each epoch up as finished
+    last, once the others have ended it (``muse_tf.jobs.backup``); it keeps its backup when training
+    ends, so a failure in evaluation or export does not lose the training (``RunDir.finish``
+    drops it). Validation adds its metrics to the logs before they are recorded.
 
     ``epoch_level`` (ParameterServerStrategy, which allows no batch-level callback): backups and
     TensorBoard scalars once per epoch instead of every so many steps."""
     train = experiment.train
+    backup = EpochBackup(run_dir.backup, "epoch" if epoch_level else train.backup_every_steps)
     return [
-        tf_keras.callbacks.BackupAndRestore(
-            run_dir.backup,
-            save_freq="epoch" if epoch_level else train.backup_every_steps,
-            delete_checkpoint=False,
-        ),
+        backup,
         ProgressRecord(),
         *validation.make_callbacks(data_dir, train, run_dir),
         tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
@@ -99,6 +90,7 @@ def make_callbacks(
             run_dir.logs, update_freq="epoch" if epoch_level else train.log_every_steps
         ),
         tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
+        backup.finished,
     ]
 
 
@@ -113,13 +105,13 @@ def train_dataset(
     ParameterServerStrategy see ``parameter_server_dataset``.
     """
     train = experiment.train
-    files = data.split_files(data_dir, "train")
+    files = dataset_dir.split_files(data_dir, "train")
     global_batch = train.global_batch_size(strategy.num_replicas_in_sync)
     if distribute.is_parameter_server(strategy):
         return parameter_server_dataset(files, experiment, global_batch)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return data.make_dataset(
+        return reader.make_dataset(
             files,
             context.get_per_replica_batch_size(global_batch),
             history_length=train.history_length,
@@ -152,7 +144,7 @@ def parameter_server_dataset(
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         if not tf.executing_eagerly():  # in the trace: unseeds this graph only, not the process
             tf.random.set_seed(None)
-        return data.make_dataset(
+        return reader.make_dataset(
             files,
             context.get_per_replica_batch_size(global_batch),
             history_length=train.history_length,
@@ -172,7 +164,7 @@ def training_samples(data_dir: str, train: TrainConfig) -> int:
     Raises:
         ValueError: when the training split holds no sample (fitting would wait forever).
     """
-    samples = artifacts.split_samples(artifacts.load_manifest(data_dir), "train")
+    samples = dataset_dir.split_samples(dataset_dir.load_manifest(data_dir), "train")
     if samples == 0:
         raise ValueError(f"{data_dir}: the training split holds no sample; nothing to train on.")
     return int(samples * (1.0 - train.validation_fraction))
@@ -211,7 +203,7 @@ def keras_fit(
 ) -> tf_keras.callbacks.History:
     """``model.fit(inputs, **fit_args)``, except that the input iterators ``fit`` makes are deleted
     in the background after it returns, not as it returns: their deletion can block for up to a
-    minute (``muse_tf.iterator_release``)."""
+    minute (``muse_tf.data.iterator_release``)."""
     if not isinstance(inputs, tf.distribute.DistributedDataset):
         return model.fit(inputs, **fit_args)
     kept = iterator_release.KeptIterators(inputs)
@@ -236,11 +228,11 @@ def fit(
         Steps taken and expected, the resume point, training time and replicas.
     """
     with strategy.scope():
-        model = runs.build_model(experiment, artifacts.load_multimodal_table(data_dir))
+        model = runs.build_model(experiment, dataset_dir.load_multimodal_table(data_dir))
         compile_model(model, experiment, steps * experiment.train.epochs)
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
-    with data.damaged_shards_named(data.split_files(data_dir, "train")):
+    with dataset_dir.damaged_shards_named(dataset_dir.split_files(data_dir, "train")):
         keras_fit(
             model,
             train_dataset(strategy, data_dir, experiment),
@@ -289,8 +281,8 @@ def run(
 
     Args:
         experiment: the config; its ``model.vocab_sizes`` are set from ``data_dir``.
-        data_dir: a converted dataset (``muse_tf.artifacts``).
-        model_dir: the run directory (``muse_tf.runs.RunDir``). An interrupted run of the same
+        data_dir: a converted dataset (``muse_tf.contract.dataset_dir``).
+        model_dir: the run directory (``muse_tf.jobs.runs.RunDir``). An interrupted run of the same
             config resumes there; a run whose training finished goes straight to evaluation and
             export.
         export_dir: the SavedModel base directory; None = ``MODEL_DIR/export``.
@@ -302,61 +294,101 @@ def run(
 
     Returns:
         What ``metrics.json`` holds: ``fit``'s figures and unless disabled ``eval``
-        (``evaluate.evaluate_run``) and ``export`` (the version directory).
+        (``evaluation.evaluate_run``) and ``export`` (the version directory).
 
     Raises:
-        runs.RunDirectoryError: when ``model_dir`` holds a finished run or another config's
-            model (and ``overwrite`` is False).
+        runs.RunDirectoryError: when ``model_dir`` holds a finished run or the model of another
+            config or dataset (and ``overwrite`` is False).
+        lock.BusyError: when another process works in ``model_dir``.
+        config.ConfigError: when the validation settings leave training or validation without
+            a sample.
     """
     if distribute.serves_only():
         raise RuntimeError("This process is a `worker` or `ps` task of a parameter-server cluster "
                            "(TF_CONFIG): it runs distribute.serve(); only the `chief` trains.")
     # Before other TensorFlow work.
     strategy = strategy or distribute.make_strategy(experiment.train.ps_min_shard_bytes)
-    data.ensure_filesystems([data_dir])
+    dataset_dir.ensure_filesystems([data_dir])
     experiment = dataclasses.replace(
         experiment,
-        model=dataclasses.replace(experiment.model, vocab_sizes=artifacts.vocab_sizes(data_dir)),
+        model=dataclasses.replace(experiment.model, vocab_sizes=dataset_dir.vocab_sizes(data_dir)),
     )
-    samples = training_samples(data_dir, experiment.train)  # an empty split fails before the run
+    # An empty split, a hold-out that leaves no sample or a missing validation split fails
+    # before the run starts.
+    samples = training_samples(data_dir, experiment.train)
+    validation.check_samples(data_dir, experiment.train)
     global_batch = experiment.train.global_batch_size(strategy.num_replicas_in_sync)
-    steps = steps_per_epoch(experiment.train, samples, global_batch)
     run_dir = runs.RunDir(model_dir)
+    chief = distribute.is_chief()
+    with run_dir.worker().hold():  # the chief's is the run directory's, a worker's its own
+        result = _train_or_resume(strategy, experiment, data_dir, run_dir, samples, global_batch,
+                                  overwrite, verbose)
+        if chief:
+            _evaluate_and_export(experiment, data_dir, run_dir, result, evaluate, export,
+                                 export_dir, model_name, export_limits)
+    return result
+
+
+def _train_or_resume(
+    strategy: tf.distribute.Strategy,
+    experiment: ExperimentConfig,
+    data_dir: str,
+    run_dir: runs.RunDir,
+    samples: int,
+    global_batch: int,
+    overwrite: bool,
+    verbose: int,
+) -> dict:
+    """Trains (resuming a backup) one pass of ``samples`` per epoch, unless the config sets the
+    steps, or returns the record of a training that already finished."""
     chief = distribute.is_chief()
     if overwrite and chief:
         run_dir.clear()
-    trained = None if overwrite else run_dir.check_can_start(experiment)
+    trained = None if overwrite else run_dir.check_can_start(experiment, data_dir)
     os.makedirs(run_dir.worker().root, exist_ok=True)
     seeding.set_seed(experiment.train.seed)
-    if trained is None:
-        if not run_dir.has_backup():
-            run_dir.worker().discard_history()
-        if chief:
-            run_dir.start(experiment)
-        print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
-              f"({strategy.num_replicas_in_sync} replica(s), global batch {global_batch:,}, "
-              f"{steps:,} steps per epoch); run directory {model_dir}")
-        warning = too_few_steps(experiment.train, samples, global_batch)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
-        result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
-        if chief:
-            run_dir.record_training(experiment, result)
-    else:
-        print(f"Training already finished in {model_dir} ({run_dir.training_record}); "
+    if trained is not None:
+        print(f"Training already finished in {run_dir.root} ({run_dir.training_record}); "
               "going straight to evaluation and export")
-        result = {key: value for key, value in trained.items() if key != "config_sha256"}
-    if not chief:
-        return result
-    model, _ = runs.load_trained_model(model_dir)  # a fresh, undistributed model
+        return {key: value for key, value in trained.items() if key != "config_sha256"}
+    if not run_dir.has_backup():
+        run_dir.worker().discard_attempt()
+    if chief:
+        run_dir.start(experiment, data_dir)
+    steps = steps_per_epoch(experiment.train, samples, global_batch)
+    print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
+          f"({strategy.num_replicas_in_sync} replica(s), global batch {global_batch:,}, "
+          f"{steps:,} steps per epoch); run directory {run_dir.root}")
+    warning = too_few_steps(experiment.train, samples, global_batch)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    result = fit(strategy, experiment, data_dir, run_dir, steps, verbose)
+    if chief:
+        run_dir.record_training(experiment, result)
+    return result
+
+
+def _evaluate_and_export(
+    experiment: ExperimentConfig,
+    data_dir: str,
+    run_dir: runs.RunDir,
+    result: dict,
+    evaluate: bool,
+    export: bool,
+    export_dir: str | None,
+    model_name: str,
+    export_limits: dict[str, int] | None,
+) -> None:
+    """The chief's evaluation and export of the trained run, added to ``result``; then the run
+    is finished (``metrics.json``)."""
+    model, _ = runs.load_trained_model(run_dir.root)  # a fresh, undistributed model
     if evaluate:
-        result["eval"] = evaluate_run(model, data_dir, experiment.train, model_dir)
+        result["eval"] = evaluate_run(model, data_dir, experiment.train, run_dir.root)
         print(f"Test AUC {result['eval']['auc']:.4f}  GAUC {result['eval']['gauc']:.4f} "
               f"over {result['eval']['examples']} samples")
     if export:
         result["export"] = export_saved_model(
-            model, artifacts.load_vocabularies(data_dir), export_dir or run_dir.export,
+            model, dataset_dir.load_vocabularies(data_dir), export_dir or run_dir.export,
             model_name, **(export_limits or {}),
         )
     run_dir.finish(result)
-    return result

@@ -48,10 +48,10 @@ import tensorflow as tf
 import tf_keras
 
 import muse_tf
-from muse_tf import cli, features, limits, runs, vocabulary, warmup
+from muse_tf import cli
 from muse_tf.config import ModelConfig
-from muse_tf.models import MuseModel
-from muse_tf.signatures import (
+from muse_tf.contract import features, limits, vocabulary, warmup
+from muse_tf.contract.signatures import (
     CANDIDATE_FEATURES,
     LOGIT,
     PROBABILITY,
@@ -62,6 +62,8 @@ from muse_tf.signatures import (
     rank_spec,
     serving_default_spec,
 )
+from muse_tf.jobs import runs
+from muse_tf.models import MuseModel
 
 VERSIONS_FILE = os.path.join("assets.extra", "versions.json")
 
@@ -196,7 +198,7 @@ class ServingModule(tf.Module):
         self.rank = rank
 
     def _lookup(self, feature: str, raw_ids: tf.Tensor) -> tf.Tensor:
-        """Raw IDs -> model indices (``muse_tf.vocabulary``'s rule)."""
+        """Raw IDs -> model indices (``muse_tf.contract.vocabulary``'s rule)."""
         return vocabulary.lookup_in_graph(self.tables[features.VOCABULARY[feature]], raw_ids)
 
 
@@ -269,7 +271,7 @@ def export_saved_model(
 
     Args:
         model: a MuseModel with its weights and multimodal table loaded.
-        vocabularies: raw int64 IDs per vocabulary name (``artifacts.load_vocabularies``), in index
+        vocabularies: raw int64 IDs per vocabulary name (``dataset_dir.load_vocabularies``), in index
             order; each must match ``model.config.vocab_sizes``.
         export_base: the directory TF Serving's ``base_path`` points above.
         model_name: the served model's name.

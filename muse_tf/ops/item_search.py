@@ -10,8 +10,8 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # the XLA-context test tf_keras also uses
 
-from muse_tf.layers.multimodal import ItemVectors
-from muse_tf.layers.search.topk import INVALID_SCORE, SearchResult, top_k_valid, unit_dot
+from muse_tf.ops.item_vectors import ItemVectors
+from muse_tf.ops.topk import INVALID_SCORE, SearchResult, top_k_valid, unit_dot
 
 
 def _in_xla() -> bool:

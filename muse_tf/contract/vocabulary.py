@@ -3,7 +3,7 @@
 A vocabulary is the array of its kept raw IDs; the ID at position p has index ``p + RESERVED``,
 index ``features.PAD`` (0) marks padding and ``features.OOV`` (1) any ID the vocabulary lacks, so an
 embedding table has ``len(ids) + RESERVED`` rows. The conversion (``pipelines/``), the artefact
-readers and the SavedModel's lookup tables (``muse_tf.saved_model``) all map IDs through this module.
+readers and the SavedModel's lookup tables (``muse_tf.jobs.saved_model``) all map IDs through this module.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import features
+from muse_tf.contract import features
 
 RESERVED = 2  # PAD and OOV
 

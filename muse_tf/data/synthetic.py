@@ -1,7 +1,7 @@
 """The planted synthetic world: items, users and clicks with a known truth, as raw Taobao-MM IDs.
 
 Two forms are written from it: ``pipelines.synthetic`` writes the release's six Parquet tables (for
-``pipelines.taobao_mm``, like the real data), and ``muse_tf.synthetic_dataset`` writes the converted
+``pipelines.taobao_mm``, like the real data), and ``muse_tf.data.synthetic_dataset`` writes the converted
 dataset directly (the embedded default of ``python -m muse_tf.train``). The same options give the
 same users, items and clicks in both.
 
@@ -45,7 +45,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from muse_tf.hashing import mix64
+from muse_tf.contract.hashing import mix64
 
 SPLITS = ("train", "test")
 SCL_DIM = 128  # width of the release's SCL vectors

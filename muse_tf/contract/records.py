@@ -1,6 +1,6 @@
 """The converted dataset's record schema: how one user's record is encoded and parsed.
 
-``pipelines/`` writes, and ``muse_tf.data`` reads, GZIP TFRecord shards of ``tf.train.Example`` user
+``pipelines/`` writes, and ``muse_tf.data.reader`` reads, GZIP TFRecord shards of ``tf.train.Example`` user
 records. A record holds one user's features and history **once**, plus parallel lists of that user's
 samples in the shard (see ``pipelines/README.md`` for why, with bytes-per-sample figures)::
 
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import features
+from muse_tf.contract import features
 
 USER_FEATURES = (features.USER_KEY, features.USER_ID, *features.USER_PROFILE)
 HISTORY_FEATURES = features.SEQUENCE_FEATURES

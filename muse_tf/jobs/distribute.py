@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 
 import tensorflow as tf
 
+from muse_tf import cli
 from muse_tf.config import TrainConfig
 
 # The embedding and multimodal tables are hundreds of MB, the dense weights a few hundred KB at
 # most: splitting those would only add a concatenation to every step that reads them.
 DEFAULT_MIN_SHARD_BYTES = TrainConfig.ps_min_shard_bytes
+# How long a parameter-server chief waits for the cluster's other tasks to start listening
+# (``wait_for_tasks``); TensorFlow itself would wait forever, without a word.
+DEFAULT_CLUSTER_TIMEOUT = 300.0
+
+
+class ClusterError(cli.UsageError, RuntimeError):
+    """A task of the cluster ``TF_CONFIG`` names did not answer in time."""
 
 
 def cluster_spec() -> dict | None:
@@ -82,12 +92,51 @@ def table_partitioner(
     )
 
 
-def make_strategy(min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES) -> tf.distribute.Strategy:
+def wait_for_tasks(timeout: float, interval: float = 1.0) -> None:
+    """Waits until every other task of ``TF_CONFIG``'s cluster accepts connections on its address.
+
+    Raises:
+        ClusterError: naming the tasks still silent after ``timeout`` seconds.
+    """
+    spec = cluster_spec()
+    me = (spec["task"].get("type"), spec["task"].get("index", 0))
+    waiting = {f"{kind}:{index}": address for kind, addresses in spec["cluster"].items()
+               for index, address in enumerate(addresses) if (kind, index) != me}
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = {task: address for task, address in waiting.items() if not _answers(address)}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    if waiting:
+        tasks = ", ".join(f"{task} ({address})" for task, address in waiting.items())
+        raise ClusterError(
+            f"The parameter-server cluster of TF_CONFIG is incomplete: no answer from {tasks} "
+            f"within {timeout:g} s; start it (the same command with its own TF_CONFIG task), "
+            "fix TF_CONFIG's addresses, or wait longer with --cluster-timeout."
+        )
+
+
+def _answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def make_strategy(
+    min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES, cluster_timeout: float | None = None
+) -> tf.distribute.Strategy:
     """ParameterServerStrategy when ``TF_CONFIG`` names ``ps`` tasks (variables over
-    ``table_partitioner(min_shard_bytes)``), MultiWorkerMirroredStrategy under any other
-    ``TF_CONFIG``, else MirroredStrategy on local devices (every GPU, or the CPU when there is none).
+    ``table_partitioner(min_shard_bytes)``; its chief first waits up to ``cluster_timeout``
+    seconds, None = ``DEFAULT_CLUSTER_TIMEOUT``, for the other tasks: ``wait_for_tasks``),
+    MultiWorkerMirroredStrategy under any other ``TF_CONFIG``, else MirroredStrategy on local
+    devices (every GPU, or the CPU when there is none).
     """
     if has_parameter_servers():
+        wait_for_tasks(DEFAULT_CLUSTER_TIMEOUT if cluster_timeout is None else cluster_timeout)
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         partitioner = table_partitioner(resolver.cluster_spec().num_tasks("ps"), min_shard_bytes)
         return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)

@@ -1,13 +1,13 @@
 """Validation during training: held-out users, per-epoch exact AUC/GAUC, early stopping on them.
 
 ``train.validation_fraction`` holds out the training users whose salted SplitMix64 hash
-(``muse_tf.hashing.mix64``) falls in the lowest ``fraction`` of the 64-bit range. The choice depends
+(``muse_tf.contract.hashing.mix64``) falls in the lowest ``fraction`` of the 64-bit range. The choice depends
 only on the raw user ID, so it is the same on every run, machine, worker and shard layout; the
 salt keeps it independent of the hash partitioning the conversion uses. Whole users are held out,
 as GAUC groups by user and a user's samples share one history.
 
 After every epoch ``Validation`` scores the held-out samples (or ``train.validation_split``) and
-adds ``val_loss``, ``val_auc`` and ``val_gauc`` (exact, ``muse_tf.metrics``) to the epoch's logs,
+adds ``val_loss``, ``val_auc`` and ``val_gauc`` (exact, ``muse_tf.jobs.metrics``) to the epoch's logs,
 which TensorBoard (its ``validation`` run) and ``history.csv`` then record. ``BestEpoch`` stops
 after ``train.early_stopping_patience`` epochs without improvement and loads the best epoch's
 checkpoint when training ends, so the saved, evaluated and exported weights are the best ones.
@@ -25,8 +25,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from muse_tf import data, hashing, metrics, runs
-from muse_tf.config import TrainConfig
+from muse_tf.config import ConfigError, TrainConfig
+from muse_tf.contract import dataset_dir, hashing
+from muse_tf.data import iterator_release, reader
+from muse_tf.jobs import metrics, runs, scoring
 
 HOLDOUT_SALT = np.uint64(0x6A09E667F3BCC909)  # XORed into the user ID before mixing
 _MANTISSA_SHIFT = np.uint64(11)  # keep the top 53 bits: exactly representable as a float64
@@ -45,7 +47,7 @@ def held_out(user_keys: tf.Tensor, fraction: float) -> tf.Tensor:
 
 
 def user_filter(fraction: float, keep_held_out: bool) -> Callable[[tf.Tensor], tf.Tensor]:
-    """``data.make_dataset``'s ``users`` predicate: keeps the held-out users, or all the others."""
+    """``reader.make_dataset``'s ``users`` predicate: keeps the held-out users, or all the others."""
     return lambda keys: tf.equal(held_out(keys, fraction), keep_held_out)
 
 
@@ -56,17 +58,57 @@ def training_users(train: TrainConfig) -> Callable[[tf.Tensor], tf.Tensor] | Non
 
 def validation_files(data_dir: str, train: TrainConfig) -> list[str]:
     """The shards validation reads: ``validation_split``'s, or the training split's."""
-    return data.split_files(data_dir, train.validation_split or "train")
+    return dataset_dir.split_files(data_dir, train.validation_split or "train")
 
 
 def validation_dataset(data_dir: str, train: TrainConfig) -> tf.data.Dataset:
     """The held-out samples at ``eval_batch_size``, in a fixed order: the sums behind the metrics
     are then bitwise the same on every worker, which must all take the same stopping decision."""
     users = user_filter(train.validation_fraction, True) if train.validation_fraction else None
-    return data.make_dataset(
+    return reader.make_dataset(
         validation_files(data_dir, train), train.eval_batch_size,
         history_length=train.history_length, deterministic=True, users=users,
     )
+
+
+def check_samples(data_dir: str, train: TrainConfig) -> None:
+    """Refuses, before a run starts, validation settings that leave training or validation
+    without a sample: the repeated training stream would wait forever for one, and validation
+    would fail only after the first epoch. Reads each stream to its first sample (the whole split
+    only when there is none).
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if not train.validates:
+        return
+    try:
+        files = validation_files(data_dir, train)
+    except ValueError as err:
+        raise ConfigError(f"`train.validation_split`: {err}") from None
+    if train.validation_split:
+        if not _has_sample(files, None):
+            raise ConfigError(f"`train.validation_split`: the split {train.validation_split!r} "
+                              f"of {data_dir} holds no sample.")
+        return
+    setting = f"`train.validation_fraction` {train.validation_fraction}"
+    if not _has_sample(files, training_users(train)):
+        raise ConfigError(f"{setting} holds out every user of {data_dir}'s training split, "
+                          "leaving none to train on; lower it.")
+    if not _has_sample(files, user_filter(train.validation_fraction, True)):
+        raise ConfigError(f"{setting} holds out no user of {data_dir}'s training split, "
+                          "leaving validation without a sample; raise it.")
+
+
+def _has_sample(files: list[str], users: Callable[[tf.Tensor], tf.Tensor] | None) -> bool:
+    batches = iterator_release.elements(
+        reader.make_dataset(files, 1, history_length=1, users=users)
+    )
+    try:
+        with dataset_dir.damaged_shards_named(files):
+            return next(batches, None) is not None
+    finally:
+        batches.close()
 
 
 def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
@@ -91,12 +133,12 @@ class Validation(tf_keras.callbacks.Callback):
 
     def set_model(self, model: tf_keras.Model) -> None:
         super().set_model(model)
-        self.score = metrics.model_scorer(model)  # traced at the first epoch's end, not at each
+        self.score = scoring.model_scorer(model)  # traced at the first epoch's end, not at each
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         started = time.time()
-        with data.damaged_shards_named(self.files):
-            scored = metrics.concatenate(metrics.scored_batches(self.score, self.dataset))
+        with dataset_dir.damaged_shards_named(self.files):
+            scored = scoring.concatenate(scoring.scored_batches(self.score, self.dataset))
         if not scored.get("labels", np.zeros(0)).size:
             raise ValueError(f"Validation on {self.describe} found no sample; raise "
                              "`train.validation_fraction` or choose another split.")

@@ -1,4 +1,4 @@
-"""AUC and GAUC computed exactly over a whole evaluation set.
+"""AUC and GAUC computed exactly over a whole evaluation set, overall and by bucket (NumPy only).
 
 GAUC = sum_u n_u AUC_u / sum_u n_u over users u with both classes, n_u = impressions of u. Ties in
 score count one half, as in the Mann-Whitney statistic.
@@ -6,13 +6,9 @@ score count one half, as in the Mann-Whitney statistic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
-import tf_keras
-
-from muse_tf import features, iterator_release
 
 
 def _group_rank_sums(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray):
@@ -89,85 +85,6 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return group_auc(labels, scores, np.zeros(len(labels), np.int64))
 
 
-def scored_batches(
-    score: Callable[[dict[str, tf.Tensor]], dict[str, np.ndarray]], dataset: Iterable
-) -> Iterator[dict[str, np.ndarray]]:
-    """Scores a ``(features, label)`` dataset batch by batch, so a caller can stream the results.
-
-    Args:
-        score: maps a batch's features to named (B,) NumPy outputs, ``logits`` among them.
-        dataset: yields ``(features, label (B,))`` with ``user_key`` in the features, as
-            ``muse_tf.data.make_dataset`` does.
-
-    Yields:
-        Per batch, aligned (B,) arrays: ``score``'s outputs, ``labels`` (int64), ``groups`` (the
-        raw ``user_key``), and when the features hold them ``item_id`` (target item index) and
-        ``history_length`` (non-PAD behaviours).
-    """
-    for batch_features, batch_labels in iterator_release.elements(dataset):
-        if features.USER_KEY not in batch_features:
-            raise KeyError(f"GAUC needs the `{features.USER_KEY}` feature in every batch.")
-        columns = dict(score(batch_features))
-        columns["labels"] = np.asarray(batch_labels).astype(np.int64)
-        columns["groups"] = batch_features[features.USER_KEY].numpy()
-        if features.ITEM_ID in batch_features:
-            columns["item_id"] = batch_features[features.ITEM_ID].numpy()
-        if features.HISTORY_ITEMS in batch_features:
-            history = batch_features[features.HISTORY_ITEMS].numpy()
-            columns["history_length"] = (history != features.PAD).sum(axis=1)
-        yield columns
-
-
-def model_scorer(model: tf_keras.Model) -> Callable[[dict[str, tf.Tensor]], dict[str, np.ndarray]]:
-    """The model in inference mode as one traced function, a ``score`` for ``scored_batches``:
-    features -> (B,) ``logits`` and ``probability``. Build it once per model and reuse it: each
-    new one traces the model again."""
-
-    @tf.function
-    def step(batch_features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        logits = model(batch_features, training=False)
-        return logits, tf.sigmoid(logits)
-
-    def score(batch_features: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
-        logits, probability = step(batch_features)
-        return {"logits": logits.numpy(), "probability": probability.numpy()}
-
-    return score
-
-
-def concatenate(batches: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """``scored_batches``' columns over the whole dataset, each concatenated."""
-    parts: dict[str, list[np.ndarray]] = {}
-    for columns in batches:
-        for name, values in columns.items():
-            parts.setdefault(name, []).append(values)
-    return {name: np.concatenate(values) for name, values in parts.items()}
-
-
-def predict_dataset(model: tf_keras.Model, dataset: Iterable) -> dict[str, np.ndarray]:
-    """Scores a whole ``(features, label)`` dataset once, in inference mode.
-
-    Args:
-        model: maps a feature dict to (B,) logits (a ``MuseModel``).
-        dataset: as ``scored_batches`` reads it.
-
-    Returns:
-        ``scored_batches``' columns over the N samples, concatenated: ``logits``,
-        ``probability``, ``labels``, ``groups``, ``item_id``, ``history_length``.
-    """
-    return concatenate(scored_batches(model_scorer(model), dataset))
-
-
-def evaluate_auc_gauc(model: tf_keras.Model, dataset: Iterable) -> dict[str, float]:
-    """Exact AUC and GAUC of ``model`` over the whole ``dataset`` (not a per-batch average).
-
-    Returns:
-        ``summarize``'s ``auc``, ``gauc``, counts and ``click_rate``.
-    """
-    scored = predict_dataset(model, dataset)
-    return summarize(scored)
-
-
 def summarize(scored: dict[str, np.ndarray]) -> dict[str, float]:
     """AUC, GAUC and counts of a ``predict_dataset`` result (or any subset of its rows).
 
@@ -185,3 +102,37 @@ def summarize(scored: dict[str, np.ndarray]) -> dict[str, float]:
         "gauc_users": gauc_users(labels, groups),
         "click_rate": float(labels.mean()) if len(labels) else float("nan"),
     }
+
+
+HISTORY_LENGTH_EDGES = (0, 1, 51, 201, 501, 1001)
+POPULARITY_EDGES = (0, 1, 10, 100, 1000)
+
+
+def bucket_labels(edges: Sequence[int]) -> list[str]:
+    """Human-readable names of the half-open buckets [e_i, e_{i+1}) plus [e_last, inf)."""
+    names = [f"{lo}-{hi - 1}" if hi - 1 > lo else f"{lo}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [*names, f"{edges[-1]}+"]
+
+
+def gauc_by_bucket(
+    scored: dict[str, np.ndarray], values: np.ndarray, edges: Sequence[int]
+) -> list[dict]:
+    """Splits the scored rows by ``values`` into buckets and summarises each one.
+
+    Args:
+        scored: aligned (N,) columns, as ``scoring.predict_dataset`` returns.
+        values: (N,) the quantity to bucket by, e.g. ``scored["history_length"]``.
+        edges: ascending bucket starts; row n falls in [e_i, e_{i+1}) or, past the last, [e_last,
+            inf). Rows below ``edges[0]`` are in no bucket.
+
+    Returns:
+        One dict per bucket (empty ones included): ``bucket`` (its label, ``bucket_labels``) and
+        ``summarize``'s ``auc``, ``gauc``, ``examples``, ``click_rate``.
+    """
+    bucket = np.searchsorted(np.asarray(edges), values, side="right") - 1
+    rows = []
+    for index, name in enumerate(bucket_labels(edges)):
+        selected = bucket == index
+        subset = {key: column[selected] for key, column in scored.items()}
+        rows.append({"bucket": name, **summarize(subset)})
+    return rows

@@ -1,4 +1,5 @@
-"""The planted synthetic world written directly as a converted dataset (layout: ``muse_tf.artifacts``).
+"""The planted synthetic world written directly as a converted dataset (layout:
+``muse_tf.contract.dataset_dir``).
 
 The embedded default of ``python -m muse_tf.train`` (and of ``muse_tf.experiments``): no Parquet, no
 conversion pipeline. The world is clean (every ID present, every item described, histories no
@@ -24,9 +25,9 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from muse_tf import artifacts, features, records, vocabulary
-from muse_tf.hashing import partition_of
-from muse_tf.synthetic import MISSING_ID, SPLITS, Catalogue, SyntheticConfig, user_chunks
+from muse_tf.contract import dataset_dir, features, records, vocabulary
+from muse_tf.contract.hashing import partition_of
+from muse_tf.data.synthetic import MISSING_ID, SPLITS, Catalogue, SyntheticConfig, user_chunks
 
 SHARDS_PER_SPLIT = 2  # what the conversion writes for inputs under 256 MB
 
@@ -145,7 +146,7 @@ def _write_split(
             features.ITEM_ATTRS[1]: attributes[items, 2],
             features.LABEL: split.clicks[samples].astype(np.int64),
         }
-        name = artifacts.shard_name(split_name, shard, SHARDS_PER_SPLIT)
+        name = dataset_dir.shard_name(split_name, shard, SHARDS_PER_SPLIT)
         path = os.path.join(output, name)
         options = tf.io.TFRecordOptions(compression_type=records.COMPRESSION)
         with tf.io.TFRecordWriter(path, options) as writer:
@@ -156,17 +157,7 @@ def _write_split(
                 writer.write(record)
         shards.append({"file": name, "samples_in": len(samples), "samples_written": len(samples),
                        "users_written": len(users), "bytes": os.path.getsize(path)})
-    written = sum(s["samples_written"] for s in shards)
-    total_bytes = sum(s["bytes"] for s in shards)
-    return {
-        "samples_in": written,
-        "samples_written": written,
-        "users_written": sum(s["users_written"] for s in shards),
-        "rejected": {},
-        "bytes": total_bytes,
-        "bytes_per_sample": round(total_bytes / written, 1) if written else None,
-        "shards": shards,
-    }
+    return dataset_dir.split_summary(shards, {**dataset_dir.sum_counts(shards), "rejected": {}})
 
 
 def write_dataset(config: SyntheticConfig, output: str) -> dict:
@@ -179,25 +170,24 @@ def write_dataset(config: SyntheticConfig, output: str) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     for split in SPLITS:
         os.makedirs(os.path.join(staging, split))
-    os.makedirs(os.path.join(staging, artifacts.VOCAB_DIR))
+    os.makedirs(os.path.join(staging, dataset_dir.VOCAB_DIR))
     catalogue = Catalogue(config)
     splits = _collect(catalogue, config)
     vocabs = _vocabularies(catalogue, splits["train"])
     for name, ids in vocabs.items():
-        np.save(artifacts.vocab_path(staging, name), ids)
+        np.save(dataset_dir.vocab_path(staging, name), ids)
     attributes, multimodal = _item_tables(catalogue, vocabs)
-    np.save(os.path.join(staging, artifacts.MULTIMODAL_TABLE), multimodal)
-    manifest = {
-        "schema_version": artifacts.SCHEMA_VERSION,
-        "source": f"muse_tf.synthetic_dataset {json.dumps(dataclasses.asdict(config))}",
-        "history_cap": config.behaviours_per_user,
-        "vocab_sizes": {name: len(ids) + vocabulary.RESERVED for name, ids in vocabs.items()},
-        "splits": {
+    np.save(os.path.join(staging, dataset_dir.MULTIMODAL_TABLE), multimodal)
+    manifest = dataset_dir.build_manifest(
+        source=f"muse_tf.data.synthetic_dataset {json.dumps(dataclasses.asdict(config))}",
+        history_cap=config.behaviours_per_user,
+        vocab_sizes={name: len(ids) + vocabulary.RESERVED for name, ids in vocabs.items()},
+        splits={
             name: _write_split(staging, name, split, catalogue, vocabs, attributes)
             for name, split in splits.items()
         },
-    }
-    with open(os.path.join(staging, artifacts.MANIFEST), "w") as f:
+    )
+    with open(os.path.join(staging, dataset_dir.MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     os.rename(staging, output)
     return manifest
@@ -210,7 +200,7 @@ def ensure_default_dataset(work_dir: str, users: int | None = None, behaviours_p
         sizes = dataclasses.replace(sizes, users=users)
     name = f"synthetic-u{sizes.users}-l{sizes.behaviours_per_user}-s{sizes.seed}"
     converted = os.path.join(work_dir, "data", name)
-    if os.path.exists(os.path.join(converted, artifacts.MANIFEST)):
+    if os.path.exists(os.path.join(converted, dataset_dir.MANIFEST)):
         print(f"Using the cached synthetic dataset in {converted}")
         return converted
     shutil.rmtree(converted, ignore_errors=True)  # an unfinished earlier attempt

@@ -1,8 +1,8 @@
 """The serving contract of an exported muse-tf SavedModel: signature names, input and output keys.
 
-``muse_tf.saved_model`` builds its signatures from these definitions; the serving stand-in, the clients,
+``muse_tf.jobs.saved_model`` builds its signatures from these definitions; the serving stand-in, the clients,
 the tests and the benchmarks name signatures and tensors through them, so a renamed key changes in
-one place. Every input is int64 raw IDs as in the Taobao-MM files (``muse_tf.saved_model``
+one place. Every input is int64 raw IDs as in the Taobao-MM files (``muse_tf.jobs.saved_model``
 documents the shapes and padding of each signature). Command lines read these names before
 TensorFlow loads, so TensorFlow is imported only to build the input specs.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from muse_tf import features
+from muse_tf.contract import features
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -2,7 +2,11 @@
 
 One run directory holds one model. Its layout, owned here and nowhere else::
 
+    lock                   names the process working here (``muse_tf.contract.lock``): one at a time
     config.yaml            the resolved ExperimentConfig (``model:`` and ``train:``)
+    dataset.json           the converted dataset it trains on: its path and the digest of its
+                           vocabularies (``dataset_dir.vocabularies_digest``), which decide what the
+                           embedding rows mean; scoring with another dataset is refused
     history.csv            per-epoch losses and metrics
     logs/                  TensorBoard
     checkpoints/epoch-NN   weights after each epoch
@@ -10,27 +14,34 @@ One run directory holds one model. Its layout, owned here and nowhere else::
                            digest of the config it belongs to; kept until evaluation and export
                            have succeeded
     final/weights          the trained weights; ``final/training.json`` records that training
-                           finished (and for which config), so a restart goes straight to
-                           evaluation and export
+                           finished (and the digest of its config), so a restart goes straight to
+                           evaluation and export, and a ``config.yaml`` edited since is refused
     metrics.json           the finished run's summary: written last, it marks the run as done
     eval_metrics.json, eval_buckets.png
     export/<name>/<version>/  the SavedModel, unless exported elsewhere
-    workers/<type>-<index>/   a non-chief worker's own history.csv and final/ (multi-worker)
+    workers/<type>-<index>/   a non-chief worker's own lock, history.csv and final/ (multi-worker)
+
+A start that failed before its first backup trained nothing: it does not count as a run (the next
+start, of any config, begins afresh).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 import yaml
 
-from muse_tf import cli, distribute, features, strict_json
+from muse_tf import cli
 from muse_tf.config import ExperimentConfig, from_dict, load_yaml
+from muse_tf.contract import dataset_dir, features, lock, strict_json
+from muse_tf.jobs import distribute
 from muse_tf.models import MuseModel
 
 START_OVER_FLAG = "--overwrite"
@@ -58,8 +69,16 @@ class RunDir:
         return os.path.join(self.root, *parts)
 
     @property
+    def lock(self) -> str:
+        return self._path("lock")
+
+    @property
     def config(self) -> str:
         return self._path("config.yaml")
+
+    @property
+    def dataset_record(self) -> str:
+        return self._path("dataset.json")
 
     @property
     def history(self) -> str:
@@ -126,12 +145,9 @@ class RunDir:
     def is_finished(self) -> bool:
         return os.path.exists(self.metrics)
 
-    def has_final_weights(self) -> bool:
-        """Whether training got as far as saving ``final/weights`` (a TensorFlow checkpoint)."""
-        return os.path.exists(f"{self.final_weights}.index")
-
-    def check_can_start(self, experiment: ExperimentConfig) -> dict | None:
-        """Checks that training ``experiment`` here continues this directory's run, not another's.
+    def check_can_start(self, experiment: ExperimentConfig, data_dir: str) -> dict | None:
+        """Checks that training ``experiment`` on ``data_dir`` here continues this directory's run,
+        not another's. A start that never backed up trained nothing, so it does not count.
 
         Returns:
             The training record when training already finished for this config (a failure or a
@@ -139,7 +155,7 @@ class RunDir:
 
         Raises:
             RunDirectoryError: when the run is finished, or its backup or trained weights belong
-                to another config. The message names ``--overwrite``, which starts over.
+                to another config or dataset. The message names ``--overwrite``, which starts over.
         """
         restart = f"pass {START_OVER_FLAG} to delete it and start over, or use another --model-dir"
         if self.is_finished():
@@ -154,32 +170,75 @@ class RunDir:
                     f"{self.root} holds a model trained with another config (see "
                     f"{self.config}); {restart}."
                 )
+            self.check_dataset(data_dir)
             return record
+        if not self.has_backup():
+            return None
         stored = _read_text(self.backup_digest)
-        if (stored is not None and stored != digest) or (stored is None and self.has_backup()):
+        if stored != digest:
             what = "another config" if stored else "an unknown config (no config.sha256)"
             raise RunDirectoryError(
                 f"{self.root} holds an unfinished run of {what}, whose backup would be restored "
                 f"into this run's model; {restart}."
             )
+        self.check_dataset(data_dir)
         return None
+
+    def check_dataset(self, data_dir: str) -> None:
+        """Checks that ``data_dir`` is the dataset this run trains on: the same vocabularies, so
+        the same IDs select the same embedding rows (``dataset.json``).
+
+        Raises:
+            RunDirectoryError: naming both directories, or saying that the run records none.
+        """
+        if not os.path.exists(self.dataset_record):
+            raise RunDirectoryError(
+                f"{self.root} does not record the dataset it was trained on (no "
+                f"{os.path.basename(self.dataset_record)}: an older muse_tf trained it), so "
+                f"--data {data_dir} cannot be checked against it; train it again with `python -m "
+                f"muse_tf.train --data DATA --model-dir {self.root} {START_OVER_FLAG}`."
+            )
+        recorded = _read_json(self.dataset_record)
+        if dataset_dir.vocabularies_digest(data_dir) != recorded["vocabularies_sha256"]:
+            raise RunDirectoryError(
+                f"--data {data_dir} is not the dataset {self.root} was trained on "
+                f"({recorded['data']}): their vocabularies differ, so the same IDs would select "
+                f"other embedding rows; pass --data {recorded['data']} (or a copy of it)."
+            )
 
     def write_config(self, experiment: ExperimentConfig) -> None:
         """Writes the resolved config to ``config.yaml``."""
         os.makedirs(self.root, exist_ok=True)
         _write_text(self.config, yaml.safe_dump(experiment.to_dict(), sort_keys=False))
 
-    def start(self, experiment: ExperimentConfig) -> None:
-        """Writes ``config.yaml`` and the backup's config digest (chief only)."""
+    def start(self, experiment: ExperimentConfig, data_dir: str) -> None:
+        """Writes ``config.yaml``, ``dataset.json`` and the backup's config digest (chief only)."""
         self.write_config(experiment)
+        _write_json(self.dataset_record, {
+            "data": data_dir if "://" in data_dir else os.path.abspath(data_dir),
+            "vocabularies_sha256": dataset_dir.vocabularies_digest(data_dir),
+        })
         os.makedirs(self.backup, exist_ok=True)
         _write_text(self.backup_digest, config_digest(experiment))
 
-    def discard_history(self) -> None:
-        """Deletes ``history.csv`` rows of an attempt that never backed up: training starts from
-        step 0 again, so they would reappear as a second "epoch 0"."""
+    def discard_attempt(self) -> None:
+        """Deletes what an attempt that never backed up wrote: training starts from step 0 again,
+        so its ``history.csv`` rows would reappear as a second "epoch 0", and its TensorBoard
+        logs and checkpoints (perhaps of another config) would mix with the new ones."""
         if os.path.exists(self.history):
             os.remove(self.history)
+        for path in (self.logs, os.path.dirname(self.checkpoints)):
+            shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Holds this directory's ``lock`` for the ``with`` block (``lock.hold``).
+
+        Raises:
+            lock.BusyError: naming the process that works here.
+        """
+        with lock.hold(self.lock, self.root, "wait for it to end, or use another --model-dir"):
+            yield
 
     def record_training(self, experiment: ExperimentConfig, result: dict) -> None:
         """Marks training as finished for ``experiment`` (after ``final_weights`` are saved)."""
@@ -193,7 +252,8 @@ class RunDir:
     def clear(self) -> None:
         """Deletes what a run writes here (and nothing else the directory may hold), to start
         over."""
-        files = (self.config, self.history, self.metrics, self.eval_metrics, self.eval_plot)
+        files = (self.config, self.dataset_record, self.history, self.metrics, self.eval_metrics,
+                 self.eval_plot)
         for path in files:
             if os.path.exists(path):
                 os.remove(path)
@@ -286,20 +346,51 @@ def load_weights_covering(model: tf.Module, path: str) -> None:
     status.expect_partial()  # optimizer slots in the checkpoint are not needed here
 
 
-def load_trained_model(model_dir: str) -> tuple[MuseModel, ExperimentConfig]:
+def load_trained_model(
+    model_dir: str, data_dir: str | None = None
+) -> tuple[MuseModel, ExperimentConfig]:
     """Rebuilds a finished run's model from its ``config.yaml`` and final weights.
 
+    Args:
+        data_dir: the dataset the caller pairs the model with (scoring, evaluation, export); it
+            must be the run's (``RunDir.check_dataset``). None: the model alone.
+
     Raises:
-        RunDirectoryError: when ``model_dir`` is not a run, its training has not finished, or its
-            weights do not cover the model.
+        RunDirectoryError: when ``model_dir`` is not a run, its training has not finished, its
+            ``config.yaml`` is not the config it was trained with, ``data_dir`` is another
+            dataset, or its weights are damaged or do not cover the model.
     """
     run = RunDir(model_dir)
     experiment = run.read_config()
-    if not run.has_final_weights():
+    if not os.path.exists(run.training_record):
         raise RunDirectoryError(
-            f"{run.root} holds no trained model (no final/weights): its training has not "
+            f"{run.root} holds no trained model (no final/training.json): its training has not "
             "finished; run `python -m muse_tf.train` with the same --model-dir to resume it."
         )
+    if _read_json(run.training_record).get("config_sha256") != config_digest(experiment):
+        raise RunDirectoryError(
+            f"{run.config} is not the config {run.final_weights} were trained with (its digest "
+            f"differs from the one in {run.training_record}): it was edited since; restore it, "
+            "or train the edited config in another --model-dir."
+        )
+    if data_dir is not None:
+        run.check_dataset(data_dir)
     model = build_model(experiment)
     load_weights_covering(model, run.final_weights)
     return model, experiment
+
+
+@contextlib.contextmanager
+def working_in_trained_run(
+    model_dir: str, data_dir: str
+) -> Iterator[tuple[MuseModel, ExperimentConfig]]:
+    """``load_trained_model(model_dir, data_dir)`` for a command that works in the run
+    (evaluation, export), holding the run's lock (``RunDir.hold``) for the ``with`` block.
+
+    Raises:
+        RunDirectoryError, lock.BusyError: as ``load_trained_model`` and ``RunDir.hold``.
+    """
+    run = RunDir(model_dir)
+    run.read_config()  # a directory that is not a run gets no lock file
+    with run.hold():
+        yield load_trained_model(model_dir, data_dir)

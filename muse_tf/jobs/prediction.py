@@ -1,0 +1,249 @@
+"""The job of ``python -m muse_tf.predict`` (and of ``pipelines.predict``): a converted split scored
+into a Parquet or CSV file, streamed batch by batch, with a run's Keras model or an export (scorers:
+``muse_tf.jobs.scoring``). TensorFlow loads inside ``predict``, so a command's ``--help`` does not
+load it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from muse_tf import cli
+
+if TYPE_CHECKING:  # loaded with the work, not for --help
+    import numpy as np
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+
+
+def output_format(path: str) -> str:
+    """``parquet`` or ``csv``, from the output file's extension."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    raise cli.UsageError(
+        f"--output {path}: unknown extension {suffix!r}; use .parquet (or .pq) or .csv."
+    )
+
+
+def resolve_export(path: str) -> str:
+    """The SavedModel version directory of ``path``: the version directory itself, a model
+    directory of numbered versions (the newest), or an export base holding one model name."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    if not os.path.isdir(path):
+        raise cli.UsageError(f"--export {path} does not exist.")
+    versions = [entry for entry in os.listdir(path) if entry.isdigit()]
+    if versions:
+        return resolve_export(os.path.join(path, max(versions, key=int)))
+    models = [e for e in os.listdir(path) if os.path.isdir(os.path.join(path, e))]
+    if len(models) == 1:
+        return resolve_export(os.path.join(path, models[0]))
+    raise cli.UsageError(
+        f"--export {path} is not a SavedModel: give its version directory (holding "
+        "saved_model.pb, e.g. runs/muse/export/muse/1) or the directory of its versions."
+    )
+
+
+class Progress:
+    """A one-line progress report on stderr: samples scored of the total, samples per second."""
+
+    def __init__(self, total: int, enabled: bool = True, interval: float = 1.0) -> None:
+        self.total, self.enabled, self.interval, self.stream = total, enabled, interval, sys.stderr
+        self.done, self.start, self.shown = 0, time.monotonic(), 0.0
+
+    def add(self, samples: int) -> None:
+        self.done += samples
+        now = time.monotonic()
+        if self.enabled and now - self.shown >= self.interval and self.done < self.total:
+            self.shown = now
+            self._show(now, end="\r" if self.stream.isatty() else "\n")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._show(time.monotonic(), end="\n")
+
+    def _show(self, now: float, end: str) -> None:
+        rate = self.done / max(now - self.start, 1e-9)
+        print(f"scored {self.done:,}/{self.total:,} samples ({rate:,.0f} samples/s)", end=end,
+              file=self.stream, flush=True)
+
+
+class PredictionWriter:
+    """Writes scored batches as Parquet row groups or CSV rows, under a temporary name until
+    ``close`` (a failed run leaves no file that looks complete)."""
+
+    def __init__(self, path: str, item_vocabulary: np.ndarray) -> None:
+        import pyarrow as pa
+
+        self.path, self.format = path, output_format(path)
+        self.item_vocabulary = item_vocabulary
+        self.schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
+                                 ("label", pa.int64()), ("probability", pa.float32()),
+                                 ("logit", pa.float32())])
+        self.tmp = f"{path}.tmp"
+        with cli.writing(path):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            else:
+                import pyarrow.csv as pcsv
+
+                self.writer = pcsv.CSVWriter(self.tmp, self.schema)
+        self.rows = self.unknown_items = 0
+
+    def write(self, scored: Mapping[str, np.ndarray]) -> None:
+        """One batch of ``scoring.scored_batches``' columns."""
+        import numpy as np
+        import pyarrow as pa
+
+        from muse_tf.contract import vocabulary
+
+        unknown = scored["item_id"] < vocabulary.RESERVED
+        items = vocabulary.raw_ids(self.item_vocabulary, scored["item_id"], 0)
+        columns = [
+            pa.array(scored["groups"], pa.int64()),
+            pa.array(items, pa.int64(), mask=unknown),
+            pa.array(scored["labels"], pa.int64()),
+            pa.array(np.asarray(scored["probability"], np.float32).ravel(), pa.float32()),
+            pa.array(np.asarray(scored["logits"], np.float32).ravel(), pa.float32()),
+        ]
+        with cli.writing(self.path):
+            self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        self.rows += len(items)
+        self.unknown_items += int(unknown.sum())
+
+    def close(self) -> None:
+        try:
+            with cli.writing(self.path):
+                self.writer.close()
+                os.replace(self.tmp, self.path)
+        except cli.WriteError:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Removes the partial output; a writer that cannot flush (a full disk) is no matter then."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.tmp)
+
+
+def predict(
+    data_dir: str,
+    output: str,
+    *,
+    model_dir: str | None = None,
+    export: str | None = None,
+    split: str = "test",
+    batch_size: int | None = None,
+    history_length: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Scores ``split`` of the converted dataset ``data_dir`` into ``output`` (.parquet or .csv)
+    with the run ``model_dir`` or the SavedModel ``export`` (exactly one of them).
+
+    Args:
+        batch_size: samples per batch; default the run's ``train.eval_batch_size`` (an export:
+            ``TrainConfig``'s default).
+        history_length: behaviours fed per sample; default the run's ``train.history_length``
+            (an export: the dataset's ``history_cap``).
+
+    Returns:
+        ``output``, ``rows`` written and ``unknown_items`` (rows whose ``item_id`` is null).
+
+    Raises:
+        cli.UsageError: for a missing, damaged or inconsistent input, naming it; no output file
+            is left then.
+    """
+    if (model_dir is None) == (export is None):
+        raise cli.UsageError("give exactly one of --model-dir RUN and --export DIR.")
+    output_format(output)
+    from muse_tf.config import TrainConfig
+    from muse_tf.contract import dataset_dir
+    from muse_tf.data import reader
+    from muse_tf.jobs import runs, scoring
+
+    try:
+        manifest = dataset_dir.load_manifest(data_dir)
+        total = dataset_dir.split_samples(manifest, split)
+        files = dataset_dir.split_files(data_dir, split)
+        vocabularies = dataset_dir.load_vocabularies(data_dir)
+        if model_dir is not None:  # the run's model, if --data is the run's dataset
+            model, experiment = runs.load_trained_model(model_dir, data_dir)
+            train = experiment.train
+            score = scoring.model_scorer(model)
+        else:
+            train = TrainConfig(history_length=manifest["history_cap"])
+            score = scoring.export_scorer(resolve_export(export), vocabularies)
+    except (FileNotFoundError, ValueError) as err:  # runs.RunDirectoryError is a UsageError
+        raise cli.UsageError(str(err)) from None
+    dataset = reader.make_dataset(files, batch_size or train.eval_batch_size,
+                                history_length=history_length or train.history_length,
+                                deterministic=True)
+    writer = PredictionWriter(output, vocabularies["item"])
+    meter = Progress(total, enabled=progress)
+    try:
+        with dataset_dir.damaged_shards_named(files):
+            for scored in scoring.scored_batches(score, dataset):
+                writer.write(scored)
+                meter.add(len(scored["labels"]))
+        meter.close()
+        dataset_dir.check_split_read_whole(data_dir, split, writer.rows)
+    except BaseException as err:
+        writer.abort()
+        if isinstance(err, ValueError):  # a damaged shard or a split shorter than its manifest
+            raise cli.UsageError(str(err)) from None
+        raise
+    writer.close()
+    return {"output": output, "rows": writer.rows, "unknown_items": writer.unknown_items}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The job of ``python -m muse_tf.predict``: ``predict`` with the command's flags, reported."""
+    result = predict(args.data, args.output, split=args.split, **scoring_options(args))
+    report(result)
+    return result
+
+
+def report(result: dict) -> None:
+    """The one-line summary the command prints."""
+    note = (f"; {result['unknown_items']:,} with an item the run does not know (item_id null)"
+            if result["unknown_items"] else "")
+    print(f"Wrote {result['rows']:,} rows to {result['output']}{note}")
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, output and batching flags, shared with ``pipelines.predict``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", help="a finished training run's directory")
+    source.add_argument("--export", help="a SavedModel version directory (e.g. "
+                        "runs/muse/export/muse/1) or the directory of its versions")
+    parser.add_argument("--output", required=True, help="predictions file: .parquet or .csv")
+    parser.add_argument("--batch-size", type=int, help="samples per batch; unset: the run's "
+                        "train.eval_batch_size")
+    parser.add_argument("--history-length", type=int, help="behaviours per sample; unset: the "
+                        "run's train.history_length, with --export the dataset's history cap")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--verbose", action="store_true", help="TensorFlow's start-up logs")
+
+
+def scoring_options(args: argparse.Namespace) -> dict:
+    """``predict``'s keyword arguments from ``add_scoring_arguments``' flags, checked."""
+    for name in ("batch_size", "history_length"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+    return {"model_dir": args.model_dir, "export": args.export, "batch_size": args.batch_size,
+            "history_length": args.history_length, "progress": not args.quiet}
