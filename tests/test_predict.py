@@ -173,6 +173,13 @@ def test_another_dataset_is_refused_naming_both_directories(dataset, run_dir, tm
         assert not list(tmp_path.glob("scores.parquet*"))
     assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate", message,
                        ["--data", str(other), "--model-dir", run_dir, "--output", str(tmp_path)])
+    # Raw Parquet is converted with --data's vocabularies: the run is checked against --data
+    # itself, before the conversion, so the line names it (not the temporary conversion).
+    from pipelines import predict as raw_predict
+
+    assert_usage_error(capsys, raw_predict.main, "pipelines.predict", message,
+                       ["--parquet", str(Path(dataset).parent / "parquet"), "--data", str(other),
+                        "--model-dir", run_dir, "--output", str(output), "--work-dir", str(tmp_path)])
 
 
 def test_an_edited_config_is_refused_though_the_weights_fit(dataset, run_dir, tmp_path, capsys):  # noqa: F811

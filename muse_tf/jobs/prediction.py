@@ -140,6 +140,22 @@ class PredictionWriter:
             os.remove(self.tmp)
 
 
+def check_run(model_dir: str, data_dir: str) -> None:
+    """What ``predict`` checks of a run before scoring (``runs.check_trained_run``), for a caller
+    with work to do first (``pipelines.predict`` converts raw Parquet with ``data_dir``'s
+    vocabularies, then scores the conversion, which no longer names ``data_dir``).
+
+    Raises:
+        cli.UsageError: naming the run, its config or the dataset.
+    """
+    from muse_tf.jobs import runs
+
+    try:
+        runs.check_trained_run(model_dir, data_dir)
+    except (FileNotFoundError, ValueError) as err:  # runs.RunDirectoryError is a UsageError
+        raise cli.UsageError(str(err)) from None
+
+
 def predict(
     data_dir: str,
     output: str,

@@ -349,7 +349,21 @@ def load_weights_covering(model: tf.Module, path: str) -> None:
 def load_trained_model(
     model_dir: str, data_dir: str | None = None
 ) -> tuple[MuseModel, ExperimentConfig]:
-    """Rebuilds a finished run's model from its ``config.yaml`` and final weights.
+    """Rebuilds a finished run's model from its ``config.yaml`` and final weights, after
+    ``check_trained_run``.
+
+    Raises:
+        RunDirectoryError: as ``check_trained_run``, or when its weights are damaged or do not
+            cover the model.
+    """
+    run, experiment = check_trained_run(model_dir, data_dir)
+    model = build_model(experiment)
+    load_weights_covering(model, run.final_weights)
+    return model, experiment
+
+
+def check_trained_run(model_dir: str, data_dir: str | None = None) -> tuple[RunDir, ExperimentConfig]:
+    """A finished run's directory and config, checked without loading its weights.
 
     Args:
         data_dir: the dataset the caller pairs the model with (scoring, evaluation, export); it
@@ -357,8 +371,8 @@ def load_trained_model(
 
     Raises:
         RunDirectoryError: when ``model_dir`` is not a run, its training has not finished, its
-            ``config.yaml`` is not the config it was trained with, ``data_dir`` is another
-            dataset, or its weights are damaged or do not cover the model.
+            ``config.yaml`` is not the config it was trained with, or ``data_dir`` is another
+            dataset.
     """
     run = RunDir(model_dir)
     experiment = run.read_config()
@@ -375,9 +389,7 @@ def load_trained_model(
         )
     if data_dir is not None:
         run.check_dataset(data_dir)
-    model = build_model(experiment)
-    load_weights_covering(model, run.final_weights)
-    return model, experiment
+    return run, experiment
 
 
 @contextlib.contextmanager

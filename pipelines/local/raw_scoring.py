@@ -89,6 +89,8 @@ def predict_parquet(
     if split not in release.SPLITS:
         raise cli.UsageError(f"--split {split!r}: the release's splits are {list(release.SPLITS)}.")
     scoring.output_format(output)
+    if scoring_options.get("model_dir"):  # before converting: the conversion is not --data
+        scoring.check_run(scoring_options["model_dir"], data_dir)
     from pipelines.common.parquet_input import InputError
 
     with tempfile.TemporaryDirectory(prefix="muse-predict-", dir=work_dir) as converted:
