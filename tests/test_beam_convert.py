@@ -11,7 +11,7 @@ import tensorflow as tf
 from muse_tf.contract import dataset_dir, features
 from muse_tf.data.synthetic import SyntheticConfig
 from pipelines import beam_convert
-from pipelines.common import synthetic_parquet
+from pipelines.common import output_dir, synthetic_parquet
 from pipelines.common.options import ConversionOptions
 from pipelines.common.summary import EmptyTrainingSplit
 from pipelines.local import driver
@@ -214,15 +214,11 @@ def test_an_unfinished_runs_leftovers_are_refused_or_cleared(tmp_path, monkeypat
     assert sorted(p.name for p in (out / "train").iterdir()) == [
         f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
     ]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [dataset_dir.MANIFEST, dataset_dir.MULTIMODAL_TABLE, dataset_dir.VOCAB_DIR, "train", "test"]
-    )
-    assert sorted(p.name for p in (out / "train").iterdir()) == [
-        f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)
-    ]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [dataset_dir.MANIFEST, dataset_dir.MULTIMODAL_TABLE, dataset_dir.VOCAB_DIR, "train", "test"]
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        dataset_dir.MANIFEST, dataset_dir.MULTIMODAL_TABLE, dataset_dir.VOCAB_DIR, "train", "test",
+        output_dir.LOCK,
+    ])
+    assert (out / output_dir.LOCK).read_text() == ""  # the lock, free
 
 
 def test_a_mistyped_beam_option_is_refused_naming_it(tmp_path, capsys):

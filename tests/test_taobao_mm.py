@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract import dataset_dir, features, lock, vocabulary
 from pipelines import taobao_mm
 from pipelines.common import output_dir, parquet_input
 from pipelines.common.options import ConversionOptions
@@ -411,25 +412,33 @@ def test_files_of_another_conversion_are_refused_and_overwrite_lists_only_its_ow
     assert listed == [f"{split}/part-0000{k}-of-00002.tfrecord.gz"
                       for split in ("test", "train") for k in (0, 1)]
     assert sorted(str(p.relative_to(out)) for p in out.glob("*/part-*")) == listed
-    assert not (out / output_dir.BEAM_WORK).exists() and not (out / output_dir.LOCK).exists()
+    assert not (out / output_dir.BEAM_WORK).exists() and (out / output_dir.LOCK).read_text() == ""
 
 
 def _lock_of(output, pid, host):
     output.mkdir(parents=True, exist_ok=True)
-    (output / output_dir.LOCK).write_text(json.dumps({"pid": pid, "host": host}))
+    (output / output_dir.LOCK).write_text(json.dumps(
+        {"pid": pid, "host": host, "command": "python -m pipelines.taobao_mm", "started": "then"}
+    ))
 
 
-def test_a_second_writer_is_refused_by_the_lock_and_a_dead_holders_lock_is_replaced(
+def test_a_second_writer_is_refused_by_the_lock_and_a_dead_holders_lock_is_taken_over(
     tmp_path, capsys
 ):
-    tiny_synthetic(tmp_path / "in")
-    out, lock = tmp_path / "out", tmp_path / "out" / output_dir.LOCK
-    _lock_of(out, os.getppid(), socket.gethostname())  # a live process on this host
-    with pytest.raises(output_dir.OutputLocked, match=f"{lock} held by pid {os.getppid()} on host "
-                       f"{socket.gethostname()}"):
-        _convert(tmp_path / "in", out, history_cap=8)
+    args = _tiny_args(tmp_path)
+    out, lock_file = tmp_path / "out", tmp_path / "out" / output_dir.LOCK
+    out.mkdir()
+    with lock.hold(str(lock_file), "the first", command="python -m pipelines.taobao_mm --first"):
+        with pytest.raises(SystemExit) as stop:  # a writer at work: one line, exit status 2
+            taobao_mm.main(args)
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        f"python -m pipelines.taobao_mm: error: {out} is in use by pid {os.getpid()} on "
+        f"{socket.gethostname()}, running `python -m pipelines.taobao_mm --first` since "
+    ) and line.endswith("; wait for it to end, or choose another --output.")
     _lock_of(out, 1, "elsewhere")  # another host's: not guessed about
-    with pytest.raises(output_dir.OutputLocked, match=f"delete {lock} if no conversion is running"):
+    with pytest.raises(lock.BusyError, match=re.escape(f"If that process is gone, delete {lock_file}")):
         _convert(tmp_path / "in", out, history_cap=8)
     assert not (out / "_work").exists()  # refused before anything was written
 
@@ -439,9 +448,31 @@ def test_a_second_writer_is_refused_by_the_lock_and_a_dead_holders_lock_is_repla
     _lock_of(out, dead, socket.gethostname())  # a killed run's
     capsys.readouterr()
     manifest = _convert(tmp_path / "in", out, history_cap=8)
-    assert f"{lock}: removing the lock of pid {dead}, which no longer runs" in capsys.readouterr().err
+    assert (f"Taking over the stale lock {lock_file}: pid {dead} on {socket.gethostname()}"
+            in capsys.readouterr().out)
     assert manifest["splits"]["train"]["samples_written"] > 0
-    assert not lock.exists()
+    assert lock_file.read_text() == ""  # free after a normal exit
+    again = _convert(tmp_path / "in", out, history_cap=8, overwrite=True)  # not blocked by it
+    assert again["splits"] == manifest["splits"]
+
+
+def test_a_remote_outputs_lock_refuses_a_second_writer_and_is_removed_after_it(tmp_path):
+    """``ram://`` stands in for ``gs://``: the same ``tf.io.gfile`` calls, no ``os.open``."""
+    import tensorflow as tf
+
+    output = "ram://muse_tf_test_remote_lock/out"
+    params = {"inputs": "x"}
+    with output_dir.claimed(output, output_dir.BEAM_WORK, params, overwrite=False, resumable=False):
+        with pytest.raises(lock.BusyError, match=re.escape(
+            f"{output} is in use by pid {os.getpid()} on {socket.gethostname()}, running "
+        )):
+            with output_dir.claimed(
+                output, output_dir.BEAM_WORK, params, overwrite=False, resumable=False
+            ):
+                pass
+    assert not tf.io.gfile.exists(f"{output}/{output_dir.LOCK}")
+    with output_dir.claimed(output, output_dir.BEAM_WORK, params, overwrite=True, resumable=False):
+        pass
 
 
 def _tiny_args(tmp_path):

@@ -44,7 +44,8 @@ def _process_identity(pid: int) -> str | None:
     return f"{boot}/{fields[19]}"  # field 22 of stat: start time in clock ticks after boot
 
 
-def _this_process(command: str | None) -> dict:
+def record(command: str | None = None) -> dict:
+    """The record naming this process (``command`` default: its command line)."""
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -73,7 +74,13 @@ def describe(holder: dict) -> str:
 
 def _read(fd: int) -> dict | None:
     os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 1 << 16).decode(errors="replace").strip()
+    return parse(os.read(fd, 1 << 16).decode(errors="replace"))
+
+
+def parse(text: str) -> dict | None:
+    """The holder a lock file's ``text`` names; None for a free (empty) lock; a torn record names
+    an unknown holder."""
+    text = text.strip()
     if not text:
         return None
     try:
@@ -108,7 +115,7 @@ def hold(
     try:
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(_this_process(command)).encode())
+        os.write(fd, json.dumps(record(command)).encode())
         os.fsync(fd)
         yield
     finally:

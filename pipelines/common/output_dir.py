@@ -1,16 +1,16 @@
 """A conversion's claim on its output directory (both engines): one writer at a time, and nothing in
 it that another conversion left, so a manifest never lists a shard of another run.
 
-* ``convert.lock`` names the writer (pid, host) while it runs; a second conversion is refused,
-  naming both. A lock whose pid no longer runs on this host was left by a killed run and is
-  replaced (with a message); of a lock from another host the message says how to remove it.
+* ``convert.lock`` is the output's lock (``muse_tf.contract.lock``, as a run directory's): while a
+  conversion runs it names it (pid, host, command, start time) and a second conversion is refused,
+  naming the holder; a lock left by a killed run on this host is taken over, with a message. After
+  a normal exit a local lock file stays, empty (free); a remote one (``_remote_hold``) is removed.
 * The engine's work directory records the run's parameters (inputs and options). A finished
   dataset, an unfinished conversion of other parameters or of the other engine, or dataset files
   that no record explains are refused, naming which; ``overwrite`` clears them first. An unfinished
   conversion of the same parameters is resumed (local engine) or cleared (Beam cannot resume).
 
-Paths go through ``tf.io.gfile`` (local, ``gs://``, ...) as the dataset's readers do; only a local
-lock is created atomically (on other file systems two launchers starting at once may both pass).
+Paths go through ``tf.io.gfile`` (local, ``gs://``, ...) as the dataset's readers do.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterator
 
 import tensorflow as tf
 
-from muse_tf.contract import dataset_dir
+from muse_tf.contract import dataset_dir, lock
 from pipelines.common import taobao_mm_schema as release
 
 LOCK = "convert.lock"
@@ -41,10 +40,7 @@ DATASET = (
     dataset_dir.MULTIMODAL_TABLE,
 )
 _OTHERS = "pass --overwrite to clear it or choose another --output"
-
-
-class OutputLocked(FileExistsError):
-    """Another conversion holds the output's lock; the message names the lock and its holder."""
+_BUSY = "wait for it to end, or choose another --output"
 
 
 @contextlib.contextmanager
@@ -55,16 +51,13 @@ def claimed(
     which records ``params``; ``resumable`` says whether the engine resumes its unfinished work.
 
     Raises:
-        OutputLocked: when another conversion is writing ``output``.
+        lock.BusyError: when another conversion is writing ``output``.
         FileExistsError: naming what ``output`` holds that is not this conversion's.
     """
     tf.io.gfile.makedirs(output)
-    lock = _lock(output)
-    try:
+    path = os.path.join(output, LOCK)
+    with (_remote_hold if "://" in output else lock.hold)(path, output, _BUSY):
         yield _own(output, work_dir, params, overwrite, resumable)
-    finally:
-        with contextlib.suppress(tf.errors.NotFoundError):
-            tf.io.gfile.remove(lock)
 
 
 def _own(output: str, work_dir: str, params: dict, overwrite: bool, resumable: bool) -> str:
@@ -129,57 +122,23 @@ def _clear(output: str) -> None:
             tf.io.gfile.remove(path)
 
 
-def _lock(output: str) -> str:
-    """Creates ``output``'s lock naming this process, replacing a stale one; its path."""
-    path = os.path.join(output, LOCK)
-    holder = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(3):  # a stale lock is replaced at most once; a vanished one is retried
-        if _create(path, json.dumps(holder)):
-            return path
-        try:
-            with tf.io.gfile.GFile(path) as f:
-                found = json.load(f)
-        except tf.errors.NotFoundError:
-            continue
-        except ValueError:  # empty or torn: its writer died at once, or is writing it now
-            found = {}
-        pid, host = found.get("pid"), found.get("host")
-        if host == holder["host"] and isinstance(pid, int) and not _running(pid):
-            print(f"{path}: removing the lock of pid {pid}, which no longer runs (a killed "
-                  "conversion)", file=sys.stderr)
-            with contextlib.suppress(tf.errors.NotFoundError):
-                tf.io.gfile.remove(path)
-            continue
-        raise OutputLocked(
-            f"{output} is being written by another conversion ({path} held by pid {pid} on "
-            f"host {host}); wait for it to end, or delete {path} if no conversion is running."
+@contextlib.contextmanager
+def _remote_hold(path: str, what: str, advice: str) -> Iterator[None]:
+    """``lock.hold`` for a remote file system (``gs://``, ...), where ``os.open`` and ``flock``
+    cannot reach: the lock file exists while a conversion runs. Not atomic (two conversions starting
+    at once may both pass), and a killed run's file is not taken over (its process cannot be
+    checked from here): the refusal says to delete it."""
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            holder = lock.parse(f.read()) or {}
+        raise lock.BusyError(
+            f"{what} is in use by {lock.describe(holder)}; {advice}. If that process is gone, "
+            f"delete {path}."
         )
-    raise OutputLocked(f"{path}: could not take the lock; another conversion keeps replacing it.")
-
-
-def _create(path: str, content: str) -> bool:
-    """Writes ``path`` unless it exists (atomically for a local path); whether it did."""
-    if "://" in path:
-        if tf.io.gfile.exists(path):
-            return False
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(content)
-        return True
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(lock.record()))
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-    return True
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        yield
+    finally:
+        with contextlib.suppress(tf.errors.NotFoundError):
+            tf.io.gfile.remove(path)
