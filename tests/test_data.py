@@ -245,7 +245,7 @@ def test_remote_schemes_register_through_tensorflow_io_only_when_used():
     if not tf.__version__.startswith("2.16."):
         pytest.skip(f"tensorflow-io works only with TensorFlow 2.16, this is {tf.__version__}")
     code = (
-        "import sys, muse_tf.data as d, tensorflow as tf\n"
+        "import sys, muse_tf.data.reader as d, tensorflow as tf\n"
         "before = set(tf.io.gfile.get_registered_schemes())\n"
         "loaded = 'tensorflow_io' in sys.modules\n"
         "d.make_dataset(['s3://b/a.tfrecord.gz', 'hdfs://nn/b.tfrecord.gz',"
@@ -260,7 +260,7 @@ def test_remote_schemes_on_newer_tensorflow_fail_clearly_and_gs_still_works():
     if tf.__version__.startswith("2.16."):
         pytest.skip("TensorFlow 2.16 reads s3/hdfs/az through tensorflow-io (test above)")
     code = (
-        "import sys, muse_tf.data as d, tensorflow as tf\n"
+        "import sys, muse_tf.data.reader as d, tensorflow as tf\n"
         "d.make_dataset(['gs://b/e.tfrecord.gz'], 4, history_length=3)\n"
         "for path in ('s3://b/a.tfrecord.gz', 'hdfs://nn/b.tfrecord.gz', 'az://a/c/d.tfrecord.gz'):\n"
         "    try:\n"
