@@ -196,7 +196,6 @@ def build_manifest(
             "vocab_sizes": vocab_sizes, **sections, "splits": splits}
 
 
-
 def ensure_filesystems(paths: Sequence[str]) -> None:
     """Registers the filesystems ``paths`` need; tensorflow-io is imported only for its schemes.
 
