@@ -6,11 +6,14 @@ variable ``CI`` set, as ``.ci/run`` runs), where that fails them: CI installs Re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -54,6 +57,15 @@ class RedisServer:
         self.kill()
         raise RuntimeError(f"{self.binary} on port {self.port} did not answer PING in "
                            f"{START_TIMEOUT_S} s")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server stopped (SIGSTOP) but its port open: a store past its deadline."""
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """Stops the server at once (SIGKILL to its PID), as a crash would."""

@@ -107,6 +107,9 @@ class RedisStore(HistoryStore):
     def __init__(self, url: str, cap: int = DEFAULT_CAP, timeout_s: float = 1.0):
         super().__init__(cap)
         self.url = _redacted(url)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ValueError(f"history store URL {self.url!r}: the database must be a number")
         try:
             self._redis = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
