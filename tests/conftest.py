@@ -1,4 +1,4 @@
-"""Test session set-up: the Keras 2 API for TFRS, quiet TensorFlow logs, the `redis_server` fixture."""
+"""Test session set-up: the Keras 2 API for TFRS, quiet TensorFlow logs, the history store fixtures."""
 
 import os
 
@@ -8,4 +8,6 @@ from muse_tf import keras2  # noqa: E402
 
 keras2.select()  # before any test module imports TensorFlow
 
-from tests.redis_server import redis_server  # noqa: E402, F401  (a real redis-server fixture)
+# The history store's fixtures: a real redis-server, and `backend` (SQLite and that server).
+from tests.history_backends import backend  # noqa: E402, F401
+from tests.redis_server import redis_server  # noqa: E402, F401

@@ -7,64 +7,20 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import queue
-import sqlite3
 import threading
 import time
 
 import numpy as np
 import pytest
-import redis
 
 from serving.history import chunks
 from serving.history.store import CorruptRecord, StoreUnavailable, open_store
+from tests.history_backends import TIMEOUT_S, RedisBackend, SqliteBackend
 
 C = chunks.CHUNK
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-# A round trip's deadline in these tests, and what a failure may take beyond it.
-TIMEOUT_S, SLACK_S = 0.3, 0.5
-
-
-class Backend:
-    """Opens stores of one backend on a clean namespace and damages them from outside."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def open(self, cap: int = 10 * C, timeout_s: float = TIMEOUT_S):
-        return open_store(self.url, cap=cap, timeout_s=timeout_s)
-
-
-class SqliteBackend(Backend):
-    def raw(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.url.removeprefix("sqlite:///"), isolation_level=None)
-
-    def corrupt_chunk(self, user: int) -> None:
-        with contextlib.closing(self.raw()) as db:
-            db.execute("UPDATE chunks SET pairs = x'0102' WHERE user_id = ?", (user,))
-
-    def corrupt_profile(self, user: int) -> None:
-        with contextlib.closing(self.raw()) as db:
-            db.execute("UPDATE users SET profile = 'not json' WHERE user_id = ?", (user,))
-
-
-class RedisBackend(Backend):
-    def __init__(self, server):
-        super().__init__(server.url)
-        self.server = server
-        redis.Redis.from_url(self.url).flushdb()
-
-    def corrupt_chunk(self, user: int) -> None:
-        redis.Redis.from_url(self.url).hset(f"{{u:{user}}}:chunks", "0", b"\x01\x02")
-
-    def corrupt_profile(self, user: int) -> None:
-        redis.Redis.from_url(self.url).hset(f"{{u:{user}}}:meta", "profile", "not json")
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request, tmp_path):
-    if request.param == "sqlite":
-        return SqliteBackend(f"sqlite:///{tmp_path / 'history.db'}")
-    return RedisBackend(request.getfixturevalue("redis_server"))
+# What a failure may take beyond the deadline.
+SLACK_S = 0.5
 
 
 def ids(count: int, seed: int) -> np.ndarray:
