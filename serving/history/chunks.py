@@ -120,7 +120,7 @@ def decode(
         empty = np.zeros(0, np.int64)
         return empty, empty.copy()
     pairs = np.frombuffer(b"".join(blobs), _PAIR).reshape(-1, 2)
-    pairs = pairs[start - chunks[0] * CHUNK:].astype(np.int64)
+    pairs = pairs[start - chunks[0] * CHUNK:].astype(np.int64, copy=False)  # no copy on x86/ARM
     return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
 
 

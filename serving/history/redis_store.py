@@ -25,6 +25,9 @@ from serving.history.store import (
     UserRecord,
 )
 
+# redis-py's pure-Python reply parser reads the socket this much at a time: its 64 KB default
+# makes a 100K history (1.6 MB) about 3x slower to read.
+SOCKET_READ_BYTES = 1 << 20
 # KEYS: meta, chunks. ARGV: packed pairs, cap, chunk size, "1" to replace (a write), profile JSON
 # ("" for none; a write only). chunks.plan_append in Lua; returns the new version.
 _APPEND = """
@@ -114,6 +117,7 @@ class RedisStore(HistoryStore):
             self._redis = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                 retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+                socket_read_size=SOCKET_READ_BYTES,
             )
         except ValueError as error:
             raise ValueError(f"history store URL {self.url!r}: {error}") from None
