@@ -3,8 +3,9 @@
     python -m serving.history.load --data runs/data/synthetic-u2000-l1000-s0 --store sqlite:///runs/history.db
 
 A record holds one user's history as of that user's samples in its split (``muse_tf.contract.records``);
-a user found in several splits keeps the longest history (splits are read in the manifest's order,
-train before test, and the later one wins a tie) and that record's profile. Records hold vocabulary
+a user found in several splits keeps the longest history and that record's profile; the later
+split wins a tie (splits are read from the manifest's last, test, to its first, train, and a record
+replaces a user's history only when longer). Records hold vocabulary
 indices; they are stored as the raw IDs ``python -m serving.request`` sends to ``rank``, an ID the
 vocabulary lacked becoming one it does not hold (``muse_tf.contract.vocabulary.raw_ids``), so
 ``rank_by_user`` scores what ``rank`` scores. Writes replace whole users: re-running after a failure
@@ -37,7 +38,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--store", required=True,
                         help="history store URL: sqlite:///PATH or redis://HOST:PORT/DB")
     parser.add_argument("--split", action="append",
-                        help="split to read (repeatable); default: every split of the manifest")
+                        help="split to read (repeatable; a later one wins a tie); default: every split")
     parser.add_argument("--cap", type=int, default=DEFAULT_CAP,
                         help="most behaviours kept per user (the newest)")
     parser.add_argument("--timeout", type=float, default=5.0,
@@ -47,12 +48,12 @@ def arguments() -> argparse.ArgumentParser:
 
 
 class Counts:
-    """What a load read, wrote and rejected: records read = written + shorter (a user's longer
-    history was already stored) + rejected."""
+    """What a load read, wrote and rejected: records read = written + not longer (than the user's
+    history already written from a later split) + rejected."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.records = self.written = self.shorter = 0
+        self.records = self.written = self.not_longer = 0
         self.rejected: dict[str, int] = {}
         self.longest: dict[int, int] = {}  # user -> length of the history written
 
@@ -65,7 +66,7 @@ class Counts:
         behaviours = sum(min(length, self.cap) for length in self.longest.values())
         return {"users_written": len(self.longest), "behaviours_written": behaviours,
                 "records_read": self.records, "records_written": self.written,
-                "records_shorter": self.shorter, "rejected": dict(self.rejected)}
+                "records_not_longer": self.not_longer, "rejected": dict(self.rejected)}
 
 
 def _batches(path: str) -> Iterator[dict[str, np.ndarray]]:
@@ -112,7 +113,7 @@ def _outside(vocabularies: dict[str, np.ndarray], name: str, indices: np.ndarray
 def load_shard(
     path: str, store: HistoryStore, vocabularies: dict[str, np.ndarray], counts: Counts
 ) -> None:
-    """Writes the users of one shard whose history is at least as long as any stored so far."""
+    """Writes the users of one shard whose history is longer than any written so far."""
     items_name, categories_name = features.HISTORY_ITEMS, features.HISTORY_CATEGORIES
     for batch in _batches(path):
         keys, profiles = batch["keys"], batch["profiles"]
@@ -139,8 +140,8 @@ def load_shard(
             if not ok[row]:
                 counts.reject(path, user, str(reasons[row]))
                 continue
-            if counts.longest.get(user, -1) > lengths[row]:
-                counts.shorter += 1
+            if counts.longest.get(user, -1) >= lengths[row]:
+                counts.not_longer += 1
                 continue
             items = raw[items_name][item_splits[row]:item_splits[row + 1]]
             categories = raw[categories_name][category_splits[row]:category_splits[row + 1]]
@@ -158,7 +159,8 @@ def load(args: argparse.Namespace) -> dict:
         raise cli.UsageError(f"--cap must be at least 1, got {args.cap}.")
     try:
         splits = args.split or list(dataset_dir.load_manifest(args.data)["splits"])
-        files = [path for split in splits for path in dataset_dir.split_files(args.data, split)]
+        files = [path for split in reversed(splits)
+                 for path in dataset_dir.split_files(args.data, split)]
         vocabularies = dataset_dir.load_vocabularies(args.data)
     except (FileNotFoundError, ValueError) as error:
         raise cli.UsageError(f"--data {args.data}: {error}") from None
@@ -183,8 +185,8 @@ def load(args: argparse.Namespace) -> dict:
     rejected = sum(summary["rejected"].values())
     print(f"users written {summary['users_written']}, behaviours written "
           f"{summary['behaviours_written']}, records read {summary['records_read']} "
-          f"(= {summary['records_written']} written + {summary['records_shorter']} shorter than "
-          f"the user's history in another split + {rejected} rejected"
+          f"(= {summary['records_written']} written + {summary['records_not_longer']} not longer "
+          f"than the user's history in a later split + {rejected} rejected"
           + "".join(f"; {count} {reason}" for reason, count in summary["rejected"].items()) + ")")
     return summary
 
