@@ -3,7 +3,8 @@
 Tables: ``users(user_id, version, head, length, profile)`` and ``chunks(user_id, chunk_no,
 pairs)``, the layout of ``serving.history.chunks``. The file is in WAL mode, so readers never wait
 for a writer; every write or append is one ``BEGIN IMMEDIATE`` transaction, which serialises
-writers across threads and processes. Each thread has its own connection.
+writers across processes. Each thread has its own connection; this process's writers queue on a
+lock first, since SQLite's own wait for a busy file sleeps up to 100 ms at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from serving.history import chunks
@@ -44,6 +46,7 @@ class SqliteStore(HistoryStore):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._pid = os.getpid()
         with self._transaction("BEGIN IMMEDIATE") as db:
             for statement in _SCHEMA:
@@ -71,11 +74,28 @@ class SqliteStore(HistoryStore):
         return StoreUnavailable(f"history store {self.url}: {error}")
 
     @contextlib.contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        """One transaction on this thread's connection, rolled back on any error; SQLite's errors
-        (a lock held past the timeout, an unreadable file) become StoreUnavailable."""
-        db = self._connection()
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, after this process's other writers (within the timeout)."""
+        start = time.monotonic()
+        if not self._write_lock.acquire(timeout=self.timeout_s):
+            raise StoreUnavailable(f"history store {self.url}: other writers held it for "
+                                   f"{self.timeout_s} s")
         try:
+            left = self.timeout_s - (time.monotonic() - start)
+            with self._transaction("BEGIN IMMEDIATE", left) as db:
+                yield db
+        finally:
+            self._write_lock.release()
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One transaction on this thread's connection, waiting ``wait_s`` (default: the timeout)
+        for a lock, rolled back on any error; SQLite's errors (a lock held past the wait, an
+        unreadable file) become StoreUnavailable."""
+        db = self._connection()
+        wait_s = self.timeout_s if wait_s is None else wait_s
+        try:
+            db.execute(f"PRAGMA busy_timeout = {max(0, int(wait_s * 1000))}")
             db.execute(begin)
             yield db
             db.execute("COMMIT")
@@ -121,14 +141,14 @@ class SqliteStore(HistoryStore):
         user = chunks.user_id_of(user_id)
         data = chunks.behaviours(user, items, categories)
         plan = chunks.plan_append(0, 0, b"", data, self.cap)
-        with self._transaction("BEGIN IMMEDIATE") as db:
+        with self._writing() as db:
             db.execute("DELETE FROM chunks WHERE user_id = ?", (user,))
             return self._commit(db, user, plan, chunks.encode_profile(profile), replace=True)
 
     def append(self, user_id: int, items: Sequence[int], categories: Sequence[int]) -> int:
         user = chunks.user_id_of(user_id)
         data = chunks.behaviours(user, items, categories)
-        with self._transaction("BEGIN IMMEDIATE") as db:
+        with self._writing() as db:
             row = db.execute("SELECT head, length FROM users WHERE user_id = ?", (user,)).fetchone()
             head, length = row or (0, 0)
             end = head + length
