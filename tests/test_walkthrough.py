@@ -193,6 +193,12 @@ def test_the_pages_run_verbatim_after_the_quick_start(after_quick_start):
     )
     assert len(started) == len(runnable)
 
+    # Each served name holds one run's models (TF Serving serves the newest version of a name).
+    for model_dir in sorted({version.parent.parent for version in after_quick_start.glob("**/saved_model.pb")}):
+        sources = {json.loads((version / "assets.extra" / "source_run.json").read_text())["training_sha256"]
+                   for version in model_dir.iterdir() if version.name.isdigit()}
+        assert len(sources) == 1, f"{model_dir} holds the models of {len(sources)} runs"
+
     # The scored files: one row per test sample (the manifest's count), the same scores either way.
     manifest = json.loads((after_quick_start / QUICK_START_PATHS["dataset"] / "manifest.json").read_text())
     scored = pd.read_parquet(after_quick_start / "runs" / "muse" / "predictions.parquet")
