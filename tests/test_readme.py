@@ -1,4 +1,5 @@
-"""The README and the docs pages say what the code does: CI's commands, every configuration key, working links."""
+"""The README and the docs pages say what the code does: CI's commands, every configuration key,
+working links."""
 
 import dataclasses
 import importlib.util
