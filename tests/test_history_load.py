@@ -73,7 +73,8 @@ HAND_SPLITS = {
     "train": [(1, [2, 3, 4, 5, 1], [2, 3], [2, 3]),      # shorter than its test history
               (2, [5, 5, 5, 5, 5], [2, 3, 4, 5], [5, 4, 3, 2]),  # longer than its test history
               (3, [2, 2, 2, 2, 2], [2, 2], [3, 3]),       # as long as its test history
-              (4, [2, 2, 2, 2, 2], [2, 9], [2, 2])],      # item index 9: outside the vocabulary
+              (4, [2, 2, 2, 2, 2], [2, 9], [2, 2]),       # item index 9: outside the vocabulary
+              (5, [2, 2, 2, 2, 2], [2, 2], [9, 2])],      # category index 9: the same
     "test": [(1, [3, 3, 3, 3, 3], [5, 4, 1, 0, 2], [2, 2, 2, 2, 2]),
              (2, [4, 4, 4, 4, 4], [3], [3]),
              (3, [4, 4, 4, 4, 4], [4, 5], [5, 4])],
@@ -127,10 +128,11 @@ def test_a_user_in_two_splits_keeps_the_longest_history_and_its_profile(tmp_path
         assert record.items.tolist() == hand_raw(items)
         assert record.categories.tolist() == hand_raw(categories)
         assert record.profile == dict(zip(features.USER_PROFILE, hand_raw(profile)))
-    assert store.read(4, 100) is None
-    assert counts == {"users_written": 3, "behaviours_written": 5 + 4 + 2, "records_read": 7,
+    assert store.read(4, 100) is None and store.read(5, 100) is None
+    assert counts == {"users_written": 3, "behaviours_written": 5 + 4 + 2, "records_read": 8,
                       "records_written": 4, "records_not_longer": 2,
-                      "rejected": {"history_items index outside its vocabulary": 1}}
+                      "rejected": {"history_items index outside its vocabulary": 1,
+                                   "history_categories index outside its vocabulary": 1}}
     err = capsys.readouterr().err
     assert f"{data}/train/part-00000-of-00001.tfrecord.gz: user 4 rejected: history_items" in err
 

@@ -2,14 +2,15 @@
 
     python -m serving.history.load --data runs/data/synthetic-u2000-l1000-s0 --store sqlite:///runs/history.db
 
-A record holds one user's history as of that user's samples in its split (``muse_tf.contract.records``);
-a user found in several splits keeps the longest history and that record's profile; the later
-split wins a tie (splits are read from the manifest's last, test, to its first, train, and a record
-replaces a user's history only when longer). Records hold vocabulary
-indices; they are stored as the raw IDs ``python -m serving.request`` sends to ``rank``, an ID the
-vocabulary lacked becoming one it does not hold (``muse_tf.contract.vocabulary.raw_ids``), so
-``rank_by_user`` scores what ``rank`` scores. Writes replace whole users: re-running after a failure
-is safe. Progress goes to stderr, the counts to stdout.
+A record holds one user's history as of that user's samples in its split
+(``muse_tf.contract.records``); a user found in several splits keeps the longest history and that
+record's profile, and the later split wins a tie (splits are read from the manifest's last, test,
+to its first, train; a record replaces a user's history only when longer). Records hold
+vocabulary indices; they are stored as the raw IDs ``python -m serving.request`` sends to
+``rank``, an ID the vocabulary lacked becoming one it does not hold
+(``muse_tf.contract.vocabulary.raw_ids``), so ``rank_by_user`` scores what ``rank`` scores. Writes
+replace whole users: re-running after a failure is safe. Progress goes to stderr, the counts to
+stdout.
 
 New behaviours later go through the store's ``append`` (serving/README.md, "History store").
 """
@@ -70,8 +71,8 @@ class Counts:
 
 
 def _batches(path: str) -> Iterator[dict[str, np.ndarray]]:
-    """User keys, profiles (N, 5) and the histories' flat values, row splits and row lengths of
-    the records of one shard, ``BATCH_RECORDS`` at a time."""
+    """User keys, profiles (N, 5) and the histories' flat values and row splits of the records of
+    one shard, ``BATCH_RECORDS`` at a time."""
     import tensorflow as tf
 
     from muse_tf.contract import dataset_dir, records
@@ -95,24 +96,29 @@ def _batches(path: str) -> Iterator[dict[str, np.ndarray]]:
             yield batch
 
 
-def _raw(vocabularies: dict[str, np.ndarray], name: str, indices: np.ndarray) -> np.ndarray:
-    """Raw IDs of feature ``name``'s vocabulary ``indices``, as ``serving.request`` sends them."""
-    from muse_tf.contract import vocabulary
+class RawIds:
+    """Each feature's vocabulary and the ID that stands for PAD and OOV, computed once."""
 
-    ids = vocabularies[features.VOCABULARY[name]]
-    return vocabulary.raw_ids(ids, indices, vocabulary.unknown_id(ids))
+    def __init__(self, vocabularies: dict[str, np.ndarray]):
+        from muse_tf.contract import vocabulary
+
+        self._rule = vocabulary
+        self._vocabularies = vocabularies
+        self._unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
+
+    def outside(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Which of feature ``name``'s ``indices`` no vocabulary index can be."""
+        rows = self._rule.table_rows(self._vocabularies[features.VOCABULARY[name]])
+        return (indices < 0) | (indices >= rows)
+
+    def __call__(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Raw IDs of feature ``name``'s ``indices`` (those ``outside`` become the unknown ID)."""
+        vocabulary = features.VOCABULARY[name]
+        indices = np.where(self.outside(name, indices), features.PAD, indices)
+        return self._rule.raw_ids(self._vocabularies[vocabulary], indices, self._unknown[vocabulary])
 
 
-def _outside(vocabularies: dict[str, np.ndarray], name: str, indices: np.ndarray) -> np.ndarray:
-    from muse_tf.contract import vocabulary
-
-    rows = vocabulary.table_rows(vocabularies[features.VOCABULARY[name]])
-    return (indices < 0) | (indices >= rows)
-
-
-def load_shard(
-    path: str, store: HistoryStore, vocabularies: dict[str, np.ndarray], counts: Counts
-) -> None:
+def load_shard(path: str, store: HistoryStore, raw_ids: RawIds, counts: Counts) -> None:
     """Writes the users of one shard whose history is longer than any written so far."""
     items_name, categories_name = features.HISTORY_ITEMS, features.HISTORY_CATEGORIES
     for batch in _batches(path):
@@ -120,25 +126,21 @@ def load_shard(
         counts.records += len(keys)
         item_splits, category_splits = batch[items_name + "/splits"], batch[categories_name + "/splits"]
         lengths = np.diff(item_splits)
-        reasons = np.where(lengths != np.diff(category_splits),
-                           "history items and categories differ in length", "")
-        bad_profile = np.zeros(len(keys), bool)
+        reasons = np.full(len(keys), "", object)
+        reasons[lengths != np.diff(category_splits)] = "history items and categories differ in length"
         for column, name in enumerate(features.USER_PROFILE):
-            bad_profile |= _outside(vocabularies, name, profiles[:, column])
-        reasons[(reasons == "") & bad_profile] = "profile index outside its vocabulary"
+            reasons[(reasons == "") & raw_ids.outside(name, profiles[:, column])] = (
+                "profile index outside its vocabulary")
         for name, splits in ((items_name, item_splits), (categories_name, category_splits)):
             rows = np.repeat(np.arange(len(keys)), np.diff(splits))
-            bad = np.bincount(rows[_outside(vocabularies, name, batch[name])], minlength=len(keys))
+            bad = np.bincount(rows[raw_ids.outside(name, batch[name])], minlength=len(keys))
             reasons[(reasons == "") & (bad > 0)] = f"{name} index outside its vocabulary"
-        ok = reasons == ""
-        raw_profiles = np.stack([_raw(vocabularies, name, np.where(ok, profiles[:, column], 0))
+        raw_profiles = np.stack([raw_ids(name, profiles[:, column])
                                  for column, name in enumerate(features.USER_PROFILE)], 1)
-        raw = {name: _raw(vocabularies, name, np.where(_outside(vocabularies, name, batch[name]),
-                                                       0, batch[name]))
-               for name in (items_name, categories_name)}
+        raw = {name: raw_ids(name, batch[name]) for name in (items_name, categories_name)}
         for row, user in enumerate(keys.tolist()):
-            if not ok[row]:
-                counts.reject(path, user, str(reasons[row]))
+            if reasons[row]:
+                counts.reject(path, user, reasons[row])
                 continue
             if counts.longest.get(user, -1) >= lengths[row]:
                 counts.not_longer += 1
@@ -161,7 +163,7 @@ def load(args: argparse.Namespace) -> dict:
         splits = args.split or list(dataset_dir.load_manifest(args.data)["splits"])
         files = [path for split in reversed(splits)
                  for path in dataset_dir.split_files(args.data, split)]
-        vocabularies = dataset_dir.load_vocabularies(args.data)
+        raw_ids = RawIds(dataset_dir.load_vocabularies(args.data))
     except (FileNotFoundError, ValueError) as error:
         raise cli.UsageError(f"--data {args.data}: {error}") from None
     try:
@@ -171,7 +173,7 @@ def load(args: argparse.Namespace) -> dict:
     counts = Counts(args.cap)
     try:
         for number, path in enumerate(files, start=1):
-            load_shard(path, store, vocabularies, counts)
+            load_shard(path, store, raw_ids, counts)
             print(f"load: [{number}/{len(files)}] {path}: {counts.records} records read, "
                   f"{len(counts.longest)} users written", file=sys.stderr)
     except ValueError as error:  # a damaged shard, named

@@ -35,7 +35,7 @@ class SqliteStore(HistoryStore):
     absolute; the file is created on first use.
 
     Args:
-        timeout_s: how long an operation waits for another process's lock before StoreUnavailable.
+        timeout_s: how long a call waits for other writers' locks before StoreUnavailable.
     """
 
     def __init__(self, url: str, cap: int = DEFAULT_CAP, timeout_s: float = 1.0):
@@ -119,7 +119,7 @@ class SqliteStore(HistoryStore):
                     f" WHERE user_id IN ({','.join('?' * len(batch))})", batch
                 ).fetchall()
             for user, version, head, length, profile in rows:
-                start, span = chunks.span(head, length, newest)
+                _, span = chunks.span(head, length, newest)
                 blobs = dict(db.execute(
                     "SELECT chunk_no, pairs FROM chunks WHERE user_id = ? AND chunk_no BETWEEN ? AND ?",
                     (user, span.start, span.stop - 1),
