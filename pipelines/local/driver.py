@@ -16,9 +16,10 @@ options):
    adjustments, OOV counts and bytes per sample; vocabulary sizes and statistics.
 
 The output directory is this conversion's alone while it runs (``pipelines.common.output_dir``: a
-lock, and other runs' leftovers refused). A conversion that writes no training sample fails
-(``pipelines.common.summary``), and a full disk stops it with the path it was writing (running it
-again resumes once there is space).
+lock, and other runs' leftovers refused). Training samples and user features that share no user
+ID are refused before the output is touched (``pipelines.common.join_check``); a conversion that
+writes no training sample fails (``pipelines.common.summary``), and a full disk stops it with the
+path it was writing (running it again resumes once there is space).
 
 ``convert`` checks the input before TensorFlow loads: the stages (which import it through
 ``muse_tf.contract.vocabulary`` and ``muse_tf.contract.dataset_dir``) are imported by the
@@ -36,8 +37,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from muse_tf.contract import features
+from pipelines.common import join_check, summary
 from pipelines.common import parquet_input as pi
-from pipelines.common import summary
 from pipelines.common import taobao_mm_schema as release
 from pipelines.common.options import ConversionOptions
 
@@ -117,6 +118,7 @@ def convert(options: ConversionOptions, *, workers: int | None = None) -> dict:
     from pipelines.local import stages
 
     tasks = stages.scan_tasks(tables)
+    join_check.check_split_joins(input_dir, "train", tables)  # before the output is touched
     options = options.resolved(tables)
     inputs = {
         t: [[os.path.relpath(p, input_dir), os.path.getsize(p)] for p in paths]
