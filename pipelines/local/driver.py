@@ -114,11 +114,11 @@ def convert(options: ConversionOptions, *, workers: int | None = None) -> dict:
     all cores); returns the manifest (also written to disk)."""
     input_dir, output = options.input_dir, options.output
     tables = pi.discover_tables(input_dir)  # a wrong --input is named before TensorFlow loads
+    join_check.check_split_joins(input_dir, "train", tables)  # and tables that do not join
     from pipelines.common import output_dir
     from pipelines.local import stages
 
     tasks = stages.scan_tasks(tables)
-    join_check.check_split_joins(input_dir, "train", tables)  # before the output is touched
     options = options.resolved(tables)
     inputs = {
         t: [[os.path.relpath(p, input_dir), os.path.getsize(p)] for p in paths]
