@@ -12,8 +12,9 @@ are copied from ``--data``, the dataset the run was trained on. Every sample is 
 command prints both counts. The output keeps the samples' row order: ``--row-key`` (a unique
 column, written first), ``user_id`` and ``item_id`` (the input's raw IDs, always), ``label`` (when
 the input has labels), ``probability``, ``logit``, then the ``--carry`` columns. An item the run
-does not know is scored as OOV and counted. Only ``DIR``'s tables of the scored split are needed
-(e.g. the demo's test tables). The job is ``pipelines.local.raw_scoring``.
+does not know is counted and scored as OOV; an ``--export`` is given every target item's raw ID,
+so an export refreshed with new items scores them with their vectors. Only ``DIR``'s tables of the
+scored split are needed (e.g. the demo's test tables). The job is ``pipelines.local.raw_scoring``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def command(args: argparse.Namespace) -> dict:
     result = raw_scoring.predict_parquet(args.parquet, args.data, args.output, split=args.split,
                                          work_dir=args.work_dir, row_key=args.row_key, carry=carry,
                                          **scoring.scoring_options(args))
-    scoring.report(result, unknown="scored as OOV")
+    scoring.report(result, unknown="given to the export by raw ID: OOV unless it was refreshed "
+                   "with them" if args.export else "scored as OOV")
     return result
 
 

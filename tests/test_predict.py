@@ -309,8 +309,9 @@ def test_demo_parquet_loses_no_sample(dataset, run_dir, tmp_path):  # noqa: F811
 def _signature_logits(export_dir, raw_dir, candidates, data_dir):
     """The reference: every candidate row scored by the export's ``serving_default`` with raw IDs
     read from the raw tables, as a client builds them (history: the user's first row, missing
-    items dropped, the most recent ``history_cap``; an item the vocabulary lacks has no category
-    or attributes, as the conversion rules say)."""
+    items dropped, the most recent ``history_cap``). As the conversion rules say, a target item
+    ``data_dir``'s vocabulary lacks has no category or attributes, and any other ID it lacks is
+    unknown (0); the target item's own ID is always given."""
     import tensorflow as tf
 
     from muse_tf.contract import features, signatures, vocabulary
@@ -324,20 +325,26 @@ def _signature_logits(export_dir, raw_dir, candidates, data_dir):
     known_items = set(vocabularies["item"].tolist())
     unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
     inputs = {name: [] for name in (*features.MODEL_FEATURES, signatures.VALID_HISTORY_LENGTH)}
+    def known(name, raw):
+        ids = vocabularies[features.VOCABULARY[name]]
+        return np.where(np.isin(raw, ids), raw, unknown[features.VOCABULARY[name]])
+
     for user, item in zip(candidates["129_1"], candidates["205"]):
         row = users.loc[user]
         history = np.asarray(row["150_2_180"], np.int64)
         categories = np.asarray(row["151_2_180"], np.int64)[history != 0][-cap:]
-        history = history[history != 0][-cap:]
-        inputs[features.USER_ID].append(user)
+        history = known(features.HISTORY_ITEMS, history[history != 0][-cap:])
+        categories = known(features.HISTORY_CATEGORIES, categories)
+        inputs[features.USER_ID].append(known(features.USER_ID, user))
         for i, name in enumerate(features.USER_PROFILE, start=1):
-            inputs[name].append(row[f"130_{i}"])
+            inputs[name].append(known(name, row[f"130_{i}"]))
         inputs[features.ITEM_ID].append(item)
         attributes = items.loc[item] if item in known_items and item in items.index else None
         for name, column in zip((features.ITEM_CATEGORY, *features.ITEM_ATTRS),
                                 ("206", "213", "214")):
             table = features.VOCABULARY[name]
-            inputs[name].append(unknown[table] if attributes is None else attributes[column])
+            inputs[name].append(unknown[table] if attributes is None
+                                else known(name, attributes[column]))
         inputs[features.HISTORY_ITEMS].append(history)
         inputs[features.HISTORY_CATEGORIES].append(categories)
         inputs[signatures.VALID_HISTORY_LENGTH].append(len(history))
@@ -399,7 +406,8 @@ def test_label_free_candidates_join_back_row_for_row(dataset, run_dir, tmp_path,
     unknown = int(sum(item not in known for item in candidates["205"]))
     assert unknown >= new_items
     assert result["unknown_items"] == unknown
-    assert f"{unknown:,} with an item the run does not know (scored as OOV)" in capsys.readouterr().out
+    assert f"{unknown:,} with an item the run does not know (given to the export by raw ID" in (
+        capsys.readouterr().out)
     expected = _signature_logits(export, raw, candidates, dataset)
     np.testing.assert_allclose(scored["logit"], expected, atol=1e-4)
     np.testing.assert_allclose(scored["probability"], 1 / (1 + np.exp(-expected)), atol=1e-5)
@@ -447,3 +455,33 @@ def test_candidate_column_errors_are_one_line(flags, message, dataset, run_dir, 
                        ["--parquet", str(raw), "--data", dataset, "--model-dir", run_dir,
                         "--output", str(output), *flags])
     assert not list(tmp_path.glob("scores.parquet*"))
+
+
+def test_an_item_the_dataset_lacks_is_given_to_the_export_by_its_raw_id(
+        dataset, run_dir, tmp_path):  # noqa: F811
+    """--data without the five commonest test items (the records hold OOV for them) and the run's
+    export, which knows them (as a refreshed export knows new items): their rows score as the
+    export scores their raw IDs, not as OOV items."""
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "candidates"
+    candidates, _ = _label_free_candidates(Path(dataset).parent / "parquet", raw,
+                                           new_items_per_user=0)
+    lacking = tmp_path / "lacking"
+    shutil.copytree(dataset, lacking)
+    items = dataset_dir.load_vocabulary(dataset, "item")
+    commonest = candidates["205"].value_counts().index[:5].to_numpy()
+    assert np.isin(commonest, items).all()
+    np.save(dataset_dir.vocab_path(str(lacking), "item"), np.setdiff1d(items, commonest))
+    export = Path(RunDir(run_dir).export, "muse", "1")
+    output = tmp_path / "scores.parquet"
+    result = raw_predict.main(["--parquet", str(raw), "--data", str(lacking), "--export",
+                               str(export), "--output", str(output), "--quiet"])
+    logits = pq.read_table(output)["logit"].to_numpy()
+    lacked = candidates["205"].isin(commonest).to_numpy()
+    assert result["unknown_items"] >= lacked.sum() > 0
+    expected = _signature_logits(export, raw, candidates, str(lacking))
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    as_oov = _signature_logits(export, raw, candidates.assign(**{"205": np.where(
+        lacked, 0, candidates["205"])}), str(lacking))
+    assert np.abs(as_oov[lacked] - expected[lacked]).max() > 1e-3  # the raw ID is what counts

@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from muse_tf import cli
@@ -173,6 +173,7 @@ def scored_split(
     batch_size: int | None = None,
     history_length: int | None = None,
     progress: bool = True,
+    target_items: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[Iterator[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """``split`` of the converted dataset ``data_dir`` scored batch by batch with the run
     ``model_dir`` or the SavedModel ``export`` (exactly one of them), in the split's order.
@@ -182,6 +183,9 @@ def scored_split(
             ``TrainConfig``'s default).
         history_length: behaviours fed per sample; default the run's ``train.history_length``
             (an export: the dataset's ``history_cap``).
+        target_items: with an export, maps a batch's raw user keys to its raw target item IDs,
+            which the export is fed instead of the records' (an item out of the dataset's
+            vocabulary is then scored as the export knows it: e.g. refreshed with its vector).
 
     Returns:
         ``scoring.scored_batches``' batches (the iterator checks at its end that the whole split
@@ -210,6 +214,8 @@ def scored_split(
         else:
             train = TrainConfig(history_length=manifest["history_cap"])
             score = scoring.export_scorer(resolve_export(export), vocabularies)
+            if target_items is not None:
+                score = _with_target_items(score, target_items)
     except (FileNotFoundError, ValueError) as err:  # runs.RunDirectoryError is a UsageError
         raise cli.UsageError(str(err)) from None
     dataset = reader.make_dataset(files, batch_size or train.eval_batch_size,
@@ -230,6 +236,16 @@ def scored_split(
             raise cli.UsageError(str(err)) from None
 
     return batches(), vocabularies
+
+
+def _with_target_items(score: Callable, target_items: Callable[[np.ndarray], np.ndarray]) -> Callable:
+    """An export scorer fed ``target_items``' raw IDs for each batch."""
+    from muse_tf.contract import features
+
+    def scored(batch: Mapping) -> dict[str, np.ndarray]:
+        return score(batch, target_items=target_items(batch[features.USER_KEY].numpy()))
+
+    return scored
 
 
 SCORE_COLUMNS = ("groups", "item_id", "labels", "logits", "probability")

@@ -56,7 +56,7 @@ def check_split_joins(
     feature_users = np.unique(np.concatenate([np.zeros(0, np.int64), *feature_parts]))
     sample_rows, sample_users = 0, np.zeros(0, np.int64)
     for users in _user_batches(tables[samples_table], samples_table, open_file):
-        if np.isin(users, feature_users, assume_unique=False).any():
+        if np.isin(users, feature_users).any():
             return
         sample_rows += len(users)
         sample_users = np.union1d(sample_users, users)

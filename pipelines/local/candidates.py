@@ -5,7 +5,7 @@ Labels are optional: a table without ``label_0`` is converted through a copy lab
 (``conversion_copy``), and its output has no ``label`` column. The conversion writes one record per
 user with the user's samples in input order, and every rule that rejects a sample after the
 sample-only rules (``join.sample_columns``) rejects all of its user's samples, so the k-th scored
-sample of a user is the k-th of that user's samples that passed those rules (``input_rows``). The
+sample of a user is the k-th of that user's samples that passed those rules (``RowMatcher``). The
 output is then written in the input's row order (files in name order), with the raw IDs read from
 the input (never blank: an item the run does not know is scored as OOV), the row key and the carried
 columns beside the scores; rejected samples are counted, not written.
@@ -102,7 +102,8 @@ def read(paths: Sequence[str], table: str, row_key: str | None = None,
         key = pa.concat_tables([pq.read_table(p, columns=[row_key]) for p in paths]).column(0)
         if key.null_count or len(key.unique()) != len(key):
             raise pi.InputError(f"--row-key {row_key}: {key.null_count} null and "
-                                f"{len(key) - len(key.drop_null().unique())} repeated values in "
+                                f"{len(key) - key.null_count - len(key.drop_null().unique())} "
+                                f"repeated values in "
                                 f"{table}; a row key names each row once.")
     columns = join.sample_columns(_key_columns(keys, has_labels))
     return Candidates(table, list(paths), columns, has_labels, row_key, carry)
@@ -130,25 +131,41 @@ def conversion_copy(candidates: Candidates, directory: str) -> list[str]:
     return [path]
 
 
-def input_rows(candidates: Candidates, scored_users: np.ndarray) -> np.ndarray:
-    """The input row of each scored sample, given the scored samples' users in scoring order.
+class RowMatcher:
+    """Finds the input row of each scored sample, batch by batch of the scoring order: the k-th
+    scored sample of a user is the k-th of the user's samples that passed the sample-only rules
+    (their order in the user's record, as ``join.ShardJoin`` takes them)."""
 
-    Raises:
-        RuntimeError: when a user has more scored samples than input rows (a broken record).
-    """
-    columns = candidates.columns
-    waiting = np.flatnonzero(columns.reason == join.UNDECIDED)
-    waiting = waiting[np.argsort(columns.users[waiting], kind="stable")]  # by user, input order
-    waiting_users = columns.users[waiting]
-    order = np.argsort(scored_users, kind="stable")
-    by_user = scored_users[order]
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - np.searchsorted(by_user, by_user, side="left")
-    first = np.searchsorted(waiting_users, scored_users, side="left")
-    last = np.searchsorted(waiting_users, scored_users, side="right")
-    if np.any(first + rank >= last):
-        raise RuntimeError(f"{candidates.table}: a user has more scored samples than input rows.")
-    return waiting[first + rank]
+    def __init__(self, candidates: Candidates) -> None:
+        columns = candidates.columns
+        waiting = np.flatnonzero(columns.reason == join.UNDECIDED)
+        self.table = candidates.table
+        self.waiting = waiting[np.argsort(columns.users[waiting], kind="stable")]
+        self.waiting_users = columns.users[self.waiting]
+        self.items = columns.items
+        self.seen: dict[int, int] = {}  # scored samples so far, by user
+
+    def rows(self, users: np.ndarray) -> np.ndarray:
+        """The input rows of the next scored samples, given their users.
+
+        Raises:
+            RuntimeError: when a user has more scored samples than input rows (a broken record).
+        """
+        order = np.argsort(users, kind="stable")
+        distinct, first, counts = np.unique(users[order], return_index=True, return_counts=True)
+        before = np.array([self.seen.get(user, 0) for user in distinct.tolist()], np.int64)
+        self.seen.update(zip(distinct.tolist(), (before + counts).tolist()))
+        rank = np.empty(len(users), np.int64)
+        rank[order] = np.repeat(before - first, counts) + np.arange(len(users))
+        start = np.searchsorted(self.waiting_users, users, side="left")
+        stop = np.searchsorted(self.waiting_users, users, side="right")
+        if np.any(start + rank >= stop):
+            raise RuntimeError(f"{self.table}: a user has more scored samples than input rows.")
+        return self.waiting[start + rank]
+
+    def items_of(self, users: np.ndarray) -> np.ndarray:
+        """The raw target items of the next scored samples (``rows``' items)."""
+        return self.items[self.rows(users)]
 
 
 def check_rows(candidates: Candidates, rows: np.ndarray, item_index: np.ndarray,
@@ -167,7 +184,7 @@ def check_rows(candidates: Candidates, rows: np.ndarray, item_index: np.ndarray,
 
 
 def unknown_items(item_index: np.ndarray) -> int:
-    """Scored samples whose item the run's vocabulary lacks (scored as OOV)."""
+    """Scored samples whose item the dataset's vocabulary lacks (an OOV index in the records)."""
     return int(np.count_nonzero(item_index == features.OOV))
 
 

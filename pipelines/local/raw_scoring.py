@@ -133,9 +133,11 @@ def predict_parquet(
         print(f"{split}: {counts['samples_in']:,} samples in, {counts['samples_written']:,} to "
               f"score, {sum(rejected.values()):,} rejected ({reasons}; rules: pipelines/common/join.py)",
               file=sys.stderr)
-        batches, vocabularies = scoring.scored_split(dataset, split=split, **scoring_options)
+        feed = candidates_lib.RowMatcher(candidates).items_of  # the raw items, for an export
+        batches, vocabularies = scoring.scored_split(dataset, split=split, target_items=feed,
+                                                     **scoring_options)
         scored = scoring.concatenate_scores(batches)
-    rows = candidates_lib.input_rows(candidates, scored["groups"])
+    rows = candidates_lib.RowMatcher(candidates).rows(scored["groups"])
     candidates_lib.check_rows(candidates, rows, scored["item_id"], scored["labels"],
                               vocabularies["item"])
     if counts["samples_in"] != len(rows) + sum(rejected.values()):
