@@ -485,3 +485,38 @@ def test_an_item_the_dataset_lacks_is_given_to_the_export_by_its_raw_id(
     as_oov = _signature_logits(export, raw, candidates.assign(**{"205": np.where(
         lacked, 0, candidates["205"])}), str(lacking))
     assert np.abs(as_oov[lacked] - expected[lacked]).max() > 1e-3  # the raw ID is what counts
+
+
+def test_new_items_score_with_their_vectors_through_a_refreshed_export(dataset, run_dir, tmp_path):  # noqa: F811
+    """Label-free candidates with new items, the run exported with those items' vectors
+    (``muse_tf.export --items``): pipelines.predict scores every row as the refreshed export's
+    ``serving_default`` scores its raw IDs, and the new items' scores move with their vectors."""
+    import pyarrow as pa
+
+    from muse_tf import export as export_command
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "candidates"
+    candidates, _ = _label_free_candidates(Path(dataset).parent / "parquet", raw)
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
+    new = sorted({item for item in candidates["205"] if item not in known})
+    vectors = np.random.default_rng(5).integers(-127, 128, (len(new), 128)).astype(np.int8)
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": pa.array(new, pa.int64()),
+                             "item_vector": pa.array(list(vectors), pa.list_(pa.int8()))}), items)
+    exports = tmp_path / "exports"
+    common = ["--model-dir", run_dir, "--data", dataset, "--export-dir", str(exports)]
+    export_command.main(common)
+    export_command.main([*common, "--items", str(items)])
+    versions = sorted((exports / "muse").iterdir(), key=lambda p: int(p.name))
+    assert [p.name for p in versions] == ["1", "2"]
+    scores = {}
+    for version in versions:
+        output = tmp_path / f"scores-{version.name}.parquet"
+        raw_predict.main(["--parquet", str(raw), "--data", dataset, "--export", str(version),
+                          "--output", str(output), "--quiet"])
+        scores[version.name] = pq.read_table(output)["logit"].to_numpy()
+    np.testing.assert_allclose(scores["2"], _signature_logits(versions[1], raw, candidates, dataset),
+                               atol=1e-4)
+    is_new = candidates["205"].isin(new).to_numpy()
+    assert np.abs(scores["2"][is_new] - scores["1"][is_new]).max() > 1e-3
