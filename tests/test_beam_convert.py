@@ -12,8 +12,8 @@ from muse_tf.contract import dataset_dir, features
 from muse_tf.data.synthetic import SyntheticConfig
 from pipelines import beam_convert
 from pipelines.common import output_dir, synthetic_parquet
+from pipelines.common.join_check import TablesDoNotJoin
 from pipelines.common.options import ConversionOptions
-from pipelines.common.summary import EmptyTrainingSplit
 from pipelines.local import driver
 from tests.pipeline_helpers import (
     DEMO_DIR,
@@ -233,16 +233,25 @@ def test_a_mistyped_beam_option_is_refused_naming_it(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_real_demo_is_refused_alike_by_both_engines(tmp_path):
-    """The demo's table heads do not join, so no training sample survives: both engines refuse it
-    with the same accounting of where every row went."""
-    if not DEMO_DIR.is_dir():
-        pytest.skip(f"Taobao-MM demo data not found at {DEMO_DIR}.")
-    with pytest.raises(EmptyTrainingSplit, match="no training sample") as local:
-        driver.convert(ConversionOptions(str(DEMO_DIR), str(tmp_path / "local"),
+@pytest.mark.parametrize("source", ["demo", "synthetic"])
+def test_tables_that_do_not_join_are_refused_alike_before_any_work(source, tmp_path):
+    """Train samples and user features that share no user (the demo's heads; synthetic ones
+    re-keyed): both engines refuse them with the same line before the output is created."""
+    if source == "demo":
+        if not DEMO_DIR.is_dir():
+            pytest.skip(f"Taobao-MM demo data not found at {DEMO_DIR}.")
+        input_dir = DEMO_DIR
+    else:
+        input_dir = tmp_path / "in"
+        tiny_synthetic(input_dir)
+        path = input_dir / "train_user_features.parquet"
+        users = pd.read_parquet(path)
+        users.assign(**{"129_1": users["129_1"] + 10**12}).to_parquet(path, index=False)
+    with pytest.raises(TablesDoNotJoin, match="share no user ID") as local:
+        driver.convert(ConversionOptions(str(input_dir), str(tmp_path / "local"),
                                          history_cap=HISTORY), workers=1)
-    with pytest.raises(EmptyTrainingSplit, match="no training sample") as beam:
-        launcher.convert(ConversionOptions(str(DEMO_DIR), str(tmp_path / "beam"),
+    with pytest.raises(TablesDoNotJoin, match="share no user ID") as beam:
+        launcher.convert(ConversionOptions(str(input_dir), str(tmp_path / "beam"),
                                            history_cap=HISTORY), pipeline_args=DIRECT)
-    assert beam.value.manifest["input_rows"]["scl_embedding_int8_p90"] > 0
-    _assert_same_tables(tmp_path, local.value.manifest, beam.value.manifest)
+    assert str(beam.value) == str(local.value)
+    assert not (tmp_path / "local").exists() and not (tmp_path / "beam").exists()

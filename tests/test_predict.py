@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
@@ -249,16 +250,29 @@ def test_raw_parquet_scores_like_its_conversion(dataset, run_dir, tmp_path, caps
     assert {k: v for k, v in result["rejected"].items() if v} == {
         "malformed_label": 1, "user_without_features": 1, "malformed_history": sum(malformed_rows)}
     assert result["rows"] + sum(result["rejected"].values()) == samples_in
-    assert "1 with an item the run does not know" in capsys.readouterr().out
+    assert "1 with an item the run does not know (scored as OOV)" in capsys.readouterr().out
     actual = pq.read_table(scored).to_pydict()
-    # The unknown item's sample: scored, its item_id null; the others as in the conversion.
-    unknown = [i for i, item in enumerate(actual["item_id"]) if item is None]
-    assert result["unknown_items"] == len(unknown) == 1
-    assert actual["user_id"][unknown[0]] == first["129_1"]
-    actual = {name: values[: unknown[0]] + values[unknown[0] + 1 :] for name, values in actual.items()}
-    for name in ("user_id", "item_id", "label"):
-        assert actual[name] == expected[name], name
-    np.testing.assert_allclose(actual["logit"], expected["logit"], atol=1e-6)
+    # In the input's order: the raw samples but the rejected ones (the malformed label, the user
+    # without features, the malformed user's), with raw IDs: the unknown item's too.
+    samples = pq.read_table(raw / "test_samples.parquet").to_pydict()
+    rejected = {samples_in - 3, samples_in - 2}
+    kept = [i for i, user in enumerate(samples["129_1"]) if user != malformed and i not in rejected]
+    assert actual["user_id"] == [samples["129_1"][i] for i in kept]
+    assert actual["item_id"] == [samples["205"][i] for i in kept]
+    assert actual["label"] == [samples["label_0"][i][1] for i in kept]
+    assert result["unknown_items"] == 1 and actual["item_id"][-1] == 987_654_321_987
+    # The scores are the conversion's (which lists them by user, an unknown item as null).
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
+
+    def by_sample(table, drop_last=False):
+        rows = list(zip(table["user_id"], table["item_id"], table["label"], table["logit"]))
+        rows = [(u, i if i in known else -1, label, logit) for u, i, label, logit in rows]
+        return sorted(rows[:-1] if drop_last else rows)
+
+    actual_rows, expected_rows = by_sample(actual, drop_last=True), by_sample(expected)
+    assert [row[:3] for row in actual_rows] == [row[:3] for row in expected_rows]
+    np.testing.assert_allclose([row[3] for row in actual_rows], [row[3] for row in expected_rows],
+                               atol=1e-6)
     assert not list(work.iterdir())  # the temporary conversion is gone
 
 
@@ -284,8 +298,225 @@ def test_demo_parquet_loses_no_sample(dataset, run_dir, tmp_path):  # noqa: F811
     assert result["rows"] == len(scored["logit"]) == half
     assert {k: v for k, v in result["rejected"].items() if v} == {
         "user_without_features": len(samples) - half}
-    # Real item IDs the synthetic run's vocabulary lacks come out null, none is invented.
+    # The scored half in the input's order, with the real item IDs the synthetic run's
+    # vocabulary lacks (scored as OOV, counted).
+    assert scored["user_id"] == samples["129_1"][:half].tolist()
+    assert scored["item_id"] == samples["205"][:half].tolist()
     known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
-    expected = [item if item in known else None for item in samples["205"][:half]]
-    assert sorted(scored["item_id"], key=str) == sorted(expected, key=str)
-    assert sorted(scored["user_id"]) == sorted(samples["129_1"][:half])
+    assert result["unknown_items"] == sum(item not in known for item in samples["205"][:half])
+
+
+def _signature_logits(export_dir, raw_dir, candidates, data_dir):
+    """The reference: every candidate row scored by the export's ``serving_default`` with raw IDs
+    read from the raw tables, as a client builds them (history: the user's first row, missing
+    items dropped, the most recent ``history_cap``). As the conversion rules say, a target item
+    ``data_dir``'s vocabulary lacks has no category or attributes, and any other ID it lacks is
+    unknown (0); the target item's own ID is always given."""
+    import tensorflow as tf
+
+    from muse_tf.contract import features, signatures, vocabulary
+
+    vocabularies = dataset_dir.load_vocabularies(data_dir)
+    cap = dataset_dir.load_manifest(data_dir)["history_cap"]
+    users = pq.read_table(raw_dir / "test_user_features.parquet").to_pandas()
+    users = users.drop_duplicates("129_1").set_index("129_1")
+    items = pq.read_table(raw_dir / "item_features.parquet").to_pandas()
+    items = items.drop_duplicates("205").set_index("205")
+    known_items = set(vocabularies["item"].tolist())
+    unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
+    inputs = {name: [] for name in (*features.MODEL_FEATURES, signatures.VALID_HISTORY_LENGTH)}
+    def known(name, raw):
+        ids = vocabularies[features.VOCABULARY[name]]
+        return np.where(np.isin(raw, ids), raw, unknown[features.VOCABULARY[name]])
+
+    for user, item in zip(candidates["129_1"], candidates["205"]):
+        row = users.loc[user]
+        history = np.asarray(row["150_2_180"], np.int64)
+        categories = np.asarray(row["151_2_180"], np.int64)[history != 0][-cap:]
+        history = known(features.HISTORY_ITEMS, history[history != 0][-cap:])
+        categories = known(features.HISTORY_CATEGORIES, categories)
+        inputs[features.USER_ID].append(known(features.USER_ID, user))
+        for i, name in enumerate(features.USER_PROFILE, start=1):
+            inputs[name].append(known(name, row[f"130_{i}"]))
+        inputs[features.ITEM_ID].append(item)
+        attributes = items.loc[item] if item in known_items and item in items.index else None
+        for name, column in zip((features.ITEM_CATEGORY, *features.ITEM_ATTRS),
+                                ("206", "213", "214")):
+            table = features.VOCABULARY[name]
+            inputs[name].append(unknown[table] if attributes is None
+                                else known(name, attributes[column]))
+        inputs[features.HISTORY_ITEMS].append(history)
+        inputs[features.HISTORY_CATEGORIES].append(categories)
+        inputs[signatures.VALID_HISTORY_LENGTH].append(len(history))
+    width = max(inputs[signatures.VALID_HISTORY_LENGTH])
+    for name in features.SEQUENCE_FEATURES:
+        inputs[name] = [np.pad(values, (0, width - len(values))) for values in inputs[name]]
+    signature = tf.saved_model.load(str(export_dir)).signatures[signatures.SERVING_DEFAULT]
+    logits = []
+    for start in range(0, len(candidates), 50):
+        batch = {name: tf.constant(np.asarray(values[start:start + 50], np.int64))
+                 for name, values in inputs.items()}
+        logits.append(signature(**batch)[signatures.LOGIT].numpy().ravel())
+    return np.concatenate(logits)
+
+
+def _label_free_candidates(parquet_dir, target, new_items_per_user=3, seed=0):
+    """A candidates copy of the raw test tables: the test samples plus ``new_items_per_user`` items
+    no table knows for each test user, shuffled, without ``label_0``, with a row key
+    (``request_id``) and two extra columns (``campaign``, ``bid``). Returns it as a DataFrame."""
+    shutil.copytree(parquet_dir, target)
+    path = Path(target, "test_samples.parquet")
+    samples = pq.read_table(path).to_pandas().drop(columns=["label_0"])
+    users = samples["129_1"].unique()
+    new = [(user, 9_000_000_000_000 + k * len(users) + i)
+           for i, user in enumerate(users) for k in range(new_items_per_user)]
+    candidates = pd.concat([samples, pd.DataFrame(new, columns=["129_1", "205"])],
+                           ignore_index=True)
+    rng = np.random.default_rng(seed)
+    candidates = candidates.iloc[rng.permutation(len(candidates))].reset_index(drop=True)
+    candidates.insert(0, "request_id", [f"req-{i:05d}" for i in rng.permutation(len(candidates))])
+    candidates["campaign"] = [f"c{i % 7}" for i in range(len(candidates))]
+    candidates["bid"] = rng.random(len(candidates))
+    candidates.to_parquet(path, index=False)
+    return candidates, len(new)
+
+
+def test_label_free_candidates_join_back_row_for_row(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    """New items for every user, rows shuffled, no labels, a row key and two carried columns: the
+    output has the input's rows in the input's order with their raw IDs and carried values, and
+    each score is the export's ``serving_default`` score of that row's raw IDs."""
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "candidates"
+    candidates, new_items = _label_free_candidates(Path(dataset).parent / "parquet", raw)
+    output = tmp_path / "scores.parquet"
+    export = Path(RunDir(run_dir).export, "muse", "1")
+    result = raw_predict.main(["--parquet", str(raw), "--data", dataset, "--export", str(export),
+                               "--output", str(output), "--quiet", "--batch-size", "64",
+                               "--row-key", "request_id", "--carry", "campaign,bid"])
+    table = pq.read_table(output)
+    assert table.column_names == ["request_id", "user_id", "item_id", "probability", "logit",
+                                  "campaign", "bid"]
+    scored = table.to_pydict()
+    assert result["rows"] == result["samples_in"] == len(candidates)
+    for column, name in (("request_id", "request_id"), ("129_1", "user_id"), ("205", "item_id"),
+                         ("campaign", "campaign"), ("bid", "bid")):
+        assert scored[name] == candidates[column].tolist(), name
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
+    unknown = int(sum(item not in known for item in candidates["205"]))
+    assert unknown >= new_items
+    assert result["unknown_items"] == unknown
+    assert f"{unknown:,} with an item the run does not know (given to the export by raw ID" in (
+        capsys.readouterr().out)
+    expected = _signature_logits(export, raw, candidates, dataset)
+    np.testing.assert_allclose(scored["logit"], expected, atol=1e-4)
+    np.testing.assert_allclose(scored["probability"], 1 / (1 + np.exp(-expected)), atol=1e-5)
+
+
+def test_candidates_in_csv_keep_their_order_without_a_row_key(dataset, run_dir, tmp_path):  # noqa: F811
+    """Labelled, shuffled candidates without --row-key: the CSV lists them in the input's order,
+    labels included, and scores as the label-free copy of the same rows does."""
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "candidates"
+    candidates, _ = _label_free_candidates(Path(dataset).parent / "parquet", raw, seed=1)
+    labelled = raw.parent / "labelled"
+    shutil.copytree(raw, labelled)
+    clicks = (np.arange(len(candidates)) % 3 == 0).astype(int)
+    candidates.assign(label_0=[[1 - c, c] for c in clicks]).to_parquet(
+        labelled / "test_samples.parquet", index=False)
+    common = ["--data", dataset, "--model-dir", run_dir, "--quiet"]
+    raw_predict.main(["--parquet", str(labelled), "--output", str(tmp_path / "l.csv"), *common])
+    raw_predict.main(["--parquet", str(raw), "--output", str(tmp_path / "f.csv"), *common])
+    with_labels = pcsv.read_csv(tmp_path / "l.csv").to_pydict()
+    without = pcsv.read_csv(tmp_path / "f.csv").to_pydict()
+    assert list(with_labels) == ["user_id", "item_id", "label", "probability", "logit"]
+    assert with_labels["label"] == clicks.tolist()
+    assert with_labels["user_id"] == without["user_id"] == candidates["129_1"].tolist()
+    assert with_labels["item_id"] == without["item_id"] == candidates["205"].tolist()
+    np.testing.assert_allclose(with_labels["logit"], without["logit"], atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--row-key", "nope"], r"--row-key nope: .*test_samples\.parquet has no column 'nope'"),
+    (["--row-key", "campaign"], r"--row-key campaign: 0 null and \d+ repeated values"),
+    (["--carry", "bid,nope"], r"--carry nope: .*test_samples\.parquet has no column 'nope'"),
+    (["--carry", "bid,probability"],
+     "--carry probability: the output has its own column 'probability'"),
+])
+def test_candidate_column_errors_are_one_line(flags, message, dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "candidates"
+    candidates, _ = _label_free_candidates(Path(dataset).parent / "parquet", raw)
+    candidates.assign(probability=0.5).to_parquet(raw / "test_samples.parquet", index=False)
+    output = tmp_path / "scores.parquet"
+    assert_usage_error(capsys, raw_predict.main, "pipelines.predict", message,
+                       ["--parquet", str(raw), "--data", dataset, "--model-dir", run_dir,
+                        "--output", str(output), *flags])
+    assert not list(tmp_path.glob("scores.parquet*"))
+
+
+def test_an_item_the_dataset_lacks_is_given_to_the_export_by_its_raw_id(
+        dataset, run_dir, tmp_path):  # noqa: F811
+    """--data without the five commonest test items (the records hold OOV for them) and the run's
+    export, which knows them (as a refreshed export knows new items): their rows score as the
+    export scores their raw IDs, not as OOV items."""
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "candidates"
+    candidates, _ = _label_free_candidates(Path(dataset).parent / "parquet", raw,
+                                           new_items_per_user=0)
+    lacking = tmp_path / "lacking"
+    shutil.copytree(dataset, lacking)
+    items = dataset_dir.load_vocabulary(dataset, "item")
+    commonest = candidates["205"].value_counts().index[:5].to_numpy()
+    assert np.isin(commonest, items).all()
+    np.save(dataset_dir.vocab_path(str(lacking), "item"), np.setdiff1d(items, commonest))
+    export = Path(RunDir(run_dir).export, "muse", "1")
+    output = tmp_path / "scores.parquet"
+    result = raw_predict.main(["--parquet", str(raw), "--data", str(lacking), "--export",
+                               str(export), "--output", str(output), "--quiet"])
+    logits = pq.read_table(output)["logit"].to_numpy()
+    lacked = candidates["205"].isin(commonest).to_numpy()
+    assert result["unknown_items"] >= lacked.sum() > 0
+    expected = _signature_logits(export, raw, candidates, str(lacking))
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    as_oov = _signature_logits(export, raw, candidates.assign(**{"205": np.where(
+        lacked, 0, candidates["205"])}), str(lacking))
+    assert np.abs(as_oov[lacked] - expected[lacked]).max() > 1e-3  # the raw ID is what counts
+
+
+def test_new_items_score_with_their_vectors_through_a_refreshed_export(dataset, run_dir, tmp_path):  # noqa: F811
+    """Label-free candidates with new items, the run exported with those items' vectors
+    (``muse_tf.export --items``): pipelines.predict scores every row as the refreshed export's
+    ``serving_default`` scores its raw IDs, and the new items' scores move with their vectors."""
+    import pyarrow as pa
+
+    from muse_tf import export as export_command
+    from pipelines import predict as raw_predict
+
+    raw = tmp_path / "candidates"
+    candidates, _ = _label_free_candidates(Path(dataset).parent / "parquet", raw)
+    known = set(dataset_dir.load_vocabulary(dataset, "item").tolist())
+    new = sorted({item for item in candidates["205"] if item not in known})
+    vectors = np.random.default_rng(5).integers(-127, 128, (len(new), 128)).astype(np.int8)
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": pa.array(new, pa.int64()),
+                             "item_vector": pa.array(list(vectors), pa.list_(pa.int8()))}), items)
+    exports = tmp_path / "exports"
+    common = ["--model-dir", run_dir, "--data", dataset, "--export-dir", str(exports)]
+    export_command.main(common)
+    export_command.main([*common, "--items", str(items)])
+    versions = sorted((exports / "muse").iterdir(), key=lambda p: int(p.name))
+    assert [p.name for p in versions] == ["1", "2"]
+    scores = {}
+    for version in versions:
+        output = tmp_path / f"scores-{version.name}.parquet"
+        raw_predict.main(["--parquet", str(raw), "--data", dataset, "--export", str(version),
+                          "--output", str(output), "--quiet"])
+        scores[version.name] = pq.read_table(output)["logit"].to_numpy()
+    np.testing.assert_allclose(scores["2"], _signature_logits(versions[1], raw, candidates, dataset),
+                               atol=1e-4)
+    is_new = candidates["205"].isin(new).to_numpy()
+    assert np.abs(scores["2"][is_new] - scores["1"][is_new]).max() > 1e-3

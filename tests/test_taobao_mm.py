@@ -18,6 +18,7 @@ import pytest
 from muse_tf.contract import dataset_dir, features, lock, vocabulary
 from pipelines import taobao_mm
 from pipelines.common import output_dir, parquet_input
+from pipelines.common.join_check import TablesDoNotJoin
 from pipelines.common.options import ConversionOptions
 from pipelines.common.parquet_input import InputError
 from pipelines.common.summary import EmptyTrainingSplit
@@ -191,40 +192,66 @@ def _expected_adjustments(tables, split, vocabs, history_length):
     return counts
 
 
-def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path, capsys):
-    """No training sample joins, so the conversion fails with the counts (and writes no manifest);
-    the command line says why."""
-    tables = demo_tables()
-    with pytest.raises(EmptyTrainingSplit, match="no training sample was written") as err:
+def _refusal(tables, input_dir, split="train"):
+    """The one line a split that does not join is refused with, its counts from pandas."""
+    samples, users = tables[f"{split}_samples"]["129_1"], tables[f"{split}_user_features"]["129_1"]
+    assert not set(samples) & set(users), "the input must not join"
+    return (f"{input_dir}: {split}_samples and {split}_user_features share no user ID (129_1): "
+            f"{len(samples):,} sample rows of {samples.nunique():,} users, {len(users):,} user "
+            f"feature rows of {users.nunique():,} users, 0 users in both; refused before any "
+            "shard was written (no sample of the split would join).")
+
+
+def test_demo_heads_that_do_not_join_are_refused_before_any_work(tmp_path, capsys):
+    """The demo heads share no user between samples and user features: the conversion stops with
+    the counts before it claims the output (no shard, no work directory); the command line says
+    it in one line."""
+    message = _refusal(demo_tables(), DEMO_DIR)
+    with pytest.raises(TablesDoNotJoin) as err:
         _convert(DEMO_DIR, tmp_path / "out")
-    manifest = err.value.manifest
-    assert f"{len(tables['train_samples'])} user_without_features" in str(err.value)
-    assert not (tmp_path / "out" / dataset_dir.MANIFEST).exists()
+    assert str(err.value) == message
+    assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as exit_info:
         taobao_mm.main(["--input", str(DEMO_DIR), "--output", str(tmp_path / "out"),
                         "--workers", "1", "--train-shards", "2", "--test-shards", "2"])
     assert exit_info.value.code == 2
-    assert "no training sample was written" in capsys.readouterr().err
-    for split in ("train", "test"):
-        summary = manifest["splits"][split]
-        _check_balanced(summary)
-        assert summary["samples_in"] == len(tables[f"{split}_samples"])
-        assert summary["samples_written"] == 0
-        assert summary["rejected"]["user_without_features"] == summary["samples_in"]
-        assert summary["user_rows"]["unmatched"] == len(tables[f"{split}_user_features"])
-        shards = [str(tmp_path / "out" / shard["file"]) for shard in summary["shards"]]
-        assert read_samples(shards, 8) == {}
-    expected = _expected_vocabularies(tables, item_min_count=1)
-    for name, ids in dataset_dir.load_vocabularies(str(tmp_path / "out")).items():
-        np.testing.assert_array_equal(ids, expected[name], err_msg=name)
-        assert manifest["vocab_sizes"][name] == len(expected[name]) + 2
-    table = dataset_dir.load_multimodal_table(str(tmp_path / "out"))
-    scl = tables["scl_embedding_int8_p90"]
-    rows = vocabulary.lookup(expected["item"], scl["205"].to_numpy())
-    np.testing.assert_array_equal(table[rows], np.stack(scl["205_c"].to_numpy()))
-    others = np.setdiff1d(np.arange(len(table)), rows)
-    assert not np.any(table[others])
-    assert manifest["item_features"]["not_in_vocab"] == len(tables["item_features"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_synthetic_tables_that_do_not_join_are_refused_before_any_work(tmp_path):
+    """Synthetic train user features re-keyed (no user in common; the test split still joins):
+    refused with the counts, nothing written. With one user's ID kept, the conversion runs (one
+    user in common is enough) and writes that user's samples."""
+    tiny_synthetic(tmp_path / "in")
+    path = tmp_path / "in" / "train_user_features.parquet"
+    users = pd.read_parquet(path)
+    users.assign(**{"129_1": users["129_1"] + 10**12}).to_parquet(path, index=False)
+    tables = {"train_samples": pd.read_parquet(tmp_path / "in" / "train_samples.parquet"),
+              "train_user_features": pd.read_parquet(path)}
+    with pytest.raises(TablesDoNotJoin) as err:
+        _convert(tmp_path / "in", tmp_path / "out")
+    assert str(err.value) == _refusal(tables, tmp_path / "in")
+    assert not (tmp_path / "out").exists()
+    kept = tables["train_samples"]["129_1"][0]
+    rekeyed = users["129_1"].where(users["129_1"] == kept, users["129_1"] + 10**12)
+    users.assign(**{"129_1": rekeyed}).to_parquet(path, index=False)
+    manifest = _convert(tmp_path / "in", tmp_path / "out")
+    assert manifest["splits"]["train"]["samples_written"] == int(
+        (tables["train_samples"]["129_1"] == kept).sum())
+
+
+def test_tables_that_join_but_write_no_training_sample_are_refused_after_the_join(tmp_path):
+    """The late check still stands behind the early one: users that join, every train label
+    malformed."""
+    tiny_synthetic(tmp_path / "in")
+    path = tmp_path / "in" / "train_samples.parquet"
+    samples = pd.read_parquet(path)
+    samples.assign(label_0=[[1, 1]] * len(samples)).to_parquet(path, index=False)
+    with pytest.raises(EmptyTrainingSplit, match="no training sample was written") as err:
+        _convert(tmp_path / "in", tmp_path / "out")
+    assert f"{len(samples)} malformed_label" in str(err.value)
+    assert not (tmp_path / "out" / dataset_dir.MANIFEST).exists()
 
 
 def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_path, monkeypatch):
@@ -294,7 +321,8 @@ def test_rerun_resumes_only_unfinished_shards(tmp_path, capsys):
 
 
 def _demo_copy(tmp_path):
-    tables = demo_tables()
+    """The demo rows, stitched so that they join (the join is checked before the scan)."""
+    tables = _stitched_demo(demo_tables())
     write_tables(tmp_path / "in", tables)
     return tables
 
@@ -342,8 +370,8 @@ def test_ids_above_the_int64_range_name_their_file_and_column(tmp_path):
         _convert(tmp_path / "in", tmp_path / "out")
     ids[3] = 2**63 - 1  # the largest int64: an ordinary ID
     tables["item_features"].assign(**{"205": ids}).to_parquet(path, index=False)
-    with pytest.raises(EmptyTrainingSplit):  # gets as far as the demo heads can
-        _convert(tmp_path / "in", tmp_path / "out2")
+    manifest = _convert(tmp_path / "in", tmp_path / "out2")
+    assert manifest["input_rows"]["item_features"] == len(ids)
 
 
 def test_a_damaged_page_is_caught_by_its_checksum_and_named(tmp_path):

@@ -10,13 +10,14 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from muse_tf import cli
 
 if TYPE_CHECKING:  # loaded with the work, not for --help
     import numpy as np
+    import pyarrow as pa
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
@@ -77,51 +78,58 @@ class Progress:
               file=self.stream, flush=True)
 
 
+def prediction_schema() -> pa.Schema:
+    """The columns ``python -m muse_tf.predict`` writes (``scored_table``)."""
+    import pyarrow as pa
+
+    return pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("label", pa.int64()),
+                      ("probability", pa.float32()), ("logit", pa.float32())])
+
+
+def scored_table(scored: Mapping[str, np.ndarray], item_vocabulary: np.ndarray) -> pa.Table:
+    """One batch of ``scoring.scored_batches``' columns as ``prediction_schema``'s rows: raw IDs,
+    ``item_id`` null for an item out of the vocabulary (the records keep only its OOV index)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from muse_tf.contract import vocabulary
+
+    unknown = scored["item_id"] < vocabulary.RESERVED
+    columns = [
+        pa.array(scored["groups"], pa.int64()),
+        pa.array(vocabulary.raw_ids(item_vocabulary, scored["item_id"], 0), pa.int64(),
+                 mask=unknown),
+        pa.array(scored["labels"], pa.int64()),
+        pa.array(np.asarray(scored["probability"], np.float32).ravel(), pa.float32()),
+        pa.array(np.asarray(scored["logits"], np.float32).ravel(), pa.float32()),
+    ]
+    return pa.Table.from_arrays(columns, schema=prediction_schema())
+
+
 class PredictionWriter:
-    """Writes scored batches as Parquet row groups or CSV rows, under a temporary name until
+    """Writes tables of ``schema`` as Parquet row groups or CSV rows, under a temporary name until
     ``close`` (a failed run leaves no file that looks complete)."""
 
-    def __init__(self, path: str, item_vocabulary: np.ndarray) -> None:
-        import pyarrow as pa
-
-        self.path, self.format = path, output_format(path)
-        self.item_vocabulary = item_vocabulary
-        self.schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
-                                 ("label", pa.int64()), ("probability", pa.float32()),
-                                 ("logit", pa.float32())])
+    def __init__(self, path: str, schema: pa.Schema) -> None:
+        self.path, self.format, self.schema = path, output_format(path), schema
         self.tmp = f"{path}.tmp"
         with cli.writing(path):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             if self.format == "parquet":
                 import pyarrow.parquet as pq
 
-                self.writer = pq.ParquetWriter(self.tmp, self.schema)
+                self.writer = pq.ParquetWriter(self.tmp, schema)
             else:
                 import pyarrow.csv as pcsv
 
-                self.writer = pcsv.CSVWriter(self.tmp, self.schema)
-        self.rows = self.unknown_items = 0
+                self.writer = pcsv.CSVWriter(self.tmp, schema)
+        self.rows = 0
 
-    def write(self, scored: Mapping[str, np.ndarray]) -> None:
-        """One batch of ``scoring.scored_batches``' columns."""
-        import numpy as np
-        import pyarrow as pa
-
-        from muse_tf.contract import vocabulary
-
-        unknown = scored["item_id"] < vocabulary.RESERVED
-        items = vocabulary.raw_ids(self.item_vocabulary, scored["item_id"], 0)
-        columns = [
-            pa.array(scored["groups"], pa.int64()),
-            pa.array(items, pa.int64(), mask=unknown),
-            pa.array(scored["labels"], pa.int64()),
-            pa.array(np.asarray(scored["probability"], np.float32).ravel(), pa.float32()),
-            pa.array(np.asarray(scored["logits"], np.float32).ravel(), pa.float32()),
-        ]
+    def write(self, table: pa.Table) -> None:
+        """Appends ``table``'s rows (one Parquet row group)."""
         with cli.writing(self.path):
-            self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
-        self.rows += len(items)
-        self.unknown_items += int(unknown.sum())
+            self.writer.write_table(table)
+        self.rows += table.num_rows
 
     def close(self) -> None:
         try:
@@ -156,9 +164,8 @@ def check_run(model_dir: str, data_dir: str) -> None:
         raise cli.UsageError(str(err)) from None
 
 
-def predict(
+def scored_split(
     data_dir: str,
-    output: str,
     *,
     model_dir: str | None = None,
     export: str | None = None,
@@ -166,26 +173,30 @@ def predict(
     batch_size: int | None = None,
     history_length: int | None = None,
     progress: bool = True,
-) -> dict:
-    """Scores ``split`` of the converted dataset ``data_dir`` into ``output`` (.parquet or .csv)
-    with the run ``model_dir`` or the SavedModel ``export`` (exactly one of them).
+    target_items: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[Iterator[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """``split`` of the converted dataset ``data_dir`` scored batch by batch with the run
+    ``model_dir`` or the SavedModel ``export`` (exactly one of them), in the split's order.
 
     Args:
         batch_size: samples per batch; default the run's ``train.eval_batch_size`` (an export:
             ``TrainConfig``'s default).
         history_length: behaviours fed per sample; default the run's ``train.history_length``
             (an export: the dataset's ``history_cap``).
+        target_items: with an export, maps a batch's raw user keys to its raw target item IDs,
+            which the export is fed instead of the records' (an item out of the dataset's
+            vocabulary is then scored as the export knows it: e.g. refreshed with its vector).
 
     Returns:
-        ``output``, ``rows`` written and ``unknown_items`` (rows whose ``item_id`` is null).
+        ``scoring.scored_batches``' batches (the iterator checks at its end that the whole split
+        was read), and the dataset's vocabularies.
 
     Raises:
-        cli.UsageError: for a missing, damaged or inconsistent input, naming it; no output file
-            is left then.
+        cli.UsageError: for a missing, damaged or inconsistent input, naming it (a damaged shard
+            or a short split: while iterating).
     """
     if (model_dir is None) == (export is None):
         raise cli.UsageError("give exactly one of --model-dir RUN and --export DIR.")
-    output_format(output)
     from muse_tf.config import TrainConfig
     from muse_tf.contract import dataset_dir
     from muse_tf.data import reader
@@ -203,27 +214,79 @@ def predict(
         else:
             train = TrainConfig(history_length=manifest["history_cap"])
             score = scoring.export_scorer(resolve_export(export), vocabularies)
+            if target_items is not None:
+                score = _with_target_items(score, target_items)
     except (FileNotFoundError, ValueError) as err:  # runs.RunDirectoryError is a UsageError
         raise cli.UsageError(str(err)) from None
     dataset = reader.make_dataset(files, batch_size or train.eval_batch_size,
                                 history_length=history_length or train.history_length,
                                 deterministic=True)
-    writer = PredictionWriter(output, vocabularies["item"])
-    meter = Progress(total, enabled=progress)
-    try:
-        with dataset_dir.damaged_shards_named(files):
-            for scored in scoring.scored_batches(score, dataset):
-                writer.write(scored)
-                meter.add(len(scored["labels"]))
-        meter.close()
-        dataset_dir.check_split_read_whole(data_dir, split, writer.rows)
-    except BaseException as err:
-        writer.abort()
-        if isinstance(err, ValueError):  # a damaged shard or a split shorter than its manifest
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        meter, rows = Progress(total, enabled=progress), 0
+        try:
+            with dataset_dir.damaged_shards_named(files):
+                for scored in scoring.scored_batches(score, dataset):
+                    yield scored
+                    rows += len(scored["labels"])
+                    meter.add(len(scored["labels"]))
+            meter.close()
+            dataset_dir.check_split_read_whole(data_dir, split, rows)
+        except ValueError as err:  # a damaged shard or a split shorter than its manifest
             raise cli.UsageError(str(err)) from None
+
+    return batches(), vocabularies
+
+
+def _with_target_items(score: Callable, target_items: Callable[[np.ndarray], np.ndarray]) -> Callable:
+    """An export scorer fed ``target_items``' raw IDs for each batch."""
+    from muse_tf.contract import features
+
+    def scored(batch: Mapping) -> dict[str, np.ndarray]:
+        return score(batch, target_items=target_items(batch[features.USER_KEY].numpy()))
+
+    return scored
+
+
+SCORE_COLUMNS = ("groups", "item_id", "labels", "logits", "probability")
+
+
+def concatenate_scores(batches: Iterator[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``scored_split``'s batches as whole ``SCORE_COLUMNS`` (empty ones when there are none),
+    for a caller that reorders them (``pipelines.predict``): about 32 bytes per sample."""
+    import numpy as np
+
+    from muse_tf.jobs import scoring
+
+    columns = scoring.concatenate({name: batch[name] for name in SCORE_COLUMNS} for batch in batches)
+    return {name: columns.get(name, np.zeros(0)) for name in SCORE_COLUMNS}
+
+
+def predict(data_dir: str, output: str, *, split: str = "test", **options) -> dict:
+    """Scores ``split`` of the converted dataset ``data_dir`` into ``output`` (.parquet or .csv),
+    one row group per batch; ``options`` are ``scored_split``'s (``model_dir`` or ``export``, ...).
+
+    Returns:
+        ``output``, ``rows`` written and ``unknown_items`` (rows whose ``item_id`` is null).
+
+    Raises:
+        cli.UsageError: for a missing, damaged or inconsistent input, naming it; no output file
+            is left then.
+    """
+    output_format(output)
+    from muse_tf.contract import vocabulary
+
+    batches, vocabularies = scored_split(data_dir, split=split, **options)
+    writer, unknown = PredictionWriter(output, prediction_schema()), 0
+    try:
+        for scored in batches:
+            writer.write(scored_table(scored, vocabularies["item"]))
+            unknown += int((scored["item_id"] < vocabulary.RESERVED).sum())
+    except BaseException:
+        writer.abort()
         raise
     writer.close()
-    return {"output": output, "rows": writer.rows, "unknown_items": writer.unknown_items}
+    return {"output": output, "rows": writer.rows, "unknown_items": unknown}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -233,9 +296,10 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def report(result: dict) -> None:
-    """The one-line summary the command prints."""
-    note = (f"; {result['unknown_items']:,} with an item the run does not know (item_id null)"
+def report(result: dict, unknown: str = "item_id null") -> None:
+    """The one-line summary the command prints; ``unknown`` says what became of an item the run
+    does not know."""
+    note = (f"; {result['unknown_items']:,} with an item the run does not know ({unknown})"
             if result["unknown_items"] else "")
     print(f"Wrote {result['rows']:,} rows to {result['output']}{note}")
 

@@ -120,11 +120,15 @@ def export_scorer(
 
     unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
 
-    def score(batch: Batch) -> dict[str, np.ndarray]:
+    def score(batch: Batch, target_items: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``target_items``: the batch's raw target item IDs, fed instead of the records' (whose
+        OOV index has lost an ID the export may know)."""
         inputs = {}
         for name in features.MODEL_FEATURES:
             table = features.VOCABULARY[name]
             inputs[name] = vocabulary.raw_ids(vocabularies[table], batch[name].numpy(), unknown[table])
+        if target_items is not None:
+            inputs[features.ITEM_ID] = np.asarray(target_items, np.int64)
         items = batch[features.HISTORY_ITEMS].numpy()
         lengths = (items != features.PAD).sum(axis=1)
         width = items.shape[1]

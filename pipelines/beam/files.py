@@ -5,6 +5,7 @@ and of the multimodal table), and the launcher's look-ups, through Beam's file s
 from __future__ import annotations
 
 import io
+from typing import BinaryIO
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -19,7 +20,7 @@ def save(path: str, array: np.ndarray) -> None:
 
 def load(path: str) -> np.ndarray:
     """Reads a ``.npy`` file."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_read(path) as f:
         return np.load(io.BytesIO(f.read()))
 
 
@@ -31,6 +32,11 @@ def range_path(work: str, kind: str, name: str, bucket: int) -> str:
 def ranges(work: str, kind: str, name: str) -> list[str]:
     """Every range file of ``name``, in range order."""
     return sorted(match(f"{work}/{kind}/{name}/r*.npy"))
+
+
+def open_read(path: str) -> BinaryIO:
+    """``path`` opened for reading, as it is stored."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def match(pattern: str) -> list[str]:

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.beam import files, finish, metrics
 from pipelines.beam.pipeline import build_pipeline
-from pipelines.common import output_dir, summary
+from pipelines.common import join_check, output_dir, summary
 from pipelines.common import parquet_input as pi
 from pipelines.common.options import ConversionOptions
 
@@ -45,6 +45,7 @@ def convert(options: ConversionOptions, *, pipeline_args: Sequence[str] = ()) ->
     pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
     refuse_unknown_options(pipeline_args)  # once the runner's own options classes are loaded
     tables = pi.discover_tables(input_dir, files.match if "://" in input_dir else None)
+    join_check.check_split_joins(input_dir, "train", tables, files.open_read)  # before any work
     options = dataclasses.replace(options, input_dir=input_dir, output=output)
     options = options.resolved(tables, size=files.size)
     inputs = {t: [[path, files.size(path)] for path in paths] for t, paths in tables.items()}

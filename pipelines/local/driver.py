@@ -16,9 +16,10 @@ options):
    adjustments, OOV counts and bytes per sample; vocabulary sizes and statistics.
 
 The output directory is this conversion's alone while it runs (``pipelines.common.output_dir``: a
-lock, and other runs' leftovers refused). A conversion that writes no training sample fails
-(``pipelines.common.summary``), and a full disk stops it with the path it was writing (running it
-again resumes once there is space).
+lock, and other runs' leftovers refused). Training samples and user features that share no user
+ID are refused before the output is touched (``pipelines.common.join_check``); a conversion that
+writes no training sample fails (``pipelines.common.summary``), and a full disk stops it with the
+path it was writing (running it again resumes once there is space).
 
 ``convert`` checks the input before TensorFlow loads: the stages (which import it through
 ``muse_tf.contract.vocabulary`` and ``muse_tf.contract.dataset_dir``) are imported by the
@@ -36,8 +37,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from muse_tf.contract import features
+from pipelines.common import join_check, summary
 from pipelines.common import parquet_input as pi
-from pipelines.common import summary
 from pipelines.common import taobao_mm_schema as release
 from pipelines.common.options import ConversionOptions
 
@@ -113,6 +114,7 @@ def convert(options: ConversionOptions, *, workers: int | None = None) -> dict:
     all cores); returns the manifest (also written to disk)."""
     input_dir, output = options.input_dir, options.output
     tables = pi.discover_tables(input_dir)  # a wrong --input is named before TensorFlow loads
+    join_check.check_split_joins(input_dir, "train", tables)  # and tables that do not join
     from pipelines.common import output_dir
     from pipelines.local import stages
 
