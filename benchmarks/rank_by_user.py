@@ -7,7 +7,8 @@ The model is ``serving_latency``'s (paper-sized MUSE, 250,000-item int8 table, r
 ``max_history_length`` 100,000). One user per (L, C) is written to a SQLite file and to a
 ``redis-server`` on loopback (persistence off), then timed, one request at a time:
 
-- ``rank in-process``: ``Servable.predict`` in this process, the history in the request;
+- ``rank in-process``: ``Servable.predict`` in this process, the history in the request, called
+  in turn with every other path (so each ratio compares calls made under the same load);
 - ``rank gRPC`` / ``rank REST``: the same request through ``python -m serving.server``;
 - ``rank_by_user SQLite`` / ``Redis``: user ID + candidates over gRPC to a server with that store
   and no cache (every request reads the store);
@@ -45,7 +46,8 @@ from tests.redis_server import RedisServer
 
 LENGTHS = (1_000, 10_000, 100_000)
 CANDIDATES = (1, 100)
-COLUMNS = ["path", "L", "C", "p50_ms", "p99_ms", "ratio_p50", "request_bytes", "n"]
+COLUMNS = ["path", "L", "C", "p50_ms", "p99_ms", "in_process_p50_ms", "ratio_p50", "request_bytes",
+           "n"]
 PARTS = ["L", "C", "sqlite_read_ms", "redis_read_ms", "grpc_decode_ms", "rest_decode_ms",
          "model_ms", "gsu_independent_ms", "gsu_share", "unit_vectors_mb"]
 BASELINE = "rank in-process"
@@ -145,17 +147,41 @@ def parts_rows(servable: Servable, stores: dict, cases: dict, budget_s: float) -
     return rows
 
 
-def timed_row(path: str, length: int, count: int, call: object, request_bytes: int,
-              budget_s: float) -> dict:
-    measured = common.time_calls(call, repeats=40, max_seconds=budget_s)
-    row = {"table": "latency", "path": path, "L": length, "C": count, **measured,
-           "request_bytes": request_bytes}
-    print(row, flush=True)
-    return row
+def interleaved_rows(servable: Servable, cases: dict, paths: dict, budget_s: float,
+                     with_baseline: bool = False) -> list[dict]:
+    """For each (L, C), the ``paths`` ({name: (client call, request signature)}) timed in turn with
+    in-process ``rank`` (a, b, ..., a, b, ...), so that the shared machine's drifts hit them alike;
+    ``ratio_p50`` is each path's p50 over in-process ``rank``'s of the same run (a row of its own
+    ``with_baseline``)."""
+    rows = []
+    for (length, count), request in cases.items():
+        by_user = by_user_request(request, length, count)
+        calls = {BASELINE: lambda r=request: servable.predict(r, signatures.RANK)}
+        sent = {BASELINE: request}
+        for name, (call, signature) in paths.items():
+            inputs = by_user if signature == signatures.RANK_BY_USER else request
+            calls[name] = lambda c=call, i=inputs, s=signature: c(i, s)
+            sent[name] = inputs
+        measured = common.time_interleaved(calls, repeats=30, max_seconds=budget_s)
+        for name, timing in measured.items():
+            if name == BASELINE and not with_baseline:
+                continue
+            signature = paths[name][1] if name in paths else signatures.RANK
+            wire = (len(rest_body(sent[name], signature)) if name.endswith("REST")
+                    else predict_request(sent[name], signature).ByteSize())
+            row = {"table": "latency", "path": name, "L": length, "C": count, **timing,
+                   "in_process_p50_ms": measured[BASELINE]["p50_ms"],
+                   "ratio_p50": round(timing["p50_ms"] / measured[BASELINE]["p50_ms"], 3),
+                   "request_bytes": wire}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
 
 
-def server_rows(base_path: str, urls: dict, cases: dict, budget_s: float, log_dir: str) -> list:
-    """Every server path; one model server at a time (two cores)."""
+def server_rows(servable: Servable, base_path: str, urls: dict, cases: dict, budget_s: float,
+                log_dir: str) -> list:
+    """Every server path, each interleaved with in-process ``rank``; one model server at a time
+    besides this process's (two cores)."""
     rows = []
     no_cache = ["--history_cache_bytes", "0"]
 
@@ -163,57 +189,31 @@ def server_rows(base_path: str, urls: dict, cases: dict, budget_s: float, log_di
         return local_server(base, log_path=os.path.join(log_dir, f"{name}.log"),
                             extra_args=["--history_store", url, *flags])
 
+    by_user = signatures.RANK_BY_USER
     with serve(urls["sqlite"], *no_cache, name="sqlite") as server:
         with GrpcClient(port=server.grpc_port) as grpc_client, \
                 RestClient(port=server.rest_port) as rest_client:
-            for (length, count), request in cases.items():
-                by_user = by_user_request(request, length, count)
-                rows.append(timed_row(
-                    "rank gRPC", length, count,
-                    lambda r=request: grpc_client.predict(r, signatures.RANK),
-                    predict_request(request, signatures.RANK).ByteSize(), budget_s))
-                rows.append(timed_row(
-                    "rank REST", length, count,
-                    lambda r=request: rest_client.predict(r, signatures.RANK),
-                    len(rest_body(request, signatures.RANK)), budget_s))
-                rows.append(timed_row(
-                    "rank_by_user SQLite", length, count,
-                    lambda r=by_user: grpc_client.predict(r, signatures.RANK_BY_USER),
-                    predict_request(by_user, signatures.RANK_BY_USER).ByteSize(), budget_s))
-                rows.append(timed_row(
-                    "rank_by_user SQLite REST", length, count,
-                    lambda r=by_user: rest_client.predict(r, signatures.RANK_BY_USER),
-                    len(rest_body(by_user, signatures.RANK_BY_USER)), budget_s))
+            rows += interleaved_rows(servable, cases, {
+                "rank gRPC": (grpc_client.predict, signatures.RANK),
+                "rank REST": (rest_client.predict, signatures.RANK),
+                "rank_by_user SQLite": (grpc_client.predict, by_user),
+                "rank_by_user SQLite REST": (rest_client.predict, by_user),
+            }, budget_s, with_baseline=True)
         forward = ["--forward_to", f"127.0.0.1:{server.grpc_port}", *no_cache]
         with serve(urls["redis"], *forward, base=None, name="sidecar") as sidecar, \
                 GrpcClient(port=sidecar.grpc_port) as client:
-            for (length, count), request in cases.items():
-                by_user = by_user_request(request, length, count)
-                rows.append(timed_row(
-                    "rank_by_user forward (Redis)", length, count,
-                    lambda r=by_user: client.predict(r, signatures.RANK_BY_USER),
-                    predict_request(by_user, signatures.RANK_BY_USER).ByteSize(), budget_s))
-    for path, flags in (("rank_by_user Redis", no_cache), ("rank_by_user warm cache", [])):
-        with serve(urls["redis"], *flags, name=path.split()[-1]) as server, \
-                GrpcClient(port=server.grpc_port) as client, \
-                RestClient(port=server.rest_port) as rest_client:
-            if not flags:
-                rest_client.prefetch([user_of(*key) for key in cases])
-            for (length, count), request in cases.items():
-                by_user = by_user_request(request, length, count)
-                rows.append(timed_row(
-                    path, length, count,
-                    lambda r=by_user: client.predict(r, signatures.RANK_BY_USER),
-                    predict_request(by_user, signatures.RANK_BY_USER).ByteSize(), budget_s))
+            rows += interleaved_rows(servable, cases, {
+                "rank_by_user forward (Redis)": (client.predict, by_user)}, budget_s)
+    with serve(urls["redis"], *no_cache, name="redis") as cold, \
+            GrpcClient(port=cold.grpc_port) as client:
+        rows += interleaved_rows(servable, cases, {
+            "rank_by_user Redis": (client.predict, by_user)}, budget_s)
+    with serve(urls["redis"], name="cached") as warm, GrpcClient(port=warm.grpc_port) as client, \
+            RestClient(port=warm.rest_port) as rest_client:
+        rest_client.prefetch([user_of(*key) for key in cases])
+        rows += interleaved_rows(servable, cases, {
+            "rank_by_user warm cache": (client.predict, by_user)}, budget_s)
     return rows
-
-
-def attach_ratios(rows: list[dict]) -> None:
-    """Each latency row's p50 over in-process ``rank``'s at the same (L, C)."""
-    base = {(r["L"], r["C"]): r["p50_ms"] for r in rows if r.get("path") == BASELINE}
-    for row in rows:
-        if row.get("table") == "latency" and (row["L"], row["C"]) in base:
-            row["ratio_p50"] = round(row["p50_ms"] / base[(row["L"], row["C"])], 3)
 
 
 def plot(rows: list[dict], path: str, subtitle: str) -> None:
@@ -262,17 +262,12 @@ def main(argv: list[str] | None = None) -> dict:
         stores = {name: open_store(url, timeout_s=10) for name, url in urls.items()}
         fill_stores(list(stores.values()), cases)
         servable = Servable("muse", base_path)
-        rows = [timed_row(BASELINE, length, count,
-                          lambda r=request: servable.predict(r, signatures.RANK),
-                          predict_request(request, signatures.RANK).ByteSize(), budget_s)
-                for (length, count), request in cases.items()]
         parts = parts_rows(servable, stores, cases, budget_s)
-        rows += server_rows(base_path, urls, cases, budget_s, log_dir)
+        rows = server_rows(servable, base_path, urls, cases, budget_s, log_dir)
         for store in stores.values():
             store.close()
     finally:
         redis.kill()
-    attach_ratios(rows)
     rows += parts
     target = {r["path"]: r for r in rows if r.get("L") == max(lengths) and r.get("C") == 100
               and r.get("table") == "latency"}

@@ -55,7 +55,7 @@ class Remote(Servable):
             response = self._client.metadata()
         except PredictionError as error:
             self._client.close()
-            raise Unavailable(f"--forward_to {target}: {error}") from None
+            raise Unavailable(f"{target}: {error}") from None
         self.name, self.path = name, f"grpc://{target}"
         self.version = response.model_spec.version.value
         self.signature_defs = get_model_metadata_pb2.SignatureDefMap()

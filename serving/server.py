@@ -249,48 +249,50 @@ def arguments() -> argparse.ArgumentParser:
 
 def _model(args: argparse.Namespace) -> Servable:
     """The servable that runs the model: the newest version loaded here, or the one at
-    ``--forward_to``; wrapped for ``rank_by_user`` when a history store is given."""
+    ``--forward_to``; wrapped for ``rank_by_user`` when a history store is given. The flags are
+    checked before the (slow) model load."""
     from serving.servable import Servable, ServingError
 
     if (args.model_base_path is None) == (args.forward_to is None):
         raise cli.UsageError("give exactly one of --model_base_path and --forward_to")
+    if args.history_cache_bytes < 0 or args.history_cache_ttl_s < 0:
+        raise cli.UsageError("--history_cache_bytes and --history_cache_ttl_s must be >= 0")
+    store = None
+    if args.history_store is not None:
+        from serving.history.store import StoreError, open_store
+
+        try:
+            store = open_store(args.history_store, timeout_s=args.history_timeout_ms / 1000)
+        except (ValueError, StoreError) as error:
+            raise cli.UsageError(f"--history_store: {error}") from None
     if args.forward_to is not None:
         from serving import forward
 
         try:
             forward.split_target(args.forward_to)
-        except ValueError as error:
-            raise cli.UsageError(f"--forward_to: {error}") from None
-        try:
             servable = forward.Remote(
                 args.model_name, args.forward_to,
                 args.max_history_length or export_limits.MAX_HISTORY_LENGTH,
                 args.forward_timeout_ms / 1000, args.forward_wait_s,
             )
-        except ServingError as error:
-            raise cli.UsageError(str(error)) from None
+        except (ValueError, ServingError) as error:
+            raise cli.UsageError(f"--forward_to: {error}") from None
     else:
         servable = Servable(args.model_name, args.model_base_path)
-        servable.max_history_length = (
-            args.max_history_length or servable.max_history_length or export_limits.MAX_HISTORY_LENGTH
-        )
+        exported = servable.max_history_length or export_limits.MAX_HISTORY_LENGTH
+        if (args.max_history_length or 0) > exported:
+            raise cli.UsageError(f"--max_history_length {args.max_history_length} exceeds the "
+                                 f"export's max_history_length={exported}")
+        servable.max_history_length = args.max_history_length or exported
     logger.info("Loaded %s version %d from %s", servable.name, servable.version, servable.path)
-    if args.history_store is None:
+    if store is None:
         return servable
     from serving.by_user import UserServable
-    from serving.history.store import StoreError, open_store
 
-    if args.history_cache_bytes < 0 or args.history_cache_ttl_s < 0:
-        raise cli.UsageError("--history_cache_bytes and --history_cache_ttl_s must be >= 0")
-    timeout_s = args.history_timeout_ms / 1000
-    try:
-        store = open_store(args.history_store, timeout_s=timeout_s)
-    except (ValueError, StoreError) as error:
-        raise cli.UsageError(f"--history_store: {error}") from None
     logger.info("rank_by_user reads up to %d behaviours per user from %s",
                 servable.max_history_length, args.history_store)
     return UserServable(
-        servable, store, servable.max_history_length, timeout_s,
+        servable, store, servable.max_history_length, args.history_timeout_ms / 1000,
         args.history_cache_bytes, args.history_cache_ttl_s, args.history_threads,
     )
 
