@@ -1,11 +1,11 @@
-"""The README's configuration reference, generated from ``ModelConfig`` and ``TrainConfig``.
+"""The configuration reference of docs/reference.md, generated from ``ModelConfig`` and ``TrainConfig``.
 
     python docs/config_reference.py                  # print the Markdown table
-    python docs/config_reference.py --write README.md  # replace the table between its markers
+    python docs/config_reference.py --write docs/reference.md  # replace the table between its markers
 
 Each row is one dataclass field: its YAML / ``--set`` key, its default and the meaning given in the
 class's ``Attributes:`` docstring. A field without a documented meaning is an error, so the table
-cannot silently miss one (``tests/test_readme.py`` also checks the README against the fields).
+cannot silently miss one (``tests/test_readme.py`` also checks the page against the fields).
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ It restores the run's model (``config.yaml`` + ``final/weights``, refused if the
 since training), reads the vocabularies of the converted dataset it was trained on (refused if
 ``--data`` is another dataset) and writes ``EXPORT_DIR/NAME/VERSION`` (the export itself, its
 signatures and limits: ``muse_tf.jobs.saved_model``). TensorFlow loads after the arguments are parsed.
+
+With ``--items ITEMS.parquet`` the export takes the current item table instead of the training one:
+items created after training are scored by their multimodal vectors (learned weights unchanged,
+``muse_tf.jobs.item_refresh``). Export into the directory TF Serving watches, and it serves the new
+version (newest + 1) without a restart.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default=signatures.DEFAULT_MODEL_NAME,
                         help="model name in the serving layout")
     parser.add_argument("--version", type=int, help="version directory (None: newest + 1)")
+    parser.add_argument("--items",
+                        help="a Parquet items file (item_id, item_vector[, item_category]): export "
+                        "with these items' vectors, items new since training included")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     limits.add_flags(parser)
     return parser
@@ -38,14 +46,20 @@ def arguments() -> argparse.ArgumentParser:
 def export(args: argparse.Namespace) -> str:
     """Exports the run ``args.model_dir``; prints and returns the version directory."""
     from muse_tf.contract import dataset_dir
-    from muse_tf.jobs import runs, saved_model
+    from muse_tf.jobs import item_refresh, runs, saved_model
 
     dataset_dir.ensure_filesystems([args.data])
     dataset_dir.require_dataset(args.data)  # before the model is built
+    vocabularies = dataset_dir.load_vocabularies(args.data)
+    if args.items:  # checked before the model is built
+        items = item_refresh.read_items(args.items, runs.RunDir(args.model_dir).read_config().model)
     with runs.working_in_trained_run(args.model_dir, args.data) as (model, _):
+        if args.items:
+            model, vocabularies, counts = item_refresh.refresh(model, vocabularies, *items)
+            print(item_refresh.describe(counts, args.items))
         path = saved_model.export_saved_model(
-            model, dataset_dir.load_vocabularies(args.data), args.export_dir, args.model_name,
-            args.version, **limits.from_flags(args),
+            model, vocabularies, args.export_dir, args.model_name, args.version,
+            **limits.from_flags(args),
         )
     print(f"SavedModel: {path}")
     return path

@@ -32,6 +32,6 @@ def test_every_schema_column_is_in_the_table_and_nothing_else():
     assert _column_rows() == expected
 
 
-def test_the_readme_links_the_column_table():
-    readme = (ROOT / "README.md").read_text()
-    assert "pipelines/README.md#input-the-taobao-mm-columns-read" in readme
+def test_the_data_page_links_the_column_table():
+    page = (ROOT / "docs" / "your_data.md").read_text()
+    assert "pipelines/README.md#input-the-taobao-mm-columns-read" in page

@@ -1,4 +1,5 @@
-"""The README's commands are the ones CI runs."""
+"""The README and the docs pages say what the code does: CI's commands, every configuration key,
+working links."""
 
 import dataclasses
 import importlib.util
@@ -38,8 +39,12 @@ def _section(text, start, end):
     return text.split(start, 1)[1].split(end, 1)[0]
 
 
+REFERENCE = ROOT / "docs" / "reference.md"
+RESULTS = ROOT / "docs" / "results.md"
+
+
 def _config_reference_rows():
-    readme = (ROOT / "README.md").read_text()
+    readme = REFERENCE.read_text()
     block = _section(readme, "<!-- config-reference:start -->", "<!-- config-reference:end -->")
     rows = {}
     for line in block.splitlines():
@@ -79,13 +84,13 @@ def test_configuration_reference_is_regenerated():
     spec = importlib.util.spec_from_file_location("config_reference", ROOT / "docs" / "config_reference.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    readme = (ROOT / "README.md").read_text()
+    readme = REFERENCE.read_text()
     block = _section(readme, module.START, module.END).strip()
-    assert block == module.markdown(), "run: python docs/config_reference.py --write README.md"
+    assert block == module.markdown(), "run: python docs/config_reference.py --write docs/reference.md"
 
 
 def test_readme_yaml_example_is_a_valid_config():
-    readme = (ROOT / "README.md").read_text()
+    readme = REFERENCE.read_text()
     example = _section(readme, "Example (`--config my.yaml`", "```\n\n").split("```yaml\n", 1)[1]
     experiment = from_dict(ExperimentConfig, yaml.safe_load(example))
     assert experiment.model.top_k == 100 and experiment.train.global_batch_size(2) == 2000
@@ -101,11 +106,37 @@ def test_readme_pictures_exist_and_are_small():
         assert len(data) < 200_000, f"{picture} is {len(data)} bytes"
 
 
-def test_readme_keeps_the_result_markers():
-    readme = (ROOT / "README.md").read_text()
+def test_results_page_keeps_the_result_markers():
+    readme = RESULTS.read_text()
     for marker in ("experiments", "benchmarks"):
         start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
         assert readme.count(start) == readme.count(end) == 1
         assert readme.index(start) < readme.index(end)
-    assert readme.index("## Results") < readme.index("<!-- experiments:start -->")
-    assert readme.index("### Benchmarks") < readme.index("<!-- benchmarks:start -->")
+    assert readme.index("# Results") < readme.index("<!-- experiments:start -->")
+    assert readme.index("## Benchmarks") < readme.index("<!-- benchmarks:start -->")
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+         *(ROOT / package / "README.md" for package in ("pipelines", "serving", "benchmarks"))]
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation but '-' and '_' dropped, spaces to '-'."""
+    headings = re.findall(r"^#{1,6} (.+)$", markdown, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    text = page.read_text()
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+://|^mailto:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target}: no file {linked}")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text()):
+            broken.append(f"{target}: no heading #{anchor} in {linked.relative_to(ROOT)}")
+    assert not broken, "\n".join(broken)

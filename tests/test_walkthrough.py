@@ -1,11 +1,13 @@
-"""The README's walkthrough (scoring files, then deploying with TF Serving) runs as written.
+"""The README and the docs pages run as written, block after block, in one shell.
 
-Every shell block marked ``<!-- walkthrough -->`` in README.md runs, in README order, in ONE bash
-process with ``set -euo pipefail``, as a reader pastes them into one shell at the repository root
-after the quick start (variables and the background server carry from block to block). A block
-added later is picked up by its marker. Any failing command fails the test, which names its block.
+Every fenced ``bash`` or ``python`` block of README.md and the docs pages it lists under "Where to
+go next" (in that order) carries a marker right above it: ``<!-- run -->`` or ``<!-- not run:
+REASON -->``. The ``run`` blocks run in ONE bash process with ``set -euo pipefail``, in page
+order, as a reader pastes them into one shell at the repository root after the quick start
+(variables and the background server carry from block to block); any failing command fails the
+test, which names its page and line. A block added later must say which it is.
 
-What stands in for the quick start, and why that is honest:
+What stands in for the quick start and for training, and why that is honest:
 
 * The quick start is ``python -m muse_tf.train`` (README "Quick start"). Its paths depend only on
   ``--work-dir`` (default ``runs``), the variant (``runs/muse``), the model name (the export
@@ -15,20 +17,22 @@ What stands in for the quick start, and why that is honest:
   directory with overrides that change none of these: two training steps of a smaller tower,
   ``--no-eval``. So the dataset is the quick start's own (same generator, same options, ~7 s of
   CPU), and the run directory and export are a real run of the same variant in the same layout,
-  trained for less. The walkthrough reads only the dataset and the export. The test checks that
-  this run printed the paths the README's table says the quick start prints.
-* The temporary directory stands for the repository root: it holds ``runs/`` and a stub
-  ``.venv/bin/activate`` doing what activation does, putting the bin directory of the Python
-  running the tests (the venv that CI installs as the README says) first on ``PATH``. So the
-  walkthrough's ``source .venv/bin/activate`` runs as written and ``python`` is that venv's; ``PATH``
-  starts with it anyway, for blocks before the ``source`` line.
-* The walkthrough's ports default to TF Serving's 8500/8501 and honour ``GRPC_PORT`` and
+  trained for less. The test checks that this run printed the paths the serving page's table says
+  the quick start prints.
+* The temporary directory stands for the repository root: it holds ``runs/`` and a
+  ``.venv/bin/activate`` doing what activation does, putting ``.venv/bin`` first on ``PATH``. Its
+  ``python`` is the Python running the tests (the venv that CI installs as the README says), with
+  one difference: ``python -m muse_tf.train`` gets the same small overrides as the quick start's
+  stand-in appended (two steps of a smaller tower), so every training block runs its command, its
+  data and its directories, trained for less. Everything else runs unchanged.
+* The serving blocks' ports default to TF Serving's 8500/8501 and honour ``GRPC_PORT`` and
   ``REST_PORT``; the test sets them to free ports so that it never meets another server.
 
-Beyond exit statuses, the test checks what the README promises: a meaningful ``rank`` response,
+Beyond exit statuses, the test checks what the pages promise: a meaningful ``rank`` response,
 one score per candidate of the request, not all equal, the same over REST and gRPC.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -45,36 +49,88 @@ from muse_tf.contract import features
 from serving.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = "<!-- walkthrough -->"
-# The quick start's outputs, as README.md's walkthrough table lists them.
+RUN = "<!-- run -->"
+NOT_RUN = re.compile(r"^<!-- not run: (\S.*) -->$")
+# The quick start's outputs, as docs/serving.md's table lists them.
 QUICK_START_PATHS = {
     "dataset": "runs/data/synthetic-u2000-l1000-s0",
     "run directory": "runs/muse",
     "SavedModel": "runs/muse/export/muse/1",
 }
-CHEAP_TRAINING = ["--no-eval", "--verbose", "0", "--set", "train.steps_per_epoch=2",
-                  "--set", "train.batch_size=32", "--set", "model.mlp_units=[16]",
-                  "--set", "model.embedding_dim=8"]
-TIMEOUT_S = 1200  # the whole walkthrough on a loaded machine; about a minute on a quiet one
+LESS_TRAINING = ["--verbose", "0", "--set", "train.steps_per_epoch=2", "--set", "train.batch_size=32",
+                 "--set", "model.mlp_units=[16]", "--set", "model.embedding_dim=8"]
+CHEAP_TRAINING = ["--no-eval", *LESS_TRAINING]
+TIMEOUT_S = 1800  # the whole tour on a loaded machine; a few minutes on a quiet one
 
 
-def walkthrough_blocks(readme: str) -> list[tuple[int, str]]:
-    """(README line, text) of every ```bash block right after the marker, in order."""
-    pattern = re.compile(f"^{re.escape(MARKER)}\n```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
-    return [(readme[: m.start()].count("\n") + 1, m.group(1)) for m in pattern.finditer(readme)]
+@dataclasses.dataclass(frozen=True)
+class Block:
+    page: str  # relative to the repository root
+    line: int  # of the opening fence
+    language: str
+    markers: tuple[str, ...]  # the HTML comments right above the fence
+    text: str
 
 
-def test_walkthrough_blocks_are_found():
-    readme = (ROOT / "README.md").read_text()
-    blocks = walkthrough_blocks(readme)
-    markers = re.findall(f"^{re.escape(MARKER)}$", readme, re.MULTILINE)
-    assert len(blocks) == len(markers), "a marker not followed by a ```bash block"
-    text = "".join(block for _, block in blocks)
-    for step in ("muse_tf.predict", "source .venv/bin/activate", "serving.server", "serving.request",
+def pages() -> list[str]:
+    """README.md, then the docs pages in the order of its "Where to go next" table."""
+    table = (ROOT / "README.md").read_text().split("## Where to go next", 1)[1]
+    return ["README.md", *dict.fromkeys(re.findall(r"\]\((docs/\w+\.md)\)", table))]
+
+
+def blocks(page: str) -> list[Block]:
+    lines = (ROOT / page).read_text().split("\n")
+    found, index = [], 0
+    while index < len(lines):
+        opening = re.match(r"^```(\w*)$", lines[index])
+        if not opening:
+            index += 1
+            continue
+        close = lines.index("```", index + 1)
+        markers, above = [], index - 1
+        while above >= 0 and lines[above].startswith("<!--"):
+            markers.insert(0, lines[above])
+            above -= 1
+        found.append(Block(page, index + 1, opening[1], tuple(markers),
+                           "\n".join(lines[index + 1:close]) + "\n"))
+        index = close + 1
+    return found
+
+
+def runnable_blocks() -> list[Block]:
+    return [block for page in pages() for block in blocks(page) if RUN in block.markers]
+
+
+def test_every_command_block_is_run_or_says_why():
+    unmarked = []
+    for page in pages():
+        for block in blocks(page):
+            if not block.language:
+                unmarked.append(f"{page}:{block.line}: a block without a language (bash, python, text, ...)")
+            elif block.language in ("bash", "python"):
+                run = RUN in block.markers
+                reasons = [m for m in block.markers if NOT_RUN.match(m)]
+                if run == bool(reasons):
+                    unmarked.append(f"{page}:{block.line}: needs one of {RUN} or <!-- not run: WHY -->")
+                if run and block.language != "bash":
+                    unmarked.append(f"{page}:{block.line}: only bash blocks run in the tour")
+    assert not unmarked, "\n".join(unmarked)
+
+
+def test_the_tour_covers_every_step():
+    text = "".join(block.text for block in runnable_blocks())
+    for step in ("pipelines.taobao_mm", "muse_tf.train", "muse_tf.evaluate", "muse_tf.predict",
+                 "pipelines.predict", "source .venv/bin/activate", "serving.server", "serving.request",
                  "serving.client --protocol rest", "serving.client --protocol grpc", "kill"):
         assert step in text, step
+    serving_page = (ROOT / "docs" / "serving.md").read_text()
     for path in QUICK_START_PATHS.values():
-        assert f"`{path}`" in readme
+        assert f"`{path}`" in serving_page
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
 
 
 @pytest.fixture(scope="module")
@@ -89,30 +145,33 @@ def after_quick_start(tmp_path_factory):
     assert f"Training muse on {QUICK_START_PATHS['dataset']} " in result.stdout, result.stdout
     assert f"Run directory: {QUICK_START_PATHS['run directory']} " in result.stdout
     assert f"SavedModel: {QUICK_START_PATHS['SavedModel']}\n" in result.stdout
-    activate = root / ".venv" / "bin" / "activate"
-    activate.parent.mkdir(parents=True)
-    bin_dir = os.path.dirname(sys.executable)
-    activate.write_text(f'export VIRTUAL_ENV="{os.path.dirname(bin_dir)}"\n'
-                        f'export PATH="{bin_dir}:$PATH"\n')
-    python = activate.parent / "python"  # for blocks that call .venv/bin/python
-    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    python.chmod(0o755)
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text(f'export VIRTUAL_ENV="{bin_dir.parent}"\n'
+                                      f'export PATH="{bin_dir}:$PATH"\n')
+    less = " ".join(f"'{flag}'" for flag in LESS_TRAINING)
+    _executable(bin_dir / "python", f"""#!/bin/sh
+case " $* " in
+  *" -m muse_tf.train "*) exec "{sys.executable}" "$@" {less} ;;
+esac
+exec "{sys.executable}" "$@"
+""")
     return root
 
 
-def script(blocks: list[tuple[int, str]]) -> str:
+def script(runnable: list[Block]) -> str:
     lines = ["set -euo pipefail"]
-    for number, (line, block) in enumerate(blocks, start=1):
-        lines += [f"echo '### walkthrough block {number} (README.md line {line})'", block]
+    for number, block in enumerate(runnable, start=1):
+        lines += [f"echo '### block {number} ({block.page} line {block.line})'", block.text]
     return "\n".join(lines) + "\n"
 
 
 @pytest.mark.slow
-def test_the_walkthrough_runs_verbatim_after_the_quick_start(after_quick_start):
-    blocks = walkthrough_blocks((ROOT / "README.md").read_text())
-    path = after_quick_start / "walkthrough.sh"
-    path.write_text(script(blocks))
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+def test_the_pages_run_verbatim_after_the_quick_start(after_quick_start):
+    runnable = runnable_blocks()
+    path = after_quick_start / "tour.sh"
+    path.write_text(script(runnable))
+    env = {**os.environ, "PATH": str(after_quick_start / ".venv" / "bin") + os.pathsep + os.environ["PATH"],
            "GRPC_PORT": str(free_port()), "REST_PORT": str(free_port())}
     process = subprocess.Popen(
         ["bash", str(path)], cwd=after_quick_start, env=env, stdout=subprocess.PIPE,
@@ -121,18 +180,25 @@ def test_the_walkthrough_runs_verbatim_after_the_quick_start(after_quick_start):
     try:
         output, _ = process.communicate(timeout=TIMEOUT_S)
     finally:
-        try:  # whatever the walkthrough left running (its server, if a block failed before "kill")
+        try:  # whatever the tour left running (its server, if a block failed before "kill")
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         process.wait()
-    started = re.findall(r"^### (walkthrough block .*)$", output, re.MULTILINE)
+    started = re.findall(r"^### (block .*)$", output, re.MULTILINE)
     log = after_quick_start / "runs" / "server.log"
     assert process.returncode == 0, (
         f"{started[-1] if started else 'the script'} failed (exit {process.returncode}):\n"
         f"{output[-4000:]}\nserver log:\n{log.read_text()[-2000:] if log.exists() else '-'}"
     )
-    assert len(started) == len(blocks)
+    assert len(started) == len(runnable)
+
+    # Each served name holds one run's models (TF Serving serves the newest version of a name).
+    saved_models = after_quick_start.glob("**/saved_model.pb")
+    for model_dir in sorted({saved_model.parent.parent for saved_model in saved_models}):
+        sources = {json.loads((version / "assets.extra" / "source_run.json").read_text())["training_sha256"]
+                   for version in model_dir.iterdir() if version.name.isdigit()}
+        assert len(sources) == 1, f"{model_dir} holds the models of {len(sources)} runs"
 
     # The scored files: one row per test sample (the manifest's count), the same scores either way.
     manifest = json.loads((after_quick_start / QUICK_START_PATHS["dataset"] / "manifest.json").read_text())
@@ -155,7 +221,7 @@ def test_the_walkthrough_runs_verbatim_after_the_quick_start(after_quick_start):
     assert ready in log.read_text()
 
 
-# The README's "In Keras / Colab" block, run on the quick start's dataset with these substitutions
+# docs/training.md's "In Keras / Colab" block, run on the quick start's dataset with these substitutions
 # (README text -> what runs): the same code on two batches of 64 instead of whole splits of 1,000.
 KERAS_BLOCK_SUBSTITUTIONS = {
     'DATA = "data/converted"': f'DATA = "{QUICK_START_PATHS["dataset"]}"',
@@ -167,17 +233,17 @@ KERAS_BLOCK_SUBSTITUTIONS = {
 
 
 def keras_block(readme: str) -> str:
-    """The python block under README's "In Keras / Colab", substitutions applied (each must match)."""
-    block = re.search(r"### In Keras / Colab\n\n```python\n(.*?)```", readme, re.DOTALL).group(1)
+    """The python block under "In Keras / Colab", substitutions applied (each must match)."""
+    block = re.search(r"## In Keras / Colab\n\n<!--.*?-->\n```python\n(.*?)```", readme, re.DOTALL).group(1)
     for written, run in KERAS_BLOCK_SUBSTITUTIONS.items():
-        assert written in block, f"README's Keras block no longer contains {written!r}"
+        assert written in block, f"the Keras block no longer contains {written!r}"
         block = block.replace(written, run)
     return block
 
 
 @pytest.mark.slow
 def test_the_keras_block_runs_on_the_quick_start_dataset(after_quick_start):
-    block = keras_block((ROOT / "README.md").read_text())
+    block = keras_block((ROOT / "docs" / "training.md").read_text())
     result = subprocess.run([sys.executable, "-c", block], cwd=after_quick_start, capture_output=True,
                             text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -32,7 +32,8 @@ memory: ``rank`` with C = 5,000 candidates at L = 100,000 took 2.3 GB above the 
 ``serving_default`` with B x W = 10 x 100,000 took 0.8 GB (``benchmarks.memory``).
 
 ``muse_tf.train`` exports at the end of a run; ``python -m muse_tf.export`` (``muse_tf/export.py``)
-exports a finished run again, e.g. with another ``--max-history-length``.
+exports a finished run again, e.g. with another ``--max-history-length`` or with the items created
+since training (``muse_tf.jobs.item_refresh``).
 """
 
 from __future__ import annotations

@@ -68,6 +68,11 @@ class MultimodalTable(tf_keras.layers.Layer):
         _assign_rows(self.inverse_norms, inverse)
         _assign_rows(self.table, stored)
 
+    def get_table(self) -> np.ndarray:
+        """The (V, M) vectors ``set_table`` loaded: int8, or float32."""
+        stored = self.table.numpy()
+        return stored.view(np.int8) if self.storage == "int8" else stored
+
     @property
     def vectors(self) -> ItemVectors:
         """The weights read as unit vectors. The variables themselves are passed (non-trainable, so

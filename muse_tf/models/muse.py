@@ -56,7 +56,7 @@ def refuse_old_checkpoint(path: str) -> None:
         raise ValueError(
             f"{path} is a checkpoint of the MuseModel layout before its named branches (it holds "
             f"{old[0]!r}); its variable paths do not match this version, so nothing would be "
-            "restored. Retrain, or load it with a muse-tf version from before the change (README, "
+            "restored. Retrain, or load it with a muse-tf version from before the change (docs/training.md, "
             "'Checkpoints')."
         )
 
