@@ -26,11 +26,11 @@ from serving.history.cache import HistoryCache
 from serving.history.store import CorruptRecord, HistoryStore, StoreUnavailable
 from serving.servable import (
     DataLoss,
-    InvalidArgument,
     NotFound,
     Servable,
     Unavailable,
     check_arrays,
+    check_names,
 )
 
 # Response metadata of rank_by_user (gRPC trailing metadata; REST headers with the same names):
@@ -117,19 +117,7 @@ class UserServable:
         """As the inner servable's; for ``rank_by_user`` the profile inputs may be left out."""
         if signature_name != signatures.RANK_BY_USER:
             return self.inner.check_input_names(signature_name, names)
-        accepted = set(self.input_specs(signature_name))
-        unknown = sorted(set(names) - accepted)
-        if unknown:
-            raise InvalidArgument(
-                f"input tensor alias not found in signature {signatures.RANK_BY_USER}: "
-                f"{unknown[0]}. Inputs expected to be in the set {{{','.join(sorted(accepted))}}}."
-            )
-        missing = [name for name in _REQUIRED if name not in names]
-        if missing:
-            raise InvalidArgument(
-                f"Missing input(s) {', '.join(missing)}; {signatures.RANK_BY_USER} needs "
-                f"{list(_REQUIRED)} (and optionally {list(features.USER_PROFILE)})."
-            )
+        check_names(names, set(self.input_specs(signature_name)), set(_REQUIRED))
 
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = "") -> dict:
         return self.predict_annotated(inputs, signature_name)[0]

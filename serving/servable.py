@@ -118,6 +118,23 @@ def check_arrays(specs: Mapping[str, tf.TensorSpec], inputs: Mapping[str, np.nda
             )
 
 
+def check_names(names: Iterable[str], accepted: set[str], required: set[str]) -> None:
+    """Raises InvalidArgument for a name outside ``accepted`` or a ``required`` one missing."""
+    unknown = sorted(set(names) - accepted)
+    if unknown:
+        raise InvalidArgument(
+            f"input tensor alias not found in signature: {unknown[0]}. "
+            f"Inputs expected to be in the set {{{','.join(sorted(accepted))}}}."
+        )
+    missing = sorted(required - set(names))
+    if missing:
+        optional = sorted(accepted - required)
+        raise InvalidArgument(
+            f"Missing input(s) {', '.join(missing)}; the signature needs {sorted(required)}"
+            + (f" (and accepts {optional})." if optional else ".")
+        )
+
+
 # The message of the export's history length check (``muse_tf.jobs.saved_model``), which names its limit.
 _HISTORY_LIMIT = re.compile(rb"max_history_length=([0-9]+)")
 
@@ -182,17 +199,7 @@ class Servable:
     def check_input_names(self, signature_name: str, names: Iterable[str]) -> None:
         """Raises InvalidArgument for an unknown or a missing input name."""
         expected = set(self.input_specs(signature_name))
-        unknown = sorted(set(names) - expected)
-        if unknown:
-            raise InvalidArgument(
-                f"input tensor alias not found in signature: {unknown[0]}. "
-                f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}."
-            )
-        missing = sorted(expected - set(names))
-        if missing:
-            raise InvalidArgument(
-                f"Missing input(s) {', '.join(missing)}; the signature needs {sorted(expected)}."
-            )
+        check_names(names, expected, expected)
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str = ""

@@ -267,7 +267,7 @@ def test_bad_rank_by_user_requests_name_the_input(front, case):
     for bad, message in [
         ({k: v for k, v in inputs.items() if k != features.ITEM_ID}, "Missing input(s) item_id"),
         ({**inputs, features.HISTORY_ITEMS: request[features.HISTORY_ITEMS]},
-         "not found in signature rank_by_user: history_items"),
+         "not found in signature: history_items"),
         ({**inputs, features.USER_ID: request[features.ITEM_ID]}, "'user_id' must have shape []"),
     ]:
         status, body, _ = rest_rank_by_user(front.rest_port, bad)
