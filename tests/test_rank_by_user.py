@@ -5,6 +5,7 @@ process and behind a second server (forward mode). Then the prefetch cache (sing
 byte budget, eviction on append) and the failures (store down or slow, unknown user, no profile,
 corrupt record, a history past the export's limit)."""
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -356,6 +357,99 @@ def test_the_history_calls_need_a_store(model):
         assert reply.status_code == 404 and "--history_store" in reply.json()["error"]
     finally:
         plain.stop()
+
+
+# Real stores: the store helper's backends (SQLite, and a real redis-server), once merged.
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def real_backend(request, tmp_path):
+    """A ``tests.history_backends`` backend; skipped while the stores are not in this tree."""
+    backends = pytest.importorskip("tests.history_backends",
+                                   reason="the history stores are not merged into this branch yet")
+    if request.param == "sqlite":
+        return backends.SqliteBackend(f"sqlite:///{tmp_path / 'history.db'}")
+    return backends.RedisBackend(request.getfixturevalue("redis_server"))
+
+
+@pytest.fixture
+def real_front(model, real_backend):
+    running, made = start_front(model, "in-process", real_backend.open(cap=10_000,
+                                                                      timeout_s=TIMEOUT_S))
+    yield made, real_backend
+    running.stop()
+    made.servable.close()
+
+
+def test_rank_by_user_on_a_real_store_is_bitwise_rank_with_the_newest_history_and_appends(
+    real_front, model, case
+):
+    front, _ = real_front
+    rng = np.random.default_rng(11)
+    short, long = user_inputs(case, rng), sc.rank_request(rng, case, LIMIT + 40, candidates=5)
+    store_user(front.store, short)
+    store_user(front.store, long)
+    for protocol in ("grpc", "rest"):
+        assert_bitwise(rank_by_user(front, protocol, by_user_inputs(short))[0],
+                       rank_reference(model, short))
+        newest = {name: long[name][-LIMIT:] for name in features.SEQUENCE_FEATURES}
+        assert_bitwise(rank_by_user(front, protocol, by_user_inputs(long))[0],
+                       rank_reference(model, long, **newest))
+    items, categories = sc.raw_history(rng, case, 2)
+    with RestClient(port=front.rest_port) as client:
+        client.append(int(short[features.USER_ID]), items, categories)
+    appended = {
+        features.HISTORY_ITEMS: np.concatenate([short[features.HISTORY_ITEMS], items]),
+        features.HISTORY_CATEGORIES: np.concatenate([short[features.HISTORY_CATEGORIES],
+                                                     categories]),
+    }
+    assert_bitwise(rank_by_user(front, "grpc", by_user_inputs(short))[0],
+                   rank_reference(model, short, **appended))
+
+
+def test_a_corrupt_record_in_a_real_store_is_an_error_naming_the_user(real_front, case):
+    front, backend = real_front
+    request = user_inputs(case, np.random.default_rng(12))
+    user = store_user(front.store, request)
+    backend.corrupt_chunk(user)
+    status, body, _ = rest_rank_by_user(front.rest_port, by_user_inputs(request))
+    assert status == 500 and str(user) in body["error"], body
+
+
+def test_killing_redis_is_unavailable_within_the_deadline_and_the_next_request_after_its_restart_succeeds(
+    model, case, request
+):
+    pytest.importorskip("tests.redis_server", reason="the Redis store is not merged yet")
+    from serving.history.store import open_store
+
+    redis_server = request.getfixturevalue("redis_server")
+    running, front = start_front(model, "in-process",
+                                 open_store(redis_server.url, timeout_s=TIMEOUT_S), cache_bytes=0)
+    try:
+        user_request = user_inputs(case, np.random.default_rng(13))
+        store_user(front.store, user_request)
+        inputs = by_user_inputs(user_request)
+        reference = rank_reference(model, user_request)
+        assert_bitwise(rank_by_user(front, "grpc", inputs)[0], reference)
+        for stop in ("kill", "freeze"):
+            context = redis_server.frozen() if stop == "freeze" else contextlib.nullcontext()
+            if stop == "kill":
+                redis_server.kill()
+            with context:
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as error:
+                    grpc_rank_by_user(front.grpc_port, inputs)
+                assert error.value.code() == grpc.StatusCode.UNAVAILABLE, stop
+                assert rest_rank_by_user(front.rest_port, inputs)[0] == 503, stop
+                assert time.monotonic() - started < 2 * TIMEOUT_S + 1.0, stop
+            if stop == "kill":
+                redis_server.start()  # empty: persistence is off
+                store_user(front.store, user_request)
+                assert_bitwise(rank_by_user(front, "grpc", inputs)[0], reference)
+        assert_bitwise(rank_by_user(front, "grpc", inputs)[0], reference)
+    finally:
+        running.stop()
+        front.servable.close()
 
 
 # The cache on its own.
