@@ -26,6 +26,7 @@ from serving.history.cache import HistoryCache
 from serving.history.store import CorruptRecord, HistoryStore, StoreUnavailable
 from serving.servable import (
     DataLoss,
+    InvalidArgument,
     NotFound,
     Servable,
     Unavailable,
@@ -40,6 +41,9 @@ USER_KNOWN = "muse-user-known"
 HISTORY_VERSION = "muse-history-version"
 
 _REQUIRED = (features.USER_ID, *signatures.CANDIDATE_FEATURES)
+# The most users one prefetch may read: all of them are in memory at once before the cache's
+# byte budget applies (1,000 x 1.6 MB at L = 100,000).
+MAX_PREFETCH_USERS = 1_000
 _T = TypeVar("_T")
 
 
@@ -183,6 +187,10 @@ class UserServable:
 
     def prefetch(self, user_ids: Sequence[int]) -> int:
         """Loads users into the cache in one store read; returns how many were read."""
+        if len(user_ids) > MAX_PREFETCH_USERS:
+            raise InvalidArgument(
+                f"prefetch takes at most {MAX_PREFETCH_USERS} user_ids, got {len(user_ids)}."
+            )
         return self._call(self.cache.prefetch, user_ids)
 
     def close(self) -> None:

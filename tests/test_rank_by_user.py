@@ -345,6 +345,11 @@ def test_prefetch_reads_many_users_at_once_and_rank_by_user_then_reads_no_store(
             outputs = client.predict(by_user_inputs(request), signatures.RANK_BY_USER)
             assert_bitwise(outputs, rank_reference(model, request))
     assert front.store.reads == 1
+    too_many = list(range(by_user.MAX_PREFETCH_USERS + 1))
+    reply = requests.post(f"http://127.0.0.1:{front.rest_port}/v1/models/muse:prefetch",
+                          json={"user_ids": too_many})
+    assert reply.status_code == 400 and "at most" in reply.json()["error"]
+    assert front.store.reads == 1
 
 
 def test_the_history_calls_need_a_store(model):
