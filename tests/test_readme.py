@@ -27,6 +27,15 @@ def test_readme_test_command_is_what_ci_runs():
     assert block == _command_after(ci, "README: test command")
 
 
+def test_readme_redis_install_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    block = readme[readme.index("<!-- redis-command -->") + 2]
+    marker = next(i for i, line in enumerate(ci) if "README: Redis for the tests" in line)
+    install = next(line.strip() for line in ci[marker:] if "apt-get install" in line)
+    assert block.replace("sudo ", "") == install.replace("$sudo ", "")
+
+
 def test_readme_main_command_runs_the_training_module():
     readme = (ROOT / "README.md").read_text().splitlines()
     block = readme[readme.index("<!-- main-command -->") + 2]

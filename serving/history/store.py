@@ -26,7 +26,8 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The store did not answer (down, refused, or past its deadline): never read as an empty history."""
+    """The store did not answer (down, refused, or past its deadline): never read as an empty
+    history. A write or append that ended so may still have been applied."""
 
 
 class CorruptRecord(StoreError):
@@ -94,7 +95,8 @@ class HistoryStore(abc.ABC):
 def open_store(url: str, cap: int = DEFAULT_CAP, timeout_s: float = 1.0) -> HistoryStore:
     """The store a URL names: ``sqlite:///PATH`` or ``redis://HOST:PORT/DB``.
 
-    ``timeout_s`` bounds each round trip; past it a read raises StoreUnavailable.
+    ``timeout_s`` bounds each round trip (SQLite: each wait for another writer's lock); past it a
+    call raises StoreUnavailable.
     """
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme == "sqlite":
