@@ -27,10 +27,16 @@ from muse_tf.jobs import saved_model
 from serving import by_user, forward, server
 from serving.client import GrpcClient, RestClient
 from serving.history.cache import ENTRY_OVERHEAD_BYTES, HistoryCache
-from serving.history.store import CorruptRecord, HistoryStore, StoreUnavailable, UserRecord
+from serving.history.store import (
+    HistoryStore,
+    StoreUnavailable,
+    UserRecord,
+    open_store,
+)
 from serving.launch import free_port
 from serving.servable import InvalidArgument, Servable
 from serving.server import ModelServer
+from tests import history_backends
 from tests import serving_case as sc
 
 LIMIT = 64  # the export's max_history_length: stored histories longer than this are cut
@@ -120,8 +126,19 @@ def start_front(model, mode, store, cache_bytes=1 << 20, ttl_s=60.0):
 
 
 @pytest.fixture(params=["in-process", "forward"])
-def front(request, model):
-    running, made = start_front(model, request.param, DictStore())
+def front(request, model, tmp_path):
+    """A rank_by_user server on a real SQLite store, with the model in process or forwarded to."""
+    store = open_store(f"sqlite:///{tmp_path / 'history.db'}", cap=1000, timeout_s=TIMEOUT_S)
+    running, made = start_front(model, request.param, store)
+    yield made
+    running.stop()
+    made.servable.close()
+
+
+@pytest.fixture
+def fake_front(model):
+    """A rank_by_user server on a DictStore: store reads counted, failures injected."""
+    running, made = start_front(model, "in-process", DictStore())
     yield made
     running.stop()
     made.servable.close()
@@ -276,39 +293,31 @@ def test_bad_rank_by_user_requests_name_the_input(front, case):
 
 
 def test_store_down_or_slow_is_unavailable_within_the_deadline_and_the_next_request_succeeds(
-    front, model, case
+    fake_front, model, case
 ):
     request = user_inputs(case, np.random.default_rng(6))
-    store_user(front.store, request)
+    store_user(fake_front.store, request)
     reference = rank_reference(model, request)
     inputs = by_user_inputs(request)
     # A store that refuses, then one that stalls past the deadline (ignoring its own timeout).
     for failure, delay_s in ((StoreUnavailable("connection refused"), 0.0), (None, 3 * TIMEOUT_S)):
-        front.store.failure, front.store.delay_s = failure, delay_s
+        fake_front.store.failure, fake_front.store.delay_s = failure, delay_s
         started = time.monotonic()
-        status, body, _ = rest_rank_by_user(front.rest_port, inputs)
+        status, body, _ = rest_rank_by_user(fake_front.rest_port, inputs)
         assert status == 503 and "history store" in body["error"], body
         with pytest.raises(grpc.RpcError) as error:
-            grpc_rank_by_user(front.grpc_port, inputs)
+            grpc_rank_by_user(fake_front.grpc_port, inputs)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 2 * TIMEOUT_S + 1.0
         if delay_s:  # while the store stalls, requests that need no store are served at once
             started = time.monotonic()
-            with GrpcClient(port=front.grpc_port) as client:
+            with GrpcClient(port=fake_front.grpc_port) as client:
                 assert_bitwise(client.predict(request, signatures.RANK), reference)
             assert time.monotonic() - started < 1.0
-    front.store.failure, front.store.delay_s = None, 0.0
+    fake_front.store.failure, fake_front.store.delay_s = None, 0.0
     time.sleep(3 * TIMEOUT_S)  # the stalled reads end
-    outputs, _ = rank_by_user(front, "grpc", inputs)
+    outputs, _ = rank_by_user(fake_front, "grpc", inputs)
     assert_bitwise(outputs, reference)
-
-
-def test_a_corrupt_record_is_an_error_naming_the_user(front, case):
-    request = user_inputs(case, np.random.default_rng(7))
-    user = store_user(front.store, request)
-    front.store.failure = CorruptRecord("chunk 3 is 12 bytes long")
-    status, body, _ = rest_rank_by_user(front.rest_port, by_user_inputs(request))
-    assert status == 500 and f"user {user}" in body["error"] and "chunk 3" in body["error"], body
 
 
 def test_append_through_the_server_updates_the_scores(front, model, case):
@@ -318,8 +327,9 @@ def test_append_through_the_server_updates_the_scores(front, model, case):
     inputs = by_user_inputs(request)
     rank_by_user(front, "grpc", inputs)  # cached now
     items, categories = sc.raw_history(rng, case, 3)
+    version = front.store.read(user, 1).version
     with RestClient(port=front.rest_port) as client:
-        assert client.append(user, items, categories) == 2
+        assert client.append(user, items, categories) > version
         outputs = client.predict(inputs, signatures.RANK_BY_USER)
     appended = {
         features.HISTORY_ITEMS: np.concatenate([request[features.HISTORY_ITEMS], items]),
@@ -332,24 +342,24 @@ def test_append_through_the_server_updates_the_scores(front, model, case):
     assert reply.status_code == 400 and "category" in reply.json()["error"]
 
 
-def test_prefetch_reads_many_users_at_once_and_rank_by_user_then_reads_no_store(front, model,
+def test_prefetch_reads_many_users_at_once_and_rank_by_user_then_reads_no_store(fake_front, model,
                                                                                 case):
     rng = np.random.default_rng(9)
     requests_ = [user_inputs(case, rng) for _ in range(3)]
-    users = [store_user(front.store, request) for request in requests_]
-    with RestClient(port=front.rest_port) as client:
+    users = [store_user(fake_front.store, request) for request in requests_]
+    with RestClient(port=fake_front.rest_port) as client:
         assert client.prefetch(users + [users[0]]) == 3
-        assert front.store.reads == 1
+        assert fake_front.store.reads == 1
         assert client.prefetch(users) == 0
         for request in requests_:
             outputs = client.predict(by_user_inputs(request), signatures.RANK_BY_USER)
             assert_bitwise(outputs, rank_reference(model, request))
-    assert front.store.reads == 1
+    assert fake_front.store.reads == 1
     too_many = list(range(by_user.MAX_PREFETCH_USERS + 1))
-    reply = requests.post(f"http://127.0.0.1:{front.rest_port}/v1/models/muse:prefetch",
+    reply = requests.post(f"http://127.0.0.1:{fake_front.rest_port}/v1/models/muse:prefetch",
                           json={"user_ids": too_many})
     assert reply.status_code == 400 and "at most" in reply.json()["error"]
-    assert front.store.reads == 1
+    assert fake_front.store.reads == 1
 
 
 def test_the_history_calls_need_a_store(model):
@@ -364,17 +374,15 @@ def test_the_history_calls_need_a_store(model):
         plain.stop()
 
 
-# Real stores: the store helper's backends (SQLite, and a real redis-server), once merged.
+# Both real stores, damaged from outside; and a real Redis killed and frozen.
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def real_backend(request, tmp_path):
-    """A ``tests.history_backends`` backend; skipped while the stores are not in this tree."""
-    backends = pytest.importorskip("tests.history_backends",
-                                   reason="the history stores are not merged into this branch yet")
+    """The store tests' backends (``tests.history_backends``): a SQLite file, a real Redis."""
     if request.param == "sqlite":
-        return backends.SqliteBackend(f"sqlite:///{tmp_path / 'history.db'}")
-    return backends.RedisBackend(request.getfixturevalue("redis_server"))
+        return history_backends.SqliteBackend(f"sqlite:///{tmp_path / 'history.db'}")
+    return history_backends.RedisBackend(request.getfixturevalue("redis_server"))
 
 
 @pytest.fixture
@@ -386,7 +394,8 @@ def real_front(model, real_backend):
     made.servable.close()
 
 
-def test_rank_by_user_on_a_real_store_is_bitwise_rank_with_the_newest_history_and_appends(
+@pytest.mark.parametrize("real_backend", ["redis"], indirect=True)  # SQLite: the tests above
+def test_rank_by_user_on_redis_is_bitwise_rank_with_the_newest_history_and_appends(
     real_front, model, case
 ):
     front, _ = real_front
@@ -418,16 +427,12 @@ def test_a_corrupt_record_in_a_real_store_is_an_error_naming_the_user(real_front
     user = store_user(front.store, request)
     backend.corrupt_chunk(user)
     status, body, _ = rest_rank_by_user(front.rest_port, by_user_inputs(request))
-    assert status == 500 and str(user) in body["error"], body
+    assert status == 500 and f"user {user}" in body["error"] and "corrupt" in body["error"], body
 
 
 def test_killing_redis_is_unavailable_within_the_deadline_and_the_next_request_after_its_restart_succeeds(
-    model, case, request
+    model, case, redis_server
 ):
-    pytest.importorskip("tests.redis_server", reason="the Redis store is not merged yet")
-    from serving.history.store import open_store
-
-    redis_server = request.getfixturevalue("redis_server")
     running, front = start_front(model, "in-process",
                                  open_store(redis_server.url, timeout_s=TIMEOUT_S), cache_bytes=0)
     try:
