@@ -17,7 +17,7 @@ import sys
 from benchmarks import common
 
 BENCHMARKS = ("train_throughput", "vocabulary_scaling", "serving_latency", "memory", "data_throughput",
-              "load_test", "iterator_release")
+              "load_test", "iterator_release", "rank_by_user")
 
 
 def main(argv: list[str] | None = None) -> None:

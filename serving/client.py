@@ -34,7 +34,12 @@ from serving import MAX_GRPC_MESSAGE_BYTES
 
 
 class PredictionError(RuntimeError):
-    """The server refused or failed a request; the message is the server's."""
+    """The server refused or failed a request; the message is the server's, ``code`` the gRPC
+    status name (gRPC client only; None otherwise)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class _Client(abc.ABC):
@@ -164,6 +169,19 @@ class RestClient(_Client):
             outputs = {next(iter(dtypes)): outputs}
         return {name: np.asarray(value, dtypes[name]) for name, value in outputs.items()}
 
+    def append(self, user_id: int, items: Sequence[int], categories: Sequence[int]) -> int:
+        """``POST .../NAME:append``: adds behaviours (oldest first) to the user's stored history
+        on a server with a history store; returns the user's new version."""
+        body = {"user_id": int(user_id), "item_id": np.asarray(items).tolist(),
+                "category": np.asarray(categories).tolist()}
+        return int(self._call("POST", self._url + ":append", data=json.dumps(body))["version"])
+
+    def prefetch(self, user_ids: Sequence[int]) -> int:
+        """``POST .../NAME:prefetch``: loads the users' histories into the server's cache ahead of
+        their ``rank_by_user`` requests; returns how many the server read from its store."""
+        body = {"user_ids": np.asarray(user_ids).tolist()}
+        return int(self._call("POST", self._url + ":prefetch", data=json.dumps(body))["read"])
+
     def close(self) -> None:
         """Closes the HTTP session."""
         self._session.close()
@@ -231,8 +249,24 @@ class GrpcClient(_Client):
         try:
             response = self._stub.Predict(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            raise PredictionError(f"{error.code().name}: {error.details()}") from None
+            raise PredictionError(f"{error.code().name}: {error.details()}", error.code().name) from None
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def metadata(self) -> Any:
+        """``GetModelMetadata``'s response (a ``GetModelMetadataResponse``: the served version
+        and the SignatureDefs packed under ``metadata["signature_def"]``)."""
+        import grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=model_pb2.ModelSpec(name=self._model_name), metadata_field=["signature_def"]
+        )
+        if self._version is not None:
+            request.model_spec.version.value = self._version
+        try:
+            return self._stub.GetModelMetadata(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise PredictionError(f"{error.code().name}: {error.details()}", error.code().name) from None
 
     def close(self) -> None:
         """Closes the gRPC channel."""

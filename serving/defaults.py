@@ -20,3 +20,13 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 DEFAULT_MAX_TENSOR_ELEMENTS = 10_000_000
 # gRPC handler threads.
 DEFAULT_GRPC_MAX_THREADS = 8
+# The deadline of one forwarded Predict (--forward_to), and how long to wait at start for the model
+# to be AVAILABLE there (TF Serving loading and warming up).
+DEFAULT_FORWARD_TIMEOUT_MS = 30_000
+DEFAULT_FORWARD_WAIT_S = 300
+# rank_by_user's history store: each call's deadline; the prefetch cache's byte budget (about 650
+# users at 100,000 behaviours) and time to live; store calls in progress at once.
+DEFAULT_HISTORY_TIMEOUT_MS = 1_000
+DEFAULT_HISTORY_CACHE_BYTES = 1 << 30
+DEFAULT_HISTORY_CACHE_TTL_S = 60.0
+DEFAULT_HISTORY_THREADS = 8

@@ -151,12 +151,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 name: tensor_from_proto(name, proto, self._max_tensor_elements)
                 for name, proto in request.inputs.items()
             }
-            outputs = self._servable.predict(inputs, spec.signature_name)
+            outputs, notes = self._servable.predict_annotated(inputs, spec.signature_name)
             unknown = sorted(set(request.output_filter) - set(outputs))
             if unknown:
                 raise InvalidArgument(f"output tensor alias not found in signature: {unknown[0]}")
         except Exception as error:
             _abort(context, error)
+        if notes:  # rank_by_user says which history it used
+            context.set_trailing_metadata(tuple(notes.items()))
         response = predict_pb2.PredictResponse(
             model_spec=self._servable.model_spec(spec.signature_name)
         )

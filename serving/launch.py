@@ -115,7 +115,7 @@ def _wait_until_ready(server: LocalServer, model_name: str, timeout_s: float) ->
 
 @contextlib.contextmanager
 def local_server(
-    model_base_path: str,
+    model_base_path: str | None,
     model_name: str = signatures.DEFAULT_MODEL_NAME,
     rest: bool = True,
     log_path: str | None = None,
@@ -125,7 +125,8 @@ def local_server(
     """``python -m serving.server`` on 127.0.0.1 with free ports; stopped on exit, whatever happens.
 
     Args:
-        model_base_path: directory of numeric version directories (``<base>/<model_name>``).
+        model_base_path: directory of numeric version directories (``<base>/<model_name>``);
+            None for a server that forwards (``--forward_to`` in ``extra_args``, and ``log_path``).
         model_name: the name requests must use.
         rest: also serve REST.
         log_path: the server's stdout/stderr (default: beside ``model_base_path``).
@@ -138,10 +139,11 @@ def local_server(
     grpc_port, rest_port = free_port(), free_port() if rest else 0
     log_path = log_path or os.path.join(os.path.dirname(model_base_path), f"server-{grpc_port}.log")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _REPO_ROOT}
+    model = [] if model_base_path is None else ["--model_base_path", model_base_path]
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "serving.server", "--model_name", model_name,
-             "--model_base_path", model_base_path, "--port", str(grpc_port),
+             *model, "--port", str(grpc_port),
              "--rest_api_port", str(rest_port), "--host", "127.0.0.1", *extra_args],
             cwd=_REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )

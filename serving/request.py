@@ -67,7 +67,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="raw user ID; default: the first user of the split (printed)")
     parser.add_argument("--split", default="test", help="split whose record and samples are used")
     parser.add_argument("--signature", default="rank",
-                        help="rank (one user, C candidates) or serving_default (C rows)")
+                        help="rank (one user, C candidates), serving_default (C rows) or "
+                        "rank_by_user (rank's user ID and candidates; the server adds the history)")
     parser.add_argument("--random-candidates", type=int, default=DEFAULT_RANDOM_CANDIDATES,
                         metavar="N", help="random known items added after the user's own samples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random candidates")
@@ -190,8 +191,9 @@ def build_request(args: argparse.Namespace) -> tuple[dict, str]:
     """The request body for the command line's user and a summary of what it holds."""
     from muse_tf.contract import dataset_dir
 
-    if args.signature not in signatures.SIGNATURES:
-        raise cli.UsageError(f"--signature {args.signature!r}: use one of {signatures.SIGNATURES}.")
+    choices = (*signatures.SIGNATURES, signatures.RANK_BY_USER)
+    if args.signature not in choices:
+        raise cli.UsageError(f"--signature {args.signature!r}: use one of {choices}.")
     if args.random_candidates < 0:
         raise cli.UsageError(f"--random-candidates must be >= 0, got {args.random_candidates}.")
     try:
@@ -203,8 +205,10 @@ def build_request(args: argparse.Namespace) -> tuple[dict, str]:
     extra = random_candidates(pool, record.candidates[features.ITEM_ID], args.random_candidates,
                               args.seed)
     inputs = rank_inputs(record, extra, vocabularies)
-    if args.signature != signatures.RANK:
+    if args.signature == signatures.SERVING_DEFAULT:
         inputs = serving_default_inputs(inputs)
+    elif args.signature == signatures.RANK_BY_USER:
+        inputs = {name: inputs[name] for name in (features.USER_ID, *signatures.CANDIDATE_FEATURES)}
     own, added = len(record.labels), len(extra[features.ITEM_ID])
     unknown = int(np.count_nonzero(record.history[features.HISTORY_ITEMS] <= features.OOV))
     summary = (

@@ -6,7 +6,12 @@ Routes (as ``tensorflow_model_server --rest_api_port``):
     POST /v1/models/NAME[/versions/N]:predict     {"signature_name": ..., "inputs": {...}} (columnar,
                                                   answered with "outputs") or "instances": [{...}]
                                                   (rows, answered with "predictions")
-Errors are ``{"error": "..."}`` with 400 (bad request) or 404 (unknown model, version or route).
+With a history store (``serving.by_user``), also:
+    POST /v1/models/NAME:append     {"user_id": ID, "item_id": [...], "category": [...]} -> {"version": N}
+    POST /v1/models/NAME:prefetch   {"user_ids": [...]} -> {"read": N} (users read from the store)
+and ``rank_by_user`` answers carry its response metadata as headers (``Muse-History-Length``...).
+Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown model, version or route),
+503 (the history store or forwarded-to server did not answer in time).
 
 Bounds (the first two are ``tensorflow_model_server``'s ``--rest_api_num_threads`` and
 ``--rest_api_timeout_in_ms``): at most ``num_threads`` connections are handled at once (more get
@@ -45,12 +50,15 @@ from serving.defaults import (
     DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
 )
-from serving.servable import InvalidArgument, NotFound, Servable, ServingError
+from serving.servable import InvalidArgument, NotFound, Servable, ServingError, check_arrays
 
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?:/labels/(?P<label>[^/:]+))?"
-    r"(?P<action>/metadata|:predict)?$"
+    r"(?P<action>/metadata|:predict|:append|:prefetch)?$"
 )
+_POST_ACTIONS = (":predict", ":append", ":prefetch")
+_INT64 = tf.TensorSpec([], tf.int64)
+_INT64_LIST = tf.TensorSpec([None], tf.int64)
 # NumPy kinds of JSON-decoded values each input kind accepts (O = tf.string).
 _JSON_KINDS = {"i": "iu", "u": "iu", "f": "iuf", "b": "b", "O": "U"}
 _CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
@@ -147,6 +155,19 @@ def json_to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
     return array.astype(target)
 
 
+def _json_object(data: bytes) -> dict:
+    """A request body that must be a JSON object."""
+    try:
+        body = json.loads(data)
+    except ValueError as error:
+        raise InvalidArgument(f"JSON Parse error: {error}") from None
+    except RecursionError:
+        raise InvalidArgument("JSON Parse error: nested too deeply.") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("The request body must be a JSON object.")
+    return body
+
+
 def _columns(servable: Servable, body: Mapping, signature_name: str) -> tuple[dict, bool]:
     """The request's inputs as arrays, and whether it used the row ("instances") format."""
     specs = servable.input_specs(signature_name)
@@ -209,14 +230,16 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:
                     pass
 
-    def _reply(self, status: int, payload: dict) -> None:
+    def _reply(self, status: int, payload: dict, headers: Mapping[str, str] | None = None) -> None:
         try:
-            self._send(status, json.dumps(payload).encode())
+            self._send(status, json.dumps(payload).encode(), headers or {})
         except OSError:  # the client hung up or stopped reading
             self.close_connection = True
 
-    def _send(self, status: int, body: bytes) -> None:
+    def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
@@ -257,12 +280,14 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             match = _ROUTE.match(self.path)
-            if match is None or (match["action"] == ":predict") != (method == "POST"):
+            if match is None or (match["action"] in _POST_ACTIONS) != (method == "POST"):
                 raise NotFound(f"Malformed request: {method} {self.path}")
             version = int(match["version"]) if match["version"] else None
             self.servable.check_spec(match["name"], version, match["label"])
-            if method == "POST":
-                self._reply(200, self._predict(body))
+            if match["action"] == ":predict":
+                self._reply(200, *self._predict(body))
+            elif method == "POST":
+                self._reply(200, self._history_call(match["action"], _json_object(body)))
             elif match["action"] == "/metadata":
                 self._reply(
                     200,
@@ -279,31 +304,42 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("Request %s %s failed", method, self.path)
             self._reply(500, {"error": f"{type(error).__name__}: {error}"})
 
-    def _predict(self, data: bytes) -> dict:
-        try:
-            body = json.loads(data)
-        except ValueError as error:
-            raise InvalidArgument(f"JSON Parse error: {error}") from None
-        except RecursionError:
-            raise InvalidArgument("JSON Parse error: nested too deeply.") from None
-        if not isinstance(body, dict):
-            raise InvalidArgument("The request body must be a JSON object.")
+    def _predict(self, data: bytes) -> tuple[dict, dict[str, str]]:
+        """The answer's JSON and headers (``rank_by_user``'s response metadata)."""
+        body = _json_object(data)
         signature_name = body.get("signature_name", "")
         if not isinstance(signature_name, str):
             raise InvalidArgument('"signature_name" must be a string.')
         inputs, rows = _columns(self.servable, body, signature_name)
-        outputs = {
-            name: value.tolist()
-            for name, value in self.servable.predict(inputs, signature_name).items()
-        }
+        arrays, notes = self.servable.predict_annotated(inputs, signature_name)
+        outputs = {name: value.tolist() for name, value in arrays.items()}
         if not rows:
-            return {"outputs": outputs}
+            return {"outputs": outputs}, notes
         count = len(next(iter(outputs.values())))
         return {
             "predictions": [
                 {name: value[i] for name, value in outputs.items()} for i in range(count)
             ]
-        }
+        }, notes
+
+    def _history_call(self, action: str, body: dict) -> dict:
+        """``:append`` or ``:prefetch`` on a server with a history store."""
+        if not hasattr(self.servable, "append"):
+            raise NotFound(f"{action} needs a server started with --history_store.")
+        fields = {":append": {"user_id": _INT64, "item_id": _INT64_LIST, "category": _INT64_LIST},
+                  ":prefetch": {"user_ids": _INT64_LIST}}[action]
+        if set(body) != set(fields):
+            raise InvalidArgument(f"{action} takes exactly the fields {sorted(fields)}.")
+        values = {name: json_to_array(name, body[name], spec) for name, spec in fields.items()}
+        check_arrays(fields, values)
+        if action == ":prefetch":
+            return {"read": self.servable.prefetch(values["user_ids"].tolist())}
+        if len(values["item_id"]) != len(values["category"]):
+            raise InvalidArgument('"category" must have as many values as "item_id".')
+        version = self.servable.append(
+            int(values["user_id"]), values["item_id"], values["category"]
+        )
+        return {"version": version}
 
     def do_GET(self) -> None:
         self._route("GET")

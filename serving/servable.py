@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 from google.protobuf import wrappers_pb2
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -47,6 +47,21 @@ class NotFound(ServingError):
 
     code = "NOT_FOUND"
     http_status = 404
+
+
+class Unavailable(ServingError):
+    """A dependency (the history store, a forwarded-to server) did not answer in time (gRPC
+    UNAVAILABLE, HTTP 503); the same request may succeed later."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+
+class DataLoss(ServingError):
+    """Stored data the server cannot decode (gRPC DATA_LOSS, HTTP 500)."""
+
+    code = "DATA_LOSS"
+    http_status = 500
 
 
 class NoVersionError(cli.UsageError, FileNotFoundError):
@@ -80,6 +95,58 @@ def read_signature_defs(export_dir: str) -> get_model_metadata_pb2.SignatureDefM
     raise ValueError(f"{export_dir} has no MetaGraph tagged {tf.saved_model.SERVING!r}.")
 
 
+def specs_of(signature_def: meta_graph_pb2.SignatureDef) -> dict[str, tf.TensorSpec]:
+    """Input name -> TensorSpec of a SignatureDef (None for variable dimensions)."""
+    specs = {}
+    for name, info in signature_def.inputs.items():
+        shape = None if info.tensor_shape.unknown_rank else [
+            None if dim.size < 0 else dim.size for dim in info.tensor_shape.dim
+        ]
+        specs[name] = tf.TensorSpec(shape, tf.as_dtype(info.dtype), name=name)
+    return specs
+
+
+def check_arrays(specs: Mapping[str, tf.TensorSpec], inputs: Mapping[str, np.ndarray]) -> None:
+    """Raises InvalidArgument for an input whose dtype or shape its spec does not accept."""
+    for name, value in inputs.items():
+        spec = specs[name]
+        if value.dtype != spec.dtype.as_numpy_dtype:
+            raise InvalidArgument(f"Input {name!r} must be {spec.dtype.name}, got {value.dtype}.")
+        if not spec.shape.is_compatible_with(value.shape):
+            raise InvalidArgument(
+                f"Input {name!r} must have shape {_shape(spec.shape)}, got {list(value.shape)}."
+            )
+
+
+def check_names(names: Iterable[str], accepted: set[str], required: set[str]) -> None:
+    """Raises InvalidArgument for a name outside ``accepted`` or a ``required`` one missing."""
+    unknown = sorted(set(names) - accepted)
+    if unknown:
+        raise InvalidArgument(
+            f"input tensor alias not found in signature: {unknown[0]}. "
+            f"Inputs expected to be in the set {{{','.join(sorted(accepted))}}}."
+        )
+    missing = sorted(required - set(names))
+    if missing:
+        optional = sorted(accepted - required)
+        raise InvalidArgument(
+            f"Missing input(s) {', '.join(missing)}; the signature needs {sorted(required)}"
+            + (f" (and accepts {optional})." if optional else ".")
+        )
+
+
+# The message of the export's history length check (``muse_tf.jobs.saved_model``), which names its limit.
+_HISTORY_LIMIT = re.compile(rb"max_history_length=([0-9]+)")
+
+
+def history_limit(export_dir: str) -> int | None:
+    """The export's ``max_history_length``, read from the message of its own length check in
+    ``saved_model.pb`` (None if absent), so ``rank_by_user`` reads no more than ``rank`` accepts."""
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        match = _HISTORY_LIMIT.search(f.read())
+    return int(match.group(1)) if match else None
+
+
 def _shape(shape: tf.TensorShape) -> str:
     return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape.as_list()) + "]"
 
@@ -103,8 +170,8 @@ class Servable:
         self.version = latest_version(base_path)
         self.path = os.path.join(base_path, str(self.version))
         self._loaded = tf.saved_model.load(self.path, tags=[tf.saved_model.SERVING])
-        self._signatures = dict(self._loaded.signatures)
         self.signature_defs = read_signature_defs(self.path)
+        self.max_history_length = history_limit(self.path)
 
     def check_spec(self, name: str, version: int | None = None, label: str | None = None) -> None:
         """Raises NotFound unless the request addresses this model (and this version)."""
@@ -121,49 +188,37 @@ class Servable:
         Raises:
             InvalidArgument: for an unknown signature ("" means ``serving_default``).
         """
-        return dict(self._signature(signature_name).structured_input_signature[1])
-
-    def _signature(self, signature_name: str) -> tf.types.experimental.ConcreteFunction:
         name = signature_name or signatures.SERVING_DEFAULT
-        if name not in self._signatures:
+        served = sorted(key for key in self.signature_defs.signature_def if not key.startswith("__"))
+        if name not in served:
             raise InvalidArgument(
-                f'Serving signature name: "{name}" not found in signature def; '
-                f"available: {sorted(self._signatures)}"
+                f'Serving signature name: "{name}" not found in signature def; available: {served}'
             )
-        return self._signatures[name]
+        return specs_of(self.signature_defs.signature_def[name])
 
     def check_input_names(self, signature_name: str, names: Iterable[str]) -> None:
         """Raises InvalidArgument for an unknown or a missing input name."""
         expected = set(self.input_specs(signature_name))
-        unknown = sorted(set(names) - expected)
-        if unknown:
-            raise InvalidArgument(
-                f"input tensor alias not found in signature: {unknown[0]}. "
-                f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}."
-            )
-        missing = sorted(expected - set(names))
-        if missing:
-            raise InvalidArgument(
-                f"Missing input(s) {', '.join(missing)}; the signature needs {sorted(expected)}."
-            )
+        check_names(names, expected, expected)
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature_name: str = ""
     ) -> dict[str, np.ndarray]:
         """Runs a signature on NumPy inputs that must match its names, dtypes and shapes exactly."""
-        function = self._signature(signature_name)
-        specs = self.input_specs(signature_name)
         self.check_input_names(signature_name, inputs)
-        for name, value in inputs.items():
-            spec = specs[name]
-            if value.dtype != spec.dtype.as_numpy_dtype:
-                raise InvalidArgument(
-                    f"Input {name!r} must be {spec.dtype.name}, got {value.dtype}."
-                )
-            if not spec.shape.is_compatible_with(value.shape):
-                raise InvalidArgument(
-                    f"Input {name!r} must have shape {_shape(spec.shape)}, got {list(value.shape)}."
-                )
+        check_arrays(self.input_specs(signature_name), inputs)
+        return self._run(inputs, signature_name or signatures.SERVING_DEFAULT)
+
+    def predict_annotated(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str = ""
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """``predict``'s outputs and the response metadata the front ends send with them (none
+        here; ``rank_by_user`` says which history it used)."""
+        return self.predict(inputs, signature_name), {}
+
+    def _run(self, inputs: Mapping[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
+        """Runs checked inputs through the loaded signature."""
+        function = self._loaded.signatures[signature_name]
         try:
             outputs = function(**{name: tf.constant(value) for name, value in inputs.items()})
         except tf.errors.InvalidArgumentError as error:

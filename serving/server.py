@@ -13,6 +13,11 @@ Resource bounds take TF Serving's flags (``--grpc_channel_arguments``, ``--grpc_
 ``--rest_api_num_threads``, ``--rest_api_timeout_in_ms``) plus three of its own
 (``--rest_api_request_timeout_in_ms``, ``--rest_api_max_body_bytes``, ``--max_tensor_elements``);
 serving/README.md lists the defaults.
+
+Beyond TF Serving: ``--history_store URL`` adds the signature ``rank_by_user`` (the history and
+profile come from the store by user ID; serving/by_user.py) and the REST calls ``:append`` and
+``:prefetch``; ``--forward_to HOST:PORT`` runs no model here and forwards each Predict to a
+TF Serving at that address (a sidecar in front of it), in place of ``--model_base_path``.
 TensorFlow loads after the flags are parsed.
 """
 
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from muse_tf import cli
+from muse_tf.contract import limits as export_limits
 from muse_tf.contract import signatures
 from serving import defaults
 
@@ -139,8 +145,51 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--model_name", default=signatures.DEFAULT_MODEL_NAME,
                         help=f"the name requests must use ({signatures.DEFAULT_MODEL_NAME})")
     parser.add_argument(
-        "--model_base_path", required=True,
-        help="holds numeric version directories (EXPORT_DIR/NAME of muse_tf.export)",
+        "--model_base_path",
+        help="holds numeric version directories (EXPORT_DIR/NAME of muse_tf.export); "
+        "required unless --forward_to is given",
+    )
+    parser.add_argument(
+        "--forward_to", metavar="HOST:PORT",
+        help="run no model here: forward every Predict to this TF Serving's gRPC port",
+    )
+    parser.add_argument(
+        "--forward_timeout_ms", type=_positive, default=defaults.DEFAULT_FORWARD_TIMEOUT_MS,
+        help=f"deadline of each forwarded call ({defaults.DEFAULT_FORWARD_TIMEOUT_MS})",
+    )
+    parser.add_argument(
+        "--forward_wait_s", type=_positive, default=defaults.DEFAULT_FORWARD_WAIT_S,
+        help="how long to wait at start for the model to be AVAILABLE at --forward_to "
+        f"({defaults.DEFAULT_FORWARD_WAIT_S})",
+    )
+    parser.add_argument(
+        "--max_history_length", type=_positive,
+        help="most stored behaviours rank_by_user sends to rank (default: the export's "
+        f"max_history_length; with --forward_to {export_limits.MAX_HISTORY_LENGTH})",
+    )
+    parser.add_argument(
+        "--history_store", metavar="URL",
+        help="serve rank_by_user, :append and :prefetch from this history store "
+        "(sqlite:///PATH or redis://HOST:PORT/DB)",
+    )
+    parser.add_argument(
+        "--history_timeout_ms", type=_positive, default=defaults.DEFAULT_HISTORY_TIMEOUT_MS,
+        help="deadline of each history store call; past it the request gets UNAVAILABLE / 503 "
+        f"({defaults.DEFAULT_HISTORY_TIMEOUT_MS})",
+    )
+    parser.add_argument(
+        "--history_cache_bytes", type=int, default=defaults.DEFAULT_HISTORY_CACHE_BYTES,
+        help="byte budget of the prefetch cache, least recently used out first; 0 disables it "
+        f"({defaults.DEFAULT_HISTORY_CACHE_BYTES})",
+    )
+    parser.add_argument(
+        "--history_cache_ttl_s", type=float, default=defaults.DEFAULT_HISTORY_CACHE_TTL_S,
+        help="life of a cached user: how stale writes that bypass this server may be seen "
+        f"({defaults.DEFAULT_HISTORY_CACHE_TTL_S:g})",
+    )
+    parser.add_argument(
+        "--history_threads", type=_positive, default=defaults.DEFAULT_HISTORY_THREADS,
+        help=f"history store calls in progress at once ({defaults.DEFAULT_HISTORY_THREADS})",
     )
     parser.add_argument("--port", type=int, default=8500, help="gRPC port")
     parser.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 disables REST")
@@ -198,18 +247,66 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+def _model(args: argparse.Namespace) -> Servable:
+    """The servable that runs the model: the newest version loaded here, or the one at
+    ``--forward_to``; wrapped for ``rank_by_user`` when a history store is given. The flags are
+    checked before the (slow) model load."""
+    from serving.servable import Servable, ServingError
+
+    if (args.model_base_path is None) == (args.forward_to is None):
+        raise cli.UsageError("give exactly one of --model_base_path and --forward_to")
+    if args.history_cache_bytes < 0 or args.history_cache_ttl_s < 0:
+        raise cli.UsageError("--history_cache_bytes and --history_cache_ttl_s must be >= 0")
+    store = None
+    if args.history_store is not None:
+        from serving.history.store import StoreError, open_store
+
+        try:
+            store = open_store(args.history_store, timeout_s=args.history_timeout_ms / 1000)
+        except (ValueError, StoreError) as error:
+            raise cli.UsageError(f"--history_store: {error}") from None
+    if args.forward_to is not None:
+        from serving import forward
+
+        try:
+            forward.split_target(args.forward_to)
+            servable = forward.Remote(
+                args.model_name, args.forward_to,
+                args.max_history_length or export_limits.MAX_HISTORY_LENGTH,
+                args.forward_timeout_ms / 1000, args.forward_wait_s,
+            )
+        except (ValueError, ServingError) as error:
+            raise cli.UsageError(f"--forward_to: {error}") from None
+    else:
+        servable = Servable(args.model_name, args.model_base_path)
+        exported = servable.max_history_length or export_limits.MAX_HISTORY_LENGTH
+        if (args.max_history_length or 0) > exported:
+            raise cli.UsageError(f"--max_history_length {args.max_history_length} exceeds the "
+                                 f"export's max_history_length={exported}")
+        servable.max_history_length = args.max_history_length or exported
+    logger.info("Loaded %s version %d from %s", servable.name, servable.version, servable.path)
+    if store is None:
+        return servable
+    from serving.by_user import UserServable
+
+    logger.info("rank_by_user reads up to %d behaviours per user from %s",
+                servable.max_history_length, args.history_store)
+    return UserServable(
+        servable, store, servable.max_history_length, args.history_timeout_ms / 1000,
+        args.history_cache_bytes, args.history_cache_ttl_s, args.history_threads,
+    )
+
+
 def serve(args: argparse.Namespace) -> None:
     """Loads and warms up the newest version, then serves until SIGINT or SIGTERM."""
     from serving import grpc_service
-    from serving.servable import Servable
 
     try:
         channel_arguments = tuple(grpc_service.parse_channel_arguments(args.grpc_channel_arguments))
     except ValueError as error:
         raise cli.UsageError(f"--grpc_channel_arguments: {error}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    servable = Servable(args.model_name, args.model_base_path)
-    logger.info("Loaded %s version %d from %s", servable.name, servable.version, servable.path)
+    servable = _model(args)
     if args.enable_model_warmup:
         logger.info("Replayed %d warm-up requests", servable.warmup())
     limits = Limits(
@@ -237,6 +334,8 @@ def serve(args: argparse.Namespace) -> None:
     stopping.wait()
     logger.info("Shutting down")
     server.stop()
+    if hasattr(servable, "close"):
+        servable.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -213,3 +213,11 @@ def test_the_export_scores_the_request_as_keras_scores_its_raw_ids(dataset, serv
     assert body["signature_name"] == "serving_default"
     rows = servable.predict(as_arrays(body["inputs"]), signatures.SERVING_DEFAULT)
     np.testing.assert_allclose(rows[signatures.PROBABILITY], probability, atol=1e-5)
+
+
+def test_a_rank_by_user_request_is_the_rank_requests_user_id_and_candidates(dataset, tmp_path):
+    rank = build(dataset, tmp_path, "--random-candidates", "4")["inputs"]
+    body = build(dataset, tmp_path, "--random-candidates", "4", "--signature", "rank_by_user")
+    assert body["signature_name"] == "rank_by_user"
+    assert body["inputs"] == {name: rank[name] for name in
+                              (features.USER_ID, *signatures.CANDIDATE_FEATURES)}

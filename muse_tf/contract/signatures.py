@@ -26,6 +26,9 @@ SERVING_DEFAULT = "serving_default"
 # One user, one unpadded history (L,) searched once, C candidate items.
 RANK = "rank"
 SIGNATURES = (SERVING_DEFAULT, RANK)
+# Not in the export: the serving tier's `rank` with the history (and profile) read from its
+# history store by user ID (serving/by_user.py); inputs: user_id, the candidates, the profile optional.
+RANK_BY_USER = "rank_by_user"
 
 # serving_default's extra input: valid entries per history row (0..W); the rest is padding.
 VALID_HISTORY_LENGTH = "history_length"
