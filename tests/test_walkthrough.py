@@ -121,7 +121,8 @@ def test_the_tour_covers_every_step():
     text = "".join(block.text for block in runnable_blocks())
     for step in ("pipelines.taobao_mm", "muse_tf.train", "muse_tf.evaluate", "muse_tf.predict",
                  "pipelines.predict", "source .venv/bin/activate", "serving.server", "serving.request",
-                 "serving.client --protocol rest", "serving.client --protocol grpc", "kill"):
+                 "serving.client --protocol rest", "serving.client --protocol grpc", "kill",
+                 "serving.history.load", "--history_store", "--signature rank_by_user"):
         assert step in text, step
     serving_page = (ROOT / "docs" / "serving.md").read_text()
     for path in QUICK_START_PATHS.values():
@@ -211,11 +212,14 @@ def test_the_pages_run_verbatim_after_the_quick_start(after_quick_start):
     candidates = len(request["inputs"][features.ITEM_ID])
     responses = [json.loads(line) for line in output.splitlines() if line.startswith('{"')]
     responses = [r for r in responses if set(r) == {"probability", "logit"}]
-    assert len(responses) == 2, output  # REST, then gRPC
-    rest, grpc = (np.array(r["probability"]) for r in responses)
+    assert len(responses) == 4, output  # rank over REST and gRPC, then rank_by_user over gRPC and REST
+    rest, grpc, by_user_grpc, by_user_rest = (np.array(r["probability"]) for r in responses)
     assert rest.shape == (candidates,)
     assert np.unique(rest).size > 1, rest  # known candidates get different scores
     np.testing.assert_allclose(rest, grpc, rtol=1e-5, atol=1e-7)
+    # The stored history is the one the rank request carried: the same scores, bit for bit.
+    np.testing.assert_array_equal(by_user_grpc, grpc)
+    np.testing.assert_array_equal(by_user_rest, rest)
     ready = (f"ready: gRPC 127.0.0.1:{env['GRPC_PORT']}, REST 127.0.0.1:{env['REST_PORT']}, "
              "model muse version 1\n")
     assert ready in log.read_text()
