@@ -274,6 +274,7 @@ def run(
     evaluate: bool = True,
     export: bool = True,
     overwrite: bool = False,
+    allow_other_runs: bool = False,
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
@@ -290,6 +291,8 @@ def run(
             ``max_candidates``, ``max_history_values``); None = its defaults.
         evaluate, export: run the final evaluation / the export.
         overwrite: delete the run directory first and start over.
+        allow_other_runs: export even if ``EXPORT_DIR/MODEL_NAME`` holds another run's versions
+            (``saved_model.check_one_run``).
         strategy: the tf.distribute strategy; None = ``distribute.make_strategy(train.ps_min_shard_bytes)``.
 
     Returns:
@@ -325,7 +328,7 @@ def run(
                                   overwrite, verbose)
         if chief:
             _evaluate_and_export(experiment, data_dir, run_dir, result, evaluate, export,
-                                 export_dir, model_name, export_limits)
+                                 export_dir, model_name, export_limits, allow_other_runs)
     return result
 
 
@@ -378,6 +381,7 @@ def _evaluate_and_export(
     export_dir: str | None,
     model_name: str,
     export_limits: dict[str, int] | None,
+    allow_other_runs: bool,
 ) -> None:
     """The chief's evaluation and export of the trained run, added to ``result``; then the run
     is finished (``metrics.json``)."""
@@ -389,6 +393,7 @@ def _evaluate_and_export(
     if export:
         result["export"] = export_saved_model(
             model, dataset_dir.load_vocabularies(data_dir), export_dir or run_dir.export,
-            model_name, **(export_limits or {}),
+            model_name, **(export_limits or {}), source=run_dir.identity(),
+            allow_other_runs=allow_other_runs,
         )
     run_dir.finish(result)
