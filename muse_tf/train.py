@@ -104,6 +104,9 @@ def train(args: argparse.Namespace) -> dict:
         evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
         allow_other_runs=args.allow_other_runs, verbose=args.verbose, strategy=strategy,
     )
+    if not distribute.is_chief():
+        print(f"{distribute.task_name()} done; the chief wrote the run directory")
+        return result
     print(f"Run directory: {model_dir} (layout: muse_tf/jobs/runs.py)")
     if "export" in result:
         print(f"SavedModel: {result['export']}")

@@ -142,8 +142,7 @@ class RunDir:
         ``workers/<type>-<index>``."""
         if distribute.is_chief():
             return self
-        task = distribute.cluster_spec()["task"]
-        return RunDir(self._path(WORKERS, f"{task.get('type')}-{task.get('index', 0)}"))
+        return RunDir(self._path(WORKERS, distribute.task_name()))
 
     # -- one run directory, one model --------------------------------------------------------
     def has_backup(self) -> bool:
