@@ -39,11 +39,13 @@ exports a finished run again, e.g. with another ``--max-history-length``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -272,6 +274,20 @@ def check_one_run(model_dir: str, source: Mapping[str, str]) -> None:
         )
 
 
+@contextlib.contextmanager
+def _no_staging_path_logged() -> Iterator[None]:
+    """Keeps ``tf.saved_model.save``'s INFO line "Assets written to: <dir>" out of the logs: it
+    names the staging directory, which is renamed away (a notebook showed it twice, through
+    TensorFlow's handler and the root logger's); the caller reports the version directory."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _next_version(model_dir: str) -> int:
     if not os.path.isdir(model_dir):
         return 1
@@ -364,11 +380,12 @@ def export_saved_model(
                     model, vocab_files, max_history_length, max_candidates, max_history_values
                 )
                 export_dir = os.path.join(staging, "saved_model")
-                tf.saved_model.save(
-                    module,
-                    export_dir,
-                    signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
-                )
+                with _no_staging_path_logged():
+                    tf.saved_model.save(
+                        module,
+                        export_dir,
+                        signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
+                    )
             warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
             _write_versions(export_dir)
             if source is not None:
