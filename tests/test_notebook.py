@@ -70,6 +70,9 @@ def results(tmp_path_factory):
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }.items():
             env.setenv(name, value)
+        # ipykernel forwards what its process and children write to file descriptors 1 and 2
+        # (native logs) into the outputs, as for a user, unless it runs under pytest.
+        env.delenv("PYTEST_CURRENT_TEST", raising=False)
         client = NotebookClient(
             notebook, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(root)}}
         )
