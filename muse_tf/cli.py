@@ -32,6 +32,7 @@ HARMLESS_NATIVE_LOGS = re.compile(
     r"|port\.cc.*oneDNN custom operations are on"
     r"|cpu_feature_guard\.cc|^To enable the following instructions:"
     r"|TF-TRT Warning: Could not find TensorRT"
+    r"|coordination_service_agent\.cc.*Coordination agent has successfully connected"
     r"|apitools not found, and bigquery client libraries are not available"
 )
 # Written into the filtered stderr when the filter ends: whatever precedes it has been forwarded.

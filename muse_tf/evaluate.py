@@ -3,7 +3,8 @@
     python -m muse_tf.evaluate --data DIR --model-dir RUN [--output DIR]
 
 Writes ``eval_metrics.json`` (AUC, GAUC, and GAUC by history length and by target-item popularity)
-and ``eval_buckets.png`` to the run (or ``--output``); the job: ``muse_tf.jobs.evaluation``.
+and ``eval_buckets.png`` to ``--output`` (or the run); results already there (the run's own, from
+training) are kept: refused unless ``--overwrite``. The job: ``muse_tf.jobs.evaluation``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", required=True,
                         help="a training run's directory (holds config.yaml and final weights)")
     parser.add_argument("--output", help="where to write eval_metrics.json/png (None: the model dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an eval_metrics.json already in the output directory")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     return parser
 

@@ -6,7 +6,9 @@
 It restores the run's model (``config.yaml`` + ``final/weights``, refused if the config was edited
 since training), reads the vocabularies of the converted dataset it was trained on (refused if
 ``--data`` is another dataset) and writes ``EXPORT_DIR/NAME/VERSION`` (the export itself, its
-signatures and limits: ``muse_tf.jobs.saved_model``). TensorFlow loads after the arguments are parsed.
+signatures and limits: ``muse_tf.jobs.saved_model``). Versions of one name come from one run:
+exporting into a ``NAME`` that holds another run's versions is refused unless
+``--allow-other-runs``. TensorFlow loads after the arguments are parsed.
 
 With ``--items ITEMS.parquet`` the export takes the current item table instead of the training one:
 items created after training are scored by their multimodal vectors (learned weights unchanged,
@@ -38,6 +40,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--items",
                         help="a Parquet items file (item_id, item_vector[, item_category]): export "
                         "with these items' vectors, items new since training included")
+    parser.add_argument("--allow-other-runs", action="store_true",
+                        help="export even if EXPORT_DIR/NAME holds versions of another run (TF "
+                        "Serving then serves whichever version is newest under one name)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     limits.add_flags(parser)
     return parser
@@ -60,6 +65,7 @@ def export(args: argparse.Namespace) -> str:
         path = saved_model.export_saved_model(
             model, vocabularies, args.export_dir, args.model_name, args.version,
             **limits.from_flags(args),
+            source=runs.RunDir(args.model_dir).identity(), allow_other_runs=args.allow_other_runs,
         )
     print(f"SavedModel: {path}")
     return path

@@ -53,6 +53,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="delete MODEL_DIR first and start over (a finished run, or one of "
                         "another config, is refused without it)")
+    parser.add_argument("--allow-other-runs", action="store_true",
+                        help="export even if EXPORT_DIR/MODEL_NAME holds another run's versions")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--cluster-timeout", type=float, metavar="SECONDS",
@@ -100,8 +102,11 @@ def train(args: argparse.Namespace) -> dict:
         experiment, data_dir, model_dir, export_dir=args.export_dir,
         model_name=args.model_name, export_limits=limits.from_flags(args),
         evaluate=not args.no_eval, export=not args.no_export, overwrite=args.overwrite,
-        verbose=args.verbose, strategy=strategy,
+        allow_other_runs=args.allow_other_runs, verbose=args.verbose, strategy=strategy,
     )
+    if not distribute.is_chief():
+        print(f"{distribute.task_name()} done; the chief wrote the run directory")
+        return result
     print(f"Run directory: {model_dir} (layout: muse_tf/jobs/runs.py)")
     if "export" in result:
         print(f"SavedModel: {result['export']}")

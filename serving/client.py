@@ -12,8 +12,9 @@ CLI: ``python -m serving.client --protocol grpc --port 8500 --model_name muse --
 request.json`` where request.json is TF Serving's REST body ``{"signature_name": ..., "inputs":
 {input name: value}}`` (``python -m serving.request`` writes one) or just ``{input name: value}``;
 ``--wait SECONDS`` first waits for a server that is still starting to have the model AVAILABLE.
-gRPC, requests and TensorFlow are imported by the clients that use them, so the command parses its
-flags first.
+gRPC and requests are imported by the clients that use them, so the command parses its flags
+first; TensorFlow is never loaded (``serving.protos``), so a call starts in well under a second. A
+server that does not answer is one line naming the address and what to check.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 from muse_tf import cli
 from muse_tf.contract import signatures, strict_json
-from serving import MAX_GRPC_MESSAGE_BYTES
+from serving import MAX_GRPC_MESSAGE_BYTES, protos
 
 
 class PredictionError(RuntimeError):
@@ -107,7 +108,15 @@ class RestClient(_Client):
         self._output_dtypes: dict[str, dict[str, np.dtype]] = {}
 
     def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        response = self._session.request(method, url, timeout=self._timeout, **kwargs)
+        import requests
+
+        try:
+            response = self._session.request(method, url, timeout=self._timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise PredictionError(
+                f"no answer from {url} ({type(error).__name__}): check that the server runs and "
+                "serves REST at that host and port (--host, --port)"
+            ) from None
         try:
             payload = response.json()
         except ValueError:
@@ -118,12 +127,7 @@ class RestClient(_Client):
 
     def available_version(self) -> int | None:
         """From ``GET /v1/models/NAME[/versions/N]`` (the model's status)."""
-        import requests
-
-        try:
-            status = self._call("GET", self._url)
-        except requests.ConnectionError:
-            raise PredictionError(f"no answer from {self._url}") from None
+        status = self._call("GET", self._url)
         versions = [
             int(version["version"])
             for version in status.get("model_version_status", [])
@@ -137,9 +141,6 @@ class RestClient(_Client):
 
     def _dtypes(self, signature_name: str) -> dict[str, np.dtype]:
         """Output dtypes of a signature (JSON numbers carry none), from the model's metadata."""
-        import tensorflow as tf
-        from tensorflow.core.framework import types_pb2
-
         if signature_name not in self._output_dtypes:
             served = self.metadata()["metadata"]["signature_def"]["signature_def"]
             if signature_name not in served:
@@ -147,7 +148,7 @@ class RestClient(_Client):
                     f"Unknown signature {signature_name!r}; available: {sorted(served)}"
                 )
             self._output_dtypes[signature_name] = {
-                name: tf.as_dtype(types_pb2.DataType.Value(info["dtype"])).as_numpy_dtype
+                name: protos.NUMPY_TYPES[info["dtype"]]
                 for name, info in served[signature_name]["outputs"].items()
             }
         return self._output_dtypes[signature_name]
@@ -201,32 +202,47 @@ class GrpcClient(_Client):
         max_message_bytes: int = MAX_GRPC_MESSAGE_BYTES,
     ):
         import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+        apis = protos.apis()
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
-        self._channel = grpc.insecure_channel(f"{host}:{port}", options=options)
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._address = f"{host}:{port}"
+        self._channel = grpc.insecure_channel(self._address, options=options)
+        self._stub = apis.prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = apis.model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._model_name, self._version, self._timeout = model_name, version, timeout
+
+    def _error(self, error: Any) -> PredictionError:
+        """A failed call's one line. A server it cannot reach (or that does not answer in time) is
+        named with what to check; an error the server sent (e.g. UNAVAILABLE from its history
+        store) is the server's message."""
+        import grpc
+
+        code, details = error.code(), error.details() or ""
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED or "failed to connect" in details.lower():
+            return PredictionError(
+                f"no answer from {self._address} ({code.name}: {details}): check that the server "
+                "runs and serves gRPC at that host and port (--host, --port)", code.name
+            )
+        return PredictionError(f"{code.name}: {details}", code.name)
 
     def available_version(self) -> int | None:
         """From ``ModelService.GetModelStatus``."""
         import grpc
-        from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
-        request = get_model_status_pb2.GetModelStatusRequest(
-            model_spec=model_pb2.ModelSpec(name=self._model_name)
+        apis = protos.apis()
+        request = apis.get_model_status_pb2.GetModelStatusRequest(
+            model_spec=apis.model_pb2.ModelSpec(name=self._model_name)
         )
         if self._version is not None:
             request.model_spec.version.value = self._version
         try:
             response = self._models.GetModelStatus(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            raise PredictionError(f"{error.code().name}: {error.details()}") from None
-        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            raise self._error(error) from None
+        available = apis.get_model_status_pb2.ModelVersionStatus.AVAILABLE
         versions = [s.version for s in response.model_version_status if s.state == available]
         return max(versions, default=None)
 
@@ -236,37 +252,36 @@ class GrpcClient(_Client):
         """Sends ``inputs`` as TensorProtos of their NumPy dtypes (pass int64 IDs); returns the
         response's tensors, e.g. ``{"probability": (C,), "logit": (C,)}`` float32."""
         import grpc
-        import tensorflow as tf
-        from tensorflow_serving.apis import model_pb2, predict_pb2
 
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=self._model_name, signature_name=signature_name)
+        apis = protos.apis()
+        request = apis.predict_pb2.PredictRequest(
+            model_spec=apis.model_pb2.ModelSpec(name=self._model_name, signature_name=signature_name)
         )
         if self._version is not None:
             request.model_spec.version.value = self._version
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+            request.inputs[name].CopyFrom(protos.tensor_proto(value))
         try:
             response = self._stub.Predict(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            raise PredictionError(f"{error.code().name}: {error.details()}", error.code().name) from None
-        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+            raise self._error(error) from None
+        return {name: protos.ndarray(proto) for name, proto in response.outputs.items()}
 
     def metadata(self) -> Any:
         """``GetModelMetadata``'s response (a ``GetModelMetadataResponse``: the served version
         and the SignatureDefs packed under ``metadata["signature_def"]``)."""
         import grpc
-        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=model_pb2.ModelSpec(name=self._model_name), metadata_field=["signature_def"]
+        apis = protos.apis()
+        request = apis.get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=apis.model_pb2.ModelSpec(name=self._model_name), metadata_field=["signature_def"]
         )
         if self._version is not None:
             request.model_spec.version.value = self._version
         try:
             return self._stub.GetModelMetadata(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            raise PredictionError(f"{error.code().name}: {error.details()}", error.code().name) from None
+            raise self._error(error) from None
 
     def close(self) -> None:
         """Closes the gRPC channel."""
@@ -324,7 +339,6 @@ def arguments() -> argparse.ArgumentParser:
         help="first wait up to SECONDS for the model to be AVAILABLE (a server still starting); "
         "without --request, only wait",
     )
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up logs")
     return parser
 
 

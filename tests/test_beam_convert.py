@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ launcher = pytest.importorskip(
     "pipelines.beam.launcher", reason="apache-beam is not installed (pip install -e '.[beam]')"
 )
 
+metrics = launcher.metrics
 DIRECT = ("--runner", "DirectRunner", "--direct_num_workers", "1")
 # Manifest entries that depend on how records are spread over shards, not on what they hold.
 SHARD_LAYOUT = ("shards", "bytes", "bytes_per_sample")
@@ -133,15 +135,29 @@ def _with_malformed_histories(directory):
     return tables
 
 
+PROGRESS = re.compile(r"^\[beam\] so far ([\d,]+) input rows read; train: ([\d,]+) samples of "
+                      r"[\d,]+ users written; test: ([\d,]+) samples", re.MULTILINE)
+
+
 def test_synthetic_data_with_malformed_histories_matches_the_reference_and_the_local_engine(
-    tmp_path,
+    tmp_path, capsys, monkeypatch,
 ):
     config = SyntheticConfig(
         users=120, behaviours_per_user=80, items=1500, clusters=8, short_history_fraction=0.2, seed=5
     )
     synthetic_parquet.generate(config, str(tmp_path / "in"))
     tables = _with_malformed_histories(tmp_path / "in")
+    monkeypatch.setattr(metrics, "PROGRESS_EVERY_S", 0.0)  # a line at every count
+    capsys.readouterr()
     local, beam = _convert_both(tmp_path / "in", tmp_path, history_cap=60, item_min_count=2)
+    # The Beam conversion said how far it had got as it went: counts that only grow, up to the
+    # input's rows and the samples written.
+    progress = [[int(n.replace(",", "")) for n in m.groups()]
+                for m in PROGRESS.finditer(capsys.readouterr().err)]
+    assert progress == sorted(progress) and len(progress) > 10
+    assert progress[-1] == [sum(len(t) for t in tables.values()),
+                            beam["splits"]["train"]["samples_written"],
+                            beam["splits"]["test"]["samples_written"]]
     for split in ("train", "test"):
         expected_rows, rejected = reference_split(tables, str(tmp_path / "local"), split, 60)
         read = read_samples(dataset_dir.split_files(str(tmp_path / "local"), split), 60)

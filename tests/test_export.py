@@ -2,6 +2,7 @@
 and the TensorFlow C API, TF Serving's loader), warm-up records, versions and the CLI."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -273,6 +274,30 @@ def test_a_full_disk_during_export_names_the_version_and_leaves_none(case, tmp_p
     assert message.startswith(f"Could not write {tmp_path / 'm' / '1'}: "), message
     assert message.endswith("; No space left on device") and "\n" not in message
     assert os.listdir(tmp_path / "m") == []  # no staging left behind
+
+
+def test_the_export_logs_no_staging_path(case, tmp_path):
+    """As in a notebook, where TensorFlow's logger shows INFO: the staging directory, renamed away
+    once the export is complete, is never named."""
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = tf.get_logger()
+    level, handler = logger.level, Collect(logging.DEBUG)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        path = saved_model.export_saved_model(case.model, case.vocabularies, str(tmp_path), "m")
+        logging.getLogger("tensorflow").info("the handler sees INFO")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert records[-1] == "the handler sees INFO"
+    assert not [r for r in records if str(tmp_path) in r and path not in r], records
+    assert logger.level == level
 
 
 def test_an_export_directory_blocked_by_a_file_is_named(case, tmp_path):

@@ -5,6 +5,7 @@ buckets, and the served scores against the SavedModel itself and the Keras model
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
+from muse_tf import cli
 from muse_tf.contract import signatures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +70,15 @@ def results(tmp_path_factory):
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }.items():
             env.setenv(name, value)
+        # ipykernel forwards what its process and children write to file descriptors 1 and 2
+        # (native logs) into the outputs, as for a user, unless it runs under pytest.
+        env.delenv("PYTEST_CURRENT_TEST", raising=False)
         client = NotebookClient(
             notebook, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(root)}}
         )
         client.execute()
-    return json.loads((root / "results.json").read_text())
+    nbformat.write(notebook, root / "executed.ipynb")  # as `jupyter execute --output` saves it
+    return {**json.loads((root / "results.json").read_text()), "saved": str(root / "executed.ipynb")}
 
 
 def pairwise_auc(labels, scores):
@@ -160,3 +166,24 @@ def test_served_scores_equal_the_saved_model_and_keras(results):
 
 def test_the_kernel_ran_this_interpreter(results):
     assert os.path.realpath(results["executable"]) == os.path.realpath(sys.executable)
+
+
+# TensorFlow's native log lines: absl's (``I0000 00:00:1796... 4947 port.cc:153] ...``), the older
+# ``2026-01-01 00:00:00.000000: I tensorflow/...cc:113] ...`` and those the command lines drop.
+NATIVE_LOG = re.compile(
+    r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w/.]+:\d+\]"
+    r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] [\w/.]+:\d+\]"
+    r"|" + cli.HARMLESS_NATIVE_LOGS.pattern,
+    re.MULTILINE,
+)
+
+
+def test_the_saved_outputs_hold_no_native_log_line(results):
+    """What a run of the notebook saves (README's headless command) carries none of TensorFlow's
+    native start-up lines, on either TensorFlow."""
+    notebook = nbformat.read(results["saved"], as_version=4)
+    texts = [output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+             for output in cell.outputs]
+    assert any("TensorFlow 2." in text for text in texts)  # the outputs are read
+    found = [match.group(0) for text in texts for match in NATIVE_LOG.finditer(text)]
+    assert not found, found

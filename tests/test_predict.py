@@ -147,6 +147,22 @@ def test_a_full_disk_while_writing_the_evaluation_names_the_file(
                         str(tmp_path / "eval")])
 
 
+def test_evaluate_keeps_the_runs_own_results_unless_overwrite(dataset, run_dir, tmp_path, capsys):  # noqa: F811
+    run = RunDir(str(tmp_path / "run"))
+    shutil.copytree(run_dir, run.root)
+    with open(run.eval_metrics, "w") as f:
+        f.write("the run's own")
+    argv = ["--data", dataset, "--model-dir", run.root]
+    assert_usage_error(capsys, evaluate.main, "muse_tf.evaluate",
+                       re.escape(f"{run.eval_metrics} already holds an evaluation") + ".*--output DIR.*"
+                       "--overwrite", argv)
+    assert Path(run.eval_metrics).read_text() == "the run's own"
+    result = evaluate.main([*argv, "--overwrite"])
+    assert result["gauc"] == pytest.approx(_evaluation(run_dir)["gauc"], abs=1e-6)
+    with open(run.eval_metrics) as f:
+        assert json.load(f)["examples"] == _evaluation(run_dir)["examples"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--data", ".", "--output", "scores.txt"], "unknown extension '.txt'"),
     (["--data", "no/such/dir", "--output", "scores.csv"], "no/such/dir.* is not a converted"),

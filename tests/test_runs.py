@@ -239,3 +239,30 @@ def test_another_dataset_of_the_same_sizes_is_refused_naming_both(case, tmp_path
     os.remove(run.dataset_record)  # a run of an older muse_tf
     with pytest.raises(runs.RunDirectoryError, match="does not record the dataset.*--overwrite"):
         runs.load_trained_model(run.root, trained_on)
+
+
+# -- one served name, one run -----------------------------------------------------------------
+
+def test_export_into_a_name_holding_another_runs_versions_is_refused_naming_both(case, tmp_path, capsys):
+    data = sc.write_dataset(tmp_path / "data", case.vocabularies)
+    first = sc.write_finished_run(tmp_path / "first", case, data)
+    second = sc.write_finished_run(tmp_path / "second", case, data)
+    second.record_training(ExperimentConfig(model=case.model.config), {"steps_run": 1})
+    out = tmp_path / "out" / "muse"
+    assert export.main(_export_argv(first, data, tmp_path)) == str(out / "1")
+    # The same run again is a new version of the same model.
+    assert export.main(_export_argv(first, data, tmp_path)) == str(out / "2")
+    assert_usage_error(
+        capsys, export.main, "muse_tf.export",
+        f"{out} holds version 1 of the run {first.root}; adding the run {second.root} .*"
+        "--allow-other-runs", _export_argv(second, data, tmp_path),
+    )
+    assert sorted(os.listdir(out)) == ["1", "2"]
+    # Training the first run over makes it another model: refused too.
+    first.record_training(ExperimentConfig(model=case.model.config), {"steps_run": 3})
+    assert_usage_error(capsys, export.main, "muse_tf.export", f"the run {first.root}; adding",
+                       _export_argv(first, data, tmp_path))
+    assert export.main([*_export_argv(second, data, tmp_path), "--allow-other-runs"]) == str(out / "3")
+    with open(out / "3" / "assets.extra" / "source_run.json") as f:
+        assert json.load(f)["run"] == os.path.abspath(second.root)
+

@@ -214,39 +214,76 @@ def test_grpc_metadata_and_status(server):
         ]
 
 
-def test_client_cli(server, case, tmp_path):
-    grpc_port, _ = server
+def _client_cli(*argv):
+    """``python -m serving.client ARGV`` with ``-X importtime``: (result, modules it imported)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "serving.client", *argv],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    return result, imported, errors
+
+
+def _tensorflow_runtime(imported):
+    """The modules of TensorFlow's runtime (its protos alone are no runtime)."""
+    return sorted(name for name in imported
+                  if name in ("tensorflow", "tf_keras") or name.startswith("tensorflow.python"))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_client_cli_scores_without_loading_tensorflow(server, case, tmp_path, protocol):
+    grpc_port, rest_port = server
     ranked = sc.rank_request(np.random.default_rng(7), case, 40, candidates=4)
     request = tmp_path / "request.json"
     request.write_text(
         json.dumps({name: np.asarray(value).tolist() for name, value in ranked.items()})
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving.client",
-            "--protocol",
-            "grpc",
-            "--port",
-            str(grpc_port),
-            "--model_name",
-            "muse",
-            "--signature_name",
-            signatures.RANK,
-            "--request",
-            str(request),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    port = grpc_port if protocol == "grpc" else rest_port
+    result, imported, _ = _client_cli("--protocol", protocol, "--port", str(port), "--model_name",
+                                      "muse", "--signature_name", signatures.RANK, "--request",
+                                      str(request))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert {"numpy", "serving.protos" if protocol == "grpc" else "requests"} <= imported  # the log is read
+    assert _tensorflow_runtime(imported) == []
     outputs = {
         name: np.asarray(value, np.float32) for name, value in json.loads(result.stdout).items()
     }
     assert_scores(outputs, sc.keras_rank(case, ranked))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_client_cli_without_a_server_fails_in_one_line_naming_the_address(tmp_path, protocol):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"user_id": [1]}))
+    port = free_port()
+    result, imported, errors = _client_cli("--protocol", protocol, "--port", str(port),
+                                           "--request", str(request))
+    assert result.returncode == 1
+    assert len(errors) == 1, errors
+    assert re.match(rf"error: no answer from (http://)?127\.0\.0\.1:{port}\b.*check that the server "
+                    rf"runs and serves {'gRPC' if protocol == 'grpc' else 'REST'}", errors[0]), errors[0]
+    assert _tensorflow_runtime(imported) == []
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(12, dtype=np.int64).reshape(3, 4) - 5, np.array(7, np.int64), np.zeros((0, 3), np.int64),
+    np.linspace(-1, 1, 5, dtype=np.float32), np.array([0.5, -2.0], np.float64),
+    np.array([1.5, -0.25], np.float16), np.array([True, False]), np.arange(3, dtype=np.uint8),
+])
+def test_tensor_protos_without_tensorflow_match_tensorflows(value):
+    import tensorflow as tf
+
+    from serving import protos
+
+    ours = protos.tensor_proto(value)
+    assert tf.make_tensor_proto(value).dtype == ours.dtype
+    np.testing.assert_array_equal(tf.make_ndarray(ours), value)
+    for theirs in (tf.make_tensor_proto(value),  # tensor_content, or a value field for scalars
+                   tf.make_tensor_proto(value.flat[0] if value.size else 0, value.dtype, value.shape)):
+        expected = tf.make_ndarray(theirs)
+        read = protos.ndarray(theirs)
+        assert read.dtype == expected.dtype and read.shape == expected.shape
+        np.testing.assert_array_equal(read, expected)
 
 
 def test_clients_wait_for_the_model_and_time_out_clearly(server):

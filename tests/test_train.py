@@ -2,7 +2,9 @@
 
 import csv
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -203,10 +205,13 @@ def _free_ports(count):
     return ports
 
 
+PROGRESS = re.compile(r"(\d+)/(\d+) \[[=>.]*\].*? - loss: ([\d.]+) - auc: ([\d.]+)")
+
+
 def test_two_workers_train_together(dataset, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     args = ["-m", "muse_tf.train", "--data", dataset, "--model-dir", str(tmp_path / "run"),
-            "--no-export", "--no-eval", "--verbose", "0", "--set", "train.steps_per_epoch=4", *TINY]
+            "--no-export", "--no-eval", "--verbose", "1", "--set", "train.steps_per_epoch=4", *TINY]
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -224,6 +229,19 @@ def test_two_workers_train_together(dataset, tmp_path):
     result = _metrics(tmp_path / "run")
     assert result["replicas"] == 2
     assert result["optimizer_iterations"] == result["expected_iterations"] == 4
+    # Only the chief names the run directory; the other worker says which task it is.
+    (chief, _), (other, _) = outputs
+    assert f"run directory {tmp_path / 'run'}" in chief and "Run directory:" in chief
+    assert str(tmp_path / "run") not in other and "as worker-1 of the cluster" in other, other
+    # Every figure the chief's progress bar shows at the epoch's last step is the epoch's own
+    # (history.csv), not a sum over the workers.
+    with open(RunDir(str(tmp_path / "run")).history) as f:
+        epoch = next(csv.DictReader(f))
+    shown = [match.groups()[2:] for match in PROGRESS.finditer(chief) if match[1] == match[2]]
+    assert len(shown) >= 2, chief  # the last step's update and the epoch's end
+    for loss, auc in shown:
+        assert float(loss) == pytest.approx(float(epoch["loss"]), abs=1e-4)
+        assert float(auc) == pytest.approx(float(epoch["auc"]), abs=1e-4)
 
 
 def _backup_exists(model_dir):
@@ -254,6 +272,29 @@ def test_a_killed_run_resumes_from_its_backup(dataset, tmp_path):
     assert result["optimizer_iterations"] == result["expected_iterations"] == 80
     assert 0 < result["resumed_from_step"] < 80
     assert result["steps_run"] == 80 - result["resumed_from_step"]
+    epoch, step = divmod(result["resumed_from_step"], 40)
+    assert (f"Resuming from the backup: epoch {epoch + 1} of 2, after step {step} of 40 (optimizer "
+            f"step {result['resumed_from_step']} of 80)") in proc.stdout, proc.stdout[-2000:]
+
+
+def test_training_logs_no_slow_callback_warning(dataset, tmp_path):
+    """Keras times the step hooks of the first five steps; TensorBoard's one-off work after the
+    first step outlasted a small model's steps."""
+    warnings = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        train.main(["--data", dataset, "--model-dir", str(tmp_path / "run"), "--verbose", "0",
+                    "--no-export", "--no-eval", "--set", "train.steps_per_epoch=8", *TINY])
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [w for w in warnings if "is slow compared to the batch time" in w], warnings
+    assert os.listdir(tmp_path / "run" / "logs" / "train")  # TensorBoard still writes
 
 
 def _run_args(dataset, model_dir):

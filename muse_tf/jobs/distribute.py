@@ -165,6 +165,12 @@ def shard_placement(variables: list[tf.Variable]) -> dict[str, list[dict]]:
     return placement
 
 
+def task_name() -> str:
+    """This process's task in the cluster, ``<type>-<index>`` (e.g. ``worker-1``)."""
+    task = (cluster_spec() or {}).get("task", {})
+    return f"{task.get('type')}-{task.get('index', 0)}"
+
+
 def is_chief() -> bool:
     """True for the worker that writes checkpoints, metrics and the export."""
     spec = cluster_spec()

@@ -157,12 +157,24 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    """Re-evaluates the run ``args.model_dir`` on ``args.data``; prints AUC, GAUC and examples."""
+    """Re-evaluates the run ``args.model_dir`` on ``args.data``; prints AUC, GAUC and examples.
+
+    Raises:
+        runs.RunDirectoryError: when the output already holds ``eval_metrics.json`` and
+            ``args.overwrite`` is not set, besides ``working_in_trained_run``'s.
+    """
     from muse_tf.contract import dataset_dir
     from muse_tf.jobs import runs
 
     dataset_dir.require_dataset(args.data)  # before the model is built
+    output = args.output or args.model_dir
     with runs.working_in_trained_run(args.model_dir, args.data) as (model, experiment):
-        result = evaluate_run(model, args.data, experiment.train, args.output or args.model_dir)
+        existing = runs.RunDir(output).eval_metrics
+        if os.path.exists(existing) and not args.overwrite:
+            raise runs.RunDirectoryError(
+                f"{existing} already holds an evaluation (the run's own, or an earlier one); pass "
+                "--output DIR to write elsewhere, or --overwrite to replace it."
+            )
+        result = evaluate_run(model, args.data, experiment.train, output)
     print(strict_json.dumps({k: result[k] for k in ("auc", "gauc", "examples")}, indent=2))
     return result

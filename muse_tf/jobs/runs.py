@@ -129,13 +129,20 @@ class RunDir:
     def export(self) -> str:
         return self._path("export")
 
+    def identity(self) -> dict[str, str]:
+        """Which trained model this is: the run directory and the digest of its training record,
+        which a training started over (``--overwrite``) rewrites. An export records it
+        (``saved_model.SOURCE_FILE``)."""
+        with open(self.training_record, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        return {"run": os.path.abspath(self.root), "training_sha256": digest}
+
     def worker(self) -> RunDir:
         """This process's own directory: the run directory for the chief, else
         ``workers/<type>-<index>``."""
         if distribute.is_chief():
             return self
-        task = distribute.cluster_spec()["task"]
-        return RunDir(self._path(WORKERS, f"{task.get('type')}-{task.get('index', 0)}"))
+        return RunDir(self._path(WORKERS, distribute.task_name()))
 
     # -- one run directory, one model --------------------------------------------------------
     def has_backup(self) -> bool:

@@ -10,6 +10,8 @@ Layout, as TF Serving expects::
         assets.extra/tf_serving_warmup_requests
         assets.extra/versions.json   {"tensorflow": ..., "tf_keras": ..., "muse_tf": ...}: the
                                      versions that wrote it (pick the TF Serving image by it)
+        assets.extra/source_run.json {"run": ..., "training_sha256": ...}: the training run it
+                                     came from (``RunDir.identity``); one model name, one run
 
 Signatures (every input int64 raw IDs as in the Taobao-MM files; unknown IDs score as OOV):
 
@@ -38,11 +40,13 @@ since training (``muse_tf.jobs.item_refresh``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -67,6 +71,13 @@ from muse_tf.jobs import runs
 from muse_tf.models import MuseModel
 
 VERSIONS_FILE = os.path.join("assets.extra", "versions.json")
+SOURCE_FILE = os.path.join("assets.extra", "source_run.json")
+ALLOW_OTHER_RUNS_FLAG = "--allow-other-runs"
+
+
+class OtherRunError(cli.UsageError, FileExistsError):
+    """The model directory holds versions of another training run: TF Serving would serve
+    whichever is newest under one name."""
 
 
 def _same_size(tensors: Mapping[str, tf.Tensor], names: Sequence[str], size: tf.Tensor) -> list:
@@ -232,6 +243,52 @@ def _write_versions(export_dir: str) -> None:
         json.dump(versions, f, indent=1)
 
 
+def _source_of(version_dir: str) -> dict | None:
+    path = os.path.join(version_dir, SOURCE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_one_run(model_dir: str, source: Mapping[str, str]) -> None:
+    """Checks that every version in ``model_dir`` was exported from the run ``source``.
+
+    Raises:
+        OtherRunError: naming the other run (or saying it is unrecorded) and the flag to add
+            this one anyway.
+    """
+    if not os.path.isdir(model_dir):
+        return
+    for entry in sorted(os.listdir(model_dir)):
+        if not entry.isdigit():
+            continue
+        other = _source_of(os.path.join(model_dir, entry))
+        if other is not None and other.get("training_sha256") == source["training_sha256"]:
+            continue
+        named = (f"the run {other['run']}" if other else
+                 f"a run it does not record (no {SOURCE_FILE})")
+        raise OtherRunError(
+            f"{model_dir} holds version {entry} of {named}; adding the run {source['run']} "
+            f"would serve two unrelated models under the name {os.path.basename(model_dir)!r}: use "
+            f"another --export-dir or --model-name, or pass {ALLOW_OTHER_RUNS_FLAG} to add it anyway."
+        )
+
+
+@contextlib.contextmanager
+def _no_staging_path_logged() -> Iterator[None]:
+    """Keeps ``tf.saved_model.save``'s INFO line "Assets written to: <dir>" out of the logs: it
+    names the staging directory, which is renamed away (a notebook showed it twice, through
+    TensorFlow's handler and the root logger's); the caller reports the version directory."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _next_version(model_dir: str) -> int:
     if not os.path.isdir(model_dir):
         return 1
@@ -267,6 +324,8 @@ def export_saved_model(
     max_history_length: int = limits.MAX_HISTORY_LENGTH,
     max_candidates: int = limits.MAX_CANDIDATES,
     max_history_values: int = limits.MAX_HISTORY_VALUES,
+    source: Mapping[str, str] | None = None,
+    allow_other_runs: bool = False,
 ) -> str:
     """Writes ``model`` as ``<export_base>/<model_name>/<version>/`` for TF Serving.
 
@@ -280,10 +339,16 @@ def export_saved_model(
         max_history_length: the longest history a request may carry (W or L).
         max_candidates: the most candidates (C) one ``rank`` request may score.
         max_history_values: the largest rows x width (B x W) of a ``serving_default`` request.
+        source: the training run it comes from (``RunDir.identity``), recorded in the export; the
+            versions already in the model directory must come from it too (``check_one_run``)
+            unless ``allow_other_runs``. None: not recorded, not checked.
 
     Returns:
         The version directory. It appears atomically (renamed into place once complete), so a
         TF Serving instance polling ``export_base`` never loads a half-written version.
+
+    Raises:
+        OtherRunError: as ``check_one_run``.
     """
     for name, value in (
         ("max_history_length", max_history_length),
@@ -294,6 +359,8 @@ def export_saved_model(
             raise ValueError(f"Invalid value for `{name}`: {value}.")
     _check_vocabularies(model.config, vocabularies)
     model_dir = os.path.join(export_base, model_name)
+    if source is not None and not allow_other_runs:
+        check_one_run(model_dir, source)
     version = _next_version(model_dir) if version is None else version
     final_dir = os.path.join(model_dir, str(version))
     if os.path.exists(final_dir):
@@ -314,13 +381,17 @@ def export_saved_model(
                     model, vocab_files, max_history_length, max_candidates, max_history_values
                 )
                 export_dir = os.path.join(staging, "saved_model")
-                tf.saved_model.save(
-                    module,
-                    export_dir,
-                    signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
-                )
+                with _no_staging_path_logged():
+                    tf.saved_model.save(
+                        module,
+                        export_dir,
+                        signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
+                    )
             warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
             _write_versions(export_dir)
+            if source is not None:
+                with open(os.path.join(export_dir, SOURCE_FILE), "w") as f:
+                    json.dump(dict(source), f, indent=1)
             os.rename(export_dir, final_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

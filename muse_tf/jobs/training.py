@@ -40,6 +40,10 @@ def compile_model(model: MuseModel, experiment: ExperimentConfig, total_steps: i
         return optimizers.learning_rate(peak, train.learning_rate_schedule, total_steps,
                                         train.warmup_fraction)
 
+    # The logs Keras shows after each step: the metrics' results, already aggregated over the
+    # replicas; "auto" would add them up again over the workers of a multi-worker cluster (the
+    # progress bar then read e.g. "loss: 1.4768 - auc: 0.9330" with two workers).
+    model.distribute_reduction_method = "first"
     model.compile(
         optimizer=optimizers.dense_optimizer(train.dense_optimizer, rate(train.dense_learning_rate)),
         embedding_optimizer=optimizers.embedding_optimizer(
@@ -57,10 +61,17 @@ class ProgressRecord(tf_keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        """Runs after BackupAndRestore has restored, so the optimizer step is the resume point."""
+        """Runs after BackupAndRestore has restored, so the optimizer step is the resume point;
+        says so when training resumes."""
         self.resumed_from_step = int(self.model.optimizer.iterations.numpy())
         self.steps_run = 0
         self.started = time.time()
+        if self.resumed_from_step:
+            steps, epochs = self.params["steps"], self.params["epochs"]
+            epoch, step = divmod(self.resumed_from_step, steps)
+            print(f"Resuming from the backup: epoch {epoch + 1} of {epochs}, after step {step:,} of "
+                  f"{steps:,} (optimizer step {self.resumed_from_step:,} of {steps * epochs:,})",
+                  flush=True)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.steps_run = int(self.model.optimizer.iterations.numpy()) - self.resumed_from_step
@@ -196,6 +207,24 @@ def too_few_steps(train: TrainConfig, samples: int, global_batch: int) -> str | 
     return None
 
 
+def untimed_callbacks(
+    model: tf_keras.Model, callbacks: list[tf_keras.callbacks.Callback], verbose: int, epochs: int,
+    steps: int | None,
+) -> tf_keras.callbacks.CallbackList:
+    """The CallbackList ``fit`` would make of ``callbacks``, without Keras's timing check.
+
+    With any callback of ours in the list, Keras times the step hooks of the first five steps and
+    warns "Callback method `on_train_batch_end` is slow" when they outlast a step. What it times
+    there is TensorBoard's one-off work after the first step (the training graph, ~0.5 s; the first
+    summary write, 0.1-0.3 s): not a slow callback, but a warning on every run of a small model."""
+    callback_list = tf_keras.callbacks.CallbackList(
+        callbacks, add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose,
+        epochs=epochs, steps=steps,
+    )
+    callback_list._check_timing = False
+    return callback_list
+
+
 def keras_fit(
     model: tf_keras.Model,
     inputs: tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator,
@@ -203,7 +232,12 @@ def keras_fit(
 ) -> tf_keras.callbacks.History:
     """``model.fit(inputs, **fit_args)``, except that the input iterators ``fit`` makes are deleted
     in the background after it returns, not as it returns: their deletion can block for up to a
-    minute (``muse_tf.data.iterator_release``)."""
+    minute (``muse_tf.data.iterator_release``); ``callbacks`` are not timed
+    (``untimed_callbacks``)."""
+    fit_args["callbacks"] = untimed_callbacks(
+        model, fit_args.get("callbacks", []), fit_args.get("verbose", 1), fit_args.get("epochs", 1),
+        fit_args.get("steps_per_epoch"),
+    )
     if not isinstance(inputs, tf.distribute.DistributedDataset):
         return model.fit(inputs, **fit_args)
     kept = iterator_release.KeptIterators(inputs)
@@ -274,6 +308,7 @@ def run(
     evaluate: bool = True,
     export: bool = True,
     overwrite: bool = False,
+    allow_other_runs: bool = False,
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
@@ -290,6 +325,8 @@ def run(
             ``max_candidates``, ``max_history_values``); None = its defaults.
         evaluate, export: run the final evaluation / the export.
         overwrite: delete the run directory first and start over.
+        allow_other_runs: export even if ``EXPORT_DIR/MODEL_NAME`` holds another run's versions
+            (``saved_model.check_one_run``).
         strategy: the tf.distribute strategy; None = ``distribute.make_strategy(train.ps_min_shard_bytes)``.
 
     Returns:
@@ -325,7 +362,7 @@ def run(
                                   overwrite, verbose)
         if chief:
             _evaluate_and_export(experiment, data_dir, run_dir, result, evaluate, export,
-                                 export_dir, model_name, export_limits)
+                                 export_dir, model_name, export_limits, allow_other_runs)
     return result
 
 
@@ -356,9 +393,11 @@ def _train_or_resume(
     if chief:
         run_dir.start(experiment, data_dir)
     steps = steps_per_epoch(experiment.train, samples, global_batch)
+    where = (f"run directory {run_dir.root}" if chief else
+             f"as {distribute.task_name()} of the cluster (the chief writes the run directory)")
     print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
           f"({strategy.num_replicas_in_sync} replica(s), global batch {global_batch:,}, "
-          f"{steps:,} steps per epoch); run directory {run_dir.root}")
+          f"{steps:,} steps per epoch); {where}")
     warning = too_few_steps(experiment.train, samples, global_batch)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -378,6 +417,7 @@ def _evaluate_and_export(
     export_dir: str | None,
     model_name: str,
     export_limits: dict[str, int] | None,
+    allow_other_runs: bool,
 ) -> None:
     """The chief's evaluation and export of the trained run, added to ``result``; then the run
     is finished (``metrics.json``)."""
@@ -389,6 +429,7 @@ def _evaluate_and_export(
     if export:
         result["export"] = export_saved_model(
             model, dataset_dir.load_vocabularies(data_dir), export_dir or run_dir.export,
-            model_name, **(export_limits or {}),
+            model_name, **(export_limits or {}), source=run_dir.identity(),
+            allow_other_runs=allow_other_runs,
         )
     run_dir.finish(result)

@@ -54,6 +54,7 @@ def convert(options: ConversionOptions, *, pipeline_args: Sequence[str] = ()) ->
         output, output_dir.BEAM_WORK, params, overwrite=options.overwrite, resumable=False
     ) as work:
         build_pipeline(pipeline, tables, options, work)
+        metrics.start_progress()
         result = pipeline.run()
         result.wait_until_finish()
         manifest = finish.finish(metrics.counters(result), work, tables, options)
