@@ -28,6 +28,7 @@ import numpy as np
 
 from muse_tf import cli
 from muse_tf.contract import features, signatures, strict_json
+from muse_tf.contract.feature_spec import TAOBAO_MM
 
 DEFAULT_RANDOM_CANDIDATES = 20
 # Random candidates come from the split's items; reading stops once the user is found and this many
@@ -93,7 +94,7 @@ def _records(files: Sequence[str], first: int) -> Iterator[tuple[str, dict[str, 
                 feature = tf.train.Example.FromString(serialized).features.feature
                 yield path, {
                     name: np.array(feature[name].int64_list.value, np.int64)
-                    for name in records.RECORD_FEATURES
+                    for name in records.record_features(TAOBAO_MM)
                 }
 
 
@@ -155,11 +156,11 @@ def rank_inputs(
     from muse_tf.contract import vocabulary
 
     def raw(name: str, indices: np.ndarray) -> np.ndarray:
-        ids = vocabularies[features.VOCABULARY[name]]
+        ids = vocabularies[TAOBAO_MM.vocabulary[name]]
         return vocabulary.raw_ids(ids, indices, vocabulary.unknown_id(ids))
 
     inputs: dict[str, int | list[int]] = {features.USER_ID: record.key}
-    for name in features.USER_PROFILE:
+    for name in TAOBAO_MM.profile_features:
         inputs[name] = int(raw(name, np.array(record.user[name])))
     for name, indices in record.history.items():
         inputs[name] = raw(name, indices).tolist()

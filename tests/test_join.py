@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from muse_tf.contract import features, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import join
 from pipelines.common import taobao_mm_schema as release
 
@@ -17,7 +18,7 @@ KNOWN = np.arange(1, 16, dtype=np.int64)  # IDs 1..15 are in every vocabulary; 1
 def _lookups():
     rows = len(KNOWN) + vocabulary.RESERVED
     return join.TableLookups(
-        vocabs={name: KNOWN for name in features.VOCABULARIES},
+        vocabs={name: KNOWN for name in TAOBAO_MM.vocabularies},
         item_attributes=np.zeros((rows, 3), np.int32),
         multimodal=np.zeros((rows, release.EMBEDDING_DIM), np.int8),
     )

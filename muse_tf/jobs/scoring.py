@@ -119,11 +119,12 @@ def export_scorer(
                 "probability": outputs[signatures.PROBABILITY].numpy()}
 
     unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
+    spec = signatures.export_feature_spec(export_dir)
 
     def score(batch: Batch) -> dict[str, np.ndarray]:
         inputs = {}
-        for name in features.MODEL_FEATURES:
-            table = features.VOCABULARY[name]
+        for name in spec.model_features:
+            table = spec.vocabulary[name]
             inputs[name] = vocabulary.raw_ids(vocabularies[table], batch[name].numpy(), unknown[table])
         items = batch[features.HISTORY_ITEMS].numpy()
         lengths = (items != features.PAD).sum(axis=1)

@@ -10,7 +10,8 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract import dataset_dir, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.beam import files
 from pipelines.common import item_tables, join, manifest, summary, vocab
 from pipelines.common import taobao_mm_schema as release
@@ -62,7 +63,7 @@ def finish(
     manifest from the run's ``counters`` (it refuses counts that do not balance)."""
     input_dir, output = options.input_dir, options.output
     vocabularies = {}
-    for name in features.VOCABULARIES:
+    for name in TAOBAO_MM.vocabularies:
         size = _concat_ranges(
             files.ranges(work, "vocab", name), dataset_dir.vocab_path(output, name), np.int64, (), 0
         )

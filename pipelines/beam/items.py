@@ -10,7 +10,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from muse_tf.contract import features, vocabulary
+from muse_tf.contract import vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.beam import files, lookups, metrics, read
 from pipelines.common import item_tables
 from pipelines.common import parquet_input as pi
@@ -74,7 +75,7 @@ def _item_range(
 def _attribute_request(element: tuple) -> tuple[tuple[str, int], dict[str, np.ndarray]]:
     key, (_, raw_attributes, has_row) = element
     return key, {
-        features.VOCABULARY[name]: np.unique(raw_attributes[has_row, i])
+        TAOBAO_MM.vocabulary[name]: np.unique(raw_attributes[has_row, i])
         for i, name in enumerate(item_tables.ATTRIBUTE_FEATURES)
     }
 

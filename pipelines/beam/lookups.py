@@ -17,6 +17,7 @@ import apache_beam as beam
 import numpy as np
 
 from muse_tf.contract import features, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.contract.hashing import order_by_partition
 from pipelines.common import join
 
@@ -59,7 +60,7 @@ class Chunk:
 
 def empty_chunk(name: str) -> Chunk:
     """A range without kept IDs (its payload columns, if any, empty)."""
-    if name != features.VOCABULARY[features.ITEM_ID]:
+    if name != TAOBAO_MM.vocabulary[features.ITEM_ID]:
         return Chunk(0, np.zeros(0, np.int64))
     payload = {"attributes": np.zeros((0, 3), np.int64), "has_vector": np.zeros(0, bool)}
     return Chunk(0, np.zeros(0, np.int64), payload)
@@ -152,7 +153,7 @@ class FetchedLookups(join.Lookups):
         self._item_payload = {column: values[order] for column, values in items.payload.items()}
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
-        answer = self.answers.get(features.VOCABULARY[feature])
+        answer = self.answers.get(TAOBAO_MM.vocabulary[feature])
         if answer is None:
             return np.full(np.shape(raw_ids), features.OOV, np.int64)
         positions = vocabulary.lookup(answer.ids, raw_ids, assume_sorted=True) - vocabulary.RESERVED

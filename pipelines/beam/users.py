@@ -13,6 +13,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 
 from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.beam import lookups, metrics
 from pipelines.common import join
 from pipelines.common import parquet_input as pi
@@ -72,17 +73,17 @@ class UserBatch:
     def wanted(self) -> dict[str, np.ndarray]:
         """The raw IDs the batch looks up, by vocabulary."""
         ids = {
-            features.VOCABULARY[features.USER_ID]: [pi.ids(self.users, release.USER_ID)],
-            features.VOCABULARY[features.ITEM_ID]: [
+            TAOBAO_MM.vocabulary[features.USER_ID]: [pi.ids(self.users, release.USER_ID)],
+            TAOBAO_MM.vocabulary[features.ITEM_ID]: [
                 self.samples.items,
                 pi.id_lists(self.users, release.HISTORY_ITEMS)[0],
             ],
-            features.VOCABULARY[features.HISTORY_CATEGORIES]: [
+            TAOBAO_MM.vocabulary[features.HISTORY_CATEGORIES]: [
                 pi.id_lists(self.users, release.HISTORY_CATEGORIES)[0]
             ],
         }
-        for column, name in zip(release.PROFILE_COLUMNS, features.USER_PROFILE):
-            ids[features.VOCABULARY[name]] = [pi.ids(self.users, column)]
+        for column, name in zip(release.PROFILE_COLUMNS, TAOBAO_MM.profile_features):
+            ids[TAOBAO_MM.vocabulary[name]] = [pi.ids(self.users, column)]
         return {name: np.unique(np.concatenate(parts)) for name, parts in ids.items()}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from muse_tf.contract import features, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
 
@@ -101,7 +102,7 @@ def build_attribute_table(
             out[index] = np.stack(
                 [
                     vocabulary.lookup(
-                        vocabs[features.VOCABULARY[name]], pi.ids(batch, column)[new], assume_sorted=True
+                        vocabs[TAOBAO_MM.vocabulary[name]], pi.ids(batch, column)[new], assume_sorted=True
                     )
                     for column, name in zip(ATTRIBUTE_COLUMNS, ATTRIBUTE_FEATURES)
                 ],

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from muse_tf.contract import features, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
 
@@ -51,7 +52,7 @@ ADJUSTMENTS = (
     "item_without_features",
     "item_without_scl",
 )
-OOV_FEATURES = features.SCALAR_FEATURES + features.SEQUENCE_FEATURES
+OOV_FEATURES = TAOBAO_MM.scalar_features + features.SEQUENCE_FEATURES
 USER_ROW_COUNTS = ("in", "written", "unmatched", "duplicate", "missing_id")
 
 
@@ -79,7 +80,7 @@ class TableLookups(Lookups):
     multimodal: np.ndarray  # (V, 128) int8
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
-        return vocabulary.lookup(self.vocabs[features.VOCABULARY[feature]], raw_ids, assume_sorted=True)
+        return vocabulary.lookup(self.vocabs[TAOBAO_MM.vocabulary[feature]], raw_ids, assume_sorted=True)
 
     def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         attributes = np.asarray(self.item_attributes[item_index], np.int64)
@@ -214,7 +215,7 @@ class ShardJoin:
         )
         user = {features.USER_KEY: keys[rows]}
         user[features.USER_ID] = self.lookups.index(features.USER_ID, keys[rows])
-        for column, name in zip(release.PROFILE_COLUMNS, features.USER_PROFILE):
+        for column, name in zip(release.PROFILE_COLUMNS, TAOBAO_MM.profile_features):
             user[name] = self.lookups.index(name, pi.ids(users, column)[rows])
         history = {
             features.HISTORY_ITEMS: self.lookups.index(features.HISTORY_ITEMS, history_items),
@@ -246,8 +247,8 @@ class ShardJoin:
         return {
             features.ITEM_ID: item_index,
             features.ITEM_CATEGORY: attributes[:, 0],
-            features.ITEM_ATTRS[0]: attributes[:, 1],
-            features.ITEM_ATTRS[1]: attributes[:, 2],
+            TAOBAO_MM.attribute_features[0]: attributes[:, 1],
+            TAOBAO_MM.attribute_features[1]: attributes[:, 2],
             features.LABEL: self._labels[samples],
         }
 

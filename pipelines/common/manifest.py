@@ -9,6 +9,7 @@ conversion that lost a record stops instead of writing a manifest.
 from __future__ import annotations
 
 from muse_tf.contract import dataset_dir
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import taobao_mm_schema as release
 
 
@@ -53,6 +54,7 @@ def build(
     return dataset_dir.build_manifest(
         source=source,
         history_cap=history_cap,
+        feature_spec=TAOBAO_MM,
         vocab_sizes={name: v["size"] for name, v in vocabularies.items()},
         vocabularies=vocabularies,
         **item_tables,

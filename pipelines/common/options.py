@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Callable
 
-from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import taobao_mm_schema as release
 
 SHARD_INPUT_BYTES = 256 << 20  # of compressed samples + user features per output shard
@@ -53,11 +53,11 @@ class ConversionOptions:
         """
         if self.history_cap <= 0:
             raise ValueError(f"`history_cap` must be positive, got {self.history_cap}.")
-        unknown = set(self.min_count) - set(features.VOCABULARIES)
+        unknown = set(self.min_count) - set(TAOBAO_MM.vocabularies)
         if unknown:
             raise ValueError(
                 f"Unknown vocabularies {sorted(unknown)} in min-count; known: "
-                f"{list(features.VOCABULARIES)}."
+                f"{list(TAOBAO_MM.vocabularies)}."
             )
         from pipelines.common import vocab  # TensorFlow loads here, after parsing
 
@@ -73,7 +73,7 @@ class ConversionOptions:
         train_names = (*vocab.COUNTED_COLUMNS, release.SCL_EMBEDDINGS)
         return dataclasses.replace(
             self,
-            min_count={name: self.min_count.get(name, 1) for name in features.VOCABULARIES},
+            min_count={name: self.min_count.get(name, 1) for name in TAOBAO_MM.vocabularies},
             shards=shards,
             partitions=max(
                 1, math.ceil(_input_bytes(tables, train_names, size) / PARTITION_INPUT_BYTES)
@@ -104,7 +104,7 @@ def parse_min_count(values: list[str]) -> dict[str, int]:
         name, sep, number = value.rpartition("=")
         if not number.isdigit():
             raise argparse.ArgumentTypeError(f"--min-count {value!r}: expected N or name=N.")
-        for vocab_name in [name] if sep else features.VOCABULARIES:
+        for vocab_name in [name] if sep else TAOBAO_MM.vocabularies:
             counts[vocab_name] = int(number)
     return counts
 

@@ -7,6 +7,7 @@ columns through here (``muse_tf.contract.features`` holds the model's feature na
 from __future__ import annotations
 
 from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 
 MISSING = 0  # the release's "empty field": never a vocabulary ID
 EMBEDDING_DIM = 128  # int8 values per SCL vector
@@ -50,10 +51,10 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
 # Column -> the model feature its IDs become.
 COLUMN_FEATURE = {
     USER_ID: features.USER_ID,
-    **dict(zip(PROFILE_COLUMNS, features.USER_PROFILE)),
+    **dict(zip(PROFILE_COLUMNS, TAOBAO_MM.profile_features)),
     ITEM_ID: features.ITEM_ID,
     ITEM_CATEGORY: features.ITEM_CATEGORY,
-    **dict(zip(ATTRIBUTE_COLUMNS, features.ITEM_ATTRS)),
+    **dict(zip(ATTRIBUTE_COLUMNS, TAOBAO_MM.attribute_features)),
     HISTORY_ITEMS: features.HISTORY_ITEMS,
     HISTORY_CATEGORIES: features.HISTORY_CATEGORIES,
 }

@@ -12,13 +12,15 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from muse_tf.contract import records
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common.join import UserRecords
 
 
 def encode(users: UserRecords) -> Iterator[bytes]:
     """Serialized records of ``users``, in order (both conversion engines write these)."""
     return records.encode_user_records(
-        users.user, users.history, users.history_lengths, users.samples, users.sample_counts
+        users.user, users.history, users.history_lengths, users.samples, users.sample_counts,
+        TAOBAO_MM,
     )
 
 

@@ -28,7 +28,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from muse_tf.contract import features, vocabulary
+from muse_tf.contract import vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.contract.hashing import order_by_partition, partition_of
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
@@ -52,7 +53,7 @@ SPILL_BUFFER_PAIRS = 8_000_000
 
 def vocabulary_of(column: str) -> str:
     """The vocabulary a Taobao-MM column's IDs belong to, e.g. ``150_2_180`` -> ``item``."""
-    return features.VOCABULARY[release.COLUMN_FEATURE[column]]
+    return TAOBAO_MM.vocabulary[release.COLUMN_FEATURE[column]]
 
 
 def ids_to_count(table: str, batch: pa.RecordBatch) -> Iterator[tuple[str, np.ndarray]]:

@@ -35,7 +35,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 
-from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import parquet_input as pi
 from pipelines.common import summary
 from pipelines.common import taobao_mm_schema as release
@@ -89,12 +89,12 @@ def _build_vocabularies(
 
     tasks = [
         (work, name, p, options.min_count[name])
-        for name in features.VOCABULARIES
+        for name in TAOBAO_MM.vocabularies
         for p in range(options.partitions)
     ]
     results = _run(executor, "vocab", stages.reduce_vocab, tasks)
     vocabularies = {}
-    for name in features.VOCABULARIES:
+    for name in TAOBAO_MM.vocabularies:
         parts = [r for task, r in zip(tasks, results) if task[1] == name]
         stats = vocab.VocabStats()
         for part in parts:

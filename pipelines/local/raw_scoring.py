@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from muse_tf import cli
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.jobs import prediction as scoring
 from pipelines.common import taobao_mm_schema as release
 
@@ -29,7 +30,7 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
         pi.InputError: naming a missing or malformed table.
         RuntimeError: when the split's counts do not balance (a record was lost).
     """
-    from muse_tf.contract import dataset_dir, features  # TensorFlow loads here, after parsing
+    from muse_tf.contract import dataset_dir  # TensorFlow loads here, after parsing
     from pipelines.common import manifest as manifest_lib
     from pipelines.common import parquet_input as pi
     from pipelines.common.options import ConversionOptions
@@ -47,7 +48,7 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
     for path in (os.path.join(work, "scan"), os.path.join(work, "shards"),
                  os.path.join(output, split), os.path.join(output, dataset_dir.VOCAB_DIR)):
         os.makedirs(path, exist_ok=True)
-    for name in features.VOCABULARIES:
+    for name in TAOBAO_MM.vocabularies:
         shutil.copyfile(dataset_dir.vocab_path(data_dir, name), dataset_dir.vocab_path(output, name))
 
     scanned = [stages.scan_file(work, task, options)[0] for task in stages.scan_tasks(tables)]

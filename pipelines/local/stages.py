@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract import dataset_dir, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import item_tables, join, vocab
 from pipelines.common import parquet_input as pi
 from pipelines.common import taobao_mm_schema as release
@@ -124,7 +125,7 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     marker = os.path.join(work, "items.json")
     if os.path.exists(marker):
         return read_json(marker)
-    vocabs = dataset_dir.load_vocabularies(output)
+    vocabs = dataset_dir.load_vocabularies(output, TAOBAO_MM)
     rows = len(vocabs["item"]) + vocabulary.RESERVED
     attributes = allocated_memmap(os.path.join(work, "item_attributes.npy"), np.int32, (rows, 3))
     multimodal = allocated_memmap(
@@ -149,7 +150,7 @@ def load_lookups(output: str, work: str) -> join.TableLookups:
     """The finished vocabularies and item tables, memory-mapped, for the join (stage 4)."""
     vocabs = {
         name: np.load(dataset_dir.vocab_path(output, name), mmap_mode="r")
-        for name in features.VOCABULARIES
+        for name in TAOBAO_MM.vocabularies
     }
     return join.TableLookups(
         vocabs=vocabs,
