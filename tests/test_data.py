@@ -42,7 +42,7 @@ def _records(rng, first_user):
 
 
 def write_shard(path, records):
-    with ShardWriter(path) as writer:
+    with ShardWriter(path, TAOBAO_MM) as writer:
         writer.write(records)
 
 

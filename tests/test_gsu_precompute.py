@@ -123,7 +123,7 @@ def _write_shards(tmp_path, rng, shards=2):
                    for name in (features.ITEM_ID, features.ITEM_CATEGORY, *TAOBAO_MM.attribute_features)}
         samples[features.LABEL] = rng.integers(0, 2, counts.sum())
         path = str(tmp_path / f"part-{shard}.tfrecord.gz")
-        with ShardWriter(path) as writer:
+        with ShardWriter(path, TAOBAO_MM) as writer:
             writer.write(UserRecords(user, history, lengths, samples, counts))
         paths.append(path)
     return paths

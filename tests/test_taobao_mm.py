@@ -216,7 +216,7 @@ def test_demo_heads_do_not_join_and_every_sample_is_counted(tmp_path, capsys):
         shards = [str(tmp_path / "out" / shard["file"]) for shard in summary["shards"]]
         assert read_samples(shards, 8) == {}
     expected = _expected_vocabularies(tables, item_min_count=1)
-    for name, ids in dataset_dir.load_vocabularies(str(tmp_path / "out")).items():
+    for name, ids in dataset_dir.load_vocabularies(str(tmp_path / "out"), TAOBAO_MM).items():
         np.testing.assert_array_equal(ids, expected[name], err_msg=name)
         assert manifest["vocab_sizes"][name] == len(expected[name]) + 2
     table = dataset_dir.load_multimodal_table(str(tmp_path / "out"))

@@ -237,9 +237,10 @@ class _Parser:
         return value
 
     def text(self, key: str, value: Any) -> str:
-        # YAML reads unquoted numeric column names (205) as integers: they are column names.
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # YAML reads 205 as 205 but 150_2_180 as 1502180: a guess could be a wrong column.
+            raise self.fail(key, f"must be a string, got the number {value!r}: quote numeric "
+                                 "column names (\"205\").")
         if not isinstance(value, str) or not value:
             raise self.fail(key, f"must be a non-empty string, got {value!r}.")
         return value

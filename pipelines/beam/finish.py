@@ -11,11 +11,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from muse_tf.contract import dataset_dir, vocabulary
-from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.beam import files
 from pipelines.common import item_tables, join, manifest, summary, vocab
-from pipelines.common import taobao_mm_schema as release
 from pipelines.common.options import ConversionOptions
+from pipelines.common.raw_schema import SPLITS
 from pipelines.common.write_errors import naming
 
 
@@ -62,8 +61,9 @@ def finish(
     """Assembles the vocabularies and the multimodal table from their ranges and writes the
     manifest from the run's ``counters`` (it refuses counts that do not balance)."""
     input_dir, output = options.input_dir, options.output
+    schema = options.schema
     vocabularies = {}
-    for name in TAOBAO_MM.vocabularies:
+    for name in options.feature_spec.vocabularies:
         size = _concat_ranges(
             files.ranges(work, "vocab", name), dataset_dir.vocab_path(output, name), np.int64, (), 0
         )
@@ -79,8 +79,8 @@ def finish(
     _concat_ranges(
         files.ranges(work, "multimodal", "item"),
         f"{output}/{dataset_dir.MULTIMODAL_TABLE}",
-        np.int8,
-        (release.EMBEDDING_DIM,),
+        np.dtype(schema.vector_dtype),
+        (schema.embedding_dim,),
         vocabulary.RESERVED,
     )
     item_summary = {
@@ -100,12 +100,13 @@ def finish(
     }
     result = manifest.build(
         source=input_dir,
+        schema=schema,
         history_cap=options.history_cap,
         vocabularies=vocabularies,
         item_tables=item_summary,
         input_rows={t: counters.get(f"input_rows/{t}", 0) for t in tables},
         shards_by_split=shards,
-        totals_by_split={s: _split_totals(counters, s, shards[s]) for s in release.SPLITS},
+        totals_by_split={s: _split_totals(counters, s, shards[s]) for s in SPLITS},
     )
     summary.check_training_samples(input_dir, result, work)
     path = f"{output}/{dataset_dir.MANIFEST}"  # complete or absent, written through a temporary name

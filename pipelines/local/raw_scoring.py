@@ -16,9 +16,8 @@ import sys
 import tempfile
 
 from muse_tf import cli
-from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.jobs import prediction as scoring
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import SPLITS
 
 
 def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split: str) -> dict:
@@ -37,28 +36,32 @@ def convert_with_vocabularies(input_dir: str, data_dir: str, output: str, split:
     from pipelines.local import stages
 
     source = dataset_dir.load_manifest(data_dir)
-    names = (release.SAMPLES_TABLE[split], release.USER_TABLE[split], release.ITEM_FEATURES,
-             release.SCL_EMBEDDINGS)
-    tables = pi.discover_tables(input_dir, names=names)
     shards = len(source["splits"].get(split, {}).get("shards", ())) or 1
     options = ConversionOptions(
-        input_dir, output, history_cap=source["history_cap"], shards={split: shards}, partitions=1
+        input_dir, output, history_cap=source["history_cap"], shards={split: shards}, partitions=1,
+        feature_spec=dataset_dir.load_feature_spec(data_dir),
     )
+    schema = options.schema
+    names = (schema.samples_table[split], schema.user_table[split], schema.item_features,
+             schema.scl_embeddings)
+    tables = pi.discover_tables(input_dir, schema, names=tuple(dict.fromkeys(names)))
     work = os.path.join(output, "_work")
     for path in (os.path.join(work, "scan"), os.path.join(work, "shards"),
                  os.path.join(output, split), os.path.join(output, dataset_dir.VOCAB_DIR)):
         os.makedirs(path, exist_ok=True)
-    for name in TAOBAO_MM.vocabularies:
+    for name in options.feature_spec.vocabularies:
         shutil.copyfile(dataset_dir.vocab_path(data_dir, name), dataset_dir.vocab_path(output, name))
 
-    scanned = [stages.scan_file(work, task, options)[0] for task in stages.scan_tasks(tables)]
-    item_summary = stages.build_item_tables(output, work, tables)
+    scanned = [stages.scan_file(work, task, options)[0]
+               for task in stages.scan_tasks(tables, schema)]
+    item_summary = stages.build_item_tables(output, work, tables, schema)
     results = [stages.convert_shard(output, work, split, k, options)[0] for k in range(shards)]
     input_rows = dict.fromkeys(tables, 0)
     for result in scanned:
         input_rows[result["table"]] += result["rows"]
     manifest = manifest_lib.build(
         source=os.path.abspath(input_dir),
+        schema=schema,
         history_cap=options.history_cap,
         vocabularies={name: {"size": size} for name, size in source["vocab_sizes"].items()},
         item_tables=item_summary,
@@ -87,8 +90,8 @@ def predict_parquet(
         ``muse_tf.predict.predict``'s result plus ``samples_in`` and ``rejected`` (by reason);
         ``samples_in == rows + sum(rejected)``.
     """
-    if split not in release.SPLITS:
-        raise cli.UsageError(f"--split {split!r}: the release's splits are {list(release.SPLITS)}.")
+    if split not in SPLITS:
+        raise cli.UsageError(f"--split {split!r}: the release's splits are {list(SPLITS)}.")
     scoring.output_format(output)
     if scoring_options.get("model_dir"):  # before converting: the conversion is not --data
         scoring.check_run(scoring_options["model_dir"], data_dir)
