@@ -11,6 +11,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from muse_tf.contract import dataset_dir, vocabulary
+from muse_tf.contract.feature_spec import FeatureSpec
 from pipelines.beam import files
 from pipelines.common import item_tables, join, manifest, summary, vocab
 from pipelines.common.options import ConversionOptions
@@ -39,7 +40,9 @@ def _concat_ranges(
     return rows
 
 
-def _split_totals(counters: dict[str, int], split: str, shards: list[dict]) -> dict:
+def _split_totals(
+    counters: dict[str, int], split: str, shards: list[dict], spec: FeatureSpec
+) -> dict:
     def get(name: str) -> int:
         return counters.get(f"{split}/{name}", 0)
 
@@ -49,7 +52,7 @@ def _split_totals(counters: dict[str, int], split: str, shards: list[dict]) -> d
         "users_written": get("users_written"),
         "rejected": {r: get(f"rejected/{r}") for r in join.REJECT_REASONS},
         "adjusted": {a: get(f"adjusted/{a}") for a in join.ADJUSTMENTS},
-        "oov": {f: get(f"oov/{f}") for f in join.OOV_FEATURES},
+        "oov": {f: get(f"oov/{f}") for f in join.oov_features(spec)},
         "user_rows": {u: get(f"user_rows/{u}") for u in join.USER_ROW_COUNTS},
         "bytes": sum(s["bytes"] for s in shards),
     }
@@ -106,7 +109,9 @@ def finish(
         item_tables=item_summary,
         input_rows={t: counters.get(f"input_rows/{t}", 0) for t in tables},
         shards_by_split=shards,
-        totals_by_split={s: _split_totals(counters, s, shards[s]) for s in SPLITS},
+        totals_by_split={
+            s: _split_totals(counters, s, shards[s], options.feature_spec) for s in SPLITS
+        },
     )
     summary.check_training_samples(input_dir, result, work)
     path = f"{output}/{dataset_dir.MANIFEST}"  # complete or absent, written through a temporary name
