@@ -41,9 +41,9 @@ class UserRecord:
     """One user's record of a split, as vocabulary indices (``muse_tf.contract.records``)."""
 
     key: int  # the raw user ID
-    user: dict[str, int]  # user_id, user_profile_1..5
+    user: dict[str, int]  # user_id and the profile features (Taobao-MM: user_profile_1..5)
     history: dict[str, np.ndarray]  # history_items, history_categories, oldest first
-    candidates: dict[str, np.ndarray]  # the samples' item_id, item_category, item_attr_213/214
+    candidates: dict[str, np.ndarray]  # the samples' item_id, item_category and attributes
     labels: np.ndarray
     shard: str
 

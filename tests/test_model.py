@@ -210,6 +210,19 @@ def test_embedding_and_dense_groups_split_the_trainable_weights(variant):
     assert set(tables) | set(dense) == {v.ref() for v in model.trainable_variables}
 
 
+def test_the_default_spec_builds_the_embedding_tables_of_the_model_before_specs():
+    # The tables as the model before feature specs created them: one per Taobao-MM vocabulary,
+    # profile features 3-5 at D // 2 (so its checkpoints load; the conversion check is in
+    # tests/test_feature_spec.py).
+    model, _ = make_model()
+    model(make_batch(np.random.default_rng(3)))
+    old = ("user", "profile_1", "profile_2", "profile_3", "profile_4", "profile_5", "item",
+           "category", "attr_213", "attr_214")
+    shapes = {v.name.split("/")[-2]: tuple(v.shape) for v in model.embedding_trainable_variables}
+    assert shapes == {f"{name}_embedding": (VOCAB, 4 if name[-1] in "345" and "profile" in name
+                                            else 8) for name in old}
+
+
 def _old_layout_checkpoint(path, model, under=None):
     """A checkpoint with the variable paths the layout before the named branches wrote: the table
     and its inverse norms as weights of the model itself, the ID tables in a dict attribute."""
