@@ -61,6 +61,7 @@ def test_a_spec_reads_back_from_its_file_as_written(tmp_path, suffix):
     (lambda s: s.update(colour="red"), "`colour` is not a spec key"),
     (lambda s: s.update(version=2), "`version` must be 1"),
     (lambda s: s["tables"].update(users="users"), r"`tables.users` must hold \{split\}"),
+    (lambda s: s["tables"].update(users="{split}_samples"), "`tables.users` must name another"),
     (lambda s: s["multimodal"].update(dtype="float64"), "`multimodal.dtype` must be one of"),
     (lambda s: s["multimodal"].update(dim=6, dtype="int8"), "`multimodal.dim` must be a multiple"),
     (lambda s: s.update(history_items=1502180), "`history_items` must be a string, got the number"),

@@ -291,6 +291,8 @@ class _Parser:
             if SPLIT not in self.text(f"tables.{name}", tables[name]):
                 raise self.fail(f"tables.{name}", f"must hold {SPLIT} (one table per split), "
                                                   f"got {tables[name]!r}.")
+        if tables["users"] == tables["samples"]:
+            raise self.fail("tables.users", "must name another table than `tables.samples`.")
         multimodal = self.mapping("multimodal", values["multimodal"], ("column", "dim", "dtype"))
         dtype = multimodal["dtype"]
         if dtype not in VECTOR_DTYPES:

@@ -167,37 +167,43 @@ def ids(data: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
     return pc.fill_null(array.cast(pa.int64()), MISSING).to_numpy(zero_copy_only=False)
 
 
-def id_lists(
-    data: pa.RecordBatch | pa.Table, column: str, fill: int = MISSING
-) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (flat int64 values, null element -> ``fill``; row lengths, null -> 0)."""
+def _list_array(data: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
     array = data.column(column)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
-    values = pc.fill_null(pc.list_flatten(array).cast(pa.int64()), fill)
-    return values.to_numpy(zero_copy_only=False), lengths.astype(np.int64)
+    return array
+
+
+def _lengths(array: pa.Array) -> np.ndarray:
+    lengths = pc.fill_null(pc.list_value_length(array), 0)
+    return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def list_lengths(data: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
     """A list column's row lengths (null -> 0), whatever its values' type."""
-    array = data.column(column)
-    return pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return _lengths(_list_array(data, column))
+
+
+def id_lists(
+    data: pa.RecordBatch | pa.Table, column: str, fill: int = MISSING
+) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (flat int64 values, null element -> ``fill``; row lengths, null -> 0)."""
+    array = _list_array(data, column)
+    values = pc.fill_null(pc.list_flatten(array).cast(pa.int64()), fill)
+    return values.to_numpy(zero_copy_only=False), _lengths(array)
 
 
 def vector_lists(
     data: pa.RecordBatch | pa.Table, column: str, dtype: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A vector column as (flat values of ``dtype``, null element -> 0; row lengths, null -> 0)."""
+    """A vector column as (flat values of ``dtype``: int8, float16 or float32, null element -> 0;
+    row lengths, null -> 0)."""
     if dtype == "int8":
         values, lengths = id_lists(data, column, fill=0)
         return values.astype(np.int8), lengths
-    array = data.column(column)
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    array = _list_array(data, column)
     values = pc.fill_null(pc.list_flatten(array).cast(pa.float32()), 0.0)
-    return values.to_numpy(zero_copy_only=False).astype(dtype), lengths.astype(np.int64)
+    return values.to_numpy(zero_copy_only=False).astype(dtype), _lengths(array)
 
 
 def row_offsets(lengths: np.ndarray) -> np.ndarray:
