@@ -326,7 +326,7 @@ class _Parser:
 
 
 def _preset(name: str) -> FeatureSpec:
-    path = resources.files("muse_tf.contract").joinpath("specs", f"{name}.yaml")
+    path = resources.files("muse_tf.contract") / "specs" / f"{name}.yaml"
     return FeatureSpec.from_dict(yaml.safe_load(path.read_text()), source=f"the {name} preset")
 
 
