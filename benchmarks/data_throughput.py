@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from benchmarks import common, fixtures
 from muse_tf.contract import dataset_dir, records
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import reader, synthetic_dataset
 from muse_tf.data.synthetic import SyntheticConfig
 from pipelines.common import synthetic_parquet
@@ -61,7 +62,7 @@ def read_rows(data_dir: str, history: int, batch: int, repeats: int) -> list[dic
                                        num_parallel_reads=min(len(files), 16)).batch(records_per_block)
 
     def parsed() -> tf.data.Dataset:
-        return bare().map(lambda r: tf.io.parse_example(r, records.parse_spec()),
+        return bare().map(lambda r: tf.io.parse_example(r, records.parse_spec(TAOBAO_MM)),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def model_input(precompute: bool) -> tf.data.Dataset:

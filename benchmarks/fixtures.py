@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from muse_tf.contract import features, signatures, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import synthetic_dataset
 from muse_tf.jobs import runs, saved_model, seeding
 from muse_tf.models import MuseModel
@@ -129,7 +130,7 @@ def rank_request(length: int, candidates: int, seed: int = 0) -> dict[str, np.nd
     rng = np.random.default_rng(seed + 1000 * length + candidates)
 
     def pick(name: str, count: int) -> np.ndarray:
-        return rng.choice(vocab[features.VOCABULARY[name]], count).astype(np.int64)
+        return rng.choice(vocab[TAOBAO_MM.vocabulary[name]], count).astype(np.int64)
 
     request = {name: np.int64(pick(name, 1)[0]) for name in signatures.USER_FEATURES}
     for name in features.SEQUENCE_FEATURES:
@@ -163,13 +164,13 @@ def training_batch(
     short = rng.random(users) < 0.05
     history[short, : length // 2] = features.PAD
     owner = np.repeat(np.arange(users), samples_per_user)[:batch]
-    x = {name: rng.integers(2, vocab_sizes[features.VOCABULARY[name]], batch) for name in
-         features.SCALAR_FEATURES}
+    x = {name: rng.integers(2, vocab_sizes[TAOBAO_MM.vocabulary[name]], batch) for name in
+         TAOBAO_MM.scalar_features}
     x[features.ITEM_ID] = rng.choice(np.arange(2, items), batch, p=popularity)
     x[features.HISTORY_ITEMS] = history[owner]
     categories = (history[owner] % (vocab_sizes["category"] - 2)) + 2
     x[features.HISTORY_CATEGORIES] = np.where(history[owner] > 0, categories, features.PAD)
-    for name in (features.USER_ID, *features.USER_PROFILE):
+    for name in (features.USER_ID, *TAOBAO_MM.profile_features):
         x[name] = x[name][owner]
     labels = (rng.random(batch) < 0.137).astype(np.float32)
     return {k: tf.constant(v, tf.int64) for k, v in x.items()}, tf.constant(labels)

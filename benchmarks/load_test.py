@@ -36,6 +36,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from benchmarks import common, fixtures
 from muse_tf.contract import features, limits, signatures
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from serving.client import GrpcClient, PredictionError, RestClient
 from serving.launch import http_statuses, local_server, raw_http, trickle_http
 
@@ -52,7 +53,7 @@ def malformed_requests(good: dict[str, np.ndarray]) -> list[tuple[str, dict]]:
     """Requests the server must refuse, each with why."""
     too_long = np.resize(good[features.HISTORY_ITEMS], 100_001)
     return [
-        ("missing input", {k: v for k, v in good.items() if k != features.ITEM_ATTRS[1]}),
+        ("missing input", {k: v for k, v in good.items() if k != TAOBAO_MM.attribute_features[1]}),
         ("float IDs", {**good, features.ITEM_ID: good[features.ITEM_ID].astype(np.float32)}),
         ("mismatched candidates", {**good, features.ITEM_CATEGORY: good[features.ITEM_CATEGORY][:2]}),
         ("mismatched history", {**good, features.HISTORY_CATEGORIES:

@@ -32,6 +32,7 @@ import tf_keras
 
 from benchmarks import common, fixtures
 from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import reader
 from muse_tf.layers import search
 from muse_tf.models import tracing
@@ -210,7 +211,7 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
     x, y = fixtures.training_batch(sizes, batch, length)
     model = compiled_model("muse", sizes, table, False)
     model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=1, verbose=0)
-    xi = {name: tf.cast(x[name], tf.int32) for name in features.MODEL_FEATURES}
+    xi = {name: tf.cast(x[name], tf.int32) for name in TAOBAO_MM.model_features}
     items = xi[features.HISTORY_ITEMS]
     mask = tf.not_equal(items, features.PAD)
     vectors = model.multimodal_vectors

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from muse_tf import cli
-from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec
 
 ATTENTION_CHOICES = ("ta", "sata")
 EMBEDDING_OPTIMIZERS = ("sparse_adam", "adam")
@@ -85,7 +85,7 @@ def _refuse_non_finite(config: Any, prefix: str) -> None:
 
 
 def _default_vocab_sizes() -> dict[str, int]:
-    return {name: 1000 for name in features.VOCABULARIES}
+    return {name: 1000 for name in TAOBAO_MM.vocabularies}
 
 
 @dataclasses.dataclass
@@ -98,9 +98,14 @@ class ModelConfig:
             recent SimTier) or an ablation (``ta``, ``simtier``, ``ta_simtier``, ``sata``).
         gsu: overrides the variant's search unit (``mm``, ``id``, ``id_category``, ``category``,
             ``mm_id``; the paper's Table 1/2 studies); None keeps it.
-        vocab_sizes: rows of each embedding table, by vocabulary name (``features.VOCABULARIES``),
+        feature_spec: the profile and attribute features the model embeds and their widths
+            (``muse_tf.contract.feature_spec``); None = the Taobao-MM preset. The training CLI
+            sets it from the converted data (with ``multimodal_dim`` and, for float vectors,
+            ``multimodal_dtype``).
+        vocab_sizes: rows of each embedding table, by vocabulary name (``FeatureSpec.vocabularies``),
             including the PAD and OOV rows; the training CLI sets them from the converted data.
-        embedding_dim: D; profile features 3-5 use D // 2 as in the official code.
+        embedding_dim: D, the width of every ID embedding the feature spec does not size otherwise
+            (Taobao-MM's profile features 3-5 use D // 2 as in the official code).
         multimodal_dim: width of the frozen multimodal (SCL) vectors.
         multimodal_dtype: ``int8`` (stored quantised, e.g. Taobao-MM's trunc(127 v)) or ``float32``.
             Only cosines of the vectors are used, so an int8 scale does not matter.
@@ -116,6 +121,7 @@ class ModelConfig:
 
     variant: str = "muse"
     gsu: str | None = None
+    feature_spec: FeatureSpec | None = None
     vocab_sizes: dict[str, int] = dataclasses.field(default_factory=_default_vocab_sizes)
     embedding_dim: int = 16
     multimodal_dim: int = 128
@@ -139,7 +145,7 @@ class ModelConfig:
 
             if self.gsu not in SEARCH_UNITS:
                 raise ConfigError(f"Unknown `gsu` {self.gsu!r}; choose one of {list(SEARCH_UNITS)}.")
-        missing = set(features.VOCABULARIES) - set(self.vocab_sizes)
+        missing = set(self.features.vocabularies) - set(self.vocab_sizes)
         if missing:
             raise ConfigError(f"`vocab_sizes` lacks {sorted(missing)}.")
         for name, size in self.vocab_sizes.items():
@@ -152,11 +158,24 @@ class ModelConfig:
             raise ConfigError(f"`multimodal_dtype` must be int8 or float32, got {self.multimodal_dtype!r}.")
         if self.multimodal_dtype == "int8" and self.multimodal_dim % 4:
             raise ConfigError(f"int8 `multimodal_dim` must be a multiple of 4, got {self.multimodal_dim}.")
+        if self.feature_spec is not None:
+            vectors = self.feature_spec.multimodal
+            if self.multimodal_dim != vectors.dim:
+                raise ConfigError(f"`multimodal_dim` ({self.multimodal_dim}) differs from the feature "
+                                  f"spec's `multimodal.dim` ({vectors.dim}).")
+            if vectors.model_dtype == "float32" and self.multimodal_dtype != "float32":
+                raise ConfigError(f"`multimodal_dtype` must be float32 for the feature spec's "
+                                  f"{vectors.dtype} vectors, got {self.multimodal_dtype!r}.")
         if (2 * self.embedding_dim) % self.attention_heads:
             raise ConfigError(
                 f"`attention_heads` ({self.attention_heads}) must divide 2 * embedding_dim "
                 f"({2 * self.embedding_dim})."
             )
+
+    @property
+    def features(self) -> FeatureSpec:
+        """The feature spec (``feature_spec``, else the Taobao-MM preset)."""
+        return self.feature_spec or TAOBAO_MM
 
     @property
     def spec(self) -> Variant:
@@ -167,8 +186,14 @@ class ModelConfig:
         return dataclasses.replace(base, gsu=self.gsu)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (YAML- and JSON-serialisable); ``from_dict`` inverts it."""
-        return dataclasses.asdict(self)
+        """Plain values (YAML- and JSON-serialisable); ``from_dict`` inverts it. A config without
+        a feature spec has no ``feature_spec`` key, as before specs existed (its digest is the same)."""
+        values = dataclasses.asdict(self)
+        if self.feature_spec is None:
+            del values["feature_spec"]
+        else:
+            values["feature_spec"] = self.feature_spec.to_dict()
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
@@ -303,7 +328,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"model": {...}, "train": {...}}``, as written to a run's ``config.yaml``."""
-        return dataclasses.asdict(self)
+        return {"model": self.model.to_dict(), "train": dataclasses.asdict(self.train)}
 
 
 T = typing.TypeVar("T")
@@ -332,13 +357,17 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
         ConfigError: naming ``key``, the expected type and the value.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is FeatureSpec:
+        if isinstance(value, FeatureSpec):
+            return value
+        return FeatureSpec.from_dict(value, source=f"`{key}`")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [arg for arg in args if arg is not type(None)]
         try:
             return _typed(key, value, inner)
-        except ValueError:
+        except ConfigError:
             raise ConfigError(f"`{key}` must be {_describe(hint)}, got {value!r}.") from None
     if hint is float and isinstance(value, str):
         try:

@@ -40,7 +40,6 @@ HISTORY_LENGTH = "muse-history-length"
 USER_KNOWN = "muse-user-known"
 HISTORY_VERSION = "muse-history-version"
 
-_REQUIRED = (features.USER_ID, *signatures.CANDIDATE_FEATURES)
 # The most users one prefetch may read: all of them are in memory at once before the cache's
 # byte budget applies (1,000 x 1.6 MB at L = 100,000).
 MAX_PREFETCH_USERS = 1_000
@@ -90,6 +89,13 @@ class UserServable:
         self.signature_defs.signature_def[signatures.RANK_BY_USER].CopyFrom(
             rank_by_user_signature(inner.signature_defs.signature_def[signatures.RANK])
         )
+        # rank's user inputs are scalars, its candidates and history (C,) and (L,): the export's
+        # feature spec decides which profile and candidate features there are.
+        rank = inner.input_specs(signatures.RANK)
+        self.profile_names = [n for n, s in rank.items() if s.shape.rank == 0 and n != features.USER_ID]
+        self.required_names = {features.USER_ID} | {
+            n for n, s in rank.items() if s.shape.rank == 1 and n not in features.SEQUENCE_FEATURES
+        }
 
     # The front-end interface of Servable.
 
@@ -121,7 +127,7 @@ class UserServable:
         """As the inner servable's; for ``rank_by_user`` the profile inputs may be left out."""
         if signature_name != signatures.RANK_BY_USER:
             return self.inner.check_input_names(signature_name, names)
-        check_names(names, set(self.input_specs(signature_name)), set(_REQUIRED))
+        check_names(names, set(self.input_specs(signature_name)), self.required_names)
 
     def predict(self, inputs: Mapping[str, np.ndarray], signature_name: str = "") -> dict:
         return self.predict_annotated(inputs, signature_name)[0]
@@ -151,7 +157,7 @@ class UserServable:
         user = int(inputs[features.USER_ID])
         record = self._call(self.cache.get, user, user=user)
         stored = (record.profile if record is not None else None) or {}
-        missing = [n for n in features.USER_PROFILE if n not in inputs and n not in stored]
+        missing = [n for n in self.profile_names if n not in inputs and n not in stored]
         if missing:
             known = "has no stored profile" if not stored else f"has no stored {', '.join(missing)}"
             raise NotFound(
@@ -160,7 +166,7 @@ class UserServable:
                 + f"; send {', '.join(missing)} with the request."
             )
         ranked = dict(inputs)
-        for name in features.USER_PROFILE:
+        for name in self.profile_names:
             if name not in ranked:
                 ranked[name] = np.asarray(stored[name], np.int64)
         if record is None:

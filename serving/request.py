@@ -28,6 +28,7 @@ import numpy as np
 
 from muse_tf import cli
 from muse_tf.contract import features, signatures, strict_json
+from muse_tf.contract.feature_spec import FeatureSpec
 
 DEFAULT_RANDOM_CANDIDATES = 20
 # Random candidates come from the split's items; reading stops once the user is found and this many
@@ -40,9 +41,9 @@ class UserRecord:
     """One user's record of a split, as vocabulary indices (``muse_tf.contract.records``)."""
 
     key: int  # the raw user ID
-    user: dict[str, int]  # user_id, user_profile_1..5
+    user: dict[str, int]  # user_id and the profile features (Taobao-MM: user_profile_1..5)
     history: dict[str, np.ndarray]  # history_items, history_categories, oldest first
-    candidates: dict[str, np.ndarray]  # the samples' item_id, item_category, item_attr_213/214
+    candidates: dict[str, np.ndarray]  # the samples' item_id, item_category and attributes
     labels: np.ndarray
     shard: str
 
@@ -77,7 +78,9 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
-def _records(files: Sequence[str], first: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+def _records(
+    files: Sequence[str], first: int, spec: FeatureSpec
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """(shard, {feature: values}) of every record, starting with shard ``first``.
 
     Raises:
@@ -94,7 +97,7 @@ def _records(files: Sequence[str], first: int) -> Iterator[tuple[str, dict[str, 
                 feature = tf.train.Example.FromString(serialized).features.feature
                 yield path, {
                     name: np.array(feature[name].int64_list.value, np.int64)
-                    for name in records.RECORD_FEATURES
+                    for name in records.record_features(spec)
                 }
 
 
@@ -112,18 +115,19 @@ def read_user(
     from muse_tf.contract import dataset_dir, hashing
 
     files = dataset_dir.split_files(data_dir, split)
+    spec = dataset_dir.load_feature_spec(data_dir)
     first = 0 if user is None else int(hashing.partition_of(np.array([user]), len(files))[0])
     found, pool = None, {}
-    for path, record in _records(files, first):
-        items = np.stack([record[name] for name in signatures.CANDIDATE_FEATURES], axis=1)
+    for path, record in _records(files, first, spec):
+        items = np.stack([record[name] for name in spec.candidate_features], axis=1)
         pool.update({int(row[0]): row for row in items if row[0] > features.OOV})
         key = int(record[features.USER_KEY][0])
         if found is None and len(record[features.LABEL]) and user in (None, key):
             found = UserRecord(
                 key=key,
-                user={name: int(record[name][0]) for name in signatures.USER_FEATURES},
+                user={name: int(record[name][0]) for name in spec.user_features},
                 history={name: record[name] for name in features.SEQUENCE_FEATURES},
-                candidates={name: record[name] for name in signatures.CANDIDATE_FEATURES},
+                candidates={name: record[name] for name in spec.candidate_features},
                 labels=record[features.LABEL],
                 shard=path,
             )
@@ -134,9 +138,9 @@ def read_user(
         raise cli.UsageError(f"the {split!r} split of {data_dir} has no sample of {who}; "
                              "pick a user with --user, or another --split.")
     rows = np.array([pool[item] for item in sorted(pool)], np.int64).reshape(
-        -1, len(signatures.CANDIDATE_FEATURES)
+        -1, len(spec.candidate_features)
     )
-    return found, {name: rows[:, i] for i, name in enumerate(signatures.CANDIDATE_FEATURES)}
+    return found, {name: rows[:, i] for i, name in enumerate(spec.candidate_features)}
 
 
 def random_candidates(
@@ -149,22 +153,23 @@ def random_candidates(
 
 
 def rank_inputs(
-    record: UserRecord, candidates: dict[str, np.ndarray], vocabularies: dict[str, np.ndarray]
+    record: UserRecord, candidates: dict[str, np.ndarray], vocabularies: dict[str, np.ndarray],
+    spec: FeatureSpec,
 ) -> dict[str, int | list[int]]:
     """The ``rank`` signature's inputs as raw IDs: the user's scalars and history, then the
     user's own candidates followed by ``candidates``."""
     from muse_tf.contract import vocabulary
 
     def raw(name: str, indices: np.ndarray) -> np.ndarray:
-        ids = vocabularies[features.VOCABULARY[name]]
+        ids = vocabularies[spec.vocabulary[name]]
         return vocabulary.raw_ids(ids, indices, vocabulary.unknown_id(ids))
 
     inputs: dict[str, int | list[int]] = {features.USER_ID: record.key}
-    for name in features.USER_PROFILE:
+    for name in spec.profile_features:
         inputs[name] = int(raw(name, np.array(record.user[name])))
     for name, indices in record.history.items():
         inputs[name] = raw(name, indices).tolist()
-    for name in signatures.CANDIDATE_FEATURES:
+    for name in spec.candidate_features:
         indices = np.concatenate([record.candidates[name], candidates[name]])
         inputs[name] = raw(name, indices).tolist()
     return inputs
@@ -179,7 +184,7 @@ def serving_default_inputs(rank: dict[str, int | list[int]]) -> dict[str, list]:
     for name, value in rank.items():
         if name in features.SEQUENCE_FEATURES:
             inputs[name] = [list(value) or [0]] * rows  # width >= 1 (serving/README.md)
-        elif name in signatures.USER_FEATURES:
+        elif isinstance(value, int):  # a user scalar
             inputs[name] = [value] * rows
         else:
             inputs[name] = value
@@ -200,15 +205,16 @@ def build_request(args: argparse.Namespace) -> tuple[dict, str]:
         record, pool = read_user(args.data, args.split, args.user,
                                  POOL_FACTOR * args.random_candidates)
         vocabularies = dataset_dir.load_vocabularies(args.data)
+        spec = dataset_dir.load_feature_spec(args.data)
     except (FileNotFoundError, ValueError) as error:
         raise cli.UsageError(f"--data {args.data}: {error}") from None
     extra = random_candidates(pool, record.candidates[features.ITEM_ID], args.random_candidates,
                               args.seed)
-    inputs = rank_inputs(record, extra, vocabularies)
+    inputs = rank_inputs(record, extra, vocabularies, spec)
     if args.signature == signatures.SERVING_DEFAULT:
         inputs = serving_default_inputs(inputs)
     elif args.signature == signatures.RANK_BY_USER:
-        inputs = {name: inputs[name] for name in (features.USER_ID, *signatures.CANDIDATE_FEATURES)}
+        inputs = {name: inputs[name] for name in (features.USER_ID, *spec.candidate_features)}
     own, added = len(record.labels), len(extra[features.ITEM_ID])
     unknown = int(np.count_nonzero(record.history[features.HISTORY_ITEMS] <= features.OOV))
     summary = (

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import reader
 
 DEMO_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_mm_demo"
@@ -127,7 +128,7 @@ def _reference_sample(user, item, click, items, vocabs, history_length):
         features.USER_ID: _index(vocabs["user"], user["129_1"]),
         **{
             name: _index(vocabs[f"profile_{i}"], user[f"130_{i}"])
-            for i, name in enumerate(features.USER_PROFILE, start=1)
+            for i, name in enumerate(TAOBAO_MM.profile_features, start=1)
         },
         features.HISTORY_ITEMS: tuple(padding + [_index(vocabs["item"], i) for i, _ in pairs]),
         features.HISTORY_CATEGORIES: tuple(
@@ -135,8 +136,8 @@ def _reference_sample(user, item, click, items, vocabs, history_length):
         ),
         features.ITEM_ID: item_index,
         features.ITEM_CATEGORY: attributes[0],
-        features.ITEM_ATTRS[0]: attributes[1],
-        features.ITEM_ATTRS[1]: attributes[2],
+        TAOBAO_MM.attribute_features[0]: attributes[1],
+        TAOBAO_MM.attribute_features[1]: attributes[2],
         "label": float(click),
     }
     return tuple(values[name] for name in sorted(values))

@@ -10,6 +10,7 @@ import numpy as np
 
 from muse_tf.config import ExperimentConfig, ModelConfig
 from muse_tf.contract import dataset_dir, features, signatures, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.jobs import runs, seeding
 from muse_tf.models import MuseModel
 
@@ -94,8 +95,8 @@ def _parts(case_or_vocabularies):
 
 
 def _pick(rng, vocabularies, name, count, unknown=0):
-    ids = rng.choice(vocabularies[features.VOCABULARY[name]], count)
-    ids[:unknown] = unknown_ids(rng, vocabularies[features.VOCABULARY[name]], unknown)
+    ids = rng.choice(vocabularies[TAOBAO_MM.vocabulary[name]], count)
+    ids[:unknown] = unknown_ids(rng, vocabularies[TAOBAO_MM.vocabulary[name]], unknown)
     return ids
 
 
@@ -115,7 +116,7 @@ def rows_request(rng, case_or_vocabularies, lengths, width):
     vocabularies, _ = _parts(case_or_vocabularies)
     rows = len(lengths)
     request = {
-        name: _pick(rng, vocabularies, name, rows, unknown=1) for name in features.SCALAR_FEATURES
+        name: _pick(rng, vocabularies, name, rows, unknown=1) for name in TAOBAO_MM.scalar_features
     }
     items, categories = raw_history(rng, case_or_vocabularies, rows * width)
     request[features.HISTORY_ITEMS] = items.reshape(rows, width)
@@ -134,11 +135,11 @@ def _left_pad(rows, lengths):
 
 
 def _index(vocabularies, name, raw):
-    return vocabulary.lookup(vocabularies[features.VOCABULARY[name]], raw)
+    return vocabulary.lookup(vocabularies[TAOBAO_MM.vocabulary[name]], raw)
 
 
 def lookup_rows(vocabularies, request):
-    indices = {name: _index(vocabularies, name, request[name]) for name in features.SCALAR_FEATURES}
+    indices = {name: _index(vocabularies, name, request[name]) for name in TAOBAO_MM.scalar_features}
     for name in features.SEQUENCE_FEATURES:
         rows = _index(
             vocabularies,

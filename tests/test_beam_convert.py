@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data.synthetic import SyntheticConfig
 from pipelines import beam_convert
 from pipelines.common import output_dir, synthetic_parquet
@@ -84,7 +85,7 @@ def _convert_both(input_dir, tmp_path, history_cap, item_min_count):
 def _assert_same_tables(tmp_path, local, beam):
     """Same manifest (but for the shard layout), vocabularies and multimodal table."""
     assert _without_layout(beam) == _without_layout(local)
-    for name in features.VOCABULARIES:
+    for name in TAOBAO_MM.vocabularies:
         np.testing.assert_array_equal(
             dataset_dir.load_vocabulary(str(tmp_path / "beam"), name),
             dataset_dir.load_vocabulary(str(tmp_path / "local"), name),

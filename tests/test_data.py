@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import reader
 from pipelines.common.join import UserRecords
 from pipelines.common.tfrecord_writer import ShardWriter
@@ -25,7 +26,7 @@ def _records(rng, first_user):
     history_lengths = rng.integers(0, 10, len(users))
     sample_counts = rng.integers(1, 5, len(users))
     user = {features.USER_KEY: users * 1000 + 7, features.USER_ID: users + 2}
-    for i, name in enumerate(features.USER_PROFILE):
+    for i, name in enumerate(TAOBAO_MM.profile_features):
         user[name] = rng.integers(1, 5, len(users)) + i
     h, s = history_lengths.sum(), sample_counts.sum()
     history = {name: rng.integers(1, 50, h) for name in features.SEQUENCE_FEATURES}
@@ -33,15 +34,15 @@ def _records(rng, first_user):
     samples = {
         features.ITEM_ID: np.arange(first_item, first_item + s),
         features.ITEM_CATEGORY: rng.integers(1, 9, s),
-        features.ITEM_ATTRS[0]: rng.integers(1, 9, s),
-        features.ITEM_ATTRS[1]: rng.integers(1, 9, s),
+        TAOBAO_MM.attribute_features[0]: rng.integers(1, 9, s),
+        TAOBAO_MM.attribute_features[1]: rng.integers(1, 9, s),
         features.LABEL: rng.integers(0, 2, s),
     }
     return UserRecords(user, history, history_lengths, samples, sample_counts)
 
 
 def write_shard(path, records):
-    with ShardWriter(path) as writer:
+    with ShardWriter(path, TAOBAO_MM) as writer:
         writer.write(records)
 
 
@@ -86,7 +87,7 @@ def _expected_all(records, history_length):
 def test_every_sample_is_read_with_its_users_recent_history_left_padded(shards, history_length):
     paths, records = shards
     read = read_samples(paths, history_length)
-    assert set(read) == {*features.MODEL_FEATURES, features.USER_KEY, "label"}
+    assert set(read) == {*TAOBAO_MM.model_features, features.USER_KEY, "label"}
     assert as_rows(read) == as_rows(_expected_all(records, history_length))
 
 

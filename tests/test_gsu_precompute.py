@@ -9,6 +9,7 @@ import tf_keras
 
 from muse_tf.config import ModelConfig
 from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import reader
 from muse_tf.jobs import seeding
 from muse_tf.layers import search
@@ -21,7 +22,7 @@ from tests import reference
 VOCAB = 80
 SCALE = 1.0 / 127.0
 NO_VECTOR = [0, 1, 7, 8, 9]  # PAD, OOV and three items without a multimodal vector
-USER_SIDE = (features.USER_ID, *features.USER_PROFILE, *features.SEQUENCE_FEATURES)
+USER_SIDE = (features.USER_ID, *TAOBAO_MM.profile_features, *features.SEQUENCE_FEATURES)
 
 
 def make_table(seed=0, dtype="int8"):
@@ -33,7 +34,7 @@ def make_table(seed=0, dtype="int8"):
 
 def make_model(table, variant="muse", top_k=6, seed=0):
     dtype = "int8" if table.dtype == np.int8 else "float32"
-    config = ModelConfig(variant=variant, vocab_sizes={n: VOCAB for n in features.VOCABULARIES},
+    config = ModelConfig(variant=variant, vocab_sizes={n: VOCAB for n in TAOBAO_MM.vocabularies},
                          embedding_dim=8, top_k=top_k, recent_length=5, mlp_units=[16, 8],
                          din_attention_units=[8], multimodal_dtype=dtype)
     seeding.set_seed(seed)
@@ -55,11 +56,11 @@ def make_batch(rng, batch, length, samples_per_user=1):
                                          history[:, : length // 3])
     history[0] = features.PAD
     owner = np.repeat(np.arange(users), samples_per_user)[:batch]
-    x = {name: rng.integers(1, VOCAB, batch) for name in features.SCALAR_FEATURES}
+    x = {name: rng.integers(1, VOCAB, batch) for name in TAOBAO_MM.scalar_features}
     x[features.ITEM_ID][:2] = [7, 1]  # a target without a vector, and OOV
     x[features.HISTORY_ITEMS] = history[owner]
     x[features.HISTORY_CATEGORIES] = np.where(history[owner] > 0, history[owner] % 5 + 1, 0)
-    for name in (features.USER_ID, *features.USER_PROFILE):
+    for name in (features.USER_ID, *TAOBAO_MM.profile_features):
         x[name] = x[name][owner]
     return {k: tf.constant(v, tf.int64) for k, v in x.items()}
 
@@ -114,15 +115,15 @@ def _write_shards(tmp_path, rng, shards=2):
         users = np.arange(10) + 10 * shard
         lengths, counts = rng.integers(0, 30, 10), rng.integers(1, 5, 10)
         user = {features.USER_KEY: users + 100, features.USER_ID: users + 2}
-        for i, name in enumerate(features.USER_PROFILE):
+        for i, name in enumerate(TAOBAO_MM.profile_features):
             user[name] = rng.integers(1, 5, 10) + i
         history = {features.HISTORY_ITEMS: rng.integers(1, 40, lengths.sum())}
         history[features.HISTORY_CATEGORIES] = history[features.HISTORY_ITEMS] % 5 + 1
         samples = {name: rng.integers(1, 20, counts.sum())
-                   for name in (features.ITEM_ID, features.ITEM_CATEGORY, *features.ITEM_ATTRS)}
+                   for name in (features.ITEM_ID, features.ITEM_CATEGORY, *TAOBAO_MM.attribute_features)}
         samples[features.LABEL] = rng.integers(0, 2, counts.sum())
         path = str(tmp_path / f"part-{shard}.tfrecord.gz")
-        with ShardWriter(path) as writer:
+        with ShardWriter(path, TAOBAO_MM) as writer:
             writer.write(UserRecords(user, history, lengths, samples, counts))
         paths.append(path)
     return paths

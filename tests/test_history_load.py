@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, features, records
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import synthetic
 from muse_tf.data.synthetic_dataset import write_dataset
 from serving.history import load
@@ -52,7 +53,7 @@ def test_loaded_histories_and_profiles_are_the_generators_raw_ids(backend, synth
                                                               vocabularies["category"])
         assert record.profile == {
             name: known_or_unknown(np.array([value]), vocabularies[f"profile_{i}"])[0]
-            for i, (name, value) in enumerate(zip(features.USER_PROFILE, profile), start=1)
+            for i, (name, value) in enumerate(zip(TAOBAO_MM.profile_features, profile), start=1)
         }
     assert counts["users_written"] == len(truth) == WORLD.users
     assert counts["behaviours_written"] == sum(min(len(h), cap) for _, h in truth.values())
@@ -68,7 +69,7 @@ def test_loaded_histories_and_profiles_are_the_generators_raw_ids(backend, synth
 # A hand-made dataset: vocabulary raw IDs (index = position + 2) and, per split, users as
 # (raw user ID, profile indices, history item indices, history category indices).
 HAND_VOCABULARIES = {name: np.array([-(2**63), -5, 7, 2**63 - 1], np.int64)
-                     for name in features.VOCABULARIES}
+                     for name in TAOBAO_MM.vocabularies}
 HAND_SPLITS = {
     "train": [(1, [2, 3, 4, 5, 1], [2, 3], [2, 3]),      # shorter than its test history
               (2, [5, 5, 5, 5, 5], [2, 3, 4, 5], [5, 4, 3, 2]),  # longer than its test history
@@ -92,7 +93,7 @@ def write_hand_dataset(path) -> str:
         user = {features.USER_KEY: np.array([u[0] for u in users]),
                 features.USER_ID: np.full(len(users), 2)}
         user.update({name: np.array([u[1][i] for u in users])
-                     for i, name in enumerate(features.USER_PROFILE)})
+                     for i, name in enumerate(TAOBAO_MM.profile_features)})
         history = {features.HISTORY_ITEMS: np.concatenate([u[2] for u in users]),
                    features.HISTORY_CATEGORIES: np.concatenate([u[3] for u in users])}
         samples = {name: np.full(len(users), 2) for name in records.SAMPLE_FEATURES}
@@ -127,7 +128,7 @@ def test_a_user_in_two_splits_keeps_the_longest_history_and_its_profile(tmp_path
         record = store.read(user, 100)
         assert record.items.tolist() == hand_raw(items)
         assert record.categories.tolist() == hand_raw(categories)
-        assert record.profile == dict(zip(features.USER_PROFILE, hand_raw(profile)))
+        assert record.profile == dict(zip(TAOBAO_MM.profile_features, hand_raw(profile)))
     assert store.read(4, 100) is None and store.read(5, 100) is None
     assert counts == {"users_written": 3, "behaviours_written": 5 + 4 + 2, "records_read": 8,
                       "records_written": 4, "records_not_longer": 2,

@@ -7,19 +7,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from muse_tf.contract import features, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines.common import join
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import MISSING, RawSchema
 
 HISTORY_CAP = 5
+release = RawSchema(TAOBAO_MM)
 KNOWN = np.arange(1, 16, dtype=np.int64)  # IDs 1..15 are in every vocabulary; 16..20 are OOV
 
 
 def _lookups():
     rows = len(KNOWN) + vocabulary.RESERVED
     return join.TableLookups(
-        vocabs={name: KNOWN for name in features.VOCABULARIES},
+        vocabs={name: KNOWN for name in TAOBAO_MM.vocabularies},
         item_attributes=np.zeros((rows, 3), np.int32),
-        multimodal=np.zeros((rows, release.EMBEDDING_DIM), np.int8),
+        multimodal=np.zeros((rows, release.embedding_dim), np.int8),
+        spec=TAOBAO_MM,
     )
 
 
@@ -56,7 +59,7 @@ def _reference(rows):
         if len(items) != len(categories):
             malformed += len(samples)
         elif samples:
-            pairs = [(i, c) for i, c in zip(items, categories) if i != release.MISSING]
+            pairs = [(i, c) for i, c in zip(items, categories) if i != MISSING]
             pairs = pairs[-HISTORY_CAP:]
             records[user] = (
                 [_index(i) for i, _ in pairs],
@@ -69,10 +72,10 @@ def _reference(rows):
 def _table(rows):
     lists = pa.list_(pa.int64())
     return pa.table({
-        release.USER_ID: pa.array([r[0] for r in rows], pa.int64()),
-        **{c: pa.array([r[0] for r in rows], pa.int64()) for c in release.PROFILE_COLUMNS},
-        release.HISTORY_ITEMS: pa.array([r[1] for r in rows], lists),
-        release.HISTORY_CATEGORIES: pa.array([r[2] for r in rows], lists),
+        release.user_id: pa.array([r[0] for r in rows], pa.int64()),
+        **{c: pa.array([r[0] for r in rows], pa.int64()) for c in release.profile_columns},
+        release.history_items: pa.array([r[1] for r in rows], lists),
+        release.history_categories: pa.array([r[2] for r in rows], lists),
     })
 
 
@@ -98,11 +101,11 @@ def test_a_length_mismatch_rejects_its_row_and_changes_no_other_user(case):
     rows, cuts = case
     samples = [(user, item) for user, _, _, items in rows for item in items]
     table = pa.table({
-        release.LABELS: pa.array([[1, 0]] * len(samples), pa.list_(pa.int8())),
-        release.USER_ID: pa.array([s[0] for s in samples], pa.int64()),
-        release.ITEM_ID: pa.array([s[1] for s in samples], pa.int64()),
+        release.labels: pa.array([[1, 0]] * len(samples), pa.list_(pa.int8())),
+        release.user_id: pa.array([s[0] for s in samples], pa.int64()),
+        release.item_id: pa.array([s[1] for s in samples], pa.int64()),
     })
-    joiner = join.ShardJoin(join.sample_columns(table), _lookups(), HISTORY_CAP)
+    joiner = join.ShardJoin(join.sample_columns(table, release), _lookups(), HISTORY_CAP, release)
     written = {}
     for start, stop in zip([0, *cuts], cuts):
         written.update(_records(joiner.add_users(_table(rows[start:stop]))))

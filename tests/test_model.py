@@ -7,18 +7,19 @@ import tf_keras
 
 from muse_tf.config import VARIANTS, ModelConfig
 from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.jobs import seeding
 from muse_tf.models import MuseModel
 from muse_tf.models.muse import refuse_old_checkpoint
 
 VOCAB = 60
-USER_SIDE = (features.USER_ID, *features.USER_PROFILE, *features.SEQUENCE_FEATURES)
+USER_SIDE = (features.USER_ID, *TAOBAO_MM.profile_features, *features.SEQUENCE_FEATURES)
 
 
 def make_model(variant="muse", seed=0, **overrides):
     cfg = ModelConfig(
         variant=variant,
-        vocab_sizes={name: VOCAB for name in features.VOCABULARIES},
+        vocab_sizes={name: VOCAB for name in TAOBAO_MM.vocabularies},
         embedding_dim=8,
         top_k=6,
         recent_length=5,
@@ -35,7 +36,7 @@ def make_model(variant="muse", seed=0, **overrides):
 
 
 def make_batch(rng, batch=8, length=20, pad_rows=(0,)):
-    x = {name: rng.integers(1, VOCAB, batch) for name in features.SCALAR_FEATURES}
+    x = {name: rng.integers(1, VOCAB, batch) for name in TAOBAO_MM.scalar_features}
     x[features.HISTORY_ITEMS] = rng.integers(1, VOCAB, (batch, length))
     for row in pad_rows:  # left padding
         x[features.HISTORY_ITEMS][row, : length // 2] = features.PAD
@@ -203,10 +204,23 @@ def test_embedding_and_dense_groups_split_the_trainable_weights(variant):
     model(make_batch(np.random.default_rng(9)))
     tables = [v.ref() for v in model.embedding_trainable_variables]
     dense = [v.ref() for v in model.dense_trainable_variables]
-    assert len(tables) == len(features.VOCABULARIES) and len(set(tables)) == len(tables)
+    assert len(tables) == len(TAOBAO_MM.vocabularies) and len(set(tables)) == len(tables)
     assert set(tables) == {v.ref() for v in model.trainable_variables if _is_id_table(v)}
     assert set(tables).isdisjoint(dense) and len(set(dense)) == len(dense)
     assert set(tables) | set(dense) == {v.ref() for v in model.trainable_variables}
+
+
+def test_the_default_spec_builds_the_embedding_tables_of_the_model_before_specs():
+    # The tables as the model before feature specs created them: one per Taobao-MM vocabulary,
+    # profile features 3-5 at D // 2 (so its checkpoints load; the conversion check is in
+    # tests/test_feature_spec.py).
+    model, _ = make_model()
+    model(make_batch(np.random.default_rng(3)))
+    old = ("user", "profile_1", "profile_2", "profile_3", "profile_4", "profile_5", "item",
+           "category", "attr_213", "attr_214")
+    shapes = {v.name.split("/")[-2]: tuple(v.shape) for v in model.embedding_trainable_variables}
+    assert shapes == {f"{name}_embedding": (VOCAB, 4 if name[-1] in "345" and "profile" in name
+                                            else 8) for name in old}
 
 
 def _old_layout_checkpoint(path, model, under=None):
@@ -216,7 +230,7 @@ def _old_layout_checkpoint(path, model, under=None):
         "multimodal_table": tf.Variable(model.multimodal.weights[0].numpy()),
         "multimodal_inverse_norms": tf.Variable(model.multimodal.weights[1].numpy()),
         "embeddings": {name: tf.train.Checkpoint(embeddings=tf.Variable(v.numpy()))
-                       for name, v in zip(features.VOCABULARIES, model.embedding_trainable_variables)},
+                       for name, v in zip(TAOBAO_MM.vocabularies, model.embedding_trainable_variables)},
     }
     checkpoint = tf.train.Checkpoint(**old)
     if under:  # e.g. BackupAndRestore writes the model under `model/`

@@ -3,7 +3,8 @@
 import re
 from pathlib import Path
 
-from pipelines.common import taobao_mm_schema as release
+from muse_tf.contract.feature_spec import TAOBAO_MM
+from pipelines.common.raw_schema import RawSchema
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Input: the Taobao-MM columns read"
@@ -26,7 +27,7 @@ def _column_rows() -> set[tuple[str, str, str]]:
 def test_every_schema_column_is_in_the_table_and_nothing_else():
     expected = {
         (table, column, kind)
-        for table, columns in release.TABLE_COLUMNS.items()
+        for table, columns in RawSchema(TAOBAO_MM).table_columns.items()
         for column, kind in columns.items()
     }
     assert _column_rows() == expected

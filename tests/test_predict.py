@@ -20,6 +20,7 @@ import yaml
 
 from muse_tf import evaluate, predict, train
 from muse_tf.contract import dataset_dir
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.jobs import evaluation
 from muse_tf.jobs.runs import RunDir
 from tests import reference
@@ -340,10 +341,10 @@ def _signature_logits(export_dir, raw_dir, candidates, data_dir):
     items = items.drop_duplicates("205").set_index("205")
     known_items = set(vocabularies["item"].tolist())
     unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
-    inputs = {name: [] for name in (*features.MODEL_FEATURES, signatures.VALID_HISTORY_LENGTH)}
+    inputs = {name: [] for name in (*TAOBAO_MM.model_features, signatures.VALID_HISTORY_LENGTH)}
     def known(name, raw):
-        ids = vocabularies[features.VOCABULARY[name]]
-        return np.where(np.isin(raw, ids), raw, unknown[features.VOCABULARY[name]])
+        ids = vocabularies[TAOBAO_MM.vocabulary[name]]
+        return np.where(np.isin(raw, ids), raw, unknown[TAOBAO_MM.vocabulary[name]])
 
     for user, item in zip(candidates["129_1"], candidates["205"]):
         row = users.loc[user]
@@ -352,13 +353,13 @@ def _signature_logits(export_dir, raw_dir, candidates, data_dir):
         history = known(features.HISTORY_ITEMS, history[history != 0][-cap:])
         categories = known(features.HISTORY_CATEGORIES, categories)
         inputs[features.USER_ID].append(known(features.USER_ID, user))
-        for i, name in enumerate(features.USER_PROFILE, start=1):
+        for i, name in enumerate(TAOBAO_MM.profile_features, start=1):
             inputs[name].append(known(name, row[f"130_{i}"]))
         inputs[features.ITEM_ID].append(item)
         attributes = items.loc[item] if item in known_items and item in items.index else None
-        for name, column in zip((features.ITEM_CATEGORY, *features.ITEM_ATTRS),
+        for name, column in zip((features.ITEM_CATEGORY, *TAOBAO_MM.attribute_features),
                                 ("206", "213", "214")):
-            table = features.VOCABULARY[name]
+            table = TAOBAO_MM.vocabulary[name]
             inputs[name].append(unknown[table] if attributes is None
                                 else known(name, attributes[column]))
         inputs[features.HISTORY_ITEMS].append(history)

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
 )
 
 from muse_tf.contract import features, signatures
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.jobs import saved_model
 from serving import by_user, forward, server
 from serving.client import GrpcClient, RestClient
@@ -152,7 +153,7 @@ def user_inputs(case, rng, candidates=5):
 def store_user(store, request, user=None, profile=True):
     """Writes the request's history and profile as user ``user`` (default: its user_id)."""
     user = int(request[features.USER_ID]) if user is None else user
-    stored = {n: int(request[n]) for n in features.USER_PROFILE} if profile else None
+    stored = {n: int(request[n]) for n in TAOBAO_MM.profile_features} if profile else None
     store.write(user, request[features.HISTORY_ITEMS].tolist(),
                 request[features.HISTORY_CATEGORIES].tolist(), stored)
     return user
@@ -222,7 +223,7 @@ def test_rank_by_user_scores_bitwise_equal_rank_with_the_stored_history(front, m
         assert note(metadata, by_user.HISTORY_LENGTH) == str(len(request[features.HISTORY_ITEMS]))
         assert note(metadata, by_user.USER_KNOWN) == "true"
     # Profile inputs in the request win over the stored ones.
-    other = {name: np.int64(v) for name, v in zip(features.USER_PROFILE,
+    other = {name: np.int64(v) for name, v in zip(TAOBAO_MM.profile_features,
                                                   sc.rank_request(rng, case, 0, 1).values())}
     outputs, _ = rank_by_user(front, protocol, by_user_inputs(request, **other))
     assert_bitwise(outputs, rank_reference(model, request, **other))
@@ -259,7 +260,7 @@ def test_metadata_lists_rank_by_user_and_the_export_is_unchanged(front, model):
 
 def test_unknown_user_scores_an_empty_history_and_says_so(front, model, case):
     request = sc.rank_request(np.random.default_rng(3), case, 0, candidates=4)
-    profile = {name: request[name] for name in features.USER_PROFILE}
+    profile = {name: request[name] for name in TAOBAO_MM.profile_features}
     for protocol in ("rest", "grpc"):
         outputs, metadata = rank_by_user(front, protocol, by_user_inputs(request, **profile))
         assert_bitwise(outputs, rank_reference(model, request))

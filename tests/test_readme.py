@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig, from_dict
-from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_configuration_reference_lists_every_field_with_its_default():
         assert written, f"{section}.{name}: default cell {cell!r}"
         value = yaml.safe_load(written[1])
         if written[2]:
-            value = dict.fromkeys(features.VOCABULARIES, value)
+            value = dict.fromkeys(TAOBAO_MM.vocabularies, value)
         if isinstance(actual, float):
             assert value == pytest.approx(actual, rel=1e-5), f"{section}.{name}"
         else:

@@ -10,6 +10,7 @@ import pytest
 
 from muse_tf.config import ModelConfig
 from muse_tf.contract import dataset_dir, features, signatures
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.contract.hashing import partition_of
 from muse_tf.data import synthetic
 from muse_tf.data.synthetic_dataset import write_dataset
@@ -71,8 +72,8 @@ def item_rows(catalogue, positions, vocabularies):
         for name, raw in [
             (features.ITEM_ID, catalogue.ids[positions]),
             (features.ITEM_CATEGORY, catalogue.category_ids[positions]),
-            (features.ITEM_ATTRS[0], catalogue.attr_ids["213"][positions]),
-            (features.ITEM_ATTRS[1], catalogue.attr_ids["214"][positions]),
+            (TAOBAO_MM.attribute_features[0], catalogue.attr_ids["213"][positions]),
+            (TAOBAO_MM.attribute_features[1], catalogue.attr_ids["214"][positions]),
         ]
     }
 
@@ -91,7 +92,7 @@ def test_rank_request_holds_the_users_history_and_test_items_as_raw_ids(
     inputs = body["inputs"]
     assert set(inputs) == set(signatures.rank_spec())
     assert inputs[features.USER_ID] == user
-    profile = [inputs[name] for name in features.USER_PROFILE]
+    profile = [inputs[name] for name in TAOBAO_MM.profile_features]
     assert profile == [known_or_zero(np.array([p]), vocabularies[f"profile_{i}"])[0]
                        for i, p in enumerate(truth["profile"], start=1)]
     assert inputs[features.HISTORY_ITEMS] == known_or_zero(

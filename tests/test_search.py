@@ -7,6 +7,7 @@ import tf_keras
 
 from muse_tf.config import VARIANTS, ModelConfig
 from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.layers import (
     CategoryGSU,
     CosineGSU,
@@ -177,10 +178,10 @@ class _Tables:
 
     def __init__(self, rng, rows):
         self.tables = {name: rng.normal(size=(rows, 6)).astype(np.float32)
-                       for name in features.VOCABULARIES}
+                       for name in TAOBAO_MM.vocabularies}
 
     def numpy(self, feature, indices):
-        return self.tables[features.VOCABULARY[feature]][indices]
+        return self.tables[TAOBAO_MM.vocabulary[feature]][indices]
 
     def lookup(self, feature, indices):
         return tf.constant(self.numpy(feature, np.asarray(indices)))

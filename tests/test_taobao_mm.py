@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from muse_tf.contract import dataset_dir, features, lock, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from pipelines import taobao_mm
 from pipelines.common import output_dir, parquet_input
 from pipelines.common.join_check import TablesDoNotJoin
@@ -265,7 +266,7 @@ def test_stitched_demo_reads_back_the_source_values_and_counts_every_rule(tmp_pa
 
     vocabs = dataset_dir.load_vocabularies(str(out))
     expected_vocabs = _expected_vocabularies(tables, item_min_count=2)
-    for name in features.VOCABULARIES:
+    for name in TAOBAO_MM.vocabularies:
         np.testing.assert_array_equal(vocabs[name], expected_vocabs[name], err_msg=name)
     maps = index_maps(str(out))
     for split in ("train", "test"):

@@ -15,6 +15,7 @@ import pytest
 
 from muse_tf.config import VARIANTS, ModelConfig
 from muse_tf.contract import features
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.models import MuseModel
 
 VOCAB, D, K, R, L, ROWS = 400, 8, 6, 5, 30, 3
@@ -23,7 +24,7 @@ TIERS = 22  # SimTier of eps 0.1
 
 
 def build(variant, seed=0):
-    cfg = ModelConfig(variant=variant, vocab_sizes={name: VOCAB for name in features.VOCABULARIES},
+    cfg = ModelConfig(variant=variant, vocab_sizes={name: VOCAB for name in TAOBAO_MM.vocabularies},
                       embedding_dim=D, top_k=K, recent_length=R, mlp_units=[16, 8],
                       din_attention_units=[8])
     model = MuseModel(cfg)
@@ -39,7 +40,7 @@ def batch(seed=1):
     """ROWS rows with disjoint, repeat-free histories (so one item's vector or embedding touches one
     position of one row) and distinct targets."""
     rng = np.random.default_rng(seed)
-    x = {name: rng.integers(2, 40, ROWS) for name in features.SCALAR_FEATURES}
+    x = {name: rng.integers(2, 40, ROWS) for name in TAOBAO_MM.scalar_features}
     x[features.ITEM_ID] = rng.choice(np.arange(2, 40), ROWS, replace=False)
     x[features.HISTORY_ITEMS] = np.stack(
         [rng.choice(np.arange(40 + 100 * r, 140 + 100 * r), L, replace=False) for r in range(ROWS)])

@@ -4,12 +4,15 @@ layout, the manifest's keys, shard naming and the integrity of a split.
 
 Layout of a converted dataset directory::
 
-    manifest.json                 schema version, source, history cap, vocabulary sizes, per split
-                                  its totals and shards (``build_manifest``; engines add sections)
+    manifest.json                 schema version, source, history cap, the feature spec the data was
+                                  converted through (``load_feature_spec``), vocabulary sizes, per
+                                  split its totals and shards (``build_manifest``; engines add
+                                  sections)
     vocab/<name>.npy              int64 raw IDs of vocabulary <name>, ascending; position -> index
                                   by muse_tf.contract.vocabulary (index = position + 2; 0 = PAD, 1 = OOV)
-    multimodal_table.npy          int8 (vocab_size("item"), 128): row i = SCL vector of item index i,
-                                  all zero where the item has none (and for PAD/OOV)
+    multimodal_table.npy          (vocab_size("item"), dim) of the spec's dtype (Taobao-MM: 128 int8):
+                                  row i = the vector of item index i, all zero where the item has
+                                  none (and for PAD/OOV)
     train/part-*.tfrecord.gz      GZIP TFRecord shards (format: muse_tf.data.reader)
     test/part-*.tfrecord.gz
 """
@@ -29,11 +32,13 @@ import numpy as np
 import tensorflow as tf
 
 from muse_tf import cli
-from muse_tf.contract import features, records, vocabulary
+from muse_tf.contract import records, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec
 
 MANIFEST = "manifest.json"
 VOCAB_DIR = "vocab"
 MULTIMODAL_TABLE = "multimodal_table.npy"
+FEATURE_SPEC_KEY = "feature_spec"  # the manifest's copy of the spec the data was converted through
 SCHEMA_VERSION = 1
 CONVERT_COMMAND = "python -m pipelines.taobao_mm --input PARQUET_DIR --output DATA_DIR"
 # Schemes TensorFlow reads natively, and those that need tensorflow-io's filesystem plugins.
@@ -104,9 +109,11 @@ def _load_npy(path: str) -> np.ndarray:
         return np.load(io.BytesIO(f.read()))
 
 
-def load_vocabularies(data_dir: str) -> dict[str, np.ndarray]:
-    """Every vocabulary of ``features.VOCABULARIES``: name -> (V - 2,) int64 raw IDs in index order."""
-    return {name: load_vocabulary(data_dir, name) for name in features.VOCABULARIES}
+def load_vocabularies(data_dir: str, spec: FeatureSpec | None = None) -> dict[str, np.ndarray]:
+    """Every vocabulary of the feature spec (default: the dataset's, ``load_feature_spec``):
+    name -> (V - 2,) int64 raw IDs in index order."""
+    spec = spec or load_feature_spec(data_dir)
+    return {name: load_vocabulary(data_dir, name) for name in spec.vocabularies}
 
 
 def vocabularies_digest(data_dir: str) -> str:
@@ -126,10 +133,11 @@ def vocab_sizes(data_dir: str) -> dict[str, int]:
 
 
 def load_multimodal_table(data_dir: str) -> np.ndarray:
-    """The frozen SCL table, (V, 128) int8 with V = ``vocab_sizes(data_dir)["item"]``.
+    """The frozen multimodal table, (V, dim) of the spec's dtype with V = ``vocab_sizes(data_dir)["item"]``
+    (Taobao-MM: 128 int8 SCL values, trunc(127 v)).
 
-    Row i is the vector of item index i (value = trunc(127 v), so scale by 1/127); an all-zero
-    row means the item has none. Local files are memory-mapped, not read.
+    Row i is the vector of item index i; an all-zero row means the item has none. Local files are
+    memory-mapped, not read.
     """
     path = os.path.join(data_dir, MULTIMODAL_TABLE)
     if not tf.io.gfile.exists(path):
@@ -155,6 +163,15 @@ def load_manifest(data_dir: str) -> dict:
             f"{SCHEMA_VERSION}. Re-run the conversion ({CONVERT_COMMAND})."
         )
     return manifest
+
+
+def load_feature_spec(data_dir: str) -> FeatureSpec:
+    """The feature spec ``data_dir`` was converted through, from its manifest; a dataset whose
+    manifest records none was converted before specs existed, from Taobao-MM (``TAOBAO_MM``)."""
+    recorded = load_manifest(data_dir).get(FEATURE_SPEC_KEY)
+    if recorded is None:
+        return TAOBAO_MM
+    return FeatureSpec.from_dict(recorded, source=f"{os.path.join(data_dir, MANIFEST)} {FEATURE_SPEC_KEY}")
 
 
 def split_samples(manifest: dict, split: str) -> int:
@@ -186,14 +203,15 @@ def split_summary(shards: list[dict], totals: dict | None = None) -> dict:
 
 
 def build_manifest(
-    *, source: str, history_cap: int, vocab_sizes: dict[str, int], splits: dict[str, dict],
-    **sections,
+    *, source: str, history_cap: int, feature_spec: FeatureSpec, vocab_sizes: dict[str, int],
+    splits: dict[str, dict], **sections,
 ) -> dict:
     """``manifest.json`` as every writer writes it: the keys readers rely on (``schema_version``,
-    ``history_cap``, ``vocab_sizes``, ``splits`` of ``split_summary`` entries) and the writer's
-    own ``sections`` (e.g. a conversion's vocabulary statistics and input rows)."""
+    ``history_cap``, ``feature_spec``, ``vocab_sizes``, ``splits`` of ``split_summary`` entries)
+    and the writer's own ``sections`` (e.g. a conversion's vocabulary statistics and input rows)."""
     return {"schema_version": SCHEMA_VERSION, "source": source, "history_cap": history_cap,
-            "vocab_sizes": vocab_sizes, **sections, "splits": splits}
+            FEATURE_SPEC_KEY: feature_spec.to_dict(), "vocab_sizes": vocab_sizes, **sections,
+            "splits": splits}
 
 
 def ensure_filesystems(paths: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, records
+from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec
 
 # Record-level shuffle buffer (user records of a few KB at L = 1,000: at most ~10 MB).
 SHUFFLE_BUFFER_RECORDS = 1024
@@ -39,6 +40,7 @@ def make_dataset(
     precompute_gsu: np.ndarray | None = None,
     top_k: int | None = None,
     users: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    feature_spec: FeatureSpec = TAOBAO_MM,
 ) -> tf.data.Dataset:
     """Batches of ``(features, label)`` from converted shards.
 
@@ -66,10 +68,12 @@ def make_dataset(
         users: keeps only the users it selects: maps (U,) raw user IDs (``user_key``) to (U,)
             bool, applied to whole user records before they are expanded to samples
             (``muse_tf.jobs.validation`` holds users out this way); None keeps every user.
+        feature_spec: the shards' feature spec (``dataset_dir.load_feature_spec``; a model's
+            ``config.features``): which profile and attribute features the records hold.
 
     Returns:
         A dataset of ``(features, label)``: ``features`` maps every name of
-        ``features.MODEL_FEATURES`` to int64 (B,) or, for histories, (B, L), plus ``user_key``
+        ``feature_spec.model_features`` to int64 (B,) or, for histories, (B, L), plus ``user_key``
         (B,) int64 (raw user ID) and, with ``precompute_gsu``, the three
         ``muse_tf.layers.search.PRECOMPUTED_GSU`` (B, K); ``label`` is float32 (B,) in {0, 1}.
 
@@ -115,7 +119,7 @@ def make_dataset(
             deterministic=deterministic,
         )
     dataset = dataset.map(
-        lambda block: records.parse_user_records(block, history_length),
+        lambda block: records.parse_user_records(block, history_length, feature_spec),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )

@@ -10,8 +10,9 @@ The planted world
 * Items belong to C latent semantic clusters. Item i has a latent unit vector z_i (its cluster's
   centre plus noise) and a quality q_i ~ N(0, 0.7) tied to nothing but its ID.
 * SCL-like embeddings are noisy, normalised random projections of z to 128 dimensions, quantised as
-  the release's are (trunc(127 * clip(v, -1, 1)), int8, scale 1/127). A fraction of items
-  (1 - ``scl_coverage``) has none.
+  the release's are (trunc(127 * clip(v, -1, 1)), int8, scale 1/127); under another feature spec,
+  to its ``multimodal.dim``, as its ``multimodal.dtype`` (float vectors are the unit vectors). A
+  fraction of items (1 - ``scl_coverage``) has none.
 * Each cluster owns 4 categories; 90% of items take one of their cluster's, 10% a random one.
   Attributes 213/214 are random. Popularity is Zipf (``zipf_exponent``) over a random ranking of
   all items: a real long tail, in the histories and in the impressions.
@@ -45,10 +46,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec, Multimodal
 from muse_tf.contract.hashing import mix64
 
 SPLITS = ("train", "test")
-SCL_DIM = 128  # width of the release's SCL vectors
 MISSING_ID = 0  # the release writes 0 for an empty field
 LATENT_DIM = 16
 ITEM_SPREAD = 0.6
@@ -58,7 +59,8 @@ USER_BIAS_STD = 0.3
 CATEGORIES_PER_CLUSTER = 4
 CATEGORY_NOISE = 0.1
 ATTR_CARDINALITY = {"213": 60, "214": 12}
-PROFILE_CARDINALITY = (2, 8, 30, 300, 10)
+ATTRIBUTES = tuple(ATTR_CARDINALITY)  # a spec's attribute k is the world's ATTRIBUTES[k]
+PROFILE_CARDINALITY = (2, 8, 30, 300, 10)  # a spec's profile feature j is the world's j-th
 PROFILE_5_MISSING = 0.02
 INTERESTS = (2, 5)
 RECENT_WINDOW = 50  # DIN's short-term window: the newest session alone fills it
@@ -115,10 +117,23 @@ def quantise(vectors: np.ndarray) -> np.ndarray:
     return np.trunc(127 * np.clip(vectors, -1, 1)).astype(np.int8)
 
 
-class Catalogue:
-    """The items: cluster, latent vector, quality, category, attributes, popularity, SCL vector."""
+def check_spec(spec: FeatureSpec) -> None:
+    """Refuses a spec with more profile or attribute features than the world has.
 
-    def __init__(self, config: SyntheticConfig) -> None:
+    Raises:
+        ValueError: naming the count.
+    """
+    for key, count, most in (("user_profile", len(spec.user_profile), len(PROFILE_CARDINALITY)),
+                             ("item_attributes", len(spec.item_attributes), len(ATTRIBUTES))):
+        if count > most:
+            raise ValueError(f"The synthetic world has {most} `{key}` features, the spec {count}.")
+
+
+class Catalogue:
+    """The items: cluster, latent vector, quality, category, attributes, popularity, SCL vector
+    (``vectors``' width and dtype; Taobao-MM's by default)."""
+
+    def __init__(self, config: SyntheticConfig, vectors: Multimodal = TAOBAO_MM.multimodal) -> None:
         rng = np.random.default_rng([config.seed, 0])
         n, clusters = config.items, config.clusters
         centres = _normalise(rng.normal(size=(clusters, LATENT_DIM)))
@@ -132,10 +147,11 @@ class Catalogue:
         self.attrs = {c: rng.integers(k, size=n) for c, k in ATTR_CARDINALITY.items()}
         self.popularity = (rng.permutation(n) + 1.0) ** -config.zipf_exponent
         self.has_scl = rng.random(n) < config.scl_coverage
-        projection = rng.normal(size=(LATENT_DIM, SCL_DIM))
+        projection = rng.normal(size=(LATENT_DIM, vectors.dim))
         signal = _normalise(self.latent @ projection)
-        scl_noise = SCL_NOISE * _normalise(rng.normal(size=(n, SCL_DIM)))
-        self.scl = quantise(_normalise(signal + scl_noise))
+        scl_noise = SCL_NOISE * _normalise(rng.normal(size=(n, vectors.dim)))
+        unit = _normalise(signal + scl_noise)
+        self.scl = quantise(unit) if vectors.dtype == "int8" else unit.astype(vectors.dtype)
         self.ids = raw_ids("item", np.arange(n))
         self.category_ids = raw_ids("category", self.category)
         self.attr_ids = {c: raw_ids(c, values) for c, values in self.attrs.items()}

@@ -13,6 +13,8 @@ sharding rules apply, and they are applied here as the conversion applies them:
 
 So ``pipelines.taobao_mm`` run on the Parquet form (``pipelines.synthetic``) of the same options
 writes the same vocabularies, multimodal table and records (``tests/test_synthetic.py`` checks it).
+Both take a feature spec (default: Taobao-MM's): its profile features are the world's first ones,
+its attributes the world's first ones, its vectors of its width and dtype.
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ import numpy as np
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, features, records, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec
 from muse_tf.contract.hashing import partition_of
-from muse_tf.data.synthetic import MISSING_ID, SPLITS, Catalogue, SyntheticConfig, user_chunks
+from muse_tf.data.synthetic import (
+    ATTRIBUTES,
+    MISSING_ID,
+    SPLITS,
+    Catalogue,
+    SyntheticConfig,
+    check_spec,
+    user_chunks,
+)
 
 SHARDS_PER_SPLIT = 2  # what the conversion writes for inputs under 256 MB
 
@@ -72,35 +83,39 @@ def _vocabulary(*ids: np.ndarray) -> np.ndarray:
     return unique[unique != MISSING_ID]
 
 
-def _vocabularies(catalogue: Catalogue, train: _Split) -> dict[str, np.ndarray]:
+def _vocabularies(catalogue: Catalogue, train: _Split, spec: FeatureSpec) -> dict[str, np.ndarray]:
     history_items = catalogue.ids[train.history]
     vocabs = {
         "user": _vocabulary(train.users),
         "item": _vocabulary(train.targets, history_items, catalogue.ids[catalogue.has_scl]),
         "category": _vocabulary(catalogue.category_ids[train.history], catalogue.category_ids),
-        "attr_213": _vocabulary(catalogue.attr_ids["213"]),
-        "attr_214": _vocabulary(catalogue.attr_ids["214"]),
     }
-    for i in range(5):
-        vocabs[f"profile_{i + 1}"] = _vocabulary(train.profiles[:, i])
-    return {name: vocabs[name] for name in features.VOCABULARIES}
+    for attribute, feature in zip(ATTRIBUTES, spec.item_attributes):
+        vocabs[feature.vocabulary] = _vocabulary(catalogue.attr_ids[attribute])
+    for i, feature in enumerate(spec.user_profile):
+        vocabs[feature.vocabulary] = _vocabulary(train.profiles[:, i])
+    return {name: vocabs[name] for name in spec.vocabularies}
 
 
-def _item_tables(catalogue: Catalogue, vocabs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Per item index: (category, attr_213, attr_214) indices (V, 3), OOV for PAD/OOV rows, and the
-    multimodal table (V, 128) int8, zero where the item has no vector."""
+def _item_tables(
+    catalogue: Catalogue, vocabs: dict[str, np.ndarray], spec: FeatureSpec
+) -> tuple[np.ndarray, ...]:
+    """Per item index: (category, attribute 1, ...) indices (V, 1 + A), OOV for PAD/OOV rows, and
+    the multimodal table (V, dim) of the vectors' dtype, zero where the item has no vector."""
     position = vocabulary.lookup(catalogue.ids, vocabs["item"]) - vocabulary.RESERVED
     rows = len(vocabs["item"]) + vocabulary.RESERVED
-    attributes = np.full((rows, 3), features.OOV, np.int64)
+    attributes = np.full((rows, 1 + len(spec.item_attributes)), features.OOV, np.int64)
     attributes[vocabulary.RESERVED :] = np.stack(
         [
             vocabulary.lookup(vocabs["category"], catalogue.category_ids[position]),
-            vocabulary.lookup(vocabs["attr_213"], catalogue.attr_ids["213"][position]),
-            vocabulary.lookup(vocabs["attr_214"], catalogue.attr_ids["214"][position]),
+            *(
+                vocabulary.lookup(vocabs[feature.vocabulary], catalogue.attr_ids[attribute][position])
+                for attribute, feature in zip(ATTRIBUTES, spec.item_attributes)
+            ),
         ],
         axis=1,
     )
-    multimodal = np.zeros((rows, catalogue.scl.shape[1]), np.int8)
+    multimodal = np.zeros((rows, catalogue.scl.shape[1]), catalogue.scl.dtype)
     with_vector = catalogue.has_scl[position]
     multimodal[vocabulary.RESERVED :][with_vector] = catalogue.scl[position[with_vector]]
     return attributes, multimodal
@@ -113,6 +128,7 @@ def _write_split(
     catalogue: Catalogue,
     vocabs: dict[str, np.ndarray],
     attributes: np.ndarray,
+    spec: FeatureSpec,
 ) -> dict:
     """Writes the split's shards; its manifest entry."""
     history_offsets = np.concatenate([[0], np.cumsum(split.history_lengths)])
@@ -130,8 +146,10 @@ def _write_split(
             features.USER_KEY: split.users[users],
             features.USER_ID: vocabulary.lookup(vocabs["user"], split.users[users]),
         }
-        for i, name in enumerate(features.USER_PROFILE):
-            user_features[name] = vocabulary.lookup(vocabs[f"profile_{i + 1}"], split.profiles[users, i])
+        for i, feature in enumerate(spec.user_profile):
+            user_features[feature.name] = vocabulary.lookup(
+                vocabs[feature.vocabulary], split.profiles[users, i]
+            )
         behaviours = split.history[history]
         history_features = {
             features.HISTORY_ITEMS: vocabulary.lookup(vocabs["item"], catalogue.ids[behaviours]),
@@ -142,8 +160,7 @@ def _write_split(
         sample_features = {
             features.ITEM_ID: items,
             features.ITEM_CATEGORY: attributes[items, 0],
-            features.ITEM_ATTRS[0]: attributes[items, 1],
-            features.ITEM_ATTRS[1]: attributes[items, 2],
+            **{name: attributes[items, 1 + k] for k, name in enumerate(spec.attribute_features)},
             features.LABEL: split.clicks[samples].astype(np.int64),
         }
         name = dataset_dir.shard_name(split_name, shard, SHARDS_PER_SPLIT)
@@ -152,7 +169,7 @@ def _write_split(
         with tf.io.TFRecordWriter(path, options) as writer:
             for record in records.encode_user_records(
                 user_features, history_features, split.history_lengths[users], sample_features,
-                split.sample_counts[users],
+                split.sample_counts[users], spec,
             ):
                 writer.write(record)
         shards.append({"file": name, "samples_in": len(samples), "samples_written": len(samples),
@@ -160,10 +177,11 @@ def _write_split(
     return dataset_dir.split_summary(shards, {**dataset_dir.sum_counts(shards), "rejected": {}})
 
 
-def write_dataset(config: SyntheticConfig, output: str) -> dict:
-    """Generates the world of ``config`` and writes it to ``output`` as a converted dataset with
-    histories of at most ``config.behaviours_per_user``; returns the manifest. ``output`` appears
-    complete or not at all."""
+def write_dataset(config: SyntheticConfig, output: str, spec: FeatureSpec = TAOBAO_MM) -> dict:
+    """Generates the world of ``config`` and writes it to ``output`` as a converted dataset of
+    ``spec``'s features with histories of at most ``config.behaviours_per_user``; returns the
+    manifest. ``output`` appears complete or not at all."""
+    check_spec(spec)
     if os.path.exists(output):
         raise FileExistsError(f"{output} already exists.")
     staging = f"{output}.tmp"
@@ -171,19 +189,20 @@ def write_dataset(config: SyntheticConfig, output: str) -> dict:
     for split in SPLITS:
         os.makedirs(os.path.join(staging, split))
     os.makedirs(os.path.join(staging, dataset_dir.VOCAB_DIR))
-    catalogue = Catalogue(config)
+    catalogue = Catalogue(config, spec.multimodal)
     splits = _collect(catalogue, config)
-    vocabs = _vocabularies(catalogue, splits["train"])
+    vocabs = _vocabularies(catalogue, splits["train"], spec)
     for name, ids in vocabs.items():
         np.save(dataset_dir.vocab_path(staging, name), ids)
-    attributes, multimodal = _item_tables(catalogue, vocabs)
+    attributes, multimodal = _item_tables(catalogue, vocabs, spec)
     np.save(os.path.join(staging, dataset_dir.MULTIMODAL_TABLE), multimodal)
     manifest = dataset_dir.build_manifest(
         source=f"muse_tf.data.synthetic_dataset {json.dumps(dataclasses.asdict(config))}",
         history_cap=config.behaviours_per_user,
+        feature_spec=spec,
         vocab_sizes={name: len(ids) + vocabulary.RESERVED for name, ids in vocabs.items()},
         splits={
-            name: _write_split(staging, name, split, catalogue, vocabs, attributes)
+            name: _write_split(staging, name, split, catalogue, vocabs, attributes, spec)
             for name, split in splits.items()
         },
     )

@@ -20,13 +20,16 @@ import numpy as np
 from muse_tf import cli
 from muse_tf.config import TrainConfig
 from muse_tf.contract import features, strict_json
+from muse_tf.contract.feature_spec import FeatureSpec
 from muse_tf.jobs import metrics
 
 if TYPE_CHECKING:
     import tf_keras
 
 
-def item_popularity(train_files: Sequence[str], num_items: int, batch_size: int = 4096) -> np.ndarray:
+def item_popularity(
+    train_files: Sequence[str], num_items: int, spec: FeatureSpec, batch_size: int = 4096
+) -> np.ndarray:
     """Training impressions per target-item index: (num_items,) int64.
 
     Reads the shards with a 1-long history, so it costs a fraction of a training epoch.
@@ -35,7 +38,7 @@ def item_popularity(train_files: Sequence[str], num_items: int, batch_size: int 
 
     counts = np.zeros(num_items, np.int64)
     for batch, _ in iterator_release.elements(
-        reader.make_dataset(train_files, batch_size, history_length=1)
+        reader.make_dataset(train_files, batch_size, history_length=1, feature_spec=spec)
     ):
         counts += np.bincount(batch[features.ITEM_ID].numpy(), minlength=num_items)
     return counts
@@ -133,12 +136,13 @@ def evaluate_run(model: tf_keras.Model, data_dir: str, train: TrainConfig, outpu
 
     test_files = dataset_dir.split_files(data_dir, "test")
     with dataset_dir.damaged_shards_named(test_files):
-        test = reader.make_dataset(test_files, train.eval_batch_size, history_length=train.history_length)
+        test = reader.make_dataset(test_files, train.eval_batch_size,
+                                   history_length=train.history_length, feature_spec=model.config.features)
         scored = scoring.predict_dataset(model, test)
     dataset_dir.check_split_read_whole(data_dir, "test", len(scored["labels"]))
     train_files = dataset_dir.split_files(data_dir, "train")
     with dataset_dir.damaged_shards_named(train_files):
-        popularity = item_popularity(train_files, model.config.vocab_sizes["item"])
+        popularity = item_popularity(train_files, model.config.vocab_sizes["item"], model.config.features)
     by_length = metrics.gauc_by_bucket(scored, scored["history_length"], metrics.HISTORY_LENGTH_EDGES)
     by_popularity = metrics.gauc_by_bucket(
         scored, popularity[scored["item_id"]], metrics.POPULARITY_EDGES

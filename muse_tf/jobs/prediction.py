@@ -220,7 +220,8 @@ def scored_split(
         raise cli.UsageError(str(err)) from None
     dataset = reader.make_dataset(files, batch_size or train.eval_batch_size,
                                 history_length=history_length or train.history_length,
-                                deterministic=True)
+                                deterministic=True,
+                                feature_spec=dataset_dir.load_feature_spec(data_dir))
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         meter, rows = Progress(total, enabled=progress), 0

@@ -41,6 +41,7 @@ import yaml
 from muse_tf import cli
 from muse_tf.config import ExperimentConfig, from_dict, load_yaml
 from muse_tf.contract import dataset_dir, features, lock, strict_json
+from muse_tf.contract.feature_spec import FeatureSpec
 from muse_tf.jobs import distribute
 from muse_tf.models import MuseModel
 
@@ -308,9 +309,9 @@ def _write_json(path: str, values: dict) -> None:
     _write_text(path, strict_json.dumps(values, indent=2))
 
 
-def dummy_inputs(rows: int = 1, length: int = 1) -> dict[str, tf.Tensor]:
-    """An all-PAD batch, to create a model's variables."""
-    inputs = {name: tf.zeros([rows], tf.int64) for name in features.SCALAR_FEATURES}
+def dummy_inputs(spec: FeatureSpec, rows: int = 1, length: int = 1) -> dict[str, tf.Tensor]:
+    """An all-PAD batch of ``spec``'s features, to create a model's variables."""
+    inputs = {name: tf.zeros([rows], tf.int64) for name in spec.scalar_features}
     inputs.update({name: tf.zeros([rows, length], tf.int64) for name in features.SEQUENCE_FEATURES})
     return inputs
 
@@ -318,7 +319,7 @@ def dummy_inputs(rows: int = 1, length: int = 1) -> dict[str, tf.Tensor]:
 def build_model(experiment: ExperimentConfig, table: np.ndarray | None = None) -> MuseModel:
     """A MuseModel with its variables created and, when given, the multimodal table loaded."""
     model = MuseModel(experiment.model)
-    model(dummy_inputs())
+    model(dummy_inputs(experiment.model.features))
     if table is not None:
         model.set_multimodal_table(np.asarray(table))
     return model

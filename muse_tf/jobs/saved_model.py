@@ -12,18 +12,21 @@ Layout, as TF Serving expects::
                                      versions that wrote it (pick the TF Serving image by it)
         assets.extra/source_run.json {"run": ..., "training_sha256": ...}: the training run it
                                      came from (``RunDir.identity``); one model name, one run
+        assets.extra/feature_spec.json  the feature spec its inputs follow
 
-Signatures (every input int64 raw IDs as in the Taobao-MM files; unknown IDs score as OOV):
+Signatures (every input int64 raw IDs as in the raw files; unknown IDs score as OOV). The profile
+and attribute inputs are the model's feature spec's (``ModelConfig.features``, recorded as
+``assets.extra/feature_spec.json``); Taobao-MM's are ``user_profile_1..5``, ``item_attr_213/214``:
 
 ``serving_default``: B independent rows.
-    user_id, user_profile_1..5, item_id, item_category, item_attr_213, item_attr_214: (B,).
+    user_id, <profile features>, item_id, item_category, <attribute features>: (B,).
     history_items, history_categories: (B, W) **right-padded**, oldest to newest.
     history_length: (B,) valid entries per row (0..W); entries past it are ignored, so any pad value
     (and TF Serving's batching padding) is harmless.
 
 ``rank``: one user and C candidate items; the history is searched once for all C candidates.
-    user_id, user_profile_1..5: scalars. history_items, history_categories: (L,), oldest to newest,
-    no padding (L may be 0). item_id, item_category, item_attr_213, item_attr_214: (C,).
+    user_id, <profile features>: scalars. history_items, history_categories: (L,), oldest to
+    newest, no padding (L may be 0). item_id, item_category, <attribute features>: (C,).
 
 Outputs of both: ``probability`` and ``logit``, float32, one per row / candidate.
 
@@ -56,13 +59,13 @@ import muse_tf
 from muse_tf import cli
 from muse_tf.config import ModelConfig
 from muse_tf.contract import features, limits, vocabulary, warmup
+from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec
 from muse_tf.contract.signatures import (
-    CANDIDATE_FEATURES,
+    FEATURE_SPEC_FILE,
     LOGIT,
     PROBABILITY,
     RANK,
     SERVING_DEFAULT,
-    USER_FEATURES,
     VALID_HISTORY_LENGTH,
     rank_spec,
     serving_default_spec,
@@ -119,6 +122,7 @@ class ServingModule(tf.Module):
     ):
         super().__init__(name="muse_serving")
         self.model_variables = list(model.variables)
+        spec = self.feature_spec = model.config.features
         self.tables = {
             name: vocabulary.lookup_table(path) for name, path in vocab_files.items()
         }
@@ -143,7 +147,7 @@ class ServingModule(tf.Module):
                 tf.cast(value, tf.int64), tf.constant(limit, tf.int64), message=message
             )
 
-        @tf.function(input_signature=[serving_default_spec()])
+        @tf.function(input_signature=[serving_default_spec(spec)])
         def serving_default(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             lengths = inputs[VALID_HISTORY_LENGTH]
             items = inputs[features.HISTORY_ITEMS]
@@ -157,7 +161,7 @@ class ServingModule(tf.Module):
                     f"{max_history_values}",
                 )
             ]
-            checks += _same_size(inputs, (VALID_HISTORY_LENGTH, *features.SCALAR_FEATURES), rows)
+            checks += _same_size(inputs, (VALID_HISTORY_LENGTH, *spec.scalar_features), rows)
             checks += length_checks(width) + [
                 tf.debugging.assert_equal(
                     tf.shape(inputs[features.HISTORY_CATEGORIES]),
@@ -178,13 +182,13 @@ class ServingModule(tf.Module):
             ]
             with tf.control_dependencies(checks):
                 indices = {
-                    name: self._lookup(name, inputs[name]) for name in features.SCALAR_FEATURES
+                    name: self._lookup(name, inputs[name]) for name in spec.scalar_features
                 }
                 for name in features.SEQUENCE_FEATURES:
                     indices[name] = _left_align(self._lookup(name, inputs[name]), lengths)
             return score(indices)
 
-        @tf.function(input_signature=[rank_spec()])
+        @tf.function(input_signature=[rank_spec(spec)])
         def rank(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             length = tf.size(inputs[features.HISTORY_ITEMS], out_type=tf.int32)
             candidates = tf.size(inputs[features.ITEM_ID], out_type=tf.int32)
@@ -196,10 +200,13 @@ class ServingModule(tf.Module):
                 )
             ]
             checks += _same_size(inputs, features.SEQUENCE_FEATURES, length)
-            checks += _same_size(inputs, CANDIDATE_FEATURES, candidates) + length_checks(length)
+            checks += _same_size(inputs, spec.candidate_features, candidates)
+            checks += length_checks(length)
             with tf.control_dependencies(checks):
-                indices = {name: self._lookup(name, inputs[name]) for name in CANDIDATE_FEATURES}
-                for name in USER_FEATURES:
+                indices = {
+                    name: self._lookup(name, inputs[name]) for name in spec.candidate_features
+                }
+                for name in spec.user_features:
                     indices[name] = tf.reshape(self._lookup(name, inputs[name]), [1])
                 for name in features.SEQUENCE_FEATURES:
                     history = self._lookup(name, inputs[name])[None, :]
@@ -211,15 +218,15 @@ class ServingModule(tf.Module):
 
     def _lookup(self, feature: str, raw_ids: tf.Tensor) -> tf.Tensor:
         """Raw IDs -> model indices (``muse_tf.contract.vocabulary``'s rule)."""
-        return vocabulary.lookup_in_graph(self.tables[features.VOCABULARY[feature]], raw_ids)
+        vocab = self.feature_spec.vocabulary[feature]
+        return vocabulary.lookup_in_graph(self.tables[vocab], raw_ids)
 
 
 def _check_vocabularies(config: ModelConfig, vocabularies: Mapping[str, np.ndarray]) -> None:
-    for name in features.VOCABULARIES:
+    expected = config.features.vocabularies
+    for name in expected:
         if name not in vocabularies:
-            raise ValueError(
-                f"Vocabulary {name!r} is missing; expected {list(features.VOCABULARIES)}."
-            )
+            raise ValueError(f"Vocabulary {name!r} is missing; expected {list(expected)}.")
         ids = np.asarray(vocabularies[name])
         if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) == 0:
             raise ValueError(f"Vocabulary {name!r} must be a non-empty 1-D integer array.")
@@ -230,6 +237,12 @@ def _check_vocabularies(config: ModelConfig, vocabularies: Mapping[str, np.ndarr
                 f"Vocabulary {name!r} has {len(ids)} IDs, but the model's vocab_sizes[{name!r}] is "
                 f"{config.vocab_sizes[name]} (IDs + {vocabulary.RESERVED})."
             )
+
+
+def _write_feature_spec(export_dir: str, config: ModelConfig) -> None:
+    """Records the feature spec the signatures' inputs follow (for clients building requests)."""
+    with open(os.path.join(export_dir, FEATURE_SPEC_FILE), "w") as f:
+        f.write(config.features.dumps())
 
 
 def _write_versions(export_dir: str) -> None:
@@ -297,20 +310,20 @@ def _next_version(model_dir: str) -> int:
 
 
 def warmup_requests(
-    vocabularies: Mapping[str, np.ndarray],
+    vocabularies: Mapping[str, np.ndarray], spec: FeatureSpec = TAOBAO_MM
 ) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Small requests for both signatures (known IDs; a full, an empty and an unpadded history)."""
 
     def ids(name: str, count: int) -> np.ndarray:
-        known = np.asarray(vocabularies[features.VOCABULARY[name]], np.int64)
+        known = np.asarray(vocabularies[spec.vocabulary[name]], np.int64)
         return np.resize(known, count)
 
-    rows = {name: ids(name, 2) for name in features.SCALAR_FEATURES}
+    rows = {name: ids(name, 2) for name in spec.scalar_features}
     rows.update({name: ids(name, 6).reshape(2, 3) for name in features.SEQUENCE_FEATURES})
     rows[VALID_HISTORY_LENGTH] = np.array([3, 0], np.int64)
-    ranked = {name: ids(name, 1)[0] for name in USER_FEATURES}
+    ranked = {name: ids(name, 1)[0] for name in spec.user_features}
     ranked.update({name: ids(name, 4) for name in features.SEQUENCE_FEATURES})
-    ranked.update({name: ids(name, 3) for name in CANDIDATE_FEATURES})
+    ranked.update({name: ids(name, 3) for name in spec.candidate_features})
     return [(SERVING_DEFAULT, rows), (RANK, ranked)]
 
 
@@ -367,14 +380,14 @@ def export_saved_model(
         raise FileExistsError(f"{final_dir} already exists; choose another version.")
     with cli.writing(model_dir):  # e.g. a file in the way
         os.makedirs(model_dir, exist_ok=True)
-    model(runs.dummy_inputs(), training=False)  # creates any weight not built yet
+    model(runs.dummy_inputs(model.config.features), training=False)  # creates any weight not built yet
 
     with cli.writing(final_dir):  # a full disk: one line naming the export
         staging = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
         try:
             vocab_files = {}
             with tempfile.TemporaryDirectory() as vocab_dir:
-                for name in features.VOCABULARIES:
+                for name in model.config.features.vocabularies:
                     vocab_files[name] = os.path.join(vocab_dir, f"vocab_{name}.txt")
                     vocabulary.write_table_file(vocab_files[name], vocabularies[name])
                 module = ServingModule(
@@ -387,8 +400,11 @@ def export_saved_model(
                         export_dir,
                         signatures={SERVING_DEFAULT: module.serving_default, RANK: module.rank},
                     )
-            warmup.write_warmup_requests(export_dir, model_name, warmup_requests(vocabularies))
+            warmup.write_warmup_requests(
+                export_dir, model_name, warmup_requests(vocabularies, model.config.features)
+            )
             _write_versions(export_dir)
+            _write_feature_spec(export_dir, model.config)
             if source is not None:
                 with open(os.path.join(export_dir, SOURCE_FILE), "w") as f:
                     json.dump(dict(source), f, indent=1)

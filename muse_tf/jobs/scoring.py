@@ -119,13 +119,14 @@ def export_scorer(
                 "probability": outputs[signatures.PROBABILITY].numpy()}
 
     unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
+    spec = signatures.export_feature_spec(export_dir)
 
     def score(batch: Batch, target_items: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """``target_items``: the batch's raw target item IDs, fed instead of the records' (whose
         OOV index has lost an ID the export may know)."""
         inputs = {}
-        for name in features.MODEL_FEATURES:
-            table = features.VOCABULARY[name]
+        for name in spec.model_features:
+            table = spec.vocabulary[name]
             inputs[name] = vocabulary.raw_ids(vocabularies[table], batch[name].numpy(), unknown[table])
         if target_items is not None:
             inputs[features.ITEM_ID] = np.asarray(target_items, np.int64)

@@ -21,8 +21,9 @@ import tensorflow as tf
 import tf_keras
 
 from muse_tf import cli
-from muse_tf.config import ExperimentConfig, TrainConfig
+from muse_tf.config import ExperimentConfig, ModelConfig, TrainConfig
 from muse_tf.contract import dataset_dir, signatures
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import iterator_release, reader
 from muse_tf.jobs import distribute, runs, seeding, validation
 from muse_tf.jobs.backup import EpochBackup
@@ -133,6 +134,7 @@ def train_dataset(
             input_context=context,
             drop_remainder=True,
             users=validation.training_users(train),
+            feature_spec=experiment.model.features,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
@@ -163,9 +165,29 @@ def parameter_server_dataset(
             repeat=True,
             drop_remainder=True,
             users=validation.training_users(train),
+            feature_spec=experiment.model.features,
         )
 
     return tf_keras.utils.experimental.DatasetCreator(dataset_fn)
+
+
+def fit_to_dataset(model: ModelConfig, data_dir: str) -> ModelConfig:
+    """``model`` for the converted dataset ``data_dir``: its feature spec (None for Taobao-MM's,
+    so that a Taobao-MM run's config is what it was before specs), its vocabulary sizes, and its
+    vectors' width (and float32 storage for float vectors).
+
+    Raises:
+        config.ConfigError: when the config cannot hold the dataset's vectors.
+    """
+    spec = dataset_dir.load_feature_spec(data_dir)
+    vectors = spec.multimodal
+    return dataclasses.replace(
+        model,
+        feature_spec=None if spec == TAOBAO_MM else spec,
+        vocab_sizes=dataset_dir.vocab_sizes(data_dir),
+        multimodal_dim=vectors.dim,
+        multimodal_dtype=model.multimodal_dtype if vectors.dtype == "int8" else vectors.model_dtype,
+    )
 
 
 def training_samples(data_dir: str, train: TrainConfig) -> int:
@@ -315,7 +337,8 @@ def run(
     """Trains ``experiment`` on a converted dataset, then (chief only) evaluates and exports it.
 
     Args:
-        experiment: the config; its ``model.vocab_sizes`` are set from ``data_dir``.
+        experiment: the config; its ``model.feature_spec``, ``vocab_sizes`` and multimodal width
+            (``fit_to_dataset``) are set from ``data_dir``.
         data_dir: a converted dataset (``muse_tf.contract.dataset_dir``).
         model_dir: the run directory (``muse_tf.jobs.runs.RunDir``). An interrupted run of the same
             config resumes there; a run whose training finished goes straight to evaluation and
@@ -346,10 +369,7 @@ def run(
     # Before other TensorFlow work.
     strategy = strategy or distribute.make_strategy(experiment.train.ps_min_shard_bytes)
     dataset_dir.ensure_filesystems([data_dir])
-    experiment = dataclasses.replace(
-        experiment,
-        model=dataclasses.replace(experiment.model, vocab_sizes=dataset_dir.vocab_sizes(data_dir)),
-    )
+    experiment = dataclasses.replace(experiment, model=fit_to_dataset(experiment.model, data_dir))
     # An empty split, a hold-out that leaves no sample or a missing validation split fails
     # before the run starts.
     samples = training_samples(data_dir, experiment.train)

@@ -27,6 +27,7 @@ import tf_keras
 
 from muse_tf.config import ConfigError, TrainConfig
 from muse_tf.contract import dataset_dir, hashing
+from muse_tf.contract.feature_spec import FeatureSpec
 from muse_tf.data import iterator_release, reader
 from muse_tf.jobs import metrics, runs, scoring
 
@@ -68,6 +69,7 @@ def validation_dataset(data_dir: str, train: TrainConfig) -> tf.data.Dataset:
     return reader.make_dataset(
         validation_files(data_dir, train), train.eval_batch_size,
         history_length=train.history_length, deterministic=True, users=users,
+        feature_spec=dataset_dir.load_feature_spec(data_dir),
     )
 
 
@@ -86,23 +88,26 @@ def check_samples(data_dir: str, train: TrainConfig) -> None:
         files = validation_files(data_dir, train)
     except ValueError as err:
         raise ConfigError(f"`train.validation_split`: {err}") from None
+    spec = dataset_dir.load_feature_spec(data_dir)
     if train.validation_split:
-        if not _has_sample(files, None):
+        if not _has_sample(files, None, spec):
             raise ConfigError(f"`train.validation_split`: the split {train.validation_split!r} "
                               f"of {data_dir} holds no sample.")
         return
     setting = f"`train.validation_fraction` {train.validation_fraction}"
-    if not _has_sample(files, training_users(train)):
+    if not _has_sample(files, training_users(train), spec):
         raise ConfigError(f"{setting} holds out every user of {data_dir}'s training split, "
                           "leaving none to train on; lower it.")
-    if not _has_sample(files, user_filter(train.validation_fraction, True)):
+    if not _has_sample(files, user_filter(train.validation_fraction, True), spec):
         raise ConfigError(f"{setting} holds out no user of {data_dir}'s training split, "
                           "leaving validation without a sample; raise it.")
 
 
-def _has_sample(files: list[str], users: Callable[[tf.Tensor], tf.Tensor] | None) -> bool:
+def _has_sample(
+    files: list[str], users: Callable[[tf.Tensor], tf.Tensor] | None, spec: FeatureSpec
+) -> bool:
     batches = iterator_release.elements(
-        reader.make_dataset(files, 1, history_length=1, users=users)
+        reader.make_dataset(files, 1, history_length=1, users=users, feature_spec=spec)
     )
     try:
         with dataset_dir.damaged_shards_named(files):

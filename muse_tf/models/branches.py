@@ -15,12 +15,10 @@ import tf_keras
 
 from muse_tf.config import ModelConfig
 from muse_tf.contract import features
+from muse_tf.contract.feature_spec import FeatureSpec
 from muse_tf.layers import MLP, SemanticAwareTargetAttention, SimTier, TargetAttention, gather_history
 from muse_tf.layers.search import SearchInputs, make_search_unit, read_precomputed, unit_dot
 from muse_tf.layers.simtier import tier_count
-
-# The official code gives profile features 3-5 half-width embeddings.
-_HALF_WIDTH_VOCABULARIES = ("profile_3", "profile_4", "profile_5")
 
 
 def broadcast_rows(x: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
@@ -46,29 +44,33 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
 
 class EmbeddingBranch(tf_keras.layers.Layer):
-    """One learned table per vocabulary (``features.VOCABULARIES``); every ID lookup of the model
-    goes through ``lookup``, so a sharded or differently optimised table changes this class only.
+    """One learned table per vocabulary of the feature spec (``FeatureSpec.vocabularies``); every
+    ID lookup of the model goes through ``lookup``, so a sharded or differently optimised table
+    changes this class only.
 
     Args:
         vocab_sizes: rows of each table, by vocabulary name.
-        dim: D; profile features 3-5 get D // 2 as in the official code.
+        dim: D, the width of every table the spec does not size otherwise (Taobao-MM's profile
+            features 3-5 get D // 2 as in the official code).
+        spec: the feature spec: its vocabularies and their widths.
     """
 
-    def __init__(self, vocab_sizes: Mapping[str, int], dim: int, **kwargs):
+    def __init__(self, vocab_sizes: Mapping[str, int], dim: int, spec: FeatureSpec, **kwargs):
         super().__init__(**kwargs)
+        self.spec = spec  # (a frozen dataclass: no trackable state)
         self.tables = {
             name: tf_keras.layers.Embedding(
                 vocab_sizes[name],
-                dim // 2 if name in _HALF_WIDTH_VOCABULARIES else dim,
+                width,
                 embeddings_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.001),
                 name=f"{name}_embedding",
             )
-            for name in features.VOCABULARIES
+            for name, width in spec.embedding_widths(dim).items()
         }
 
     def lookup(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
-        """Indices of ``feature`` (a ``muse_tf.contract.features`` name) -> (..., width) embeddings."""
-        return self.tables[features.VOCABULARY[feature]](indices)
+        """Indices of ``feature`` (a model feature of the spec) -> (..., width) embeddings."""
+        return self.tables[self.spec.vocabulary[feature]](indices)
 
     def behaviour(self, items: tf.Tensor, categories: tf.Tensor) -> tf.Tensor:
         """(...) item and category indices -> (..., 2D): a target's or a behaviour's embedding."""

@@ -79,7 +79,8 @@ class MuseModel(tfrs.models.Model):
       (``dense_trainable_variables``).
 
     Call arguments:
-        inputs: dict of ``features.MODEL_FEATURES`` (int indices, see ``muse_tf.contract.features``);
+        inputs: dict of ``config.features.model_features`` (int indices, see
+            ``muse_tf.contract.features`` and ``muse_tf.contract.feature_spec``);
             scalar features (B,), sequences (B, L) left-padded with PAD; the per-user ones may be
             batch 1. Other keys are ignored.
         training: for Dice's batch normalisation.
@@ -92,7 +93,9 @@ class MuseModel(tfrs.models.Model):
         super().__init__(**kwargs)
         self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
         cfg = self.config
-        self.embeddings = EmbeddingBranch(cfg.vocab_sizes, cfg.embedding_dim, name="embeddings")
+        self.embeddings = EmbeddingBranch(
+            cfg.vocab_sizes, cfg.embedding_dim, cfg.features, name="embeddings"
+        )
         self.multimodal = MultimodalTable(
             cfg.vocab_sizes["item"], cfg.multimodal_dim, cfg.multimodal_dtype, name="multimodal"
         )
@@ -114,7 +117,7 @@ class MuseModel(tfrs.models.Model):
     @property
     def embedding_trainable_variables(self) -> list[tf.Variable]:
         """The ID embedding tables (the paper's embedding learning rate), in the order of
-        ``features.VOCABULARIES``."""
+        ``config.features.vocabularies``."""
         return [v for table in self.embeddings.tables.values() for v in table.trainable_variables]
 
     @property
@@ -136,10 +139,11 @@ class MuseModel(tfrs.models.Model):
 
     # -- forward -----------------------------------------------------------------------------
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
-        missing = [name for name in features.MODEL_FEATURES if name not in inputs]
+        spec = self.config.features
+        missing = [name for name in spec.model_features if name not in inputs]
         if missing:
-            raise KeyError(f"MuseModel inputs lack {missing}; see muse_tf.contract.features.")
-        x = {name: tf.cast(inputs[name], tf.int32) for name in features.MODEL_FEATURES}
+            raise KeyError(f"MuseModel inputs lack {missing}; see muse_tf.contract.feature_spec.")
+        x = {name: tf.cast(inputs[name], tf.int32) for name in spec.model_features}
         rows = tf.shape(x[features.ITEM_ID])[0]
         history = SearchInputs(
             target_items=x[features.ITEM_ID],
@@ -153,10 +157,10 @@ class MuseModel(tfrs.models.Model):
         target = self.embeddings.behaviour(x[features.ITEM_ID], x[features.ITEM_CATEGORY])
         parts = [
             target,
-            *(self.embeddings.lookup(name, x[name]) for name in features.ITEM_ATTRS),
+            *(self.embeddings.lookup(name, x[name]) for name in spec.attribute_features),
             *(
                 broadcast_rows(self.embeddings.lookup(name, x[name]), rows)
-                for name in (features.USER_ID, *features.USER_PROFILE)
+                for name in spec.user_features
             ),
         ]
         parts += self.short_term(target, history, self.embeddings, training=training)

@@ -10,11 +10,12 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract import dataset_dir, vocabulary
+from muse_tf.contract.feature_spec import FeatureSpec
 from pipelines.beam import files
 from pipelines.common import item_tables, join, manifest, summary, vocab
-from pipelines.common import taobao_mm_schema as release
 from pipelines.common.options import ConversionOptions
+from pipelines.common.raw_schema import SPLITS
 from pipelines.common.write_errors import naming
 
 
@@ -39,7 +40,9 @@ def _concat_ranges(
     return rows
 
 
-def _split_totals(counters: dict[str, int], split: str, shards: list[dict]) -> dict:
+def _split_totals(
+    counters: dict[str, int], split: str, shards: list[dict], spec: FeatureSpec
+) -> dict:
     def get(name: str) -> int:
         return counters.get(f"{split}/{name}", 0)
 
@@ -49,7 +52,7 @@ def _split_totals(counters: dict[str, int], split: str, shards: list[dict]) -> d
         "users_written": get("users_written"),
         "rejected": {r: get(f"rejected/{r}") for r in join.REJECT_REASONS},
         "adjusted": {a: get(f"adjusted/{a}") for a in join.ADJUSTMENTS},
-        "oov": {f: get(f"oov/{f}") for f in join.OOV_FEATURES},
+        "oov": {f: get(f"oov/{f}") for f in join.oov_features(spec)},
         "user_rows": {u: get(f"user_rows/{u}") for u in join.USER_ROW_COUNTS},
         "bytes": sum(s["bytes"] for s in shards),
     }
@@ -61,8 +64,9 @@ def finish(
     """Assembles the vocabularies and the multimodal table from their ranges and writes the
     manifest from the run's ``counters`` (it refuses counts that do not balance)."""
     input_dir, output = options.input_dir, options.output
+    schema = options.schema
     vocabularies = {}
-    for name in features.VOCABULARIES:
+    for name in options.feature_spec.vocabularies:
         size = _concat_ranges(
             files.ranges(work, "vocab", name), dataset_dir.vocab_path(output, name), np.int64, (), 0
         )
@@ -78,8 +82,8 @@ def finish(
     _concat_ranges(
         files.ranges(work, "multimodal", "item"),
         f"{output}/{dataset_dir.MULTIMODAL_TABLE}",
-        np.int8,
-        (release.EMBEDDING_DIM,),
+        np.dtype(schema.vector_dtype),
+        (schema.embedding_dim,),
         vocabulary.RESERVED,
     )
     item_summary = {
@@ -99,12 +103,15 @@ def finish(
     }
     result = manifest.build(
         source=input_dir,
+        schema=schema,
         history_cap=options.history_cap,
         vocabularies=vocabularies,
         item_tables=item_summary,
         input_rows={t: counters.get(f"input_rows/{t}", 0) for t in tables},
         shards_by_split=shards,
-        totals_by_split={s: _split_totals(counters, s, shards[s]) for s in release.SPLITS},
+        totals_by_split={
+            s: _split_totals(counters, s, shards[s], options.feature_spec) for s in SPLITS
+        },
     )
     summary.check_training_samples(input_dir, result, work)
     path = f"{output}/{dataset_dir.MANIFEST}"  # complete or absent, written through a temporary name

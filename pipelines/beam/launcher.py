@@ -44,8 +44,10 @@ def convert(options: ConversionOptions, *, pipeline_args: Sequence[str] = ()) ->
     input_dir, output = options.input_dir.rstrip("/"), options.output.rstrip("/")
     pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
     refuse_unknown_options(pipeline_args)  # once the runner's own options classes are loaded
-    tables = pi.discover_tables(input_dir, files.match if "://" in input_dir else None)
-    join_check.check_split_joins(input_dir, "train", tables, files.open_read)  # before any work
+    tables = pi.discover_tables(
+        input_dir, options.schema, files.match if "://" in input_dir else None
+    )
+    join_check.check_split_joins(input_dir, "train", tables, options.schema, files.open_read)
     options = dataclasses.replace(options, input_dir=input_dir, output=output)
     options = options.resolved(tables, size=files.size)
     inputs = {t: [[path, files.size(path)] for path in paths] for t, paths in tables.items()}

@@ -17,6 +17,7 @@ import apache_beam as beam
 import numpy as np
 
 from muse_tf.contract import features, vocabulary
+from muse_tf.contract.feature_spec import FeatureSpec
 from muse_tf.contract.hashing import order_by_partition
 from pipelines.common import join
 
@@ -57,11 +58,12 @@ class Chunk:
     payload: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-def empty_chunk(name: str) -> Chunk:
+def empty_chunk(name: str, spec: FeatureSpec) -> Chunk:
     """A range without kept IDs (its payload columns, if any, empty)."""
-    if name != features.VOCABULARY[features.ITEM_ID]:
+    if name != spec.vocabulary[features.ITEM_ID]:
         return Chunk(0, np.zeros(0, np.int64))
-    payload = {"attributes": np.zeros((0, 3), np.int64), "has_vector": np.zeros(0, bool)}
+    width = 1 + len(spec.item_attributes)  # category and attributes
+    payload = {"attributes": np.zeros((0, width), np.int64), "has_vector": np.zeros(0, bool)}
     return Chunk(0, np.zeros(0, np.int64), payload)
 
 
@@ -84,10 +86,10 @@ def _split_request(
 
 
 def _answer(
-    element: tuple[tuple[str, int], dict[str, Iterable]],
+    element: tuple[tuple[str, int], dict[str, Iterable]], spec: FeatureSpec
 ) -> Iterator[tuple[object, tuple[str, Answer]]]:
     (name, _), groups = element
-    chunk = next(iter(groups["chunk"]), None) or empty_chunk(name)
+    chunk = next(iter(groups["chunk"]), None) or empty_chunk(name, spec)
     for key, ids in groups["piece"]:
         local = vocabulary.lookup(chunk.ids, ids, assume_sorted=True)
         found = local != features.OOV
@@ -121,12 +123,15 @@ def _merge_answers(
     return key, merged
 
 
-def fetch(label: str, requests: beam.PCollection, chunks: beam.PCollection) -> beam.PCollection:
+def fetch(
+    label: str, requests: beam.PCollection, chunks: beam.PCollection, spec: FeatureSpec
+) -> beam.PCollection:
     """Vocabulary lookups as a join by (vocabulary, range).
 
     Args:
         requests: (key, {vocabulary: distinct raw IDs}).
         chunks: ((vocabulary, range), Chunk).
+        spec: the feature spec (the item ranges' payload width).
 
     Returns:
         (key, {vocabulary: Answer}) for every key that asked for at least one ID.
@@ -135,7 +140,7 @@ def fetch(label: str, requests: beam.PCollection, chunks: beam.PCollection) -> b
     return (
         {"chunk": chunks, "piece": pieces}
         | f"{label}: join ranges" >> beam.CoGroupByKey()
-        | f"{label}: look up" >> beam.FlatMap(_answer)
+        | f"{label}: look up" >> beam.FlatMap(_answer, spec)
         | f"{label}: gather" >> beam.GroupByKey()
         | f"{label}: merge" >> beam.Map(_merge_answers)
     )
@@ -144,15 +149,16 @@ def fetch(label: str, requests: beam.PCollection, chunks: beam.PCollection) -> b
 class FetchedLookups(join.Lookups):
     """``join.Lookups`` over the answers fetched for one batch of users."""
 
-    def __init__(self, answers: dict[str, Answer]) -> None:
+    def __init__(self, answers: dict[str, Answer], spec: FeatureSpec) -> None:
         self.answers = answers
+        self.spec = spec
         items = answers.get("item", Answer(np.zeros(0, np.int64), np.zeros(0, np.int64), {}))
         order = np.argsort(items.indices, kind="stable")
         self._item_indices = items.indices[order]
         self._item_payload = {column: values[order] for column, values in items.payload.items()}
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
-        answer = self.answers.get(features.VOCABULARY[feature])
+        answer = self.answers.get(self.spec.vocabulary[feature])
         if answer is None:
             return np.full(np.shape(raw_ids), features.OOV, np.int64)
         positions = vocabulary.lookup(answer.ids, raw_ids, assume_sorted=True) - vocabulary.RESERVED
@@ -160,7 +166,7 @@ class FetchedLookups(join.Lookups):
         return indices[np.where(positions >= 0, positions, len(answer.indices))]
 
     def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        attributes = np.zeros((len(item_index), 3), np.int64)
+        attributes = np.zeros((len(item_index), 1 + len(self.spec.item_attributes)), np.int64)
         has_vector = np.zeros(len(item_index), bool)
         known = item_index != features.OOV
         if self._item_payload:

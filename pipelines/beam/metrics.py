@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import SPLITS
 
 NAMESPACE = "muse_tf.convert"
 PROGRESS_EVERY_S = 5.0
@@ -52,7 +52,7 @@ def _progress(name: str, value: int) -> None:
         written = "; ".join(
             f"{split}: {_seen.get(f'{split}/samples_written', 0):,} samples of "
             f"{_seen.get(f'{split}/users_written', 0):,} users written"
-            for split in release.SPLITS
+            for split in SPLITS
         )
         line = f"[beam] so far {read:,} input rows read; {written}"
     print(line, file=sys.stderr, flush=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import apache_beam as beam
 
 from pipelines.beam import items, read, users, vocabularies
-from pipelines.common import taobao_mm_schema as release
 from pipelines.common.options import ConversionOptions
+from pipelines.common.raw_schema import SPLITS
 
 
 def build_pipeline(
@@ -32,11 +32,12 @@ def build_pipeline(
     work: str,
 ) -> None:
     """Adds steps 1-5 to ``pipeline`` for the resolved ``options``; ranges go under ``work``."""
-    tasks = read.row_groups(tables)
-    reads = {table: read.read_table(pipeline, table, tasks) for table in tables}
-    chunks = vocabularies.kept_ranges(reads, options.min_count, work)
-    lookup_chunks = items.lookup_ranges(reads, chunks, work)
-    for split in release.SPLITS:
+    schema = options.schema
+    tasks = read.row_groups(tables, schema)
+    reads = {table: read.read_table(pipeline, table, tasks, schema) for table in tables}
+    chunks = vocabularies.kept_ranges(reads, options.min_count, work, schema)
+    lookup_chunks = items.lookup_ranges(reads, chunks, work, schema)
+    for split in SPLITS:
         users.convert_split(
             split,
             reads,
@@ -44,4 +45,5 @@ def build_pipeline(
             options.output,
             options.history_cap,
             options.shards[split],
+            schema,
         )

@@ -16,18 +16,18 @@ from muse_tf.contract import features
 from pipelines.beam import lookups, metrics
 from pipelines.common import join
 from pipelines.common import parquet_input as pi
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import MISSING, RawSchema
 
 USERS_PER_BATCH = 256
 
 
 def _valid_samples(
-    element: tuple[np.ndarray, pa.RecordBatch], split: str
+    element: tuple[np.ndarray, pa.RecordBatch], split: str, schema: RawSchema
 ) -> Iterator[tuple[int, tuple[int, int, int]]]:
     """(user, (position, item, click)) of the samples that pass the rules needing no join; the
     others are counted as rejected."""
     positions, batch = element
-    columns = join.sample_columns(batch)
+    columns = join.sample_columns(batch, schema)
     metrics.count(f"{split}/samples_in", len(positions))
     for i, reason in enumerate(join.REJECT_REASONS):
         metrics.count(f"{split}/rejected/{reason}", np.count_nonzero(columns.reason == i))
@@ -38,17 +38,21 @@ def _valid_samples(
     )
 
 
-def _user_rows(element: tuple[np.ndarray, pa.RecordBatch], split: str) -> Iterator[tuple]:
+def _user_rows(
+    element: tuple[np.ndarray, pa.RecordBatch], split: str, schema: RawSchema
+) -> Iterator[tuple]:
     """(user, (position, profile IDs, history items, history categories)) of each user feature
     row with a user ID; rows without one are counted."""
     positions, batch = element
-    keys = pi.ids(batch, release.USER_ID)
-    present = keys != release.MISSING
+    keys = pi.ids(batch, schema.user_id)
+    present = keys != MISSING
     metrics.count(f"{split}/user_rows/in", np.count_nonzero(~present))
     metrics.count(f"{split}/user_rows/missing_id", np.count_nonzero(~present))
-    profiles = np.stack([pi.ids(batch, c) for c in release.PROFILE_COLUMNS], axis=1)
-    items, item_lengths = pi.id_lists(batch, release.HISTORY_ITEMS)
-    categories, category_lengths = pi.id_lists(batch, release.HISTORY_CATEGORIES)
+    profiles = np.stack(
+        [pi.ids(batch, c) for c in schema.profile_columns] or [np.zeros(len(keys), np.int64)], axis=1
+    )
+    items, item_lengths = pi.id_lists(batch, schema.history_items)
+    categories, category_lengths = pi.id_lists(batch, schema.history_categories)
     item_offsets, category_offsets = pi.row_offsets(item_lengths), pi.row_offsets(category_lengths)
     for r in np.flatnonzero(present):
         yield (
@@ -69,38 +73,41 @@ class UserBatch:
     samples: join.SampleColumns
     users: pa.RecordBatch
 
-    def wanted(self) -> dict[str, np.ndarray]:
+    def wanted(self, schema: RawSchema) -> dict[str, np.ndarray]:
         """The raw IDs the batch looks up, by vocabulary."""
+        vocab = schema.spec.vocabulary
         ids = {
-            features.VOCABULARY[features.USER_ID]: [pi.ids(self.users, release.USER_ID)],
-            features.VOCABULARY[features.ITEM_ID]: [
+            vocab[features.USER_ID]: [pi.ids(self.users, schema.user_id)],
+            vocab[features.ITEM_ID]: [
                 self.samples.items,
-                pi.id_lists(self.users, release.HISTORY_ITEMS)[0],
+                pi.id_lists(self.users, schema.history_items)[0],
             ],
-            features.VOCABULARY[features.HISTORY_CATEGORIES]: [
-                pi.id_lists(self.users, release.HISTORY_CATEGORIES)[0]
+            vocab[features.HISTORY_CATEGORIES]: [
+                pi.id_lists(self.users, schema.history_categories)[0]
             ],
         }
-        for column, name in zip(release.PROFILE_COLUMNS, features.USER_PROFILE):
-            ids[features.VOCABULARY[name]] = [pi.ids(self.users, column)]
+        for column, name in zip(schema.profile_columns, schema.spec.profile_features):
+            ids[vocab[name]] = [pi.ids(self.users, column)]
         return {name: np.unique(np.concatenate(parts)) for name, parts in ids.items()}
 
 
 _LIST = pa.list_(pa.int64())
 
 
-def _user_batch(groups: list[tuple[int, dict[str, Iterable]]]) -> tuple[int, UserBatch]:
+def _user_batch(
+    groups: list[tuple[int, dict[str, Iterable]]], schema: RawSchema
+) -> tuple[int, UserBatch]:
     """A batch of grouped users -> (its smallest user ID, the batch)."""
     samples = sorted((sample, user) for user, g in groups for sample in g["samples"])
     rows = sorted(((row, user) for user, g in groups for row in g["users"]), key=lambda r: r[0][0])
     columns = {
-        release.USER_ID: pa.array([user for _, user in rows], pa.int64()),
+        schema.user_id: pa.array([user for _, user in rows], pa.int64()),
         **{
             column: pa.array([int(row[1][i]) for row, _ in rows], pa.int64())
-            for i, column in enumerate(release.PROFILE_COLUMNS)
+            for i, column in enumerate(schema.profile_columns)
         },
-        release.HISTORY_ITEMS: pa.array([row[2] for row, _ in rows], _LIST),
-        release.HISTORY_CATEGORIES: pa.array([row[3] for row, _ in rows], _LIST),
+        schema.history_items: pa.array([row[2] for row, _ in rows], _LIST),
+        schema.history_categories: pa.array([row[3] for row, _ in rows], _LIST),
     }
     sample_columns = join.SampleColumns(
         users=np.asarray([user for _, user in samples], np.int64),
@@ -115,9 +122,10 @@ def _user_batch(groups: list[tuple[int, dict[str, Iterable]]]) -> tuple[int, Use
 class JoinUsers(beam.DoFn):
     """Applies ``join.ShardJoin`` to a batch of users; their serialized records."""
 
-    def __init__(self, split: str, history_cap: int) -> None:
+    def __init__(self, split: str, history_cap: int, schema: RawSchema) -> None:
         self.split = split
         self.history_cap = history_cap
+        self.schema = schema
 
     def process(self, element: tuple[int, dict[str, Iterable]]) -> Iterator[bytes]:
         from pipelines.common import tfrecord_writer  # TensorFlow is loaded by the workers that write
@@ -126,7 +134,8 @@ class JoinUsers(beam.DoFn):
         batch = next(iter(groups["batch"]))
         answers = next(iter(groups["answers"]), {})
         joiner = join.ShardJoin(
-            batch.samples, lookups.FetchedLookups(answers), self.history_cap
+            batch.samples, lookups.FetchedLookups(answers, self.schema.spec), self.history_cap,
+            self.schema,
         )
         records = joiner.add_users(batch.users)
         stats = joiner.finish()
@@ -135,7 +144,7 @@ class JoinUsers(beam.DoFn):
         for section in ("rejected", "adjusted", "oov", "user_rows"):
             for name, value in stats[section].items():
                 metrics.count(f"{self.split}/{section}/{name}", value)
-        yield from tfrecord_writer.encode(records)
+        yield from tfrecord_writer.encode(records, self.schema.spec)
 
 
 def convert_split(
@@ -145,25 +154,28 @@ def convert_split(
     output: str,
     history_cap: int,
     shards: int,
+    schema: RawSchema,
 ) -> None:
-    samples = reads[release.SAMPLES_TABLE[split]] | f"{split}: sample rules" >> beam.FlatMap(
-        _valid_samples, split
+    samples = reads[schema.samples_table[split]] | f"{split}: sample rules" >> beam.FlatMap(
+        _valid_samples, split, schema
     )
-    users = reads[release.USER_TABLE[split]] | f"{split}: user rows" >> beam.FlatMap(
-        _user_rows, split
+    users = reads[schema.user_table[split]] | f"{split}: user rows" >> beam.FlatMap(
+        _user_rows, split, schema
     )
     batches = (
         {"samples": samples, "users": users}
         | f"{split}: group by user" >> beam.CoGroupByKey()
         | f"{split}: batch users" >> beam.BatchElements(max_batch_size=USERS_PER_BATCH)
-        | f"{split}: user batches" >> beam.Map(_user_batch)
+        | f"{split}: user batches" >> beam.Map(_user_batch, schema)
     )
-    requests = batches | f"{split}: wanted IDs" >> beam.Map(lambda kv: (kv[0], kv[1].wanted()))
-    answers = lookups.fetch(f"{split} lookups", requests, chunks)
+    requests = batches | f"{split}: wanted IDs" >> beam.Map(
+        lambda kv: (kv[0], kv[1].wanted(schema))
+    )
+    answers = lookups.fetch(f"{split} lookups", requests, chunks, schema.spec)
     (
         {"batch": batches, "answers": answers}
         | f"{split}: batch with lookups" >> beam.CoGroupByKey()
-        | f"{split}: join" >> beam.ParDo(JoinUsers(split, history_cap))
+        | f"{split}: join" >> beam.ParDo(JoinUsers(split, history_cap, schema))
         | f"{split}: write"
         >> beam.io.WriteToTFRecord(
             f"{output}/{split}/part",

@@ -14,19 +14,19 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.beam import files, lookups, metrics
-from pipelines.common import taobao_mm_schema as release
 from pipelines.common import vocab
+from pipelines.common.raw_schema import MISSING, RawSchema
 
 _FORCED_SOURCE = {source: target for target, source in vocab.FORCED.items()}
 
 
 def _ids_to_count(
-    element: tuple[np.ndarray, pa.RecordBatch], table: str
+    element: tuple[np.ndarray, pa.RecordBatch], table: str, schema: RawSchema
 ) -> Iterator[tuple[tuple[str, int], tuple[int, int]]]:
     """((vocabulary, ID), (train count, SCL rows)) of a batch, one pair per distinct ID."""
     _, batch = element
-    for name, raw_ids in vocab.ids_to_count(table, batch):
-        unique, counts = np.unique(raw_ids[raw_ids != release.MISSING], return_counts=True)
+    for name, raw_ids in vocab.ids_to_count(table, batch, schema):
+        unique, counts = np.unique(raw_ids[raw_ids != MISSING], return_counts=True)
         target = _FORCED_SOURCE.get(name, name)
         forced = name in _FORCED_SOURCE
         for raw, count in zip(unique.tolist(), counts.tolist()):
@@ -64,13 +64,13 @@ def _chunk(
 
 
 def kept_ranges(
-    reads: dict[str, beam.PCollection], min_count: dict[str, int], work: str
+    reads: dict[str, beam.PCollection], min_count: dict[str, int], work: str, schema: RawSchema
 ) -> beam.PCollection:
     """((vocabulary, range), Chunk) of every range that keeps an ID; each range's IDs are also
     written to its range file for the launcher to concatenate."""
     counted = [
-        reads[table] | f"count {table}" >> beam.FlatMap(_ids_to_count, table)
-        for table in (*vocab.COUNTED_COLUMNS, release.SCL_EMBEDDINGS)
+        reads[table] | f"count {table}" >> beam.FlatMap(_ids_to_count, table, schema)
+        for table in dict.fromkeys((*vocab.counted_columns(schema), schema.scl_embeddings))
     ]
     kept = (
         counted

@@ -9,8 +9,9 @@ Every sample is either written or rejected for exactly one reason (the first tha
 ==========================  ===================================================================
 rejected reason             rule
 ==========================  ===================================================================
-``missing_id``              user ``129_1`` or target item ``205`` is null or 0.
-``malformed_label``         ``label_0`` is not the one-hot pair [1, 0] (no click) / [0, 1] (click).
+``missing_id``              the user (Taobao-MM: ``129_1``) or target item (``205``) is null or 0.
+``malformed_label``         the label (``label_0``) is not the one-hot pair [1, 0] (no click) /
+                            [0, 1] (click).
 ``user_without_features``   the user has no row in the split's user features.
 ``malformed_history``       the user's item and category histories differ in length.
 ==========================  ===================================================================
@@ -40,8 +41,9 @@ import numpy as np
 import pyarrow as pa
 
 from muse_tf.contract import features, vocabulary
+from muse_tf.contract.feature_spec import FeatureSpec
 from pipelines.common import parquet_input as pi
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import MISSING, RawSchema
 
 REJECT_REASONS = ("missing_id", "malformed_label", "user_without_features", "malformed_history")
 ADJUSTMENTS = (
@@ -51,7 +53,6 @@ ADJUSTMENTS = (
     "item_without_features",
     "item_without_scl",
 )
-OOV_FEATURES = features.SCALAR_FEATURES + features.SEQUENCE_FEATURES
 USER_ROW_COUNTS = ("in", "written", "unmatched", "duplicate", "missing_id")
 
 
@@ -65,7 +66,7 @@ class Lookups:
         raise NotImplementedError
 
     def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3) category/attr_213/attr_214 indices (PAD where item_features has no row) and
+        """(N, 1 + A) category and attribute indices (PAD where item_features has no row) and
         (N,) has-a-vector of item indices."""
         raise NotImplementedError
 
@@ -75,11 +76,12 @@ class TableLookups(Lookups):
     """Sorted vocabularies by name, and the item tables aligned with the item vocabulary."""
 
     vocabs: dict[str, np.ndarray]
-    item_attributes: np.ndarray  # (V, 3) category, attr_213, attr_214 indices; 0 = no row
-    multimodal: np.ndarray  # (V, 128) int8
+    item_attributes: np.ndarray  # (V, 1 + A) category and attribute indices; 0 = no row
+    multimodal: np.ndarray  # (V, dim)
+    spec: FeatureSpec
 
     def index(self, feature: str, raw_ids: np.ndarray) -> np.ndarray:
-        return vocabulary.lookup(self.vocabs[features.VOCABULARY[feature]], raw_ids, assume_sorted=True)
+        return vocabulary.lookup(self.vocabs[self.spec.vocabulary[feature]], raw_ids, assume_sorted=True)
 
     def item_info(self, item_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         attributes = np.asarray(self.item_attributes[item_index], np.int64)
@@ -99,9 +101,14 @@ class UserRecords:
     sample_counts: np.ndarray
 
 
-def parse_labels(samples: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(click 0/1, well-formed) per sample from the one-hot ``label_0`` pair."""
-    values, lengths = pi.id_lists(samples, release.LABELS, fill=-1)
+def oov_features(spec: FeatureSpec) -> tuple[str, ...]:
+    """The features whose OOV values a join counts."""
+    return spec.scalar_features + features.SEQUENCE_FEATURES
+
+
+def parse_labels(samples: pa.Table, schema: RawSchema) -> tuple[np.ndarray, np.ndarray]:
+    """(click 0/1, well-formed) per sample from the one-hot label pair."""
+    values, lengths = pi.id_lists(samples, schema.labels, fill=-1)
     starts = pi.row_offsets(lengths)[:-1]
     padded = np.concatenate([values, [-1, -1]])
     first, second = padded[starts], padded[starts + 1]
@@ -117,7 +124,7 @@ def _clean_history(
     Returns kept items, kept categories, kept lengths, lengths before truncation, dropped count.
     """
     owner = np.repeat(np.arange(len(lengths)), lengths)
-    present = items != release.MISSING
+    present = items != MISSING
     clean_lengths = np.bincount(owner[present], minlength=len(lengths))
     items, categories, owner = items[present], categories[present], owner[present]
     position_from_end = pi.row_offsets(clean_lengths)[owner + 1] - np.arange(len(items))
@@ -129,7 +136,7 @@ def _clean_history(
 
 def _first_new_rows(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Rows (ascending) holding the first occurrence of each non-missing key not in ``seen``."""
-    candidates = np.flatnonzero(keys != release.MISSING)
+    candidates = np.flatnonzero(keys != MISSING)
     unique, first = np.unique(keys[candidates], return_index=True)
     return np.sort(candidates[first[~np.isin(unique, seen, assume_unique=True)]])
 
@@ -148,15 +155,15 @@ class SampleColumns:
     reason: np.ndarray
 
 
-def sample_columns(samples: pa.Table | pa.RecordBatch) -> SampleColumns:
+def sample_columns(samples: pa.Table | pa.RecordBatch, schema: RawSchema) -> SampleColumns:
     """Parses samples and applies the rules that need no join (``missing_id`` before
     ``malformed_label``)."""
-    users = pi.ids(samples, release.USER_ID)
-    items = pi.ids(samples, release.ITEM_ID)
-    labels, label_ok = parse_labels(samples)
+    users = pi.ids(samples, schema.user_id)
+    items = pi.ids(samples, schema.item_id)
+    labels, label_ok = parse_labels(samples, schema)
     reason = np.full(len(users), UNDECIDED)
     reason[~label_ok] = REJECT_REASONS.index("malformed_label")
-    reason[(users == release.MISSING) | (items == release.MISSING)] = REJECT_REASONS.index("missing_id")
+    reason[(users == MISSING) | (items == MISSING)] = REJECT_REASONS.index("missing_id")
     return SampleColumns(users, items, labels, reason)
 
 
@@ -167,10 +174,15 @@ class ShardJoin:
         samples: every sample of the bucket, parsed (``sample_columns``).
         lookups: vocabularies and item tables.
         history_cap: L, behaviours kept per user (the most recent).
+        schema: the raw columns and the features they feed.
     """
 
-    def __init__(self, samples: SampleColumns, lookups: Lookups, history_cap: int) -> None:
+    def __init__(
+        self, samples: SampleColumns, lookups: Lookups, history_cap: int, schema: RawSchema
+    ) -> None:
         self.lookups = lookups
+        self.schema = schema
+        self.oov_features = oov_features(schema.spec)
         self.history_cap = history_cap
         users, self._items, self._labels = samples.users, samples.items, samples.labels
         self._reason = samples.reason.copy()
@@ -184,12 +196,13 @@ class ShardJoin:
 
     def add_users(self, users: pa.Table | pa.RecordBatch) -> UserRecords:
         """The records of the users of this batch that have samples (a user's first row wins)."""
-        keys = pi.ids(users, release.USER_ID)
-        items, item_lengths = pi.id_lists(users, release.HISTORY_ITEMS)
-        categories, category_lengths = pi.id_lists(users, release.HISTORY_CATEGORIES)
+        schema = self.schema
+        keys = pi.ids(users, schema.user_id)
+        items, item_lengths = pi.id_lists(users, schema.history_items)
+        categories, category_lengths = pi.id_lists(users, schema.history_categories)
         rows = _first_new_rows(keys, self._seen_users)
         self._seen_users = np.union1d(self._seen_users, keys[rows])
-        present = int(np.count_nonzero(keys != release.MISSING))
+        present = int(np.count_nonzero(keys != MISSING))
         self.counts["user_rows"].update(
             {"in": len(keys), "duplicate": present - len(rows), "missing_id": len(keys) - present}
         )
@@ -214,7 +227,7 @@ class ShardJoin:
         )
         user = {features.USER_KEY: keys[rows]}
         user[features.USER_ID] = self.lookups.index(features.USER_ID, keys[rows])
-        for column, name in zip(release.PROFILE_COLUMNS, features.USER_PROFILE):
+        for column, name in zip(schema.profile_columns, schema.spec.profile_features):
             user[name] = self.lookups.index(name, pi.ids(users, column)[rows])
         history = {
             features.HISTORY_ITEMS: self.lookups.index(features.HISTORY_ITEMS, history_items),
@@ -246,8 +259,7 @@ class ShardJoin:
         return {
             features.ITEM_ID: item_index,
             features.ITEM_CATEGORY: attributes[:, 0],
-            features.ITEM_ATTRS[0]: attributes[:, 1],
-            features.ITEM_ATTRS[1]: attributes[:, 2],
+            **{name: attributes[:, 1 + k] for k, name in enumerate(self.schema.spec.attribute_features)},
             features.LABEL: self._labels[samples],
         }
 
@@ -266,7 +278,7 @@ class ShardJoin:
         adjusted["history_short"] += int(np.count_nonzero(history_lengths < self.history_cap))
         written = {name: values[per_sample_user] for name, values in user.items()}
         written.update(sample_values, **history)
-        for name in OOV_FEATURES:
+        for name in self.oov_features:
             self.counts["oov"][name] += int(np.count_nonzero(written[name] == features.OOV))
 
     def finish(self) -> dict:
@@ -282,6 +294,6 @@ class ShardJoin:
                 for i, name in enumerate(REJECT_REASONS)
             },
             "adjusted": {name: counts["adjusted"].get(name, 0) for name in ADJUSTMENTS},
-            "oov": {name: counts["oov"].get(name, 0) for name in OOV_FEATURES},
+            "oov": {name: counts["oov"].get(name, 0) for name in self.oov_features},
             "user_rows": {name: counts["user_rows"].get(name, 0) for name in USER_ROW_COUNTS},
         }

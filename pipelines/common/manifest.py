@@ -9,18 +9,19 @@ conversion that lost a record stops instead of writing a manifest.
 from __future__ import annotations
 
 from muse_tf.contract import dataset_dir
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import RawSchema
 
 
 def _split_summary(
-    split: str, shards: list[dict], input_rows: dict[str, int], total: dict | None
+    split: str, shards: list[dict], input_rows: dict[str, int], total: dict | None,
+    schema: RawSchema,
 ) -> dict:
     if total is None:
         total = dataset_dir.sum_counts(shards)
     accounted = total["samples_written"] + sum(total["rejected"].values())
     expected = {
-        "samples_in": input_rows[release.SAMPLES_TABLE[split]],
-        "user_rows": input_rows[release.USER_TABLE[split]],
+        "samples_in": input_rows[schema.samples_table[split]],
+        "user_rows": input_rows[schema.user_table[split]],
     }
     if (
         total["samples_in"] != expected["samples_in"]
@@ -34,6 +35,7 @@ def _split_summary(
 def build(
     *,
     source: str,
+    schema: RawSchema,
     history_cap: int,
     vocabularies: dict[str, dict],
     item_tables: dict[str, dict],
@@ -41,8 +43,9 @@ def build(
     shards_by_split: dict[str, list[dict]],
     totals_by_split: dict[str, dict] | None = None,
 ) -> dict:
-    """The manifest: schema version, vocabulary sizes and statistics, item-table row counts, input
-    rows per table, and per split its totals, bytes per sample and per-shard counts.
+    """The manifest: schema version, the feature spec (``schema.spec``), vocabulary sizes and
+    statistics, item-table row counts, input rows per table, and per split its totals, bytes per
+    sample and per-shard counts.
 
     A split's totals are the sum of its shards' counts, or ``totals_by_split[split]`` when given
     (the Beam pipeline counts per split, its shards list only ``file`` and ``bytes``).
@@ -53,12 +56,15 @@ def build(
     return dataset_dir.build_manifest(
         source=source,
         history_cap=history_cap,
+        feature_spec=schema.spec,
         vocab_sizes={name: v["size"] for name, v in vocabularies.items()},
         vocabularies=vocabularies,
         **item_tables,
         input_rows=input_rows,
         splits={
-            split: _split_summary(split, shards, input_rows, (totals_by_split or {}).get(split))
+            split: _split_summary(
+                split, shards, input_rows, (totals_by_split or {}).get(split), schema
+            )
             for split, shards in shards_by_split.items()
         },
     )

@@ -13,8 +13,8 @@ import math
 import os
 from collections.abc import Callable
 
-from muse_tf.contract import features
-from pipelines.common import taobao_mm_schema as release
+from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec
+from pipelines.common.raw_schema import SPLITS, RawSchema
 
 SHARD_INPUT_BYTES = 256 << 20  # of compressed samples + user features per output shard
 PARTITION_INPUT_BYTES = 256 << 20  # of compressed train input per count partition
@@ -22,9 +22,11 @@ PARTITION_INPUT_BYTES = 256 << 20  # of compressed train input per count partiti
 
 @dataclasses.dataclass(frozen=True)
 class ConversionOptions:
-    """A conversion of ``input_dir`` (the Taobao-MM Parquet tables) into the dataset ``output``.
+    """A conversion of ``input_dir`` (the Parquet tables of ``feature_spec``) into the dataset
+    ``output``.
 
     Attributes:
+        feature_spec: the raw tables and columns and the features they feed (default: Taobao-MM).
         history_cap: history behaviours kept per user (the most recent).
         min_count: vocabulary -> the count an ID needs to be kept (unset: 1).
         shards: split -> output shards (unset or None: by input size).
@@ -41,6 +43,12 @@ class ConversionOptions:
     partitions: int | None = None
     keep_work: bool = False
     overwrite: bool = False
+    feature_spec: FeatureSpec = TAOBAO_MM
+
+    @property
+    def schema(self) -> RawSchema:
+        """The raw tables and columns of ``feature_spec``."""
+        return RawSchema(self.feature_spec)
 
     def resolved(
         self, tables: dict[str, list[str]], size: Callable[[str], int] = os.path.getsize
@@ -53,27 +61,28 @@ class ConversionOptions:
         """
         if self.history_cap <= 0:
             raise ValueError(f"`history_cap` must be positive, got {self.history_cap}.")
-        unknown = set(self.min_count) - set(features.VOCABULARIES)
+        vocabularies = self.feature_spec.vocabularies
+        unknown = set(self.min_count) - set(vocabularies)
         if unknown:
             raise ValueError(
-                f"Unknown vocabularies {sorted(unknown)} in min-count; known: "
-                f"{list(features.VOCABULARIES)}."
+                f"Unknown vocabularies {sorted(unknown)} in min-count; known: {list(vocabularies)}."
             )
+        schema = self.schema
         from pipelines.common import vocab  # TensorFlow loads here, after parsing
 
         shards = {}
-        for split in release.SPLITS:
-            names = (release.SAMPLES_TABLE[split], release.USER_TABLE[split])
+        for split in SPLITS:
+            names = (schema.samples_table[split], schema.user_table[split])
             count = self.shards.get(split) or max(
                 2, math.ceil(_input_bytes(tables, names, size) / SHARD_INPUT_BYTES)
             )
             if count <= 0:
                 raise ValueError(f"Shards for {split!r} must be positive, got {count}.")
             shards[split] = count
-        train_names = (*vocab.COUNTED_COLUMNS, release.SCL_EMBEDDINGS)
+        train_names = tuple({*vocab.counted_columns(schema), schema.scl_embeddings})
         return dataclasses.replace(
             self,
-            min_count={name: self.min_count.get(name, 1) for name in features.VOCABULARIES},
+            min_count={name: self.min_count.get(name, 1) for name in vocabularies},
             shards=shards,
             partitions=max(
                 1, math.ceil(_input_bytes(tables, train_names, size) / PARTITION_INPUT_BYTES)
@@ -88,6 +97,7 @@ class ConversionOptions:
             "min_count": self.min_count,
             "shards": self.shards,
             "partitions": self.partitions,
+            "feature_spec": self.feature_spec.to_dict(),
         }
 
 
@@ -97,14 +107,15 @@ def _input_bytes(
     return sum(size(path) for name in names for path in tables[name])
 
 
-def parse_min_count(values: list[str]) -> dict[str, int]:
-    """``--min-count`` values (``N`` or ``name=N``) -> {vocabulary: N}."""
+def parse_min_count(values: list[str], vocabularies: tuple[str, ...]) -> dict[str, int]:
+    """``--min-count`` values (``N`` or ``name=N``) -> {vocabulary: N} (``N``: every one of
+    ``vocabularies``)."""
     counts: dict[str, int] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
         if not number.isdigit():
             raise argparse.ArgumentTypeError(f"--min-count {value!r}: expected N or name=N.")
-        for vocab_name in [name] if sep else features.VOCABULARIES:
+        for vocab_name in [name] if sep else vocabularies:
             counts[vocab_name] = int(number)
     return counts
 
@@ -112,7 +123,10 @@ def parse_min_count(values: list[str]) -> dict[str, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of both conversion commands: those of ``ConversionOptions``, and ``--verbose``."""
     parser.add_argument("--input", required=True,
-                        help="directory holding the Taobao-MM Parquet tables")
+                        help="directory holding the raw Parquet tables (of --feature-spec)")
+    parser.add_argument("--feature-spec", metavar="FILE",
+                        help="YAML or JSON feature spec naming the raw tables and columns "
+                        "(README, 'Your own data'); unset: the Taobao-MM release's")
     parser.add_argument("--output", required=True, help="dataset directory to write")
     parser.add_argument("--history-cap", type=int, default=1000,
                         help="history behaviours kept per user (the most recent)")
@@ -132,13 +146,16 @@ def from_args(args: argparse.Namespace) -> ConversionOptions:
 
     Raises:
         argparse.ArgumentTypeError: naming a malformed ``--min-count``.
+        FeatureSpecError: naming the ``--feature-spec`` file and its bad key.
     """
+    spec = FeatureSpec.load(args.feature_spec) if args.feature_spec else TAOBAO_MM
     return ConversionOptions(
         args.input,
         args.output,
         history_cap=args.history_cap,
-        min_count=parse_min_count(args.min_count or []),
+        min_count=parse_min_count(args.min_count or [], spec.vocabularies),
         shards={"train": args.train_shards, "test": args.test_shards},
         keep_work=args.keep_work,
         overwrite=args.overwrite,
+        feature_spec=spec,
     )

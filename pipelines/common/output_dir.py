@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from muse_tf.contract import dataset_dir, lock
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import SPLITS
 
 LOCK = "convert.lock"
 PARAMS = "params.json"
@@ -33,7 +33,7 @@ WORK_DIRS = (LOCAL_WORK, BEAM_WORK)
 # What a conversion writes into its output besides its work directory (a killed or failed manifest
 # write leaves the temporary name).
 DATASET = (
-    *release.SPLITS,
+    *SPLITS,
     dataset_dir.VOCAB_DIR,
     dataset_dir.MANIFEST,
     f"{dataset_dir.MANIFEST}.tmp",

@@ -1,4 +1,5 @@
-"""Finds, checks and streams the Taobao-MM Parquet tables (the full release's files or the demo's).
+"""Finds, checks and streams the raw Parquet tables of a feature spec (``raw_schema``; Taobao-MM's:
+the full release's files or the demo's).
 
 A table ``T`` (e.g. ``train_samples``) is read from every file matching ``T.parquet``,
 ``T[._-]*.parquet`` (``T.part_0000.parquet``, ``T-00001.parquet``) or ``T/**/*.parquet``. Every
@@ -23,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common import raw_schema
+from pipelines.common.raw_schema import MISSING, RawSchema
 
 BATCH_BYTES = 16 << 20  # decoded bytes per record batch
 
@@ -38,10 +40,11 @@ def _local_glob(pattern: str) -> list[str]:
 
 def discover_tables(
     input_dir: str,
+    schema: RawSchema,
     match: Callable[[str], list[str]] | None = None,
-    names: Sequence[str] = tuple(release.TABLE_COLUMNS),
+    names: Sequence[str] | None = None,
 ) -> dict[str, list[str]]:
-    """Files of the Taobao-MM tables ``names`` (default: all) under ``input_dir``, sorted.
+    """Files of the tables ``names`` (default: all of ``schema``'s) under ``input_dir``, sorted.
     ``match`` lists the paths of a glob pattern (default: the local file system; the Beam pipeline
     passes its file systems').
 
@@ -53,7 +56,7 @@ def discover_tables(
             raise InputError(f"Input directory {input_dir} does not exist.")
         match = _local_glob
     tables = {}
-    for table in names:
+    for table in schema.table_columns if names is None else names:
         patterns = (f"{table}.parquet", f"{table}[._-]*.parquet", f"{table}/**/*.parquet")
         files = set()
         for pattern in patterns:
@@ -68,18 +71,22 @@ def discover_tables(
 
 
 def _type_matches(arrow_type: pa.DataType, expected: str) -> bool:
-    if expected == release.ID:
+    if expected == raw_schema.ID:
         return pa.types.is_integer(arrow_type)
     if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
         return False
-    if expected == release.INT8_LIST:
+    if expected == raw_schema.INT8_LIST:
         return pa.types.is_int8(arrow_type.value_type)
+    if expected == raw_schema.FLOAT_LIST:
+        return pa.types.is_floating(arrow_type.value_type)
     return pa.types.is_integer(arrow_type.value_type)
 
 
-def open_checked(path: str, table: str, source: BinaryIO | None = None) -> pq.ParquetFile:
+def open_checked(
+    path: str, table: str, schema: RawSchema, source: BinaryIO | None = None
+) -> pq.ParquetFile:
     """Opens ``path`` (or ``source``, the file already opened) and checks it has ``table``'s
-    columns and types.
+    columns and types (``schema``'s).
 
     Raises:
         InputError: naming the file, and the column when the schema is wrong.
@@ -90,14 +97,15 @@ def open_checked(path: str, table: str, source: BinaryIO | None = None) -> pq.Pa
         )
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet file ({err}).") from err
-    schema = parquet_file.schema_arrow
-    for column, expected in release.TABLE_COLUMNS[table].items():
-        if column not in schema.names:
+    columns = schema.table_columns[table]
+    arrow_schema = parquet_file.schema_arrow
+    for column, expected in columns.items():
+        if column not in arrow_schema.names:
             raise InputError(
                 f"{path}: column {column!r} missing; table {table!r} needs "
-                f"{list(release.TABLE_COLUMNS[table])}, the file has {schema.names}."
+                f"{list(columns)}, the file has {arrow_schema.names}."
             )
-        actual = schema.field(column).type
+        actual = arrow_schema.field(column).type
         if not _type_matches(actual, expected):
             raise InputError(f"{path}: column {column!r} is {actual}, expected {expected}.")
     return parquet_file
@@ -112,7 +120,8 @@ def batch_rows(parquet_file: pq.ParquetFile) -> int:
 
 
 def read_batches(
-    path: str, table: str, row_groups: list[int] | None, source: BinaryIO | None = None
+    path: str, table: str, schema: RawSchema, row_groups: list[int] | None,
+    source: BinaryIO | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of ``table``'s columns (see ``batch_rows``), so memory stays bounded even
     for files written as one huge row group. ``source``: the file already opened.
@@ -120,12 +129,12 @@ def read_batches(
     Raises:
         InputError: naming the file when it cannot be decoded.
     """
-    parquet_file = open_checked(path, table, source)
+    parquet_file = open_checked(path, table, schema, source)
     try:
         for batch in parquet_file.iter_batches(
             batch_size=batch_rows(parquet_file),
             row_groups=row_groups,
-            columns=list(release.TABLE_COLUMNS[table]),
+            columns=list(schema.table_columns[table]),
         ):
             _check_int64_range(path, batch)
             yield batch
@@ -147,27 +156,54 @@ def _check_int64_range(path: str, batch: pa.RecordBatch) -> None:
                 )
 
 
-def num_row_groups(path: str, table: str) -> int:
+def num_row_groups(path: str, table: str, schema: RawSchema) -> int:
     """Row groups of a file, after checking its schema (``open_checked``)."""
-    return open_checked(path, table).metadata.num_row_groups
+    return open_checked(path, table, schema).metadata.num_row_groups
 
 
 def ids(data: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
     """An ID column as int64, null -> ``MISSING`` (0)."""
     array = data.column(column)
-    return pc.fill_null(array.cast(pa.int64()), release.MISSING).to_numpy(zero_copy_only=False)
+    return pc.fill_null(array.cast(pa.int64()), MISSING).to_numpy(zero_copy_only=False)
 
 
-def id_lists(
-    data: pa.RecordBatch | pa.Table, column: str, fill: int = release.MISSING
-) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (flat int64 values, null element -> ``fill``; row lengths, null -> 0)."""
+def _list_array(data: pa.RecordBatch | pa.Table, column: str) -> pa.Array:
     array = data.column(column)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    return array
+
+
+def _lengths(array: pa.Array) -> np.ndarray:
+    lengths = pc.fill_null(pc.list_value_length(array), 0)
+    return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def list_lengths(data: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
+    """A list column's row lengths (null -> 0), whatever its values' type."""
+    return _lengths(_list_array(data, column))
+
+
+def id_lists(
+    data: pa.RecordBatch | pa.Table, column: str, fill: int = MISSING
+) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (flat int64 values, null element -> ``fill``; row lengths, null -> 0)."""
+    array = _list_array(data, column)
     values = pc.fill_null(pc.list_flatten(array).cast(pa.int64()), fill)
-    return values.to_numpy(zero_copy_only=False), lengths.astype(np.int64)
+    return values.to_numpy(zero_copy_only=False), _lengths(array)
+
+
+def vector_lists(
+    data: pa.RecordBatch | pa.Table, column: str, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A vector column as (flat values of ``dtype``: int8, float16 or float32, null element -> 0;
+    row lengths, null -> 0)."""
+    if dtype == "int8":
+        values, lengths = id_lists(data, column, fill=0)
+        return values.astype(np.int8), lengths
+    array = _list_array(data, column)
+    values = pc.fill_null(pc.list_flatten(array).cast(pa.float32()), 0.0)
+    return values.to_numpy(zero_copy_only=False).astype(dtype), _lengths(array)
 
 
 def row_offsets(lengths: np.ndarray) -> np.ndarray:

@@ -12,13 +12,15 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from muse_tf.contract import records
+from muse_tf.contract.feature_spec import FeatureSpec
 from pipelines.common.join import UserRecords
 
 
-def encode(users: UserRecords) -> Iterator[bytes]:
-    """Serialized records of ``users``, in order (both conversion engines write these)."""
+def encode(users: UserRecords, spec: FeatureSpec) -> Iterator[bytes]:
+    """Serialized records of ``users`` of ``spec``'s features, in order (both conversion engines
+    write these)."""
     return records.encode_user_records(
-        users.user, users.history, users.history_lengths, users.samples, users.sample_counts
+        users.user, users.history, users.history_lengths, users.samples, users.sample_counts, spec
     )
 
 
@@ -29,8 +31,9 @@ class ShardWriter:
     disk) is an OSError naming the shard.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, spec: FeatureSpec) -> None:
         self.path = path
+        self.spec = spec
         self.size = 0
         self._tmp = f"{path}.tmp"
         options = tf.io.TFRecordOptions(compression_type=records.COMPRESSION)
@@ -43,7 +46,7 @@ class ShardWriter:
             ValueError: when ``users`` lacks a feature of the record schema.
         """
         try:
-            for record in encode(users):
+            for record in encode(users, self.spec):
                 self._writer.write(record)
         except tf.errors.OpError as err:
             raise self._os_error(err) from None

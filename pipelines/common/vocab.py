@@ -7,10 +7,11 @@ of the distinct IDs), never by the 243M distinct history items of the full relea
 vocabulary (the artefact itself, which training holds anyway) is ever in memory whole.
 
 Rules:
-* Sources (train only): ``user`` <- train_samples ``129_1``; ``profile_i`` <- train_user_features
-  ``130_i``; ``item`` <- train_samples ``205`` + histories ``150_2_180``; ``category`` <- histories
-  ``151_2_180`` + item_features ``206``; ``attr_213``/``attr_214`` <- item_features. Raw input is
-  counted before the join rules (a sample rejected later still counted).
+* Sources (train only; the feature spec's tables and columns, Taobao-MM's named here): ``user`` <-
+  train_samples ``129_1``; ``profile_i`` <- train_user_features ``130_i``; ``item`` <- train_samples
+  ``205`` + histories ``150_2_180``; ``category`` <- histories ``151_2_180`` + item_features
+  ``206``; ``attr_213``/``attr_214`` <- item_features. Raw input is counted before the join rules
+  (a sample rejected later still counted).
 * An ID is kept when its count reaches the vocabulary's min-count. Every item with an SCL vector is
   kept in ``item`` whatever its count, so rare items keep their multimodal vector.
 * 0 (the release's "empty field") is never kept. Kept IDs are sorted ascending, so the ID at
@@ -28,21 +29,26 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from muse_tf.contract import features, vocabulary
+from muse_tf.contract import vocabulary
 from muse_tf.contract.hashing import order_by_partition, partition_of
 from pipelines.common import parquet_input as pi
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common import raw_schema
+from pipelines.common.raw_schema import MISSING, RawSchema
 
-# Train-split columns counted into each vocabulary (table -> columns).
-COUNTED_COLUMNS = {
-    release.SAMPLES_TABLE["train"]: (release.USER_ID, release.ITEM_ID),
-    release.USER_TABLE["train"]: (
-        *release.PROFILE_COLUMNS,
-        release.HISTORY_ITEMS,
-        release.HISTORY_CATEGORIES,
-    ),
-    release.ITEM_FEATURES: (release.ITEM_CATEGORY, *release.ATTRIBUTE_COLUMNS),
-}
+
+def counted_columns(schema: RawSchema) -> dict[str, tuple[str, ...]]:
+    """Train-split columns counted into each vocabulary (table -> columns)."""
+    return {
+        schema.samples_table["train"]: (schema.user_id, schema.item_id),
+        schema.user_table["train"]: (
+            *schema.profile_columns,
+            schema.history_items,
+            schema.history_categories,
+        ),
+        schema.item_features: (schema.item_category, *schema.attribute_columns),
+    }
+
+
 # Pseudo-vocabulary of the items that have an SCL vector (always kept in ``item``).
 SCL_ITEMS = "scl_items"
 FORCED = {"item": SCL_ITEMS}
@@ -50,22 +56,25 @@ FORCED = {"item": SCL_ITEMS}
 SPILL_BUFFER_PAIRS = 8_000_000
 
 
-def vocabulary_of(column: str) -> str:
-    """The vocabulary a Taobao-MM column's IDs belong to, e.g. ``150_2_180`` -> ``item``."""
-    return features.VOCABULARY[release.COLUMN_FEATURE[column]]
+def vocabulary_of(column: str, schema: RawSchema) -> str:
+    """The vocabulary a raw column's IDs belong to, e.g. Taobao-MM's ``150_2_180`` -> ``item``."""
+    return schema.spec.vocabulary[schema.column_feature[column]]
 
 
-def ids_to_count(table: str, batch: pa.RecordBatch) -> Iterator[tuple[str, np.ndarray]]:
+def ids_to_count(
+    table: str, batch: pa.RecordBatch, schema: RawSchema
+) -> Iterator[tuple[str, np.ndarray]]:
     """(vocabulary, raw IDs) pairs that a record batch of ``table`` adds to the counts; the items
-    of well-formed SCL rows go to ``SCL_ITEMS``. MISSING values are left for the counter to drop."""
-    for column in COUNTED_COLUMNS.get(table, ()):
-        if release.TABLE_COLUMNS[table][column] == release.ID:
-            yield vocabulary_of(column), pi.ids(batch, column)
+    of well-formed vector rows go to ``SCL_ITEMS``. MISSING values are left for the counter to
+    drop."""
+    for column in counted_columns(schema).get(table, ()):
+        if schema.table_columns[table][column] == raw_schema.ID:
+            yield vocabulary_of(column, schema), pi.ids(batch, column)
         else:
-            yield vocabulary_of(column), pi.id_lists(batch, column)[0]
-    if table == release.SCL_EMBEDDINGS:
-        well_formed = pi.id_lists(batch, release.SCL_VECTOR)[1] == release.EMBEDDING_DIM
-        yield SCL_ITEMS, pi.ids(batch, release.ITEM_ID)[well_formed]
+            yield vocabulary_of(column, schema), pi.id_lists(batch, column)[0]
+    if table == schema.scl_embeddings:
+        well_formed = pi.list_lengths(batch, schema.scl_vector) == schema.embedding_dim
+        yield SCL_ITEMS, pi.ids(batch, schema.item_id)[well_formed]
 
 
 def sum_counts(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +102,7 @@ class CountSpill:
 
     def add(self, vocab: str, raw_ids: np.ndarray) -> None:
         """Counts (N,) raw IDs of ``vocab`` (MISSING ignored); spills when the buffer is full."""
-        raw_ids = raw_ids[raw_ids != release.MISSING]
+        raw_ids = raw_ids[raw_ids != MISSING]
         unique, counts = np.unique(raw_ids, return_counts=True)
         self._chunks.setdefault(vocab, []).append((unique, counts.astype(np.int64)))
         self._buffered += len(unique)

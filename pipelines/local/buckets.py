@@ -21,14 +21,13 @@ import pyarrow.parquet as pq
 
 from muse_tf.contract.hashing import order_by_partition, partition_of
 from pipelines.common import parquet_input as pi
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import RawSchema
 
 SAMPLES = "samples"
 USERS = "users"
 _EMPTY_TYPES = {
     "integer": pa.int64(),
     "list<integer>": pa.list_(pa.int64()),
-    "list<int8>": pa.list_(pa.int8()),
 }
 
 
@@ -40,13 +39,16 @@ def bucket_path(bucket_dir: str, split: str, kind: str, bucket: int, tag: str) -
 class BucketSpill:
     """Parquet writers, one per bucket, for one scan task (opened lazily, closed atomically)."""
 
-    def __init__(self, bucket_dir: str, split: str, kind: str, tag: str, buckets: int) -> None:
+    def __init__(
+        self, bucket_dir: str, split: str, kind: str, tag: str, buckets: int, user_id: str
+    ) -> None:
+        self.user_id = user_id  # the raw user ID column
         self._paths = [bucket_path(bucket_dir, split, kind, k, tag) for k in range(buckets)]
         self._writers: dict[int, pq.ParquetWriter] = {}
 
     def write(self, batch: pa.RecordBatch) -> None:
-        """Appends each row of ``batch`` to the bucket of its user ``129_1``, in input order."""
-        users = pi.ids(batch, release.USER_ID)
+        """Appends each row of ``batch`` to the bucket of its user, in input order."""
+        users = pi.ids(batch, self.user_id)
         buckets = len(self._paths)
         order, bounds = order_by_partition(partition_of(users, buckets), buckets)
         for bucket in range(buckets):
@@ -76,10 +78,12 @@ def iter_bucket(bucket_dir: str, split: str, kind: str, bucket: int) -> Iterator
         yield from parquet_file.iter_batches(batch_size=pi.batch_rows(parquet_file))
 
 
-def read_bucket(bucket_dir: str, split: str, kind: str, bucket: int, table: str) -> pa.Table:
+def read_bucket(
+    bucket_dir: str, split: str, kind: str, bucket: int, table: str, schema: RawSchema
+) -> pa.Table:
     """Every spilled row of one bucket in input order (an empty table when there are none)."""
     tables = [pq.read_table(f) for f in _bucket_files(bucket_dir, split, kind, bucket)]
     if not tables:
-        columns = release.TABLE_COLUMNS[table]
+        columns = schema.table_columns[table]
         return pa.table({name: pa.array([], _EMPTY_TYPES[kind]) for name, kind in columns.items()})
     return pa.concat_tables(tables, promote_options="permissive")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from muse_tf.contract import features, vocabulary
 from pipelines.common import join
 from pipelines.common import parquet_input as pi
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import RawSchema
 
 OUTPUT_COLUMNS = ("user_id", "item_id", "label", "probability", "logit")
 NO_CLICK = [1, 0]  # the label the conversion copy of a label-free table carries
@@ -37,6 +37,7 @@ class Candidates:
 
     table: str
     paths: list[str]
+    schema: RawSchema
     columns: join.SampleColumns
     has_labels: bool
     row_key: str | None
@@ -60,16 +61,16 @@ def _check_column(path: str, schema: pa.Schema, column: str, flag: str) -> None:
                             "rename it in the input.")
 
 
-def _key_columns(table: pa.Table, has_labels: bool) -> pa.Table:
+def _key_columns(table: pa.Table, has_labels: bool, schema: RawSchema) -> pa.Table:
     """The user, item and label columns the conversion reads; ``NO_CLICK`` without labels."""
     rows = table.num_rows
-    labels = (table.column(release.LABELS) if has_labels else pa.ListArray.from_arrays(
+    labels = (table.column(schema.labels) if has_labels else pa.ListArray.from_arrays(
         pa.array(np.arange(0, 2 * rows + 1, 2), pa.int32()), pa.array(np.tile(NO_CLICK, rows))))
-    return pa.table({release.LABELS: labels, release.USER_ID: table.column(release.USER_ID),
-                     release.ITEM_ID: table.column(release.ITEM_ID)})
+    return pa.table({schema.labels: labels, schema.user_id: table.column(schema.user_id),
+                     schema.item_id: table.column(schema.item_id)})
 
 
-def read(paths: Sequence[str], table: str, row_key: str | None = None,
+def read(paths: Sequence[str], table: str, schema: RawSchema, row_key: str | None = None,
          carry: Sequence[str] = ()) -> Candidates:
     """Reads the candidates' user, item and (if present) label columns and checks the columns to
     pass through: the row key must exist, be non-null and unique; carried columns must exist.
@@ -82,21 +83,21 @@ def read(paths: Sequence[str], table: str, row_key: str | None = None,
     labels_in = []
     for path in paths:
         try:
-            schema = pq.read_schema(path)
+            file_schema = pq.read_schema(path)
         except (OSError, pa.ArrowException) as err:
             raise pi.InputError(f"{path}: unreadable Parquet file ({err}).") from err
-        for column in (release.USER_ID, release.ITEM_ID):
-            if column not in schema.names:
+        for column in (schema.user_id, schema.item_id):
+            if column not in file_schema.names:
                 raise pi.InputError(f"{path}: column {column!r} missing; the candidates need "
-                                    f"{release.USER_ID} (user) and {release.ITEM_ID} (item).")
-        labels_in.append(release.LABELS in schema.names)
+                                    f"{schema.user_id} (user) and {schema.item_id} (item).")
+        labels_in.append(schema.labels in file_schema.names)
         for column in passed_through:
-            _check_column(path, schema, column, "--row-key" if column == row_key else "--carry")
+            _check_column(path, file_schema, column, "--row-key" if column == row_key else "--carry")
     if len(set(labels_in)) > 1:
-        raise pi.InputError(f"{table}: some files have {release.LABELS!r} and some do not "
+        raise pi.InputError(f"{table}: some files have {schema.labels!r} and some do not "
                             f"({', '.join(p for p, has in zip(paths, labels_in) if not has)}).")
     has_labels = bool(labels_in) and labels_in[0]
-    wanted = [release.USER_ID, release.ITEM_ID] + ([release.LABELS] if has_labels else [])
+    wanted = [schema.user_id, schema.item_id] + ([schema.labels] if has_labels else [])
     keys = pa.concat_tables([pq.read_table(p, columns=wanted) for p in paths])
     if row_key:
         key = pa.concat_tables([pq.read_table(p, columns=[row_key]) for p in paths]).column(0)
@@ -105,8 +106,8 @@ def read(paths: Sequence[str], table: str, row_key: str | None = None,
                                 f"{len(key) - key.null_count - len(key.drop_null().unique())} "
                                 f"repeated values in "
                                 f"{table}; a row key names each row once.")
-    columns = join.sample_columns(_key_columns(keys, has_labels))
-    return Candidates(table, list(paths), columns, has_labels, row_key, carry)
+    columns = join.sample_columns(_key_columns(keys, has_labels, schema), schema)
+    return Candidates(table, list(paths), schema, columns, has_labels, row_key, carry)
 
 
 def conversion_copy(candidates: Candidates, directory: str) -> list[str]:
@@ -115,17 +116,16 @@ def conversion_copy(candidates: Candidates, directory: str) -> list[str]:
     if candidates.has_labels:
         return candidates.paths
     path = os.path.join(directory, f"{candidates.table}.parquet")
-    writer = None
+    schema, writer = candidates.schema, None
     for source in candidates.paths:
-        for batch in pq.ParquetFile(source).iter_batches(
-                columns=[release.USER_ID, release.ITEM_ID]):
-            part = _key_columns(pa.Table.from_batches([batch]), False)
+        for batch in pq.ParquetFile(source).iter_batches(columns=[schema.user_id, schema.item_id]):
+            part = _key_columns(pa.Table.from_batches([batch]), False, schema)
             writer = writer or pq.ParquetWriter(path, part.schema)
             writer.write_table(part)
     if writer is None:  # no row at all: an empty table of the right columns
-        pq.write_table(_key_columns(pa.table({release.USER_ID: pa.array([], pa.int64()),
-                                              release.ITEM_ID: pa.array([], pa.int64())}), False),
-                       path)
+        empty = pa.table({schema.user_id: pa.array([], pa.int64()),
+                          schema.item_id: pa.array([], pa.int64())})
+        pq.write_table(_key_columns(empty, False, schema), path)
     else:
         writer.close()
     return [path]
@@ -210,7 +210,7 @@ def output_tables(candidates: Candidates, rows: np.ndarray, logits: np.ndarray,
     start = 0
     for path in candidates.paths:
         parquet_file = pq.ParquetFile(path)
-        read = candidates.passed_through or [release.USER_ID]
+        read = candidates.passed_through or [candidates.schema.user_id]
         for batch in parquet_file.iter_batches(columns=read,
                                                batch_size=pi.batch_rows(parquet_file)):
             where = position[start : start + batch.num_rows]

@@ -36,11 +36,10 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 
-from muse_tf.contract import features
 from pipelines.common import join_check, summary
 from pipelines.common import parquet_input as pi
-from pipelines.common import taobao_mm_schema as release
 from pipelines.common.options import ConversionOptions
+from pipelines.common.raw_schema import SPLITS
 
 
 def _progress(stage: str, done: int, total: int, message: str) -> None:
@@ -74,7 +73,7 @@ def _prepare_work(output: str, work: str) -> None:
 
     for name in ("scan", "vocab_parts", "shards"):
         os.makedirs(os.path.join(work, name), exist_ok=True)
-    for name in (*release.SPLITS, dataset_dir.VOCAB_DIR):
+    for name in (*SPLITS, dataset_dir.VOCAB_DIR):
         os.makedirs(os.path.join(output, name), exist_ok=True)
 
 
@@ -90,12 +89,12 @@ def _build_vocabularies(
 
     tasks = [
         (work, name, p, options.min_count[name])
-        for name in features.VOCABULARIES
+        for name in options.feature_spec.vocabularies
         for p in range(options.partitions)
     ]
     results = _run(executor, "vocab", stages.reduce_vocab, tasks)
     vocabularies = {}
-    for name in features.VOCABULARIES:
+    for name in options.feature_spec.vocabularies:
         parts = [r for task, r in zip(tasks, results) if task[1] == name]
         stats = vocab.VocabStats()
         for part in parts:
@@ -113,12 +112,13 @@ def convert(options: ConversionOptions, *, workers: int | None = None) -> dict:
     """Converts ``options.input_dir`` into ``options.output`` with ``workers`` processes (unset:
     all cores); returns the manifest (also written to disk)."""
     input_dir, output = options.input_dir, options.output
-    tables = pi.discover_tables(input_dir)  # a wrong --input is named before TensorFlow loads
-    join_check.check_split_joins(input_dir, "train", tables)  # and tables that do not join
+    # A wrong --input (and tables that do not join) are named before TensorFlow loads.
+    tables = pi.discover_tables(input_dir, options.schema)
+    join_check.check_split_joins(input_dir, "train", tables, options.schema)
     from pipelines.common import output_dir
     from pipelines.local import stages
 
-    tasks = stages.scan_tasks(tables)
+    tasks = stages.scan_tasks(tables, options.schema)
     options = options.resolved(tables)
     inputs = {
         t: [[os.path.relpath(p, input_dir), os.path.getsize(p)] for p in paths]
@@ -160,11 +160,11 @@ def _convert_claimed(
             executor, "scan", stages.scan_file, [(work, task, options) for task in tasks]
         )
         vocab_summary = _build_vocabularies(executor, output, work, options)
-        item_summary = stages.build_item_tables(output, work, tables)
+        item_summary = stages.build_item_tables(output, work, tables, options.schema)
         _progress("items", 1, 1, "item attribute and multimodal tables")
         shard_tasks = [
             (output, work, split, k, options)
-            for split in release.SPLITS
+            for split in SPLITS
             for k in range(options.shards[split])
         ]
         shard_results = _run(executor, "shards", stages.convert_shard, shard_tasks)
@@ -176,10 +176,11 @@ def _convert_claimed(
         input_rows[result["table"]] += result["rows"]
     shards_by_split = {
         split: [r for t, r in zip(shard_tasks, shard_results) if t[2] == split]
-        for split in release.SPLITS
+        for split in SPLITS
     }
     manifest = manifest_lib.build(
         source=os.path.abspath(input_dir),
+        schema=options.schema,
         history_cap=options.history_cap,
         vocabularies=vocab_summary,
         item_tables=item_summary,

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 from muse_tf import cli
 from muse_tf.jobs import prediction as scoring
-from pipelines.common import taobao_mm_schema as release
+from pipelines.common.raw_schema import SPLITS, RawSchema
 
 
-def split_tables(input_dir: str, split: str) -> dict[str, list[str]]:
+def split_tables(input_dir: str, split: str, schema: RawSchema) -> dict[str, list[str]]:
     """The files of the tables scoring ``split`` reads.
 
     Raises:
@@ -31,9 +31,9 @@ def split_tables(input_dir: str, split: str) -> dict[str, list[str]]:
     """
     from pipelines.common import parquet_input as pi
 
-    names = (release.SAMPLES_TABLE[split], release.USER_TABLE[split], release.ITEM_FEATURES,
-             release.SCL_EMBEDDINGS)
-    return pi.discover_tables(input_dir, names=names)
+    names = (schema.samples_table[split], schema.user_table[split], schema.item_features,
+             schema.scl_embeddings)
+    return pi.discover_tables(input_dir, schema, names=tuple(dict.fromkeys(names)))
 
 
 def convert_with_vocabularies(
@@ -47,34 +47,37 @@ def convert_with_vocabularies(
         pi.InputError: naming a malformed table, or the split's tables when they do not join.
         RuntimeError: when the split's counts do not balance (a record was lost).
     """
-    from muse_tf.contract import dataset_dir, features  # TensorFlow loads here, after parsing
+    from muse_tf.contract import dataset_dir  # TensorFlow loads here, after parsing
     from pipelines.common import join_check
     from pipelines.common import manifest as manifest_lib
     from pipelines.common.options import ConversionOptions
     from pipelines.local import stages
 
     source = dataset_dir.load_manifest(data_dir)
-    tasks = stages.scan_tasks(tables)  # every file's schema, before the join is checked
-    join_check.check_split_joins(input_dir, split, tables)
     shards = len(source["splits"].get(split, {}).get("shards", ())) or 1
     options = ConversionOptions(
-        input_dir, output, history_cap=source["history_cap"], shards={split: shards}, partitions=1
+        input_dir, output, history_cap=source["history_cap"], shards={split: shards}, partitions=1,
+        feature_spec=dataset_dir.load_feature_spec(data_dir),
     )
+    schema = options.schema
+    tasks = stages.scan_tasks(tables, schema)  # every file's schema, before the join is checked
+    join_check.check_split_joins(input_dir, split, tables, schema)
     work = os.path.join(output, "_work")
     for path in (os.path.join(work, "scan"), os.path.join(work, "shards"),
                  os.path.join(output, split), os.path.join(output, dataset_dir.VOCAB_DIR)):
         os.makedirs(path, exist_ok=True)
-    for name in features.VOCABULARIES:
+    for name in options.feature_spec.vocabularies:
         shutil.copyfile(dataset_dir.vocab_path(data_dir, name), dataset_dir.vocab_path(output, name))
 
     scanned = [stages.scan_file(work, task, options)[0] for task in tasks]
-    item_summary = stages.build_item_tables(output, work, tables)
+    item_summary = stages.build_item_tables(output, work, tables, schema)
     results = [stages.convert_shard(output, work, split, k, options)[0] for k in range(shards)]
     input_rows = dict.fromkeys(tables, 0)
     for result in scanned:
         input_rows[result["table"]] += result["rows"]
     manifest = manifest_lib.build(
         source=os.path.abspath(input_dir),
+        schema=schema,
         history_cap=options.history_cap,
         vocabularies={name: {"size": size} for name, size in source["vocab_sizes"].items()},
         item_tables=item_summary,
@@ -107,19 +110,22 @@ def predict_parquet(
         ``output``, ``rows`` written, ``unknown_items`` (scored as OOV), ``samples_in`` and
         ``rejected`` (by reason); ``samples_in == rows + sum(rejected)``.
     """
-    if split not in release.SPLITS:
-        raise cli.UsageError(f"--split {split!r}: the release's splits are {list(release.SPLITS)}.")
+    if split not in SPLITS:
+        raise cli.UsageError(f"--split {split!r}: the release's splits are {list(SPLITS)}.")
     scoring.output_format(output)
     if scoring_options.get("model_dir"):  # before converting: the conversion is not --data
         scoring.check_run(scoring_options["model_dir"], data_dir)
+    from muse_tf.contract import dataset_dir
     from pipelines.common.parquet_input import InputError
     from pipelines.local import candidates as candidates_lib
 
+    schema = RawSchema(dataset_dir.load_feature_spec(data_dir))
     with tempfile.TemporaryDirectory(prefix="muse-predict-", dir=work_dir) as converted:
         try:
-            tables = split_tables(parquet_dir, split)
-            samples_table = release.SAMPLES_TABLE[split]
-            candidates = candidates_lib.read(tables[samples_table], samples_table, row_key, carry)
+            tables = split_tables(parquet_dir, split, schema)
+            samples_table = schema.samples_table[split]
+            candidates = candidates_lib.read(tables[samples_table], samples_table, schema, row_key,
+                                             carry)
             copy_dir = os.path.join(converted, "candidates")
             os.makedirs(copy_dir)
             tables[samples_table] = candidates_lib.conversion_copy(candidates, copy_dir)

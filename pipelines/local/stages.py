@@ -13,11 +13,11 @@ import os
 
 import numpy as np
 
-from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract import dataset_dir, vocabulary
 from pipelines.common import item_tables, join, vocab
 from pipelines.common import parquet_input as pi
-from pipelines.common import taobao_mm_schema as release
 from pipelines.common.options import ConversionOptions
+from pipelines.common.raw_schema import RawSchema
 from pipelines.common.write_errors import naming
 from pipelines.local import buckets
 
@@ -48,13 +48,13 @@ def read_json(path: str) -> dict:
         return json.load(f)
 
 
-def scan_tasks(tables: dict[str, list[str]]) -> list[ScanTask]:
+def scan_tasks(tables: dict[str, list[str]], schema: RawSchema) -> list[ScanTask]:
     """Stage 1 tasks: every file of every table in slices of ROW_GROUPS_PER_TASK row groups (this
     opens every file, so a bad schema stops the run before any work)."""
     tasks = []
     for table, paths in tables.items():
         for file_index, path in enumerate(paths):
-            groups = list(range(pi.num_row_groups(path, table)))
+            groups = list(range(pi.num_row_groups(path, table, schema)))
             for start in range(0, len(groups), ROW_GROUPS_PER_TASK):
                 tag = f"{table}-{file_index:05d}-{start:06d}"
                 tasks.append(
@@ -69,17 +69,20 @@ def scan_file(work: str, task: ScanTask, options: ConversionOptions) -> tuple[di
     label = f"{os.path.basename(task.path)} row groups {task.row_groups[0]}-{task.row_groups[-1]}"
     if os.path.exists(marker):
         return read_json(marker), f"{label} (done before)"
+    schema = options.schema
     counter = vocab.CountSpill(os.path.join(work, "counts"), task.tag, options.partitions)
     spill = None
-    if task.table in release.SAMPLES + release.USER_FEATURES:
-        split = task.table.split("_", 1)[0]
-        kind = buckets.SAMPLES if task.table in release.SAMPLES else buckets.USERS
-        bucket_dir = os.path.join(work, "buckets")
-        spill = buckets.BucketSpill(bucket_dir, split, kind, task.tag, options.shards[split])
+    for split in options.shards:
+        if task.table in (schema.samples_table[split], schema.user_table[split]):
+            kind = buckets.SAMPLES if task.table in schema.samples else buckets.USERS
+            bucket_dir = os.path.join(work, "buckets")
+            spill = buckets.BucketSpill(
+                bucket_dir, split, kind, task.tag, options.shards[split], schema.user_id
+            )
     rows = 0
-    for batch in pi.read_batches(task.path, task.table, task.row_groups):
+    for batch in pi.read_batches(task.path, task.table, schema, task.row_groups):
         rows += batch.num_rows
-        for name, raw_ids in vocab.ids_to_count(task.table, batch):
+        for name, raw_ids in vocab.ids_to_count(task.table, batch, schema):
             counter.add(name, raw_ids)
         if spill is not None:
             spill.write(batch)
@@ -119,23 +122,27 @@ def allocated_memmap(path: str, dtype: type, shape: tuple[int, ...]) -> np.memma
     return array
 
 
-def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> dict[str, dict]:
+def build_item_tables(
+    output: str, work: str, tables: dict[str, list[str]], schema: RawSchema
+) -> dict[str, dict]:
     """Stage 3: the item-aligned tables, once the vocabularies exist."""
     marker = os.path.join(work, "items.json")
     if os.path.exists(marker):
         return read_json(marker)
-    vocabs = dataset_dir.load_vocabularies(output)
+    vocabs = dataset_dir.load_vocabularies(output, schema.spec)
     rows = len(vocabs["item"]) + vocabulary.RESERVED
-    attributes = allocated_memmap(os.path.join(work, "item_attributes.npy"), np.int32, (rows, 3))
+    width = 1 + len(schema.attribute_columns)
+    attributes = allocated_memmap(os.path.join(work, "item_attributes.npy"), np.int32, (rows, width))
     multimodal = allocated_memmap(
-        os.path.join(output, dataset_dir.MULTIMODAL_TABLE), np.int8, (rows, release.EMBEDDING_DIM)
+        os.path.join(output, dataset_dir.MULTIMODAL_TABLE), np.dtype(schema.vector_dtype),
+        (rows, schema.embedding_dim),
     )
     result = {
         "item_features": item_tables.build_attribute_table(
-            tables[release.ITEM_FEATURES], vocabs, attributes
+            tables[schema.item_features], vocabs, attributes, schema
         ),
         "multimodal": item_tables.build_multimodal_table(
-            tables[release.SCL_EMBEDDINGS], vocabs["item"], multimodal
+            tables[schema.scl_embeddings], vocabs["item"], multimodal, schema
         ),
     }
     attributes.flush()
@@ -145,16 +152,17 @@ def build_item_tables(output: str, work: str, tables: dict[str, list[str]]) -> d
     return result
 
 
-def load_lookups(output: str, work: str) -> join.TableLookups:
+def load_lookups(output: str, work: str, schema: RawSchema) -> join.TableLookups:
     """The finished vocabularies and item tables, memory-mapped, for the join (stage 4)."""
     vocabs = {
         name: np.load(dataset_dir.vocab_path(output, name), mmap_mode="r")
-        for name in features.VOCABULARIES
+        for name in schema.spec.vocabularies
     }
     return join.TableLookups(
         vocabs=vocabs,
         item_attributes=np.load(os.path.join(work, "item_attributes.npy"), mmap_mode="r"),
         multimodal=dataset_dir.load_multimodal_table(output),
+        spec=schema.spec,
     )
 
 
@@ -169,12 +177,16 @@ def convert_shard(
     if os.path.exists(marker) and os.path.exists(os.path.join(output, name)):
         return read_json(marker), f"{name} (done before)"
     bucket_dir = os.path.join(work, "buckets")
-    samples = buckets.read_bucket(bucket_dir, split, buckets.SAMPLES, shard, release.SAMPLES_TABLE[split])
+    schema = options.schema
+    samples = buckets.read_bucket(
+        bucket_dir, split, buckets.SAMPLES, shard, schema.samples_table[split], schema
+    )
     joiner = join.ShardJoin(
-        join.sample_columns(samples), load_lookups(output, work), options.history_cap
+        join.sample_columns(samples, schema), load_lookups(output, work, schema),
+        options.history_cap, schema,
     )
     user_batches = buckets.iter_bucket(bucket_dir, split, buckets.USERS, shard)
-    with tfrecord_writer.ShardWriter(os.path.join(output, name)) as writer:
+    with tfrecord_writer.ShardWriter(os.path.join(output, name), options.feature_spec) as writer:
         for users in user_batches:
             writer.write(joiner.add_users(users))
     stats = joiner.finish()

@@ -20,12 +20,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from muse_tf import cli
 from muse_tf.contract import features
 from serving.history.store import DEFAULT_CAP, HistoryStore, StoreError, open_store
+
+if TYPE_CHECKING:
+    from muse_tf.contract.feature_spec import FeatureSpec
 
 BATCH_RECORDS = 256
 # Rejected records named one by one on stderr before only their count is reported.
@@ -70,15 +74,16 @@ class Counts:
                 "records_not_longer": self.not_longer, "rejected": dict(self.rejected)}
 
 
-def _batches(path: str) -> Iterator[dict[str, np.ndarray]]:
-    """User keys, profiles (N, 5) and the histories' flat values and row splits of the records of
+def _batches(path: str, feature_spec: FeatureSpec) -> Iterator[dict[str, np.ndarray]]:
+    """User keys, profiles (N, P) and the histories' flat values and row splits of the records of
     one shard, ``BATCH_RECORDS`` at a time."""
     import tensorflow as tf
 
     from muse_tf.contract import dataset_dir, records
 
-    spec = records.parse_spec()
-    names = (features.USER_KEY, *features.USER_PROFILE, *records.HISTORY_FEATURES)
+    spec = records.parse_spec(feature_spec)
+    profile = feature_spec.profile_features
+    names = (features.USER_KEY, *profile, *records.HISTORY_FEATURES)
     dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
     with dataset_dir.damaged_shards_named([path]):
         for serialized in dataset.batch(BATCH_RECORDS):
@@ -88,7 +93,8 @@ def _batches(path: str) -> Iterator[dict[str, np.ndarray]]:
                 raise ValueError(f"Shard {path} holds no user records: {error.message}") from None
             batch = {
                 "keys": parsed[features.USER_KEY].numpy(),
-                "profiles": np.stack([parsed[name].numpy() for name in features.USER_PROFILE], 1),
+                "profiles": np.stack([parsed[name].numpy() for name in profile], 1).reshape(
+                    len(parsed[features.USER_KEY]), len(profile)),
             }
             for name in records.HISTORY_FEATURES:
                 batch[name] = parsed[name].flat_values.numpy()
@@ -99,21 +105,22 @@ def _batches(path: str) -> Iterator[dict[str, np.ndarray]]:
 class RawIds:
     """Each feature's vocabulary and the ID that stands for PAD and OOV, computed once."""
 
-    def __init__(self, vocabularies: dict[str, np.ndarray]):
+    def __init__(self, vocabularies: dict[str, np.ndarray], spec: FeatureSpec):
         from muse_tf.contract import vocabulary
 
+        self.spec = spec
         self._rule = vocabulary
         self._vocabularies = vocabularies
         self._unknown = {name: vocabulary.unknown_id(ids) for name, ids in vocabularies.items()}
 
     def outside(self, name: str, indices: np.ndarray) -> np.ndarray:
         """Which of feature ``name``'s ``indices`` no vocabulary index can be."""
-        rows = self._rule.table_rows(self._vocabularies[features.VOCABULARY[name]])
+        rows = self._rule.table_rows(self._vocabularies[self.spec.vocabulary[name]])
         return (indices < 0) | (indices >= rows)
 
     def __call__(self, name: str, indices: np.ndarray) -> np.ndarray:
         """Raw IDs of feature ``name``'s ``indices`` (those ``outside`` become the unknown ID)."""
-        vocabulary = features.VOCABULARY[name]
+        vocabulary = self.spec.vocabulary[name]
         indices = np.where(self.outside(name, indices), features.PAD, indices)
         return self._rule.raw_ids(self._vocabularies[vocabulary], indices, self._unknown[vocabulary])
 
@@ -121,14 +128,15 @@ class RawIds:
 def load_shard(path: str, store: HistoryStore, raw_ids: RawIds, counts: Counts) -> None:
     """Writes the users of one shard whose history is longer than any written so far."""
     items_name, categories_name = features.HISTORY_ITEMS, features.HISTORY_CATEGORIES
-    for batch in _batches(path):
+    profile_names = raw_ids.spec.profile_features
+    for batch in _batches(path, raw_ids.spec):
         keys, profiles = batch["keys"], batch["profiles"]
         counts.records += len(keys)
         item_splits, category_splits = batch[items_name + "/splits"], batch[categories_name + "/splits"]
         lengths = np.diff(item_splits)
         reasons = np.full(len(keys), "", object)
         reasons[lengths != np.diff(category_splits)] = "history items and categories differ in length"
-        for column, name in enumerate(features.USER_PROFILE):
+        for column, name in enumerate(profile_names):
             reasons[(reasons == "") & raw_ids.outside(name, profiles[:, column])] = (
                 "profile index outside its vocabulary")
         for name, splits in ((items_name, item_splits), (categories_name, category_splits)):
@@ -136,7 +144,8 @@ def load_shard(path: str, store: HistoryStore, raw_ids: RawIds, counts: Counts) 
             bad = np.bincount(rows[raw_ids.outside(name, batch[name])], minlength=len(keys))
             reasons[(reasons == "") & (bad > 0)] = f"{name} index outside its vocabulary"
         raw_profiles = np.stack([raw_ids(name, profiles[:, column])
-                                 for column, name in enumerate(features.USER_PROFILE)], 1)
+                                 for column, name in enumerate(profile_names)], 1).reshape(
+            len(keys), len(profile_names))
         raw = {name: raw_ids(name, batch[name]) for name in (items_name, categories_name)}
         for row, user in enumerate(keys.tolist()):
             if reasons[row]:
@@ -147,7 +156,7 @@ def load_shard(path: str, store: HistoryStore, raw_ids: RawIds, counts: Counts) 
                 continue
             items = raw[items_name][item_splits[row]:item_splits[row + 1]]
             categories = raw[categories_name][category_splits[row]:category_splits[row + 1]]
-            profile = dict(zip(features.USER_PROFILE, raw_profiles[row].tolist()))
+            profile = dict(zip(profile_names, raw_profiles[row].tolist()))
             store.write(user, items, categories, profile)
             counts.written += 1
             counts.longest[user] = int(lengths[row])
@@ -163,7 +172,8 @@ def load(args: argparse.Namespace) -> dict:
         splits = args.split or list(dataset_dir.load_manifest(args.data)["splits"])
         files = [path for split in reversed(splits)
                  for path in dataset_dir.split_files(args.data, split)]
-        raw_ids = RawIds(dataset_dir.load_vocabularies(args.data))
+        spec = dataset_dir.load_feature_spec(args.data)
+        raw_ids = RawIds(dataset_dir.load_vocabularies(args.data, spec), spec)
     except (FileNotFoundError, ValueError) as error:
         raise cli.UsageError(f"--data {args.data}: {error}") from None
     try:
