@@ -36,6 +36,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from benchmarks import common, fixtures
 from muse_tf.contract import features, signatures, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.ops.item_vectors import ItemVectors
 from serving import grpc_service, rest
 from serving.client import GrpcClient, RestClient
@@ -81,7 +82,7 @@ def fill_stores(stores: list, cases: dict) -> None:
         for (length, count), request in cases.items():
             store.write(user_of(length, count), request[features.HISTORY_ITEMS],
                         request[features.HISTORY_CATEGORIES],
-                        {name: int(request[name]) for name in features.USER_PROFILE})
+                        {name: int(request[name]) for name in TAOBAO_MM.profile_features})
 
 
 class _Restored:
