@@ -4,6 +4,7 @@ generator, both conversion engines, training, evaluation, the export and both si
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,49 @@ def test_the_export_serves_the_spec_features_as_the_model_scores_them(trained):
     scored = serving_default(**rows)[signatures.LOGIT].numpy()
     np.testing.assert_allclose(scored, expected, rtol=1e-4, atol=1e-5)
     assert json.loads(Path(export, signatures.FEATURE_SPEC_FILE).read_text()) == spec.to_dict()
+
+
+def test_label_free_candidates_of_the_spec_score_and_join_back_row_for_row(trained, tmp_path):
+    """The spec's test impressions without their label, shuffled, with a row key and a carried
+    column, scored by ``pipelines.predict``: every row comes back in the input's order with its
+    raw IDs, and its score is the one the run gives the same sample from the converted records."""
+    from muse_tf.jobs import prediction
+    from pipelines import predict as raw_predict
+
+    root, spec, model_dir, _ = trained
+    parquet, candidates_dir = root / "parquet", tmp_path / "candidates"
+    shutil.copytree(parquet, candidates_dir)
+    samples_table = spec.tables.per_split("samples", "test")
+    (path,) = candidates_dir.glob(f"{samples_table}*.parquet")
+    samples = pd.read_parquet(path).drop(columns=[spec.label])
+    samples = samples.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    samples["request"] = [f"r{i}" for i in range(len(samples))]
+    samples["slot"] = np.arange(len(samples)) % 3
+    samples.to_parquet(path, index=False)
+
+    output = tmp_path / "scores.parquet"
+    result = raw_predict.main(["--parquet", str(candidates_dir), "--data", str(root / "local"),
+                               "--model-dir", model_dir, "--output", str(output), "--quiet",
+                               "--row-key", "request", "--carry", "slot"])
+    scored = pd.read_parquet(output)
+    assert list(scored.columns) == ["request", "user_id", "item_id", "probability", "logit", "slot"]
+    assert result["rows"] == result["samples_in"] == len(samples)
+    assert scored["request"].tolist() == samples["request"].tolist()
+    assert scored["user_id"].tolist() == samples[spec.user_id].tolist()
+    assert scored["item_id"].tolist() == samples[spec.item_id].tolist()
+    assert scored["slot"].tolist() == samples["slot"].tolist()
+
+    # The reference: the run's scores of the converted test split, matched by (user, item index).
+    batches, vocabularies = prediction.scored_split(str(root / "local"), split="test",
+                                                    model_dir=model_dir, progress=False)
+    reference = prediction.concatenate_scores(batches)
+    expected = pd.DataFrame({"user": reference["groups"], "item": reference["item_id"],
+                             "logit": reference["logits"]})
+    mine = pd.DataFrame({"user": scored["user_id"],
+                         "item": vocabulary.lookup(vocabularies["item"], scored["item_id"]),
+                         "logit": scored["logit"]})
+    order = ["user", "item", "logit"]
+    mine, expected = mine.sort_values(order), expected.sort_values(order)
+    np.testing.assert_array_equal(mine[["user", "item"]].to_numpy(), expected[["user", "item"]].to_numpy())
+    np.testing.assert_allclose(mine["logit"].to_numpy(), expected["logit"].to_numpy(), rtol=1e-5,
+                               atol=1e-5)
