@@ -28,6 +28,7 @@ import muse_tf  # noqa: F401  (selects the Keras 2 API first)
 from muse_tf import export
 from muse_tf.config import DEFAULT_WORK_DIR
 from muse_tf.contract import dataset_dir, features, records, vocabulary
+from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import reader
 from muse_tf.data.synthetic import SPLITS, SyntheticConfig
 from muse_tf.data.synthetic_dataset import write_dataset
@@ -48,7 +49,7 @@ def _read_shard(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import tensorflow as tf  # after muse_tf, which selects the Keras 2 API
 
     serialized = list(tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION))
-    parsed = tf.io.parse_example(tf.stack(serialized), records.parse_spec())
+    parsed = tf.io.parse_example(tf.stack(serialized), records.parse_spec(TAOBAO_MM))
     return {name: (value.numpy(), None) if isinstance(value, tf.Tensor)
             else (value.flat_values.numpy(), value.row_lengths().numpy())
             for name, value in parsed.items()}
@@ -86,17 +87,17 @@ def write_held_out(full: str, output: str, held_out: np.ndarray) -> None:
             users = counts > 0
             history_lengths = columns[features.HISTORY_ITEMS][1]
             history_rows = np.repeat(users, history_lengths)
-            user = {name: columns[name][0][users] for name in records.USER_FEATURES}
+            user = {name: columns[name][0][users] for name in records.user_features(TAOBAO_MM)}
             history = {name: columns[name][0][history_rows] for name in records.HISTORY_FEATURES}
             history[features.HISTORY_ITEMS] = remap[history[features.HISTORY_ITEMS]]
-            samples = {name: columns[name][0][keep] for name in records.SAMPLE_FEATURES}
+            samples = {name: columns[name][0][keep] for name in records.sample_features(TAOBAO_MM)}
             samples[features.ITEM_ID] = target[keep]
             path = os.path.join(output, entry["file"])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             options = tf.io.TFRecordOptions(compression_type=records.COMPRESSION)
             with tf.io.TFRecordWriter(path, options) as writer:
                 for record in records.encode_user_records(
-                    user, history, history_lengths[users], samples, counts[users]
+                    user, history, history_lengths[users], samples, counts[users], TAOBAO_MM
                 ):
                     writer.write(record)
             shards.append({"file": entry["file"], "samples_in": len(keep),

@@ -96,12 +96,12 @@ def write_hand_dataset(path) -> str:
                      for i, name in enumerate(TAOBAO_MM.profile_features)})
         history = {features.HISTORY_ITEMS: np.concatenate([u[2] for u in users]),
                    features.HISTORY_CATEGORIES: np.concatenate([u[3] for u in users])}
-        samples = {name: np.full(len(users), 2) for name in records.SAMPLE_FEATURES}
+        samples = {name: np.full(len(users), 2) for name in records.sample_features(TAOBAO_MM)}
         shard = dataset_dir.shard_name(split, 0, 1)
         with tf.io.TFRecordWriter(os.path.join(path, shard), records.COMPRESSION) as writer:
             for record in records.encode_user_records(
                 user, history, np.array([len(u[2]) for u in users]), samples,
-                np.ones(len(users), np.int64),
+                np.ones(len(users), np.int64), TAOBAO_MM,
             ):
                 writer.write(record)
         splits[split] = dataset_dir.split_summary(

@@ -28,12 +28,13 @@ class TablesDoNotJoin(pi.InputError):
 
 
 def _user_batches(
-    paths: list[str], table: str, column: str, open_file: Opener
+    paths: list[str], table: str, schema: RawSchema, open_file: Opener
 ) -> Iterator[np.ndarray]:
     """The user IDs (``MISSING`` dropped) of ``table``'s files, batch by batch."""
+    column = schema.user_id
     for path in paths:
         with open_file(path) as source:
-            parquet_file = pi.open_checked(path, table, source)
+            parquet_file = pi.open_checked(path, table, schema, source)
             for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, columns=[column]):
                 users = pi.ids(batch, column)
                 yield users[users != MISSING]
@@ -59,12 +60,11 @@ def check_split_joins(
     """
     open_file = open_file or (lambda path: open(path, "rb"))
     samples_table, users_table = schema.samples_table[split], schema.user_table[split]
-    user_id = schema.user_id
-    feature_parts = list(_user_batches(tables[users_table], users_table, user_id, open_file))
+    feature_parts = list(_user_batches(tables[users_table], users_table, schema, open_file))
     feature_rows = sum(len(part) for part in feature_parts)
     feature_users = np.unique(np.concatenate([np.zeros(0, np.int64), *feature_parts]))
     sample_rows, sample_users = 0, np.zeros(0, np.int64)
-    for users in _user_batches(tables[samples_table], samples_table, user_id, open_file):
+    for users in _user_batches(tables[samples_table], samples_table, schema, open_file):
         if np.isin(users, feature_users).any():
             return
         sample_rows += len(users)
@@ -72,7 +72,7 @@ def check_split_joins(
     if not sample_rows:
         return  # no sample to join: nothing is lost
     raise TablesDoNotJoin(
-        f"{input_dir}: {samples_table} and {users_table} share no user ID ({user_id}): "
+        f"{input_dir}: {samples_table} and {users_table} share no user ID ({schema.user_id}): "
         f"{sample_rows:,} sample rows of {len(sample_users):,} users, {feature_rows:,} user "
         f"feature rows of {len(feature_users):,} users, 0 users in both; refused before any "
         "shard was written (no sample of the split would join)."
