@@ -109,7 +109,8 @@ def write_held_out(full: str, output: str, held_out: np.ndarray) -> None:
     with open(os.path.join(output, dataset_dir.MANIFEST), "w") as f:
         json.dump(dataset_dir.build_manifest(source=f"{full} without {len(held_out)} items",
                                              history_cap=manifest["history_cap"],
-                                             vocab_sizes=sizes, splits=splits), f, indent=1)
+                                             vocab_sizes=sizes, splits=splits,
+                                             feature_spec=TAOBAO_MM), f, indent=1)
 
 
 def write_items_file(full: str, held_out: np.ndarray, path: str) -> None:

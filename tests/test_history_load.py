@@ -107,7 +107,7 @@ def write_hand_dataset(path) -> str:
         splits[split] = dataset_dir.split_summary(
             [{"file": shard, "samples_written": len(users), "bytes": 1}])
     manifest = dataset_dir.build_manifest(source="hand", history_cap=10, vocab_sizes={},
-                                          splits=splits)
+                                          splits=splits, feature_spec=TAOBAO_MM)
     with open(os.path.join(path, dataset_dir.MANIFEST), "w") as f:
         json.dump(manifest, f)
     return str(path)
