@@ -75,7 +75,9 @@ def arguments() -> argparse.ArgumentParser:
                         metavar="N", help="random known items added after the user's own samples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random candidates")
     parser.add_argument("--output", default="-", help="request file; - for stdout")
-    parser.add_argument("--verbose", action="store_true", help="TensorFlow's start-up logs")
+    parser.add_argument("--verbose", action="store_true",
+                        help="TensorFlow's start-up logs (TensorFlow is loaded only to read a "
+                        "remote --data, e.g. gs://)")
     return parser
 
 
