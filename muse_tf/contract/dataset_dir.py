@@ -28,6 +28,7 @@ import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class NotADatasetError(DatasetError, FileNotFoundError):
     """The directory holds no ``manifest.json``: it is missing, raw Parquet, or something else."""
 
 
-def _gfile():  # noqa: ANN202
+def _gfile():
     """TensorFlow's filesystem layer, imported for remote paths only: a local dataset's manifest,
     vocabularies and shard list are read without loading TensorFlow (serving.request)."""
     import tensorflow as tf
@@ -77,7 +78,7 @@ def _glob(pattern: str) -> list[str]:
     return glob.glob(pattern) if "://" not in pattern else _gfile().glob(pattern)
 
 
-def open_file(path: str, mode: str = "r"):  # noqa: ANN201
+def open_file(path: str, mode: str = "r") -> IO:
     """``open``, or TensorFlow's GFile for a remote path."""
     return open(path, mode) if "://" not in path else _gfile().GFile(path, mode)
 
