@@ -16,6 +16,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,27 +48,38 @@ _APIS = ("model_pb2", "predict_pb2", "get_model_status_pb2", "get_model_metadata
          "prediction_service_pb2_grpc", "model_service_pb2_grpc")
 
 
-@functools.cache
-def apis() -> types.SimpleNamespace:
-    """The ``tensorflow_serving.apis`` modules the clients use, and ``types_pb2``/``tensor_pb2``,
-    by name (``apis().predict_pb2``)."""
+def _import_without_tensorflow_init(names: Sequence[str]) -> dict[str, types.ModuleType]:
+    """The modules ``names`` (dotted paths), imported with a bare package object in TensorFlow's
+    place unless TensorFlow is loaded: its submodules import from its directory without running
+    its __init__."""
     stub = None
     if "tensorflow" not in sys.modules:
-        # A bare package object in TensorFlow's place: its submodules import from its directory
-        # without running its __init__.
         stub = importlib.util.module_from_spec(
             importlib.machinery.ModuleSpec("tensorflow", None, is_package=True)
         )
         stub.__path__ = list(importlib.util.find_spec("tensorflow").submodule_search_locations)
         sys.modules["tensorflow"] = stub
     try:
-        modules = {name: importlib.import_module(f"tensorflow_serving.apis.{name}") for name in _APIS}
-        for name in ("types_pb2", "tensor_pb2"):
-            modules[name] = importlib.import_module(f"tensorflow.core.framework.{name}")
+        return {name.rsplit(".", 1)[-1]: importlib.import_module(name) for name in names}
     finally:
         if stub is not None and sys.modules.get("tensorflow") is stub:
             del sys.modules["tensorflow"]
-    return types.SimpleNamespace(**modules)
+
+
+@functools.cache
+def apis() -> types.SimpleNamespace:
+    """The ``tensorflow_serving.apis`` modules the clients use, and ``types_pb2``/``tensor_pb2``,
+    by name (``apis().predict_pb2``)."""
+    return types.SimpleNamespace(**_import_without_tensorflow_init(
+        [*(f"tensorflow_serving.apis.{name}" for name in _APIS),
+         *(f"tensorflow.core.framework.{name}" for name in ("types_pb2", "tensor_pb2"))]
+    ))
+
+
+@functools.cache
+def example() -> types.ModuleType:
+    """``tensorflow.core.example.example_pb2`` (``tf.train.Example``, the converted records)."""
+    return _import_without_tensorflow_init(["tensorflow.core.example.example_pb2"])["example_pb2"]
 
 
 def tensor_proto(value: Any) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 from muse_tf import cli
 from muse_tf.contract import features, signatures, strict_json
 from muse_tf.contract.feature_spec import FeatureSpec
+from serving import protos, tfrecord
 
 DEFAULT_RANDOM_CANDIDATES = 20
 # Random candidates come from the split's items; reading stops once the user is found and this many
@@ -74,7 +75,9 @@ def arguments() -> argparse.ArgumentParser:
                         metavar="N", help="random known items added after the user's own samples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random candidates")
     parser.add_argument("--output", default="-", help="request file; - for stdout")
-    parser.add_argument("--verbose", action="store_true", help="TensorFlow's start-up logs")
+    parser.add_argument("--verbose", action="store_true",
+                        help="TensorFlow's start-up logs (TensorFlow is loaded only to read a "
+                        "remote --data, e.g. gs://)")
     return parser
 
 
@@ -84,21 +87,15 @@ def _records(
     """(shard, {feature: values}) of every record, starting with shard ``first``.
 
     Raises:
-        ValueError: naming a damaged shard (``dataset_dir.damaged_shards_named``).
+        ValueError: naming a damaged shard (``serving.tfrecord``).
     """
-    import tensorflow as tf
+    from muse_tf.contract import records
 
-    from muse_tf.contract import dataset_dir, records
-
-    with dataset_dir.damaged_shards_named(files):
-        for path in [*files[first:], *files[:first]]:
-            dataset = tf.data.TFRecordDataset(path, compression_type=records.COMPRESSION)
-            for serialized in dataset.as_numpy_iterator():
-                feature = tf.train.Example.FromString(serialized).features.feature
-                yield path, {
-                    name: np.array(feature[name].int64_list.value, np.int64)
-                    for name in records.record_features(spec)
-                }
+    names = records.record_features(spec)
+    for path in [*files[first:], *files[:first]]:
+        for serialized in tfrecord.read_records(path):
+            feature = protos.example().Example.FromString(serialized).features.feature
+            yield path, {name: np.array(feature[name].int64_list.value, np.int64) for name in names}
 
 
 def read_user(

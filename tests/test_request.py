@@ -2,8 +2,11 @@
 user's real history and samples as raw IDs, and an export scores its candidates as the Keras model
 scores the same raw IDs looked up by NumPy."""
 
+import gzip
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from muse_tf.models import MuseModel
 from serving import request as request_cli
 from serving.servable import Servable
 from tests import serving_case as sc
+from tests.test_serving import ROOT, _tensorflow_runtime
 
 # Few SCL vectors and mostly test samples: some test users' histories and samples hold items the
 # train split never saw, which the records keep only as OOV.
@@ -167,6 +171,46 @@ def test_a_damaged_shard_is_one_line_naming_it(dataset, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"Shard {shard} is damaged" in err, err
+
+
+def test_the_cli_builds_the_request_without_loading_tensorflow(dataset, world, tmp_path):
+    catalogue, users = world
+    vocabularies = dataset_dir.load_vocabularies(dataset)
+    user = list(users)[-1]
+    path = tmp_path / "request.json"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "serving.request", "--data", dataset, "--user",
+         str(user), "--random-candidates", "0", "--output", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"numpy", "serving.protos"} <= imported  # the log is read
+    assert _tensorflow_runtime(imported) == []
+    inputs = json.loads(path.read_text())["inputs"]
+    truth = users[user]
+    assert inputs[features.USER_ID] == user
+    assert inputs[features.HISTORY_ITEMS] == known_or_zero(
+        catalogue.ids[truth["history"]], vocabularies["item"])
+    position = {item: p for p, item in enumerate(catalogue.ids.tolist())}
+    expected = item_rows(catalogue, [position[t] for t in truth["targets"]], vocabularies)
+    assert {name: inputs[name] for name in expected} == expected
+
+
+def test_a_record_cut_short_in_a_whole_gzip_stream_is_one_line_naming_its_shard(
+    dataset, tmp_path, capsys
+):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    shard = damaged / dataset_dir.load_manifest(str(damaged))["splits"]["test"]["shards"][0]["file"]
+    content = gzip.decompress(shard.read_bytes())
+    shard.write_bytes(gzip.compress(content[: len(content) // 2]))
+    with pytest.raises(SystemExit) as exit_info:
+        build(str(damaged), tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"Shard {shard} is damaged" in err and "cut short" in err, err
 
 
 def test_an_output_that_is_a_directory_is_one_line_naming_it(dataset, tmp_path, capsys):

@@ -20,6 +20,7 @@ Layout of a converted dataset directory::
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import hashlib
 import io
@@ -27,9 +28,9 @@ import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import IO
 
 import numpy as np
-import tensorflow as tf
 
 from muse_tf import cli
 from muse_tf.contract import records, vocabulary
@@ -57,18 +58,43 @@ class NotADatasetError(DatasetError, FileNotFoundError):
     """The directory holds no ``manifest.json``: it is missing, raw Parquet, or something else."""
 
 
+def _gfile():
+    """TensorFlow's filesystem layer, imported for remote paths only: a local dataset's manifest,
+    vocabularies and shard list are read without loading TensorFlow (serving.request)."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path) if "://" not in path else _gfile().exists(path)
+
+
+def _isdir(path: str) -> bool:
+    return os.path.isdir(path) if "://" not in path else _gfile().isdir(path)
+
+
+def _glob(pattern: str) -> list[str]:
+    return glob.glob(pattern) if "://" not in pattern else _gfile().glob(pattern)
+
+
+def open_file(path: str, mode: str = "r") -> IO:
+    """``open``, or TensorFlow's GFile for a remote path."""
+    return open(path, mode) if "://" not in path else _gfile().GFile(path, mode)
+
+
 def require_dataset(data_dir: str) -> None:
     """Checks that ``data_dir`` was written by a conversion (it holds ``manifest.json``).
 
     Raises:
         NotADatasetError: naming the directory, what it is instead and the conversion command.
     """
-    if tf.io.gfile.exists(os.path.join(data_dir, MANIFEST)):
+    if _exists(os.path.join(data_dir, MANIFEST)):
         return
     command = CONVERT_COMMAND
-    if not tf.io.gfile.isdir(data_dir):
+    if not _isdir(data_dir):
         found = "the directory does not exist"
-    elif tf.io.gfile.glob(os.path.join(data_dir, "*.parquet")) or tf.io.gfile.glob(
+    elif _glob(os.path.join(data_dir, "*.parquet")) or _glob(
         os.path.join(data_dir, "*", "*.parquet")
     ):
         found = "it holds raw Parquet, which must be converted first"
@@ -95,7 +121,7 @@ def vocab_path(data_dir: str, name: str) -> str:
 def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
     """Raw int64 IDs of vocabulary ``name``, in index order (``muse_tf.contract.vocabulary``)."""
     path = vocab_path(data_dir, name)
-    if not tf.io.gfile.exists(path):
+    if not _exists(path):
         require_dataset(data_dir)  # (a conversion reads its vocabularies before its manifest)
         raise FileNotFoundError(f"Vocabulary {name!r} not found at {path}; run a pipeline first.")
     return _load_npy(path)
@@ -105,7 +131,7 @@ def _load_npy(path: str) -> np.ndarray:
     """``np.load`` for local and remote (gs://, s3://, ...) paths; local files are memory-mapped."""
     if "://" not in path:
         return np.load(path, mmap_mode="r")
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with _gfile().GFile(path, "rb") as f:
         return np.load(io.BytesIO(f.read()))
 
 
@@ -140,7 +166,7 @@ def load_multimodal_table(data_dir: str) -> np.ndarray:
     memory-mapped, not read.
     """
     path = os.path.join(data_dir, MULTIMODAL_TABLE)
-    if not tf.io.gfile.exists(path):
+    if not _exists(path):
         require_dataset(data_dir)
         raise FileNotFoundError(f"Multimodal table not found at {path}; run a pipeline first.")
     return _load_npy(path)
@@ -155,7 +181,7 @@ def load_manifest(data_dir: str) -> dict:
     """
     require_dataset(data_dir)
     path = os.path.join(data_dir, MANIFEST)
-    with tf.io.gfile.GFile(path) as f:
+    with open_file(path) as f:
         manifest = json.load(f)
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise DatasetError(
@@ -223,6 +249,10 @@ def ensure_filesystems(paths: Sequence[str]) -> None:
             TensorFlow other than 2.16.
     """
     schemes = {path.split("://", 1)[0] for path in paths if "://" in path}
+    if not schemes:
+        return
+    import tensorflow as tf
+
     missing = schemes - set(tf.io.gfile.get_registered_schemes())
     if not missing:
         return
@@ -255,7 +285,7 @@ def resolve_files(files: str | Sequence[str]) -> list[str]:
     """
     if isinstance(files, str):
         ensure_filesystems([files])
-        paths = sorted(tf.io.gfile.glob(files))
+        paths = sorted(_glob(files))
         if not paths:
             raise FileNotFoundError(f"No shard matches {files!r}.")
         return paths
@@ -284,7 +314,7 @@ def split_files(data_dir: str, split: str) -> list[str]:
         raise ValueError(f"{data_dir}: no split {split!r}; the manifest lists {sorted(splits)}.")
     paths = [os.path.join(data_dir, shard["file"]) for shard in splits[split]["shards"]]
     for path in paths:
-        if not tf.io.gfile.exists(path):
+        if not _exists(path):
             raise FileNotFoundError(f"Shard {path} is listed in the manifest but missing.")
     return paths
 
@@ -300,6 +330,8 @@ def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
     Raises:
         ValueError: naming the first shard that is damaged or is not a GZIP TFRecord file.
     """
+    import tensorflow as tf
+
     counts = {}
     for path in resolve_files(files):
         _check_gzip_stream(path)
@@ -319,7 +351,7 @@ def verify_shards(files: str | Sequence[str]) -> dict[str, int]:
 def _check_gzip_stream(path: str, chunk_bytes: int = 1 << 20) -> None:
     """Decompresses ``path`` to its end (in chunks, any filesystem TensorFlow reads)."""
     try:
-        with tf.io.gfile.GFile(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
+        with open_file(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as stream:
             while stream.read(chunk_bytes):
                 pass
     except (OSError, EOFError, zlib.error) as err:
@@ -348,6 +380,8 @@ def check_split_read_whole(data_dir: str, split: str, samples_read: int) -> None
 def damaged_shards_named(files: str | Sequence[str]) -> Iterator[None]:
     """Turns a bare DataLossError raised while reading ``files`` into ``verify_shards``'s
     ValueError naming the damaged shard (re-raises the original if every shard reads)."""
+    import tensorflow as tf
+
     try:
         yield
     except tf.errors.DataLossError:

@@ -20,12 +20,15 @@ truncates the history to the training window (newest behaviour in the last colum
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from muse_tf.contract import features
 from muse_tf.contract.feature_spec import FeatureSpec
+
+if TYPE_CHECKING:  # TensorFlow is imported by the functions that run it: reading a record's
+    import tensorflow as tf  # features (serving.request) does not load the runtime
 
 HISTORY_FEATURES = features.SEQUENCE_FEATURES
 COMPRESSION = "GZIP"
@@ -48,6 +51,8 @@ def record_features(spec: FeatureSpec) -> tuple[str, ...]:
 
 def parse_spec(spec: FeatureSpec) -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
     """``tf.io.parse_example`` features of a user record: user scalars, ragged lists."""
+    import tensorflow as tf
+
     parsing: dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature] = {
         name: tf.io.FixedLenFeature([], tf.int64) for name in user_features(spec)
     }
@@ -57,6 +62,8 @@ def parse_spec(spec: FeatureSpec) -> dict[str, tf.io.FixedLenFeature | tf.io.Rag
 
 
 def _int64_feature(values: np.ndarray) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(int64_list=tf.train.Int64List(value=values.tolist()))
 
 
@@ -79,6 +86,8 @@ def encode_user_records(
     Raises:
         ValueError: naming the features of the schema the arrays lack.
     """
+    import tensorflow as tf
+
     missing = set(record_features(spec)) - {*user, *history, *samples}
     if missing:
         raise ValueError(f"User records lack feature(s) {sorted(missing)}.")
@@ -99,12 +108,16 @@ def encode_user_records(
 
 def user_keys(serialized: tf.Tensor) -> tf.Tensor:
     """(U,) serialized user records -> their (U,) raw user IDs, parsing nothing else."""
+    import tensorflow as tf
+
     spec = {features.USER_KEY: tf.io.FixedLenFeature([], tf.int64)}
     return tf.io.parse_example(serialized, spec)[features.USER_KEY]
 
 
 def left_pad_recent(ragged: tf.RaggedTensor, length: int) -> tf.Tensor:
     """(N, None) -> (N, length): the last ``length`` values of each row, left-padded with PAD."""
+    import tensorflow as tf
+
     starts = ragged.row_starts()
     limits = ragged.row_limits()
     flat_index = limits[:, None] - length + tf.range(length, dtype=limits.dtype)[None, :]
@@ -117,6 +130,8 @@ def parse_user_records(
     serialized: tf.Tensor, history_length: int, spec: FeatureSpec
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
     """(U,) serialized user records -> S samples: ``({name: (S,) or (S, L)}, label (S,))``."""
+    import tensorflow as tf
+
     parsed = tf.io.parse_example(serialized, parse_spec(spec))
     sample_names = sample_features(spec)
     per_sample = [parsed[name] for name in sample_names]

@@ -8,10 +8,14 @@ readers and the SavedModel's lookup tables (``muse_tf.jobs.saved_model``) all ma
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tensorflow as tf
 
 from muse_tf.contract import features
+
+if TYPE_CHECKING:  # the graph-table helpers import it: mapping IDs in NumPy does not load TensorFlow
+    import tensorflow as tf
 
 RESERVED = 2  # PAD and OOV
 
@@ -76,6 +80,8 @@ def write_table_file(path: str, ids: np.ndarray, chunk: int = 1 << 20) -> None:
 
 def lookup_table(path: str) -> tf.lookup.StaticHashTable:
     """A graph table raw ID -> position from ``write_table_file``'s file (-1 when absent)."""
+    import tensorflow as tf
+
     return tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(
             path,
@@ -90,5 +96,7 @@ def lookup_table(path: str) -> tf.lookup.StaticHashTable:
 
 def lookup_in_graph(table: tf.lookup.StaticHashTable, raw_ids: tf.Tensor) -> tf.Tensor:
     """Indices of int64 ``raw_ids`` through ``lookup_table``'s table: ``lookup``'s rule in-graph."""
+    import tensorflow as tf
+
     position = table.lookup(raw_ids)
     return tf.where(position < 0, tf.constant(features.OOV, tf.int64), position + RESERVED)
