@@ -55,10 +55,10 @@ def export(args: argparse.Namespace) -> str:
 
     dataset_dir.ensure_filesystems([args.data])
     dataset_dir.require_dataset(args.data)  # before the model is built
-    vocabularies = dataset_dir.load_vocabularies(args.data)
     if args.items:  # checked before the model is built
         items = item_refresh.read_items(args.items, runs.RunDir(args.model_dir).read_config().model)
     with runs.working_in_trained_run(args.model_dir, args.data) as (model, _):
+        vocabularies = dataset_dir.load_vocabularies(args.data)  # once the run is known good
         if args.items:
             model, vocabularies, counts = item_refresh.refresh(model, vocabularies, *items)
             print(item_refresh.describe(counts, args.items))

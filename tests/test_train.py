@@ -238,7 +238,8 @@ def test_two_workers_train_together(dataset, tmp_path):
     with open(RunDir(str(tmp_path / "run")).history) as f:
         epoch = next(csv.DictReader(f))
     shown = [match.groups()[2:] for match in PROGRESS.finditer(chief) if match[1] == match[2]]
-    assert len(shown) >= 2, chief  # the last step's update and the epoch's end
+    # At least the epoch's end; the last step's own update too unless the bar throttled it.
+    assert shown, chief
     for loss, auc in shown:
         assert float(loss) == pytest.approx(float(epoch["loss"]), abs=1e-4)
         assert float(auc) == pytest.approx(float(epoch["auc"]), abs=1e-4)
