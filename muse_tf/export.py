@@ -55,8 +55,9 @@ def export(args: argparse.Namespace) -> str:
 
     dataset_dir.ensure_filesystems([args.data])
     dataset_dir.require_dataset(args.data)  # before the model is built
+    run = runs.RunDir(args.model_dir)
     if args.items:  # checked before the model is built
-        items = item_refresh.read_items(args.items, runs.RunDir(args.model_dir).read_config().model)
+        items = item_refresh.read_items(args.items, run.read_config().model)
     with runs.working_in_trained_run(args.model_dir, args.data) as (model, _):
         vocabularies = dataset_dir.load_vocabularies(args.data)  # once the run is known good
         if args.items:
@@ -65,7 +66,7 @@ def export(args: argparse.Namespace) -> str:
         path = saved_model.export_saved_model(
             model, vocabularies, args.export_dir, args.model_name, args.version,
             **limits.from_flags(args),
-            source=runs.RunDir(args.model_dir).identity(), allow_other_runs=args.allow_other_runs,
+            source=run.identity(), allow_other_runs=args.allow_other_runs,
         )
     print(f"SavedModel: {path}")
     return path

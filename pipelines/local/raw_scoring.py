@@ -37,11 +37,17 @@ def split_tables(input_dir: str, split: str, schema: RawSchema) -> dict[str, lis
 
 
 def convert_with_vocabularies(
-    input_dir: str, tables: dict[str, list[str]], data_dir: str, output: str, split: str
+    input_dir: str,
+    tables: dict[str, list[str]],
+    schema: RawSchema,
+    data_dir: str,
+    output: str,
+    split: str,
 ) -> dict:
-    """Converts ``split`` of the raw ``tables`` (found in ``input_dir``) into the dataset directory
-    ``output`` with the vocabularies of the converted dataset ``data_dir`` (and its history cap
-    and shard count, so the same raw data gives the same records); returns the manifest.
+    """Converts ``split`` of the raw ``tables`` (found in ``input_dir``; ``schema``: ``data_dir``'s
+    feature spec) into the dataset directory ``output`` with the vocabularies of the converted
+    dataset ``data_dir`` (and its history cap and shard count, so the same raw data gives the same
+    records); returns the manifest.
 
     Raises:
         pi.InputError: naming a malformed table, or the split's tables when they do not join.
@@ -57,9 +63,8 @@ def convert_with_vocabularies(
     shards = len(source["splits"].get(split, {}).get("shards", ())) or 1
     options = ConversionOptions(
         input_dir, output, history_cap=source["history_cap"], shards={split: shards}, partitions=1,
-        feature_spec=dataset_dir.load_feature_spec(data_dir),
+        feature_spec=schema.spec,
     )
-    schema = options.schema
     tasks = stages.scan_tasks(tables, schema)  # every file's schema, before the join is checked
     join_check.check_split_joins(input_dir, split, tables, schema)
     work = os.path.join(output, "_work")
@@ -130,7 +135,8 @@ def predict_parquet(
             os.makedirs(copy_dir)
             tables[samples_table] = candidates_lib.conversion_copy(candidates, copy_dir)
             dataset = os.path.join(converted, "dataset")
-            manifest = convert_with_vocabularies(parquet_dir, tables, data_dir, dataset, split)
+            manifest = convert_with_vocabularies(parquet_dir, tables, schema, data_dir, dataset,
+                                                 split)
         except (InputError, FileNotFoundError) as err:
             raise cli.UsageError(str(err)) from None
         counts = manifest["splits"][split]
