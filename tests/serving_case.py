@@ -172,12 +172,15 @@ def sigmoid(logits):
 
 
 def write_dataset(path, vocabularies):
-    """A directory that passes for a converted dataset as far as its manifest and vocabularies go."""
+    """A directory that passes for a converted dataset as far as its manifest, vocabularies and
+    (all-zero) multimodal table go."""
     os.makedirs(os.path.join(path, dataset_dir.VOCAB_DIR))
     with open(os.path.join(path, dataset_dir.MANIFEST), "w") as f:
         json.dump({"schema_version": dataset_dir.SCHEMA_VERSION}, f)
     for name, ids in vocabularies.items():
         np.save(dataset_dir.vocab_path(str(path), name), ids)
+    rows = dataset_dir.vocab_sizes(str(path))["item"]
+    np.save(os.path.join(path, dataset_dir.MULTIMODAL_TABLE), np.zeros((rows, 128), np.int8))
     return str(path)
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from muse_tf import cli, evaluate, export
 from muse_tf.config import ExperimentConfig
-from muse_tf.contract import lock
+from muse_tf.contract import dataset_dir, lock
 from muse_tf.jobs import runs
 from tests import serving_case as sc
 from tests.cli_helpers import assert_usage_error, full_disk_open
@@ -128,6 +128,21 @@ def test_resuming_on_another_dataset_is_refused(case, data_dir, tmp_path):
                                                   "user": case.vocabularies["user"][::-1]})
     with pytest.raises(runs.RunDirectoryError, match=f"--data {other} is not the dataset"):
         run.check_can_start(ExperimentConfig(), other)
+
+
+def test_resuming_with_another_multimodal_table_is_refused_naming_it(data_dir, tmp_path):
+    """The backup leaves the frozen table out: a resume reloads it, so it must be the same file."""
+    run = runs.RunDir(str(tmp_path / "run"))
+    run.start(ExperimentConfig(), data_dir)
+    _fake_backup(run)
+    path = os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE)
+    table = np.load(path)
+    assert run.check_can_start(ExperimentConfig(), data_dir) is None  # the same table
+    table[1, 0] = 1
+    np.save(path, table)
+    with pytest.raises(runs.RunDirectoryError, match=f"^{re.escape(path)} is not the multimodal "
+                       "table .*--overwrite"):
+        run.check_can_start(ExperimentConfig(), data_dir)
 
 
 def test_starting_over_deletes_the_run_and_nothing_else(data_dir, tmp_path):

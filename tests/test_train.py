@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from muse_tf import evaluate, train
 from muse_tf.config import ExperimentConfig, TrainConfig
@@ -296,6 +297,81 @@ def test_training_logs_no_slow_callback_warning(dataset, tmp_path):
         logging.getLogger("tensorflow").removeHandler(handler)
     assert not [w for w in warnings if "is slow compared to the batch time" in w], warnings
     assert os.listdir(tmp_path / "run" / "logs" / "train")  # TensorBoard still writes
+
+
+class _Killed(Exception):
+    """Ends training where a kill would."""
+
+
+class _SnapshotThenKill:
+    """A callback that records every model and optimizer variable right after the backup (the
+    first callback) has backed step ``at_step`` up, or once the backup has restored
+    (``at_step=None``), then ends training as a kill would."""
+
+    def __init__(self, at_step=None):
+        import tf_keras
+
+        snapshot = self.snapshot = {}
+
+        def record(model):
+            owners = {"model": model.variables, "dense": model.optimizer.variables,
+                      "tables": model.embedding_optimizer.variables}
+            # By position: a second model in one process gets other variable names.
+            snapshot.update({f"{owner}/{i}/{v.name.split('/')[-1]}": np.array(v.numpy())
+                             for owner, vs in owners.items() for i, v in enumerate(vs)})
+            raise _Killed()
+
+        class Callback(tf_keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                if at_step is None:  # the moments are created (and restored) on first use
+                    self.model.optimizer.build(self.model.dense_trainable_variables)
+                    self.model.embedding_optimizer.build(self.model.embedding_trainable_variables)
+                    record(self.model)
+
+            def on_train_batch_end(self, batch, logs=None):
+                if batch + 1 == at_step:
+                    record(self.model)
+
+        self.callback = Callback()
+
+
+def test_a_run_killed_after_a_backup_resumes_bit_exact_without_the_table_in_it(
+    dataset, tmp_path, monkeypatch
+):
+    """The backup leaves the frozen multimodal table out (its bytes are not written), yet the
+    resumed state (every weight, the table reloaded from the dataset, every optimizer moment and
+    counter) equals the backed-up state bit for bit."""
+    model_dir = tmp_path / "run"
+    make_callbacks = training.make_callbacks
+
+    def run_until(kill):
+        def callbacks(*args, **kwargs):
+            made = make_callbacks(*args, **kwargs)
+            return [made[0], kill.callback, *made[1:]]  # right after the backup
+
+        monkeypatch.setattr(training, "make_callbacks", callbacks)
+        with pytest.raises(_Killed):
+            train.main(["--data", dataset, "--model-dir", str(model_dir), "--verbose", "0",
+                        "--no-eval", "--no-export", "--set", "train.steps_per_epoch=8",
+                        "--set", "train.backup_every_steps=3", *TINY])
+        return kill.snapshot
+
+    backed_up = run_until(_SnapshotThenKill(at_step=6))
+    names = [name for name, _ in tf.train.list_variables(os.path.join(RunDir(str(model_dir)).backup,
+                                                                      "chief"))]
+    assert not [name for name in names if "multimodal" in name]
+    assert any("tables/item/" in name for name in names)
+    restored = run_until(_SnapshotThenKill())
+    table = dataset_dir.load_multimodal_table(dataset)
+    assert restored.keys() == backed_up.keys(), set(restored) ^ set(backed_up)
+    for name, value in backed_up.items():
+        np.testing.assert_array_equal(restored[name], value, err_msg=name)
+    packed = np.ascontiguousarray(table).view(np.int32)  # four int8 values to an int32 word
+    stored = [value for value in restored.values() if value.shape == packed.shape]
+    assert len(stored) == 1
+    np.testing.assert_array_equal(stored[0], packed)
+    step = [value for name, value in restored.items() if name.endswith("iteration:0")]
+    assert len(step) == 2 and all(int(value) == 6 for value in step)
 
 
 def _run_args(dataset, model_dir):

@@ -172,6 +172,16 @@ def load_multimodal_table(data_dir: str) -> np.ndarray:
     return _load_npy(path)
 
 
+def multimodal_table_digest(data_dir: str, chunk_bytes: int = 1 << 24) -> str:
+    """SHA-256 of the multimodal table file: what a run records of the frozen table its backups
+    leave out, so that a resume reloads the same one."""
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(os.path.join(data_dir, MULTIMODAL_TABLE), "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_manifest(data_dir: str) -> dict:
     """The conversion's ``manifest.json`` (counts, vocabulary sizes, shards per split).
 

@@ -6,13 +6,15 @@ One run directory holds one model. Its layout, owned here and nowhere else::
     config.yaml            the resolved ExperimentConfig (``model:`` and ``train:``)
     dataset.json           the converted dataset it trains on: its path and the digest of its
                            vocabularies (``dataset_dir.vocabularies_digest``), which decide what the
-                           embedding rows mean; scoring with another dataset is refused
+                           embedding rows mean; scoring with another dataset is refused; and the
+                           digest of its multimodal table, which the backup leaves out: a resume
+                           reloads it from the dataset and refuses another one
     history.csv            per-epoch losses and metrics
     logs/                  TensorBoard
-    checkpoints/epoch-NN   weights after each epoch
-    backup/                BackupAndRestore state (resume mid-epoch) and ``config.sha256``, the
-                           digest of the config it belongs to; kept until evaluation and export
-                           have succeeded
+    checkpoints/epoch-NN   weights after each epoch (without the frozen multimodal table)
+    backup/                BackupAndRestore state (resume mid-epoch; without the frozen
+                           multimodal table) and ``config.sha256``, the digest of the config it
+                           belongs to; kept until evaluation and export have succeeded
     final/weights          the trained weights; ``final/training.json`` records that training
                            finished (and the digest of its config), so a restart goes straight to
                            evaluation and export, and a ``config.yaml`` edited since is refused
@@ -190,6 +192,7 @@ class RunDir:
                 f"into this run's model; {restart}."
             )
         self.check_dataset(data_dir)
+        self.check_multimodal_table(data_dir)
         return None
 
     def check_dataset(self, data_dir: str) -> None:
@@ -214,6 +217,24 @@ class RunDir:
                 f"other embedding rows; pass --data {recorded['data']} (or a copy of it)."
             )
 
+    def check_multimodal_table(self, data_dir: str) -> None:
+        """Checks that ``data_dir``'s multimodal table is the one this run started with: the
+        backup leaves the frozen table out, and a resume loads it from the dataset again. A run
+        that records no digest (an older muse_tf, whose backups held the table) is not checked.
+
+        Raises:
+            RunDirectoryError: naming the table file.
+        """
+        recorded = _read_json(self.dataset_record).get("multimodal_table_sha256")
+        if recorded is not None and dataset_dir.multimodal_table_digest(data_dir) != recorded:
+            path = os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE)
+            raise RunDirectoryError(
+                f"{path} is not the multimodal table {self.root} started training with (its "
+                f"digest differs from the one in {self.dataset_record}); the backup leaves the "
+                "frozen table out, so resuming needs the same file: restore it, or pass "
+                f"{START_OVER_FLAG}."
+            )
+
     def write_config(self, experiment: ExperimentConfig) -> None:
         """Writes the resolved config to ``config.yaml``."""
         os.makedirs(self.root, exist_ok=True)
@@ -225,6 +246,7 @@ class RunDir:
         _write_json(self.dataset_record, {
             "data": data_dir if "://" in data_dir else os.path.abspath(data_dir),
             "vocabularies_sha256": dataset_dir.vocabularies_digest(data_dir),
+            "multimodal_table_sha256": dataset_dir.multimodal_table_digest(data_dir),
         })
         os.makedirs(self.backup, exist_ok=True)
         _write_text(self.backup_digest, config_digest(experiment))

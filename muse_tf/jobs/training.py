@@ -288,7 +288,11 @@ def fit(
         compile_model(model, experiment, steps * experiment.train.epochs)
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
-    with dataset_dir.damaged_shards_named(dataset_dir.split_files(data_dir, "train")):
+    # The backups and per-epoch checkpoints leave out the frozen table (loaded above from the
+    # dataset, whose table a resume checks: RunDir.check_multimodal_table); the final weights
+    # hold it.
+    with (dataset_dir.damaged_shards_named(dataset_dir.split_files(data_dir, "train")),
+          model.multimodal.left_out_of_checkpoints()):
         keras_fit(
             model,
             train_dataset(strategy, data_dir, experiment),

@@ -7,6 +7,9 @@ all-zero row means the item has no vector.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -32,6 +35,10 @@ class MultimodalTable(tf_keras.layers.Layer):
     int8 vectors are stored four to an int32 word (``pack_int8``): 1 byte per value, in a dtype
     that multi-worker collectives can broadcast. Fill the weights with ``set_table``.
 
+    Checkpoints written inside ``left_out_of_checkpoints`` (training's backups) hold neither
+    weight: the table never changes, so it is loaded again from its file instead; a SavedModel
+    always holds it.
+
     Args:
         vocab_size: V, rows (the item vocabulary, PAD and OOV included).
         dim: M, the vector width (a multiple of 4 for int8).
@@ -56,6 +63,24 @@ class MultimodalTable(tf_keras.layers.Layer):
                 name="inverse_norms", shape=[vocab_size], dtype="float32", initializer="zeros",
                 trainable=False,
             )
+        self._checkpointed = True
+
+    @contextlib.contextmanager
+    def left_out_of_checkpoints(self) -> Iterator[None]:
+        """Checkpoints saved in the ``with`` block leave both weights out (and restores leave
+        them as they are): a backup's size and time do not grow with a table it never changes."""
+        self._checkpointed = False
+        try:
+            yield
+        finally:
+            self._checkpointed = True
+
+    def _trackable_children(self, save_type: str = "checkpoint", **kwargs) -> dict:
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "checkpoint" and not self._checkpointed:
+            frozen = (self.table, self.inverse_norms)
+            children = {k: v for k, v in children.items() if not any(v is w for w in frozen)}
+        return children
 
     def set_table(self, table: np.ndarray) -> None:
         """Loads the vectors (V, M), one row per item index (all zero for an item without one)."""
