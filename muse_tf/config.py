@@ -229,7 +229,10 @@ class TrainConfig:
         seed: seeds TensorFlow, NumPy and the input order.
         deterministic: reproducible input order (slower).
         eval_batch_size: batch size for evaluation.
-        backup_every_steps: BackupAndRestore interval, so a killed run resumes mid-epoch.
+        backup_every_seconds: mid-epoch backup interval in seconds (BackupAndRestore), so a
+            killed run resumes mid-epoch; a backup also ends every epoch. None = by steps only.
+        backup_every_steps: mid-epoch backup interval in steps, beside the time interval
+            (whichever comes first); None = by time only.
         log_every_steps: TensorBoard scalar interval.
         validation_fraction: share of the training users held out (chosen by a stable hash of the
             raw user ID, never trained on) and scored after every epoch: ``val_loss``, ``val_auc``
@@ -263,7 +266,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     eval_batch_size: int = 1000
-    backup_every_steps: int = 100
+    backup_every_seconds: float | None = 600.0
+    backup_every_steps: int | None = None
     log_every_steps: int = 50
     validation_fraction: float = 0.0
     validation_split: str | None = None
@@ -275,7 +279,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _refuse_non_finite(self, "train.")
         for name in ("per_replica_batch_size", "epochs", "history_length", "eval_batch_size",
-                     "backup_every_steps", "log_every_steps", "embedding_learning_rate",
+                     "log_every_steps", "embedding_learning_rate",
                      "dense_learning_rate", "ps_min_shard_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`train.{name}` must be positive, got {getattr(self, name)}.")
@@ -284,7 +288,7 @@ class TrainConfig:
                               ("learning_rate_schedule", LEARNING_RATE_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"`train.{name}` must be one of {choices}, got {getattr(self, name)!r}.")
-        for name in ("batch_size", "steps_per_epoch"):
+        for name in ("batch_size", "steps_per_epoch", "backup_every_seconds", "backup_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"`train.{name}` must be positive or null, got {getattr(self, name)}.")
         if not 0.0 <= self.warmup_fraction < 1.0:

@@ -222,8 +222,9 @@ class _Ended(tf_keras.callbacks.Callback):
         self.ended.append(epoch)
 
 
-@pytest.mark.parametrize("save_freq", ["epoch", 2])
-def test_an_epoch_is_backed_up_as_done_only_after_every_callback_ended_it(tmp_path, save_freq):
+@pytest.mark.parametrize("interval", [{"epoch_level": True}, {"every_steps": 2},
+                                      {"every_seconds": 1e-9}])
+def test_an_epoch_is_backed_up_as_done_only_after_every_callback_ended_it(tmp_path, interval):
     """Killed at its end (in validation, say) after its last step, the epoch runs its end again on
     resume; Keras's BackupAndRestore would resume at the next epoch."""
     model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
@@ -231,7 +232,7 @@ def test_an_epoch_is_backed_up_as_done_only_after_every_callback_ended_it(tmp_pa
     x, y = np.random.default_rng(0).normal(size=(32, 2)), np.ones((32, 1))
 
     def fit(ended):
-        backup = EpochBackup(str(tmp_path / "backup"), save_freq)
+        backup = EpochBackup(str(tmp_path / "backup"), **interval)
         model.fit(x, y, batch_size=8, epochs=2, verbose=0,
                   callbacks=[backup, ended, backup.finished])
 
@@ -240,6 +241,40 @@ def test_an_epoch_is_backed_up_as_done_only_after_every_callback_ended_it(tmp_pa
     resumed = _Ended()
     fit(resumed)
     assert resumed.ended == [0, 1]
+
+
+@pytest.mark.parametrize("every_seconds, every_steps, expected", [
+    # One second per step: due at 3 s (step 3 of 4); an epoch's last step is left to its end.
+    (2.5, None, [(0, 2), (0, "end"), (1, 2), (1, "end")]),
+    (None, 2, [(0, 1), (0, "end"), (1, 1), (1, "end")]),
+    (2.5, 2, [(0, 1), (0, "end"), (1, 1), (1, "end")]),  # whichever comes first
+    (None, None, [(0, "end"), (1, "end")]),
+])
+def test_mid_epoch_backups_come_on_the_time_or_step_interval(
+    tmp_path, every_seconds, every_steps, expected
+):
+    clock = {"now": 0.0}
+
+    class Tick(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            clock["now"] += 1.0
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer=tf_keras.optimizers.SGD(0.1), loss="mse")
+    x, y = np.random.default_rng(0).normal(size=(32, 2)), np.ones((32, 1))
+    backed_up = []
+
+    class Recording(EpochBackup):
+        def _now(self):
+            return clock["now"]
+
+        def _backup(self, epoch, batch=None):
+            backed_up.append((epoch, "end" if batch is None else batch))
+            super()._backup(epoch, batch or 0)
+
+    backup = Recording(str(tmp_path / "backup"), every_seconds, every_steps)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Tick(), backup, backup.finished])
+    assert backed_up == expected
 
 
 def test_validation_needs_a_sample_and_a_valid_config(dataset, tmp_path):

@@ -92,7 +92,8 @@ def make_callbacks(
     ``epoch_level`` (ParameterServerStrategy, which allows no batch-level callback): backups and
     TensorBoard scalars once per epoch instead of every so many steps."""
     train = experiment.train
-    backup = EpochBackup(run_dir.backup, "epoch" if epoch_level else train.backup_every_steps)
+    backup = EpochBackup(run_dir.backup, train.backup_every_seconds, train.backup_every_steps,
+                         epoch_level)
     return [
         backup,
         ProgressRecord(),
