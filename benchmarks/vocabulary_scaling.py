@@ -13,6 +13,17 @@ when a vocabulary is padded with IDs the batch never uses. Each case runs in a f
 * ``whole_run_examples_per_s``: examples / wall time of one ``fit`` call over all steps, first
   included, from ``fit`` being called to it returning;
 * ``peak_rss_mb``: the process's peak resident memory (VmHWM), setup included.
+
+The ``run`` table times the training job itself (``muse_tf.jobs.training.run``, default backups:
+the embedded default run's config, ``muse_tf/configs/synthetic.yaml``, one epoch of its synthetic
+dataset) on copies of that dataset whose item vocabulary is padded to each size with IDs that never
+occur (a larger item table and multimodal table, the same samples), in a fresh process each:
+
+* ``train_s``: the job's ``train_seconds`` (``fit`` from its first callback to its last, backups
+  included); ``run_s``: the whole ``training.run`` call without evaluation and export (dataset and
+  table digests, model creation, table load, ``fit``, final weights);
+* ``setup_s``: model creation and table load (``runs.build_model``); ``backup_mb``: the backup's
+  size on disk; ``ratio_to_smallest``: ``run_s`` over the smallest size's.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from benchmarks import common
 
 COLUMNS = ["items", "embedding_optimizer", "step_p50_ms", "examples_per_s", "ratio_to_smallest",
            "first_step_s", "whole_run_examples_per_s", "peak_rss_mb", "steps"]
+RUN_COLUMNS = ["items", "train_s", "run_s", "ratio_to_smallest", "setup_s", "steps", "backup_mb",
+               "peak_rss_mb"]
 OPTIMIZERS = ("adam", "sparse_adam")
 SIZES = (20_000, 1_000_000, 10_000_000)
 
@@ -68,22 +81,100 @@ def child(items: int, optimizer: str, batch: int, length: int, steps: int) -> di
     }
 
 
+def padded_dataset(data_dir: str, items: int, work_dir: str) -> str:
+    """A copy of ``data_dir`` (its files linked, not copied) whose item vocabulary and multimodal
+    table are padded to ``items`` rows with IDs no sample holds."""
+    import os
+
+    import numpy as np
+
+    from muse_tf.contract import dataset_dir, vocabulary
+
+    ids = dataset_dir.load_vocabulary(data_dir, "item")
+    padding = max(0, items - vocabulary.table_rows(ids))
+    target = os.path.join(work_dir, f"padded-{items}")
+    if os.path.exists(target):
+        return target
+    for root, _, names in os.walk(data_dir):
+        for name in names:
+            relative = os.path.relpath(os.path.join(root, name), data_dir)
+            os.makedirs(os.path.dirname(os.path.join(target, relative)), exist_ok=True)
+            os.symlink(os.path.abspath(os.path.join(root, name)), os.path.join(target, relative))
+    item_path = dataset_dir.vocab_path(target, "item")
+    os.remove(item_path)
+    np.save(item_path, np.concatenate([ids, np.arange(padding, dtype=ids.dtype) + ids.max() + 1]))
+    table_path = os.path.join(target, dataset_dir.MULTIMODAL_TABLE)
+    table = dataset_dir.load_multimodal_table(data_dir)
+    os.remove(table_path)
+    padded = np.lib.format.open_memmap(table_path, "w+", table.dtype, (len(table) + padding, table.shape[1]))
+    padded[: len(table)] = table
+    padded.flush()
+    return target
+
+
+def run_child(items: int, work_dir: str) -> dict:
+    """The training job (default backups) on the default run's dataset padded to ``items`` rows."""
+    import os
+    import tempfile
+
+    from muse_tf.config import ExperimentConfig, from_dict, load_yaml, packaged_config_path
+    from muse_tf.data.synthetic_dataset import ensure_default_dataset
+    from muse_tf.jobs import runs, training
+
+    experiment = from_dict(ExperimentConfig, load_yaml(packaged_config_path()))
+    data_dir = ensure_default_dataset(work_dir, None, experiment.train.history_length)
+    data_dir = padded_dataset(data_dir, items, work_dir)
+    build_model = runs.build_model
+    setup = {}
+
+    def timed_build(*args, **kwargs):
+        started = time.perf_counter()
+        model = build_model(*args, **kwargs)
+        setup["seconds"] = time.perf_counter() - started
+        return model
+
+    runs.build_model = timed_build
+    backups = []
+    finish = runs.RunDir.finish
+
+    def measured_finish(self, result):  # the backup's size, before the run drops it
+        backups.append(sum(os.path.getsize(os.path.join(root, name))
+                           for root, _, names in os.walk(self.backup) for name in names))
+        finish(self, result)
+
+    runs.RunDir.finish = measured_finish
+    with tempfile.TemporaryDirectory(dir=work_dir) as model_dir:
+        started = time.perf_counter()
+        result = training.run(experiment, data_dir, model_dir, evaluate=False, export=False, verbose=0)
+        whole = time.perf_counter() - started
+    return {
+        "items": items, "train_s": result["train_seconds"], "run_s": round(whole, 1),
+        "setup_s": round(setup["seconds"], 1), "steps": result["steps_run"],
+        "backup_mb": round(backups[0] / 2**20, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        result = child(int(argv[1]), argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
+    if argv[:1] in (["--child"], ["--run-child"]):
+        if argv[0] == "--child":
+            result = child(int(argv[1]), argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
+        else:
+            result = run_child(int(argv[1]), argv[2])
         result["peak_rss_mb"] = common.peak_rss_mb()
         print(json.dumps(result))
         return result
     parser = common.base_parser("benchmarks.vocabulary_scaling", __doc__, "vocabulary_scaling.json")
     parser.add_argument("--sizes", nargs="*", type=int, default=list(SIZES), help="item rows")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "run"],
+                        help="tables not to measure")
     args = parser.parse_args(argv)
     batch, length = (100, 100) if args.quick else (1000, 1000)
     sizes = [20_000, 200_000] if args.quick else args.sizes
     run = common.Run("vocabulary_scaling", args)
     rows = []
-    for optimizer in OPTIMIZERS:
+    for optimizer in OPTIMIZERS if "step" not in args.skip else ():
         for items in sizes:
             result = common.run_json_subprocess(
                 "benchmarks.vocabulary_scaling",
@@ -93,7 +184,14 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         smallest = next(r for r in rows if r["embedding_optimizer"] == row["embedding_optimizer"])
         row["ratio_to_smallest"] = round(row["step_p50_ms"] / smallest["step_p50_ms"], 2)
-    return run.finish(rows, {"vocabulary": COLUMNS})
+    runs_ = []
+    for items in sizes if "run" not in args.skip else ():
+        result = common.run_json_subprocess(
+            "benchmarks.vocabulary_scaling", ["--run-child", str(items), args.work_dir], 3600)
+        runs_.append({"table": "run", **result})
+        runs_[-1]["ratio_to_smallest"] = round(result["run_s"] / runs_[0]["run_s"], 2)
+        print(runs_[-1], flush=True)
+    return run.finish(rows + runs_, {"vocabulary": COLUMNS, "run": RUN_COLUMNS})
 
 
 if __name__ == "__main__":

@@ -240,3 +240,55 @@ def test_serialised_config_round_trips():
 def test_unknown_dense_optimizer_is_named():
     with pytest.raises(ValueError, match="'sgd'"):
         dense_optimizer("sgd", 0.1)
+
+
+def test_a_lookup_hands_the_optimizer_each_distinct_row_once():
+    """Against NumPy: the looked-up rows, and a gradient of one row per distinct index holding the
+    sum over its positions (not one row per position)."""
+    from muse_tf.contract import features
+    from muse_tf.contract.feature_spec import TAOBAO_MM
+    from muse_tf.models.branches import EmbeddingBranch
+
+    branch = EmbeddingBranch({name: 30 for name in TAOBAO_MM.vocabularies}, 4, TAOBAO_MM)
+    rng = np.random.default_rng(5)
+    indices = rng.integers(0, 12, size=(3, 40))  # many repeats
+    weights = rng.normal(size=(3, 40, 4)).astype(np.float32)
+    table = branch.tables["item"]
+    with tf.GradientTape() as tape:
+        rows = branch.lookup(features.HISTORY_ITEMS, tf.constant(indices, tf.int32))
+        loss = tf.reduce_sum(rows * weights)
+    gradient = tape.gradient(loss, table.embeddings)
+    values = table.embeddings.numpy()
+    np.testing.assert_array_equal(rows.numpy(), values[indices])
+    assert isinstance(gradient, tf.IndexedSlices)
+    assert sorted(gradient.indices.numpy()) == sorted(np.unique(indices))
+    expected = np.zeros_like(values)
+    np.add.at(expected, indices, weights)
+    dense = np.zeros_like(values)
+    dense[gradient.indices.numpy()] = gradient.values.numpy()
+    np.testing.assert_allclose(dense, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["muse", "din"])
+def test_deduplicated_lookups_leave_logits_and_gradients_as_plain_lookups(variant, monkeypatch):
+    """The model with each distinct row looked up once, against the same model looking up every
+    position (Keras's Embedding): the same logits, gradients equal to float rounding."""
+    from muse_tf.models.branches import EmbeddingBranch
+
+    model, _ = make_model(variant)
+    x = make_batch(np.random.default_rng(3))
+
+    def logits_and_gradients():
+        with tf.GradientTape() as tape:
+            logits = model(x, training=False)
+            loss = tf.reduce_sum(logits * tf.range(1.0, 1.0 + tf.cast(tf.size(logits), tf.float32)))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        return logits.numpy(), [tf.convert_to_tensor(g).numpy() for g in gradients]
+
+    deduplicated = logits_and_gradients()
+    monkeypatch.setattr(EmbeddingBranch, "lookup",
+                        lambda self, feature, indices: self.tables[self.spec.vocabulary[feature]](indices))
+    plain = logits_and_gradients()
+    np.testing.assert_array_equal(deduplicated[0], plain[0])
+    for got, want in zip(deduplicated[1], plain[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

@@ -69,8 +69,16 @@ class EmbeddingBranch(tf_keras.layers.Layer):
         }
 
     def lookup(self, feature: str, indices: tf.Tensor) -> tf.Tensor:
-        """Indices of ``feature`` (a model feature of the spec) -> (..., width) embeddings."""
-        return self.tables[self.spec.vocabulary[feature]](indices)
+        """Indices of ``feature`` (a model feature of the spec) -> (..., width) embeddings.
+
+        Each distinct index is looked up once and gathered back to every position: the table's
+        gradient then holds one row per distinct index (summed over its positions), not one per
+        position (B x L for a history), so the sparse optimizer and the gradient's transfer
+        handle the rows a batch touches, not its lookups."""
+        table = self.tables[self.spec.vocabulary[feature]]
+        distinct, position = tf.unique(tf.reshape(indices, [-1]))
+        rows = tf.gather(table(distinct), position)
+        return tf.reshape(rows, tf.concat([tf.shape(indices), [table.output_dim]], 0))
 
     def behaviour(self, items: tf.Tensor, categories: tf.Tensor) -> tf.Tensor:
         """(...) item and category indices -> (..., 2D): a target's or a behaviour's embedding."""
