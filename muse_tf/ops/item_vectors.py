@@ -32,8 +32,12 @@ def inverse_norms(table: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """
     table = np.asarray(table)
     inverse = np.zeros(len(table), np.float32)
+    # int8 rows' sums of squares (at most 128 * 128 per value) are exact in float32 for any width
+    # up to 1,024, at half float64's cost: the same result, a table load ~2x faster.
+    exact = np.float32 if table.dtype == np.int8 and table.shape[1] <= 1024 else np.float64
     for start in range(0, len(table), chunk):  # in chunks: a float64 copy of the whole is 8x its size
-        squared = np.square(table[start : start + chunk], dtype=np.float64).sum(axis=1)
+        squared = np.square(table[start : start + chunk], dtype=exact).sum(axis=1, dtype=exact)
+        squared = squared.astype(np.float64)
         inverse[start : start + chunk] = np.divide(
             1.0, np.sqrt(squared), out=np.zeros_like(squared), where=squared > 0
         )
