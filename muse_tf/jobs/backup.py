@@ -65,8 +65,11 @@ class EpochBackup(tf_keras.callbacks.BackupAndRestore):
         self._last_backup = self._now()
         manager = self._training_state.write_checkpoint_manager
         options = async_options()
-        # One worker only: the workers of a cluster delete their temporary copies as save returns.
-        if options is not None and not self._multi_worker():
+        # One process only: the workers of a cluster delete their temporary copies as save
+        # returns, and a parameter-server cluster's tables live on other hosts.
+        strategy = self.model.distribute_strategy
+        cluster = self._multi_worker() or isinstance(strategy, tf.distribute.ParameterServerStrategy)
+        if options is not None and not cluster:
             manager.save = functools.partial(manager.save, options=options)
             self._writing.add(manager.checkpoint)
 
