@@ -292,3 +292,50 @@ def test_deduplicated_lookups_leave_logits_and_gradients_as_plain_lookups(varian
     np.testing.assert_array_equal(deduplicated[0], plain[0])
     for got, want in zip(deduplicated[1], plain[1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def _whole_table_tensors(graph: tf.Graph, rows: int) -> list[str]:
+    """The ops of ``graph`` that produce a tensor of a table's every row (a whole-table read,
+    product or copy), the variables' handles aside."""
+    return [f"{op.type} {op.name}" for op in graph.get_operations() if op.type != "VarHandleOp"
+            and any(out.shape.rank and out.shape[0] == rows for out in op.outputs)]
+
+
+def test_sparse_adam_reads_and_writes_only_the_rows_of_the_gradient():
+    """Its step costs the rows a batch touched, not the table: no tensor of every row is made (a
+    weight decay of 0 would still multiply and write back the whole table)."""
+    table = tf.Variable(_initial_table(), dtype=tf.float32)
+    optimizer = SparseAdam(LR)
+    apply = tf.function(lambda indices, values: optimizer.apply_gradients(
+        [(tf.IndexedSlices(values, indices, tf.constant([ROWS, WIDTH])), table)]))
+    indices, values = _gradients()[0]
+    apply(tf.constant(indices, tf.int64), tf.constant(values, tf.float32))
+    graph = apply.get_concrete_function(tf.constant(indices, tf.int64),
+                                        tf.constant(values, tf.float32)).graph
+    assert _whole_table_tensors(graph, ROWS) == []
+
+
+def test_the_training_strategy_on_one_device_looks_tables_up_by_row():
+    """Under the strategy the training job picks on one device, the train step reads, updates and
+    searches the tables by row: a step's cost does not grow with the vocabulary (a mirrored
+    variable is read whole by every lookup, and then copied by the update)."""
+    from muse_tf.config import ExperimentConfig, ModelConfig
+    from muse_tf.contract.feature_spec import TAOBAO_MM
+    from muse_tf.jobs import distribute, training
+    from muse_tf.models import MuseModel
+
+    rows = 1013  # no other tensor of the step has this many rows
+    x = make_batch(np.random.default_rng(4))
+    y = np.random.default_rng(5).integers(0, 2, len(x[next(iter(x))])).astype(np.float32)
+    strategy = distribute.make_strategy()
+    with strategy.scope():
+        model = MuseModel(ModelConfig(vocab_sizes={name: rows for name in TAOBAO_MM.vocabularies},
+                                      embedding_dim=8, top_k=6, recent_length=5, mlp_units=[16, 8],
+                                      din_attention_units=[8]))
+        model.set_multimodal_table(np.random.default_rng(6).integers(
+            -127, 128, size=(rows, 128)).astype(np.int8))
+        training.compile_model(model, ExperimentConfig(), total_steps=1)
+    inputs = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat())
+    model.fit(inputs, steps_per_epoch=1, verbose=0)
+    graph = model.train_function.get_concrete_function(iter(inputs)).graph
+    assert _whole_table_tensors(graph, rows) == []

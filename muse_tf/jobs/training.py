@@ -1,9 +1,10 @@
 """The training job behind ``python -m muse_tf.train``: trains a MUSE model (or a baseline) on a
 converted dataset, evaluates it and exports it. ``run(experiment, data_dir, model_dir)``.
 
-MirroredStrategy runs on every local GPU (else the CPU); with ``TF_CONFIG`` set the run is one worker
-of a MultiWorkerMirroredStrategy cluster, or the chief of a parameter-server cluster (the tables
-sharded over the parameter servers, ``distribute.make_strategy``). A run killed at any point
+MirroredStrategy runs on several local GPUs (OneDeviceStrategy on one GPU or the CPU); with
+``TF_CONFIG`` set the run is one worker of a MultiWorkerMirroredStrategy cluster, or the chief of a
+parameter-server cluster (the tables sharded over the parameter servers,
+``distribute.make_strategy``). A run killed at any point
 resumes from its last backup (or, once trained, goes straight to evaluation and export) when
 started again with the same ``--model-dir``, config and dataset; a finished run or another
 config's directory is refused unless ``overwrite`` is given, and so is a directory another process

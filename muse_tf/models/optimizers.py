@@ -52,6 +52,9 @@ class SparseAdam(tf_keras.optimizers.Optimizer):
     ):
         # tf.unique has a data-dependent output size, which XLA cannot compile.
         kwargs["jit_compile"] = False
+        # tf-keras's default, 0, is not None: every step would multiply every row of every table
+        # by zero and write it back (a pass over the whole table, 0.3 s at 10M rows).
+        kwargs["weight_decay"] = None
         super().__init__(name=name, **kwargs)
         self._learning_rate = self._build_learning_rate(learning_rate)
         self.beta_1 = beta_1
