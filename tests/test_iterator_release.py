@@ -6,6 +6,7 @@ import threading
 import weakref
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tf_keras
 
@@ -71,8 +72,9 @@ def _regression(strategy, inputs):
     return model, history.history["loss"]
 
 
-def test_fit_trains_on_kept_iterators_as_on_the_dataset_and_leaves_them_to_release():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+@pytest.mark.parametrize("mirrored", [True, False], ids=["mirrored", "default-strategy"])
+def test_fit_trains_on_kept_iterators_as_on_the_dataset_and_leaves_them_to_release(mirrored):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"]) if mirrored else tf.distribute.get_strategy()
     x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     y = x @ np.array([1.0, -2.0, 0.5, 3.0], np.float32)
 
@@ -92,3 +94,29 @@ def test_fit_trains_on_kept_iterators_as_on_the_dataset_and_leaves_them_to_relea
     assert kept.deleted_on == []  # fit returned without deleting it
     kept.release().join(timeout=120)
     assert kept.deleted_on == [iterator_release.THREAD_NAME]
+
+
+def test_the_training_job_leaves_a_plain_datasets_iterators_to_the_background(monkeypatch):
+    """The default strategy (one device) hands ``fit`` a plain tf.data dataset: its iterators are
+    deleted on the background thread too, not as ``fit`` returns."""
+    from muse_tf.jobs import training
+
+    made = []
+
+    class Recorded(_WatchedKept):
+        def __init__(self, dataset):
+            super().__init__(dataset)
+            made.append(self)
+
+    monkeypatch.setattr(iterator_release, "KeptIterators", Recorded)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(4,))])
+    model.compile(tf_keras.optimizers.SGD(0.05), "mse")
+    dataset = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).repeat().batch(8)
+    training.keras_fit(model, dataset, epochs=1, steps_per_epoch=3, verbose=0)
+    assert len(made) == 1
+    for _ in range(1200):  # the release thread runs on its own
+        if made[0].deleted_on:
+            break
+        threading.Event().wait(0.1)
+    assert made[0].deleted_on == [iterator_release.THREAD_NAME]

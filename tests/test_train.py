@@ -109,7 +109,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from muse_tf.jobs import distribute
     data, out, tiny = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     strategies = {
-        "single": lambda *_: tf.distribute.MirroredStrategy(["/cpu:0"]),
+        "single": distribute.make_strategy,  # the job's own choice on one device
         "mirrored": lambda *_: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
     }
     for name, make in strategies.items():

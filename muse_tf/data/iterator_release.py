@@ -42,9 +42,11 @@ def elements(dataset: Iterable) -> Iterator[Any]:
 
 class KeptIterators(tf.distribute.DistributedDataset):
     """A distributed dataset for ``Model.fit`` that keeps the iterators made from it, so that they
-    are not deleted when ``fit`` returns but by ``release``, in the background."""
+    are not deleted when ``fit`` returns but by ``release``, in the background. It wraps a
+    distributed dataset, or a plain one (the default strategy's), which ``fit`` then takes as
+    already distributed."""
 
-    def __init__(self, dataset: tf.distribute.DistributedDataset):
+    def __init__(self, dataset: tf.data.Dataset | tf.distribute.DistributedDataset):
         self._dataset = dataset
         self._held: list = []
 

@@ -1,7 +1,7 @@
 """The training job behind ``python -m muse_tf.train``: trains a MUSE model (or a baseline) on a
 converted dataset, evaluates it and exports it. ``run(experiment, data_dir, model_dir)``.
 
-MirroredStrategy runs on several local GPUs (OneDeviceStrategy on one GPU or the CPU); with
+MirroredStrategy runs on several local GPUs (the default strategy on one GPU or the CPU); with
 ``TF_CONFIG`` set the run is one worker of a MultiWorkerMirroredStrategy cluster, or the chief of a
 parameter-server cluster (the tables sharded over the parameter servers,
 ``distribute.make_strategy``). A run killed at any point
@@ -110,9 +110,9 @@ def make_callbacks(
 
 def train_dataset(
     strategy: tf.distribute.Strategy, data_dir: str, experiment: ExperimentConfig
-) -> tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator:
+) -> tf.data.Dataset | tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator:
     """The training split, repeated, as per-replica batches of the global batch
-    (``TrainConfig.global_batch_size``) / replicas.
+    (``TrainConfig.global_batch_size``) / replicas (a plain dataset under the default strategy).
 
     Each input pipeline (one per worker) reads its own subset of the shard files; a partial
     last batch is dropped, so every replica always gets the same batch shape. Under
@@ -251,7 +251,7 @@ def untimed_callbacks(
 
 def keras_fit(
     model: tf_keras.Model,
-    inputs: tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator,
+    inputs: tf.data.Dataset | tf.distribute.DistributedDataset | tf_keras.utils.experimental.DatasetCreator,
     **fit_args,
 ) -> tf_keras.callbacks.History:
     """``model.fit(inputs, **fit_args)``, except that the input iterators ``fit`` makes are deleted
@@ -262,7 +262,7 @@ def keras_fit(
         model, fit_args.get("callbacks", []), fit_args.get("verbose", 1), fit_args.get("epochs", 1),
         fit_args.get("steps_per_epoch"),
     )
-    if not isinstance(inputs, tf.distribute.DistributedDataset):
+    if isinstance(inputs, tf_keras.utils.experimental.DatasetCreator):
         return model.fit(inputs, **fit_args)
     kept = iterator_release.KeptIterators(inputs)
     try:
