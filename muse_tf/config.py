@@ -230,7 +230,8 @@ class TrainConfig:
         deterministic: reproducible input order (slower).
         eval_batch_size: batch size for evaluation.
         backup_every_seconds: mid-epoch backup interval in seconds (BackupAndRestore), so a
-            killed run resumes mid-epoch; a backup also ends every epoch. None = by steps only.
+            killed run resumes mid-epoch; a backup also ends every epoch but the last (the final
+            weights hold it). None = by steps only.
         backup_every_steps: mid-epoch backup interval in steps, beside the time interval
             (whichever comes first); None = by time only.
         log_every_steps: TensorBoard scalar interval.

@@ -229,6 +229,26 @@ def test_checkpoint_round_trip_restores_the_slots(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
 
 
+def test_saved_weights_are_the_model_without_the_optimizers_moments(tmp_path):
+    """``save_weights`` (final weights, per-epoch weights) writes every model weight, frozen table
+    included, and no optimizer state; a checkpoint of the whole object still holds the moments."""
+    from muse_tf.jobs import runs
+
+    model = _compiled_model()
+    x = make_batch(np.random.default_rng(11), batch=16, length=12)
+    model.train_on_batch(x, np.ones(16, np.float32))
+    model.save_weights(str(tmp_path / "weights"))
+    saved = dict(tf.train.list_variables(str(tmp_path / "weights")))
+    assert not [name for name in saved if "optimizer" in name]
+    loaded, _ = make_model("din", seed=1)  # as a finished run's model comes back: uncompiled
+    loaded(x)
+    runs.load_weights_covering(loaded, str(tmp_path / "weights"))  # refuses a weight left out
+    for got, want in zip(loaded.variables, model.variables):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.name)
+    whole = tf.train.Checkpoint(model=model).save(str(tmp_path / "whole"))
+    assert any("embedding_optimizer" in name for name, _ in tf.train.list_variables(whole))
+
+
 def test_serialised_config_round_trips():
     optimizer = SparseAdam(0.02, beta_1=0.8, epsilon=1e-6)
     clone = tf_keras.optimizers.deserialize(tf_keras.optimizers.serialize(optimizer))

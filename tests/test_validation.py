@@ -244,11 +244,12 @@ def test_an_epoch_is_backed_up_as_done_only_after_every_callback_ended_it(tmp_pa
 
 
 @pytest.mark.parametrize("every_seconds, every_steps, expected", [
-    # One second per step: due at 3 s (step 3 of 4); an epoch's last step is left to its end.
-    (2.5, None, [(0, 2), (0, "end"), (1, 2), (1, "end")]),
-    (None, 2, [(0, 1), (0, "end"), (1, 1), (1, "end")]),
-    (2.5, 2, [(0, 1), (0, "end"), (1, 1), (1, "end")]),  # whichever comes first
-    (None, None, [(0, "end"), (1, "end")]),
+    # One second per step: due at 3 s (step 3 of 4); an epoch's last step is left to its end, and
+    # the last epoch's end to the final weights.
+    (2.5, None, [(0, 2), (0, "end"), (1, 2)]),
+    (None, 2, [(0, 1), (0, "end"), (1, 1)]),
+    (2.5, 2, [(0, 1), (0, "end"), (1, 1)]),  # whichever comes first
+    (None, None, [(0, "end")]),
 ])
 def test_mid_epoch_backups_come_on_the_time_or_step_interval(
     tmp_path, every_seconds, every_steps, expected

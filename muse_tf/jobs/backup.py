@@ -115,7 +115,9 @@ class EpochBackup(tf_keras.callbacks.BackupAndRestore):
 
 
 class _EpochFinished(tf_keras.callbacks.Callback):
-    """Backs the epoch up as finished, after every other callback has ended it."""
+    """Backs the epoch up as finished, after every other callback has ended it; not the last
+    epoch's end, whose state the final weights hold as ``fit`` returns (a run killed in between
+    resumes from the backup before)."""
 
     def __init__(self, backup: EpochBackup) -> None:
         super().__init__()
@@ -123,4 +125,5 @@ class _EpochFinished(tf_keras.callbacks.Callback):
         self._chief_worker_only = False  # saving is collective: every worker takes part
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.backup._backup(epoch=epoch)
+        if epoch + 1 < self.params["epochs"] and not self.model.stop_training:
+            self.backup._backup(epoch=epoch)

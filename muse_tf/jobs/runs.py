@@ -11,11 +11,13 @@ One run directory holds one model. Its layout, owned here and nowhere else::
                            reloads it from the dataset and refuses another one
     history.csv            per-epoch losses and metrics
     logs/                  TensorBoard
-    checkpoints/epoch-NN   weights after each epoch (without the frozen multimodal table)
+    checkpoints/epoch-NN   weights after each epoch, with early stopping only (the epoch it keeps;
+                           without the frozen multimodal table and the optimizers' moments)
     backup/                BackupAndRestore state (resume mid-epoch; without the frozen
                            multimodal table) and ``config.sha256``, the digest of the config it
                            belongs to; kept until evaluation and export have succeeded
-    final/weights          the trained weights; ``final/training.json`` records that training
+    final/weights          the trained weights (the frozen table included, the optimizers' moments
+                           not: ``MuseModel.save_weights``); ``final/training.json`` records that training
                            finished (and the digest of its config), so a restart goes straight to
                            evaluation and export, and a ``config.yaml`` edited since is refused
     metrics.json           the finished run's summary: written last, it marks the run as done

@@ -83,8 +83,8 @@ class ProgressRecord(tf_keras.callbacks.Callback):
 def make_callbacks(
     run_dir: runs.RunDir, experiment: ExperimentConfig, data_dir: str, epoch_level: bool = False
 ) -> list[tf_keras.callbacks.Callback]:
-    """The backup (resume mid-epoch), a progress record, validation if configured, per-epoch
-    weight checkpoints, TensorBoard and ``history.csv``, all in the run directory. The backup
+    """The backup (resume mid-epoch), a progress record, validation if configured (with early
+    stopping: per-epoch weights), TensorBoard and ``history.csv``, all in the run directory. The backup
     comes first, so ProgressRecord sees the restored step, and backs each epoch up as finished
     last, once the others have ended it (``muse_tf.jobs.backup``); it keeps its backup when training
     ends, so a failure in evaluation or export does not lose the training (``RunDir.finish``
@@ -99,7 +99,6 @@ def make_callbacks(
         backup,
         ProgressRecord(),
         *validation.make_callbacks(data_dir, train, run_dir),
-        tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True),
         tf_keras.callbacks.TensorBoard(
             run_dir.logs, update_freq="epoch" if epoch_level else train.log_every_steps
         ),

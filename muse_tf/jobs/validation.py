@@ -220,5 +220,8 @@ def make_callbacks(data_dir: str, train: TrainConfig, run_dir: runs.RunDir) -> l
         return []
     callbacks: list[tf_keras.callbacks.Callback] = [Validation(data_dir, train)]
     if train.early_stopping_patience:
-        callbacks.append(BestEpoch(train.validation_monitor, train.early_stopping_patience, run_dir))
+        # Each epoch's weights, for BestEpoch to go back to (no other reader: they are not written
+        # otherwise).
+        callbacks += [BestEpoch(train.validation_monitor, train.early_stopping_patience, run_dir),
+                      tf_keras.callbacks.ModelCheckpoint(run_dir.checkpoints, save_weights_only=True)]
     return callbacks

@@ -219,6 +219,24 @@ class MuseModel(tfrs.models.Model):
         self.compute_loss(inputs, training=False)
         return {metric.name: metric.result() for metric in self.metrics}
 
+    def save_weights(self, filepath: str, *args, **kwargs) -> None:
+        """Keras ``save_weights`` without the optimizers' state: the weights are the trained model,
+        while Adam's two moments would triple every table's bytes. A resume reads the backup
+        (``muse_tf.jobs.backup``), which holds them."""
+        self._optimizers_checkpointed = False
+        try:
+            super().save_weights(filepath, *args, **kwargs)
+        finally:
+            self._optimizers_checkpointed = True
+
+    def _trackable_children(self, save_type: str = "checkpoint", **kwargs) -> dict:
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "checkpoint" and not getattr(self, "_optimizers_checkpointed", True):
+            optimizers = (self.optimizer, self.embedding_optimizer)
+            children = {k: v for k, v in children.items()
+                        if not any(v is o for o in optimizers if o is not None)}
+        return children
+
     def load_weights(self, filepath: str, *args, **kwargs) -> object:
         """Keras ``load_weights``, refusing a checkpoint of the old layout (``refuse_old_checkpoint``)."""
         refuse_old_checkpoint(filepath)
