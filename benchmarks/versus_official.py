@@ -23,6 +23,10 @@ the training job's defaults (SparseAdam + AdamW, the same rates). Per side and r
 * ``first_step_s``: the first step (muse-tf: tracing included; official: eager, optimizer state
   created);
 * ``step_p50_ms`` / ``examples_per_s``: the median of ``--steps`` steps after 2 more warm-up steps;
+* ``load_average_1m``: the machine's load when the side's process started. torch's OpenMP threads
+  suffer far more than TensorFlow's pool when another process holds a core (the same official step
+  took 43 ms and 755 ms a minute apart on a busy 2-core machine), so take the figures on a quiet
+  machine (``--wait-quiet``) and check the p90s;
 * official only: ``metrics_p50_ms``, the part of its step spent in its per-batch AUC, GAUC and
   confusion-matrix metrics (muse-tf's step updates its loss mean and AUC).
 
@@ -40,7 +44,8 @@ import sys
 from benchmarks import common
 from muse_tf import cli
 
-COLUMNS = ["round", "side", "first_step_s", "step_p50_ms", "step_p90_ms", "examples_per_s", "steps"]
+COLUMNS = ["round", "side", "first_step_s", "step_p50_ms", "step_p90_ms", "examples_per_s", "steps",
+           "load_average_1m"]
 SUMMARY_COLUMNS = ["side", "rounds", "first_step_s", "step_p50_ms", "examples_per_s"]
 OFFICIAL, OURS = "official", "muse-tf"
 WARMUP = 2
@@ -144,13 +149,14 @@ def measure(args) -> dict:
     rows = []
     for number in range(1, args.rounds + 1):
         for side in (OFFICIAL, OURS):
+            load = common.load_average()
             if side == OFFICIAL:
                 result = common.run_json_subprocess("benchmarks.official_driver", official_args,
                                                     CHILD_TIMEOUT_S, python=args.torch_python)
             else:
                 result = common.run_json_subprocess("benchmarks.versus_official", ours_args,
                                                     CHILD_TIMEOUT_S)
-            rows.append({"table": "rounds", "round": number, **result})
+            rows.append({"table": "rounds", "round": number, **result, "load_average_1m": load})
             print(rows[-1], flush=True)
     medians = summary(rows)
     ratio = round(medians[1]["examples_per_s"] / medians[0]["examples_per_s"], 2)
