@@ -9,7 +9,8 @@ imported from there), ``--torch-python`` a Python with torch (CPU) and what the 
 imports (numpy, pandas, pyarrow), kept apart from muse-tf's environment, e.g.::
 
     git clone <alimama-tech/MUSE> /opt/MUSE && python3.11 -m venv /opt/torch-venv
-    /opt/torch-venv/bin/pip install torch numpy pandas pyarrow   # a CPU build of torch
+    /opt/torch-venv/bin/pip install TORCH_CPU_WHEEL numpy pandas pyarrow
+    # a CPU-only torch wheel: the default one brings CUDA, several GB
 
 Each round runs the official step (``benchmarks.official_driver`` under ``--torch-python``), then
 muse-tf's, each in a fresh process (official, muse-tf, official, muse-tf, ...), so that drifts of
@@ -24,13 +25,16 @@ the training job's defaults (SparseAdam + AdamW, the same rates). Per side and r
   created);
 * ``step_p50_ms`` / ``examples_per_s``: the median of ``--steps`` steps after 2 more warm-up steps;
 * ``load_average_1m``: the machine's load when the side's process started. torch's OpenMP threads
-  suffer far more than TensorFlow's pool when another process holds a core (the same official step
-  took 43 ms and 755 ms a minute apart on a busy 2-core machine), so take the figures on a quiet
-  machine (``--wait-quiet``) and check the p90s;
+  can slow down many times over while another process holds a core (the same official step at
+  batch 100, L = 100 took 43 ms and 755 ms a minute apart on a busy 2-core machine), so take the
+  figures on a quiet machine (``--wait-quiet``) and check the p90s;
 * official only: ``metrics_p50_ms``, the part of its step spent in its per-batch AUC, GAUC and
   confusion-matrix metrics (muse-tf's step updates its loss mean and AUC).
 
 ``ratio``: muse-tf's median examples/s over the rounds divided by the official's.
+``--official-ddp`` wraps the official modules in DistributedDataParallel (one process, gloo), as
+its launch script always does; by default they run unwrapped, as muse-tf's step runs without a
+distribution strategy.
 """
 
 from __future__ import annotations
@@ -144,7 +148,8 @@ def measure(args) -> dict:
     inputs = os.path.join(args.work_dir, f"versus_official_b{args.batch}_l{args.history}.npz")
     write_inputs(inputs, args.batch, args.history)
     official_args = ["--official-dir", os.path.abspath(args.official_dir), "--inputs", inputs,
-                     "--steps", str(args.steps), "--warmup", str(WARMUP)]
+                     "--steps", str(args.steps), "--warmup", str(WARMUP),
+                     *(["--ddp"] if args.official_ddp else [])]
     ours_args = ["--child", str(args.batch), str(args.history), str(args.steps), str(WARMUP)]
     rows = []
     for number in range(1, args.rounds + 1):
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torch-python", help="a Python with torch, numpy, pandas and pyarrow")
     parser.add_argument("--rounds", type=int, default=3, help="official, muse-tf pairs")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per side and round")
+    parser.add_argument("--official-ddp", action="store_true",
+                        help="wrap the official modules in DistributedDataParallel (one process), "
+                             "as its launch script does")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--history", type=int, default=1000)
     return cli.run(measure, parser, argv)
