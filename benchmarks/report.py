@@ -180,7 +180,8 @@ def versus_section(result: dict) -> list[str]:
             _machine(result), "",
             f"Official code at commit {official.get('commit')}, torch {first.get('torch')} "
             f"({first.get('torch_threads')} threads); the same batch of {first.get('batch'):,} "
-            f"samples, L = {first.get('history'):,}, K = {first.get('top_k')}; each round runs "
+            f"samples ({first.get('samples_per_user')} per history), L = {first.get('history'):,}, "
+            f"K = {first.get('top_k')}; each round runs "
             "the official step, then muse-tf's, each in a fresh process.", "",
             common.format_table(_rows(result, "rounds"), versus_official.COLUMNS + ["metrics_p50_ms"]),
             "", common.format_table(_rows(result, "summary"), versus_official.SUMMARY_COLUMNS), "",

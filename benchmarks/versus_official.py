@@ -16,10 +16,11 @@ Each round runs the official step (``benchmarks.official_driver`` under ``--torc
 muse-tf's, each in a fresh process (official, muse-tf, official, muse-tf, ...), so that drifts of
 the machine's speed hit both alike. Both train the paper's MUSE (D = 16, K = 50, batch 1,000,
 L = 1,000) on the very same in-memory batch (``benchmarks.fixtures``: the embedded synthetic
-dataset's vocabularies, 8 samples per user share a history, Zipf item popularity, an int8 128-d
-multimodal table with 10% of items without a vector), with their own optimizers: the official
-SparseAdam on the tables and fused AdamW on the rest (``config/muse.json``: 2e-3 / 2e-4), muse-tf
-the training job's defaults (SparseAdam + AdamW, the same rates). Per side and round:
+dataset's vocabularies, ``--samples-per-user`` 8 samples share a history as in the converted
+data, Zipf item popularity, an int8 128-d multimodal table with 10% of items without a vector),
+with their own optimizers: the official SparseAdam on the tables and fused AdamW on the rest
+(``config/muse.json``: 2e-3 / 2e-4), muse-tf the training job's defaults (SparseAdam + AdamW, the
+same rates). Per side and round:
 
 * ``first_step_s``: the first step (muse-tf: tracing included; official: eager, optimizer state
   created);
@@ -56,7 +57,7 @@ WARMUP = 2
 CHILD_TIMEOUT_S = 3600
 
 
-def write_inputs(path: str, batch: int, length: int) -> None:
+def write_inputs(path: str, batch: int, length: int, samples_per_user: int = 8) -> None:
     """The benchmark batch, vocabulary sizes and multimodal table in the official formats.
 
     Raw IDs are muse-tf's row indices (the official vocabularies are then 1..rows-1, sorted, and
@@ -68,7 +69,7 @@ def write_inputs(path: str, batch: int, length: int) -> None:
     from muse_tf.contract.feature_spec import TAOBAO_MM
 
     sizes = fixtures.train_vocab_sizes()
-    x, y = fixtures.training_batch(sizes, batch, length)
+    x, y = fixtures.training_batch(sizes, batch, length, samples_per_user=samples_per_user)
     table = fixtures.multimodal_table(sizes["item"])
     columns = TAOBAO_MM.column_feature
     arrays = {f"batch/{column}": x[feature].numpy() for column, feature in columns.items()}
@@ -82,14 +83,14 @@ def write_inputs(path: str, batch: int, length: int) -> None:
     np.savez(path, **arrays)
 
 
-def ours_child(batch: int, length: int, steps: int, warmup: int) -> dict:
+def ours_child(batch: int, length: int, steps: int, warmup: int, samples_per_user: int) -> dict:
     """muse-tf's step: the training job's model and optimizers on the benchmark batch."""
     import tensorflow as tf
 
     from benchmarks import fixtures, train_throughput
 
     sizes = fixtures.train_vocab_sizes()
-    x, y = fixtures.training_batch(sizes, batch, length)
+    x, y = fixtures.training_batch(sizes, batch, length, samples_per_user=samples_per_user)
     model = train_throughput.job_compiled_model("muse", sizes, fixtures.multimodal_table(sizes["item"]))
     result = train_throughput.first_and_steady(model, x, y, steps, warmup)
     return {
@@ -145,12 +146,14 @@ def measure(args) -> dict:
         args.rounds, args.steps, args.batch, args.history = 1, 3, 100, 100
     run = common.Run("versus_official", args)
     os.makedirs(args.work_dir, exist_ok=True)
-    inputs = os.path.join(args.work_dir, f"versus_official_b{args.batch}_l{args.history}.npz")
-    write_inputs(inputs, args.batch, args.history)
+    inputs = os.path.join(args.work_dir, f"versus_official_b{args.batch}_l{args.history}"
+                                         f"_s{args.samples_per_user}.npz")
+    write_inputs(inputs, args.batch, args.history, args.samples_per_user)
     official_args = ["--official-dir", os.path.abspath(args.official_dir), "--inputs", inputs,
                      "--steps", str(args.steps), "--warmup", str(WARMUP),
                      *(["--ddp"] if args.official_ddp else [])]
-    ours_args = ["--child", str(args.batch), str(args.history), str(args.steps), str(WARMUP)]
+    ours_args = ["--child", str(args.batch), str(args.history), str(args.steps), str(WARMUP),
+                 str(args.samples_per_user)]
     rows = []
     for number in range(1, args.rounds + 1):
         for side in (OFFICIAL, OURS):
@@ -161,7 +164,8 @@ def measure(args) -> dict:
             else:
                 result = common.run_json_subprocess("benchmarks.versus_official", ours_args,
                                                     CHILD_TIMEOUT_S)
-            rows.append({"table": "rounds", "round": number, **result, "load_average_1m": load})
+            rows.append({"table": "rounds", "round": number, **result, "load_average_1m": load,
+                         "samples_per_user": args.samples_per_user})
             print(rows[-1], flush=True)
     medians = summary(rows)
     ratio = round(medians[1]["examples_per_s"] / medians[0]["examples_per_s"], 2)
@@ -179,7 +183,7 @@ def measure(args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        result = ours_child(*(int(value) for value in argv[1:5]))
+        result = ours_child(*(int(value) for value in argv[1:6]))
         print(json.dumps(result))
         return result
     parser = common.base_parser("benchmarks.versus_official", __doc__, "versus_official.json")
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "as its launch script does")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--history", type=int, default=1000)
+    parser.add_argument("--samples-per-user", type=int, default=8,
+                        help="samples of a batch that share one history (1: every history distinct)")
     return cli.run(measure, parser, argv)
 
 
