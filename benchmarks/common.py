@@ -148,11 +148,12 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_json_subprocess(module: str, args: Sequence[str], timeout_s: float) -> dict[str, Any]:
+def run_json_subprocess(module: str, args: Sequence[str], timeout_s: float,
+                        python: str = sys.executable) -> dict[str, Any]:
     """Runs ``python -m module args`` in a fresh process whose last stdout line is JSON."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     done = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [python, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout_s,
     )
     if done.returncode != 0:

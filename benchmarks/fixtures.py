@@ -63,6 +63,11 @@ def vocabularies(sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str
     return out
 
 
+def train_vocab_sizes() -> dict[str, int]:
+    """Table rows (PAD and OOV included) of ``TRAIN_VOCABULARY``'s vocabularies."""
+    return {name: vocabulary.table_rows(ids) for name, ids in vocabularies(TRAIN_VOCABULARY).items()}
+
+
 def multimodal_table(items: int, seed: int = 0, dim: int = 128) -> np.ndarray:
     """(items, dim) int8, rows 0/1 (PAD, OOV) and ``NO_VECTOR_SHARE`` of the rest all zero."""
     rng = np.random.default_rng(seed + 1)

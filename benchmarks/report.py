@@ -170,6 +170,26 @@ def iterator_section(result: dict) -> list[str]:
             common.format_table(result["results"], COLUMNS), ""]
 
 
+def versus_section(result: dict) -> list[str]:
+    from benchmarks import versus_official
+
+    official = result.get("official", {})
+    first = next(r for r in result["results"] if r.get("side") == versus_official.OFFICIAL)
+    ratio = result.get("ratio", {})
+    return ["### MUSE train step: muse-tf vs the official PyTorch code (same CPU, alternated)", "",
+            _machine(result), "",
+            f"Official code at commit {official.get('commit')}, torch {first.get('torch')} "
+            f"({first.get('torch_threads')} threads); the same batch of {first.get('batch'):,} "
+            f"samples ({first.get('samples_per_user')} per history), L = {first.get('history'):,}, "
+            f"K = {first.get('top_k')}; each round runs "
+            "the official step, then muse-tf's, each in a fresh process.", "",
+            common.format_table(_rows(result, "rounds"), versus_official.COLUMNS + ["metrics_p50_ms"]),
+            "", common.format_table(_rows(result, "summary"), versus_official.SUMMARY_COLUMNS), "",
+            f"Ratio of medians, muse-tf / official: **{ratio.get('examples_per_s_ours_over_official')}x** "
+            f"examples/s; first step, official / muse-tf: {ratio.get('first_step_official_over_ours')}x.",
+            ""]
+
+
 def render(results_dir: str) -> str:
     lines: list[str] = []
     train = _load(results_dir, "train_throughput")
@@ -194,6 +214,9 @@ def render(results_dir: str) -> str:
     releases = _load(results_dir, "iterator_release")
     if releases:
         lines += iterator_section(releases)
+    versus = _load(results_dir, "versus_official")
+    if versus:
+        lines += versus_section(versus)
     return "\n".join(lines).rstrip() + "\n"
 
 

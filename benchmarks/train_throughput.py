@@ -31,7 +31,7 @@ import tensorflow as tf
 import tf_keras
 
 from benchmarks import common, fixtures
-from muse_tf.contract import dataset_dir, features, vocabulary
+from muse_tf.contract import dataset_dir, features
 from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import reader
 from muse_tf.layers import search
@@ -74,6 +74,34 @@ def compiled_model(variant: str, sizes: dict[str, int], table: np.ndarray, xla: 
         jit_compile=xla,
     )
     return model
+
+
+def job_compiled_model(variant: str, sizes: dict[str, int], table: np.ndarray) -> tf_keras.Model:
+    """``variant`` compiled as the training job compiles it: its default optimizers and rates
+    (SparseAdam on the embedding tables, AdamW on the rest) and its metrics."""
+    from muse_tf.config import ExperimentConfig, TrainConfig
+    from muse_tf.jobs import training
+
+    model = fixtures.random_model(fixtures.paper_config(variant, sizes), table)
+    training.compile_model(model, ExperimentConfig(model=model.config, train=TrainConfig()), 1)
+    return model
+
+
+def first_and_steady(model: tf_keras.Model, x: dict[str, tf.Tensor], y: tf.Tensor, steps: int,
+                     warmup: int = 2) -> dict:
+    """One ``fit`` over the in-memory batch repeated: the first step (tracing included), then
+    ``warmup`` steps not counted, then the steady state over ``steps`` steps."""
+    timer = StepTimer(max_seconds=float("inf"))
+    model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), epochs=1,
+              steps_per_epoch=1 + warmup + steps, verbose=0, callbacks=[timer])
+    steady = common.summarize(timer.times[1 + warmup:])
+    return {
+        "first_step_s": round(timer.times[0], 3),
+        "step_p50_ms": steady["p50_ms"],
+        "step_p90_ms": steady["p90_ms"],
+        "examples_per_s": round(len(y) / (steady["p50_ms"] / 1e3), 1),
+        "steps": steady["n"],
+    }
 
 
 def fit_throughput(
@@ -269,8 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = common.Run("train_throughput", args)
     users = 300 if args.quick else 2000
     max_seconds = 10.0 if args.quick else 40.0
-    sizes = {name: vocabulary.table_rows(ids)
-             for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
+    sizes = fixtures.train_vocab_sizes()
     table = fixtures.multimodal_table(sizes["item"])
     rows: list[dict] = []
     if "profile" not in args.skip:
