@@ -186,10 +186,13 @@ def write_dataset(path, vocabularies):
 
 def write_finished_run(root, case, data_dir, model_config=None):
     """A run directory as training leaves it once trained on ``data_dir``: config, dataset
-    record, ``case.model``'s weights as final weights, and the training record."""
+    record, ``case.model``'s weights as final weights (without the frozen table, which
+    ``data_dir`` then holds), and the training record."""
     run = runs.RunDir(str(root))
     experiment = ExperimentConfig(model=model_config or case.model.config)
+    np.save(os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE), case.model.multimodal.get_table())
     run.start(experiment, data_dir)
-    case.model.save_weights(run.final_weights)
+    with case.model.multimodal.left_out_of_checkpoints():
+        case.model.save_weights(run.final_weights)
     run.record_training(experiment, {})
     return run

@@ -131,12 +131,13 @@ def test_the_loss_falls(cluster_run, dataset):  # noqa: F811
 
 
 def test_sparse_updates_reached_every_shard(cluster_run):
-    """Rows of the item table on each parameter server moved past where their initialiser can put
-    them (a normal truncated at 2 stddev), so SparseAdam updated both shards."""
+    """Rows of the item table on each parameter server moved past where their initialiser puts
+    them (a normal, beyond 4.5 stddev in about one value in 150,000), so SparseAdam updated both
+    shards."""
     model_dir, _ = cluster_run
     model, _ = load_trained_model(str(model_dir))
     table = model.embeddings.tables["item"].embeddings.numpy()
-    init_bound = 2 * INITIAL_STDDEV
+    init_bound = 4.5 * INITIAL_STDDEV
     shards = _metrics(model_dir)["sharded_variables"]["muse_model/item_embedding/embeddings:0"]
     start = 0
     for shard in shards:

@@ -6,12 +6,14 @@ import glob
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from muse_tf import cli, evaluate, export
@@ -54,6 +56,26 @@ def test_a_finished_run_rebuilds_its_model(case, tmp_path):
     assert names(model.variables) == names(case.model.variables)
     for rebuilt, saved in zip(model.variables, case.model.variables):
         np.testing.assert_array_equal(rebuilt.numpy(), saved.numpy())
+
+
+def test_final_weights_leave_the_frozen_table_to_the_dataset(case, tmp_path):
+    """The final weights hold no multimodal table: a load takes the dataset's, refusing another
+    table by its file and a dataset that is gone by its path."""
+    run = _finished_run(tmp_path, case, case.model.config)
+    assert not [name for name, _ in tf.train.list_variables(run.final_weights) if "multimodal" in name]
+    data = runs.RunDir(run.root).recorded_dataset()
+    other = str(tmp_path / "other")
+    shutil.copytree(data, other)
+    path = os.path.join(other, dataset_dir.MULTIMODAL_TABLE)
+    table = np.load(path)
+    table[2, 0] = table[2, 0] // 2 + 1
+    np.save(path, table)
+    with pytest.raises(runs.RunDirectoryError, match=f"^{re.escape(path)} is not the multimodal "
+                       "table"):
+        runs.load_trained_model(run.root, other)
+    shutil.rmtree(data)
+    with pytest.raises(runs.RunDirectoryError, match=f"needs the dataset it was trained on \\({data}\\)"):
+        runs.load_trained_model(run.root)
 
 
 def test_weights_that_do_not_cover_the_model_are_refused(case, tmp_path):

@@ -411,6 +411,10 @@ def test_a_failure_after_training_keeps_the_training(dataset, tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         train.main(_run_args(dataset, model_dir))
     assert run_dir.has_backup() and not run_dir.is_finished()
+    # The final weights are the learned model: no frozen table (the dataset's), no moments.
+    saved = [name for name, _ in tf.train.list_variables(run_dir.final_weights)]
+    assert any("tables/item/" in name for name in saved)
+    assert not [name for name in saved if "multimodal" in name or "optimizer" in name]
     weights = {p.name: p.read_bytes() for p in Path(run_dir.final).iterdir()}
     # Another config may not take over the trained model.
     assert_usage_error(capsys, train.main, "muse_tf.train", "another config.*--overwrite",

@@ -16,8 +16,9 @@ One run directory holds one model. Its layout, owned here and nowhere else::
     backup/                BackupAndRestore state (resume mid-epoch; without the frozen
                            multimodal table) and ``config.sha256``, the digest of the config it
                            belongs to; kept until evaluation and export have succeeded
-    final/weights          the trained weights (the frozen table included, the optimizers' moments
-                           not: ``MuseModel.save_weights``); ``final/training.json`` records that training
+    final/weights          the trained weights, without the frozen multimodal table (loaded from the
+                           dataset, checked by digest) and the optimizers' moments
+                           (``MuseModel.save_weights``); ``final/training.json`` records that training
                            finished (and the digest of its config), so a restart goes straight to
                            evaluation and export, and a ``config.yaml`` edited since is refused
     metrics.json           the finished run's summary: written last, it marks the run as done
@@ -219,10 +220,29 @@ class RunDir:
                 f"other embedding rows; pass --data {recorded['data']} (or a copy of it)."
             )
 
+    def recorded_dataset(self) -> str:
+        """The dataset this run trains on, as ``dataset.json`` records it.
+
+        Raises:
+            RunDirectoryError: when the run records none or the directory is gone.
+        """
+        data = (_read_json(self.dataset_record) if os.path.exists(self.dataset_record)
+                else {}).get("data")
+        try:
+            dataset_dir.require_dataset(data or self.dataset_record)
+        except dataset_dir.NotADatasetError:
+            raise RunDirectoryError(
+                f"{self.root} needs the dataset it was trained on ({data or 'not recorded'}), "
+                "which is not there: its final weights leave the frozen multimodal table to it. "
+                "Pass --data with that dataset (or a copy of it)."
+            ) from None
+        return data
+
     def check_multimodal_table(self, data_dir: str) -> None:
         """Checks that ``data_dir``'s multimodal table is the one this run started with: the
-        backup leaves the frozen table out, and a resume loads it from the dataset again. A run
-        that records no digest (an older muse_tf, whose backups held the table) is not checked.
+        backups and final weights leave the frozen table out, and a resume or a load reads it
+        from the dataset again. A run that records no digest (an older muse_tf, whose weights
+        held the table) is not checked.
 
         Raises:
             RunDirectoryError: naming the table file.
@@ -232,9 +252,9 @@ class RunDir:
             path = os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE)
             raise RunDirectoryError(
                 f"{path} is not the multimodal table {self.root} started training with (its "
-                f"digest differs from the one in {self.dataset_record}); the backup leaves the "
-                "frozen table out, so resuming needs the same file: restore it, or pass "
-                f"{START_OVER_FLAG}."
+                f"digest differs from the one in {self.dataset_record}); the run's backup and "
+                "weights leave the frozen table out, so resuming or loading the run needs the "
+                f"same file: restore it (or, to train again, pass {START_OVER_FLAG})."
             )
 
     def write_config(self, experiment: ExperimentConfig) -> None:
@@ -349,47 +369,54 @@ def build_model(experiment: ExperimentConfig, table: np.ndarray | None = None) -
     return model
 
 
-def load_weights_covering(model: tf.Module, path: str) -> None:
-    """Loads ``path`` into ``model``, refusing weights that leave part of the model unset.
+def load_weights_covering(model: MuseModel, path: str) -> None:
+    """Loads ``path`` (weights without the frozen multimodal table, which ``model`` holds
+    already) into ``model``, refusing weights that leave part of the rest unset.
 
     Raises:
         RunDirectoryError: naming the weights when they cannot be read, or the model's variables
             they do not hold (which would stay randomly initialised).
     """
-    floats = [v for v in model.variables if v.dtype.is_floating]
+    frozen = {id(v) for v in model.multimodal.weights}
+    floats = [v for v in model.variables if v.dtype.is_floating and id(v) not in frozen]
     for variable in floats:  # NaN marks "not restored": a restored value overwrites it
         variable.assign(tf.fill(tf.shape(variable), tf.constant(np.nan, variable.dtype)))
-    try:
-        status = model.load_weights(path)
-    except (IndexError, tf.errors.OpError) as err:  # IndexError: a truncated data file
-        raise RunDirectoryError(
-            f"The weights {path} (.index and .data-* files) are damaged or truncated: "
-            f"{getattr(err, 'message', None) or err}. Train the run again or restore them."
-        ) from None
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as err:
-        missing = [v.name for v in floats if bool(tf.reduce_any(tf.math.is_nan(v)))]
-        raise RunDirectoryError(
-            f"The weights {path} do not cover the model; missing: "
-            f"{', '.join(missing) or err}. They were trained with another config than the one "
-            "beside them."
-        ) from None
-    status.expect_partial()  # optimizer slots in the checkpoint are not needed here
+    with model.multimodal.left_out_of_checkpoints():  # matched against the model without it
+        try:
+            status = model.load_weights(path)
+        except (IndexError, tf.errors.OpError) as err:  # IndexError: a truncated data file
+            raise RunDirectoryError(
+                f"The weights {path} (.index and .data-* files) are damaged or truncated: "
+                f"{getattr(err, 'message', None) or err}. Train the run again or restore them."
+            ) from None
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as err:
+            missing = [v.name for v in floats if bool(tf.reduce_any(tf.math.is_nan(v)))]
+            raise RunDirectoryError(
+                f"The weights {path} do not cover the model; missing: "
+                f"{', '.join(missing) or err}. They were trained with another config than the "
+                "one beside them."
+            ) from None
+        # Optimizer slots, or the table an older run's weights held, are not needed here.
+        status.expect_partial()
 
 
 def load_trained_model(
     model_dir: str, data_dir: str | None = None
 ) -> tuple[MuseModel, ExperimentConfig]:
     """Rebuilds a finished run's model from its ``config.yaml`` and final weights, after
-    ``check_trained_run``.
+    ``check_trained_run``, with the frozen multimodal table of ``data_dir`` (None: the dataset
+    the run records), which the final weights leave out (``RunDir.check_multimodal_table``).
 
     Raises:
         RunDirectoryError: as ``check_trained_run``, or when its weights are damaged or do not
-            cover the model.
+            cover the model, or the dataset's table is not the run's.
     """
     run, experiment = check_trained_run(model_dir, data_dir)
-    model = build_model(experiment)
+    table_dir = data_dir or run.recorded_dataset()
+    run.check_multimodal_table(table_dir)
+    model = build_model(experiment, dataset_dir.load_multimodal_table(table_dir))
     load_weights_covering(model, run.final_weights)
     return model, experiment
 

@@ -289,38 +289,37 @@ def fit(
         compile_model(model, experiment, steps * experiment.train.epochs)
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
-    # The backups and per-epoch checkpoints leave out the frozen table (loaded above from the
-    # dataset, whose table a resume checks: RunDir.check_multimodal_table); the final weights
-    # hold it.
-    with (dataset_dir.damaged_shards_named(dataset_dir.split_files(data_dir, "train")),
-          model.multimodal.left_out_of_checkpoints()):
-        keras_fit(
-            model,
-            train_dataset(strategy, data_dir, experiment),
-            epochs=experiment.train.epochs,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            # A progress bar would fetch every step's metrics from the workers; PS refuses it.
-            verbose=2 if parameter_server and verbose else verbose,
-        )
-    progress = next(c for c in callbacks if isinstance(c, ProgressRecord))
-    result = {
-        "variant": experiment.model.variant,
-        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
-        "expected_iterations": steps * experiment.train.epochs,
-        "resumed_from_step": progress.resumed_from_step,
-        "steps_run": progress.steps_run,
-        "train_seconds": round(progress.ended - progress.started, 1),
-        # Keras's exit from fit after the last callback.
-        "fit_teardown_seconds": round(time.time() - progress.ended, 1),
-        "replicas": strategy.num_replicas_in_sync,
-    }
-    if parameter_server:
-        result["sharded_variables"] = distribute.shard_placement(model.variables)
-    # Every worker takes part in saving (reading synchronised variables is a collective op);
-    # only the chief's copy is kept.
-    with cli.writing(run_dir.worker().final_weights):
-        model.save_weights(run_dir.worker().final_weights)
+    # The backups, per-epoch and final weights leave out the frozen table (loaded above from the
+    # dataset, whose table a resume or a load checks: RunDir.check_multimodal_table).
+    with model.multimodal.left_out_of_checkpoints():
+        with dataset_dir.damaged_shards_named(dataset_dir.split_files(data_dir, "train")):
+            keras_fit(
+                model,
+                train_dataset(strategy, data_dir, experiment),
+                epochs=experiment.train.epochs,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                # A progress bar would fetch every step's metrics from the workers; PS refuses it.
+                verbose=2 if parameter_server and verbose else verbose,
+            )
+        progress = next(c for c in callbacks if isinstance(c, ProgressRecord))
+        result = {
+            "variant": experiment.model.variant,
+            "optimizer_iterations": int(model.optimizer.iterations.numpy()),
+            "expected_iterations": steps * experiment.train.epochs,
+            "resumed_from_step": progress.resumed_from_step,
+            "steps_run": progress.steps_run,
+            "train_seconds": round(progress.ended - progress.started, 1),
+            # Keras's exit from fit after the last callback.
+            "fit_teardown_seconds": round(time.time() - progress.ended, 1),
+            "replicas": strategy.num_replicas_in_sync,
+        }
+        if parameter_server:
+            result["sharded_variables"] = distribute.shard_placement(model.variables)
+        # Every worker takes part in saving (reading synchronised variables is a collective op);
+        # only the chief's copy is kept.
+        with cli.writing(run_dir.worker().final_weights):
+            model.save_weights(run_dir.worker().final_weights)
     return result
 
 
@@ -445,8 +444,10 @@ def _evaluate_and_export(
     allow_other_runs: bool,
 ) -> None:
     """The chief's evaluation and export of the trained run, added to ``result``; then the run
-    is finished (``metrics.json``)."""
-    model, _ = runs.load_trained_model(run_dir.root)  # a fresh, undistributed model
+    is finished (``metrics.json``). The trained model is loaded only when one of them is asked
+    for (at 10M item rows that takes longer than the training of the embedded default run)."""
+    if evaluate or export:
+        model, _ = runs.load_trained_model(run_dir.root, data_dir)  # fresh, undistributed
     if evaluate:
         result["eval"] = evaluate_run(model, data_dir, experiment.train, run_dir.root)
         print(f"Test AUC {result['eval']['auc']:.4f}  GAUC {result['eval']['gauc']:.4f} "
