@@ -22,8 +22,9 @@ occur (a larger item table and multimodal table, the same samples), in a fresh p
 * ``train_s``: the job's ``train_seconds`` (``fit`` from its first callback to its last, backups
   included); ``run_s``: the whole ``training.run`` call without evaluation and export (dataset and
   table digests, model creation, table load, ``fit``, final weights);
-* ``setup_s``: model creation and table load (``runs.build_model``); ``backup_mb``: the backup's
-  size on disk; ``ratio_to_smallest``: ``run_s`` over the smallest size's.
+* ``setup_s``: model creation and table load (``runs.build_model``); ``written_mb``: what the run
+  directory holds once training ends (final weights, any backup, logs); ``ratio_to_smallest``:
+  ``run_s`` over the smallest size's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from benchmarks import common
 
 COLUMNS = ["items", "embedding_optimizer", "step_p50_ms", "examples_per_s", "ratio_to_smallest",
            "first_step_s", "whole_run_examples_per_s", "peak_rss_mb", "steps"]
-RUN_COLUMNS = ["items", "train_s", "run_s", "ratio_to_smallest", "setup_s", "steps", "backup_mb",
+RUN_COLUMNS = ["items", "train_s", "run_s", "ratio_to_smallest", "setup_s", "steps", "written_mb",
                "peak_rss_mb"]
 OPTIMIZERS = ("adam", "sparse_adam")
 SIZES = (20_000, 1_000_000, 10_000_000)
@@ -134,12 +135,12 @@ def run_child(items: int, work_dir: str) -> dict:
         return model
 
     runs.build_model = timed_build
-    backups = []
+    written = []
     finish = runs.RunDir.finish
 
-    def measured_finish(self, result):  # the backup's size, before the run drops it
-        backups.append(sum(os.path.getsize(os.path.join(root, name))
-                           for root, _, names in os.walk(self.backup) for name in names))
+    def measured_finish(self, result):  # what the run wrote, before it drops the backup
+        written.append(sum(os.path.getsize(os.path.join(root, name))
+                           for root, _, names in os.walk(self.root) for name in names))
         finish(self, result)
 
     runs.RunDir.finish = measured_finish
@@ -150,7 +151,7 @@ def run_child(items: int, work_dir: str) -> dict:
     return {
         "items": items, "train_s": result["train_seconds"], "run_s": round(whole, 1),
         "setup_s": round(setup["seconds"], 1), "steps": result["steps_run"],
-        "backup_mb": round(backups[0] / 2**20, 1),
+        "written_mb": round(written[0] / 2**20, 1),
     }
 
 

@@ -59,23 +59,24 @@ def test_a_finished_run_rebuilds_its_model(case, tmp_path):
 
 
 def test_final_weights_leave_the_frozen_table_to_the_dataset(case, tmp_path):
-    """The final weights hold no multimodal table: a load takes the dataset's, refusing another
-    table by its file and a dataset that is gone by its path."""
+    """The final weights hold no multimodal table: a load takes the run's own, from ``--data``
+    when it holds it, else from the dataset the run records (``--data`` may hold other vectors,
+    as a conversion of raw candidates does), and refuses to load without it, naming the files."""
     run = _finished_run(tmp_path, case, case.model.config)
     assert not [name for name, _ in tf.train.list_variables(run.final_weights) if "multimodal" in name]
-    data = runs.RunDir(run.root).recorded_dataset()
+    data = str(tmp_path / "run-data")
+    trained_table = np.load(os.path.join(data, dataset_dir.MULTIMODAL_TABLE))
     other = str(tmp_path / "other")
     shutil.copytree(data, other)
     path = os.path.join(other, dataset_dir.MULTIMODAL_TABLE)
-    table = np.load(path)
-    table[2, 0] = table[2, 0] // 2 + 1
-    np.save(path, table)
-    with pytest.raises(runs.RunDirectoryError, match=f"^{re.escape(path)} is not the multimodal "
-                       "table"):
-        runs.load_trained_model(run.root, other)
+    np.save(path, np.zeros_like(trained_table))
+    for data_dir in (None, other):
+        model, _ = runs.load_trained_model(run.root, data_dir)
+        np.testing.assert_array_equal(model.multimodal.get_table(), trained_table)
     shutil.rmtree(data)
-    with pytest.raises(runs.RunDirectoryError, match=f"needs the dataset it was trained on \\({data}\\)"):
-        runs.load_trained_model(run.root)
+    with pytest.raises(runs.RunDirectoryError, match=f"which neither {re.escape(path)} nor "
+                       f"{re.escape(os.path.join(data, dataset_dir.MULTIMODAL_TABLE))} holds"):
+        runs.load_trained_model(run.root, other)
 
 
 def test_weights_that_do_not_cover_the_model_are_refused(case, tmp_path):

@@ -220,23 +220,31 @@ class RunDir:
                 f"other embedding rows; pass --data {recorded['data']} (or a copy of it)."
             )
 
-    def recorded_dataset(self) -> str:
-        """The dataset this run trains on, as ``dataset.json`` records it.
+    def frozen_table_dataset(self, data_dir: str | None = None) -> str:
+        """The dataset whose multimodal table this run's weights go with (they leave it out):
+        ``data_dir`` when its table is the one the run trained with (by ``dataset.json``'s
+        digest), else the dataset the run records (e.g. ``pipelines.predict``'s conversion of raw
+        candidates holds their vectors, not the run's). A run that records no digest (an older
+        muse_tf) takes ``data_dir``.
 
         Raises:
-            RunDirectoryError: when the run records none or the directory is gone.
+            RunDirectoryError: when neither holds the run's table, naming them.
         """
-        data = (_read_json(self.dataset_record) if os.path.exists(self.dataset_record)
-                else {}).get("data")
-        try:
-            dataset_dir.require_dataset(data or self.dataset_record)
-        except dataset_dir.NotADatasetError:
-            raise RunDirectoryError(
-                f"{self.root} needs the dataset it was trained on ({data or 'not recorded'}), "
-                "which is not there: its final weights leave the frozen multimodal table to it. "
-                "Pass --data with that dataset (or a copy of it)."
-            ) from None
-        return data
+        record = _read_json(self.dataset_record) if os.path.exists(self.dataset_record) else {}
+        digest = record.get("multimodal_table_sha256")
+        candidates = [d for d in (data_dir, record.get("data")) if d]
+        for candidate in candidates:
+            table = os.path.join(candidate, dataset_dir.MULTIMODAL_TABLE)
+            if tf.io.gfile.exists(table) and (
+                    digest is None or dataset_dir.multimodal_table_digest(candidate) == digest):
+                return candidate
+        raise RunDirectoryError(
+            f"{self.root} needs the multimodal table it was trained with (its digest is in "
+            f"{self.dataset_record}), which neither "
+            f"{' nor '.join(os.path.join(d, dataset_dir.MULTIMODAL_TABLE) for d in candidates)} "
+            "holds: its weights leave the frozen table to its dataset. Pass --data with the "
+            "dataset it was trained on (or a copy of it)."
+        )
 
     def check_multimodal_table(self, data_dir: str) -> None:
         """Checks that ``data_dir``'s multimodal table is the one this run started with: the
@@ -252,9 +260,9 @@ class RunDir:
             path = os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE)
             raise RunDirectoryError(
                 f"{path} is not the multimodal table {self.root} started training with (its "
-                f"digest differs from the one in {self.dataset_record}); the run's backup and "
-                "weights leave the frozen table out, so resuming or loading the run needs the "
-                f"same file: restore it (or, to train again, pass {START_OVER_FLAG})."
+                f"digest differs from the one in {self.dataset_record}); the backup leaves the "
+                "frozen table out, so resuming needs the same file: restore it, or pass "
+                f"{START_OVER_FLAG}."
             )
 
     def write_config(self, experiment: ExperimentConfig) -> None:
@@ -406,17 +414,16 @@ def load_trained_model(
     model_dir: str, data_dir: str | None = None
 ) -> tuple[MuseModel, ExperimentConfig]:
     """Rebuilds a finished run's model from its ``config.yaml`` and final weights, after
-    ``check_trained_run``, with the frozen multimodal table of ``data_dir`` (None: the dataset
-    the run records), which the final weights leave out (``RunDir.check_multimodal_table``).
+    ``check_trained_run``, with the frozen multimodal table the final weights leave out
+    (``RunDir.frozen_table_dataset``).
 
     Raises:
         RunDirectoryError: as ``check_trained_run``, or when its weights are damaged or do not
             cover the model, or the dataset's table is not the run's.
     """
     run, experiment = check_trained_run(model_dir, data_dir)
-    table_dir = data_dir or run.recorded_dataset()
-    run.check_multimodal_table(table_dir)
-    model = build_model(experiment, dataset_dir.load_multimodal_table(table_dir))
+    table = dataset_dir.load_multimodal_table(run.frozen_table_dataset(data_dir))
+    model = build_model(experiment, table)
     load_weights_covering(model, run.final_weights)
     return model, experiment
 
