@@ -176,7 +176,7 @@ def multimodal_table_digest(data_dir: str, chunk_bytes: int = 1 << 24) -> str:
     """SHA-256 of the multimodal table file: what a run records of the frozen table its backups
     leave out, so that a resume reloads the same one."""
     digest = hashlib.sha256()
-    with tf.io.gfile.GFile(os.path.join(data_dir, MULTIMODAL_TABLE), "rb") as f:
+    with open_file(os.path.join(data_dir, MULTIMODAL_TABLE), "rb") as f:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
