@@ -134,6 +134,33 @@ def test_dice_training_uses_batch_statistics():
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(64, 5), (16, 4, 5), (1, 5)])
+def test_dice_training_updates_the_moving_averages_with_the_biased_batch_variance(shape):
+    rng = np.random.default_rng(5)
+    x = rng.normal(1e-3, 1e-3, size=shape).astype(np.float32)  # epsilon (1e-8) counts: 1% of it
+    layer = Dice(momentum=0.75)
+    layer.build(x.shape)
+    layer.alpha.assign(rng.uniform(-1, 1, 5).astype(np.float32))
+    out = layer(x, training=True).numpy()
+    rows = x.reshape(-1, 5).astype(np.float64)
+    mean, variance = rows.mean(0), rows.var(0)
+    np.testing.assert_allclose(
+        out, reference.dice(x, layer.alpha.numpy(), mean, variance, layer.epsilon), rtol=1e-4,
+        atol=1e-5)
+    bn = layer.batch_norm
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.25 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.75 + 0.25 * variance, rtol=1e-5)
+
+
+def test_dice_training_normalises_in_one_fused_kernel():
+    layer = Dice()
+    layer.build([8, 3, 4])
+    graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
+        tf.TensorSpec([8, 3, 4])).graph
+    types = {op.type for op in graph.get_operations()}
+    assert "FusedBatchNormV3" in types and "Mean" not in types  # no separate moments
+
+
 def test_layers_round_trip_config():
     for layer in (
         SemanticAwareTargetAttention(units=6, heads=3, semantic=False, tau_init=0.5),
