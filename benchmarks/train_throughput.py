@@ -160,11 +160,12 @@ class PhaseTimer(tf_keras.callbacks.Callback):
 
 
 def convert_keras_again() -> None:
-    """Drops ``muse_tf.models.tracing``'s rule: tracing as it was before it, for comparison."""
+    """Drops ``muse_tf.models.tracing``'s rules: tracing as it was before them, for comparison."""
     from tensorflow.python.autograph.core import config
 
+    ours = (tracing.KERAS_PACKAGE, *tracing.MODEL_PACKAGES)
     config.CONVERSION_RULES = tuple(rule for rule in config.CONVERSION_RULES
-                                    if not rule.matches(tracing.KERAS_PACKAGE))
+                                    if not any(rule.matches(package) for package in ours))
 
 
 def end_to_end_child(data_dir: str, how: str, keras_autograph: str, batch: int, length: int) -> dict:

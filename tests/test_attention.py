@@ -74,6 +74,55 @@ def test_target_attention_matches_reference():
     np.testing.assert_allclose(out, np.einsum("bk,bkd->bd", scores, keys), atol=1e-5)
 
 
+def _target_attention_by_concatenation(layer, query, keys, mask):
+    """DIN's scorer run on the (B, K, 4D) input [q, k, q - k, q * k] itself, Dice in training
+    mode (batch statistics), written out in TensorFlow ops: the reference for values and
+    gradients."""
+    q = tf.broadcast_to(query[:, None], tf.shape(keys))
+    x = tf.concat([q, keys, q - keys, q * keys], -1)
+    mlp = layer.scorer
+    for dense, dice in zip(mlp.dense_layers, mlp.activations):
+        x = tf.tensordot(x, dense.kernel, 1) + dense.bias
+        mean, variance = tf.nn.moments(x, axes=[0, 1])
+        p = tf.sigmoid((x - mean) / tf.sqrt(variance + dice.epsilon))
+        x = p * x + (1.0 - p) * dice.alpha * x
+    scores = tf.tensordot(x, mlp.output_layer.kernel, 1)[..., 0] + mlp.output_layer.bias
+    return tf.reduce_sum(tf.where(mask, scores, 0.0)[..., None] * keys, axis=1)
+
+
+@pytest.mark.parametrize("hidden_units", [[5, 4], []])
+def test_target_attention_values_and_gradients_match_the_concatenated_scorer(hidden_units):
+    rng = np.random.default_rng(4)
+    query = tf.constant(rng.normal(size=(4, 3)).astype(np.float32))
+    keys = tf.constant(rng.normal(size=(4, 6, 3)).astype(np.float32))
+    mask = tf.constant(rng.random((4, 6)) > 0.3)
+    layer = TargetAttention(hidden_units, activation="dice")
+    layer(query, keys, mask, training=True)
+    for dice in layer.scorer.activations:  # away from 0, so both Dice branches count
+        dice.alpha.assign(rng.uniform(-1, 1, dice.alpha.shape).astype(np.float32))
+    results = []
+    for run in (lambda: layer(query, keys, mask, training=True),
+                lambda: _target_attention_by_concatenation(layer, query, keys, mask)):
+        with tf.GradientTape() as tape:
+            tape.watch([query, keys])
+            out = run()
+            loss = tf.reduce_sum(out * tf.range(1.0, 4.0))
+        results.append([out, *tape.gradient(loss, [query, keys, *layer.trainable_variables])])
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_target_attention_never_builds_the_concatenated_scorer_input():
+    """The scorer's first layer is applied block by block: no (B, K, 4D) tensor in the graph."""
+    layer = TargetAttention([5])
+    query, keys, mask = tf.ones([4, 3]), tf.ones([4, 6, 3]), tf.ones([4, 6], bool)
+    layer(query, keys, mask)
+    graph = tf.function(layer.call).get_concrete_function(query, keys, mask).graph
+    shapes = [output.shape.as_list() for op in graph.get_operations() for output in op.outputs]
+    assert [4, 6, 12] not in shapes
+    assert [4, 6, 6] in shapes  # [k, q * k]: the test does see the block inputs
+
+
 def test_dice_training_uses_batch_statistics():
     rng = np.random.default_rng(3)
     x = rng.normal(2.0, 3.0, size=(64, 5)).astype(np.float32)
@@ -83,6 +132,33 @@ def test_dice_training_uses_batch_statistics():
     out = layer(x, training=True).numpy()
     expected = reference.dice(x, layer.alpha.numpy(), x.mean(0), x.var(0), layer.epsilon)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 5), (16, 4, 5), (1, 5)])
+def test_dice_training_updates_the_moving_averages_with_the_biased_batch_variance(shape):
+    rng = np.random.default_rng(5)
+    x = rng.normal(1e-3, 1e-3, size=shape).astype(np.float32)  # epsilon (1e-8) counts: 1% of it
+    layer = Dice(momentum=0.75)
+    layer.build(x.shape)
+    layer.alpha.assign(rng.uniform(-1, 1, 5).astype(np.float32))
+    out = layer(x, training=True).numpy()
+    rows = x.reshape(-1, 5).astype(np.float64)
+    mean, variance = rows.mean(0), rows.var(0)
+    np.testing.assert_allclose(
+        out, reference.dice(x, layer.alpha.numpy(), mean, variance, layer.epsilon), rtol=1e-4,
+        atol=1e-5)
+    bn = layer.batch_norm
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.25 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.75 + 0.25 * variance, rtol=1e-5)
+
+
+def test_dice_training_normalises_in_one_fused_kernel():
+    layer = Dice()
+    layer.build([8, 3, 4])
+    graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
+        tf.TensorSpec([8, 3, 4])).graph
+    types = {op.type for op in graph.get_operations()}
+    assert "FusedBatchNormV3" in types and "Mean" not in types  # no separate moments
 
 
 def test_layers_round_trip_config():

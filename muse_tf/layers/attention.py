@@ -97,7 +97,8 @@ class SemanticAwareTargetAttention(tf_keras.layers.Layer):
         q = self._split_heads(self.query_dense(query))  # (B, H, d)
         k = self._split_heads(self.key_dense(keys))  # (B, K, H, d)
         v = self._split_heads(self.value_dense(keys))
-        scores = tf.einsum("bhd,bkhd->bhk", q, k)
+        # Products and sums, not einsum: its batched (1 x d) products cost more, backward most.
+        scores = tf.transpose(tf.reduce_sum(q[:, None] * k, axis=-1), [0, 2, 1])  # (B, H, K)
         if self.semantic:
             if similarities is None:
                 raise ValueError("SemanticAwareTargetAttention(semantic=True) needs `similarities`.")
@@ -105,7 +106,7 @@ class SemanticAwareTargetAttention(tf_keras.layers.Layer):
             g1, g2, g3 = tf.unstack(self.gates)
             scores = g1 * scores + g2 * r + g3 * scores * r
         weights = masked_softmax(scores, mask[:, None, :])
-        out = tf.einsum("bhk,bkhd->bhd", weights, v)
+        out = tf.reduce_sum(tf.transpose(weights, [0, 2, 1])[..., None] * v, axis=1)  # (B, H, d)
         return tf.reshape(out, [-1, self.units])
 
     def get_config(self) -> dict:
@@ -157,17 +158,40 @@ class TargetAttention(tf_keras.layers.Layer):
         self.use_softmax = use_softmax
         self.scorer = MLP(self.hidden_units, activation=activation, output_units=1, name="scorer")
 
+    def build(self, input_shape: tf.TensorShape) -> None:
+        # The scorer's first layer is applied by ``_first_layer``, never called: built here.
+        first = self.scorer.first_layer
+        with tf.name_scope(self.scorer.name), tf.name_scope(first.name):
+            first.build(tf.TensorShape([None, 4 * int(input_shape[-1])]))
+        super().build(input_shape)
+
+    def _first_layer(self, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+        """The scorer's first dense layer on [q, k, q - k, q * k] (B, K, 4D) without building that
+        input: with its kernel in four blocks W1..W4 it is q (W1 + W3) + k (W2 - W3) + (q * k) W4
+        + b, the query's term once per row instead of once per behaviour; half the products."""
+        dense = self.scorer.first_layer
+        w_query, w_key, w_difference, w_product = tf.split(dense.kernel, 4, axis=0)
+        per_row = tf.matmul(query, w_query + w_difference)
+        if dense.use_bias:
+            per_row = tf.nn.bias_add(per_row, dense.bias)
+        per_behaviour = tf.tensordot(
+            tf.concat([keys, query[:, None, :] * keys], -1),
+            tf.concat([w_key - w_difference, w_product], 0),
+            1,
+        )
+        return dense.activation(per_behaviour + per_row[:, None, :])
+
     def call(
         self, query: tf.Tensor, keys: tf.Tensor, mask: tf.Tensor, training: bool | None = None
     ) -> tf.Tensor:
-        q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
-        scores = self.scorer(tf.concat([q, keys, q - keys, q * keys], -1), training=training)[..., 0]
+        hidden = self._first_layer(query, keys)
+        scores = self.scorer(hidden, training=training, first_layer_done=True)[..., 0]
         scores = tf.cast(scores, keys.dtype)
         if self.use_softmax:
             weights = masked_softmax(scores, mask)
         else:
             weights = tf.where(tf.cast(mask, tf.bool), scores, tf.zeros_like(scores))
-        return tf.einsum("bk,bkd->bd", weights, keys)
+        return tf.reduce_sum(weights[..., None] * keys, axis=1)
 
     def get_config(self) -> dict:
         return {

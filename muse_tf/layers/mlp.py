@@ -62,12 +62,23 @@ class MLP(tf_keras.layers.Layer):
             else None
         )
 
-    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(
+        self, inputs: tf.Tensor, training: bool | None = None, first_layer_done: bool = False
+    ) -> tf.Tensor:
+        """``first_layer_done``: ``inputs`` is already the first dense layer's output, computed
+        by a caller in a cheaper way of its own (``TargetAttention``)."""
         x = inputs
-        for dense, activation in zip(self.dense_layers, self.activations):
-            x = dense(x)
+        for i, (dense, activation) in enumerate(zip(self.dense_layers, self.activations)):
+            x = x if i == 0 and first_layer_done else dense(x)
             x = activation(x, training=training) if isinstance(activation, Dice) else activation(x)
-        return self.output_layer(x) if self.output_layer is not None else x
+        if self.output_layer is None or (first_layer_done and not self.dense_layers):
+            return x
+        return self.output_layer(x)
+
+    @property
+    def first_layer(self) -> tf_keras.layers.Dense | None:
+        """The first dense layer (the output layer when there is no hidden one)."""
+        return self.dense_layers[0] if self.dense_layers else self.output_layer
 
     def get_config(self) -> dict:
         return {
