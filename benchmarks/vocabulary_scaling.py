@@ -50,11 +50,9 @@ def child(items: int, optimizer: str, batch: int, length: int, steps: int) -> di
     import muse_tf  # noqa: F401
     from benchmarks import fixtures
     from benchmarks.train_throughput import StepTimer
-    from muse_tf.contract import dataset_dir
     from muse_tf.models import MuseModel, optimizers
 
-    small = {name: len(ids) + dataset_dir.RESERVED
-             for name, ids in fixtures.vocabularies(fixtures.TRAIN_VOCABULARY).items()}
+    small = fixtures.train_vocab_sizes()
     x, y = fixtures.training_batch(small, batch, length)  # IDs of the 20,000-item vocabulary only
     items = max(items, small["item"])  # at least the batch's vocabulary (20,000 + PAD and OOV)
     table = np.zeros((items, 128), np.int8)
