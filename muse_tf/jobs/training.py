@@ -290,7 +290,8 @@ def fit(
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
     # The backups, per-epoch and final weights leave out the frozen table (loaded above from the
-    # dataset, whose table a resume or a load checks: RunDir.check_multimodal_table).
+    # dataset, whose table a resume checks, RunDir.check_multimodal_table, and a load finds by its
+    # digest, RunDir.frozen_table_dataset).
     with model.multimodal.left_out_of_checkpoints():
         with dataset_dir.damaged_shards_named(dataset_dir.split_files(data_dir, "train")):
             keras_fit(
