@@ -430,6 +430,31 @@ def test_a_failure_after_training_keeps_the_training(dataset, tmp_path, monkeypa
     assert run_dir.is_finished() and not os.path.exists(run_dir.backup)
 
 
+def test_a_run_killed_before_its_final_weights_logs_each_epoch_once(dataset, tmp_path, monkeypatch):
+    """The last epoch's end is not backed up (the final weights follow): a run killed in between
+    trains that epoch again from the backup before, and its history row is written once."""
+    from muse_tf.models import MuseModel
+
+    model_dir = tmp_path / "run"
+    save_weights = MuseModel.save_weights
+
+    def killed(self, *args, **kwargs):
+        raise _Killed()
+
+    monkeypatch.setattr(MuseModel, "save_weights", killed)
+    args = ["--data", dataset, "--model-dir", str(model_dir), "--verbose", "0", "--no-eval",
+            "--no-export", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
+            "--set", "train.backup_every_steps=2", *TINY]
+    with pytest.raises(_Killed):
+        train.main(args)
+    assert len(_history_losses(model_dir)) == 2  # both epochs ended and were logged
+    monkeypatch.setattr(MuseModel, "save_weights", save_weights)
+    result = train.main(args)
+    assert result["resumed_from_step"] == 5  # the second epoch's mid-epoch backup
+    with open(RunDir(str(model_dir)).history) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+
+
 def test_a_damaged_test_shard_is_named(dataset, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)

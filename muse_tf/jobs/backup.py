@@ -18,7 +18,9 @@ one is complete.
 
 from __future__ import annotations
 
+import csv
 import functools
+import os
 import time
 import weakref
 
@@ -127,3 +129,29 @@ class _EpochFinished(tf_keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch + 1 < self.params["epochs"] and not self.model.stop_training:
             self.backup._backup(epoch=epoch)
+
+
+class ResumedHistory(tf_keras.callbacks.Callback):
+    """Drops the rows of ``history.csv`` (Keras's ``CSVLogger``, appending) of the epochs a resumed
+    run trains again, so each epoch has one row: an epoch logged and then killed before its end
+    was backed up (the last epoch's end never is; the final weights follow) is trained again from
+    the backup before."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if not self._first_epoch:
+            return
+        self._first_epoch = False
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [row for row in rows[1:] if int(row[0]) < epoch]
+        if len(kept) < len(rows):
+            with open(self.path, "r+", newline="") as f:  # in place: CSVLogger appends to this file
+                csv.writer(f).writerows(kept)
+                f.truncate()

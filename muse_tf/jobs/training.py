@@ -27,7 +27,7 @@ from muse_tf.contract import dataset_dir, signatures
 from muse_tf.contract.feature_spec import TAOBAO_MM
 from muse_tf.data import iterator_release, reader
 from muse_tf.jobs import distribute, runs, seeding, validation
-from muse_tf.jobs.backup import EpochBackup
+from muse_tf.jobs.backup import EpochBackup, ResumedHistory
 from muse_tf.jobs.evaluation import evaluate_run
 from muse_tf.jobs.saved_model import export_saved_model
 from muse_tf.models import MuseModel, optimizers
@@ -84,7 +84,8 @@ def make_callbacks(
     run_dir: runs.RunDir, experiment: ExperimentConfig, data_dir: str, epoch_level: bool = False
 ) -> list[tf_keras.callbacks.Callback]:
     """The backup (resume mid-epoch), a progress record, validation if configured (with early
-    stopping: per-epoch weights), TensorBoard and ``history.csv``, all in the run directory. The backup
+    stopping: per-epoch weights), TensorBoard and ``history.csv`` (a row per epoch, an epoch
+    trained again on resume replacing its row), all in the run directory. The backup
     comes first, so ProgressRecord sees the restored step, and backs each epoch up as finished
     last, once the others have ended it (``muse_tf.jobs.backup``); it keeps its backup when training
     ends, so a failure in evaluation or export does not lose the training (``RunDir.finish``
@@ -102,6 +103,7 @@ def make_callbacks(
         tf_keras.callbacks.TensorBoard(
             run_dir.logs, update_freq="epoch" if epoch_level else train.log_every_steps
         ),
+        ResumedHistory(run_dir.worker().history),
         tf_keras.callbacks.CSVLogger(run_dir.worker().history, append=True),
         backup.finished,
     ]
