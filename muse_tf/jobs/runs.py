@@ -231,12 +231,10 @@ class RunDir:
             RunDirectoryError: when neither holds the run's table, naming them.
         """
         record = _read_json(self.dataset_record) if os.path.exists(self.dataset_record) else {}
-        digest = record.get("multimodal_table_sha256")
         candidates = [d for d in (data_dir, record.get("data")) if d]
         for candidate in candidates:
             table = os.path.join(candidate, dataset_dir.MULTIMODAL_TABLE)
-            if tf.io.gfile.exists(table) and (
-                    digest is None or dataset_dir.multimodal_table_digest(candidate) == digest):
+            if tf.io.gfile.exists(table) and self._holds_trained_table(candidate):
                 return candidate
         raise RunDirectoryError(
             f"{self.root} needs the multimodal table it was trained with (its digest is in "
@@ -255,8 +253,7 @@ class RunDir:
         Raises:
             RunDirectoryError: naming the table file.
         """
-        recorded = _read_json(self.dataset_record).get("multimodal_table_sha256")
-        if recorded is not None and dataset_dir.multimodal_table_digest(data_dir) != recorded:
+        if not self._holds_trained_table(data_dir):
             path = os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE)
             raise RunDirectoryError(
                 f"{path} is not the multimodal table {self.root} started training with (its "
@@ -264,6 +261,13 @@ class RunDir:
                 "frozen table out, so resuming needs the same file: restore it, or pass "
                 f"{START_OVER_FLAG}."
             )
+
+    def _holds_trained_table(self, data_dir: str) -> bool:
+        """Whether ``data_dir``'s multimodal table has the digest ``dataset.json`` records (True
+        when it records none)."""
+        recorded = (_read_json(self.dataset_record) if os.path.exists(self.dataset_record)
+                    else {}).get("multimodal_table_sha256")
+        return recorded is None or dataset_dir.multimodal_table_digest(data_dir) == recorded
 
     def write_config(self, experiment: ExperimentConfig) -> None:
         """Writes the resolved config to ``config.yaml``."""

@@ -205,30 +205,30 @@ class MuseModel(tfrs.models.Model):
         ``tf.function`` whose first trace creates variables traces the step a second time, so
         creating them here halves the first step's tracing."""
         if self.built:
-            groups = (
-                [(self.optimizer, self.trainable_variables)]
-                if self.embedding_optimizer is None
-                else [(self.embedding_optimizer, self.embedding_trainable_variables),
-                      (self.optimizer, self.dense_trainable_variables)]
-            )
-            for optimizer, variables in groups:
+            for optimizer, variables in self._optimizer_groups():
                 if isinstance(optimizer, tf_keras.optimizers.Optimizer):  # not the legacy ones
                     optimizer.build(variables)
         return super().make_train_function(force)
+
+    def _optimizer_groups(self) -> list[tuple[tf_keras.optimizers.Optimizer, list[tf.Variable]]]:
+        """Each optimizer with the variables it trains: the embedding optimizer the tables and
+        ``optimizer`` the rest, or ``optimizer`` everything when there is no embedding optimizer."""
+        if self.embedding_optimizer is None:
+            return [(self.optimizer, self.trainable_variables)]
+        return [(self.embedding_optimizer, self.embedding_trainable_variables),
+                (self.optimizer, self.dense_trainable_variables)]
 
     def train_step(self, inputs: Batch) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
             if self.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
-        if self.embedding_optimizer is None:
-            variables = self.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        else:
-            tables, dense = self.embedding_trainable_variables, self.dense_trainable_variables
-            gradients = tape.gradient(loss, tables + dense)
-            self.embedding_optimizer.apply_gradients(zip(gradients[: len(tables)], tables))
-            self.optimizer.apply_gradients(zip(gradients[len(tables) :], dense))
+        groups = self._optimizer_groups()
+        gradients = tape.gradient(loss, [v for _, variables in groups for v in variables])
+        start = 0
+        for optimizer, variables in groups:
+            optimizer.apply_gradients(zip(gradients[start : start + len(variables)], variables))
+            start += len(variables)
         return {metric.name: metric.result() for metric in self.metrics}
 
     def test_step(self, inputs: Batch) -> dict[str, tf.Tensor]:
