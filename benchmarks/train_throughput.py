@@ -260,9 +260,11 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
             target_mm, vectors.unit(items)[0]),
         "  top-K of (B, L) scores": lambda: search.top_k_valid(
             tf.random.uniform(tf.shape(items)), mask, top_k),
-        "DIN attention over R = 50 (Dice MLP)": lambda: model.short_term.attention(
-            target, recent_emb, recent > 0, training=True),
-        "recent multimodal lookup + cosine": lambda: search.unit_dot(
+        f"short-term attention over R = 50 ({type(model.short_term.attention).__name__})":
+            lambda: model.short_term.attention(target, recent_emb, recent > 0, training=True),
+        "recent multimodal cosine (a distinct history at a time)": lambda: search.item_cosines(
+            xi[features.ITEM_ID], recent, vectors),
+        "  ref: per-position lookup + cosine": lambda: search.unit_dot(
             target_mm, vectors.unit(recent)[0]),
     }
     functions = {name: tf.function(fn) for name, fn in parts.items()}

@@ -7,9 +7,9 @@ code (alimama-tech/MUSE) moves the results, on the synthetic data of ``muse_tf.e
    dropped, a tie counted as a miss) against the exact GAUC, for the models the experiments trained.
 2. Data: how often the cases in which the two codes differ arise here (OOV behaviours, retrieved
    slots that are padding, recent windows with padding, items without a multimodal vector).
-3. Swaps: ``din`` and ``muse`` retrained with one official choice swapped in, same seeds and settings
-   as the experiments: the short-term attention as the official softmax over projected dot products,
-   or the official Dice (normalised per sample by a layer norm, alpha starting at -0.25).
+3. Swaps: ``din`` and ``muse`` retrained with one choice swapped, same seeds and settings as the
+   experiments: DIN's activation unit as the short-term attention instead of the official one (the
+   default), or the official Dice (normalised per sample by a layer norm, alpha starting at -0.25).
 
 Prints Markdown and writes the figures as JSON (``--output``).
 """
@@ -29,9 +29,7 @@ from muse_tf.config import DEFAULT_WORK_DIR
 from muse_tf.contract import dataset_dir, features
 from muse_tf.data import reader, synthetic_dataset
 from muse_tf.jobs import experiments, metrics, runs, scoring
-from muse_tf.layers import MLP
 from muse_tf.layers import mlp as mlp_module
-from muse_tf.models import branches as branches_module
 from muse_tf.ops.item_vectors import inverse_norms
 
 OFFICIAL_BATCH = 1000  # per device in the official configs
@@ -139,28 +137,6 @@ def data_study(data_dir: str, top_k: int = 50, recent: int = 50, length: int = 1
     }
 
 
-class OfficialShortTermAttention(tf_keras.layers.Layer):
-    """The official short-term attention: q = W_q e_target + b, k_i = W_k e_i + b (no activation),
-    softmax over all R of k_i . q (no scaling, no mask; padding behaviours have zero embeddings, as
-    the official PAD row), output sum_i a_i k_i."""
-
-    def __init__(self, hidden_units: Sequence[int] | None = None, **kwargs):
-        super().__init__(**kwargs)
-
-    def build(self, input_shape: tf.TensorShape) -> None:  # the query's; keys have its width
-        self.query_layer = MLP([], output_units=input_shape[-1], name="query")
-        self.key_layer = MLP([], output_units=input_shape[-1], name="key")
-        super().build(input_shape)
-
-    def call(self, query: tf.Tensor, keys: tf.Tensor, mask: tf.Tensor,
-             training: bool | None = None) -> tf.Tensor:
-        keys = keys * tf.cast(mask, keys.dtype)[..., None]
-        q = self.query_layer(query)
-        k = self.key_layer(keys)
-        weights = tf.nn.softmax(tf.einsum("bd,bkd->bk", q, k), axis=-1) + 1e-7
-        return tf.einsum("bk,bkd->bd", weights, k)
-
-
 class OfficialDice(tf_keras.layers.Layer):
     """The official tower's Dice: p = sigmoid(layer_norm(x)) per sample (no affine, eps 1e-12),
     alpha per channel starting at -0.25."""
@@ -179,9 +155,11 @@ class OfficialDice(tf_keras.layers.Layer):
         return p * inputs + (1.0 - p) * self.alpha * inputs
 
 
+# Each swap: `--set` overrides of every run, and a layer of this project replaced by an official
+# one (module, attribute, replacement) or None.
 SWAPS = {
-    "official_short_term_attention": (branches_module, "TargetAttention", OfficialShortTermAttention),
-    "official_dice": (mlp_module, "Dice", OfficialDice),
+    "din_short_term_attention": (["model.short_term_attention=din"], None),
+    "official_dice": ([], (mlp_module, "Dice", OfficialDice)),
 }
 
 
@@ -189,19 +167,22 @@ def swap_study(data_dir: str, work_dir: str, swaps: Sequence[str], variants: Seq
                seeds: Sequence[int]) -> dict:
     results: dict[str, list[dict]] = {}
     for name in swaps:
-        module, attribute, replacement = SWAPS[name]
-        original = getattr(module, attribute)
-        setattr(module, attribute, replacement)
+        overrides, patch = SWAPS[name]
+        if patch is not None:
+            module, attribute, replacement = patch
+            original = getattr(module, attribute)
+            setattr(module, attribute, replacement)
         try:
             for variant in variants:
                 for seed in seeds:
                     print(f"[swap {name}] {variant} seed {seed}", flush=True)
                     run = experiments.run_one({"variant": variant}, seed, data_dir,
-                                              os.path.join(work_dir, name), [])
+                                              os.path.join(work_dir, name), overrides)
                     results.setdefault(f"{name}/{variant}", []).append(run)
                     print(f"    GAUC {run['gauc']:.4f}", flush=True)
         finally:
-            setattr(module, attribute, original)
+            if patch is not None:
+                setattr(module, attribute, original)
     return results
 
 

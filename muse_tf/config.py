@@ -23,6 +23,7 @@ from muse_tf import cli
 from muse_tf.contract.feature_spec import TAOBAO_MM, FeatureSpec
 
 ATTENTION_CHOICES = ("ta", "sata")
+SHORT_TERM_ATTENTIONS = ("linear", "din")
 EMBEDDING_OPTIMIZERS = ("sparse_adam", "adam")
 VALIDATION_MONITORS = ("gauc", "auc")
 DENSE_OPTIMIZERS = ("adam", "adamw")
@@ -112,7 +113,11 @@ class ModelConfig:
         top_k: K, behaviours kept by the search unit.
         recent_length: R, most recent behaviours in the short-term branch.
         attention_heads: heads of the lifelong attention (1 in the paper).
-        din_attention_units: hidden widths of the DIN attention MLP.
+        short_term_attention: the attention over the R most recent behaviours: ``linear`` (the
+            official code's: linear query and key projections, dot-product scores, softmax;
+            ``LinearTargetAttention``) or ``din`` (DIN's activation unit, an MLP with Dice
+            scoring [q, k, q - k, q * k], as the paper's text describes it; ``TargetAttention``).
+        din_attention_units: hidden widths of the DIN attention MLP (``short_term_attention: din``).
         mlp_units: hidden widths of the tower (a final 1-unit logit layer is added).
         simtier_eps: SimTier tier width.
         simtier_dim: width of each tier's learned embedding.
@@ -129,6 +134,7 @@ class ModelConfig:
     top_k: int = 50
     recent_length: int = 50
     attention_heads: int = 1
+    short_term_attention: str = "linear"
     din_attention_units: list[int] = dataclasses.field(default_factory=lambda: [64, 32])
     mlp_units: list[int] = dataclasses.field(default_factory=lambda: [256, 128, 64])
     simtier_eps: float = 0.1
@@ -154,6 +160,9 @@ class ModelConfig:
         for name in ("embedding_dim", "multimodal_dim", "top_k", "recent_length", "attention_heads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)}.")
+        if self.short_term_attention not in SHORT_TERM_ATTENTIONS:
+            raise ConfigError(f"Unknown `short_term_attention` {self.short_term_attention!r}; choose "
+                              f"one of {list(SHORT_TERM_ATTENTIONS)}.")
         if self.multimodal_dtype not in ("int8", "float32"):
             raise ConfigError(f"`multimodal_dtype` must be int8 or float32, got {self.multimodal_dtype!r}.")
         if self.multimodal_dtype == "int8" and self.multimodal_dim % 4:

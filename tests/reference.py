@@ -102,6 +102,15 @@ def softmax_masked(scores, mask):
     return out
 
 
+def linear_target_attention(query, keys, mask, wq, bq, wk, bk):
+    """The official short-term attention (``MultiHeadAtt``, one head), masked: q = W_q e + b_q,
+    each key projected, softmax of k . q over the valid positions, sum of a_i k_i."""
+    q = query.astype(np.float64) @ wq + bq
+    k = keys.astype(np.float64) @ wk + bk
+    weights = softmax_masked(np.einsum("bkd,bd->bk", k, q), mask)
+    return np.einsum("bk,bkd->bd", weights, k)
+
+
 def sata(query, keys, mask, sims, wq, bq, wk, bk, wv, bv, heads, gates=None, tau=None):
     """Semantic-aware target attention, per head, from explicit weights."""
     q = silu(query @ wq + bq)

@@ -1,11 +1,11 @@
-"""SA-TA, DIN target attention and Dice against NumPy re-implementations."""
+"""SA-TA, the linear and DIN target attentions and Dice against NumPy re-implementations."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
-from muse_tf.layers import Dice, SemanticAwareTargetAttention, TargetAttention
+from muse_tf.layers import Dice, LinearTargetAttention, SemanticAwareTargetAttention, TargetAttention
 from tests import reference
 
 
@@ -51,6 +51,52 @@ def test_sata_requires_similarities_when_semantic():
     layer = SemanticAwareTargetAttention(units=4)
     with pytest.raises(ValueError, match="similarities"):
         layer(np.ones((1, 4)), np.ones((1, 2, 4)), np.ones((1, 2), bool))
+
+
+@pytest.mark.parametrize("units", [None, 5])
+def test_linear_target_attention_matches_the_official_definition(units):
+    rng = np.random.default_rng(11)
+    query = rng.normal(size=(4, 6)).astype(np.float32)
+    keys = rng.normal(size=(4, 7, 6)).astype(np.float32)
+    mask = rng.random((4, 7)) > 0.3
+    mask[0] = False
+    layer = LinearTargetAttention(units)
+    layer(query, keys, mask)
+    for weight in layer.weights:  # biases away from their 0.1 start, different per channel
+        weight.assign(rng.normal(size=weight.shape).astype(np.float32))
+    out = layer(query, keys, mask).numpy()
+    expected = reference.linear_target_attention(
+        query, keys, mask, *_dense_weights(layer.query_dense), *_dense_weights(layer.key_dense))
+    assert out.shape == (4, units or 6)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(out[0], 0.0)  # no valid behaviour: zeros, not NaN
+
+
+def test_linear_target_attention_gradients_match_the_directly_projected_keys():
+    """The layer never projects the keys one by one; its gradients are those of the direct form."""
+    rng = np.random.default_rng(12)
+    query = tf.constant(rng.normal(size=(3, 4)).astype(np.float32))
+    keys = tf.constant(rng.normal(size=(3, 5, 4)).astype(np.float32))
+    mask = tf.constant(rng.random((3, 5)) > 0.3) | tf.one_hot([1, 2, 4], 5, on_value=True,
+                                                                off_value=False)
+    layer = LinearTargetAttention()
+    layer(query, keys, mask)
+
+    def direct():
+        q = layer.query_dense(query)
+        k = layer.key_dense(keys)
+        scores = tf.where(mask, tf.einsum("bkd,bd->bk", k, q), -1e9)
+        weights = tf.nn.softmax(scores) * tf.cast(mask, tf.float32)
+        return tf.einsum("bk,bkd->bd", weights, k)
+
+    results = []
+    for run in (lambda: layer(query, keys, mask), direct):
+        with tf.GradientTape() as tape:
+            tape.watch([query, keys])
+            loss = tf.reduce_sum(run() * tf.range(1.0, 5.0))
+        results.append(tape.gradient(loss, [query, keys, *layer.trainable_variables]))
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_target_attention_matches_reference():
@@ -164,6 +210,7 @@ def test_dice_training_normalises_in_one_fused_kernel():
 def test_layers_round_trip_config():
     for layer in (
         SemanticAwareTargetAttention(units=6, heads=3, semantic=False, tau_init=0.5),
+        LinearTargetAttention(units=5),
         TargetAttention([7, 3], activation="sigmoid", use_softmax=True),
         Dice(epsilon=1e-6, momentum=0.5),
     ):
@@ -171,5 +218,7 @@ def test_layers_round_trip_config():
         assert clone.get_config() == layer.get_config()
     with pytest.raises(ValueError, match="units"):
         SemanticAwareTargetAttention(units=6, heads=4)
+    with pytest.raises(ValueError, match="units"):
+        LinearTargetAttention(units=0)
     assert tf.reduce_all(tf.math.is_finite(TargetAttention([2], use_softmax=True)(
         np.ones((1, 2)), np.ones((1, 3, 2)), np.zeros((1, 3), bool))))

@@ -29,6 +29,7 @@ OFFICIAL = {
         "top_k": 50,  # config/muse.json:15 "keep_top": 50
         "recent_length": 50,  # model/muse.py:14 RT_STEPS=50
         "attention_heads": 1,  # model/base_model/layers.py:197 int(max(2D // 2D, 1))
+        "short_term_attention": "linear",  # model/muse.py:30 realtime_att = multi_head_att(...)
         "mlp_units": [256, 128, 64],  # model/muse.py:46 shape=[256, 128, 64, 2]
         "simtier_eps": 0.1,  # model/muse.py:26 eps_list=[0.1, 0.1]
         "simtier_dim": 1,  # model/muse.py:27 dim_list=[1, 1]

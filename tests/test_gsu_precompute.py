@@ -174,6 +174,24 @@ def test_deduplicated_unit_vectors_equal_normalising_every_position(jit):
     np.testing.assert_allclose(shared_unit.numpy(), expected.numpy()[:1], rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("case", ["repeated histories", "one shared history", "xla"])
+def test_item_cosines_equal_numpy_for_each_way_of_scoring(case):
+    table = make_table(12)
+    x = make_batch(np.random.default_rng(12), 20, 40, samples_per_user=4)
+    targets, items = x[features.ITEM_ID], x[features.HISTORY_ITEMS]
+    if case == "one shared history":
+        items = items[3:4]
+    run = lambda: search.item_cosines(targets, items, _vectors(table))  # noqa: E731
+    cosine, has_vector = tf.function(run, jit_compile=case == "xla")()
+    rows = table.astype(np.float64)
+    norms = np.linalg.norm(rows, axis=-1)
+    unit = np.divide(rows, norms[:, None], out=np.zeros_like(rows), where=norms[:, None] > 0)
+    history = np.broadcast_to(items.numpy(), (20, 40))
+    expected = np.einsum("bd,bld->bl", unit[targets.numpy()], unit[history])
+    np.testing.assert_allclose(cosine.numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(has_vector.numpy(), ~np.isin(items.numpy(), NO_VECTOR))
+
+
 def test_identical_rows_groups_equal_histories():
     rng = np.random.default_rng(10)
     distinct = rng.integers(0, 5, (6, 7))

@@ -158,12 +158,14 @@ def test_fit_lowers_the_loss_on_a_learnable_problem():
     click_rate = np.where(x[features.ITEM_ID] % 3 == 0, 0.8, 0.2)
     y = (rng.random(1024) < click_rate).astype(np.float32)
     model, _ = make_model("muse")
-    model.compile(tf_keras.optimizers.Adam(0.003))
+    model.compile(tf_keras.optimizers.Adam(0.001))
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
     first = model.evaluate(data, verbose=0, return_dict=True)
-    model.fit(data, epochs=6, verbose=0)
+    history = model.fit(data, epochs=6, verbose=0).history
     last = model.evaluate(data, verbose=0, return_dict=True)
-    assert last["loss"] < 0.9 * first["loss"]
+    # The training loss, not the evaluated one: Dice's moving statistics trail weights that move
+    # this fast on 96 steps, which shifts the evaluated loss (the ranking, AUC, much less).
+    assert history["loss"][-1] < 0.9 * first["loss"]
     assert last["auc"] > 0.75
 
 

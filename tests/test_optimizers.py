@@ -289,6 +289,24 @@ def test_a_lookup_hands_the_optimizer_each_distinct_row_once():
     np.testing.assert_allclose(dense, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_a_lookup_under_xla_reads_every_position_without_unique():
+    """XLA compiles tf.unique over a batch's B x L history indices into a step of ~80 s (SIM-soft's
+    search), so under XLA each position is looked up; the rows are the same."""
+    from muse_tf.contract import features
+    from muse_tf.contract.feature_spec import TAOBAO_MM
+    from muse_tf.models.branches import EmbeddingBranch
+
+    branch = EmbeddingBranch({name: 30 for name in TAOBAO_MM.vocabularies}, 4, TAOBAO_MM)
+    indices = tf.constant(np.random.default_rng(6).integers(0, 12, size=(3, 40)), tf.int32)
+    lookup = tf.function(lambda i: branch.lookup(features.HISTORY_ITEMS, i), jit_compile=True)
+    np.testing.assert_array_equal(lookup(indices).numpy(),
+                                  branch.tables["item"].embeddings.numpy()[indices.numpy()])
+    ops = {op.type for op in lookup.get_concrete_function(indices).graph.get_operations()}
+    assert "Unique" not in ops
+    plain = tf.function(lambda i: branch.lookup(features.HISTORY_ITEMS, i))
+    assert "Unique" in {op.type for op in plain.get_concrete_function(indices).graph.get_operations()}
+
+
 @pytest.mark.parametrize("variant", ["muse", "din"])
 def test_deduplicated_lookups_leave_logits_and_gradients_as_plain_lookups(variant, monkeypatch):
     """The model with each distinct row looked up once, against the same model looking up every
@@ -359,3 +377,5 @@ def test_the_training_strategy_on_one_device_looks_tables_up_by_row():
     model.fit(inputs, steps_per_epoch=1, verbose=0)
     graph = model.train_function.get_concrete_function(iter(inputs)).graph
     assert _whole_table_tensors(graph, rows) == []
+    # The start line names it for people, not by its private class.
+    assert distribute.strategy_name(strategy) == "TensorFlow's default strategy"

@@ -35,6 +35,8 @@ def test_model_config_rejects_unknown_keys_and_bad_values():
         config.ModelConfig(variant="twin")
     with pytest.raises(ValueError, match="attention_heads"):
         config.ModelConfig(attention_heads=3)
+    with pytest.raises(ValueError, match="`short_term_attention` 'mlp'.*'linear', 'din'"):
+        config.ModelConfig(short_term_attention="mlp")
 
 
 def test_yaml_and_overrides(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 from muse_tf.config import VARIANTS, ModelConfig
 from muse_tf.contract import features
 from muse_tf.contract.feature_spec import TAOBAO_MM
+from muse_tf.layers import LinearTargetAttention, TargetAttention
 from muse_tf.models import MuseModel
 
 VOCAB, D, K, R, L, ROWS = 400, 8, 6, 5, 30, 3
@@ -23,10 +24,10 @@ OLD = L - R  # positions 0 .. OLD-1 are outside the recent window
 TIERS = 22  # SimTier of eps 0.1
 
 
-def build(variant, seed=0):
+def build(variant, seed=0, **overrides):
     cfg = ModelConfig(variant=variant, vocab_sizes={name: VOCAB for name in TAOBAO_MM.vocabularies},
                       embedding_dim=D, top_k=K, recent_length=R, mlp_units=[16, 8],
-                      din_attention_units=[8])
+                      din_attention_units=[8], **overrides)
     model = MuseModel(cfg)
     rng = np.random.default_rng(seed)
     table = rng.integers(-127, 128, size=(VOCAB, 128)).astype(np.int8)
@@ -111,6 +112,19 @@ def test_din_ignores_every_behaviour_older_than_the_recent_window(variant):
             changed_table[old[features.HISTORY_ITEMS][row, pos]] = table[x[features.ITEM_ID][row]]
     model.set_multimodal_table(changed_table)
     np.testing.assert_allclose(scored(model, old), before, atol=1e-6)
+
+
+@pytest.mark.parametrize("choice, layer", [("linear", LinearTargetAttention), ("din", TargetAttention)])
+def test_the_short_term_attention_is_the_configured_one_over_the_recent_window(choice, layer):
+    model, _ = build("din", short_term_attention=choice)
+    assert type(model.short_term.attention) is layer
+    widen_embeddings(model)
+    x = batch()
+    before = scored(model, x)
+    recent_item = _replace_item(x, 1, L - 1, 395)  # the newest behaviour becomes an unseen item
+    assert_only_row_changed(before, scored(model, recent_item), 1)
+    older = _replace_item(x, 1, OLD - 1, 395)  # outside the window: DIN never reads it
+    np.testing.assert_allclose(scored(model, older), before, atol=1e-6)
 
 
 def _replace_item(x, row, pos, item):

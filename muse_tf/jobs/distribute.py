@@ -153,6 +153,12 @@ def make_strategy(
     return tf.distribute.get_strategy()
 
 
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The strategy's name for the start line (TensorFlow's default one has a private class)."""
+    name = type(strategy).__name__
+    return "TensorFlow's default strategy" if name.startswith("_Default") else name
+
+
 def is_parameter_server(strategy: tf.distribute.Strategy) -> bool:
     """True for ParameterServerStrategy, whose ``fit`` has its own constraints (``training``)."""
     return isinstance(strategy, tf.distribute.ParameterServerStrategy)

@@ -422,7 +422,7 @@ def _train_or_resume(
     steps = steps_per_epoch(experiment.train, samples, global_batch)
     where = (f"run directory {run_dir.root}" if chief else
              f"as {distribute.task_name()} of the cluster (the chief writes the run directory)")
-    print(f"Training {experiment.model.variant} on {data_dir} with {type(strategy).__name__} "
+    print(f"Training {experiment.model.variant} on {data_dir} with {distribute.strategy_name(strategy)} "
           f"({strategy.num_replicas_in_sync} replica(s), global batch {global_batch:,}, "
           f"{steps:,} steps per epoch); {where}")
     warning = too_few_steps(experiment.train, samples, global_batch)

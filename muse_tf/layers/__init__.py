@@ -1,7 +1,12 @@
 """Keras layers of MUSE and its baselines."""
 
 from muse_tf.layers.activation import Dice
-from muse_tf.layers.attention import SemanticAwareTargetAttention, TargetAttention, masked_softmax
+from muse_tf.layers.attention import (
+    LinearTargetAttention,
+    SemanticAwareTargetAttention,
+    TargetAttention,
+    masked_softmax,
+)
 from muse_tf.layers.mlp import MLP
 from muse_tf.layers.multimodal import MultimodalTable
 from muse_tf.layers.search import (
@@ -32,6 +37,7 @@ __all__ = [
     "EmbeddingGSU",
     "IdCategoryGSU",
     "ItemVectors",
+    "LinearTargetAttention",
     "MultimodalIdGSU",
     "MultimodalTable",
     "SearchInputs",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras
 
-from muse_tf.layers.mlp import MLP
+from muse_tf.layers.mlp import MLP, dense_initializers
 
 
 def masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
@@ -117,6 +117,67 @@ class SemanticAwareTargetAttention(tf_keras.layers.Layer):
             "semantic": self.semantic,
             "tau_init": self.tau_init,
         }
+
+
+@tf_keras.utils.register_keras_serializable(package="muse_tf")
+class LinearTargetAttention(tf_keras.layers.Layer):
+    """The official code's short-term attention (its ``realtime_att``): linear projections, a
+    dot-product score and a softmax.
+
+    q = W_q e_target + b_q, k_i = W_k e_i + b_k (no activation); a_i = k_i . q (no scaling),
+    softmax over the valid positions; output sum_i a_i k_i (the projected keys are the values).
+    Weights start N(0, 1/fan_in) and biases 0.1, as the official ``FCRepeat``.
+
+    The keys are never projected one by one: k_i . q = e_i . (W_k^T q) + b_k . q, whose second
+    term is the same for every behaviour of a row (the softmax drops it), and sum_i a_i k_i =
+    W_k (sum_i a_i e_i) + b_k sum_i a_i; so the only per-behaviour work is two products of width D
+    (equal to the direct form to float rounding).
+
+    Example:
+    >>> LinearTargetAttention()(tf.ones([2, 4]), tf.ones([2, 3, 4]), tf.ones([2, 3], bool)).shape
+    TensorShape([2, 4])
+
+    Args:
+        units: width of q and k (and of the output); None = the query's width (as the official).
+
+    Call arguments:
+        query: (B, Dq) target embedding.
+        keys: (B, K, D) behaviour embeddings, the query's width (as the official).
+        mask: (B, K) bool, True = a real behaviour.
+        training: unused (nothing here depends on it).
+
+    Returns:
+        (B, units); zeros for a row with no valid behaviour.
+    """
+
+    def __init__(self, units: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if units is not None and units <= 0:
+            raise ValueError(f"Invalid value for `units`: {units}. Expected a positive int or None.")
+        self.units = units
+
+    def build(self, input_shape: tf.TensorShape) -> None:  # the query's shape
+        width = self.units or int(input_shape[-1])
+        self.query_dense = tf_keras.layers.Dense(width, **dense_initializers(), name="query")
+        self.key_dense = tf_keras.layers.Dense(width, **dense_initializers(), name="key")
+        for dense in (self.query_dense, self.key_dense):
+            with tf.name_scope(dense.name):
+                dense.build(input_shape)
+        super().build(input_shape)
+
+    def call(
+        self, query: tf.Tensor, keys: tf.Tensor, mask: tf.Tensor, training: bool | None = None
+    ) -> tf.Tensor:
+        q = self.query_dense(query)  # (B, units)
+        kernel, bias = self.key_dense.kernel, self.key_dense.bias
+        query_in_key_space = tf.matmul(q, kernel, transpose_b=True)  # (B, D): W_k^T q
+        scores = tf.reduce_sum(keys * query_in_key_space[:, None, :], -1)  # (B, K), less b_k . q
+        weights = masked_softmax(scores, mask)
+        attended = tf.reduce_sum(weights[..., None] * keys, axis=1)  # (B, D)
+        return tf.matmul(attended, kernel) + tf.reduce_sum(weights, -1, keepdims=True) * bias
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units}
 
 
 @tf_keras.utils.register_keras_serializable(package="muse_tf")

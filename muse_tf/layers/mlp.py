@@ -48,7 +48,8 @@ class MLP(tf_keras.layers.Layer):
         self.activation = activation
         self.output_units = output_units
         self.dense_layers = [
-            tf_keras.layers.Dense(u, **_dense_init(), name=f"dense_{i}") for i, u in enumerate(self.units)
+            tf_keras.layers.Dense(u, **dense_initializers(), name=f"dense_{i}")
+            for i, u in enumerate(self.units)
         ]
         self.activations = [
             Dice(name=f"dice_{i}")
@@ -57,7 +58,7 @@ class MLP(tf_keras.layers.Layer):
             for i in range(len(self.units))
         ]
         self.output_layer = (
-            tf_keras.layers.Dense(output_units, dtype="float32", **_dense_init(), name="output")
+            tf_keras.layers.Dense(output_units, dtype="float32", **dense_initializers(), name="output")
             if output_units
             else None
         )
@@ -89,7 +90,8 @@ class MLP(tf_keras.layers.Layer):
         }
 
 
-def _dense_init() -> dict:
+def dense_initializers() -> dict:
+    """The official code's dense initialisation (``FCRepeat.reset_parameters``)."""
     return {
         "kernel_initializer": tf_keras.initializers.VarianceScaling(
             1.0, mode="fan_in", distribution="untruncated_normal"

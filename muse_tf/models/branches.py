@@ -16,8 +16,21 @@ import tf_keras
 from muse_tf.config import ModelConfig
 from muse_tf.contract import features
 from muse_tf.contract.feature_spec import FeatureSpec
-from muse_tf.layers import MLP, SemanticAwareTargetAttention, SimTier, TargetAttention, gather_history
-from muse_tf.layers.search import SearchInputs, make_search_unit, read_precomputed, unit_dot
+from muse_tf.layers import (
+    MLP,
+    LinearTargetAttention,
+    SemanticAwareTargetAttention,
+    SimTier,
+    TargetAttention,
+    gather_history,
+)
+from muse_tf.layers.search import (
+    SearchInputs,
+    in_xla,
+    item_cosines,
+    make_search_unit,
+    read_precomputed,
+)
 from muse_tf.layers.simtier import tier_count
 
 
@@ -76,8 +89,11 @@ class EmbeddingBranch(tf_keras.layers.Layer):
         Each distinct index is looked up once and gathered back to every position: the table's
         gradient then holds one row per distinct index (summed over its positions), not one per
         position (B x L for a history), so the sparse optimizer and the gradient's transfer
-        handle the rows a batch touches, not its lookups."""
+        handle the rows a batch touches, not its lookups. Not under XLA, whose ``tf.unique``
+        costs more than it saves."""
         table = self.tables[self.spec.vocabulary[feature]]
+        if in_xla():  # XLA's tf.unique over SIM-soft's B x L history indices: ~80 s a step
+            return table(indices)
         distinct, position = tf.unique(tf.reshape(indices, [-1]))
         rows = tf.gather(table(distinct), position)
         return tf.reshape(rows, tf.concat([tf.shape(indices), [table.output_dim]], 0))
@@ -90,14 +106,19 @@ class EmbeddingBranch(tf_keras.layers.Layer):
 
 
 class ShortTermBranch(tf_keras.layers.Layer):
-    """DIN target attention over the R most recent behaviours, their mean embedding and SimTier
-    over their multimodal similarities to the target (zeros for ``din_id_only``)."""
+    """Target attention over the R most recent behaviours (``config.short_term_attention``), their
+    mean embedding and SimTier over their multimodal similarities to the target (zeros for
+    ``din_id_only``)."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         self.recent_length = config.recent_length
         self.simtier_width = simtier_width(config)
-        self.attention = TargetAttention(config.din_attention_units, name="short_term_attention")
+        self.attention = (
+            LinearTargetAttention(name="short_term_attention")
+            if config.short_term_attention == "linear"
+            else TargetAttention(config.din_attention_units, name="short_term_attention")
+        )
         self.simtier = (
             SimTier(config.simtier_eps, config.simtier_dim, name="recent_simtier")
             if config.spec.recent_simtier
@@ -121,11 +142,10 @@ class ShortTermBranch(tf_keras.layers.Layer):
             masked_mean(recent_emb, recent_mask),
         ]
         if self.simtier is not None:
-            target_unit, _ = history.multimodal.unit(history.target_items)
-            recent_unit, recent_has_vector = history.multimodal.unit(history.history_items[:, -recent:])
-            outputs.append(
-                self.simtier(unit_dot(target_unit, recent_unit), recent_mask & recent_has_vector)
+            similarity, has_vector = item_cosines(
+                history.target_items, history.history_items[:, -recent:], history.multimodal
             )
+            outputs.append(self.simtier(similarity, recent_mask & has_vector))
         else:
             outputs.append(zeros(rows, self.simtier_width))
         return outputs

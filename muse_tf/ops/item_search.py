@@ -14,9 +14,9 @@ from muse_tf.ops.item_vectors import ItemVectors
 from muse_tf.ops.topk import INVALID_SCORE, SearchResult, top_k_valid, unit_dot
 
 
-def _in_xla() -> bool:
-    """Whether the graph is being compiled by XLA (``jit_compile``), which cannot compile ops
-    whose output size depends on the data (``tf.unique``, ``tf.where``)."""
+def in_xla() -> bool:
+    """Whether the graph is being compiled by XLA (``jit_compile``), which compiles ops whose
+    output size depends on the data (``tf.unique``, ``tf.where``) slowly or not at all."""
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
@@ -28,7 +28,7 @@ def unit_item_vectors(items: tf.Tensor, vectors: ItemVectors) -> tuple[tf.Tensor
     lookup, a cast and a scaling. The values are those of ``vectors.unit(items)``. Not for one
     history (nothing to share) nor under XLA.
     """
-    if items.shape[0] == 1 or _in_xla():
+    if items.shape[0] == 1 or in_xla():
         return vectors.unit(items)
     distinct, position = tf.unique(tf.reshape(items, [-1]))
     unit, has_vector = vectors.unit(distinct)
@@ -78,6 +78,21 @@ def _grouped_unit_dot(
     return tf.gather_nd(scores, tf.stack([group, slot], axis=-1)), tf.gather(has_vector, group)
 
 
+def item_cosines(
+    target_items: tf.Tensor, history_items: tf.Tensor, vectors: ItemVectors
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The multimodal cosine of each target with each behaviour of its history, and whether the
+    behaviour has a vector: (B,), (B|1, L) -> (B, L), (B|1, L).
+
+    B histories are scored a distinct history at a time (``_grouped_unit_dot``); one shared
+    history, or any under XLA (static shapes), position by position."""
+    target, _ = vectors.unit(target_items)
+    if history_items.shape[0] == 1 or in_xla():
+        history, has_vector = vectors.unit(history_items)
+        return unit_dot(target, history), has_vector
+    return _grouped_unit_dot(target, history_items, vectors)
+
+
 def cosine_search_items(
     target_items: tf.Tensor,
     history_items: tf.Tensor,
@@ -94,7 +109,7 @@ def cosine_search_items(
       vector are read, newest first, and scored in one (B x d) @ (d x n) product, so nothing of
       size B x L is masked or reversed (``_shared_history_search``);
     * B histories: each distinct history is scored once (``identical_rows``) and each distinct
-      behaviour looked up once (``unit_item_vectors``);
+      behaviour looked up once (``unit_item_vectors``), by ``item_cosines``;
     * under XLA, which needs static shapes: every position, then ``top_k_valid``
       (``_static_search``).
 
@@ -111,12 +126,12 @@ def cosine_search_items(
         As ``CosineGSU``.
     """
     history_mask = tf.cast(history_mask, tf.bool)
-    if _in_xla():
+    if in_xla():
         return _static_search(target_items, history_items, history_mask, vectors, k)
-    target, _ = vectors.unit(target_items)
     if history_items.shape[0] == 1:
+        target, _ = vectors.unit(target_items)
         return _shared_history_search(target, history_items[0], history_mask[0], vectors, k)
-    scores, has_vector = _grouped_unit_dot(target, history_items, vectors)
+    scores, has_vector = item_cosines(target_items, history_items, vectors)
     return top_k_valid(scores, history_mask & has_vector, k)
 
 

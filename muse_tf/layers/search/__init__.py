@@ -19,7 +19,13 @@ from muse_tf.layers.search.units import (
     SearchUnit,
     make_search_unit,
 )
-from muse_tf.ops.item_search import cosine_search_items, identical_rows, unit_item_vectors
+from muse_tf.ops.item_search import (
+    cosine_search_items,
+    identical_rows,
+    in_xla,
+    item_cosines,
+    unit_item_vectors,
+)
 from muse_tf.ops.precompute import GSU_INDICES, GSU_SCORES, GSU_VALID, PRECOMPUTED_GSU, gsu_precompute
 from muse_tf.ops.topk import (
     INVALID_SCORE,
@@ -53,6 +59,8 @@ __all__ = [
     "gsu_precompute",
     "has_embedding",
     "identical_rows",
+    "in_xla",
+    "item_cosines",
     "make_search_unit",
     "read_precomputed",
     "top_k_valid",
