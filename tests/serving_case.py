@@ -46,7 +46,7 @@ def make_vocabularies(rng):
     return vocabularies
 
 
-def make_case(seed=0, variant="muse"):
+def make_case(seed=0, variant="muse", **model_overrides):
     seeding.set_seed(seed)  # the same weights whatever ran before in the process
     rng = np.random.default_rng(seed)
     vocabularies = make_vocabularies(rng)
@@ -58,6 +58,7 @@ def make_case(seed=0, variant="muse"):
         recent_length=20,
         mlp_units=[16],
         din_attention_units=[8],
+        **model_overrides,
     )
     model = MuseModel(config)
     table = rng.integers(-127, 128, (config.vocab_sizes["item"], 128)).astype(np.int8)

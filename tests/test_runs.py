@@ -249,6 +249,28 @@ def test_a_worker_holds_its_own_lock_beside_the_chiefs(tmp_path, monkeypatch):
 
 # -- scored only with its own config and dataset ----------------------------------------------
 
+def test_a_run_recorded_before_the_short_term_attention_option_rebuilds_its_din_model(tmp_path):
+    """Runs before ``short_term_attention`` trained DIN's unit and wrote neither the key nor a
+    digest of it: such a run still loads, as DIN's unit, and its digest still matches."""
+    import hashlib
+
+    old = sc.make_case(seed=4, short_term_attention="din")
+    run = _finished_run(tmp_path, old, old.model.config)
+    values = yaml.safe_load(open(run.config))
+    del values["model"]["short_term_attention"]  # config.yaml and digest as the old version wrote
+    with open(run.config, "w") as f:
+        yaml.safe_dump(values, f)
+    record = json.loads(open(run.training_record).read())
+    record["config_sha256"] = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    with open(run.training_record, "w") as f:
+        json.dump(record, f)
+    model, experiment = runs.load_trained_model(run.root)
+    assert experiment.model.short_term_attention == "din"
+    assert type(model.short_term.attention).__name__ == "TargetAttention"
+    for rebuilt, saved in zip(model.variables, old.model.variables):
+        np.testing.assert_array_equal(rebuilt.numpy(), saved.numpy())
+
+
 def test_an_edited_config_is_refused_though_the_weights_fit(case, tmp_path, capsys):
     run = _finished_run(tmp_path, case, case.model.config)
     values = yaml.safe_load(open(run.config))

@@ -59,9 +59,20 @@ class RunDirectoryError(cli.UsageError, RuntimeError):
     no trained model at all."""
 
 
+# Config keys added since runs were first recorded, by section, with the value every run before
+# them trained with: a run's config.yaml without the key is read with that value, and the digest
+# leaves the key out at that value, so a run recorded before the key still loads, with its digest.
+KEYS_ADDED_SINCE = {"model": {"short_term_attention": "din"}}
+
+
 def config_digest(experiment: ExperimentConfig) -> str:
     """SHA-256 of the resolved config: two runs with the same digest train the same model."""
-    text = json.dumps(experiment.to_dict(), sort_keys=True)
+    values = experiment.to_dict()
+    for section, added in KEYS_ADDED_SINCE.items():
+        for key, before in added.items():
+            if values[section].get(key) == before:
+                del values[section][key]
+    text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -326,7 +337,8 @@ class RunDir:
             shutil.rmtree(path, ignore_errors=True)
 
     def read_config(self) -> ExperimentConfig:
-        """The run's resolved config, from ``config.yaml``.
+        """The run's resolved config, from ``config.yaml`` (with ``KEYS_ADDED_SINCE`` where a run
+        recorded before them lacks them).
 
         Raises:
             RunDirectoryError: when there is none (``root`` is not a training run).
@@ -336,7 +348,11 @@ class RunDir:
                 f"{self.root} is not a training run (no config.yaml): pass the --model-dir of a "
                 "`python -m muse_tf.train` run."
             )
-        return from_dict(ExperimentConfig, load_yaml(self.config))
+        values = load_yaml(self.config)
+        for section, added in KEYS_ADDED_SINCE.items():
+            if isinstance(values.get(section), dict):
+                values[section] = {**added, **values[section]}
+        return from_dict(ExperimentConfig, values)
 
 
 def _read_json(path: str) -> dict:
