@@ -179,6 +179,28 @@ class SparseAdam:
         self.table[rows] += -step_size * numer / denom
 
 
+class Adam:
+    """tf-keras's Adam (and AdamW) on dense weights, in float64: epsilon added to sqrt(v) (Kingma &
+    Ba's epsilon hat), and with ``weight_decay`` the decoupled decay w <- w - lr wd w first."""
+
+    def __init__(self, weights, lr, beta_1=0.9, beta_2=0.999, eps=1e-7, weight_decay=0.0):
+        self.weights = [np.array(w, np.float64) for w in weights]
+        self.m = [np.zeros_like(w) for w in self.weights]
+        self.v = [np.zeros_like(w) for w in self.weights]
+        self.lr, self.beta_1, self.beta_2, self.eps = lr, beta_1, beta_2, eps
+        self.weight_decay = weight_decay
+        self.step = 0
+
+    def apply(self, gradients):
+        self.step += 1
+        step_size = self.lr * np.sqrt(1 - self.beta_2**self.step) / (1 - self.beta_1**self.step)
+        for w, m, v, g in zip(self.weights, self.m, self.v, gradients):
+            w -= self.lr * self.weight_decay * w
+            m += (g - m) * (1 - self.beta_1)
+            v += (g**2 - v) * (1 - self.beta_2)
+            w -= step_size * m / (np.sqrt(v) + self.eps)
+
+
 def warmup_cosine(peak, total_steps, warmup_fraction):
     """The learning rate after ``t`` steps: linear from 0 to ``peak`` over the first
     ``warmup_fraction`` of ``total_steps``, then half a cosine period down to 0 at the last."""

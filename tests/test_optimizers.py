@@ -1,4 +1,5 @@
-"""SparseAdam against torch's SparseAdam (NumPy), under MirroredStrategy, and through checkpoints."""
+"""SparseAdam against torch's SparseAdam (NumPy), the fused dense Adam and AdamW against tf-keras's
+formula (NumPy), under MirroredStrategy, and through checkpoints."""
 
 import json
 import subprocess
@@ -13,7 +14,8 @@ import tf_keras
 
 from muse_tf.config import VARIANTS
 from muse_tf.jobs import seeding
-from muse_tf.models.optimizers import SparseAdam, dense_optimizer, learning_rate
+from muse_tf.models.optimizers import FusedAdam, FusedAdamW, SparseAdam, dense_optimizer, learning_rate
+from tests.reference import Adam as ReferenceAdam
 from tests.reference import SparseAdam as ReferenceSparseAdam
 from tests.reference import warmup_cosine
 from tests.test_model import make_batch, make_model
@@ -111,16 +113,29 @@ def test_every_embedding_table_gets_a_sparse_gradient(variant):
     assert item_gradient.indices.shape[0] < item.shape[0] * 4  # rows of the batch, not of the table
 
 
-MIRRORED_SCRIPT = textwrap.dedent("""
+# Run in a subprocess: the two logical CPUs must be set before TensorFlow starts.
+TWO_REPLICAS = textwrap.dedent("""
     import json, sys
     import muse_tf
     import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+""")
+
+
+def _on_two_replicas(script: str, payload) -> list:
+    """What ``script`` (after ``TWO_REPLICAS``, reading ``payload`` from argv) prints last, as JSON."""
+    proc = subprocess.run([sys.executable, "-c", TWO_REPLICAS + script, json.dumps(payload)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
     from muse_tf.models.optimizers import SparseAdam
     table0, lr, steps = json.loads(sys.argv[1])
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         table = tf.Variable(np.array(table0, np.float32))
         optimizer = SparseAdam(lr)
@@ -146,11 +161,7 @@ def test_two_replicas_update_like_one_with_the_summed_gradient():
     SparseAdam's on both replicas' rows summed, identical on both devices."""
     grads = _gradients()
     steps = [[[indices.tolist(), values.tolist()] for indices, values in grads[i : i + 2]] for i in (0, 2)]
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT,
-                           json.dumps([_initial_table().tolist(), LR, steps])],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    copies = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    copies = np.array(_on_two_replicas(MIRRORED_SCRIPT, [_initial_table().tolist(), LR, steps]))
     reference = ReferenceSparseAdam(_initial_table(), LR)
     for (i0, v0), (i1, v1) in zip(grads[0::2], grads[1::2]):
         reference.apply(np.concatenate([i0, i1]), np.concatenate([v0, v1]))
@@ -260,6 +271,133 @@ def test_serialised_config_round_trips():
 def test_unknown_dense_optimizer_is_named():
     with pytest.raises(ValueError, match="'sgd'"):
         dense_optimizer("sgd", 0.1)
+
+
+DENSE_SHAPES = [(4, 3), (3,)]
+DENSE_CASES = {  # name: (fused, tf-keras's own, NumPy reference), with the same arguments
+    "adam": (lambda: FusedAdam(LR), lambda: tf_keras.optimizers.Adam(LR), lambda w: ReferenceAdam(w, LR)),
+    "adamw": (lambda: FusedAdamW(LR, weight_decay=0.1, epsilon=1e-8),
+              lambda: tf_keras.optimizers.AdamW(LR, weight_decay=0.1, epsilon=1e-8),
+              lambda w: ReferenceAdam(w, LR, eps=1e-8, weight_decay=0.1)),
+}
+
+
+def _dense_start():
+    rng = np.random.default_rng(4)
+    return [rng.normal(size=shape) for shape in DENSE_SHAPES]
+
+
+def _dense_gradients(steps=5, seed=5):
+    rng = np.random.default_rng(seed)
+    return [[rng.normal(size=shape) for shape in DENSE_SHAPES] for _ in range(steps)]
+
+
+def _run_dense(optimizer, gradients, graph):
+    weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
+
+    def apply(*grads):
+        optimizer.apply_gradients(zip(grads, weights))
+
+    step = tf.function(apply) if graph else apply
+    for grads in gradients:
+        step(*[tf.constant(g, tf.float32) for g in grads])
+    return weights
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("name", sorted(DENSE_CASES))
+def test_fused_dense_update_is_tf_keras_adam(name, graph):
+    fused, stock, reference_of = DENSE_CASES[name]
+    gradients = _dense_gradients()
+    optimizer = fused()
+    got = _run_dense(optimizer, gradients, graph)
+    want = _run_dense(stock(), gradients, graph)
+    reference = reference_of(_dense_start())
+    for grads in gradients:
+        reference.apply(grads)
+    for index, (g, w, r) in enumerate(zip(got, want, reference.weights)):
+        np.testing.assert_allclose(g.numpy(), r, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)  # float rounding
+        m, v = _slots(optimizer, g)
+        np.testing.assert_allclose(m, reference.m[index], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(v, reference.v[index], rtol=1e-4, atol=1e-9)
+
+
+def _op_types(function) -> list[str]:
+    graph = function.graph
+    types = [op.type for op in graph.get_operations()]
+    for nested in graph._functions.values():  # the update's own functions, if any
+        types += [node.op for node in nested.definition.node_def]
+    return types
+
+
+def test_the_fused_update_is_one_kernel_per_weight():
+    weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
+    optimizer = dense_optimizer("adamw", LR)
+    apply = tf.function(lambda *grads: optimizer.apply_gradients(zip(grads, weights)))
+    types = _op_types(apply.get_concrete_function(*[tf.TensorSpec(s) for s in DENSE_SHAPES]))
+    assert types.count("ResourceApplyAdam") == len(weights)
+    # tf-keras's own update writes the moments with AssignAddVariableOp, twice per weight.
+    assert types.count("AssignAddVariableOp") <= 1  # the step counter
+
+
+def test_the_fused_update_reads_a_checkpoint_of_tf_keras_adamw(tmp_path):
+    """A run's backup written with tf-keras's AdamW resumes with the fused one: same slots."""
+    gradients = _dense_gradients(steps=6)
+    make = DENSE_CASES["adamw"]
+    straight = _run_dense(make[1](), gradients, graph=True)
+    before_optimizer = make[1]()
+    before = _run_dense(before_optimizer, gradients[:3], graph=True)
+    path = tf.train.Checkpoint(weights=before, optimizer=before_optimizer).save(str(tmp_path / "c"))
+    weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
+    optimizer = make[0]()
+    optimizer.build(weights)
+    tf.train.Checkpoint(weights=weights, optimizer=optimizer).restore(path).assert_consumed()
+    for grads in gradients[3:]:
+        optimizer.apply_gradients(zip([tf.constant(g, tf.float32) for g in grads], weights))
+    for got, want in zip(weights, straight):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+DENSE_MIRRORED_SCRIPT = textwrap.dedent("""
+    from muse_tf.models.optimizers import dense_optimizer
+    start, lr, steps = json.loads(sys.argv[1])
+    with strategy.scope():
+        weights = [tf.Variable(np.array(w, np.float32)) for w in start]
+        optimizer = dense_optimizer("adamw", lr)
+
+    @tf.function
+    def step(per_replica):
+        strategy.run(lambda *grads: optimizer.apply_gradients(zip(grads, weights)), args=per_replica)
+
+    for replica_grads in steps:  # [[a gradient per weight] for each replica]
+        step([strategy.experimental_distribute_values_from_function(
+            lambda ctx, k=k: tf.constant(replica_grads[ctx.replica_id_in_sync_group][k], tf.float32))
+            for k in range(len(weights))])
+    print(json.dumps([[copy.numpy().tolist() for copy in w.values] for w in weights]))
+""")
+
+
+def test_two_replicas_apply_the_fused_update_with_the_summed_gradient():
+    gradients = _dense_gradients(steps=4)
+    steps = [[[g.tolist() for g in grads] for grads in gradients[i : i + 2]] for i in (0, 2)]
+    copies = _on_two_replicas(DENSE_MIRRORED_SCRIPT, [[w.tolist() for w in _dense_start()], LR, steps])
+    reference = ReferenceAdam(_dense_start(), LR, eps=1e-8, weight_decay=0.01)
+    for first, second in zip(gradients[0::2], gradients[1::2]):
+        reference.apply([a + b for a, b in zip(first, second)])
+    for weight_copies, want in zip(copies, reference.weights):
+        assert len(weight_copies) == 2
+        for copy in weight_copies:
+            np.testing.assert_allclose(np.array(copy), want, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_optimizers_serialise_as_themselves():
+    optimizer = dense_optimizer("adamw", 0.02)
+    clone = tf_keras.optimizers.deserialize(tf_keras.optimizers.serialize(optimizer))
+    assert isinstance(clone, FusedAdamW)
+    assert (clone.weight_decay, clone.epsilon) == (0.01, 1e-8)
+    serialised = tf_keras.optimizers.serialize(FusedAdam(0.1))
+    assert isinstance(tf_keras.optimizers.deserialize(serialised), FusedAdam)
 
 
 def test_a_lookup_hands_the_optimizer_each_distinct_row_once():
