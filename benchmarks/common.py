@@ -148,10 +148,30 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """This process's CPU time so far, (user, kernel), in seconds."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def first_touch_mb_per_s(megabytes: int = 256) -> float:
+    """How fast this machine hands a process fresh memory: ``megabytes`` allocated and written once.
+    A VM that backs guest memory only when it is first touched (and takes freed memory back) is
+    tens of times slower here than a machine whose memory is resident."""
+    import numpy as np
+
+    started = time.perf_counter()
+    np.ones(megabytes << 20, np.uint8)
+    return round(megabytes / (time.perf_counter() - started), 1)
+
+
 def run_json_subprocess(module: str, args: Sequence[str], timeout_s: float,
-                        python: str = sys.executable) -> dict[str, Any]:
-    """Runs ``python -m module args`` in a fresh process whose last stdout line is JSON."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+                        python: str = sys.executable, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Runs ``python -m module args`` (``env`` added to the environment) in a fresh process whose
+    last stdout line is JSON."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT, **(env or {})}
     done = subprocess.run(
         [python, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout_s,

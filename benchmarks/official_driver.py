@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -195,6 +196,10 @@ def run(args: argparse.Namespace) -> dict:
         "python": platform.python_version(),
         "optimizers": optimizers(trainer),
         "config": CONFIG,
+        # As benchmarks.common.cpu_seconds, which this torch-only process does not import.
+        "user_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 1),
+        "kernel_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_stime, 1),
+        "malloc": os.environ.get("LD_PRELOAD") or "the C library's",
     }
 
 

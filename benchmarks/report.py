@@ -179,7 +179,8 @@ def versus_section(result: dict) -> list[str]:
     return ["### MUSE train step: muse-tf vs the official PyTorch code (same CPU, alternated)", "",
             _machine(result), "",
             f"Official code at commit {official.get('commit')}, torch {first.get('torch')} "
-            f"({first.get('torch_threads')} threads); the same batch of {first.get('batch'):,} "
+            f"({first.get('torch_threads')} threads, malloc: {official.get('malloc', 'the C library')}); "
+            f"the same batch of {first.get('batch'):,} "
             f"samples ({first.get('samples_per_user')} per history), L = {first.get('history'):,}, "
             f"K = {first.get('top_k')}; each round runs "
             "the official step, then muse-tf's, each in a fresh process.", "",

@@ -32,6 +32,13 @@ same rates). Per side and round:
 * official only: ``metrics_p50_ms``, the part of its step spent in its per-batch AUC, GAUC and
   confusion-matrix metrics (muse-tf's step updates its loss mean and AUC).
 
+* ``user_s``, ``kernel_s``: the side's process CPU time in user code and in the kernel, setup
+  included. torch's CPU allocator hands a step's large tensors back to the OS and asks for them
+  again at the next step: the kernel's share is that memory, fresh every step. ``--official-malloc``
+  preloads a malloc library (jemalloc, e.g. ``/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` from
+  Debian's ``libjemalloc2``) that keeps freed memory (``MALLOC_CONF=KEEP_FREED``), as PyTorch's CPU
+  tuning guides advise; muse-tf's TensorFlow keeps its memory already.
+
 ``ratio``: muse-tf's median examples/s over the rounds divided by the official's.
 ``--official-ddp`` wraps the official modules in DistributedDataParallel (one process, gloo), as
 its launch script always does; by default they run unwrapped, as muse-tf's step runs without a
@@ -50,9 +57,10 @@ from benchmarks import common
 from muse_tf import cli
 
 COLUMNS = ["round", "side", "first_step_s", "step_p50_ms", "step_p90_ms", "examples_per_s", "steps",
-           "load_average_1m"]
+           "user_s", "kernel_s", "load_average_1m"]
 SUMMARY_COLUMNS = ["side", "rounds", "first_step_s", "step_p50_ms", "examples_per_s"]
 OFFICIAL, OURS = "official", "muse-tf"
+KEEP_FREED = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # jemalloc: never return freed pages to the OS
 WARMUP = 2
 CHILD_TIMEOUT_S = 3600
 
@@ -99,7 +107,14 @@ def ours_child(batch: int, length: int, steps: int, warmup: int, samples_per_use
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "optimizers": {"dense": type(model.optimizer).__name__,
                        "embeddings": type(model.embedding_optimizer).__name__},
+        **cpu_times(),
     }
+
+
+def cpu_times() -> dict[str, float]:
+    """This process's CPU time so far (``user_s``, ``kernel_s``)."""
+    user, kernel = common.cpu_seconds()
+    return {"user_s": round(user, 1), "kernel_s": round(kernel, 1)}
 
 
 def check_flags(args) -> None:
@@ -113,6 +128,9 @@ def check_flags(args) -> None:
     if not args.torch_python:
         raise cli.UsageError("--torch-python is required: a Python with torch, numpy, pandas and "
                              "pyarrow installed")
+    if args.official_malloc and not os.path.isfile(args.official_malloc):
+        raise cli.UsageError(f"--official-malloc {args.official_malloc} does not exist: give the "
+                             "path of a malloc library such as libjemalloc.so.2")
     try:
         probe = subprocess.run([args.torch_python, "-c", "import torch"], capture_output=True,
                                text=True, timeout=300)
@@ -154,13 +172,16 @@ def measure(args) -> dict:
                      *(["--ddp"] if args.official_ddp else [])]
     ours_args = ["--child", str(args.batch), str(args.history), str(args.steps), str(WARMUP),
                  str(args.samples_per_user)]
+    official_env = ({"LD_PRELOAD": args.official_malloc, "MALLOC_CONF": KEEP_FREED}
+                    if args.official_malloc else None)
     rows = []
     for number in range(1, args.rounds + 1):
         for side in (OFFICIAL, OURS):
             load = common.load_average()
             if side == OFFICIAL:
                 result = common.run_json_subprocess("benchmarks.official_driver", official_args,
-                                                    CHILD_TIMEOUT_S, python=args.torch_python)
+                                                    CHILD_TIMEOUT_S, python=args.torch_python,
+                                                    env=official_env)
             else:
                 result = common.run_json_subprocess("benchmarks.versus_official", ours_args,
                                                     CHILD_TIMEOUT_S)
@@ -174,7 +195,8 @@ def measure(args) -> dict:
                               medians[0]["first_step_s"] / medians[1]["first_step_s"], 2)}
     run.extra["official"] = {"dir": os.path.abspath(args.official_dir),
                              "commit": official_commit(args.official_dir),
-                             "torch_python": args.torch_python}
+                             "torch_python": args.torch_python,
+                             "malloc": args.official_malloc or "the C library's"}
     payload = run.finish(rows + medians, {"rounds": COLUMNS, "summary": SUMMARY_COLUMNS})
     print(f"\nratio of medians (muse-tf / official): {ratio}x examples/s")
     return payload
@@ -194,6 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--official-ddp", action="store_true",
                         help="wrap the official modules in DistributedDataParallel (one process), "
                              "as its launch script does")
+    parser.add_argument("--official-malloc",
+                        help="a malloc library to preload into the official's process, kept from "
+                             "returning freed memory (e.g. libjemalloc.so.2)")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--samples-per-user", type=int, default=8,

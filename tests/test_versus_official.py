@@ -27,7 +27,7 @@ def python_without_torch(tmp_path):
     return path
 
 
-def test_a_missing_official_checkout_or_torch_python_is_one_line_naming_the_flag(
+def test_a_missing_official_checkout_torch_python_or_malloc_is_one_line_naming_the_flag(
         capsys, tmp_path, official_dir, python_without_torch):
     for argv, pattern in [
         ([], "--official-dir is required"),
@@ -37,6 +37,9 @@ def test_a_missing_official_checkout_or_torch_python_is_one_line_naming_the_flag
          "--torch-python .*absent cannot be run"),
         (["--official-dir", str(official_dir), "--torch-python", str(python_without_torch)],
          "--torch-python .*python cannot import torch: ModuleNotFoundError"),
+        (["--official-dir", str(official_dir), "--torch-python", str(python_without_torch),
+          "--official-malloc", str(tmp_path / "libabsent.so")],
+         "--official-malloc .*libabsent.so does not exist"),
     ]:
         assert_usage_error(capsys, versus_official.main, MODULE, pattern,
                            [*argv, "--output", str(tmp_path / "out.json")])
