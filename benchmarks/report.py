@@ -176,10 +176,11 @@ def versus_section(result: dict) -> list[str]:
     official = result.get("official", {})
     first = next(r for r in result["results"] if r.get("side") == versus_official.OFFICIAL)
     ratio = result.get("ratio", {})
+    malloc = official.get("malloc", "the C library's")
     return ["### MUSE train step: muse-tf vs the official PyTorch code (same CPU, alternated)", "",
             _machine(result), "",
             f"Official code at commit {official.get('commit')}, torch {first.get('torch')} "
-            f"({first.get('torch_threads')} threads, malloc: {official.get('malloc', 'the C library')}); "
+            f"({first.get('torch_threads')} threads, malloc: {malloc}); "
             f"the same batch of {first.get('batch'):,} "
             f"samples ({first.get('samples_per_user')} per history), L = {first.get('history'):,}, "
             f"K = {first.get('top_k')}; each round runs "

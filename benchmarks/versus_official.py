@@ -30,14 +30,14 @@ same rates). Per side and round:
   batch 100, L = 100 took 43 ms and 755 ms a minute apart on a busy 2-core machine), so take the
   figures on a quiet machine (``--wait-quiet``) and check the p90s;
 * official only: ``metrics_p50_ms``, the part of its step spent in its per-batch AUC, GAUC and
-  confusion-matrix metrics (muse-tf's step updates its loss mean and AUC).
-
+  confusion-matrix metrics (muse-tf's step updates its loss mean and AUC);
 * ``user_s``, ``kernel_s``: the side's process CPU time in user code and in the kernel, setup
-  included. torch's CPU allocator hands a step's large tensors back to the OS and asks for them
-  again at the next step: the kernel's share is that memory, fresh every step. ``--official-malloc``
-  preloads a malloc library (jemalloc, e.g. ``/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` from
-  Debian's ``libjemalloc2``) that keeps freed memory (``MALLOC_CONF=KEEP_FREED``), as PyTorch's CPU
-  tuning guides advise; muse-tf's TensorFlow keeps its memory already.
+  included. With glibc's malloc, torch hands a step's large tensors back to the OS and asks for
+  them again at the next step: the kernel's share is that memory, fresh every step.
+  ``--official-malloc`` preloads a malloc library (jemalloc, e.g.
+  ``/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` from Debian's ``libjemalloc2``) with its decay
+  off (``KEEP_FREED``), so freed memory stays with the process, as PyTorch's CPU tuning guide
+  advises; muse-tf's TensorFlow keeps its memory already.
 
 ``ratio``: muse-tf's median examples/s over the rounds divided by the official's.
 ``--official-ddp`` wraps the official modules in DistributedDataParallel (one process, gloo), as

@@ -324,11 +324,10 @@ def test_fused_dense_update_is_tf_keras_adam(name, graph):
 
 
 def _op_types(function) -> list[str]:
-    graph = function.graph
-    types = [op.type for op in graph.get_operations()]
-    for nested in graph._functions.values():  # the update's own functions, if any
-        types += [node.op for node in nested.definition.node_def]
-    return types
+    """The op of every node of a concrete function's graph and of the functions it calls."""
+    graph = function.graph.as_graph_def()
+    return [node.op for node in graph.node] + [
+        node.op for nested in graph.library.function for node in nested.node_def]
 
 
 def test_the_fused_update_is_one_kernel_per_weight():
