@@ -292,26 +292,27 @@ def _dense_gradients(steps=5, seed=5):
     return [[rng.normal(size=shape) for shape in DENSE_SHAPES] for _ in range(steps)]
 
 
-def _run_dense(optimizer, gradients, graph):
+def _run_dense(optimizer, gradients, mode):
+    """``gradients`` applied to ``_dense_start()``: eagerly, in a tf.function or compiled by XLA."""
     weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
 
     def apply(*grads):
         optimizer.apply_gradients(zip(grads, weights))
 
-    step = tf.function(apply) if graph else apply
+    step = apply if mode == "eager" else tf.function(apply, jit_compile=mode == "xla")
     for grads in gradients:
         step(*[tf.constant(g, tf.float32) for g in grads])
     return weights
 
 
-@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
 @pytest.mark.parametrize("name", sorted(DENSE_CASES))
-def test_fused_dense_update_is_tf_keras_adam(name, graph):
+def test_fused_dense_update_is_tf_keras_adam(name, mode):
     fused, stock, reference_of = DENSE_CASES[name]
     gradients = _dense_gradients()
     optimizer = fused()
-    got = _run_dense(optimizer, gradients, graph)
-    want = _run_dense(stock(), gradients, graph)
+    got = _run_dense(optimizer, gradients, mode)
+    want = _run_dense(stock(), gradients, mode)
     reference = reference_of(_dense_start())
     for grads in gradients:
         reference.apply(grads)
@@ -344,9 +345,9 @@ def test_the_fused_update_reads_a_checkpoint_of_tf_keras_adamw(tmp_path):
     """A run's backup written with tf-keras's AdamW resumes with the fused one: same slots."""
     gradients = _dense_gradients(steps=6)
     make = DENSE_CASES["adamw"]
-    straight = _run_dense(make[1](), gradients, graph=True)
+    straight = _run_dense(make[1](), gradients, "graph")
     before_optimizer = make[1]()
-    before = _run_dense(before_optimizer, gradients[:3], graph=True)
+    before = _run_dense(before_optimizer, gradients[:3], "graph")
     path = tf.train.Checkpoint(weights=before, optimizer=before_optimizer).save(str(tmp_path / "c"))
     weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
     optimizer = make[0]()
