@@ -156,6 +156,12 @@ def cpu_seconds() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
+def cpu_times() -> dict[str, float]:
+    """This process's CPU time so far as result columns (``user_s``, ``kernel_s``)."""
+    user, kernel = cpu_seconds()
+    return {"user_s": round(user, 1), "kernel_s": round(kernel, 1)}
+
+
 def first_touch_mb_per_s(megabytes: int = 256) -> float:
     """How fast this machine hands a process fresh memory: ``megabytes`` allocated and written once.
     A VM that backs guest memory only when it is first touched (and takes freed memory back) is

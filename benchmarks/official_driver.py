@@ -31,11 +31,12 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
 import time
+
+from benchmarks import common  # stdlib and NumPy only: no TensorFlow in this process
 
 PROG = "python -m benchmarks.official_driver"
 CONFIG = os.path.join("config", "muse.json")
@@ -196,9 +197,7 @@ def run(args: argparse.Namespace) -> dict:
         "python": platform.python_version(),
         "optimizers": optimizers(trainer),
         "config": CONFIG,
-        # As benchmarks.common.cpu_seconds, which this torch-only process does not import.
-        "user_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 1),
-        "kernel_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_stime, 1),
+        **common.cpu_times(),
         "malloc": os.environ.get("LD_PRELOAD") or "the C library's",
     }
 

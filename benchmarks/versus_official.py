@@ -107,14 +107,8 @@ def ours_child(batch: int, length: int, steps: int, warmup: int, samples_per_use
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "optimizers": {"dense": type(model.optimizer).__name__,
                        "embeddings": type(model.embedding_optimizer).__name__},
-        **cpu_times(),
+        **common.cpu_times(),
     }
-
-
-def cpu_times() -> dict[str, float]:
-    """This process's CPU time so far (``user_s``, ``kernel_s``)."""
-    user, kernel = common.cpu_seconds()
-    return {"user_s": round(user, 1), "kernel_s": round(kernel, 1)}
 
 
 def check_flags(args) -> None:
