@@ -10,7 +10,10 @@ Cases (each ``python -m benchmarks.memory --child CASE`` in its own subprocess):
 * ``serve rows B=10``: the same for ``serving_default`` with 10 rows of width 100,000, the export's
   default rows x width limit (1,000,000);
 * ``train <variant>``: MUSE / DIN, batch 1,000, L = 1,000, K = 50: 5 Keras train steps on an
-  in-memory batch (in-graph search, and search precomputed by ``muse_tf.data.reader``).
+  in-memory batch (in-graph search, and search precomputed by ``muse_tf.data.reader``);
+* ``table <initializer>``: one 10,000,000 x 16 float32 ID table (640 MB) created by tf-keras's
+  ``RandomNormal`` and by ``InPlaceRandomNormal`` (the model's): what creating it peaks at, over the
+  variable itself.
 The local server's own peak RSS, after the whole latency grid, is in serving_latency.json.
 """
 
@@ -82,6 +85,21 @@ def child(case: str, args: list[str]) -> dict:
         model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=5, verbose=0)
         return {"rss_after_setup_mb": setup,
                 "detail": f"{variant}, search {how}, batch {batch:,}, L={length:,}, 5 steps"}
+    if case == "table":
+        import tf_keras
+
+        from muse_tf.layers import InPlaceRandomNormal
+
+        initializer, rows = args[0], int(args[1])
+        cls = {"RandomNormal": tf_keras.initializers.RandomNormal,
+               "InPlaceRandomNormal": InPlaceRandomNormal}[initializer]
+        before = current_rss_mb()
+        table = tf_keras.layers.Embedding(rows, 16, embeddings_initializer=cls(stddev=0.001))
+        table.build(None)
+        return {"rss_after_setup_mb": before,
+                "detail": f"{initializer}: a {rows:,} x 16 table, "
+                          f"{rows * 16 * 4 / 2**20:,.0f} MB (peak over the variable "
+                          f"{common.peak_rss_mb() - before - rows * 16 * 4 / 2**20:,.0f} MB)"}
     raise ValueError(f"unknown case {case!r}")
 
 
@@ -101,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     cases += [("serve rows B=10", ["serve_rows", str(length), "10", args.work_dir])]
     cases += [(f"train {v} ({how})", ["train", v, str(batch), str(train_length), how])
               for v, how in (("muse", "in-graph"), ("muse", "precomputed"), ("din", "in-graph"))]
+    cases += [(f"ID table {name}", ["table", name, str(100_000 if args.quick else 10_000_000)])
+              for name in ("RandomNormal", "InPlaceRandomNormal")]
     rows = []
     for name, child_args in cases:
         result = common.run_json_subprocess("benchmarks.memory", ["--child", *child_args], 900)

@@ -3,6 +3,7 @@ one process at a time works in it; it is scored only with its own config and dat
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import re
@@ -168,6 +169,37 @@ def test_resuming_with_another_multimodal_table_is_refused_naming_it(data_dir, t
         run.check_can_start(ExperimentConfig(), data_dir)
 
 
+def test_table_digest_is_read_once_per_version_of_the_file(data_dir, monkeypatch):
+    """A settled file is read once however often a run asks; a rewrite is read again, even one
+    made within the same clock tick as the read (the file just written is never remembered)."""
+    path = os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE)
+    reads = []
+    real_open = dataset_dir.open_file
+    monkeypatch.setattr(dataset_dir, "open_file", lambda p, mode="r": reads.append(p) or real_open(p, mode))
+
+    def sha256():
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def rewrite(settled: bool):
+        table = np.load(path)
+        table[1, 0] = (int(table[1, 0]) + 1) % 100
+        np.save(path, table)
+        if settled:
+            old = os.stat(path).st_mtime - 60
+            os.utime(path, (old, old))
+
+    rewrite(settled=True)
+    assert [dataset_dir.multimodal_table_digest(data_dir) for _ in range(3)] == [sha256()] * 3
+    assert len(reads) == 1
+    rewrite(settled=False)  # a new version, just written: read at each ask
+    for _ in range(2):
+        assert dataset_dir.multimodal_table_digest(data_dir) == sha256()
+        rewrite(settled=False)
+    assert dataset_dir.multimodal_table_digest(data_dir) == sha256()
+    assert len(reads) == 4
+
+
 def test_starting_over_deletes_the_run_and_nothing_else(data_dir, tmp_path):
     run = runs.RunDir(str(tmp_path / "run"))
     run.start(ExperimentConfig(), data_dir)
@@ -252,8 +284,6 @@ def test_a_worker_holds_its_own_lock_beside_the_chiefs(tmp_path, monkeypatch):
 def test_a_run_recorded_before_the_short_term_attention_option_rebuilds_its_din_model(tmp_path):
     """Runs before ``short_term_attention`` trained DIN's unit and wrote neither the key nor a
     digest of it: such a run still loads, as DIN's unit, and its digest still matches."""
-    import hashlib
-
     old = sc.make_case(seed=4, short_term_attention="din")
     run = _finished_run(tmp_path, old, old.model.config)
     values = yaml.safe_load(open(run.config))

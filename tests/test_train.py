@@ -22,7 +22,7 @@ from muse_tf import evaluate, train
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.contract import dataset_dir
 from muse_tf.data import reader
-from muse_tf.jobs import evaluation, metrics, scoring, training
+from muse_tf.jobs import backup, evaluation, metrics, scoring, training
 from muse_tf.jobs.runs import RunDir, build_model, load_trained_model
 from tests.cli_helpers import assert_usage_error
 
@@ -357,6 +357,7 @@ def test_a_run_killed_after_a_backup_resumes_bit_exact_without_the_table_in_it(
         return kill.snapshot
 
     backed_up = run_until(_SnapshotThenKill(at_step=6))
+    backup.wait_for_backups()  # the kill left the step-6 backup being written in the background
     names = [name for name, _ in tf.train.list_variables(os.path.join(RunDir(str(model_dir)).backup,
                                                                       "chief"))]
     assert not [name for name in names if "multimodal" in name]

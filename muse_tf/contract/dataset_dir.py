@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import IO
@@ -48,6 +49,9 @@ _TFIO_SCHEMES = ("s3", "hdfs", "az")
 # tensorflow-io's last release (0.37.1) is built against TensorFlow 2.16: on any other TensorFlow
 # its native filesystem plugins do not load, so it is not even imported there.
 _TFIO_TENSORFLOW = "2.16"
+# multimodal_table_digest's memory: path -> (the file's version, its digest).
+_TABLE_DIGESTS: dict[str, tuple[tuple, str]] = {}
+_SETTLED_SECONDS = 2.0
 
 
 class DatasetError(cli.UsageError, ValueError):
@@ -172,13 +176,33 @@ def load_multimodal_table(data_dir: str) -> np.ndarray:
     return _load_npy(path)
 
 
-def multimodal_table_digest(data_dir: str, chunk_bytes: int = 1 << 24) -> str:
+def multimodal_table_digest(data_dir: str) -> str:
     """SHA-256 of the multimodal table file: what a run records of the frozen table its backups
-    leave out, so that a resume reloads the same one."""
+    leave out, so that a resume reloads the same one.
+
+    Read once per process while the file stays the same (its size, modification time and, if
+    local, inode): a run's start, its resume check and the load for evaluation each ask, and
+    each read takes ~1 s per GB. As in git's index, a file modified less than
+    ``_SETTLED_SECONDS`` before it was read is read again next time: file times are coarse
+    (a clock tick), so a rewrite within the same tick would keep them."""
+    path = os.path.join(data_dir, MULTIMODAL_TABLE)
+    if "://" in path:
+        stat = _gfile().stat(path)
+        version, modified_ns = (stat.length, stat.mtime_nsec), stat.mtime_nsec
+    else:
+        stat = os.stat(path)
+        version = (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
+        modified_ns = stat.st_mtime_ns
+    known_version, known_digest = _TABLE_DIGESTS.get(path, (None, None))
+    if known_version == version:
+        return known_digest
+    started_ns = time.time_ns()
     digest = hashlib.sha256()
-    with open_file(os.path.join(data_dir, MULTIMODAL_TABLE), "rb") as f:
-        while chunk := f.read(chunk_bytes):
+    with open_file(path, "rb") as f:
+        while chunk := f.read(1 << 24):
             digest.update(chunk)
+    if started_ns - modified_ns > _SETTLED_SECONDS * 1e9:
+        _TABLE_DIGESTS[path] = (version, digest.hexdigest())
     return digest.hexdigest()
 
 

@@ -61,8 +61,7 @@ class EpochBackup(tf_keras.callbacks.BackupAndRestore):
         self._last_backup = self._now()
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        for checkpoint in list(self._writing):  # an earlier fit that failed may still be writing
-            checkpoint.sync()
+        wait_for_backups()  # an earlier fit that failed may still be writing
         super().on_train_begin(logs)
         self._last_backup = self._now()
         manager = self._training_state.write_checkpoint_manager
@@ -114,6 +113,13 @@ class EpochBackup(tf_keras.callbacks.BackupAndRestore):
 
     def _multi_worker(self) -> bool:
         return self.model.distribute_strategy.extended._in_multi_worker_mode()
+
+
+def wait_for_backups() -> None:
+    """Waits until the backups this process's fits were writing in the background are complete:
+    a fit that raised (a kill, an interrupt) does not wait for its last one."""
+    for checkpoint in list(EpochBackup._writing):
+        checkpoint.sync()
 
 
 class _EpochFinished(tf_keras.callbacks.Callback):

@@ -7,6 +7,7 @@ from muse_tf.layers.attention import (
     TargetAttention,
     masked_softmax,
 )
+from muse_tf.layers.initializers import InPlaceRandomNormal
 from muse_tf.layers.mlp import MLP
 from muse_tf.layers.multimodal import MultimodalTable
 from muse_tf.layers.search import (
@@ -36,6 +37,7 @@ __all__ = [
     "Dice",
     "EmbeddingGSU",
     "IdCategoryGSU",
+    "InPlaceRandomNormal",
     "ItemVectors",
     "LinearTargetAttention",
     "MultimodalIdGSU",
