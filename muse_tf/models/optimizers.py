@@ -9,6 +9,9 @@ with each weight's update one fused kernel (``FusedAdam``, ``FusedAdamW``).
 
 from __future__ import annotations
 
+import types
+from collections.abc import Iterable
+
 import tensorflow as tf
 import tf_keras
 
@@ -20,8 +23,45 @@ TORCH_ADAMW_WEIGHT_DECAY = 0.01
 PAPER_EMBEDDING_LEARNING_RATE = 2e-3
 
 
+class _SharedStepScalars:
+    """Adam's scalars of a step (learning rate, betas, their powers at the step, epsilon) made once
+    per ``apply_gradients`` and shared by every weight's update. tf-keras makes them per weight:
+    ~10 ops each, ~350 of a MUSE train step's 3,500, all traced and optimised before the first
+    step runs. Kept per graph: on a GPU tf-keras compiles each weight's update as its own function.
+    """
+
+    def apply_gradients(
+        self, grads_and_vars: Iterable[tuple[tf.Tensor | tf.IndexedSlices, tf.Variable]], *args, **kwargs
+    ) -> tf.Variable:
+        # In a SimpleNamespace: a dict attribute would become part of the optimizer's checkpoint.
+        self._step_scalars = types.SimpleNamespace(by_key={})
+        try:
+            return super().apply_gradients(grads_and_vars, *args, **kwargs)
+        finally:
+            self._step_scalars = None
+
+    def adam_scalars(self, dtype: tf.dtypes.DType) -> dict[str, tf.Tensor]:
+        """``lr``, ``beta_1``, ``beta_2``, ``beta_1_power`` and ``beta_2_power`` (at this step,
+        ``iterations + 1``) and ``epsilon``, as ``dtype``."""
+        step_scalars = getattr(self, "_step_scalars", None)
+        cache = step_scalars.by_key if step_scalars is not None else None
+        key = (dtype, tf.compat.v1.get_default_graph())
+        if cache and key in cache:
+            return cache[key]
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        scalars = {
+            "lr": tf.cast(self.learning_rate, dtype), "beta_1": beta_1, "beta_2": beta_2,
+            "beta_1_power": tf.pow(beta_1, step), "beta_2_power": tf.pow(beta_2, step),
+            "epsilon": tf.cast(self.epsilon, dtype),
+        }
+        if cache is not None:
+            cache[key] = scalars
+        return scalars
+
+
 @tf_keras.utils.register_keras_serializable(package="muse_tf")
-class SparseAdam(tf_keras.optimizers.Optimizer):
+class SparseAdam(_SharedStepScalars, tf_keras.optimizers.Optimizer):
     """Lazy Adam: only the rows present in a sparse gradient have their moments and values updated.
 
     For a gradient ``IndexedSlices(values, indices)`` at step t (this optimizer's t-th update):
@@ -80,20 +120,17 @@ class SparseAdam(tf_keras.optimizers.Optimizer):
             )
         # tf-keras's apply_gradients has summed repeated indices already (one row each).
         rows, grad = gradient.indices, gradient.values
-        dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
+        s = self.adam_scalars(variable.dtype)
         index = self._index_dict[self._var_key(variable)]
         m, v = self._momentums[index], self._velocities[index]
-        m_rows = tf.gather(m, rows) * beta_1 + grad * (1 - beta_1)
-        v_rows = tf.gather(v, rows) * beta_2 + tf.square(grad) * (1 - beta_2)
+        m_rows = tf.gather(m, rows) * s["beta_1"] + grad * (1 - s["beta_1"])
+        v_rows = tf.gather(v, rows) * s["beta_2"] + tf.square(grad) * (1 - s["beta_2"])
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
-        lr = tf.cast(self.learning_rate, dtype)
-        step_size = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        if "step_size" not in s:  # shared by the tables, as the scalars it is made of
+            s["step_size"] = s["lr"] * tf.sqrt(1 - s["beta_2_power"]) / (1 - s["beta_1_power"])
         variable.scatter_sub(
-            tf.IndexedSlices(step_size * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows)
+            tf.IndexedSlices(s["step_size"] * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows)
         )
 
     def get_config(self) -> dict:
@@ -108,7 +145,7 @@ class SparseAdam(tf_keras.optimizers.Optimizer):
         return config
 
 
-class _FusedAdamUpdate:
+class _FusedAdamUpdate(_SharedStepScalars):
     """tf-keras Adam's dense update as one ``ResourceApplyAdam`` kernel per weight.
 
     The formula is tf-keras's (Kingma & Ba's, epsilon added to sqrt(v)): m <- m + (g - m)(1 - b1),
@@ -122,16 +159,13 @@ class _FusedAdamUpdate:
         if isinstance(gradient, tf.IndexedSlices) or self.amsgrad or getattr(self, "adaptive_epsilon", False):
             super().update_step(gradient, variable)
             return
-        dtype = variable.dtype
         index = self._index_dict[self._var_key(variable)]
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        s = self.adam_scalars(variable.dtype)
         # `handle`: the weight's own copy on this device under tf.distribute (an update context).
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
-            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
-            lr=tf.cast(self.learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype), grad=gradient,
+            beta1_power=s["beta_1_power"], beta2_power=s["beta_2_power"], lr=s["lr"],
+            beta1=s["beta_1"], beta2=s["beta_2"], epsilon=s["epsilon"], grad=gradient,
         )
 
 

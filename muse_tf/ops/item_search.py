@@ -67,15 +67,16 @@ def _grouped_unit_dot(
     """
     group, first = identical_rows(items)
     history_unit, has_vector = unit_item_vectors(tf.gather(items, first), vectors)  # (G, L, d)
+    groups = tf.shape(first)[0]
+    # Each row's slot among its group's rows: its rank within the group in a stable sort by group.
+    sizes = tf.math.unsorted_segment_sum(tf.ones_like(group), group, groups)
     order = tf.argsort(group, stable=True)
-    sorted_group = tf.gather(group, order)
-    by_group = tf.RaggedTensor.from_value_rowids(
-        tf.gather(target, order), sorted_group, nrows=tf.shape(first)[0]
-    )
-    scores = tf.matmul(by_group.to_tensor(), history_unit, transpose_b=True)  # (G, n_max, L)
-    slot_sorted = tf.range(tf.shape(group)[0]) - tf.gather(by_group.row_starts(), sorted_group)
-    slot = tf.scatter_nd(order[:, None], slot_sorted, tf.shape(group))
-    return tf.gather_nd(scores, tf.stack([group, slot], axis=-1)), tf.gather(has_vector, group)
+    rank = tf.range(tf.size(group)) - tf.gather(tf.cumsum(sizes, exclusive=True), tf.gather(group, order))
+    slot = tf.scatter_nd(order[:, None], rank, tf.shape(group))
+    where = tf.stack([group, slot], axis=-1)
+    by_group = tf.scatter_nd(where, target, tf.stack([groups, tf.reduce_max(sizes), tf.shape(target)[1]]))
+    scores = tf.matmul(by_group, history_unit, transpose_b=True)  # (G, n_max, L)
+    return tf.gather_nd(scores, where), tf.gather(has_vector, group)
 
 
 def item_cosines(
