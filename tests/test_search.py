@@ -117,6 +117,19 @@ def test_cosine_search_items_matches_bruteforce(strategy, length, k):
     assert_search_matches(result, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("strategy", ["grouped", "xla"])
+def test_cosine_search_items_of_an_empty_batch(strategy):
+    """No target at all (an empty batch or request) gives empty results, not an error."""
+    vectors = item_vectors.constant_vectors(_item_table(np.random.default_rng(3)))
+    history = np.zeros((0, 9), np.int64)
+
+    def run():
+        return search.cosine_search_items(np.zeros(0, np.int64), history, history != 0, vectors, 4)
+
+    result = tf.function(run, jit_compile=True)() if strategy == "xla" else run()
+    assert [tuple(t.shape) for t in result] == [(0, 4)] * 3
+
+
 def test_gather_history_per_row_and_shared():
     rng = np.random.default_rng(4)
     values = rng.normal(size=(3, 9, 2)).astype(np.float32)

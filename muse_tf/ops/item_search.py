@@ -74,7 +74,8 @@ def _grouped_unit_dot(
     rank = tf.range(tf.size(group)) - tf.gather(tf.cumsum(sizes, exclusive=True), tf.gather(group, order))
     slot = tf.scatter_nd(order[:, None], rank, tf.shape(group))
     where = tf.stack([group, slot], axis=-1)
-    by_group = tf.scatter_nd(where, target, tf.stack([groups, tf.reduce_max(sizes), tf.shape(target)[1]]))
+    most = tf.maximum(tf.reduce_max(sizes), 0)  # (an empty batch's max is the lowest int)
+    by_group = tf.scatter_nd(where, target, tf.stack([groups, most, tf.shape(target)[1]]))
     scores = tf.matmul(by_group, history_unit, transpose_b=True)  # (G, n_max, L)
     return tf.gather_nd(scores, where), tf.gather(has_vector, group)
 
