@@ -1,6 +1,8 @@
 """InPlaceRandomNormal against tf-keras's RandomNormal: the same values on every path it takes
 (eagerly, in a graph, a shard of a sharded variable, seeded or not), and through serialization."""
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,6 +54,15 @@ def test_inside_a_graph_it_is_tf_keras_call():
         return tf.function(lambda: initializer((6, 3)))().numpy()
 
     np.testing.assert_array_equal(draw(InPlaceRandomNormal), draw(tf_keras.initializers.RandomNormal))
+
+
+def test_many_tables_draw_without_retracing_warnings(caplog):
+    """A model has a table per vocabulary (10 for Taobao-MM): each draw is a function of its own,
+    which TensorFlow must not report as excessive retracing."""
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for rows in range(1, 9):
+            InPlaceRandomNormal(stddev=0.1, seed=rows)((rows, 4))
+    assert "retracing" not in caplog.text
 
 
 def test_serialization_round_trip():

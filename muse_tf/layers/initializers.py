@@ -26,7 +26,9 @@ class InPlaceRandomNormal(tf_keras.initializers.RandomNormal):
             return super().__call__(shape, dtype, **kwargs)
         draw = super().__call__
         shape = kwargs.pop("partition_shape", shape)  # a shard's shape (sharded variables)
+        dims = tf.constant(tf.TensorShape(shape).as_list(), tf.int64)
         # A new function per call: its Python (tf-keras's seed bookkeeping) runs once, as eagerly.
-        return tf.function(lambda dims: draw(dims, dtype, **kwargs), autograph=False)(
-            tf.constant(tf.TensorShape(shape).as_list(), tf.int64)
-        )
+        # Traced by get_concrete_function: calling the tf.function itself would warn of retracing
+        # from the fifth table on.
+        function = tf.function(lambda dims: draw(dims, dtype, **kwargs), autograph=False)
+        return function.get_concrete_function(dims)(dims)
