@@ -148,6 +148,10 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+# How a result names the malloc of a process that preloaded none.
+SYSTEM_MALLOC = "the C library's"
+
+
 def cpu_seconds() -> tuple[float, float]:
     """This process's CPU time so far, (user, kernel), in seconds."""
     import resource

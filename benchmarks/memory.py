@@ -93,13 +93,13 @@ def child(case: str, args: list[str]) -> dict:
         initializer, rows = args[0], int(args[1])
         cls = {"RandomNormal": tf_keras.initializers.RandomNormal,
                "InPlaceRandomNormal": InPlaceRandomNormal}[initializer]
+        table_mb = rows * 16 * 4 / 2**20
         before = current_rss_mb()
         table = tf_keras.layers.Embedding(rows, 16, embeddings_initializer=cls(stddev=0.001))
         table.build(None)
         return {"rss_after_setup_mb": before,
-                "detail": f"{initializer}: a {rows:,} x 16 table, "
-                          f"{rows * 16 * 4 / 2**20:,.0f} MB (peak over the variable "
-                          f"{common.peak_rss_mb() - before - rows * 16 * 4 / 2**20:,.0f} MB)"}
+                "detail": f"{initializer}: a {rows:,} x 16 table, {table_mb:,.0f} MB (peak over the "
+                          f"variable {common.peak_rss_mb() - before - table_mb:,.0f} MB)"}
     raise ValueError(f"unknown case {case!r}")
 
 

@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
         "optimizers": optimizers(trainer),
         "config": CONFIG,
         **common.cpu_times(),
-        "malloc": os.environ.get("LD_PRELOAD") or "the C library's",
+        "malloc": os.environ.get("LD_PRELOAD") or common.SYSTEM_MALLOC,
     }
 
 

@@ -176,7 +176,7 @@ def versus_section(result: dict) -> list[str]:
     official = result.get("official", {})
     first = next(r for r in result["results"] if r.get("side") == versus_official.OFFICIAL)
     ratio = result.get("ratio", {})
-    malloc = official.get("malloc", "the C library's")
+    malloc = official.get("malloc", common.SYSTEM_MALLOC)
     return ["### MUSE train step: muse-tf vs the official PyTorch code (same CPU, alternated)", "",
             _machine(result), "",
             f"Official code at commit {official.get('commit')}, torch {first.get('torch')} "

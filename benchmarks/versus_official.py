@@ -190,7 +190,7 @@ def measure(args) -> dict:
     run.extra["official"] = {"dir": os.path.abspath(args.official_dir),
                              "commit": official_commit(args.official_dir),
                              "torch_python": args.torch_python,
-                             "malloc": args.official_malloc or "the C library's"}
+                             "malloc": args.official_malloc or common.SYSTEM_MALLOC}
     payload = run.finish(rows + medians, {"rounds": COLUMNS, "summary": SUMMARY_COLUMNS})
     print(f"\nratio of medians (muse-tf / official): {ratio}x examples/s")
     return payload

@@ -287,6 +287,10 @@ def _dense_start():
     return [rng.normal(size=shape) for shape in DENSE_SHAPES]
 
 
+def _dense_weights():
+    return [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
+
+
 def _dense_gradients(steps=5, seed=5):
     rng = np.random.default_rng(seed)
     return [[rng.normal(size=shape) for shape in DENSE_SHAPES] for _ in range(steps)]
@@ -294,7 +298,7 @@ def _dense_gradients(steps=5, seed=5):
 
 def _run_dense(optimizer, gradients, mode):
     """``gradients`` applied to ``_dense_start()``: eagerly, in a tf.function or compiled by XLA."""
-    weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
+    weights = _dense_weights()
 
     def apply(*grads):
         optimizer.apply_gradients(zip(grads, weights))
@@ -332,7 +336,7 @@ def _op_types(function) -> list[str]:
 
 
 def test_the_fused_update_is_one_kernel_per_weight():
-    weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
+    weights = _dense_weights()
     optimizer = dense_optimizer("adamw", LR)
     apply = tf.function(lambda *grads: optimizer.apply_gradients(zip(grads, weights)))
     types = _op_types(apply.get_concrete_function(*[tf.TensorSpec(s) for s in DENSE_SHAPES]))
@@ -349,7 +353,7 @@ def test_the_fused_update_reads_a_checkpoint_of_tf_keras_adamw(tmp_path):
     before_optimizer = make[1]()
     before = _run_dense(before_optimizer, gradients[:3], "graph")
     path = tf.train.Checkpoint(weights=before, optimizer=before_optimizer).save(str(tmp_path / "c"))
-    weights = [tf.Variable(w, dtype=tf.float32) for w in _dense_start()]
+    weights = _dense_weights()
     optimizer = make[0]()
     optimizer.build(weights)
     tf.train.Checkpoint(weights=weights, optimizer=optimizer).restore(path).assert_consumed()

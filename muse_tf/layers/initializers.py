@@ -30,5 +30,5 @@ class InPlaceRandomNormal(tf_keras.initializers.RandomNormal):
         # A new function per call: its Python (tf-keras's seed bookkeeping) runs once, as eagerly.
         # Traced by get_concrete_function: calling the tf.function itself would warn of retracing
         # from the fifth table on.
-        function = tf.function(lambda dims: draw(dims, dtype, **kwargs), autograph=False)
+        function = tf.function(lambda shape_tensor: draw(shape_tensor, dtype, **kwargs), autograph=False)
         return function.get_concrete_function(dims)(dims)
