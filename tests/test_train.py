@@ -469,6 +469,22 @@ def test_a_damaged_test_shard_is_named(dataset, tmp_path):
                               str(tmp_path / "eval"))
 
 
+def test_a_truncated_multimodal_table_ends_in_one_line_naming_it(dataset, tmp_path, capsys):
+    """The table is loaded after the run directory is started: once the file is whole again, the
+    same command trains in the same directory."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    table = damaged / dataset_dir.MULTIMODAL_TABLE
+    content = table.read_bytes()
+    table.write_bytes(content[: len(content) // 2])
+    argv = ["--data", str(damaged), "--model-dir", str(tmp_path / "run"), "--verbose", "0",
+            "--no-eval", "--no-export", "--set", "train.warn_below_steps=0", *TINY]
+    assert_usage_error(capsys, train.main, "muse_tf.train",
+                       f"{re.escape(str(table))} is not a readable .npy array", argv)
+    table.write_bytes(content)
+    assert train.main(argv)["steps_run"] > 0
+
+
 def test_an_empty_training_split_is_refused_not_waited_on(dataset, tmp_path):
     """A dataset whose training split holds no sample (an older conversion could write one) stops
     with a message before fitting; with no sample to repeat, fit would never return."""

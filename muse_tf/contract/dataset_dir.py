@@ -132,11 +132,20 @@ def load_vocabulary(data_dir: str, name: str) -> np.ndarray:
 
 
 def _load_npy(path: str) -> np.ndarray:
-    """``np.load`` for local and remote (gs://, s3://, ...) paths; local files are memory-mapped."""
-    if "://" not in path:
-        return np.load(path, mmap_mode="r")
-    with _gfile().GFile(path, "rb") as f:
-        return np.load(io.BytesIO(f.read()))
+    """``np.load`` for local and remote (gs://, s3://, ...) paths; local files are memory-mapped.
+
+    Raises:
+        DatasetError: naming a file that is not a whole ``.npy`` array (truncated, or another kind).
+    """
+    try:
+        if "://" not in path:
+            return np.load(path, mmap_mode="r")
+        with _gfile().GFile(path, "rb") as f:
+            return np.load(io.BytesIO(f.read()))
+    except (ValueError, EOFError) as e:
+        raise DatasetError(f"{path} is not a readable .npy array ({e}): the conversion wrote it "
+                           f"damaged or something replaced it; re-run the conversion "
+                           f"({CONVERT_COMMAND}).") from e
 
 
 def load_vocabularies(data_dir: str, spec: FeatureSpec | None = None) -> dict[str, np.ndarray]:
