@@ -93,6 +93,9 @@ def _wait_until_ready(server: LocalServer, model_name: str, timeout_s: float) ->
     """Returns once gRPC (and REST, if on) answer; raises with the log's tail otherwise."""
     deadline = time.time() + timeout_s
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    # One future, cancelled before the channel closes: a future left waiting keeps a thread polling
+    # the channel, which then raises "Channel closed" in the background.
+    ready = grpc.channel_ready_future(channel)
     try:
         rest_url = f"http://127.0.0.1:{server.rest_port}/v1/models/{model_name}"
         while True:
@@ -103,13 +106,14 @@ def _wait_until_ready(server: LocalServer, model_name: str, timeout_s: float) ->
                 raise TimeoutError(f"serving.server did not start in {timeout_s:.0f} s:\n"
                                    f"{_log_tail(server.log_path)}")
             try:
-                grpc.channel_ready_future(channel).result(timeout=2)
+                ready.result(timeout=2)
                 if not server.rest_port or requests.get(rest_url, timeout=2).ok:
                     return
             except (grpc.FutureTimeoutError, requests.ConnectionError):
                 pass
             time.sleep(0.2)
     finally:
+        ready.cancel()
         channel.close()
 
 
