@@ -1,6 +1,7 @@
 """The run directory: a finished run's model comes back whole, or is refused naming what is missing;
 one process at a time works in it; it is scored only with its own config and dataset."""
 
+import concurrent.futures
 import dataclasses
 import glob
 import hashlib
@@ -11,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -198,6 +200,36 @@ def test_table_digest_is_read_once_per_version_of_the_file(data_dir, monkeypatch
         rewrite(settled=False)
     assert dataset_dir.multimodal_table_digest(data_dir) == sha256()
     assert len(reads) == 4
+
+
+def test_an_ask_during_the_background_read_of_the_digest_waits_for_it(data_dir, monkeypatch):
+    """The read ``start_multimodal_table_digest`` begins is the one an ask gets: the file is read
+    once, not again by an ask made while it runs; an error is raised by the ask, not lost."""
+    path = os.path.join(data_dir, dataset_dir.MULTIMODAL_TABLE)
+    old = os.stat(path).st_mtime - 60  # settled: remembered once read
+    os.utime(path, (old, old))
+    reads, reading, release = [], threading.Event(), threading.Event()
+    real_open = dataset_dir.open_file
+
+    def gated_open(p, mode="r"):
+        reads.append(threading.current_thread().name)
+        reading.set()
+        assert release.wait(30)
+        return real_open(p, mode)
+
+    monkeypatch.setattr(dataset_dir, "open_file", gated_open)
+    dataset_dir.start_multimodal_table_digest(data_dir)
+    assert reading.wait(30)
+    asked = concurrent.futures.ThreadPoolExecutor(1).submit(dataset_dir.multimodal_table_digest, data_dir)
+    release.set()
+    with open(path, "rb") as f:
+        assert asked.result(30) == hashlib.sha256(f.read()).hexdigest()
+    assert reads == ["multimodal-table-digest"]
+
+    os.remove(path)
+    dataset_dir.start_multimodal_table_digest(data_dir)
+    with pytest.raises(FileNotFoundError, match="multimodal_table.npy"):
+        dataset_dir.multimodal_table_digest(data_dir)
 
 
 def test_starting_over_deletes_the_run_and_nothing_else(data_dir, tmp_path):

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -52,6 +53,8 @@ _TFIO_TENSORFLOW = "2.16"
 # multimodal_table_digest's memory: path -> (the file's version, its digest).
 _TABLE_DIGESTS: dict[str, tuple[tuple, str]] = {}
 _SETTLED_SECONDS = 2.0
+# Held while a digest is read: an ask during a read in the background waits for its result.
+_DIGEST_LOCK = threading.Lock()
 
 
 class DatasetError(cli.UsageError, ValueError):
@@ -194,7 +197,25 @@ def multimodal_table_digest(data_dir: str) -> str:
     each read takes ~1 s per GB. As in git's index, a file modified less than
     ``_SETTLED_SECONDS`` before it was read is read again next time: file times are coarse
     (a clock tick), so a rewrite within the same tick would keep them."""
-    path = os.path.join(data_dir, MULTIMODAL_TABLE)
+    with _DIGEST_LOCK:
+        return _read_table_digest(os.path.join(data_dir, MULTIMODAL_TABLE))
+
+
+def start_multimodal_table_digest(data_dir: str) -> None:
+    """Starts reading ``multimodal_table_digest`` in a background thread, so that the first ask
+    finds it read: hashing releases the GIL, and the work before the ask (building the model,
+    loading the table) leaves a core idle much of the time (at 10M rows the read is ~1 s). Any
+    error is left to that ask, which reads the file again and raises it."""
+
+    def read() -> None:
+        with contextlib.suppress(Exception):
+            multimodal_table_digest(data_dir)
+
+    threading.Thread(target=read, name="multimodal-table-digest", daemon=True).start()
+
+
+def _read_table_digest(path: str) -> str:
+    """``multimodal_table_digest`` of the file at ``path``, its lock held."""
     if "://" in path:
         stat = _gfile().stat(path)
         version, modified_ns = (stat.length, stat.mtime_nsec), stat.mtime_nsec

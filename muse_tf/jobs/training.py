@@ -280,8 +280,8 @@ def fit(
     steps: int,
     verbose: int,
 ) -> dict:
-    """Trains ``steps`` per epoch (resuming from the backup, if any) and saves the final weights
-    of every worker.
+    """Builds the model, records the run's start (the chief, ``RunDir.start``), trains ``steps``
+    per epoch (resuming from the backup, if any) and saves the final weights of every worker.
 
     Returns:
         Steps taken and expected, the resume point, training time and replicas.
@@ -289,6 +289,8 @@ def fit(
     with strategy.scope():
         model = runs.build_model(experiment, dataset_dir.load_multimodal_table(data_dir))
         compile_model(model, experiment, steps * experiment.train.epochs)
+    if distribute.is_chief():  # after the build, which the table's digest is read beside (run)
+        run_dir.start(experiment, data_dir)
     parameter_server = distribute.is_parameter_server(strategy)
     callbacks = make_callbacks(run_dir, experiment, data_dir, epoch_level=parameter_server)
     # The backups, per-epoch and final weights leave out the frozen table (loaded above from the
@@ -376,6 +378,7 @@ def run(
     # Before other TensorFlow work.
     strategy = strategy or distribute.make_strategy(experiment.train.ps_min_shard_bytes)
     dataset_dir.ensure_filesystems([data_dir])
+    dataset_dir.start_multimodal_table_digest(data_dir)  # the run's record of its frozen table
     experiment = dataclasses.replace(experiment, model=fit_to_dataset(experiment.model, data_dir))
     # An empty split, a hold-out that leaves no sample or a missing validation split fails
     # before the run starts.
@@ -417,8 +420,6 @@ def _train_or_resume(
         return {key: value for key, value in trained.items() if key != "config_sha256"}
     if not run_dir.has_backup():
         run_dir.worker().discard_attempt()
-    if chief:
-        run_dir.start(experiment, data_dir)
     steps = steps_per_epoch(experiment.train, samples, global_batch)
     where = (f"run directory {run_dir.root}" if chief else
              f"as {distribute.task_name()} of the cluster (the chief writes the run directory)")
