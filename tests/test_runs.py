@@ -220,11 +220,14 @@ def test_an_ask_during_the_background_read_of_the_digest_waits_for_it(data_dir, 
     monkeypatch.setattr(dataset_dir, "open_file", gated_open)
     dataset_dir.start_multimodal_table_digest(data_dir)
     assert reading.wait(30)
-    asked = concurrent.futures.ThreadPoolExecutor(1).submit(dataset_dir.multimodal_table_digest, data_dir)
-    release.set()
-    with open(path, "rb") as f:
-        assert asked.result(30) == hashlib.sha256(f.read()).hexdigest()
-    assert reads == ["multimodal-table-digest"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(dataset_dir.multimodal_table_digest, data_dir)
+        # Time for an ask that did not wait to reach the file (and be counted) before the release.
+        assert not concurrent.futures.wait([asked], timeout=0.5).done
+        release.set()
+        with open(path, "rb") as f:
+            assert asked.result(30) == hashlib.sha256(f.read()).hexdigest()
+    assert len(reads) == 1
 
     os.remove(path)
     dataset_dir.start_multimodal_table_digest(data_dir)
