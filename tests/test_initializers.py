@@ -1,5 +1,6 @@
 """InPlaceRandomNormal against tf-keras's RandomNormal: the same values on every path it takes
-(eagerly, in a graph, a shard of a sharded variable, seeded or not), and through serialization."""
+(eagerly, in a graph, a shard of a sharded variable, seeded or not), and through serialization;
+zeros for tables to be restored."""
 
 import logging
 
@@ -10,6 +11,7 @@ import tf_keras
 
 from muse_tf.jobs import seeding
 from muse_tf.layers import InPlaceRandomNormal
+from muse_tf.layers.initializers import tables_to_be_restored
 from muse_tf.models.branches import EmbeddingBranch
 
 
@@ -63,6 +65,20 @@ def test_many_tables_draw_without_retracing_warnings(caplog):
         for rows in range(1, 9):
             InPlaceRandomNormal(stddev=0.1, seed=rows)((rows, 4))
     assert "retracing" not in caplog.text
+
+
+def test_tables_to_be_restored_are_zeros_and_draws_resume_after():
+    """Inside ``tables_to_be_restored`` (nested too) a table is zeros of its shape and dtype (a
+    shard's, for a sharded variable); after the block, tf-keras's draws again."""
+    initializer = InPlaceRandomNormal(stddev=0.1, seed=5)
+    with tables_to_be_restored():
+        with tables_to_be_restored():
+            inner = initializer((6, 3), "float64")
+        outer = initializer((40, 4), partition_shape=(10, 4), partition_offset=(10, 0))
+    assert inner.dtype == tf.float64 and inner.shape == (6, 3) and not np.any(inner.numpy())
+    assert outer.shape == (10, 4) and not np.any(outer.numpy())
+    drawn = tf_keras.initializers.RandomNormal(stddev=0.1, seed=5)((6, 3))
+    np.testing.assert_array_equal(initializer((6, 3)), drawn)
 
 
 def test_serialization_round_trip():

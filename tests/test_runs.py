@@ -17,6 +17,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 import yaml
 
 from muse_tf import cli, evaluate, export
@@ -49,9 +50,15 @@ def _fake_backup(run):
         f.write("model_checkpoint_path: \"ckpt-1\"\n")
 
 
-def test_a_finished_run_rebuilds_its_model(case, tmp_path):
+def test_a_finished_run_rebuilds_its_model(case, tmp_path, monkeypatch):
+    """Every weight comes back, and no ID table is drawn at random only to be overwritten."""
     run = _finished_run(tmp_path, case, case.model.config)
+    draws = []
+    draw = tf_keras.initializers.RandomNormal.__call__
+    monkeypatch.setattr(tf_keras.initializers.RandomNormal, "__call__",
+                        lambda self, *args, **kwargs: draws.append(args) or draw(self, *args, **kwargs))
     model, experiment = runs.load_trained_model(run.root)
+    assert draws == []
     assert experiment.model == case.model.config
     def names(variables):  # without the model's own (uniquified) name
         return [v.name.split("/", 1)[-1] for v in variables]

@@ -48,6 +48,7 @@ from muse_tf.config import ExperimentConfig, from_dict, load_yaml
 from muse_tf.contract import dataset_dir, features, lock, strict_json
 from muse_tf.contract.feature_spec import FeatureSpec
 from muse_tf.jobs import distribute
+from muse_tf.layers.initializers import tables_to_be_restored
 from muse_tf.models import MuseModel
 
 START_OVER_FLAG = "--overwrite"
@@ -442,8 +443,11 @@ def load_trained_model(
             cover the model, or the dataset's table is not the run's.
     """
     run, experiment = check_trained_run(model_dir, data_dir)
-    table = dataset_dir.load_multimodal_table(run.frozen_table_dataset(data_dir))
-    model = build_model(experiment, table)
+    if data_dir:  # frozen_table_dataset's first candidate, read beside the build
+        dataset_dir.start_multimodal_table_digest(data_dir)
+    with tables_to_be_restored():  # load_weights_covering restores every ID table
+        model = build_model(experiment)
+    model.set_multimodal_table(dataset_dir.load_multimodal_table(run.frozen_table_dataset(data_dir)))
     load_weights_covering(model, run.final_weights)
     return model, experiment
 

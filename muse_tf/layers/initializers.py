@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 import tf_keras
+
+# Whether tables_to_be_restored's block is open, per thread.
+_RESTORING = threading.local()
+
+
+@contextlib.contextmanager
+def tables_to_be_restored() -> Iterator[None]:
+    """Inside the block, ``InPlaceRandomNormal`` gives zeros instead of drawing: for a model built
+    only to have every weight restored (``runs.load_trained_model``), where the draw (10M x 16:
+    1.1-1.5 s on two cores) would be overwritten unread. Zeros, not uninitialised memory: its
+    pages are touched once either way, by the zeros or else by the restore."""
+    outer = getattr(_RESTORING, "active", False)
+    _RESTORING.active = True
+    try:
+        yield
+    finally:
+        _RESTORING.active = outer
 
 
 @tf_keras.utils.register_keras_serializable(package="muse_tf")
@@ -26,6 +45,8 @@ class InPlaceRandomNormal(tf_keras.initializers.RandomNormal):
             return super().__call__(shape, dtype, **kwargs)
         draw = super().__call__
         shape = kwargs.pop("partition_shape", shape)  # a shard's shape (sharded variables)
+        if getattr(_RESTORING, "active", False):
+            return tf.zeros(shape, dtype or tf_keras.backend.floatx())
         dims = tf.constant(tf.TensorShape(shape).as_list(), tf.int64)
         # A new function per call: its Python (tf-keras's seed bookkeeping) runs once, as eagerly.
         # Traced by get_concrete_function: calling the tf.function itself would warn of retracing
