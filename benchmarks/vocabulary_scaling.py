@@ -22,9 +22,11 @@ occur (a larger item table and multimodal table, the same samples), in a fresh p
 * ``train_s``: the job's ``train_seconds`` (``fit`` from its first callback to its last, backups
   included); ``run_s``: the whole ``training.run`` call without evaluation and export (dataset and
   table digests, model creation, table load, ``fit``, final weights);
-* ``setup_s``: model creation and table load (``runs.build_model``); ``written_mb``: what the run
-  directory holds once training ends (final weights, any backup, logs); ``ratio_to_smallest``:
-  ``run_s`` over the smallest size's;
+* ``setup_s``: model creation and table load (``runs.build_model``); ``load_s``: loading the
+  trained model afterwards as evaluation and export do (``runs.load_trained_model``, same
+  process: the table's digest already read); ``written_mb``: what the run directory holds once
+  training ends (final weights, any backup, logs); ``ratio_to_smallest``: ``run_s`` over the
+  smallest size's;
 * ``user_s``, ``kernel_s``: the CPU time of the ``training.run`` call in user code and in the kernel
   (all threads); the kernel's share is mostly handing out fresh memory (every table, moment and
   file written is memory touched for the first time), which ``first_touch_mb_s``, measured just
@@ -41,8 +43,8 @@ from benchmarks import common
 
 COLUMNS = ["items", "embedding_optimizer", "step_p50_ms", "examples_per_s", "ratio_to_smallest",
            "first_step_s", "whole_run_examples_per_s", "peak_rss_mb", "steps"]
-RUN_COLUMNS = ["items", "train_s", "run_s", "ratio_to_smallest", "setup_s", "user_s", "kernel_s",
-               "first_touch_mb_s", "steps", "written_mb", "peak_rss_mb"]
+RUN_COLUMNS = ["items", "train_s", "run_s", "ratio_to_smallest", "setup_s", "load_s", "user_s",
+               "kernel_s", "first_touch_mb_s", "steps", "written_mb", "peak_rss_mb"]
 OPTIMIZERS = ("adam", "sparse_adam")
 SIZES = (20_000, 1_000_000, 10_000_000)
 
@@ -153,9 +155,13 @@ def run_child(items: int, work_dir: str) -> dict:
         result = training.run(experiment, data_dir, model_dir, evaluate=False, export=False, verbose=0)
         whole = time.perf_counter() - started
         user_after, kernel_after = common.cpu_seconds()
+        setup_s = setup["seconds"]
+        started = time.perf_counter()
+        runs.load_trained_model(model_dir, data_dir)
+        load_s = time.perf_counter() - started
     return {
         "items": items, "train_s": result["train_seconds"], "run_s": round(whole, 1),
-        "setup_s": round(setup["seconds"], 1), "steps": result["steps_run"],
+        "setup_s": round(setup_s, 1), "load_s": round(load_s, 1), "steps": result["steps_run"],
         "written_mb": round(written[0] / 2**20, 1), "user_s": round(user_after - user, 1),
         "kernel_s": round(kernel_after - kernel, 1), "first_touch_mb_s": first_touch,
     }

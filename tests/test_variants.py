@@ -16,6 +16,7 @@ import pytest
 from muse_tf.config import VARIANTS, ModelConfig
 from muse_tf.contract import features
 from muse_tf.contract.feature_spec import TAOBAO_MM
+from muse_tf.jobs import seeding
 from muse_tf.layers import LinearTargetAttention, TargetAttention
 from muse_tf.models import MuseModel
 
@@ -25,6 +26,7 @@ TIERS = 22  # SimTier of eps 0.1
 
 
 def build(variant, seed=0, **overrides):
+    seeding.set_seed(seed)  # the weights, whatever ran before in the process
     cfg = ModelConfig(variant=variant, vocab_sizes={name: VOCAB for name in TAOBAO_MM.vocabularies},
                       embedding_dim=D, top_k=K, recent_length=R, mlp_units=[16, 8],
                       din_attention_units=[8], **overrides)

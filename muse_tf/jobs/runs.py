@@ -33,6 +33,7 @@ start, of any config, begins afresh).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -443,6 +444,9 @@ def load_trained_model(
             cover the model, or the dataset's table is not the run's.
     """
     run, experiment = check_trained_run(model_dir, data_dir)
+    # A model trained in this process (evaluation after training) is garbage by now, but Keras
+    # models hold reference cycles: collected first, its tables make room for this one's.
+    gc.collect()
     if data_dir:  # frozen_table_dataset's first candidate, read beside the build
         dataset_dir.start_multimodal_table_digest(data_dir)
     with tables_to_be_restored():  # load_weights_covering restores every ID table

@@ -13,6 +13,14 @@ import tf_keras
 from muse_tf.layers.mlp import MLP, dense_initializers
 
 
+def silu(x: tf.Tensor) -> tf.Tensor:
+    """SiLU, x * sigmoid(x), differentiated by autodiff. ``tf.nn.silu``'s custom gradient is kept
+    in TensorFlow's global gradient registry with the graph it was traced in
+    (tensorflow/tensorflow#97697): each model trained in a process then stayed in memory with
+    its tables and optimizer slots, e.g. the trained model beside the one evaluation loads."""
+    return x * tf.sigmoid(x)
+
+
 def masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Softmax over the last axis among ``mask``-True positions; a row with none gives zeros.
 
@@ -71,9 +79,9 @@ class SemanticAwareTargetAttention(tf_keras.layers.Layer):
         self.heads = heads
         self.semantic = semantic
         self.tau_init = tau_init
-        self.query_dense = tf_keras.layers.Dense(units, activation="silu", name="query")
-        self.key_dense = tf_keras.layers.Dense(units, activation="silu", name="key")
-        self.value_dense = tf_keras.layers.Dense(units, activation="silu", name="value")
+        self.query_dense = tf_keras.layers.Dense(units, activation=silu, name="query")
+        self.key_dense = tf_keras.layers.Dense(units, activation=silu, name="key")
+        self.value_dense = tf_keras.layers.Dense(units, activation=silu, name="value")
 
     def build(self, input_shape: tf.TensorShape | None = None) -> None:
         if self.semantic:

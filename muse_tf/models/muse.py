@@ -225,9 +225,15 @@ class MuseModel(tfrs.models.Model):
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
         groups = self._optimizer_groups()
         gradients = tape.gradient(loss, [v for _, variables in groups for v in variables])
+        # One replica has nothing to sum across replicas; tf-keras's sum would still wrap the
+        # dense gradients in tf.distribute's all-reduce, whose custom gradient keeps the traced
+        # step, and through it every variable, in TensorFlow's gradient registry for good
+        # (tensorflow/tensorflow#97697; also ``layers.attention.silu``).
+        aggregate = tf.distribute.get_replica_context().num_replicas_in_sync > 1
         start = 0
         for optimizer, variables in groups:
-            optimizer.apply_gradients(zip(gradients[start : start + len(variables)], variables))
+            optimizer.apply_gradients(zip(gradients[start : start + len(variables)], variables),
+                                      experimental_aggregate_gradients=aggregate)
             start += len(variables)
         return {metric.name: metric.result() for metric in self.metrics}
 
