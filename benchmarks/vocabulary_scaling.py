@@ -155,7 +155,7 @@ def run_child(items: int, work_dir: str) -> dict:
         result = training.run(experiment, data_dir, model_dir, evaluate=False, export=False, verbose=0)
         whole = time.perf_counter() - started
         user_after, kernel_after = common.cpu_seconds()
-        setup_s = setup["seconds"]
+        setup_s = setup["seconds"]  # before the load's own build_model replaces it
         started = time.perf_counter()
         runs.load_trained_model(model_dir, data_dir)
         load_s = time.perf_counter() - started

@@ -470,7 +470,7 @@ def test_a_damaged_test_shard_is_named(dataset, tmp_path):
 
 
 def test_a_truncated_multimodal_table_ends_in_one_line_naming_it(dataset, tmp_path, capsys):
-    """The table is loaded after the run directory is started: once the file is whole again, the
+    """The table is loaded before the run records its start: once the file is whole again, the
     same command trains in the same directory."""
     damaged = tmp_path / "damaged"
     shutil.copytree(dataset, damaged)

@@ -43,10 +43,10 @@ class InPlaceRandomNormal(tf_keras.initializers.RandomNormal):
                  **kwargs) -> tf.Tensor:
         if not tf.executing_eagerly() or "layout" in kwargs:
             return super().__call__(shape, dtype, **kwargs)
-        draw = super().__call__
         shape = kwargs.pop("partition_shape", shape)  # a shard's shape (sharded variables)
         if getattr(_RESTORING, "active", False):
             return tf.zeros(shape, dtype or tf_keras.backend.floatx())
+        draw = super().__call__
         dims = tf.constant(tf.TensorShape(shape).as_list(), tf.int64)
         # A new function per call: its Python (tf-keras's seed bookkeeping) runs once, as eagerly.
         # Traced by get_concrete_function: calling the tf.function itself would warn of retracing
