@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from muse_tf import evaluate, train
 from muse_tf.config import ExperimentConfig, TrainConfig
 from muse_tf.contract import dataset_dir
 from muse_tf.data import reader
-from muse_tf.jobs import backup, evaluation, metrics, scoring, training
+from muse_tf.jobs import backup, distribute, evaluation, metrics, scoring, training
 from muse_tf.jobs.runs import RunDir, build_model, load_trained_model
 from tests.cli_helpers import assert_usage_error
 
@@ -279,6 +280,24 @@ def test_a_killed_run_resumes_from_its_backup(dataset, tmp_path):
             f"step {result['resumed_from_step']} of 80)") in proc.stdout, proc.stdout[-2000:]
 
 
+@pytest.mark.parametrize("chief", [True, False])
+def test_the_chief_reads_the_tables_digest_and_a_fresh_worker_does_not(
+    dataset, tmp_path, monkeypatch, chief
+):
+    """The chief records the frozen table's digest (``dataset.json``) and a resume checks it; a
+    worker of a cluster starting afresh needs it for neither, so it leaves the table (1.3 GB at 10M
+    item rows) unread."""
+    asked = []
+    monkeypatch.setattr(dataset_dir, "start_multimodal_table_digest", asked.append)
+    monkeypatch.setattr(dataset_dir, "multimodal_table_digest",
+                        lambda data_dir: asked.append(data_dir) or "")
+    monkeypatch.setattr(distribute, "is_chief", lambda: chief)
+    monkeypatch.setattr(distribute, "task_name", lambda: "chief-0" if chief else "worker-1")
+    train.main(["--data", dataset, "--model-dir", str(tmp_path / "run"), "--verbose", "0",
+                "--no-export", "--no-eval", "--set", "train.steps_per_epoch=2", *TINY])
+    assert bool(asked) == chief
+
+
 def test_training_logs_no_slow_callback_warning(dataset, tmp_path):
     """Keras times the step hooks of the first five steps; TensorBoard's one-off work after the
     first step outlasted a small model's steps."""
@@ -309,8 +328,6 @@ class _SnapshotThenKill:
     (``at_step=None``), then ends training as a kill would."""
 
     def __init__(self, at_step=None):
-        import tf_keras
-
         snapshot = self.snapshot = {}
 
         def record(model):
@@ -340,7 +357,8 @@ def test_a_run_killed_after_a_backup_resumes_bit_exact_without_the_table_in_it(
 ):
     """The backup leaves the frozen multimodal table out (its bytes are not written), yet the
     resumed state (every weight, the table reloaded from the dataset, every optimizer moment and
-    counter) equals the backed-up state bit for bit."""
+    counter) equals the backed-up state bit for bit; no ID table is drawn at random only for the
+    backup to overwrite it."""
     model_dir = tmp_path / "run"
     make_callbacks = training.make_callbacks
 
@@ -362,7 +380,12 @@ def test_a_run_killed_after_a_backup_resumes_bit_exact_without_the_table_in_it(
                                                                       "chief"))]
     assert not [name for name in names if "multimodal" in name]
     assert any("tables/item/" in name for name in names)
+    draws = []
+    draw = tf_keras.initializers.RandomNormal.__call__
+    monkeypatch.setattr(tf_keras.initializers.RandomNormal, "__call__",
+                        lambda self, *args, **kwargs: draws.append(args) or draw(self, *args, **kwargs))
     restored = run_until(_SnapshotThenKill())
+    assert draws == []
     table = dataset_dir.load_multimodal_table(dataset)
     assert restored.keys() == backed_up.keys(), set(restored) ^ set(backed_up)
     for name, value in backed_up.items():

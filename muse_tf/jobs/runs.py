@@ -390,10 +390,15 @@ def dummy_inputs(spec: FeatureSpec, rows: int = 1, length: int = 1) -> dict[str,
     return inputs
 
 
-def build_model(experiment: ExperimentConfig, table: np.ndarray | None = None) -> MuseModel:
-    """A MuseModel with its variables created and, when given, the multimodal table loaded."""
+def build_model(
+    experiment: ExperimentConfig, table: np.ndarray | None = None, *, restored: bool = False
+) -> MuseModel:
+    """A MuseModel with its variables created and, when given, the multimodal table loaded.
+    ``restored``: every ID table is overwritten next (trained weights, a backup), so none is drawn
+    (``tables_to_be_restored``)."""
     model = MuseModel(experiment.model)
-    model(dummy_inputs(experiment.model.features))
+    with tables_to_be_restored() if restored else contextlib.nullcontext():
+        model(dummy_inputs(experiment.model.features))
     if table is not None:
         model.set_multimodal_table(np.asarray(table))
     return model
@@ -449,8 +454,7 @@ def load_trained_model(
     gc.collect()
     if data_dir:  # frozen_table_dataset's first candidate, read beside the build
         dataset_dir.start_multimodal_table_digest(data_dir)
-    with tables_to_be_restored():  # load_weights_covering restores every ID table
-        model = build_model(experiment)
+    model = build_model(experiment, restored=True)  # load_weights_covering restores every table
     model.set_multimodal_table(dataset_dir.load_multimodal_table(run.frozen_table_dataset(data_dir)))
     load_weights_covering(model, run.final_weights)
     return model, experiment

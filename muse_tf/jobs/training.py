@@ -286,8 +286,9 @@ def fit(
     Returns:
         Steps taken and expected, the resume point, training time and replicas.
     """
-    with strategy.scope():
-        model = runs.build_model(experiment, dataset_dir.load_multimodal_table(data_dir))
+    with strategy.scope():  # a resume's backup overwrites every ID table
+        model = runs.build_model(experiment, dataset_dir.load_multimodal_table(data_dir),
+                                 restored=run_dir.has_backup())
         compile_model(model, experiment, steps * experiment.train.epochs)
     if distribute.is_chief():  # after the build, which the table's digest is read beside (run)
         run_dir.start(experiment, data_dir)
@@ -378,15 +379,16 @@ def run(
     # Before other TensorFlow work.
     strategy = strategy or distribute.make_strategy(experiment.train.ps_min_shard_bytes)
     dataset_dir.ensure_filesystems([data_dir])
-    dataset_dir.start_multimodal_table_digest(data_dir)  # the run's record of its frozen table
+    run_dir = runs.RunDir(model_dir)
+    chief = distribute.is_chief()
+    if chief or run_dir.has_backup():  # the run's record of its frozen table; a resume's check
+        dataset_dir.start_multimodal_table_digest(data_dir)
     experiment = dataclasses.replace(experiment, model=fit_to_dataset(experiment.model, data_dir))
     # An empty split, a hold-out that leaves no sample or a missing validation split fails
     # before the run starts.
     samples = training_samples(data_dir, experiment.train)
     validation.check_samples(data_dir, experiment.train)
     global_batch = experiment.train.global_batch_size(strategy.num_replicas_in_sync)
-    run_dir = runs.RunDir(model_dir)
-    chief = distribute.is_chief()
     with run_dir.worker().hold():  # the chief's is the run directory's, a worker's its own
         result = _train_or_resume(strategy, experiment, data_dir, run_dir, samples, global_batch,
                                   overwrite, verbose)
