@@ -31,6 +31,12 @@ occur (a larger item table and multimodal table, the same samples), in a fresh p
   (all threads); the kernel's share is mostly handing out fresh memory (every table, moment and
   file written is memory touched for the first time), which ``first_touch_mb_s``, measured just
   before the call (``common.first_touch_mb_per_s``), prices on the machine at hand.
+
+The ``resume`` table times the same job resumed from a backup: a first process trains with a backup
+every ``RESUME_BACKUP_STEPS`` steps and stops after step ``RESUME_STOP_STEP``, as a kill would;
+a fresh one then runs the job again in the same run directory (``setup_s``: its model creation,
+ID tables included, which the backup then overwrites; ``run_s``: the whole ``training.run`` call,
+restore and the remaining steps included).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ COLUMNS = ["items", "embedding_optimizer", "step_p50_ms", "examples_per_s", "rat
            "first_step_s", "whole_run_examples_per_s", "peak_rss_mb", "steps"]
 RUN_COLUMNS = ["items", "train_s", "run_s", "ratio_to_smallest", "setup_s", "load_s", "user_s",
                "kernel_s", "first_touch_mb_s", "steps", "written_mb", "peak_rss_mb"]
+RESUME_COLUMNS = ["items", "setup_s", "run_s", "resumed_from_step", "steps"]
+RESUME_BACKUP_STEPS, RESUME_STOP_STEP = 20, 30
 OPTIMIZERS = ("adam", "sparse_adam")
 SIZES = (20_000, 1_000_000, 10_000_000)
 
@@ -117,18 +125,21 @@ def padded_dataset(data_dir: str, items: int, work_dir: str) -> str:
     return target
 
 
-def run_child(items: int, work_dir: str) -> dict:
-    """The training job (default backups) on the default run's dataset padded to ``items`` rows."""
-    import os
-    import tempfile
-
+def default_job(items: int, work_dir: str) -> tuple:
+    """The embedded default run's config and its dataset padded to ``items`` rows."""
     from muse_tf.config import ExperimentConfig, from_dict, load_yaml, packaged_config_path
     from muse_tf.data.synthetic_dataset import ensure_default_dataset
-    from muse_tf.jobs import runs, training
 
     experiment = from_dict(ExperimentConfig, load_yaml(packaged_config_path()))
     data_dir = ensure_default_dataset(work_dir, None, experiment.train.history_length)
-    data_dir = padded_dataset(data_dir, items, work_dir)
+    return experiment, padded_dataset(data_dir, items, work_dir)
+
+
+def time_model_builds() -> dict:
+    """From now on, ``setup["seconds"]`` of the returned dict holds the last ``runs.build_model``
+    call's time."""
+    from muse_tf.jobs import runs
+
     build_model = runs.build_model
     setup = {}
 
@@ -139,6 +150,18 @@ def run_child(items: int, work_dir: str) -> dict:
         return model
 
     runs.build_model = timed_build
+    return setup
+
+
+def run_child(items: int, work_dir: str) -> dict:
+    """The training job (default backups) on the default run's dataset padded to ``items`` rows."""
+    import os
+    import tempfile
+
+    from muse_tf.jobs import runs, training
+
+    experiment, data_dir = default_job(items, work_dir)
+    setup = time_model_builds()
     written = []
     finish = runs.RunDir.finish
 
@@ -167,20 +190,65 @@ def run_child(items: int, work_dir: str) -> dict:
     }
 
 
+def resume_child(items: int, work_dir: str, stage: str) -> dict:
+    """``stage`` "stop": the job with a backup every ``RESUME_BACKUP_STEPS`` steps, stopped after
+    step ``RESUME_STOP_STEP`` once its backups are written; "resume": the same job again, in the
+    same run directory."""
+    import dataclasses
+    import os
+    import shutil
+
+    import tf_keras
+
+    from muse_tf.jobs import backup, training
+
+    experiment, data_dir = default_job(items, work_dir)
+    experiment = dataclasses.replace(experiment, train=dataclasses.replace(
+        experiment.train, backup_every_steps=RESUME_BACKUP_STEPS))
+    model_dir = os.path.join(work_dir, f"resume-{items}")
+    if stage == "resume":
+        setup = time_model_builds()
+        started = time.perf_counter()
+        result = training.run(experiment, data_dir, model_dir, evaluate=False, export=False, verbose=0)
+        whole = time.perf_counter() - started
+        shutil.rmtree(model_dir)
+        return {"items": items, "setup_s": round(setup["seconds"], 1), "run_s": round(whole, 1),
+                "resumed_from_step": result["resumed_from_step"], "steps": result["steps_run"]}
+
+    class Stopped(Exception):
+        pass
+
+    class Stop(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == RESUME_STOP_STEP:
+                raise Stopped()
+
+    make_callbacks = training.make_callbacks
+    training.make_callbacks = lambda *args, **kwargs: [*make_callbacks(*args, **kwargs), Stop()]
+    shutil.rmtree(model_dir, ignore_errors=True)
+    try:
+        training.run(experiment, data_dir, model_dir, evaluate=False, export=False, verbose=0)
+    except Stopped:
+        backup.wait_for_backups()
+    return {"items": items}
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["--child"], ["--run-child"]):
+    if argv[:1] in (["--child"], ["--run-child"], ["--resume-child"]):
         if argv[0] == "--child":
             result = child(int(argv[1]), argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
-        else:
+        elif argv[0] == "--run-child":
             result = run_child(int(argv[1]), argv[2])
+        else:
+            result = resume_child(int(argv[1]), argv[2], argv[3])
         result["peak_rss_mb"] = common.peak_rss_mb()
         print(json.dumps(result))
         return result
     parser = common.base_parser("benchmarks.vocabulary_scaling", __doc__, "vocabulary_scaling.json")
     parser.add_argument("--sizes", nargs="*", type=int, default=list(SIZES), help="item rows")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "run"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "run", "resume"],
                         help="tables not to measure")
     args = parser.parse_args(argv)
     batch, length = (100, 100) if args.quick else (1000, 1000)
@@ -204,7 +272,15 @@ def main(argv: list[str] | None = None) -> dict:
         runs_.append({"table": "run", **result})
         runs_[-1]["ratio_to_smallest"] = round(result["run_s"] / runs_[0]["run_s"], 2)
         print(runs_[-1], flush=True)
-    return run.finish(rows + runs_, {"vocabulary": COLUMNS, "run": RUN_COLUMNS})
+    resumes = []
+    for items in sizes if "resume" not in args.skip else ():
+        for stage in ("stop", "resume"):
+            result = common.run_json_subprocess(
+                "benchmarks.vocabulary_scaling", ["--resume-child", str(items), args.work_dir, stage], 3600)
+        resumes.append({"table": "resume", **result})
+        print(resumes[-1], flush=True)
+    return run.finish(rows + runs_ + resumes,
+                      {"vocabulary": COLUMNS, "run": RUN_COLUMNS, "resume": RESUME_COLUMNS})
 
 
 if __name__ == "__main__":
