@@ -19,7 +19,6 @@ import weakref
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 import yaml
 
 from muse_tf import cli, evaluate, export
@@ -53,15 +52,12 @@ def _fake_backup(run):
         f.write("model_checkpoint_path: \"ckpt-1\"\n")
 
 
-def test_a_finished_run_rebuilds_its_model(case, tmp_path, monkeypatch):
+def test_a_finished_run_rebuilds_its_model(case, tmp_path, random_normal_draws):
     """Every weight comes back, and no ID table is drawn at random only to be overwritten."""
     run = _finished_run(tmp_path, case, case.model.config)
-    draws = []
-    draw = tf_keras.initializers.RandomNormal.__call__
-    monkeypatch.setattr(tf_keras.initializers.RandomNormal, "__call__",
-                        lambda self, *args, **kwargs: draws.append(args) or draw(self, *args, **kwargs))
+    random_normal_draws.clear()
     model, experiment = runs.load_trained_model(run.root)
-    assert draws == []
+    assert random_normal_draws == []
     assert experiment.model == case.model.config
     def names(variables):  # without the model's own (uniquified) name
         return [v.name.split("/", 1)[-1] for v in variables]

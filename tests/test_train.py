@@ -353,7 +353,7 @@ class _SnapshotThenKill:
 
 
 def test_a_run_killed_after_a_backup_resumes_bit_exact_without_the_table_in_it(
-    dataset, tmp_path, monkeypatch
+    dataset, tmp_path, monkeypatch, random_normal_draws
 ):
     """The backup leaves the frozen multimodal table out (its bytes are not written), yet the
     resumed state (every weight, the table reloaded from the dataset, every optimizer moment and
@@ -380,12 +380,9 @@ def test_a_run_killed_after_a_backup_resumes_bit_exact_without_the_table_in_it(
                                                                       "chief"))]
     assert not [name for name in names if "multimodal" in name]
     assert any("tables/item/" in name for name in names)
-    draws = []
-    draw = tf_keras.initializers.RandomNormal.__call__
-    monkeypatch.setattr(tf_keras.initializers.RandomNormal, "__call__",
-                        lambda self, *args, **kwargs: draws.append(args) or draw(self, *args, **kwargs))
+    random_normal_draws.clear()
     restored = run_until(_SnapshotThenKill())
-    assert draws == []
+    assert random_normal_draws == []
     table = dataset_dir.load_multimodal_table(dataset)
     assert restored.keys() == backed_up.keys(), set(restored) ^ set(backed_up)
     for name, value in backed_up.items():

@@ -16,9 +16,10 @@ _RESTORING = threading.local()
 @contextlib.contextmanager
 def tables_to_be_restored() -> Iterator[None]:
     """Inside the block, ``InPlaceRandomNormal`` gives zeros instead of drawing: for a model built
-    only to have every weight restored (``runs.load_trained_model``), where the draw (10M x 16:
-    1.1-1.5 s on two cores) would be overwritten unread. Zeros, not uninitialised memory: its
-    pages are touched once either way, by the zeros or else by the restore."""
+    only to have every weight restored (``runs.build_model(restored=True)``: a finished run's
+    load, a resume from a backup), where the draw (10M x 16: 1.1-1.5 s on two cores) would be
+    overwritten unread. Zeros, not uninitialised memory: its pages are touched once either way, by
+    the zeros or else by the restore."""
     outer = getattr(_RESTORING, "active", False)
     _RESTORING.active = True
     try:
