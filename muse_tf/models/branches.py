@@ -57,6 +57,20 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(values * weights, 1) / tf.maximum(tf.reduce_sum(weights, 1), 1.0)
 
 
+def _gather_rows(rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """``tf.gather(rows, positions)`` for (U, D) rows and (N,) int64 positions, as the product of
+    an (N, U) sparse one-hot matrix with ``rows``: the same values, and a gradient that sums each
+    row's positions by the transposed product. ``tf.gather``'s gradient sums them with
+    UnsortedSegmentSum, ~10x slower on CPU (50K x 16 rows: 5.0 against 0.5 ms on TF 2.21)."""
+    count = tf.size(positions, out_type=tf.int64)
+    one_hot = tf.sparse.SparseTensor(
+        tf.stack([tf.range(count), positions], axis=1),
+        tf.ones([count], rows.dtype),
+        tf.stack([count, tf.shape(rows, out_type=tf.int64)[0]]),
+    )
+    return tf.sparse.sparse_dense_matmul(one_hot, rows)
+
+
 class EmbeddingBranch(tf_keras.layers.Layer):
     """One learned table per vocabulary of the feature spec (``FeatureSpec.vocabularies``); every
     ID lookup of the model goes through ``lookup``, so a sharded or differently optimised table
@@ -95,8 +109,8 @@ class EmbeddingBranch(tf_keras.layers.Layer):
         table = self.tables[self.spec.vocabulary[feature]]
         if in_xla():  # XLA's tf.unique over SIM-soft's B x L history indices: ~80 s a step
             return table(indices)
-        distinct, position = tf.unique(tf.reshape(indices, [-1]))
-        rows = tf.gather(table(distinct), position)
+        distinct, position = tf.unique(tf.reshape(indices, [-1]), out_idx=tf.int64)
+        rows = _gather_rows(table(distinct), position)
         return tf.reshape(rows, tf.concat([tf.shape(indices), [table.output_dim]], 0))
 
     def behaviour(self, items: tf.Tensor, categories: tf.Tensor) -> tf.Tensor:
