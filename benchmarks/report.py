@@ -68,6 +68,16 @@ def train_section(result: dict, before: dict | None) -> list[str]:
             columns = ["part", "before_ms", "p50_ms", "share_of_step"]
         lines += ["Profile of the MUSE step (each piece its own `tf.function`; before = the library "
                   "before this change, same machine):", "", common.format_table(profile, columns), ""]
+    op_time = _rows(result, "op time")
+    if op_time:
+        columns = ["op_type", "ms_per_step", "share_of_op_time"]
+        if before and _rows(before, "op time"):
+            op_time = op_time_beside(op_time, _rows(before, "op time"))
+            columns = ["op_type", "before_ms_per_step", "ms_per_step", "share_of_op_time"]
+        lines += ["Kernel time of the MUSE step by op type (TensorFlow's profiler, the job's "
+                  "optimizers; summed over both threads, so CPU work, not wall time; before = the "
+                  "library before this change, same machine):", "",
+                  common.format_table(op_time, columns), ""]
     if before:
         old = [{**r, "xla": "on" if r["xla"] else "off"} for r in _rows(before, "step")
                if r["variant"] == "muse"]
@@ -75,6 +85,18 @@ def train_section(result: dict, before: dict | None) -> list[str]:
                   common.format_table(old, ["variant", "search", "xla", "examples_per_s",
                                             "step_p50_ms", "steps"]), ""]
     return lines
+
+
+def op_time_beside(rows: list[dict], before: list[dict]) -> list[dict]:
+    """The op-time table with the run before beside it: an op type listed in either run gets a
+    row (blank where it fell under the 1% cut or did not run), the summary rows last."""
+    now = {r["op_type"]: r for r in rows}
+    old = {r["op_type"]: r["ms_per_step"] for r in before}
+    types = [r["op_type"] for r in rows if not r.get("summary")]
+    types += [r["op_type"] for r in before if not r.get("summary") and r["op_type"] not in now]
+    types += [r["op_type"] for r in rows if r.get("summary")]
+    return [{"op_type": t, "before_ms_per_step": old.get(t), "ms_per_step": now.get(t, {}).get("ms_per_step"),
+             "share_of_op_time": now.get(t, {}).get("share_of_op_time")} for t in types]
 
 
 def serving_section(result: dict, before: dict | None) -> list[str]:

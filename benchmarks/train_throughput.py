@@ -3,7 +3,7 @@ batch 1,000 on CPU, with and without XLA, and MUSE with its search precomputed b
 
     python -m benchmarks.train_throughput [--quick] [--output benchmarks/results/train_throughput.json]
 
-Three parts:
+Four parts:
 * **step**: the Keras train step (two Adam optimizers, as ``muse_tf.train``) on one in-memory batch
   shaped like the converted data (8 samples per user share a history), so the input pipeline is
   out of the picture. Examples/s = batch / median step time.
@@ -16,10 +16,15 @@ Three parts:
   returning. The model's outputs on one batch, search in-graph and precomputed, are compared.
 * **profile**: the MUSE step taken apart (forward pieces timed as separate functions; the
   ``ref:`` rows time the per-position way the search worked before, for comparison).
+* **op time**: the MUSE step as the training job compiles it, under TensorFlow's profiler: the
+  kernels' time per step by op type, summed over the threads (work, not wall time), the largest
+  first: where the step's CPU goes, and what a change to it moved.
 """
 
 from __future__ import annotations
 
+import collections
+import glob
 import json
 import os
 import sys
@@ -44,6 +49,8 @@ E2E_COLUMNS = ["variant", "search", "keras_autograph", "batch", "history", "step
                "step_p50_ms", "examples_per_s", "whole_run_examples_per_s", "post_last_step_s"]
 E2E_CASES = (("in-graph", "converted"), ("in-graph", "unconverted"), ("precomputed", "unconverted"))
 PROFILE_COLUMNS = ["part", "p50_ms", "share_of_step"]
+OP_TIME_COLUMNS = ["op_type", "ms_per_step", "share_of_op_time"]
+OP_TIME_MIN_SHARE = 0.01  # op types below 1% of the op time are summed into one row
 
 
 class StepTimer(tf_keras.callbacks.Callback):
@@ -281,6 +288,46 @@ def profile_rows(sizes: dict, table: np.ndarray, batch: int, length: int, max_se
     return rows
 
 
+def op_time_rows(sizes: dict, table: np.ndarray, batch: int, length: int, steps: int) -> list[dict]:
+    """Kernel time per MUSE train step by op type, from TensorFlow's profiler over ``steps`` steps."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    x, y = fixtures.training_batch(sizes, batch, length)
+    model = job_compiled_model("muse", sizes, table)
+    batches = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    train_step = model.make_train_function()
+    for _ in range(5):  # tracing, graph optimisation and the optimizers' slots
+        train_step(batches)["loss"].numpy()
+    with tempfile.TemporaryDirectory() as log_dir:
+        tf.profiler.experimental.start(log_dir)
+        for _ in range(steps):
+            train_step(batches)["loss"].numpy()
+        tf.profiler.experimental.stop()
+        [trace] = glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True)
+        with open(trace, "rb") as f:
+            space = xplane_pb2.XSpace.FromString(f.read())
+    by_type: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        names = {key: event.name for key, event in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not (line.name.startswith("tf_Compute") or "Inter" in line.name):
+                continue  # the executor's threads only
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # Kernels are named "op_name:OpType"; the executor's own spans hold them.
+                if ":" in name and not name.startswith("ExecutorState"):
+                    by_type[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / steps
+    total = sum(by_type.values())
+    largest = [(op_type, ms) for op_type, ms in by_type.most_common() if ms >= OP_TIME_MIN_SHARE * total]
+    rest = total - sum(ms for _, ms in largest)
+    rows = [{"table": "op time", "op_type": op_type, "ms_per_step": round(ms, 2)} for op_type, ms in largest]
+    rows += [{"table": "op time", "op_type": op_type, "ms_per_step": round(ms, 2), "summary": True}
+             for op_type, ms in (("the other types", rest), ("all ops", total))]
+    for row in rows:
+        row["share_of_op_time"] = f"{100 * row['ms_per_step'] / total:.0f}%"
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -291,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=15, help="timed steps per configuration")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "end-to-end", "profile"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "end-to-end", "profile", "op-time"])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--xla", nargs="*", default=["off", "on"], choices=["off", "on"])
     args = parser.parse_args(argv)
@@ -305,6 +352,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     if "profile" not in args.skip:
         rows += profile_rows(sizes, table, args.batch, args.history, max_seconds / 4)
+    if "op-time" not in args.skip:
+        rows += op_time_rows(sizes, table, args.batch, args.history, args.steps)
     if "step" not in args.skip:
         rows += step_rows(sizes, table, args.batch, args.history, args.steps, max_seconds,
                           tuple(args.variants), tuple(mode == "on" for mode in args.xla))
@@ -314,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.extra["precomputed_search_output_check"] = equality
         print("precomputed vs in-graph search, model outputs:", equality)
     return run.finish(rows, {"step": STEP_COLUMNS, "end-to-end": E2E_COLUMNS,
-                             "profile": PROFILE_COLUMNS})
+                             "profile": PROFILE_COLUMNS, "op time": OP_TIME_COLUMNS})
 
 
 if __name__ == "__main__":
