@@ -35,8 +35,8 @@ occur (a larger item table and multimodal table, the same samples), in a fresh p
 The ``resume`` table times the same job resumed from a backup: a first process trains with a backup
 every ``RESUME_BACKUP_STEPS`` steps and stops after step ``RESUME_STOP_STEP``, as a kill would;
 a fresh one then runs the job again in the same run directory (``setup_s``: its model creation,
-ID tables included, which the backup then overwrites; ``run_s``: the whole ``training.run`` call,
-restore and the remaining steps included).
+its ID tables made as zeros for the backup to overwrite; ``run_s``: the whole ``training.run``
+call, restore and the remaining steps included).
 """
 
 from __future__ import annotations
